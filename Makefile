@@ -1,0 +1,65 @@
+# alpaca-tunnel: every target works on a fresh Debian machine as root.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+APT_PKGS := iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv test test-fast lint demo bench soak fuzz clean install
+
+all: test
+
+# System packages the lab and the netns tests use. Skipped when already present.
+.deps.stamp:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: skipping system packages ($(APT_PKGS))"; fi
+	@touch $@
+
+deps: .deps.stamp
+
+$(BIN)/activate: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/activate
+
+test: deps venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/pytest -m "not netns and not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check alpaca tests bench
+	$(BIN)/mypy
+
+demo: deps venv
+	$(BIN)/alpaca-tunnel lab demo
+
+bench: deps venv
+	$(BIN)/python bench/micro.py
+	$(BIN)/python bench/throughput.py
+
+soak: deps venv
+	$(BIN)/pytest -m slow tests/lab -k soak $(PYTEST_ARGS)
+
+fuzz: venv
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py $(PYTEST_ARGS)
+
+install: venv
+	$(PY) -m pip install .
+	install -d -m 0755 /usr/local/etc/alpaca-tunnel.d
+	[ -e /usr/local/etc/alpaca-tunnel.d/config.json ] || install -m 0644 config/client.json /usr/local/etc/alpaca-tunnel.d/config.json
+	[ -e /usr/local/etc/alpaca-tunnel.d/secrets.txt ] || install -m 0600 config/secrets.example /usr/local/etc/alpaca-tunnel.d/secrets.txt
+	install -m 0644 config/alpaca-tunnel.service /etc/systemd/system/alpaca-tunnel.service
+	-systemctl daemon-reload
+
+clean:
+	rm -rf $(VENV) .deps.stamp *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,54 @@
+"""Wire constants (part of the protocol) and implementation defaults (ours to change).
+
+Wire constants are fixed by docs/protocol.md; changing one changes the protocol version.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+# --- Wire (docs/protocol.md) -------------------------------------------------------------
+PROTOCOL_VERSION = 2
+HEADER_LEN = 20
+TAG_LEN = 16
+OVERHEAD = HEADER_LEN + TAG_LEN
+#: Largest UDP payload we send: 1500 (Ethernet) - 20 (IPv4) - 8 (UDP).
+MAX_DATAGRAM = 1472
+#: Largest inner packet: the datagram minus our overhead.
+MTU_MAX = MAX_DATAGRAM - OVERHEAD
+MTU_MIN = 576
+MAX_TTL = 15
+PATH_SLOTS = 16
+MAX_FORWARDERS = 3
+MAX_LOCAL_PORTS = 4
+PAD_TRAILER_LEN = 2
+
+
+class PacketType(IntEnum):
+    """The 4-bit ``type`` field of the header."""
+
+    DATA = 0
+    PROBE = 1
+    PROBE_REPLY = 2
+
+
+class Flag(IntFlag):
+    """The authenticated ``flags`` byte of the header."""
+
+    NONE = 0
+    #: The plaintext ends with padding and a 2-byte big-endian pad length.
+    PADDED = 0x01
+    #: This datagram is a delayed extra copy (duplicate-send); informative only.
+    DELAYED_COPY = 0x02
+
+
+# --- Implementation defaults ---------------------------------------------------------------
+DEFAULT_TTL = 15
+DEFAULT_REPLAY_WINDOW = 1 << 15
+DEFAULT_PROBE_INTERVAL = 1.0
+DEFAULT_PATH_TIMEOUT = 3.0
+DEFAULT_PATH_LIFETIME = 60.0
+DEFAULT_DUP_DELAY = 0.1
+DEFAULT_DUP_QUEUE_MAX = 4096
+DEFAULT_ROUTE_CACHE_SIZE = 10240
+DEFAULT_ROUTE_CACHE_TTL = 3600.0

@@ -1,0 +1,42 @@
+"""Peer ids: 16-bit numbers written ``"A.B"`` (= A*256 + B), as in the original.
+
+Smaller ids are servers, bigger ids are clients. The order, not the ``mode``, decides the
+direction of a packet: ``dst < src`` is upstream (forwarders are used), ``dst > src`` is
+downstream (sent directly on every live path).
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+
+PeerId = NewType("PeerId", int)
+
+#: 0.0 means "no id", 0.1 and 255.255 are reserved (original secrets.txt header).
+RESERVED_IDS = frozenset({0, 1, 0xFFFF})
+
+
+def parse_peer_id(text: str) -> PeerId:
+    """Parse ``"A.B"`` (each part 0-255, digits only) into a PeerId.
+
+    Raises:
+        ValueError: with a sentence saying what was expected. Reserved ids are accepted
+            here; callers that need a usable id call :func:`check_usable`.
+    """
+    parts = text.split(".") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        raise ValueError(f'"{text}" is not a peer id (expected "A.B", each 0-255)')
+    high, low = int(parts[0]), int(parts[1])
+    if high > 255 or low > 255:
+        raise ValueError(f'"{text}" is not a peer id (expected "A.B", each 0-255)')
+    return PeerId(high * 256 + low)
+
+
+def check_usable(peer: int) -> None:
+    """Raise ValueError if ``peer`` is one of the reserved ids 0.0, 0.1, 255.255."""
+    if peer in RESERVED_IDS:
+        raise ValueError(f"{format_peer_id(peer)} is reserved (use 0.2 to 255.254)")
+
+
+def format_peer_id(peer: int) -> str:
+    """Format a 16-bit id as ``"A.B"``."""
+    return f"{peer >> 8}.{peer & 0xFF}"
