@@ -1,0 +1,95 @@
+"""The gevent shell: the only code in alpaca that owns fds, sockets and sleeps.
+
+Drivers (``tun.TunDevice``, ``udp.UdpPort``) and their in-memory doubles (``fakes``) share
+the surfaces :class:`PacketDevice` and :class:`DatagramPort`, so the daemon runs unchanged
+over real fds or over memory.
+
+Greenlet contract: every driver belongs to the hub of the thread that opened it. Each fd has
+one reader (its ``read_loop`` greenlet); ``send``/``write`` may be called from any greenlet of
+that hub. Nothing here monkey-patches, and nothing starts an OS thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from gevent.hub import get_hub
+
+from alpaca.core.settings import Addr
+
+__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter"]
+
+
+class DriverClosed(Exception):
+    """Thrown into a greenlet waiting on a driver that another greenlet closed."""
+
+
+class PacketDevice(Protocol):
+    """The inside: a TUN device carrying raw IPv4 packets (no packet-info header)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read_batch(self, limit: int = 32) -> list[bytes]: ...
+
+    def wait_readable(self) -> None: ...
+
+    def write(self, packet: bytes) -> bool: ...
+
+    def read_loop(self, handler: Callable[[list[bytes]], None], *, batch: int = 32) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DatagramPort(Protocol):
+    """The outside: one local UDP socket."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def local_addr(self) -> Addr: ...
+
+    def recv_batch(self, limit: int = 32) -> list[tuple[bytes, Addr]]: ...
+
+    def wait_readable(self) -> None: ...
+
+    def send(self, addr: Addr, data: bytes) -> bool: ...
+
+    def send_many(self, addr: Addr, datas: Sequence[bytes]) -> int: ...
+
+    def read_loop(
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ReadWaiter:
+    """One reusable read watcher on an fd, owned by a driver.
+
+    ``wait()`` parks the calling greenlet until the fd is readable (or in error: a vanished
+    TUN device polls as readable, and the following read reports the error). Reusing one
+    watcher avoids creating a native watcher per wake-up, as ``gevent.socket.wait_read`` does.
+    ``close_then(fn)`` throws :class:`DriverClosed` into a waiting greenlet, releases the
+    watcher, and only then calls ``fn`` (which closes the fd), so the loop never sees a closed
+    or reused fd number.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._hub: Any = get_hub()
+        self._watcher: Any = self._hub.loop.io(fd, 1)
+
+    def wait(self) -> None:
+        """Block this greenlet until the fd is readable. Raises DriverClosed once closed."""
+        if self._watcher is None:
+            raise DriverClosed
+        self._hub.wait(self._watcher)
+
+    def close_then(self, then: Callable[[], None]) -> None:
+        """Wake any waiter with DriverClosed, release the watcher, then call ``then``."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
+            return
+        self._hub.cancel_waits_close_and_then((watcher,), DriverClosed, then)

@@ -1,0 +1,94 @@
+"""The session epoch: a number that grows at every start and is never reused.
+
+Why it must never repeat: the AES-GCM nonce of a datagram is built from the epoch and a
+packet counter that restarts at zero with every session. A repeated epoch with a fresh
+counter would repeat nonces under the same key, and a repeated GCM nonce leaks the XOR of
+the plaintexts and lets an attacker forge tags. So :func:`next_epoch` persists the new epoch
+(fsync'ed, atomically renamed) before it returns, and the daemon refuses to start when it
+cannot: a start that fails loudly is better than a start that might reuse a nonce.
+
+The epoch is ``max(last + 1, int(wall_now))``: the wall clock keeps epochs increasing
+even if the state file is lost, and ``last + 1`` keeps them increasing when the clock goes
+backwards. It must fit the header's unsigned 32-bit field.
+
+Called once at startup by the daemon, before any greenlet runs (the fsyncs block).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from alpaca.errors import TunnelError
+
+EPOCH_MAX = 2**32 - 1
+
+
+def next_epoch(state_file: Path, wall_now: float) -> int:
+    """Return the epoch for this session, after persisting it to ``state_file``.
+
+    Args:
+        state_file: holds the last epoch as decimal text; missing means 0.
+        wall_now: wall-clock seconds since the Unix epoch (``clock.wall()``).
+
+    Raises TunnelError naming the file and the fix when the file is unreadable or corrupt,
+    when it cannot be written, or when the epoch would exceed 2^32-1.
+    """
+    last = _read_last(state_file)
+    epoch = max(last + 1, int(wall_now))
+    if epoch > EPOCH_MAX:
+        raise TunnelError(
+            f"epoch file {state_file}: the next epoch {epoch} exceeds 2^32-1; "
+            "change the secret keys, then delete the file"
+        )
+    _write_atomically(state_file, f"{epoch}\n".encode())
+    return epoch
+
+
+def _read_last(state_file: Path) -> int:
+    fix = (
+        "restore it, or write into it a number larger than any epoch used before "
+        "(for example the current Unix time plus 86400)"
+    )
+    try:
+        text = state_file.read_text(encoding="ascii")
+    except (FileNotFoundError, NotADirectoryError):
+        return 0  # never written (the write then reports a directory that is not one)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TunnelError(f"epoch file {state_file} is unreadable: {reason} ({fix})") from exc
+    value = text.strip()
+    if not value.isdigit() or int(value) > EPOCH_MAX:
+        raise TunnelError(
+            f"epoch file {state_file} is corrupt: {value[:40]!r} is not an epoch "
+            f"(0 to {EPOCH_MAX}) ({fix})"
+        )
+    return int(value)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    directory = path.parent
+    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise TunnelError(
+            f"cannot write epoch file {path}: {exc.strerror or exc}; refusing to start, since "
+            "an unrecorded epoch could be reused and repeat nonces (make its directory "
+            "writable, free disk space, or set another state file)"
+        ) from exc

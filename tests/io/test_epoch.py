@@ -1,0 +1,94 @@
+"""next_epoch: strictly increasing, persisted before use, refuses to start when it cannot."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from alpaca.errors import TunnelError
+from alpaca.io.epoch import EPOCH_MAX, next_epoch
+
+
+def test_epoch_missing_file_starts_at_wall_clock(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "epoch"
+    assert next_epoch(state, 1_700_000_000.9) == 1_700_000_000
+    assert state.read_text() == "1700000000\n"
+    assert stat.S_IMODE(state.parent.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+def test_epoch_strictly_increases_when_wall_clock_goes_back(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    got = [next_epoch(state, wall) for wall in (1000.0, 500.0, 500.0, 1001.5, 0.0)]
+    assert got == [1000, 1001, 1002, 1003, 1004]
+
+
+def test_epoch_jumps_to_wall_clock_when_ahead(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    state.write_text("1000\n")
+    assert next_epoch(state, 5000.0) == 5000
+
+
+def test_epoch_leaves_no_temporary_file(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    next_epoch(state, 10.0)
+    next_epoch(state, 10.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch"]
+
+
+@pytest.mark.parametrize("content", ["", "abc\n", "-5\n", "12.5\n", "1 2\n", str(2**32)])
+def test_epoch_corrupt_file_is_an_error(tmp_path: Path, content: str) -> None:
+    state = tmp_path / "epoch"
+    state.write_text(content)
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, 1000.0)
+    assert str(state) in str(err.value)
+    assert "corrupt" in str(err.value)
+    assert state.read_text() == content
+
+
+def test_epoch_binary_file_is_an_error(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    state.write_bytes(b"\xff\xfe")
+    with pytest.raises(TunnelError, match="unreadable"):
+        next_epoch(state, 1000.0)
+
+
+def test_epoch_unreadable_path_is_an_error(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    state.mkdir()
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, 1000.0)
+    assert str(state) in str(err.value)
+
+
+def test_epoch_directory_that_is_a_file_refuses_to_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "notadir"
+    blocker.write_text("")
+    state = blocker / "epoch"
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, 1000.0)
+    text = str(err.value)
+    assert str(state) in text
+    assert "refusing to start" in text
+    assert isinstance(err.value.__cause__, OSError)
+
+
+def test_epoch_unwritable_filesystem_refuses_to_start() -> None:
+    # /proc accepts no new files, even from root.
+    state = Path("/proc/self/alpaca-epoch")
+    with pytest.raises(TunnelError, match="cannot write epoch file /proc/self/alpaca-epoch"):
+        next_epoch(state, 1000.0)
+
+
+def test_epoch_must_fit_u32(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    with pytest.raises(TunnelError, match="2\\^32-1"):
+        next_epoch(state, float(2**32))
+    assert not state.exists()
+    state.write_text(f"{EPOCH_MAX}\n")
+    with pytest.raises(TunnelError, match="2\\^32-1"):
+        next_epoch(state, 0.0)
+    assert next_epoch(tmp_path / "other", float(EPOCH_MAX)) == EPOCH_MAX

@@ -1,0 +1,259 @@
+"""UdpPort over real loopback sockets (no root needed), plus one namespace test."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from alpaca.errors import TunnelError
+from alpaca.io.udp import UdpPort
+from tests.helpers import netns, nsexec
+from tests.io import live_greenlets
+
+IP_RECVERR = 11  # linux/in.h; not exported by the socket module
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[UdpPort, UdpPort]]:
+    a = UdpPort.open("a", "127.0.0.1", 0)
+    b = UdpPort.open("b", "127.0.0.1", 0)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def recv_n(port: UdpPort, n: int, timeout: float = 2.0) -> list[tuple[bytes, tuple[str, int]]]:
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    with gevent.Timeout(timeout):
+        while len(got) < n:
+            port.wait_readable()
+            got.extend(port.recv_batch(64))
+    return got
+
+
+def test_udp_open_port_zero_reports_kernel_choice(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, _ = pair
+    assert a.local_addr[0] == "127.0.0.1"
+    assert a.local_addr[1] > 0
+    assert a.name == "a"
+
+
+def test_udp_socket_buffers_are_bounded() -> None:
+    port = UdpPort.open("p", "127.0.0.1", 0, rcvbuf=65536, sndbuf=65536)
+    try:
+        s = socket.socket(fileno=os.dup(port.fileno()))
+        try:
+            # The kernel doubles the request for its bookkeeping.
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+        finally:
+            s.close()
+    finally:
+        port.close()
+
+
+def test_udp_send_and_recv_roundtrip(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, b = pair
+    assert a.send(b.local_addr, b"hello")
+    assert recv_n(b, 1) == [(b"hello", a.local_addr)]
+
+
+def test_udp_recv_batch_without_data_returns_empty(pair: tuple[UdpPort, UdpPort]) -> None:
+    assert pair[0].recv_batch() == []
+
+
+def test_udp_recv_batch_respects_cap(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, b = pair
+    for i in range(50):
+        assert a.send(b.local_addr, b"%d" % i)
+    b.wait_readable()
+    first = b.recv_batch(32)
+    rest = b.recv_batch(32)
+    assert len(first) == 32
+    assert len(rest) == 18
+    assert [d for d, _ in first + rest] == [b"%d" % i for i in range(50)]
+
+
+def test_udp_read_loop_delivers_capped_batches(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, b = pair
+    sizes: list[int] = []
+    data: list[bytes] = []
+
+    def handler(batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        sizes.append(len(batch))
+        data.extend(d for d, _ in batch)
+
+    loop = gevent.spawn(b.read_loop, handler, batch=8)
+    gevent.sleep(0)
+    for i in range(100):
+        a.send(b.local_addr, b"%d" % i)
+    with gevent.Timeout(2):
+        while len(data) < 100:
+            gevent.sleep(0.01)
+    assert max(sizes) <= 8
+    assert data == [b"%d" % i for i in range(100)]
+    b.close()
+    loop.join(timeout=2)
+    assert loop.successful()
+
+
+def test_udp_close_wakes_read_loop_and_leaves_no_greenlet() -> None:
+    port = UdpPort.open("p", "127.0.0.1", 0)
+    loop = gevent.spawn(port.read_loop, lambda batch: None)
+    gevent.sleep(0.01)
+    port.close()
+    port.close()  # idempotent
+    loop.join(timeout=2)
+    assert loop.dead and loop.successful()
+    assert port.recv_batch() == []
+    assert not port.send(("127.0.0.1", 9), b"x")
+    assert live_greenlets() == []
+
+
+def test_udp_send_refused_returns_false(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, _ = pair
+    assert not a.send(("127.0.0.1", 0), b"port zero")  # EINVAL
+    assert not a.send(("255.255.255.255", 9), b"no SO_BROADCAST")  # EACCES
+
+
+def test_udp_icmp_port_unreachable_is_not_fatal(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, b = pair
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead.bind(("127.0.0.1", 0))
+    dead_addr = dead.getsockname()
+    dead.close()
+    # IP_RECVERR makes the kernel report the ICMP error on the next receive.
+    raw = socket.socket(fileno=os.dup(a.fileno()))
+    try:
+        raw.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        assert a.send(dead_addr, b"to nobody")
+        gevent.sleep(0.05)
+        assert a.recv_batch() == []  # the ECONNREFUSED was read and skipped...
+        assert raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0  # ...so none is pending
+        assert a.send(dead_addr, b"again")
+        gevent.sleep(0.05)
+    finally:
+        raw.close()
+    got: list[bytes] = []
+    loop = gevent.spawn(a.read_loop, lambda batch: got.extend(d for d, _ in batch))
+    gevent.sleep(0)
+    assert b.send(a.local_addr, b"real")
+    with gevent.Timeout(2):
+        while not got:
+            gevent.sleep(0.01)
+    assert got == [b"real"]
+    assert not loop.dead
+
+
+def test_udp_icmp_port_unreachable_is_reported_by_the_kernel() -> None:
+    # Checks the premise of the test above: the scenario does raise ECONNREFUSED.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        s.settimeout(1)
+        dead.bind(("127.0.0.1", 0))
+        dead_addr = dead.getsockname()
+        dead.close()
+        s.sendto(b"x", dead_addr)
+        time.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            s.recvfrom(100)
+    finally:
+        s.close()
+
+
+def test_udp_bind_conflict_names_address_port_and_fix(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, _ = pair
+    port = a.local_addr[1]
+    with pytest.raises(TunnelError) as err:
+        UdpPort.open("second", "127.0.0.1", port)
+    text = str(err.value)
+    assert f"127.0.0.1:{port}" in text
+    assert "second" in text
+    assert "in use" in text
+
+
+def test_udp_bind_unknown_interface_names_it() -> None:
+    with pytest.raises(TunnelError) as err:
+        UdpPort.open("p", "127.0.0.1", 0, "alpaca-nope9")
+    assert "alpaca-nope9" in str(err.value)
+    assert isinstance(err.value.__cause__, OSError)
+    assert err.value.__cause__.errno in (errno.ENODEV, errno.EPERM)
+
+
+def test_udp_bind_to_interface_lo_works() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SO_BINDTODEVICE needs CAP_NET_RAW")
+    port = UdpPort.open("p", "127.0.0.1", 0, "lo")
+    try:
+        assert port.send(port.local_addr, b"self")
+        assert recv_n(port, 1) == [(b"self", port.local_addr)]
+    finally:
+        port.close()
+
+
+def gso_datagrams() -> list[bytes]:
+    return [bytes([i]) * 1000 for i in range(10)] + [b"tail" * 75]
+
+
+@pytest.mark.parametrize("gso", [True, False], ids=["gso", "sendto"])
+def test_udp_send_many_delivers_separate_datagrams(gso: bool) -> None:
+    a = UdpPort.open("a", "127.0.0.1", 0, gso=gso)
+    b = UdpPort.open("b", "127.0.0.1", 0)
+    try:
+        if gso and not a.gso:
+            pytest.skip("kernel without UDP GSO")
+        assert a.gso is gso
+        datas = gso_datagrams()
+        assert a.send_many(b.local_addr, datas) == len(datas)
+        got = recv_n(b, len(datas))
+        assert [d for d, _ in got] == datas
+        assert {src for _, src in got} == {a.local_addr}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_udp_send_many_splits_runs_of_mixed_sizes(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, b = pair
+    # Runs: [900 x3 + 500 tail], [900 x2], [1200], [b""], [700 x70 -> 64 + 6].
+    datas = [b"a" * 900] * 3 + [b"b" * 500] + [b"c" * 900] * 2 + [b"d" * 1200, b""]
+    datas += [bytes([i % 256]) * 700 for i in range(70)]
+    assert a.send_many(b.local_addr, datas) == len(datas)
+    got = recv_n(b, len(datas))
+    assert [d for d, _ in got] == datas
+
+
+def test_udp_send_many_counts_refused(pair: tuple[UdpPort, UdpPort]) -> None:
+    a, _ = pair
+    assert a.send_many(("127.0.0.1", 0), [b"x" * 100] * 4) == 0
+    assert a.send_many(("127.0.0.1", 0), [b"x"]) == 0
+
+
+UNREACHABLE = """
+import json
+from alpaca.io.udp import UdpPort
+p = UdpPort.open("p", "127.0.0.1", 0)
+print(json.dumps([p.send(("10.123.0.1", 5000), b"x"),
+                  p.send_many(("10.123.0.1", 5000), [b"y" * 100] * 3)]))
+p.close()
+"""
+
+
+@pytest.mark.netns
+def test_udp_send_to_unreachable_network_returns_false() -> None:
+    with netns("atu") as ns:
+        out = nsexec(ns, sys.executable, "-c", UNREACHABLE, timeout=30).stdout
+    assert json.loads(out) == [False, 0]
