@@ -1,0 +1,71 @@
+"""Delayed extra copies (duplicate-send) behind one timer.
+
+Theory of operation: when the engine sends a packet that the policy selects, it also schedules
+``copies`` extra copies, copy i due ``i * delay`` seconds later, each over a path chosen to
+differ from the first copy's when one exists. The copies wait in one heap ordered by due time;
+the shell arms a single timer to :meth:`DupSendScheduler.next_deadline` and calls
+:meth:`pop_due` when it fires. There is never a greenlet or timer per packet. The heap is
+bounded: when it is full a new copy is refused and counted (``dropped``).
+
+A copy is byte-identical to the original except for the hop bytes (TTL, path index), so the
+receiver's replay window recognises it and keeps whichever copy arrives first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(order=True, slots=True)
+class DelayedCopy:
+    """One scheduled copy. ``path`` is the engine's path object (for per-path counters)."""
+
+    due_at: float
+    seq: int
+    port: int = field(compare=False)
+    addr: tuple[str, int] = field(compare=False)
+    data: bytes = field(compare=False)
+    path: Any = field(compare=False, default=None)
+
+
+class DupSendScheduler:
+    """A bounded heap of DelayedCopy. Owned by the Engine; not thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._heap: list[DelayedCopy] = []
+        self._limit = limit
+        self._seq = itertools.count()
+        self.scheduled = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(
+        self, due_at: float, port: int, addr: tuple[str, int], data: bytes, path: Any = None
+    ) -> bool:
+        """Queue a copy; False (and counted) if the heap is at its bound."""
+        if len(self._heap) >= self._limit:
+            self.dropped += 1
+            return False
+        heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path))
+        self.scheduled += 1
+        return True
+
+    def next_deadline(self) -> float | None:
+        """Due time of the earliest copy, or None when empty."""
+        return self._heap[0].due_at if self._heap else None
+
+    def pop_due(self, now: float) -> list[DelayedCopy]:
+        """Remove and return every copy due at or before ``now``, earliest first."""
+        due: list[DelayedCopy] = []
+        while self._heap and self._heap[0].due_at <= now:
+            due.append(heapq.heappop(self._heap))
+        return due
+
+    def clear(self) -> None:
+        """Drop every pending copy (shutdown)."""
+        self._heap.clear()

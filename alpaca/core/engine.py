@@ -1,0 +1,422 @@
+"""The forwarding engine: TUN packets and datagrams in, datagrams and TUN writes out.
+
+Theory of operation
+-------------------
+Inside (TUN -> UDP), :meth:`Engine.on_tun_packet`:
+  1. check the inner IPv4 packet (size <= MTU, source is ours if it is a tunnel address);
+  2. choose ``dst``: a tunnel address names its peer (low 16 bits); any other destination
+     asks the host's routes (``via <net>.<id>``) through the route cache;
+  3. seal it for (self -> dst) under our epoch with the next counter (AES-256-GCM);
+  4. dispatch (below), and schedule delayed copies if the duplicate-send policy selects it.
+
+Outside (UDP -> TUN or relay), :meth:`Engine.on_datagram`, in this order:
+  1. parse and sanity-check the header (no state touched);
+  2. authenticate with the (src -> dst, epoch) key: a forgery is dropped here;
+  3. the (src, dst) replay window: duplicates and too-old counters are dropped here;
+  4. only now learn the sender's address under its path index;
+  5. b1: for us -> TUN (or probe handling); otherwise relay: TTL - 1, then dispatch.
+
+Dispatch (the wiki's rules): ``dst < src`` (upstream) with forwarders configured goes to each
+forwarder on its best path (a2/b3); everything else goes to every live path of ``dst`` (a1,
+b2, and all downstream traffic), or to every known path when none is live yet. Split horizon:
+never back to the address the packet came from. Loop check: never to an address that is the
+inner packet's own source or destination.
+
+Not thread-safe: call only from the hub greenlets of one gevent hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from alpaca.core import ippkt
+from alpaca.core.constants import MAX_DATAGRAM, OVERHEAD, PROTOCOL_VERSION, Flag, PacketType
+from alpaca.core.crypto import KeyRing
+from alpaca.core.drops import DropReason
+from alpaca.core.dupsend import DupSendScheduler
+from alpaca.core.header import HEADER, with_hop_fields
+from alpaca.core.ids import RESERVED_IDS, format_peer_id
+from alpaca.core.output import Output, RouteResolver
+from alpaca.core.padding import pad, unpad
+from alpaca.core.paths import Path
+from alpaca.core.peers import Flow, Peer
+from alpaca.core.probing import Prober
+from alpaca.core.replay import Verdict
+from alpaca.core.routecache import RouteCache
+from alpaca.core.settings import Addr, DupPolicy, EngineSettings
+from alpaca.core.stats import EngineStats
+
+log = logging.getLogger(__name__)
+
+NET_MASK = 0xFFFF0000
+#: One target of a dispatch: (link to send on, path index to stamp, path that accounts DATA).
+Target = tuple[Path, int, Path]
+_VT_DATA = (PROTOCOL_VERSION << 4) | PacketType.DATA
+
+
+class Engine:
+    """Sans-IO forwarding engine of one node. See the module docstring.
+
+    Args:
+        settings: what the node is configured with.
+        out: where datagrams and TUN writes go.
+        epoch: this run's session epoch (strictly greater than any earlier run's).
+        random_bytes: source of padding bytes.
+        resolver: asks the host for the gateway of an outside destination; None = no routes.
+    """
+
+    def __init__(
+        self, settings: EngineSettings, out: Output, *, epoch: int,
+        random_bytes: Callable[[int], bytes], resolver: RouteResolver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out = out
+        self.epoch = epoch
+        self.random_bytes = random_bytes
+        self.resolver = resolver
+        self.stats = EngineStats()
+        self.self_id = settings.self_id
+        self.self_ip = settings.net | settings.self_id
+        self.keys = KeyRing(settings.group, {p.peer_id: p.key for p in settings.peers.values()})
+        self.peers: dict[int, Peer] = {}
+        self.flows: dict[tuple[int, int], Flow] = {}
+        self.routes = RouteCache(settings.route_cache_size, settings.route_cache_ttl)
+        self.dup = DupSendScheduler(settings.dup_queue_max)
+        self.prober = Prober(self)
+        self._apply_peers(settings)
+
+    # ----------------------------------------------------------------- configuration
+    def reload(self, settings: EngineSettings) -> None:
+        """Apply new settings (secrets or forwarders changed) without losing learned state.
+
+        Unchanged peers keep their paths, counters and replay windows; removed peers and
+        their flows are forgotten; a peer whose key changed loses its replay state.
+        """
+        old = self.settings.peers
+        changed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
+        removed = set(old) - set(settings.peers)
+        for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
+            del self.flows[key]
+        for peer_id in removed:
+            self.peers.pop(peer_id, None)
+        self.settings = settings
+        self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})
+        self._apply_peers(settings)
+        self.routes.flush()
+        self.stats.reloads += 1
+
+    def _apply_peers(self, settings: EngineSettings) -> None:
+        for spec in settings.peers.values():
+            if spec.peer_id == self.self_id:
+                continue
+            peer = self.peers.get(spec.peer_id)
+            if peer is None or peer.addr != spec.addr:
+                fresh = Peer(spec.peer_id, settings.ports, spec.addr)
+                if peer is not None:
+                    fresh.paths.learned = peer.paths.learned
+                    fresh.next_counter = peer.next_counter
+                self.peers[spec.peer_id] = fresh
+        names = [f"via-{format_peer_id(f)}" for f in settings.forwarders]
+        for peer in self.peers.values():
+            wants_via = peer.peer_id == settings.gateway and settings.forwarders
+            peer.set_via_paths(settings.forwarders if wants_via else (), names)
+
+    def flush_routes(self) -> None:
+        """The host's routes, rules or addresses changed: forget cached route answers."""
+        self.routes.flush()
+
+    # ----------------------------------------------------------------- inside: TUN -> UDP
+    def on_tun_packet(self, packet: bytes, now: float) -> None:
+        """Handle one IP packet read from the TUN device."""
+        s = self.settings
+        if len(packet) > s.mtu:
+            self.stats.drop(DropReason.TOO_BIG)
+            return
+        ips = ippkt.addresses(packet)
+        if ips is None:
+            self.stats.drop(DropReason.NOT_IPV4)
+            return
+        src_ip, dst_ip = ips
+        if src_ip & NET_MASK == s.net and src_ip != self.self_ip:
+            self.stats.drop(DropReason.FOREIGN_SOURCE)
+            return
+        dst = dst_ip & 0xFFFF if dst_ip & NET_MASK == s.net else self._route(dst_ip, src_ip, now)
+        peer = self.peers.get(dst) if dst is not None else None
+        if dst is None or peer is None:
+            self.stats.drop(DropReason.NO_ROUTE)
+            return
+        flags = 0
+        if s.pad_small and len(packet) + OVERHEAD <= 500:
+            packet, flags = pad(packet, self.random_bytes)
+        datagram = self.seal(peer, PacketType.DATA, flags, packet)
+        peer.tx_packets += 1
+        peer.tx_bytes += len(packet)
+        peer.last_active_at = now
+        copies = self._copies_for(packet)
+        self.dispatch(datagram, self.self_id, dst, None, (src_ip, dst_ip), now, s.ttl, None, copies)
+
+    def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
+        if self.resolver is None:
+            return None
+        return self.routes.lookup(dst_ip, src_ip, now, self._resolve)
+
+    def _resolve(self, dst_ip: int, src_ip: int) -> int | None:
+        assert self.resolver is not None
+        gateway = self.resolver(ippkt.int_to_ip(dst_ip), ippkt.int_to_ip(src_ip))
+        if gateway is None:
+            return None
+        gw = ippkt.ip_to_int(gateway)
+        peer = gw & 0xFFFF
+        if gw & NET_MASK != self.settings.net or peer in RESERVED_IDS or peer == self.self_id:
+            return None
+        return peer
+
+    def _copies_for(self, packet: bytes) -> int:
+        s = self.settings
+        if s.dup_copies == 0 or s.dup_policy is DupPolicy.NONE:
+            return 0
+        if s.dup_policy is DupPolicy.ALL or ippkt.is_syn_or_dns(packet):
+            return s.dup_copies
+        return 0
+
+    def seal(self, peer: Peer, ptype: PacketType, flags: int, payload: bytes) -> bytes:
+        """Seal ``payload`` for (self -> peer) with the next counter of this epoch."""
+        cipher = self.keys.cipher(self.self_id, peer.peer_id, self.epoch)
+        assert cipher is not None, "peers always have a key"
+        counter = peer.next_counter
+        peer.next_counter = counter + 1
+        header = HEADER.pack((PROTOCOL_VERSION << 4) | ptype, flags, 0, 0,
+                             self.self_id, peer.peer_id, self.epoch, counter)
+        return cipher.seal(header, payload)
+
+    # ----------------------------------------------------------------- dispatch
+    def dispatch(
+        self, datagram: bytes, src: int, dst: int, came_from: str | None,
+        inner: tuple[int, int] | None, now: float, ttl: int, pi: int | None, copies: int = 0,
+    ) -> int:
+        """Send ``datagram`` by the forwarding rules; return how many copies went out.
+
+        Args:
+            came_from: the UDP source IP of a relayed packet (split horizon), None if ours.
+            inner: (src, dst) of the inner packet, for the loop check; None for relays.
+            pi: the path index to keep (relays), or None to stamp each path's own (origin).
+            copies: delayed extra copies to schedule (origin only).
+        """
+        targets, spare = self._targets(src, dst, came_from, pi)
+        is_data = datagram[0] == _VT_DATA and came_from is None
+        if inner is not None and targets:
+            targets = [t for t in targets if _ip_of(t[0]) not in inner]
+            spare = [t for t in spare if _ip_of(t[0]) not in inner]
+            if not targets:
+                self.stats.drop(DropReason.LOOP)
+                return 0
+        if not targets:
+            self.stats.drop(DropReason.NO_PATH)
+            return 0
+        sent = 0
+        for link, stamp, acct in targets:
+            sent += self._send(link, with_hop_fields(datagram, ttl, stamp))
+            if is_data:
+                acct.data_sent += 1
+        if copies:
+            self._schedule_copies(datagram, ttl, targets, spare, copies, now)
+        return sent
+
+    def _send(self, link: Path, data: bytes) -> int:
+        assert link.addr is not None
+        if not self.out.send(link.port, link.addr, data):
+            self.stats.drop(DropReason.SEND_ERROR)
+            return 0
+        link.tx_packets += 1
+        link.tx_bytes += len(data)
+        self.stats.sent_datagrams += 1
+        self.stats.sent_bytes += len(data)
+        return 1
+
+    def _targets(
+        self, src: int, dst: int, came_from: str | None, pi: int | None
+    ) -> tuple[list[Target], list[Target]]:
+        """(first-copy targets, spare links for delayed copies), split horizon applied."""
+        s = self.settings
+        if dst < src and s.forwarders:
+            chosen, spare = self._forwarder_targets(dst, pi)
+        else:
+            peer = self.peers.get(dst)
+            if peer is None:
+                return [], []
+            links = peer.paths.live_links() or peer.paths.links()
+            chosen = [(p, p.pi if pi is None else pi, p) for p in links]
+            spare = []
+        if came_from is not None:
+            chosen = [t for t in chosen if t[0].addr is not None and t[0].addr[0] != came_from]
+            spare = [t for t in spare if t[0].addr is not None and t[0].addr[0] != came_from]
+        return chosen, spare
+
+    def _forwarder_targets(self, dst: int, pi: int | None) -> tuple[list[Target], list[Target]]:
+        """a2/b3: one target per usable forwarder (its best link), plus its other live links."""
+        dst_peer = self.peers.get(dst)
+        chosen: list[Target] = []
+        spare: list[Target] = []
+        for i, fwd in enumerate(self.settings.forwarders):
+            peer = self.peers.get(fwd)
+            if peer is None or fwd == self.self_id:
+                continue
+            best = peer.paths.best_link()
+            if best is None:
+                continue
+            via = dst_peer.paths.via.get(i + 1) if dst_peer is not None else None
+            stamp = pi if pi is not None else (best.pi if via is None else via.pi)
+            chosen.append((best, stamp, via or best))
+            spare.extend((p, stamp, via or p) for p in peer.paths.live_links() if p is not best)
+        live = [t for t in chosen if t[0].up]
+        return (live or chosen), spare
+
+    def _schedule_copies(
+        self, datagram: bytes, ttl: int, used: list[Target], spare: list[Target], copies: int, now: float,
+    ) -> None:
+        """Copy i (1-based) leaves i * dup_delay later, on a spare link when there is one."""
+        pool = spare or used[1:] + used[:1]
+        for i in range(1, copies + 1):
+            link, stamp, _ = pool[(i - 1) % len(pool)]
+            assert link.addr is not None
+            data = with_hop_fields(datagram, ttl, stamp)
+            due = now + i * self.settings.dup_delay
+            if not self.dup.schedule(due, link.port, link.addr, data, link):
+                self.stats.drop(DropReason.DUP_QUEUE_FULL)
+                return
+
+    # ----------------------------------------------------------------- outside: UDP -> TUN
+    def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None:
+        """Handle one datagram received on local port ``port`` from ``addr``."""
+        n = len(data)
+        if n < OVERHEAD or n > MAX_DATAGRAM:
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        vt, flags, ttl, pi, src, dst, epoch, counter = HEADER.unpack_from(data)
+        reason = self._precheck(vt, pi, src, dst, epoch)
+        if reason is not None:
+            self.stats.drop(reason)
+            return
+        cipher = self.keys.cipher(src, dst, epoch)
+        plaintext = cipher.open(data) if cipher is not None else None
+        if plaintext is None:
+            self.stats.drop(DropReason.BAD_TAG if cipher is not None else DropReason.UNKNOWN_PEER)
+            return
+        flow = self.flows.get((src, dst))
+        if flow is None:
+            flow = self.flows[(src, dst)] = Flow(epoch, self.settings.replay_window)
+        elif epoch > flow.epoch:
+            flow.epoch = epoch
+            flow.window.reset()
+            self.stats.epoch_resets += 1
+        verdict = flow.window.accept(counter)
+        peer = self.peers[src]
+        ptype = vt & 0x0F
+        if verdict is not Verdict.NEW:
+            self._on_copy(peer, port, addr, n, pi, ptype == PacketType.DATA and dst == self.self_id, now)
+            self.stats.drop(DropReason.DUPLICATE if verdict is Verdict.DUPLICATE else DropReason.TOO_OLD)
+            return
+        path = peer.paths.learn(pi, port, addr, now)
+        path.rx_packets += 1
+        path.rx_bytes += n
+        path.rx_first += 1
+        peer.last_active_at = now
+        if dst == self.self_id:
+            self._deliver(peer, ptype, flags, pi, plaintext, port, addr, now)
+        elif ttl == 0:
+            self.stats.drop(DropReason.TTL_EXPIRED)
+        elif self.dispatch(data, src, dst, addr[0], None, now, ttl - 1, pi):
+            self.stats.forwarded_packets += 1
+            self.stats.forwarded_bytes += n
+
+    def _precheck(self, vt: int, pi: int, src: int, dst: int, epoch: int) -> DropReason | None:
+        """Checks on the clear header that need no key and change no state."""
+        if vt >> 4 != PROTOCOL_VERSION:
+            return DropReason.BAD_VERSION
+        if vt & 0x0F > PacketType.PROBE_REPLY:
+            return DropReason.BAD_TYPE
+        if src in RESERVED_IDS or dst in RESERVED_IDS:
+            return DropReason.RESERVED_ID
+        if src == self.self_id:
+            return DropReason.FROM_SELF
+        if pi > 15:
+            return DropReason.MALFORMED
+        if src not in self.peers or (dst != self.self_id and dst not in self.peers):
+            return DropReason.UNKNOWN_PEER
+        flow = self.flows.get((src, dst))
+        if flow is not None and epoch < flow.epoch:
+            return DropReason.OLD_EPOCH
+        return None
+
+    def _on_copy(
+        self, peer: Peer, port: int, addr: Addr, n: int, pi: int, is_data: bool, now: float
+    ) -> None:
+        """An authentic packet already seen: count it on its path, learn nothing new."""
+        path = peer.paths.match(port, addr)
+        if path is not None:
+            path.rx_packets += 1
+            path.rx_bytes += n
+            path.rx_duplicates += 1
+            path.last_ok_at = now
+        if is_data:
+            peer.paths.rx_data_by_pi[pi] += 1
+
+    def _deliver(
+        self, peer: Peer, ptype: int, flags: int, pi: int, plaintext: bytes, port: int, addr: Addr,
+        now: float,
+    ) -> None:
+        """b1: the packet is for us."""
+        if ptype == PacketType.DATA:
+            peer.paths.rx_data_by_pi[pi] += 1
+            self._write_tun(peer, plaintext, flags)
+        elif ptype == PacketType.PROBE:
+            self.prober.answer(peer, pi, plaintext, port, addr)
+        else:
+            self.prober.on_reply(peer, plaintext, now)
+
+    def _write_tun(self, peer: Peer, plaintext: bytes, flags: int) -> None:
+        packet = unpad(plaintext, flags) if flags & Flag.PADDED else plaintext
+        ips = ippkt.addresses(packet) if packet is not None else None
+        if packet is None or ips is None:
+            self.stats.drop(DropReason.MALFORMED if packet is None else DropReason.NOT_IPV4)
+            return
+        src_ip = ips[0]
+        if src_ip & NET_MASK == self.settings.net and src_ip & 0xFFFF != peer.peer_id:
+            self.stats.drop(DropReason.SPOOFED_SOURCE)
+            return
+        if not self.out.write_tun(packet):
+            self.stats.drop(DropReason.TUN_WRITE_ERROR)
+            return
+        peer.rx_packets += 1
+        peer.rx_bytes += len(packet)
+        self.stats.delivered_packets += 1
+        self.stats.delivered_bytes += len(packet)
+
+    # ----------------------------------------------------------------- time
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` next has work (monotonic seconds)."""
+        due = self.dup.next_deadline()
+        tick = self.prober.next_tick_at
+        return tick if due is None else min(due, tick)
+
+    def on_timer(self, now: float) -> None:
+        """Send due delayed copies; probe and evaluate paths when their tick is due."""
+        for copy in self.dup.pop_due(now):
+            if self._send(copy.path, copy.data):
+                self.stats.dup_copies_sent += 1
+                peer = self.peers.get(copy.path.peer)
+                if peer is not None:
+                    peer.dup_copies += 1
+        self.prober.on_timer(now)
+
+    def lost_packets(self, peer_id: int) -> int:
+        """DATA and probes from ``peer_id`` to us that no path delivered (left the window unseen)."""
+        flow = self.flows.get((peer_id, self.self_id))
+        return flow.window.lost if flow is not None else 0
+
+
+def _ip_of(link: Path) -> int:
+    """The remote IPv4 address of a link as an int (links always have an address)."""
+    assert link.addr is not None
+    return ippkt.ip_to_int(link.addr[0])

@@ -1,0 +1,179 @@
+"""Paths: the ways we can reach one peer, with liveness, RTT and counters.
+
+A *path* is a (local port, remote UDP endpoint) pair plus the path index (``pi``, 0-15) we
+stamp on packets sent over it. Three kinds:
+
+* STATIC: the peer's address from the secrets file, once per local port. ``pi`` = port index.
+* LEARNED: an address learned from an authentic, fresh packet of the peer, filed under the
+  path index the *sender* stamped and the local port it arrived on. We answer on the same
+  index, so both ends account the path alike. At most 16 indexes x 4 ports per peer.
+* VIA: "to this peer through forwarder i" (upstream only). Its next hop is the forwarder's
+  best path; ``pi`` = (i+1) << 2 | local port index, as the original's ``pi_a``.
+
+Path index layout (4 bits): ``fslot << 2 | port`` where fslot 0 means "direct" and 1-3 the
+origin's forwarder. Liveness: a path is up while it has delivered an authentic packet or a
+probe reply within ``path_timeout`` seconds. Owned by the Engine; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+from alpaca.core.constants import PATH_SLOTS
+from alpaca.core.ids import format_peer_id
+from alpaca.core.settings import Addr
+
+NEVER = -math.inf
+
+
+class PathKind(Enum):
+    STATIC = "static"
+    LEARNED = "learned"
+    VIA = "via"
+
+
+class Path:
+    """One path and its counters (plain ints and floats, read by the metrics collector).
+
+    Times (``*_at``) are monotonic seconds; RTTs are seconds.
+    """
+
+    __slots__ = (
+        "addr", "changes", "data_lost", "data_sent", "kind", "last_ok_at", "name", "peer",
+        "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
+        "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
+        "rx_packets", "srtt", "tx_bytes", "tx_packets", "up", "via",
+    )
+
+    def __init__(
+        self, peer: int, kind: PathKind, pi: int, port: int, addr: Addr | None, name: str,
+        via: int | None = None,
+    ) -> None:
+        self.peer, self.kind, self.pi, self.port, self.addr = peer, kind, pi, port, addr
+        self.name, self.via = name, via
+        self.up = False
+        self.reason = "new"
+        self.changes = 0
+        self.last_ok_at = NEVER
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.rtt_last: float | None = None
+        self.rtt_samples: list[float] = []
+        self.probes_sent = self.probes_answered = 0
+        self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
+        self.rx_first = self.rx_duplicates = 0
+        self.data_sent = 0
+        self.peer_data_rx = 0
+        self.data_lost = 0
+        self.probe_data_mark = (0, 0)
+
+    def __repr__(self) -> str:
+        return f"Path({format_peer_id(self.peer)} {self.name} {self.addr} up={self.up})"
+
+    def on_rtt(self, sample: float) -> None:
+        """Fold one RTT sample into srtt/rttvar (RFC 6298 weights)."""
+        self.rtt_last = sample
+        if self.srtt is None:
+            self.srtt, self.rttvar = sample, sample / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+        if len(self.rtt_samples) < 256:  # drained by the metrics histogram at scrape time
+            self.rtt_samples.append(sample)
+
+    def on_data_report(self, peer_rx: int) -> None:
+        """A probe reply says the peer received ``peer_rx`` of our DATA on this path index.
+
+        Loss is counted between consecutive reports: (sent delta) - (received delta), never
+        negative (packets in flight at report time show up in the next interval).
+        """
+        sent_before, rx_before = self.probe_data_mark
+        if peer_rx >= rx_before:
+            self.data_lost += max(0, (self.data_sent - sent_before) - (peer_rx - rx_before))
+        self.peer_data_rx = peer_rx
+        self.probe_data_mark = (self.data_sent, peer_rx)
+
+    def evaluate(self, now: float, timeout: float) -> bool:
+        """Update ``up`` from ``last_ok_at``; True if the state changed."""
+        up = now - self.last_ok_at < timeout
+        if up == self.up:
+            return False
+        self.up = up
+        self.reason = "answering" if up else "timeout"
+        self.changes += 1
+        return True
+
+
+def port_label(ports: tuple[str, ...], port: int) -> str:
+    return ports[port] if port < len(ports) else str(port)
+
+
+class PeerPaths:
+    """All paths to one peer, plus the per-path-index receive counts probes report."""
+
+    __slots__ = ("learned", "peer", "ports", "rx_data_by_pi", "static", "via")
+
+    def __init__(self, peer: int, ports: tuple[str, ...], static_addr: Addr | None) -> None:
+        self.peer = peer
+        self.ports = ports
+        self.static: list[Path] = []
+        if static_addr is not None:
+            for port, label in enumerate(ports):
+                self.static.append(Path(peer, PathKind.STATIC, port, port, static_addr, f"direct/{label}"))
+        self.learned: dict[tuple[int, int], Path] = {}
+        self.via: dict[int, Path] = {}
+        self.rx_data_by_pi = [0] * PATH_SLOTS
+
+    def all(self) -> list[Path]:
+        """Every path, VIA paths included."""
+        return [*self.static, *self.learned.values(), *self.via.values()]
+
+    def links(self) -> list[Path]:
+        """Static and learned paths: the ones with an address of their own."""
+        return [*self.static, *self.learned.values()]
+
+    def match(self, port: int, addr: Addr) -> Path | None:
+        """The static or learned path with exactly this local port and remote address."""
+        for path in self.static:
+            if path.port == port and path.addr == addr:
+                return path
+        for path in self.learned.values():
+            if path.port == port and path.addr == addr:
+                return path
+        return None
+
+    def learn(self, pi: int, port: int, addr: Addr, now: float) -> Path:
+        """File ``addr`` under (pi, port); an existing exact match is reused (never moved).
+
+        Called only for authentic, fresh packets. Static paths are never overwritten.
+        """
+        path = self.match(port, addr)
+        if path is None:
+            key = (pi, port)
+            path = self.learned.get(key)
+            if path is None:
+                path = Path(self.peer, PathKind.LEARNED, pi, port, addr,
+                            f"slot{pi}/{port_label(self.ports, port)}")
+                self.learned[key] = path
+            else:
+                path.addr = addr
+        path.last_ok_at = now
+        return path
+
+    def live_links(self) -> list[Path]:
+        """Static and learned paths that are up."""
+        return [p for p in self.links() if p.up]
+
+    def best_link(self) -> Path | None:
+        """The up link with the lowest smoothed RTT; else the first link of any state."""
+        live = self.live_links()
+        if live:
+            return min(live, key=lambda p: p.srtt if p.srtt is not None else math.inf)
+        links = self.links()
+        return links[0] if links else None
+
+    def expire(self, now: float, lifetime: float) -> list[Path]:
+        """Forget learned paths silent for ``lifetime`` seconds; return what was removed."""
+        gone = [k for k, p in self.learned.items() if now - p.last_ok_at >= lifetime]
+        return [self.learned.pop(k) for k in gone]

@@ -1,0 +1,57 @@
+"""Per-peer state owned by the Engine: paths, send counter, traffic counters."""
+
+from __future__ import annotations
+
+from alpaca.core.paths import NEVER, Path, PathKind, PeerPaths
+from alpaca.core.replay import ReplayWindow
+from alpaca.core.settings import Addr
+
+
+class Peer:
+    """One configured peer as seen from this node.
+
+    Attributes:
+        next_counter: the next counter we seal towards this peer (per epoch, never reused).
+        tx_*: DATA packets we originated to this peer; rx_*: DATA from it delivered to us.
+        dup_copies: delayed extra copies we sent towards it.
+        last_active_at: last time we sent to or heard from it (monotonic seconds).
+    """
+
+    __slots__ = (
+        "addr", "dup_copies", "last_active_at", "next_counter", "paths", "peer_id",
+        "rx_bytes", "rx_packets", "tx_bytes", "tx_packets",
+    )
+
+    def __init__(self, peer_id: int, ports: tuple[str, ...], addr: Addr | None) -> None:
+        self.peer_id = peer_id
+        self.addr = addr
+        self.paths = PeerPaths(peer_id, ports, addr)
+        self.next_counter = 0
+        self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
+        self.dup_copies = 0
+        self.last_active_at = NEVER
+
+    def set_via_paths(self, forwarders: tuple[int, ...], names: list[str]) -> None:
+        """(Re)build the VIA paths to this peer through ``forwarders`` (index order).
+
+        A forwarder that is this peer itself gets no VIA path (it is reached directly).
+        Existing VIA paths for the same forwarder keep their counters.
+        """
+        old = {p.via: p for p in self.paths.via.values()}
+        self.paths.via = {}
+        for i, fwd in enumerate(forwarders):
+            if fwd == self.peer_id:
+                continue
+            path = old.get(fwd) or Path(self.peer_id, PathKind.VIA, (i + 1) << 2, 0, None, names[i], via=fwd)
+            path.pi = (i + 1) << 2
+            self.paths.via[i + 1] = path
+
+
+class Flow:
+    """Receive state of one (src, dst) direction: the sender's current epoch and its window."""
+
+    __slots__ = ("epoch", "window")
+
+    def __init__(self, epoch: int, window_size: int) -> None:
+        self.epoch = epoch
+        self.window = ReplayWindow(window_size)

@@ -1,0 +1,140 @@
+"""Path probes: liveness, RTT and per-path loss, driven by the engine's timer.
+
+Every ``probe_interval`` seconds the node sends a PROBE on each path it watches: the static and
+learned links of peers it uses, and the VIA paths to its gateway through each forwarder (those
+probes are relayed like data, so they measure the whole path). The peer answers each PROBE on
+the link it arrived on with a PROBE_REPLY carrying the probe id and how many of our DATA
+packets it has received with that path index. That gives, per path: RTT (smoothed and last),
+probe loss (sent - answered), and data loss (our sent count against the peer's received count).
+
+Every tick (at most 0.25 s apart) each path is re-evaluated: it is down once nothing authentic
+has arrived on it for ``path_timeout`` seconds, and learned paths silent for ``path_lifetime``
+are forgotten. Owned by the Engine; not thread-safe.
+
+Payloads: PROBE = u32 probe id; PROBE_REPLY = u32 probe id + u64 DATA count (big-endian).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING
+
+from alpaca.core.constants import PacketType
+from alpaca.core.drops import DropReason
+from alpaca.core.header import with_hop_fields
+from alpaca.core.ids import format_peer_id
+from alpaca.core.paths import Path
+from alpaca.core.settings import Addr
+
+if TYPE_CHECKING:
+    from alpaca.core.engine import Engine
+    from alpaca.core.peers import Peer
+
+log = logging.getLogger(__name__)
+
+PROBE = struct.Struct("!I")
+REPLY = struct.Struct("!IQ")
+MAX_TICK = 0.25
+MAX_OUTSTANDING = 1 << 16
+
+
+class Prober:
+    """Sends probes, answers them, and keeps path states current."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.next_tick_at = 0.0
+        self.next_probe_at = 0.0
+        self.outstanding: dict[int, tuple[Path, float]] = {}
+        self._next_id = 1
+
+    def on_timer(self, now: float) -> None:
+        """Run a tick if one is due: probe round (every probe_interval) and path evaluation."""
+        if now < self.next_tick_at:
+            return
+        s = self.engine.settings
+        self.next_tick_at = now + min(MAX_TICK, s.probe_interval)
+        if now >= self.next_probe_at:
+            self.next_probe_at = now + s.probe_interval
+            self._forget_unanswered(now - 2 * s.path_timeout)
+            for peer in self.engine.peers.values():
+                if self._is_watched(peer, now):
+                    self._probe_peer(peer, now)
+        self._evaluate(now)
+
+    def _is_watched(self, peer: Peer, now: float) -> bool:
+        s = self.engine.settings
+        return (
+            peer.peer_id in s.forwarders or peer.peer_id == s.gateway
+            or bool(peer.paths.learned) or now - peer.last_active_at < s.path_lifetime
+        )
+
+    def _probe_peer(self, peer: Peer, now: float) -> None:
+        for link in peer.paths.links():
+            self._send_probe(peer, link, link, now)
+        for via in peer.paths.via.values():
+            fwd = self.engine.peers.get(via.via) if via.via is not None else None
+            best = fwd.paths.best_link() if fwd is not None else None
+            if best is not None:
+                self._send_probe(peer, via, best, now)
+
+    def _send_probe(self, peer: Peer, path: Path, link: Path, now: float) -> None:
+        probe_id = self._next_id
+        self._next_id = (probe_id + 1) & 0xFFFFFFFF or 1
+        datagram = self.engine.seal(peer, PacketType.PROBE, 0, PROBE.pack(probe_id))
+        path.probes_sent += 1
+        self.engine.stats.probes_sent += 1
+        if len(self.outstanding) >= MAX_OUTSTANDING:
+            del self.outstanding[next(iter(self.outstanding))]
+        self.outstanding[probe_id] = (path, now)
+        self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, path.pi))
+
+    def _forget_unanswered(self, before: float) -> None:
+        stale = [pid for pid, (_, sent_at) in self.outstanding.items() if sent_at < before]
+        for pid in stale:
+            del self.outstanding[pid]
+
+    def answer(self, peer: Peer, pi: int, payload: bytes, port: int, addr: Addr) -> None:
+        """Reply to a PROBE on the link it came in on, with our DATA count for its path index."""
+        if len(payload) != PROBE.size:
+            self.engine.stats.drop(DropReason.MALFORMED)
+            return
+        (probe_id,) = PROBE.unpack(payload)
+        reply = REPLY.pack(probe_id, peer.paths.rx_data_by_pi[pi])
+        datagram = self.engine.seal(peer, PacketType.PROBE_REPLY, 0, reply)
+        link = peer.paths.match(port, addr)
+        assert link is not None, "the probe's link was learned before it was answered"
+        if self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, pi)):
+            self.engine.stats.probes_answered += 1
+
+    def on_reply(self, peer: Peer, payload: bytes, now: float) -> None:
+        """Match a PROBE_REPLY to its probe: RTT sample, liveness, data-loss report."""
+        if len(payload) != REPLY.size:
+            self.engine.stats.drop(DropReason.MALFORMED)
+            return
+        probe_id, data_rx = REPLY.unpack(payload)
+        entry = self.outstanding.get(probe_id)
+        if entry is None or entry[0].peer != peer.peer_id:
+            self.engine.stats.drop(DropReason.UNKNOWN_PROBE)
+            return
+        del self.outstanding[probe_id]
+        path, sent_at = entry
+        path.on_rtt(now - sent_at)
+        path.probes_answered += 1
+        path.last_ok_at = now
+        path.on_data_report(data_rx)
+        self.engine.stats.probe_replies_received += 1
+
+    def _evaluate(self, now: float) -> None:
+        s = self.engine.settings
+        for peer in self.engine.peers.values():
+            for path in peer.paths.all():
+                if path.evaluate(now, s.path_timeout):
+                    self.engine.stats.path_changes += 1
+                    log.info("path %s peer=%s path=%s addr=%s reason=%s",
+                             "up" if path.up else "down", format_peer_id(peer.peer_id),
+                             path.name, path.addr, path.reason)
+            for gone in peer.paths.expire(now, s.path_lifetime):
+                log.info("path forgotten peer=%s path=%s addr=%s",
+                         format_peer_id(peer.peer_id), gone.name, gone.addr)

@@ -1,0 +1,36 @@
+"""Engine counters: plain ints the metrics collector reads at scrape time.
+
+The core never imports prometheus; `alpaca.metrics` turns these into metric families.
+"""
+
+from __future__ import annotations
+
+from alpaca.core.drops import DropReason
+
+
+class EngineStats:
+    """Node-wide counters. Per-peer and per-path counters live on Peer and Path objects."""
+
+    __slots__ = (
+        "delivered_bytes", "delivered_packets", "drops", "dup_copies_sent", "epoch_resets",
+        "forwarded_bytes", "forwarded_packets", "path_changes", "probe_replies_received",
+        "probes_answered", "probes_sent", "reloads", "sent_bytes", "sent_datagrams",
+    )
+
+    def __init__(self) -> None:
+        self.drops = [0] * len(DropReason)
+        self.sent_datagrams = self.sent_bytes = 0
+        self.delivered_packets = self.delivered_bytes = 0
+        self.forwarded_packets = self.forwarded_bytes = 0
+        self.dup_copies_sent = 0
+        self.probes_sent = self.probes_answered = self.probe_replies_received = 0
+        self.path_changes = 0
+        self.epoch_resets = 0
+        self.reloads = 0
+
+    def drop(self, reason: DropReason) -> None:
+        self.drops[reason] += 1
+
+    def drop_counts(self) -> dict[str, int]:
+        """Drops by reason label, every reason present (zeros included)."""
+        return {r.label: self.drops[r] for r in DropReason}

@@ -1,0 +1,522 @@
+"""The forwarding engine on a virtual network: every rule of the wiki, failover, dup-send."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alpaca.core.constants import PacketType
+from alpaca.core.engine import Engine
+from alpaca.core.header import HEADER
+from alpaca.core.settings import DupPolicy
+from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+
+S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
+UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
+
+
+def gateway_resolver(gw: str = "10.17.1.1"):
+    calls: list[tuple[str, str]] = []
+
+    def resolve(dst: str, src: str) -> str | None:
+        calls.append((dst, src))
+        return gw
+
+    resolve.calls = calls  # type: ignore[attr-defined]
+    return resolve
+
+
+def eng(node: Node) -> Engine:
+    assert node.engine is not None
+    return node.engine
+
+
+def drops(node: Node, reason: str) -> int:
+    return eng(node).stats.drop_counts()[reason]
+
+
+def ping(net: EngineNet, src: Node, dst_ip: str, n: int = 1, gap: float = 0.01, **kw: object) -> None:
+    for _ in range(n):
+        net.inject_tun(src, ipv4(tunnel_ip(src.peer_id), dst_ip, **kw))  # type: ignore[arg-type]
+        net.run(gap)
+
+
+def star() -> tuple[EngineNet, Node, Node, Node, Node]:
+    """Server 1.1, forwarders 1.2 and 1.3, client 16.1 whose uplinks reach one forwarder each."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, F1_EP)
+    net.link(UP2, F2_EP)
+    net.link(F1_EP, S_EP)
+    net.link(F2_EP, S_EP)
+    return net, s, f1, f2, c
+
+
+def start_star(net: EngineNet, s: Node, f1: Node, f2: Node, c: Node, **client: object) -> None:
+    net.start(s)
+    net.start(f1)
+    net.start(f2)
+    opts: dict[str, object] = dict(forwarders=(pid("1.2"), pid("1.3")), gateway=pid("1.1"))
+    opts.update(client)
+    net.start(c, resolver=gateway_resolver(), **opts)
+    net.run(2.0)
+
+
+# --------------------------------------------------------------------------- wiki rules
+def test_engine_a1_no_forwarders_sends_straight_to_gateway_and_back() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    ping(net, c, "8.8.8.8")
+    assert len(s.tun) == 1 and s.tun[0][16:20] == bytes([8, 8, 8, 8])
+    net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+    net.run(0.1)
+    assert len(c.tun) == 1
+
+
+def test_engine_a2_sends_to_every_forwarder_and_the_gateway_keeps_one() -> None:
+    net, s, f1, f2, c = star()
+    start_star(net, s, f1, f2, c)
+    before = len(s.tun)
+    ping(net, c, "8.8.8.8", n=10, gap=0.05)
+    assert len(s.tun) - before == 10
+    assert eng(f1).stats.forwarded_packets >= 10 and eng(f2).stats.forwarded_packets >= 10
+    assert drops(s, "duplicate") >= 10  # the second copy of each, via the other forwarder
+
+
+def test_engine_downstream_goes_on_every_live_path_of_the_client() -> None:
+    net, s, f1, f2, c = star()
+    start_star(net, s, f1, f2, c)
+    c_at_s = eng(s).peers[c.peer_id]
+    assert {p.addr for p in c_at_s.paths.live_links()} == {F1_EP, F2_EP}
+    seen = capture(net, s)
+    net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+    net.run(0.2)
+    data = [addr for addr, d in seen if d[0] & 0x0F == PacketType.DATA]
+    assert sorted(data) == sorted([F1_EP, F2_EP])
+    assert len(c.tun) == 1 and drops(c, "duplicate") >= 1
+
+
+def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, F1_EP)
+    net.link(F1_EP, F2_EP)
+    net.link(F2_EP, S_EP)
+    net.start(s)
+    net.start(f2)
+    net.start(f1, forwarders=(pid("1.3"),))
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c, "8.8.8.8", n=3, gap=0.1)
+    assert len(s.tun) == 3
+    assert eng(f2).stats.forwarded_packets >= 3
+
+
+def test_engine_p2p_between_two_clients_through_the_server() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c1 = net.add("C1", "16.1", [UP1], static=False)
+    c2 = net.add("C2", "16.2", [UP2], static=False)
+    net.link(UP1, S_EP)
+    net.link(UP2, S_EP)
+    net.start(s)
+    for c in (c1, c2):
+        net.start(c, forwarders=(pid("1.1"),), gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # upstream: 16.2 -> 16.1 via the server
+    assert len(c1.tun) == 1
+    ping(net, c1, tunnel_ip(c2.peer_id), gap=0.1)  # downstream: on the path learned via S
+    assert len(c2.tun) == 1
+
+
+def test_engine_split_horizon_stops_two_relays_bouncing_a_packet() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, F1_EP)
+    net.link(F1_EP, F2_EP)
+    net.start(s)
+    net.start(f1, forwarders=(pid("1.3"),))
+    net.start(f2, forwarders=(pid("1.2"),))
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(1.0)
+    ping(net, c, "8.8.8.8", gap=0.5)
+    assert eng(f2).stats.forwarded_packets == 0
+    assert drops(f2, "no_path") >= 1
+
+
+def ring(ttl: int) -> tuple[EngineNet, list[Node], Node]:
+    """Three relays each forwarding upstream to the next: a routing loop by configuration."""
+    net = EngineNet()
+    eps = [("10.0.1.1", 5000), ("10.0.1.2", 5000), ("10.0.1.3", 5000)]
+    relays = [net.add(f"R{i}", f"1.{i + 2}", [eps[i]]) for i in range(3)]
+    net.add("S", "1.1", [S_EP])  # configured, never reachable
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, eps[0])
+    for i in range(3):
+        net.link(eps[i], eps[(i + 1) % 3])
+    for i, r in enumerate(relays):
+        net.start(r, forwarders=(relays[(i + 1) % 3].peer_id,))
+    net.start(c, resolver=gateway_resolver(), forwarders=(relays[0].peer_id,), gateway=pid("1.1"), ttl=ttl)
+    net.run(1.0)
+    return net, relays, c
+
+
+def test_engine_dedup_at_relays_ends_a_forwarding_loop() -> None:
+    net, relays, c = ring(ttl=15)
+    seen = [capture(net, r) for r in relays]
+    ping(net, c, "8.8.8.8", gap=1.0)
+    relayed = sum(1 for log in seen for _, d in log if d[0] & 0x0F == PacketType.DATA)
+    assert relayed == 3  # once round the ring, then the first relay knows the counter
+    assert drops(relays[0], "duplicate") >= 1
+
+
+def test_engine_ttl_bounds_the_hops() -> None:
+    net, relays, c = ring(ttl=1)
+    seen = [capture(net, r) for r in relays]
+    ping(net, c, "8.8.8.8", gap=1.0)
+    relayed = [sum(1 for _, d in log if d[0] & 0x0F == PacketType.DATA) for log in seen]
+    assert relayed == [1, 0, 0]  # the first relay sends it on with TTL 0; the second drops it
+    assert drops(relays[1], "ttl_expired") >= 1
+
+
+def test_engine_loop_check_refuses_to_tunnel_the_tunnels_own_traffic() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    ping(net, c, S_EP[0])  # the server's own underlay address routed into the tunnel
+    assert drops(c, "loop") == 1 and len(s.tun) == 0
+
+
+# --------------------------------------------------------------------------- paths
+def two_path_pair(loss: float = 0.0, **client: object) -> tuple[EngineNet, Node, Node]:
+    net = EngineNet(seed=7)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, S_EP, loss=loss)
+    net.link(UP2, S_EP)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"), **client)
+    net.run(2.0)
+    return net, s, c
+
+
+def test_engine_path_goes_down_within_the_timeout_and_comes_back() -> None:
+    net, s, c = two_path_pair()
+    paths = eng(c).peers[s.peer_id].paths.static
+    assert all(p.up for p in paths)
+    a, b = net.links[(UP1, S_EP)], net.links[(S_EP, UP1)]
+    a.up = b.up = False
+    t_break = net.now
+    net.run(3.25)
+    assert not paths[0].up and paths[0].reason == "timeout" and paths[1].up
+    assert net.now - t_break <= 3.25
+    a.up = b.up = True
+    net.run(1.5)
+    assert paths[0].up and paths[0].reason == "answering"
+
+
+def test_engine_failover_loses_nothing_when_one_path_dies_mid_transfer() -> None:
+    net, s, c = two_path_pair()
+    before = len(s.tun)
+    for i in range(200):
+        if i == 50:
+            net.links[(UP1, S_EP)].up = net.links[(S_EP, UP1)].up = False
+        ping(net, c, "8.8.8.8", gap=0.02)
+    net.run(0.5)
+    assert len(s.tun) - before == 200
+
+
+def test_engine_learned_path_is_forgotten_after_its_lifetime() -> None:
+    net, s, c = two_path_pair()
+    c_at_s = eng(s).peers[c.peer_id]
+    assert len(c_at_s.paths.learned) == 2
+    c.engine = None  # the client vanishes
+    net.run(61.0)
+    assert c_at_s.paths.learned == {}
+
+
+def test_engine_probes_measure_rtt_and_per_path_data_loss() -> None:
+    net = EngineNet(seed=3)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    ab, _ = net.link(UP1, S_EP, delay=0.02)
+    ab.loss = 0.2  # client -> server only
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c, "8.8.8.8", n=2000, gap=0.002)
+    net.run(3.0)
+    path = eng(c).peers[s.peer_id].paths.static[0]
+    assert path.srtt is not None and abs(path.srtt - 0.04) < 0.005
+    assert 0.15 < path.data_lost / path.data_sent < 0.25
+    assert path.probes_answered < path.probes_sent
+
+
+# --------------------------------------------------------------------------- duplicate-send
+def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
+    net, s, c = two_path_pair(loss=0.3)
+    before = len(s.tun)
+    ping(net, c, "8.8.8.8", n=1000, gap=0.005)
+    net.run(1.0)
+    assert len(s.tun) - before == 1000
+    first = {p.name: p.rx_first for p in eng(s).peers[c.peer_id].paths.learned.values()}
+    assert sum(first.values()) >= 1000 and drops(s, "duplicate") > 0
+    assert eng(s).lost_packets(c.peer_id) == 0
+
+
+def single_lossy_path(policy: DupPolicy, copies: int) -> int:
+    net = EngineNet(seed=11)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP, loss=0.3)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"), dup_policy=policy,
+              dup_copies=copies, dup_delay=0.01)
+    net.run(1.0)
+    before = len(s.tun)
+    ping(net, c, "8.8.8.8", n=1000, gap=0.005)
+    net.run(1.0)
+    return len(s.tun) - before
+
+
+def test_engine_delayed_copies_recover_most_losses_on_a_single_path() -> None:
+    plain = single_lossy_path(DupPolicy.NONE, 0)
+    with_copies = single_lossy_path(DupPolicy.ALL, 2)
+    assert 620 < plain < 780  # ~30 % lost
+    assert with_copies > 950  # ~0.3^3 = 2.7 % lost
+
+
+def test_engine_delayed_copy_leaves_after_the_delay_on_another_link() -> None:
+    net = EngineNet()
+    f1 = net.add("F1", "1.2", [F1_EP])
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, F1_EP)
+    net.link(UP2, F1_EP, delay=0.006)
+    net.link(F1_EP, S_EP)
+    net.start(s)
+    net.start(f1)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"),
+              dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=0.1)
+    net.run(2.0)
+    sends: list[tuple[float, int]] = []
+    out = eng(c).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if data[0] & 0x0F == PacketType.DATA:
+            sends.append((net.now, port))
+        return original(port, addr, data)
+
+    out.send = send  # type: ignore[method-assign]
+    t0 = net.now
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8", proto=6, syn=True))
+    net.run(0.5)
+    assert len(sends) == 2
+    (t_first, port_first), (t_copy, port_copy) = sends
+    assert t_first == t0 and abs(t_copy - t0 - 0.1) < 1e-9
+    assert port_first != port_copy  # the copy took the other uplink
+    assert eng(c).stats.dup_copies_sent == 1
+    assert len(s.tun) == 1
+
+
+def test_engine_syn_dns_policy_copies_only_syn_and_dns() -> None:
+    net, _s, c = two_path_pair(dup_policy=DupPolicy.SYN_DNS, dup_copies=1, dup_delay=0.01)
+    ping(net, c, "8.8.8.8", proto=6, syn=False, gap=0.1)  # plain TCP ACK
+    assert eng(c).stats.dup_copies_sent == 0
+    ping(net, c, "8.8.8.8", proto=6, syn=True, gap=0.1)
+    ping(net, c, "8.8.8.8", proto=17, dport=53, gap=0.1)
+    assert eng(c).stats.dup_copies_sent == 2
+
+
+def test_engine_delayed_copy_queue_is_bounded() -> None:
+    net, _s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=5.0, dup_queue_max=2)
+    for _ in range(5):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    assert len(eng(c).dup) == 2 and drops(c, "dup_queue_full") == 3
+
+
+# --------------------------------------------------------------------------- hostile input
+def capture(net: EngineNet, node: Node) -> list[tuple[tuple[str, int], bytes]]:
+    """Wrap a node's output to record every datagram it sends."""
+    seen: list[tuple[tuple[str, int], bytes]] = []
+    out = eng(node).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        seen.append((addr, data))
+        return original(port, addr, data)
+
+    out.send = send  # type: ignore[method-assign]
+    return seen
+
+
+def state_of(engine: Engine) -> tuple[object, ...]:
+    paths = sorted((p.peer, p.name, p.addr) for peer in engine.peers.values() for p in peer.paths.links())
+    flows = sorted((k, f.epoch, f.window.top) for k, f in engine.flows.items())
+    return tuple(paths), tuple(flows)
+
+
+def test_engine_replayed_datagram_from_another_address_is_dropped_and_learns_nothing() -> None:
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8")
+    data = next(d for addr, d in seen if d[0] & 0x0F == PacketType.DATA)
+    before = state_of(eng(s))
+    delivered = len(s.tun)
+    eng(s).on_datagram(data, ("10.66.0.1", 9999), 0, net.now)
+    net.run(15.0)
+    eng(s).on_datagram(data, ("10.66.0.1", 9999), 0, net.now)
+    assert len(s.tun) == delivered
+    assert all(p.addr[0] != "10.66.0.1" for p in eng(s).peers[c.peer_id].paths.links())
+    assert drops(s, "duplicate") + drops(s, "too_old") >= 2
+    assert state_of(eng(s))[0] == before[0]
+
+
+def test_engine_client_cannot_impersonate_another_client() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c1 = net.add("C1", "16.1", [UP1], static=False)
+    c2 = net.add("C2", "16.2", [UP2], static=False)
+    net.link(UP1, S_EP)
+    net.link(UP2, S_EP)
+    net.start(s)
+    net.start(c1, gateway=pid("1.1"))
+    net.start(c2, gateway=pid("1.1"))
+    net.run(2.0)
+    before = state_of(eng(s))
+    # C2 seals with the only key it holds (its own) but claims to be 16.1.
+    from alpaca.core.crypto import DirectionCipher, derive_key
+
+    key = derive_key(net.keys[c2.peer_id], "test-group", c1.peer_id, s.peer_id, 10**9)
+    header = HEADER.pack(0x20, 0, 15, 0, c1.peer_id, s.peer_id, 10**9, 0)
+    forged = DirectionCipher(key).seal(header, ipv4(tunnel_ip(c1.peer_id), "8.8.8.8"))
+    eng(s).on_datagram(forged, UP2, 0, net.now)
+    assert drops(s, "bad_tag") == 1 and state_of(eng(s)) == before
+
+
+def test_engine_restart_new_epoch_accepted_old_epoch_rejected() -> None:
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8")
+    old = next(d for addr, d in seen if d[0] & 0x0F == PacketType.DATA)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))  # restart: a higher epoch
+    delivered = len(s.tun)
+    ping(net, c, "8.8.8.8", gap=0.1)
+    assert len(s.tun) == delivered + 1 and eng(s).stats.epoch_resets == 1
+    eng(s).on_datagram(old, UP1, 0, net.now)
+    assert drops(s, "old_epoch") == 1 and len(s.tun) == delivered + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=1600), st.integers(0, 255), st.integers(0, 15))
+def test_engine_random_datagrams_never_raise_and_change_no_state(junk: bytes, vt: int, pi: int) -> None:
+    _net, s, c = _hostile_pair()
+    before = state_of(eng(s))
+    looks_valid = HEADER.pack(0x20 | (vt & 3), vt, 15, pi, c.peer_id, s.peer_id, 2000, 5) + junk
+    for data in (junk, looks_valid):
+        eng(s).on_datagram(data, ("10.66.0.1", 1), 0, 100.0)
+    assert state_of(eng(s)) == before
+    assert len(s.tun) == 0
+
+
+_PAIR: list[tuple[EngineNet, Node, Node]] = []
+
+
+def _hostile_pair() -> tuple[EngineNet, Node, Node]:
+    if not _PAIR:
+        net = EngineNet()
+        s = net.add("S", "1.1", [S_EP])
+        c = net.add("C", "16.1", [UP1], static=False)
+        net.link(UP1, S_EP)
+        net.start(s)
+        net.start(c, gateway=pid("1.1"))
+        net.run(2.0)
+        s.tun.clear()
+        _PAIR.append((net, s, c))
+    return _PAIR[0]
+
+
+def test_engine_drops_foreign_and_spoofed_tunnel_sources() -> None:
+    net, s, c = two_path_pair()
+    net.inject_tun(c, ipv4("10.17.9.9", "8.8.8.8"))  # not our tunnel address
+    assert drops(c, "foreign_source") == 1
+    # A client delivering a packet whose inner source is another peer's tunnel address.
+    net.inject_tun(s, ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id)))
+    net.run(0.1)
+    assert len(c.tun) == 1
+    eng(c)._write_tun(eng(c).peers[s.peer_id], ipv4("10.17.3.3", tunnel_ip(c.peer_id)), 0)
+    assert drops(c, "spoofed_source") == 1
+
+
+# --------------------------------------------------------------------------- routes and reload
+def test_engine_route_answers_are_cached_and_flushed() -> None:
+    net, _s, c = two_path_pair()
+    resolver = eng(c).resolver
+    calls = resolver.calls  # type: ignore[union-attr]
+    n = len(calls)
+    ping(net, c, "8.8.8.8", n=3)
+    assert len(calls) == n + 1
+    eng(c).flush_routes()
+    ping(net, c, "8.8.8.8")
+    assert len(calls) == n + 2
+
+
+def test_engine_route_via_a_non_tunnel_gateway_is_no_route() -> None:
+    net, _s, c = two_path_pair()
+    eng(c).resolver = gateway_resolver("192.168.1.1")
+    ping(net, c, "1.2.3.4")
+    assert drops(c, "no_route") == 1
+
+
+def test_engine_reload_keeps_learned_paths_and_cuts_a_removed_peer() -> None:
+    net, s, c = two_path_pair()
+    engine = eng(s)
+    learned = dict(engine.peers[c.peer_id].paths.learned)
+    engine.reload(engine.settings)
+    assert engine.peers[c.peer_id].paths.learned == learned
+    peers = {k: v for k, v in engine.settings.peers.items() if k != c.peer_id}
+    from dataclasses import replace
+
+    engine.reload(replace(engine.settings, peers=peers))
+    delivered = len(s.tun)
+    ping(net, c, "8.8.8.8", n=3, gap=0.1)
+    assert len(s.tun) == delivered and drops(s, "unknown_peer") >= 3
+
+
+def test_engine_with_random_loss_delay_and_reordering_delivers_every_packet_once() -> None:
+    net = EngineNet(seed=5)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, S_EP, delay=0.01, jitter=0.03, loss=0.1)
+    net.link(UP2, S_EP, delay=0.03, jitter=0.03, loss=0.1)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"), dup_policy=DupPolicy.ALL, dup_copies=1,
+              dup_delay=0.02)
+    net.run(2.0)
+    payloads = [random.Random(i).randbytes(30) for i in range(500)]
+    for p in payloads:
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8", payload=p))
+        net.run(0.003)
+    net.run(1.0)
+    got = [pkt[20:] for pkt in s.tun]
+    assert len(got) == len(set(got))  # never twice
+    assert len(got) >= 495  # 0.1^4 residual loss

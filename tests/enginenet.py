@@ -1,0 +1,163 @@
+"""EngineNet: several Engines joined by a fake network on a virtual clock.
+
+Each node owns one UDP endpoint per local port. Links between endpoints carry a one-way
+delay, jitter (reordering) and a loss probability, all driven by one seeded RNG, so every
+scenario is deterministic. `run(until)` interleaves deliveries and engine timers in time order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import struct
+from dataclasses import dataclass, field
+
+from alpaca.core.engine import Engine
+from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
+
+NET = 0x0A110000  # 10.17.0.0/16
+
+
+def pid(text: str) -> int:
+    a, b = text.split(".")
+    return int(a) * 256 + int(b)
+
+
+def tunnel_ip(peer: int) -> str:
+    return f"10.17.{peer >> 8}.{peer & 0xFF}"
+
+
+def ipv4(src: str, dst: str, proto: int = 1, payload: bytes = b"x" * 36, *, syn: bool = False,
+         sport: int = 40000, dport: int = 80) -> bytes:
+    """A minimal IPv4 packet (checksum left zero: the engine does not check it)."""
+    if proto in (6, 17):
+        if proto == 6:
+            l4 = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x02 if syn else 0x10, 0, 0, 0)
+        else:
+            l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+        payload = l4 + payload
+    total = 20 + len(payload)
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, proto, 0,
+                       bytes(int(x) for x in src.split(".")), bytes(int(x) for x in dst.split(".")))
+    return head + payload
+
+
+@dataclass
+class Link:
+    """One direction of a link between two endpoints."""
+
+    delay: float = 0.005
+    jitter: float = 0.0
+    loss: float = 0.0
+    up: bool = True
+
+
+@dataclass
+class Node:
+    name: str
+    peer_id: int
+    endpoints: list[tuple[str, int]]
+    engine: Engine | None = None
+    tun: list[bytes] = field(default_factory=list)
+    sent: int = 0
+
+
+class NetOutput:
+    def __init__(self, net: EngineNet, node: Node) -> None:
+        self.net, self.node = net, node
+
+    def send(self, port: int, addr: tuple[str, int], data: bytes) -> bool:
+        self.node.sent += 1
+        return self.net.transmit(self.node.endpoints[port], addr, data)
+
+    def write_tun(self, packet: bytes) -> bool:
+        self.node.tun.append(packet)
+        return True
+
+
+class EngineNet:
+    """A network of engines. Build nodes with `add`, links with `link`, then `start`."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.nodes: dict[str, Node] = {}
+        self.links: dict[tuple[tuple[str, int], tuple[str, int]], Link] = {}
+        self.owner: dict[tuple[str, int], tuple[Node, int]] = {}
+        self._events: list[tuple[float, int, tuple[str, int], tuple[str, int], bytes]] = []
+        self._seq = itertools.count()
+        self.keys: dict[int, bytes] = {}
+        self.static: dict[int, tuple[str, int]] = {}
+        self.epochs = itertools.count(1000)
+
+    def add(self, name: str, peer: str, endpoints: list[tuple[str, int]], *, static: bool = True) -> Node:
+        node = Node(name, pid(peer), endpoints)
+        self.nodes[name] = node
+        for i, ep in enumerate(endpoints):
+            self.owner[ep] = (node, i)
+        self.keys[node.peer_id] = bytes([node.peer_id & 0xFF, node.peer_id >> 8]) * 8
+        if static:
+            self.static[node.peer_id] = endpoints[0]
+        return node
+
+    def link(self, a: tuple[str, int], b: tuple[str, int], **props: float) -> tuple[Link, Link]:
+        """Connect two endpoints both ways with the same properties; returns (a->b, b->a)."""
+        ab, ba = Link(**props), Link(**props)  # type: ignore[arg-type]
+        self.links[(a, b)] = ab
+        self.links[(b, a)] = ba
+        return ab, ba
+
+    def settings(self, node: Node, **kw: object) -> EngineSettings:
+        peers = {p: PeerSpec(p, k, self.static.get(p)) for p, k in self.keys.items()}
+        base: dict[str, object] = dict(
+            self_id=node.peer_id, net=NET, group="test-group", peers=peers,
+            ports=tuple(f"p{i}" for i in range(len(node.endpoints))), dup_policy=DupPolicy.NONE,
+        )
+        base.update(kw)
+        return EngineSettings(**base)  # type: ignore[arg-type]
+
+    def start(self, node: Node, resolver: object = None, **kw: object) -> Engine:
+        node.engine = Engine(self.settings(node, **kw), NetOutput(self, node), epoch=next(self.epochs),
+                             random_bytes=lambda n: bytes(n), resolver=resolver)  # type: ignore[arg-type]
+        return node.engine
+
+    def transmit(self, src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        link = self.links.get((src, dst))
+        if link is None:
+            return False  # no route: the kernel would refuse (ENETUNREACH)
+        if not link.up or self.rng.random() < link.loss:
+            return True  # lost on the wire: the sender cannot tell
+        at = self.now + link.delay + (self.rng.random() * link.jitter if link.jitter else 0.0)
+        heapq.heappush(self._events, (at, next(self._seq), src, dst, data))
+        return True
+
+    def run(self, duration: float) -> None:
+        """Advance the clock by ``duration``, delivering datagrams and firing timers in order."""
+        end = self.now + duration
+        while True:
+            t_event = self._events[0][0] if self._events else None
+            t_timer, timer_node = None, None
+            for node in self.nodes.values():
+                if node.engine is None:
+                    continue
+                d = node.engine.next_deadline()
+                if d is not None and (t_timer is None or d < t_timer):
+                    t_timer, timer_node = d, node
+            candidates = [t for t in (t_event, t_timer) if t is not None]
+            nxt = min(candidates) if candidates else None
+            if nxt is None or nxt > end:
+                break
+            self.now = max(self.now, nxt)
+            if t_event is not None and t_event <= (t_timer if t_timer is not None else t_event):
+                _, _, src, dst, data = heapq.heappop(self._events)
+                owner = self.owner.get(dst)
+                if owner is not None and owner[0].engine is not None:
+                    owner[0].engine.on_datagram(data, src, owner[1], self.now)
+            elif timer_node is not None and timer_node.engine is not None:
+                timer_node.engine.on_timer(self.now)
+        self.now = end
+
+    def inject_tun(self, node: Node, packet: bytes) -> None:
+        assert node.engine is not None
+        node.engine.on_tun_packet(packet, self.now)
