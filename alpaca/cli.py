@@ -1,0 +1,258 @@
+"""The command line: ``alpaca-tunnel [-c CONFIG] [-t] [-v] [COMMAND]``.
+
+Without a command it runs the daemon, as the original did. Commands are rows of
+:data:`SUBCOMMANDS`: adding one is a handler function plus one row.
+
+Exit codes: 0 success, 1 runtime error (``alpaca-tunnel: <message>``), 2 bad config or usage
+(one ``alpaca-tunnel: <problem>`` line per problem, never a traceback). Any other exception
+is a bug: the traceback is printed and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from alpaca import __version__
+from alpaca.config import Config, Mode, load_config, read_chnroute
+from alpaca.core.ids import format_peer_id
+from alpaca.errors import AlpacaError, ConfigError
+from alpaca.log import setup_logging
+from alpaca.paths import resolve_config_path
+from alpaca.secrets import Secrets, load_secrets
+
+PROG = "alpaca-tunnel"
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """One row of the command table."""
+
+    name: str
+    help: str
+    handler: Handler
+    #: Adds the command's own arguments to its sub-parser, if it has any.
+    configure: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def load_all(args: argparse.Namespace) -> tuple[Config, Secrets]:
+    """Load the config named by ``-c`` (or the default path) and its secrets file."""
+    config = load_config(resolve_config_path(args.config))
+    return config, load_secrets(config.secret_file, config.id)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the tunnel until it is stopped (SIGINT/SIGTERM)."""
+    config, secrets = load_all(args)
+    setup_logging(config.log_level, args.timestamps)
+    config.engine_settings(secrets)  # cross-checks the two files before touching the host
+    try:
+        daemon = importlib.import_module("alpaca.daemon")  # lazily: the CLI works without it
+    except ModuleNotFoundError as exc:
+        if exc.name != "alpaca.daemon":
+            raise
+        print(f"{PROG}: this installation has no daemon module (alpaca.daemon)", file=sys.stderr)
+        return EXIT_ERROR
+    result: int = daemon.run(config, secrets)
+    return result
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate config and secrets; print the settings and the host changes (never keys)."""
+    config, secrets = load_all(args)
+    config.engine_settings(secrets)
+    prefixes = len(read_chnroute(config.chnroute.data)) if config.chnroute else 0
+    print("\n".join(describe_settings(config, secrets)))
+    print()
+    print("\n".join(describe_host_changes(config, secrets, prefixes)))
+    print(f"\n{PROG}: config OK")
+    return EXIT_OK
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    """Print a new random key: 64 hex characters (32 bytes) for the secrets file."""
+    print(os.urandom(32).hex())
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    """Print the version."""
+    print(f"{PROG} {__version__}")
+    return EXIT_OK
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("run", "run the tunnel (the default without a command)", cmd_run),
+    Subcommand("check", "validate config and secrets, show what run would do", cmd_check),
+    Subcommand("genkey", "print a new random key for the secrets file", cmd_genkey),
+    Subcommand("version", "print the version", cmd_version),
+]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, in_subcommand: bool) -> None:
+    # Sub-parsers repeat the options with SUPPRESS defaults so that both
+    # "alpaca-tunnel -c X check" and "alpaca-tunnel check -c X" work.
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if in_subcommand else value
+
+    parser.add_argument(
+        "-c", "-C", "--config", dest="config", metavar="CONFIG", default=default(None),
+        help="config file (default: found from the executable's location)",
+    )
+    parser.add_argument(
+        "-t", "-T", "--timestamps", dest="timestamps", action="store_true",
+        default=default(False), help="prefix log lines with the local time",
+    )
+    parser.add_argument(
+        "-v", "-V", "--version", dest="version", action="store_true", default=default(False),
+        help="print the version and exit",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every row of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Multi-peer, multi-path UDP VPN with forwarders and duplicate-send."
+    )
+    _add_global_options(parser, in_subcommand=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for row in SUBCOMMANDS:
+        sub = commands.add_parser(row.name, help=row.help, description=row.help)
+        _add_global_options(sub, in_subcommand=True)
+        if row.configure is not None:
+            row.configure(sub)
+        sub.set_defaults(handler=row.handler)
+    parser.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error; argparse has printed it
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    if args.version:
+        return cmd_version(args)
+    setup_logging(logging.INFO, args.timestamps)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AlpacaError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # stdout closed early (``| head``): not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
+        return EXIT_ERROR
+    except Exception:
+        traceback.print_exc()
+        print(f"{PROG}: this is a bug; please report it with the traceback above", file=sys.stderr)
+        return EXIT_ERROR
+
+
+# --- check output ---------------------------------------------------------------------------
+
+
+def _ids(peers: Sequence[int]) -> str:
+    return ", ".join(format_peer_id(p) for p in peers) or "none"
+
+
+def describe_settings(config: Config, secrets: Secrets) -> list[str]:
+    """The resolved settings, one per line. Keys are shown by length only."""
+    dup = config.dup
+    metrics = config.metrics
+    gateway = "none"
+    if config.gateway is not None:
+        gateway = f"{format_peer_id(config.gateway)} ({config.peer_address(config.gateway)})"
+        if config.mode is Mode.SERVER:
+            gateway += ", not used in server mode"
+    overrides = ", ".join(f"{format_peer_id(p)}={v}" for p, v in config.peer_protocols.items())
+    lines = [
+        f"config:          {config.path}",
+        f"secrets:         {secrets.path} ({len(secrets.peers)} peers)",
+        f"mode:            {config.mode.value}",
+        f"group:           {config.group}",
+        f"id:              {format_peer_id(config.id)}",
+        f"gateway:         {gateway}",
+        f"forwarders:      {_ids(config.forwarders)}",
+        f"mtu:             {config.mtu} bytes",
+        f"ttl:             {config.ttl}",
+        f"paths:           probe every {config.probe_interval:g} s, down after"
+        f" {config.path_timeout:g} s, forgotten after {config.path_lifetime:g} s",
+        f"duplicate-send:  {dup.policy.value}, {dup.copies} extra copies"
+        f" {dup.delay * 1000:g} ms apart, at most {dup.queue_max} waiting",
+        f"padding:         {'on' if config.pad_small_packets else 'off'}",
+        f"replay window:   {config.replay_window} packets",
+        f"protocol:        {config.protocol}" + (f" (peers: {overrides})" if overrides else ""),
+        "metrics:         "
+        + (f"http://{metrics.host}:{metrics.port}/metrics" if metrics.enabled else "off"),
+        f"control socket:  {config.control_socket}",
+        f"state file:      {config.state_file}",
+        f"log level:       {logging.getLevelName(config.log_level).lower()}",
+        f"hooks:           {'strict' if config.strict_hooks else 'a failure is logged'}",
+        "peers:",
+    ]
+    for peer in sorted(secrets.peers.values(), key=lambda p: p.peer_id):
+        where = f"{peer.address}:{peer.port}" if peer.address else "address learned"
+        if peer.hostname:
+            where = f"{peer.hostname} -> {where}"
+        own = " (self)" if peer.peer_id == config.id else ""
+        lines.append(f"  {format_peer_id(peer.peer_id):<8} {where}, {len(peer.key)}-byte key{own}")
+    return lines
+
+
+def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: int) -> list[str]:
+    """What ``run`` changes on the host, one change per line."""
+    tun = config.tun_name
+    table = config.route_table
+    lines = ["host changes:"]
+    lines += [f"  run pre_up_cmds: {cmd}" for cmd in config.pre_up_cmds]
+    lines.append(f"  create TUN {tun}: address {config.tun_address}, mtu {config.mtu}, up")
+    lines += [f"  run post_up_cmds: {cmd}" for cmd in config.post_up_cmds]
+    for port in config.ports:
+        bound = f" on interface {port.interface}" if port.interface else ""
+        number = f"port {port.port}" if port.port else "a port the kernel picks"
+        lines.append(f'  bind UDP socket "{port.name}": {port.address}, {number}{bound}')
+    if config.mode is Mode.CLIENT and config.gateway is not None:
+        via = config.peer_address(config.gateway)
+        lines.append(
+            f"  move the default route: table main -> table {table} via {via} dev {tun}"
+        )
+        for peer in sorted(secrets.peers.values(), key=lambda p: p.peer_id):
+            if peer.address:
+                lines.append(
+                    f"  route {peer.address}/32 via the original default gateway table {table}"
+                    f" (peer {format_peer_id(peer.peer_id)})"
+                )
+        for network in config.local_routes:
+            lines.append(
+                f"  route {network} via the original default gateway table {table} (local_routes)"
+            )
+    if config.chnroute is not None:
+        gateway = config.chnroute.gateway or "the original default gateway"
+        lines.append(
+            f"  chnroute: {chnroute_prefixes} prefixes from {config.chnroute.data}"
+            f" into table {config.chnroute.table} via {gateway}"
+        )
+    if config.mode is Mode.SERVER:
+        lines.append(f"  NAT: masquerade traffic from {config.net}")
+        lines.append(f"  forward: accept traffic from and to {config.net}")
+        lines.append("  sysctl net.ipv4.ip_forward=1")
+    lines += [f"  at stop, run pre_down_cmds: {cmd}" for cmd in config.pre_down_cmds]
+    lines += [f"  at stop, run post_down_cmds: {cmd}" for cmd in config.post_down_cmds]
+    return lines

@@ -1,0 +1,781 @@
+"""The config file (JSON, the original's shape plus new optional keys), parsed once at the edge.
+
+``load_config(path)`` reads the file, checks every key and returns a frozen :class:`Config`
+with typed values (peer ids as ints, networks as ``IPv4Network``, times as float seconds,
+paths resolved against the config file's directory). Every problem is collected, located
+(``config.json: forwarders[1]: ...``) and stated with its fix, then raised together as one
+:class:`~alpaca.errors.ConfigError`. Unknown keys are errors that name the nearest valid key.
+Every key is documented in ``config/README.md``.
+
+``Config.engine_settings(secrets)`` maps Config + Secrets to the engine's values.
+Called from the command line at start-up; no side effects except reading files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from alpaca.core import constants as C
+from alpaca.core.ids import check_usable, format_peer_id, parse_peer_id
+from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
+from alpaca.errors import ConfigError
+from alpaca.log import LEVELS
+from alpaca.paths import relative_to_config
+from alpaca.secrets import Secrets
+
+log = logging.getLogger(__name__)
+
+
+class Mode(Enum):
+    """What the node does to the host: a client moves its default route into the tunnel,
+    a server masquerades the tunnel network. Forwarding direction comes from ids, not mode."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+
+#: Wire protocols a peer may speak (``protocol`` and ``peer_protocols``).
+PROTOCOLS = ("v2", "legacy-6.1.2")
+#: Routing table names every Linux host knows (iproute2's built-ins).
+NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
+#: Where iproute2 keeps further table names.
+RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
+#: Keys of the original that are accepted with a warning and ignored.
+OBSOLETE_KEYS = {
+    "ack_termination": "the delayed-ACK feature it belonged to was removed from the original",
+    "use_dns": "the original parsed it but never used it",
+}
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9586"
+RUN_DIR = "/run/alpaca-tunnel"
+STATE_DIR = "/var/lib/alpaca-tunnel"
+_MAX_UNIX_PATH = 107
+_IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
+_PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
+_NET = re.compile(r"(\d{1,3})\.(\d{1,3})")
+_MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
+
+
+@dataclass(frozen=True, slots=True)
+class PortConfig:
+    """One local UDP socket (an entry of ``ports``)."""
+
+    name: str
+    """Short name ([a-z0-9_-], at most 15 characters); a metrics label and the engine's port id."""
+    address: str = "0.0.0.0"
+    """Local IPv4 address to bind. Default 0.0.0.0 (all)."""
+    port: int = 0
+    """Local UDP port, 0-65535. Default 0: the kernel picks one."""
+    interface: str | None = None
+    """Bind to this interface (SO_BINDTODEVICE), or None (default) for no binding."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChnrouteConfig:
+    """Bulk routes that send listed prefixes outside the tunnel (the original's chnroute)."""
+
+    table: int
+    """Routing table number the routes go into. Default "default" = 253."""
+    gateway: IPv4Address | None
+    """Next hop for the routes; None (the default, written "default") = the host's original
+    default gateway."""
+    data: Path
+    """File with one ``a.b.c.d/len`` per line. Default route_data_cidr.txt in the config dir."""
+
+
+@dataclass(frozen=True, slots=True)
+class DupConfig:
+    """Duplicate-send: delayed extra copies of selected packets."""
+
+    policy: DupPolicy = DupPolicy.SYN_DNS
+    """Which packets get copies: none, syn_dns (TCP SYN and port 53, default) or all."""
+    copies: int = 1
+    """Extra copies per selected packet, 0-3. Default 1."""
+    delay: float = C.DEFAULT_DUP_DELAY
+    """Seconds between copies (copy i leaves i*delay late), 0-2. Default 0.1 (key delay_ms)."""
+    queue_max: int = C.DEFAULT_DUP_QUEUE_MAX
+    """Most delayed copies waiting at once; more are dropped and counted. Default 4096."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    """Serve metrics. Default true; ``"metrics": false`` turns it off."""
+    host: str = "127.0.0.1"
+    """IPv4 address to listen on. Default 127.0.0.1."""
+    port: int = 9586
+    """TCP port to listen on. Default 9586."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated config file. Build it with :func:`load_config`."""
+
+    path: Path
+    """The config file; relative paths in it are relative to its directory."""
+    mode: Mode
+    """server or client (required, any case)."""
+    group: str
+    """Group name (required); must be the same on every node."""
+    net: IPv4Network
+    """The tunnel /16 (required, written "x.y", e.g. "10.17" = 10.17.0.0/16)."""
+    id: int
+    """Own peer id (required, "A.B", 0.2-255.254); the TUN address is net.A.B/16."""
+    gateway: int | None
+    """Peer whose tunnel address becomes the default route (required in client mode)."""
+    forwarders: tuple[int, ...]
+    """Upstream relays, at most 3, in order. Default none."""
+    port: int
+    """The original's single UDP port, 0-65534 (0 = kernel picks). Default 0."""
+    ports: tuple[PortConfig, ...]
+    """Local UDP sockets, at most 4. Default: one named "default" on 0.0.0.0:``port``."""
+    mtu: int
+    """TUN MTU in bytes, 576-1436. Default 1400."""
+    log_level: int
+    """Logging level number (critical|error|warning|info|debug|notset). Default info (20)."""
+    secret_file: Path
+    """The secrets file. Default secrets.txt in the config dir."""
+    chnroute: ChnrouteConfig | None
+    """Bulk outside routes, or None (default) when the key is absent."""
+    local_routes: tuple[IPv4Network, ...]
+    """Client: destinations kept outside the tunnel (via the original gateway). Default none."""
+    pre_up_cmds: tuple[str, ...]
+    """Shell commands run before the TUN device is created. Default none."""
+    post_up_cmds: tuple[str, ...]
+    """Shell commands run after the TUN device has its address. Default none."""
+    pre_down_cmds: tuple[str, ...]
+    """Shell commands run at shutdown before the TUN device is removed. Default none."""
+    post_down_cmds: tuple[str, ...]
+    """Shell commands run at shutdown after the TUN device is removed. Default none."""
+    tun_name: str = "alpaca0"
+    """TUN interface name, at most 15 characters. Default alpaca0."""
+    ttl: int = C.DEFAULT_TTL
+    """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
+    probe_interval: float = C.DEFAULT_PROBE_INTERVAL
+    """Seconds between probes on each path (key probe_interval_ms, 50-60000). Default 1.0."""
+    path_timeout: float = C.DEFAULT_PATH_TIMEOUT
+    """Seconds of silence after which a path is down (key path_timeout_ms). Default 3.0."""
+    path_lifetime: float = C.DEFAULT_PATH_LIFETIME
+    """Seconds of silence after which a learned path is forgotten (key path_lifetime_s).
+    Default 60."""
+    dup: DupConfig = field(default_factory=DupConfig)
+    """Duplicate-send settings."""
+    pad_small_packets: bool = False
+    """Pad datagrams under 500 bytes to hide their size. Default false."""
+    replay_window: int = C.DEFAULT_REPLAY_WINDOW
+    """Anti-replay window in packets, a power of two 1024-1048576. Default 32768."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus endpoint. Default on, 127.0.0.1:9586."""
+    control_socket: Path = Path("/run/alpaca-tunnel/alpaca0.sock")
+    """Unix socket for ``alpaca-tunnel show``. Default /run/alpaca-tunnel/<tun_name>.sock."""
+    state_file: Path = Path("/var/lib/alpaca-tunnel/alpaca0.epoch")
+    """File keeping the sender epoch across restarts.
+    Default /var/lib/alpaca-tunnel/<tun_name>.epoch."""
+    strict_hooks: bool = False
+    """A failing hook command stops start-up (true) or is logged (false, the default)."""
+    route_table: int = NAMED_TABLES["default"]
+    """Table the client's default route moves into. Default "default" = 253."""
+    protocol: str = "v2"
+    """Wire protocol: "v2" (default) or "legacy-6.1.2" (insecure, for old peers)."""
+    peer_protocols: dict[int, str] = field(default_factory=dict)
+    """Per-peer protocol overrides, peer id -> protocol. Default none."""
+    warnings: tuple[str, ...] = ()
+    """Non-fatal findings (obsolete keys), also logged at WARNING."""
+
+    @property
+    def tun_address(self) -> IPv4Interface:
+        """Our tunnel address: net.A.B/16."""
+        return IPv4Interface((int(self.net.network_address) + self.id, 16))
+
+    def peer_address(self, peer_id: int) -> IPv4Address:
+        """The tunnel address of ``peer_id`` in our net."""
+        return IPv4Address(int(self.net.network_address) + peer_id)
+
+    def engine_settings(self, secrets: Secrets) -> EngineSettings:
+        """The engine's values from this config and ``secrets``.
+
+        Raises:
+            ConfigError: if a peer the config names (self, gateway, forwarders) has no key
+                in the secrets, or a forwarder has no address there.
+        """
+        _check_against_secrets(self, secrets)
+        peers = {
+            peer.peer_id: PeerSpec(peer.peer_id, peer.key, peer.addr)
+            for peer in secrets.peers.values()
+        }
+        return EngineSettings(
+            self_id=self.id,
+            net=int(self.net.network_address),
+            group=self.group,
+            peers=peers,
+            forwarders=self.forwarders,
+            gateway=self.gateway if self.mode is Mode.CLIENT else None,
+            ports=tuple(port.name for port in self.ports),
+            mtu=self.mtu,
+            ttl=self.ttl,
+            probe_interval=self.probe_interval,
+            path_timeout=self.path_timeout,
+            path_lifetime=self.path_lifetime,
+            dup_policy=self.dup.policy,
+            dup_copies=self.dup.copies,
+            dup_delay=self.dup.delay,
+            dup_queue_max=self.dup.queue_max,
+            pad_small=self.pad_small_packets,
+            replay_window=self.replay_window,
+        )
+
+
+def _check_against_secrets(config: Config, secrets: Secrets) -> None:
+    where = secrets.path
+    problems = []
+    named = [(config.id, "the own id")]
+    if config.mode is Mode.CLIENT and config.gateway is not None:
+        named.append((config.gateway, "the gateway"))
+    named += [(f, f"forwarders[{i}]") for i, f in enumerate(config.forwarders)]
+    for peer_id, role in named:
+        text = format_peer_id(peer_id)
+        peer = secrets.peers.get(peer_id)
+        if peer is None:
+            problems.append(f"{where}: {role} {text} has no line (add {text} with its key)")
+        elif role.startswith("forwarders") and peer.address is None and peer.hostname is None:
+            problems.append(
+                f"{where}: {role} {text} has no address (give its peer_ip and peer_port)"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+# --- Loading -------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``.
+
+    Raises:
+        ConfigError: with one located line per problem.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{path}: cannot read the config file: {reason}"]) from exc
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
+    except _DuplicateKey as exc:
+        raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a JSON object {{...}} at the top"])
+    config = _Builder(path, data).build()
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _show(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Obj:
+    """One JSON object being read: typed getters that record located problems."""
+
+    def __init__(self, data: dict[str, object], where: str, problems: list[str], file: str):
+        self.data = data
+        self.where = where
+        self.problems = problems
+        self.file = file
+
+    def loc(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, text: str) -> None:
+        self.problems.append(f"{self.file}: {self.loc(key)}: {text}")
+
+    def given(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def check_keys(self, valid: list[str]) -> None:
+        for key in self.data:
+            if key in valid:
+                continue
+            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f'did you mean "{near[0]}"?' if near else "valid keys: " + ", ".join(valid)
+            self.fail(key, f"unknown key ({hint})")
+
+    def string(self, key: str, default: str, *, required: bool = False) -> str:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.fail(key, "is required")
+            return default
+        if not isinstance(value, str):
+            self.fail(key, f"{_show(value)} is not a string")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int, why: str = "") -> int:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(key, f"{_show(value)} is not an integer (expected {low}-{high})")
+            return default
+        if value < low:
+            self.fail(key, f"{value} is below the minimum {low}")
+        elif value > high:
+            self.fail(key, f"{value} is above the maximum {high}" + (f" ({why})" if why else ""))
+        else:
+            return value
+        return default  # checks that depend on this value see a sane one
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, f"{_show(value)} is not true or false")
+            return default
+        return value
+
+    def items(self, key: str, limit: int | None = None) -> list[tuple[str, object]]:
+        """The entries of a list as (location, value); [] if absent or not a list."""
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(key, f"{_show(value)} is not a list")
+            return []
+        if limit is not None and len(value) > limit:
+            self.fail(key, f"{len(value)} entries, at most {limit} allowed")
+        return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        result = []
+        for where, item in self.items(key):
+            if isinstance(item, str) and item.strip():
+                result.append(item)
+            else:
+                self.fail(where, f"{_show(item)} is not a non-empty string")
+        return tuple(result)
+
+    def child(self, key: str) -> _Obj | None:
+        """The nested object at ``key``; None if absent, null or not an object (recorded)."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail(key, f"{_show(value)} is not an object {{...}}")
+            return None
+        return _Obj(value, self.loc(key), self.problems, self.file)
+
+    def peer_id(self, where: str, value: object) -> int | None:
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f'{_show(value)} is not a peer id (expected "A.B", each 0-255)')
+            peer = parse_peer_id(value)
+            check_usable(peer)
+        except ValueError as exc:
+            self.fail(where, str(exc))
+            return None
+        return peer
+
+    def path(self, key: str, default: str, config_path: Path) -> Path:
+        return relative_to_config(config_path, self.string(key, default) or default)
+
+    def table(self, key: str, default: str) -> int:
+        value = self.data.get(key)
+        if value is None:
+            value = default
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if 1 <= value <= 0xFFFFFFFF:
+                return value
+            self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
+        elif isinstance(value, str):
+            number = _table_number(value)
+            if number is not None:
+                return number
+            files = ", ".join(str(f) for f in RT_TABLES_FILES)
+            self.fail(key, f'unknown table name "{value}" (use a number, or add it to {files})')
+        else:
+            self.fail(key, f"{_show(value)} is not a table name or number")
+        return NAMED_TABLES["default"]
+
+
+def _table_number(name: str) -> int | None:
+    if name in NAMED_TABLES:
+        return NAMED_TABLES[name]
+    for path in RT_TABLES_FILES:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split("#", 1)[0].split()
+            if len(fields) == 2 and fields[1] == name and fields[0].isdigit():
+                return int(fields[0])
+    return None
+
+
+TOP_KEYS = [
+    "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
+    "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
+    "post_down_cmds", "tun_name", "ports", "ttl", "probe_interval_ms", "path_timeout_ms",
+    "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics", "control_socket",
+    "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
+    *OBSOLETE_KEYS,
+]  # fmt: skip
+
+
+class _Builder:
+    """Reads every key of the top object into a Config, collecting all problems."""
+
+    def __init__(self, path: Path, data: dict[str, object]) -> None:
+        self.path = path
+        self.base = path.absolute()
+        self.problems: list[str] = []
+        self.top = _Obj(data, "", self.problems, str(path))
+
+    def build(self) -> Config:
+        top = self.top
+        top.check_keys(TOP_KEYS)
+        mode = self.mode()
+        own = self.own_id()
+        tun_name = self.ifname(top, "tun_name") or "alpaca0"
+        port = top.integer("port", 0, 0, 65534)
+        probe = top.integer("probe_interval_ms", 1000, 50, 60_000)
+        timeout = top.integer("path_timeout_ms", 3000, 1, 600_000)
+        if top.given("path_timeout_ms") and timeout <= probe:
+            top.fail("path_timeout_ms", f"{timeout} must be above probe_interval_ms ({probe})")
+        lifetime = top.integer("path_lifetime_s", 60, 1, 86_400)
+        if lifetime * 1000 < timeout:
+            top.fail("path_lifetime_s", f"{lifetime} s is shorter than path_timeout_ms ({timeout})")
+        warnings = tuple(
+            f"{self.path}: {key}: obsolete key, ignored ({why}; remove it)"
+            for key, why in OBSOLETE_KEYS.items()
+            if key in top.data
+        )
+        config = Config(
+            path=self.path,
+            mode=mode,
+            group=self.group(),
+            net=self.net(),
+            id=own,
+            gateway=self.gateway(mode, own),
+            forwarders=self.forwarders(own),
+            port=port,
+            ports=self.ports(port),
+            mtu=top.integer("mtu", 1400, C.MTU_MIN, C.MTU_MAX, _MTU_WHY),
+            log_level=self.log_level(),
+            secret_file=top.path("secret_file", "secrets.txt", self.base),
+            chnroute=self.chnroute(),
+            local_routes=self.local_routes(),
+            pre_up_cmds=top.strings("pre_up_cmds"),
+            post_up_cmds=top.strings("post_up_cmds"),
+            pre_down_cmds=top.strings("pre_down_cmds"),
+            post_down_cmds=top.strings("post_down_cmds"),
+            tun_name=tun_name,
+            ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
+            probe_interval=probe / 1000,
+            path_timeout=timeout / 1000,
+            path_lifetime=float(lifetime),
+            dup=self.dup(),
+            pad_small_packets=top.boolean("pad_small_packets", False),
+            replay_window=self.replay_window(),
+            metrics=self.metrics(),
+            control_socket=self.control_socket(tun_name),
+            state_file=top.path("state_file", f"{STATE_DIR}/{tun_name}.epoch", self.base),
+            strict_hooks=top.boolean("strict_hooks", False),
+            route_table=top.table("route_table", "default"),
+            protocol=self.protocol(top, "protocol", top.data.get("protocol")),
+            peer_protocols=self.peer_protocols(),
+            warnings=warnings,
+        )
+        if self.problems:
+            raise ConfigError(self.problems)
+        return config
+
+    def mode(self) -> Mode:
+        text = self.top.string("mode", "", required=True)
+        try:
+            return Mode(text.lower())
+        except ValueError:
+            if text:
+                self.top.fail("mode", f'"{text}" is not a mode (expected "server" or "client")')
+            return Mode.SERVER
+
+    def group(self) -> str:
+        group = self.top.string("group", "", required=True)
+        if "group" in self.top.data and not group:
+            self.top.fail("group", "is empty (use the same group name on every node)")
+        return group
+
+    def net(self) -> IPv4Network:
+        text = self.top.string("net", "", required=True)
+        match = _NET.fullmatch(text)
+        if match and 1 <= int(match[1]) <= 255 and int(match[2]) <= 255:
+            return IPv4Network(f"{match[1]}.{match[2]}.0.0/16")
+        if text:
+            self.top.fail("net", f'"{text}" is not a /16 prefix (expected "X.Y" such as "10.17",'
+                          " X 1-255, Y 0-255)")
+        return IPv4Network("10.17.0.0/16")
+
+    def own_id(self) -> int:
+        if not self.top.given("id"):
+            self.top.fail("id", 'is required (this node\'s peer id, "A.B")')
+            return 2
+        return self.top.peer_id("id", self.top.data["id"]) or 2
+
+    def gateway(self, mode: Mode, own: int) -> int | None:
+        if not self.top.given("gateway"):
+            if mode is Mode.CLIENT:
+                self.top.fail("gateway", "is required in client mode (the peer id whose tunnel"
+                              " address becomes the default route)")
+            return None
+        gateway = self.top.peer_id("gateway", self.top.data["gateway"])
+        if gateway == own and mode is Mode.CLIENT:
+            self.top.fail("gateway", f"{format_peer_id(own)} is this node's own id")
+        return gateway
+
+    def forwarders(self, own: int) -> tuple[int, ...]:
+        result: list[int] = []
+        for where, item in self.top.items("forwarders", C.MAX_FORWARDERS):
+            peer = self.top.peer_id(where, item)
+            if peer is None:
+                continue
+            if peer == own:
+                self.top.fail(where, f"{format_peer_id(peer)} is this node's own id")
+            elif peer in result:
+                self.top.fail(where, f"{format_peer_id(peer)} is listed twice")
+            else:
+                result.append(peer)
+        return tuple(result)
+
+    def ports(self, port: int) -> tuple[PortConfig, ...]:
+        top = self.top
+        if "ports" not in top.data:
+            return (PortConfig("default", "0.0.0.0", port, None),)
+        if port:
+            top.fail("port", 'give either "port" or "ports", not both (move the port into "ports")')
+        entries = top.items("ports", C.MAX_LOCAL_PORTS)
+        if isinstance(top.data["ports"], list) and not entries:
+            top.fail("ports", "is empty (give at least one port, or remove the key)")
+        result: list[PortConfig] = []
+        for where, item in entries:
+            entry = self.one_port(where, item)
+            if entry is None:
+                continue
+            if any(entry.name == other.name for other in result):
+                top.fail(f"{where}.name", f'"{entry.name}" is used twice (names must be unique)')
+            elif entry.port and any(
+                (entry.address, entry.port, entry.interface) == (o.address, o.port, o.interface)
+                for o in result
+            ):
+                top.fail(where, f"{entry.address}:{entry.port} is given twice")
+            result.append(entry)
+        return tuple(result)
+
+    def one_port(self, where: str, item: object) -> PortConfig | None:
+        if not isinstance(item, dict):
+            self.top.fail(where, f"{_show(item)} is not an object {{\"name\": ..., \"port\": ...}}")
+            return None
+        obj = _Obj(item, where, self.problems, self.top.file)
+        obj.check_keys(["name", "address", "port", "interface"])
+        name = obj.string("name", "", required=True)
+        if name and not _PORT_NAME.fullmatch(name):
+            obj.fail("name", f'"{name}" is not a port name (1-15 of a-z 0-9 _ -)')
+        address = obj.string("address", "0.0.0.0")
+        if not _is_ipv4(address):
+            obj.fail("address", f'"{address}" is not an IPv4 address')
+        port = obj.integer("port", 0, 0, 65535)
+        return PortConfig(name, address, port, self.ifname(obj, "interface"))
+
+    def ifname(self, obj: _Obj, key: str) -> str | None:
+        """An interface name at ``key``; None if absent, null or invalid (recorded)."""
+        value = obj.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str) and _IFNAME.fullmatch(value) and value not in (".", ".."):
+            return value
+        obj.fail(key, f"{_show(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ . - @ +)")
+        return None
+
+    def log_level(self) -> int:
+        text = self.top.string("log_level", "info")
+        if text.lower() not in LEVELS:
+            names = ", ".join(LEVELS)
+            self.top.fail("log_level", f'"{text}" is not a level (expected one of {names})')
+            return logging.INFO
+        return LEVELS[text.lower()]
+
+    def chnroute(self) -> ChnrouteConfig | None:
+        obj = self.top.child("chnroute")
+        if obj is None:
+            return None
+        obj.check_keys(["table", "gateway", "data"])
+        table = obj.table("table", "default")
+        gateway_text = obj.string("gateway", "default")
+        gateway = None
+        if gateway_text != "default":
+            if _is_ipv4(gateway_text):
+                gateway = IPv4Address(gateway_text)
+            else:
+                obj.fail("gateway", f'"{gateway_text}" is not "default" or an IPv4 address')
+        data = obj.path("data", "route_data_cidr.txt", self.base)
+        if not data.is_file():
+            obj.fail("data", f"{data} does not exist (give a file with one a.b.c.d/len a line)")
+        return ChnrouteConfig(table, gateway, data)
+
+    def local_routes(self) -> tuple[IPv4Network, ...]:
+        result = []
+        for where, item in self.top.items("local_routes"):
+            network = _network(item)
+            if isinstance(network, str):
+                self.top.fail(where, network)
+            else:
+                result.append(network)
+        return tuple(result)
+
+    def dup(self) -> DupConfig:
+        obj = self.top.child("dup")
+        if obj is None:
+            return DupConfig()
+        obj.check_keys(["policy", "copies", "delay_ms", "queue_max"])
+        text = obj.string("policy", "syn_dns")
+        try:
+            policy = DupPolicy(text)
+        except ValueError:
+            obj.fail("policy", f'"{text}" is not a policy (expected "none", "syn_dns" or "all")')
+            policy = DupPolicy.SYN_DNS
+        return DupConfig(
+            policy=policy,
+            copies=obj.integer("copies", 1, 0, 3),
+            delay=obj.integer("delay_ms", 100, 0, 2000) / 1000,
+            queue_max=obj.integer("queue_max", C.DEFAULT_DUP_QUEUE_MAX, 1, 1_000_000),
+        )
+
+    def replay_window(self) -> int:
+        value = self.top.integer("replay_window", C.DEFAULT_REPLAY_WINDOW, 1024, 1 << 20)
+        if value & (value - 1):
+            self.top.fail("replay_window", f"{value} is not a power of two (e.g. 32768)")
+        return value
+
+    def metrics(self) -> MetricsConfig:
+        value = self.top.data.get("metrics", True)
+        if value is None or value is False:
+            return MetricsConfig(enabled=False)
+        if not isinstance(value, dict):
+            if value is not True:
+                expected = '{"listen": "host:port"} or false'
+                self.top.fail("metrics", f"{_show(value)} is not {expected}")
+            return MetricsConfig()
+        obj = _Obj(value, "metrics", self.problems, self.top.file)
+        obj.check_keys(["listen"])
+        listen = obj.string("listen", DEFAULT_METRICS_LISTEN)
+        host, _, port = listen.rpartition(":")
+        if not _is_ipv4(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+            obj.fail("listen", f'"{listen}" is not IPv4:port (e.g. "{DEFAULT_METRICS_LISTEN}")')
+            return MetricsConfig()
+        return MetricsConfig(True, host, int(port))
+
+    def control_socket(self, tun_name: str) -> Path:
+        path = self.top.path("control_socket", f"{RUN_DIR}/{tun_name}.sock", self.base)
+        if len(str(path).encode()) > _MAX_UNIX_PATH:
+            self.top.fail("control_socket", f"{path} is longer than {_MAX_UNIX_PATH} bytes"
+                          " (the limit of a unix socket path; choose a shorter one)")
+        return path
+
+    def protocol(self, obj: _Obj, key: str, value: object) -> str:
+        if value is None:
+            return PROTOCOLS[0]
+        if isinstance(value, str) and value in PROTOCOLS:
+            return value
+        obj.fail(key, f"{_show(value)} is not a protocol (expected one of {', '.join(PROTOCOLS)})")
+        return PROTOCOLS[0]
+
+    def peer_protocols(self) -> dict[int, str]:
+        obj = self.top.child("peer_protocols")
+        if obj is None:
+            return {}
+        result = {}
+        for key, value in obj.data.items():
+            peer = obj.peer_id(key, key)
+            protocol = self.protocol(obj, key, value)
+            if peer is not None:
+                result[peer] = protocol
+        return result
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _network(item: object) -> IPv4Network | str:
+    """``item`` as an IPv4 network (an address is a /32), or the problem as text."""
+    if not isinstance(item, str):
+        return f"{_show(item)} is not an IPv4 address or prefix"
+    try:
+        return IPv4Network(item)
+    except ValueError:
+        pass
+    try:
+        loose = IPv4Network(item, strict=False)
+    except ValueError:
+        return f'"{item}" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")'
+    return f'"{item}" has host bits set (did you mean "{loose}"?)'
+
+
+def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
+    """Read a chnroute data file: one ``a.b.c.d/len`` per line, ``#`` comments, blank lines.
+
+    Prefixes of length 0 are skipped, as the original did.
+
+    Raises:
+        ConfigError: unreadable file, or one located line per bad prefix.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the chnroute data: {exc}"]) from exc
+    problems: list[str] = []
+    result = []
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        network = _network(text)
+        if isinstance(network, str):
+            problems.append(f"{path}:{number}: {network}")
+        elif network.prefixlen > 0:
+            result.append(network)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(result)

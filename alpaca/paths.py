@@ -1,0 +1,68 @@
+"""Where the config file is, as the original decided it (wiki "File Path").
+
+1. ``-c``/``-C PATH`` given: that path, as is.
+2. The executable is in ``/usr/bin/``: ``/etc/alpaca-tunnel.d/config.json``.
+3. The executable is in ``/usr/local/bin/``: ``/usr/local/etc/alpaca-tunnel.d/config.json``.
+4. Otherwise: ``<directory of the executable>/alpaca-tunnel.d/config.json``.
+
+Files named inside the config (``secret_file``, ``chnroute.data``, ``state_file``) are
+relative to the config file's directory, never to the executable or the working directory.
+Pure functions; the only input from the process is :func:`executable_path`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+CONFIG_NAME = "config.json"
+CONFIG_DIR_NAME = "alpaca-tunnel.d"
+
+#: Executable directory -> config directory, for the two installed locations.
+INSTALLED_CONFIG_DIRS: dict[Path, Path] = {
+    Path("/usr/bin"): Path("/etc") / CONFIG_DIR_NAME,
+    Path("/usr/local/bin"): Path("/usr/local/etc") / CONFIG_DIR_NAME,
+}
+
+
+def executable_path(argv0: str | None = None) -> Path:
+    """The running executable, symlinks resolved (``sys.argv[0]`` unless ``argv0`` is given).
+
+    A bare name (started through ``$PATH``) is looked up in ``$PATH`` first.
+    """
+    name = sys.argv[0] if argv0 is None else argv0
+    if "/" not in name:
+        found = shutil.which(name)
+        if found is not None:
+            name = found
+    return Path(name).resolve()
+
+
+def default_config_path(executable: Path) -> Path:
+    """The config path used when none is given, from the executable's location."""
+    directory = executable.parent
+    installed = INSTALLED_CONFIG_DIRS.get(directory)
+    if installed is not None:
+        return installed / CONFIG_NAME
+    return directory / CONFIG_DIR_NAME / CONFIG_NAME
+
+
+def resolve_config_path(given: str | None, executable: Path | None = None) -> Path:
+    """The config file to read: ``given`` (from ``-c``) if set, else the default.
+
+    Args:
+        given: the ``-c``/``-C`` argument, or None.
+        executable: the executable's path; :func:`executable_path` when None (tests inject it).
+    """
+    if given is not None:
+        return Path(given)
+    return default_config_path(executable_path() if executable is None else executable)
+
+
+def relative_to_config(config_path: Path, value: str) -> Path:
+    """A path named in the config: absolute as is, relative to the config's directory otherwise."""
+    candidate = Path(value)
+    if candidate.is_absolute():
+        return candidate
+    return config_path.parent / candidate

@@ -1,0 +1,250 @@
+"""The secrets file: one line per peer with its id, key and optional static address.
+
+Format (the original's, whitespace separated, ``#`` starts a comment, ``null`` means empty)::
+
+    # peer_id  peer_key                            peer_ip        peer_ip6  peer_port
+    1.1        ac48f5f6be3cd479c6a3dbd8cfb1dc7f    192.168.7.11   null      10001
+    16.1       1f5c6281e4e3e0db7c57b74d2103e706
+
+Keys are hex: 32 hex characters give 16 bytes, 64 give 32 bytes (``alpaca-tunnel genkey``).
+Unlike the original, which used the first 16 ASCII characters, the whole key is decoded.
+``peer_ip`` is an IPv4 literal or a hostname (resolved here, kept for re-resolution);
+``peer_ip6`` is accepted and ignored (the underlay is IPv4 only).
+
+Invariant: a key never appears in a log line, an error message or a repr.
+Called once at start-up (and on reload) from the control greenlet; pure apart from DNS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alpaca.core.ids import check_usable, format_peer_id, parse_peer_id
+from alpaca.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{64}")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+_GENKEY_HINT = 'expected 32 or 64 hex characters; make one with "alpaca-tunnel genkey"'
+_COLUMNS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSecret:
+    """One line of the secrets file."""
+
+    peer_id: int
+    """16-bit peer id."""
+    key: bytes = field(repr=False)
+    """16 or 32 secret bytes (hex-decoded). Never logged; the repr masks it."""
+    address: str | None
+    """Static IPv4 address (resolved from ``hostname`` if one was given), or None."""
+    hostname: str | None
+    """The hostname as written, kept for later re-resolution; None for a literal or null."""
+    port: int
+    """Static UDP port, 1-65535 when an address or hostname is given, else 0."""
+
+    def __repr__(self) -> str:
+        return (
+            f"PeerSecret(peer_id={format_peer_id(self.peer_id)},"
+            f" key=<{len(self.key)} bytes hidden>, address={self.address!r},"
+            f" hostname={self.hostname!r}, port={self.port})"
+        )
+
+    @property
+    def addr(self) -> tuple[str, int] | None:
+        """The static UDP endpoint ``(address, port)``, or None if the peer has none."""
+        if self.address is None or self.port == 0:
+            return None
+        return (self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Secrets:
+    """Every peer of the secrets file, keyed by peer id (the own id included)."""
+
+    peers: dict[int, PeerSecret]
+    """Peer id -> its line."""
+    path: Path
+    """The file they were read from."""
+    warnings: tuple[str, ...] = ()
+    """Non-fatal findings (also logged at WARNING), e.g. a hostname that did not resolve."""
+
+
+def resolve_host(hostname: str) -> str | None:
+    """Resolve ``hostname`` to one IPv4 address (the first result), or None if it does not."""
+    try:
+        infos = socket.getaddrinfo(hostname, None, socket.AF_INET, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return None
+    for info in infos:
+        return str(info[4][0])
+    return None
+
+
+def load_secrets(path: Path, self_id: int) -> Secrets:
+    """Read and validate the secrets file.
+
+    Args:
+        path: the secrets file.
+        self_id: our own peer id, which must have a line (its key is ours).
+
+    Raises:
+        ConfigError: with one located line per problem (every problem, not the first only).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{path}: cannot read the secrets file: {reason}"]) from exc
+    warnings: list[str] = []
+    _check_mode(path, warnings)
+    parser = _Parser(str(path))
+    for number, line in enumerate(text.splitlines(), start=1):
+        parser.parse_line(number, line)
+    warnings.extend(parser.warnings)
+    if self_id not in parser.lines:
+        parser.problems.append(
+            f"{path}: the own id {format_peer_id(self_id)} is missing"
+            f" (add a line for {format_peer_id(self_id)} with this node's key)"
+        )
+    if parser.problems:
+        raise ConfigError(parser.problems)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return Secrets(peers=parser.peers, path=path, warnings=tuple(warnings))
+
+
+def _check_mode(path: Path, warnings: list[str]) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        warnings.append(
+            f"{path} is readable by group or others (mode {stat.S_IMODE(mode):04o});"
+            f" fix: chmod 600 {path}"
+        )
+
+
+class _Parser:
+    """Accumulates peers, problems and warnings line by line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.peers: dict[int, PeerSecret] = {}
+        self.lines: dict[int, int] = {}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.ip6_warned = False
+
+    def problem(self, number: int, text: str) -> None:
+        self.problems.append(f"{self.name}:{number}: {text}")
+
+    def parse_line(self, number: int, line: str) -> None:
+        columns = line.split("#", 1)[0].split()
+        if not columns:
+            return
+        if len(columns) > _COLUMNS:
+            self.problem(
+                number,
+                f"{len(columns)} columns, expected at most {_COLUMNS}"
+                " (peer_id peer_key peer_ip peer_ip6 peer_port)",
+            )
+            return
+        columns += ["null"] * (_COLUMNS - len(columns))
+        id_text, key_text, ip_text, ip6_text, port_text = columns
+        peer_id = self.parse_id(number, id_text)
+        key = self.parse_key(number, key_text, id_text)
+        address, hostname = self.parse_ip(number, ip_text)
+        self.check_ip6(number, ip6_text)
+        port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
+        if peer_id is None or key is None or port is None:
+            return
+        if hostname is not None and address is None:
+            self.warnings.append(
+                f"{self.name}:{number}: hostname {hostname} of peer {id_text} does not resolve;"
+                " the peer has no static address until it does"
+            )
+        self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port)
+
+    def parse_id(self, number: int, text: str) -> int | None:
+        try:
+            peer_id = parse_peer_id(text)
+            check_usable(peer_id)
+        except ValueError as exc:
+            self.problem(number, f"peer_id: {exc}")
+            return None
+        if peer_id in self.lines:
+            self.problem(
+                number, f"peer {text} is listed again (first on line {self.lines[peer_id]});"
+                " keep one line per peer",
+            )
+            return None
+        self.lines[peer_id] = number
+        return peer_id
+
+    def parse_key(self, number: int, text: str, id_text: str) -> bytes | None:
+        # The text of a bad key is never echoed: it may be most of a real key.
+        if text.lower() == "null":
+            self.problem(number, f"peer {id_text} has no key ({_GENKEY_HINT})")
+            return None
+        if not _HEX_KEY.fullmatch(text):
+            self.problem(
+                number,
+                f"the key of peer {id_text} is not a key ({len(text)} characters; {_GENKEY_HINT})",
+            )
+            return None
+        return bytes.fromhex(text)
+
+    def parse_ip(self, number: int, text: str) -> tuple[str | None, str | None]:
+        if text.lower() == "null":
+            return None, None
+        try:
+            parsed = ipaddress.ip_address(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.version == 4:
+                return str(parsed), None
+            self.problem(
+                number,
+                f'peer_ip: "{text}" is an IPv6 address (the underlay is IPv4 only;'
+                " give an IPv4 address or hostname, or null)",
+            )
+            return None, None
+        if not _HOSTNAME.fullmatch(text) or text.replace(".", "").isdigit():
+            self.problem(
+                number, f'peer_ip: "{text}" is neither an IPv4 address nor a hostname (or null)'
+            )
+            return None, None
+        return resolve_host(text), text
+
+    def check_ip6(self, number: int, text: str) -> None:
+        if text.lower() != "null" and not self.ip6_warned:
+            self.ip6_warned = True
+            self.warnings.append(
+                f"{self.name}:{number}: peer_ip6 is ignored (the underlay is IPv4 only)"
+            )
+
+    def parse_port(self, number: int, text: str, *, needed: bool) -> int | None:
+        if text.lower() == "null":
+            if needed:
+                self.problem(number, "peer_port is missing (expected 1-65535 after an address)")
+                return None
+            return 0
+        low = 1 if needed else 0
+        if not text.isdigit() or not low <= int(text) <= 65535:
+            self.problem(number, f'peer_port: "{text}" is not a port (expected {low}-65535)')
+            return None
+        return int(text)

@@ -1,0 +1,270 @@
+"""alpaca.cli (in process through main(), plus one run of the console script) and alpaca.log."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alpaca import __version__, cli
+from alpaca.errors import TunnelError
+from alpaca.log import setup_logging
+
+DATA = Path(__file__).parent / "data" / "original-sample"
+KEYS = ["ab" * 16, "cd" * 32, "ef" * 16]
+
+
+def client_setup(tmp_path: Path, **extra: object) -> Path:
+    (tmp_path / "cn.txt").write_text("1.0.1.0/24\n1.0.2.0/23\n")
+    config = {
+        "mode": "client", "group": "lab", "net": "10.17", "id": "16.1", "gateway": "1.1",
+        "forwarders": ["1.2"], "local_routes": ["192.168.0.0/16"],
+        "chnroute": {"data": "cn.txt"},
+        "ports": [{"name": "wan", "port": 5000}, {"name": "lte", "port": 5001}],
+        **extra,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    secrets = tmp_path / "secrets.txt"
+    secrets.write_text(
+        f"16.1 {KEYS[0]}\n1.1 {KEYS[1]} 192.0.2.1 null 10001\n1.2 {KEYS[2]} 192.0.2.2 null 10002\n"
+    )
+    secrets.chmod(0o600)
+    return path
+
+
+def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = client_setup(tmp_path)
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    for key in KEYS:
+        assert key not in out and key.upper() not in out
+    assert "create TUN alpaca0: address 10.17.16.1/16, mtu 1400, up" in out
+    assert 'bind UDP socket "wan": 0.0.0.0, port 5000' in out
+    assert 'bind UDP socket "lte": 0.0.0.0, port 5001' in out
+    assert "move the default route: table main -> table 253 via 10.17.1.1 dev alpaca0" in out
+    assert "route 192.0.2.1/32 via the original default gateway table 253 (peer 1.1)" in out
+    assert "route 192.0.2.2/32 via the original default gateway table 253 (peer 1.2)" in out
+    assert "route 192.168.0.0/16 via the original default gateway table 253 (local_routes)" in out
+    assert "chnroute: 2 prefixes" in out
+    assert "NAT" not in out
+    assert "32-byte key" in out and "16-byte key (self)" in out
+    assert out.rstrip().endswith("alpaca-tunnel: config OK")
+
+
+def test_cli_check_original_sample_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for item in DATA.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    (tmp_path / "secrets.txt").chmod(0o600)
+    assert cli.main(["check", "-c", str(tmp_path / "config.json")]) == 0
+    out = capsys.readouterr().out
+    assert "[WARNING] alpaca.config:" in out and out.count("obsolete key") == 2
+    assert "chnroute: 6594 prefixes" in out
+    assert "NAT: masquerade traffic from 10.17.0.0/16" in out
+    assert "sysctl net.ipv4.ip_forward=1" in out
+    assert "move the default route" not in out
+    assert "1f5c6281e4e3e0db7c57b74d2103e706" not in out
+
+
+def test_cli_broken_config_exits_2_with_located_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = client_setup(tmp_path, mtu=2000, forwarders=["1.x"], colour="red")
+    assert cli.main(["-c", str(path), "check"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"alpaca-tunnel: {path}: ") for line in lines)
+    assert "Traceback" not in err + out
+    assert any('forwarders[0]: "1.x" is not a peer id' in line for line in lines)
+    assert any("mtu: 2000 is above the maximum 1436" in line for line in lines)
+
+
+def test_cli_broken_secrets_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = client_setup(tmp_path)
+    (tmp_path / "secrets.txt").write_text(f"16.1 {KEYS[0]}\n1.1 xyz\n1.1 {KEYS[1]}\n")
+    assert cli.main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:2: the key of peer 1.1 is not a key"
+        ' (3 characters; expected 32 or 64 hex characters; make one with "alpaca-tunnel genkey")',
+        f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:3: peer 1.1 is listed again (first on line 2);"
+        " keep one line per peer",
+    ]
+
+
+def test_cli_check_reports_peers_missing_from_secrets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = client_setup(tmp_path, forwarders=["3.3"])
+    assert cli.main(["check", "-c", str(path)]) == 2
+    assert "forwarders[0] 3.3 has no line" in capsys.readouterr().err
+
+
+def test_cli_invalid_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"mode": }')
+    assert cli.main(["-C", str(path), "check"]) == 2
+    assert capsys.readouterr().err == f"alpaca-tunnel: {path}:1:10: invalid JSON: Expecting value\n"
+
+
+def test_cli_without_command_runs_the_daemon_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The default command loads the config first, so a broken one proves the dispatch
+    # without starting a tunnel.
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    assert cli.main(["-c", str(path)]) == 2
+    assert "mode: is required" in capsys.readouterr().err
+
+
+def test_cli_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-c", str(tmp_path / "none.json"), "check"]) == 2
+    assert "cannot read the config file: No such file or directory" in capsys.readouterr().err
+
+
+def test_cli_genkey(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["genkey"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert cli.main(["genkey"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", first) and re.fullmatch(r"[0-9a-f]{64}", second)
+    assert first != second
+
+
+@pytest.mark.parametrize("argv", [["version"], ["-v"], ["-V"], ["--version"], ["check", "-v"]])
+def test_cli_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == f"alpaca-tunnel {__version__}\n"
+
+
+def test_cli_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--no-such-option"]) == 2
+    assert "usage: alpaca-tunnel" in capsys.readouterr().err
+
+
+def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for row in cli.SUBCOMMANDS:
+        assert row.name in out
+
+
+def _add_row(monkeypatch: pytest.MonkeyPatch, name: str, handler: cli.Handler) -> None:
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, cli.Subcommand(name, "x", handler)])
+
+
+def test_cli_runtime_error_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise TunnelError("the TUN device alpaca0 vanished")
+
+    _add_row(monkeypatch, "fail", fail)
+    assert cli.main(["fail"]) == 1
+    assert capsys.readouterr().err == "alpaca-tunnel: the TUN device alpaca0 vanished\n"
+
+
+def test_cli_unexpected_exception_is_a_bug_with_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def crash(args: argparse.Namespace) -> int:
+        raise KeyError("oops")
+
+    _add_row(monkeypatch, "crash", crash)
+    assert cli.main(["crash"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err
+    assert err.rstrip().endswith("this is a bug; please report it with the traceback above")
+
+
+def test_cli_new_subcommand_is_one_row(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def hello(args: argparse.Namespace) -> int:
+        print("hello", args.config, args.timestamps)
+        return 0
+
+    _add_row(monkeypatch, "hello", hello)
+    assert cli.main(["hello", "-c", "x.json", "-t"]) == 0
+    assert capsys.readouterr().out == "hello x.json True\n"
+
+
+def test_console_script_runs(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "alpaca-tunnel"
+    assert script.exists(), "install the package (make venv) to get the console script"
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"mode": "client", "mtu": "big"}))
+    result = subprocess.run(
+        [str(script), "-c", str(bad), "check"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5 and all(line.startswith("alpaca-tunnel: ") for line in lines)
+    version = subprocess.run([str(script), "version"], capture_output=True, text=True, timeout=60)
+    assert (version.returncode, version.stdout) == (0, f"alpaca-tunnel {__version__}\n")
+
+
+# --- alpaca.log ---------------------------------------------------------------------------
+
+
+def test_setup_logging_splits_streams_and_formats() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    setup_logging("debug", stdout=out, stderr=err)
+    try:
+        log = logging.getLogger("alpaca.test")
+        log.debug("probe sent peer=%s", "1.1")
+        log.warning("path down peer=%s path=%s", "1.1", "192.0.2.1:5000")
+        log.error("tun vanished dev=%s", "alpaca0")
+        log.critical("stopping")
+    finally:
+        setup_logging(logging.WARNING)
+    assert out.getvalue().splitlines() == [
+        "[DEBUG] alpaca.test: probe sent peer=1.1",
+        "[WARNING] alpaca.test: path down peer=1.1 path=192.0.2.1:5000",
+    ]
+    assert err.getvalue().splitlines() == [
+        "[ERROR] alpaca.test: tun vanished dev=alpaca0",
+        "[CRITICAL] alpaca.test: stopping",
+    ]
+
+
+def test_setup_logging_level_and_timestamps() -> None:
+    out = io.StringIO()
+    setup_logging("WARNING", timestamps=True, stdout=out, stderr=out)
+    try:
+        logging.getLogger("alpaca.test").info("hidden")
+        logging.getLogger("alpaca.test").warning("shown")
+    finally:
+        setup_logging(logging.WARNING)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \[WARNING\] alpaca\.test: shown\n", out.getvalue()
+    )
+
+
+def test_setup_logging_replaces_its_own_handlers() -> None:
+    setup_logging(logging.INFO)
+    setup_logging(logging.INFO)
+    try:
+        ours = [h for h in logging.getLogger().handlers if type(h).__name__ == "_ConsoleHandler"]
+        assert len(ours) == 2
+    finally:
+        setup_logging(logging.WARNING)
+
+
+def test_setup_logging_rejects_unknown_level() -> None:
+    with pytest.raises(ValueError, match='unknown log level "loud"'):
+        setup_logging("loud")

@@ -1,0 +1,502 @@
+"""alpaca.config: every key, every error path, the original's sample, engine_settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from alpaca.config import (
+    ChnrouteConfig,
+    Config,
+    DupConfig,
+    MetricsConfig,
+    Mode,
+    PortConfig,
+    load_config,
+    read_chnroute,
+)
+from alpaca.core import constants as C
+from alpaca.core.ids import parse_peer_id
+from alpaca.core.settings import DupPolicy, PeerSpec
+from alpaca.errors import ConfigError
+from alpaca.secrets import load_secrets
+
+DATA = Path(__file__).parent / "data" / "original-sample"
+KEY = "1f5c6281e4e3e0db7c57b74d2103e706"
+BASE: dict[str, Any] = {
+    "mode": "client",
+    "group": "lab",
+    "net": "10.17",
+    "id": "16.1",
+    "gateway": "1.1",
+}
+
+
+def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data, indent=2))
+    return path
+
+
+def load(tmp_path: Path, **keys: Any) -> Config:
+    return load_config(write(tmp_path, {**BASE, **keys}))
+
+
+def problems(tmp_path: Path, data: dict[str, Any] | str | None = None, **keys: Any) -> list[str]:
+    path = write(tmp_path, {**BASE, **keys} if data is None else data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems
+
+
+def only(tmp_path: Path, **keys: Any) -> str:
+    found = problems(tmp_path, **keys)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- the original's sample ---------------------------------------------------------------
+
+
+def test_config_original_sample_loads_with_two_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for item in DATA.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    with caplog.at_level(logging.WARNING):
+        config = load_config(tmp_path / "config.json")
+    assert config.mode is Mode.SERVER
+    assert config.group == "caonima"
+    assert config.net == IPv4Network("10.17.0.0/16")
+    assert config.id == parse_peer_id("16.1")
+    assert config.gateway == parse_peer_id("1.1")
+    assert config.forwarders == (parse_peer_id("1.1"), parse_peer_id("1.2"))
+    assert config.port == 0
+    assert config.ports == (PortConfig("default", "0.0.0.0", 0, None),)
+    assert config.mtu == 1408
+    assert config.log_level == logging.DEBUG
+    assert config.secret_file == tmp_path / "secrets.txt"
+    assert config.chnroute == ChnrouteConfig(253, None, tmp_path / "route_data_cidr.txt")
+    assert config.local_routes == tuple(
+        IPv4Network(n) for n in ("114.114.114.114/32", "10.0.0.0/8", "172.16.0.0/12",
+                                 "192.168.0.0/16")
+    )
+    assert config.pre_up_cmds == config.post_down_cmds == ()
+    assert len(config.warnings) == 2
+    assert "ack_termination: obsolete key" in config.warnings[0]
+    assert "use_dns: obsolete key" in config.warnings[1]
+    assert caplog.text.count("obsolete key") == 2
+    assert len(read_chnroute(config.chnroute.data)) == 6594
+
+
+def test_config_original_sample_maps_to_engine_settings(tmp_path: Path) -> None:
+    for item in DATA.iterdir():
+        shutil.copy(item, tmp_path / item.name)
+    config = load_config(tmp_path / "config.json")
+    secrets = load_secrets(config.secret_file, config.id)
+    settings = config.engine_settings(secrets)
+    assert settings.self_id == 0x1001
+    assert settings.net == 0x0A110000
+    assert settings.group == "caonima"
+    assert settings.forwarders == (0x0101, 0x0102)
+    assert settings.gateway is None  # server mode: the gateway key is not used
+    assert settings.ports == ("default",)
+    assert settings.mtu == 1408
+    assert settings.peers[0x0101] == PeerSpec(0x0101, bytes.fromhex("ac48f5f6be3cd479c6a3dbd8cfb1dc7f"),
+                                              ("192.168.7.11", 10001))
+    assert settings.peers[0x1001].addr is None
+    assert set(settings.peers) == set(secrets.peers)
+
+
+# --- defaults and every key --------------------------------------------------------------
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert config.mode is Mode.CLIENT
+    assert config.forwarders == ()
+    assert config.port == 0 and config.ports == (PortConfig("default"),)
+    assert config.mtu == 1400
+    assert config.log_level == logging.INFO
+    assert config.secret_file == tmp_path / "secrets.txt"
+    assert config.chnroute is None and config.local_routes == ()
+    assert config.tun_name == "alpaca0"
+    assert config.ttl == 15
+    assert (config.probe_interval, config.path_timeout, config.path_lifetime) == (1.0, 3.0, 60.0)
+    assert config.dup == DupConfig(DupPolicy.SYN_DNS, 1, 0.1, 4096)
+    assert config.pad_small_packets is False
+    assert config.replay_window == 32768
+    assert config.metrics == MetricsConfig(True, "127.0.0.1", 9586)
+    assert config.control_socket == Path("/run/alpaca-tunnel/alpaca0.sock")
+    assert config.state_file == Path("/var/lib/alpaca-tunnel/alpaca0.epoch")
+    assert config.strict_hooks is False
+    assert config.route_table == 253
+    assert config.protocol == "v2" and config.peer_protocols == {}
+    assert config.warnings == ()
+    assert str(config.tun_address) == "10.17.16.1/16"
+    assert config.peer_address(parse_peer_id("1.1")) == IPv4Address("10.17.1.1")
+
+
+def test_config_every_new_key(tmp_path: Path) -> None:
+    (tmp_path / "cn.txt").write_text("1.0.1.0/24\n")
+    config = load(
+        tmp_path,
+        mode="CLIENT",
+        forwarders=["1.2", "1.3", "3.1"],
+        mtu=C.MTU_MAX,
+        log_level="WaRnInG",
+        secret_file="/etc/x/secrets.txt",
+        chnroute={"table": 100, "gateway": "192.168.1.1", "data": "cn.txt"},
+        local_routes=["114.114.114.114", "10.0.0.0/8"],
+        pre_up_cmds=["echo a"], post_up_cmds=["echo b"],
+        pre_down_cmds=["echo c"], post_down_cmds=["echo d"],
+        tun_name="at-1",
+        ports=[{"name": "wan", "address": "192.0.2.1", "port": 5000, "interface": "eth0"},
+               {"name": "lte_2", "port": 5001}],
+        ttl=7, probe_interval_ms=250, path_timeout_ms=900, path_lifetime_s=30,
+        dup={"policy": "all", "copies": 3, "delay_ms": 40, "queue_max": 10},
+        pad_small_packets=True, replay_window=1024,
+        metrics={"listen": "0.0.0.0:9000"},
+        control_socket="run/ctl.sock", state_file="state/epoch",
+        strict_hooks=True, route_table="main",
+        protocol="legacy-6.1.2", peer_protocols={"1.2": "v2"},
+    )
+    assert config.mode is Mode.CLIENT
+    assert config.forwarders == (0x0102, 0x0103, 0x0301)
+    assert config.mtu == 1436
+    assert config.log_level == logging.WARNING
+    assert config.secret_file == Path("/etc/x/secrets.txt")
+    assert config.chnroute == ChnrouteConfig(100, IPv4Address("192.168.1.1"), tmp_path / "cn.txt")
+    assert config.local_routes == (IPv4Network("114.114.114.114/32"), IPv4Network("10.0.0.0/8"))
+    assert (config.pre_up_cmds, config.post_up_cmds) == (("echo a",), ("echo b",))
+    assert (config.pre_down_cmds, config.post_down_cmds) == (("echo c",), ("echo d",))
+    assert config.tun_name == "at-1"
+    assert config.ports == (PortConfig("wan", "192.0.2.1", 5000, "eth0"),
+                            PortConfig("lte_2", "0.0.0.0", 5001, None))
+    assert (config.ttl, config.probe_interval, config.path_timeout) == (7, 0.25, 0.9)
+    assert config.path_lifetime == 30.0
+    assert config.dup == DupConfig(DupPolicy.ALL, 3, 0.04, 10)
+    assert config.pad_small_packets is True and config.replay_window == 1024
+    assert config.metrics == MetricsConfig(True, "0.0.0.0", 9000)
+    assert config.control_socket == tmp_path / "run" / "ctl.sock"
+    assert config.state_file == tmp_path / "state" / "epoch"
+    assert config.strict_hooks is True and config.route_table == 254
+    assert config.protocol == "legacy-6.1.2" and config.peer_protocols == {0x0102: "v2"}
+
+
+def test_config_tun_name_sets_default_paths(tmp_path: Path) -> None:
+    config = load(tmp_path, tun_name="vpn7")
+    assert config.control_socket == Path("/run/alpaca-tunnel/vpn7.sock")
+    assert config.state_file == Path("/var/lib/alpaca-tunnel/vpn7.epoch")
+
+
+@pytest.mark.parametrize("value", [False, None])
+def test_config_metrics_off(tmp_path: Path, value: Any) -> None:
+    assert load(tmp_path, metrics=value).metrics.enabled is False
+
+
+def test_config_metrics_true_and_empty_object_mean_default(tmp_path: Path) -> None:
+    assert load(tmp_path, metrics=True).metrics == MetricsConfig()
+    assert load(tmp_path, metrics={}).metrics == MetricsConfig()
+
+
+@pytest.mark.parametrize(("table", "number"), [("default", 253), ("local", 255), ("42", 42),
+                                               (4294967295, 4294967295)])
+def test_config_route_table_names_and_numbers(tmp_path: Path, table: Any, number: int) -> None:
+    assert load(tmp_path, route_table=table).route_table == number
+
+
+def test_config_chnroute_defaults(tmp_path: Path) -> None:
+    (tmp_path / "route_data_cidr.txt").write_text("")
+    config = load(tmp_path, chnroute={})
+    assert config.chnroute == ChnrouteConfig(253, None, tmp_path / "route_data_cidr.txt")
+
+
+def test_config_server_mode_needs_no_gateway(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {**BASE, "mode": "server", "gateway": None}))
+    assert config.mode is Mode.SERVER and config.gateway is None
+
+
+def test_config_port_builds_the_default_port(tmp_path: Path) -> None:
+    assert load(tmp_path, port=10001).ports == (PortConfig("default", "0.0.0.0", 10001),)
+
+
+def test_config_port_zero_with_ports_is_allowed(tmp_path: Path) -> None:
+    assert load(tmp_path, port=0, ports=[{"name": "a", "port": 1}]).ports[0].name == "a"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_config_required_keys(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    assert sorted(problems(tmp_path, {})) == sorted([
+        f"{path}: mode: is required",
+        f'{path}: id: is required (this node\'s peer id, "A.B")',
+        f"{path}: group: is required",
+        f"{path}: net: is required",
+    ])  # without a mode there is no client-mode gateway problem
+
+
+def test_config_client_needs_gateway(tmp_path: Path) -> None:
+    assert "gateway: is required in client mode" in only(tmp_path, gateway=None)
+
+
+def test_config_invalid_json_is_located(tmp_path: Path) -> None:
+    found = problems(tmp_path, '{\n  "mode": "client",\n  "mtu": 1400,,\n}')
+    assert found == [f"{tmp_path / 'config.json'}:3:15: invalid JSON: Expecting property name"
+                     " enclosed in double quotes"]
+
+
+def test_config_duplicate_json_key(tmp_path: Path) -> None:
+    found = problems(tmp_path, '{"mtu": 1400, "mtu": 1300}')
+    assert found == [f'{tmp_path / "config.json"}: invalid JSON: key "mtu" is given twice']
+
+
+def test_config_top_must_be_object(tmp_path: Path) -> None:
+    assert "expected a JSON object" in problems(tmp_path, "[1, 2]")[0]
+
+
+def test_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.json")
+    assert info.value.problems == [
+        f"{tmp_path / 'nope.json'}: cannot read the config file: No such file or directory"
+    ]
+
+
+def test_config_unknown_key_suggests_nearest(tmp_path: Path) -> None:
+    assert only(tmp_path, mtuu=1400).endswith('mtuu: unknown key (did you mean "mtu"?)')
+    assert only(tmp_path, forwarder=["1.2"]).endswith('(did you mean "forwarders"?)')
+    text = only(tmp_path, zzzzzz=1)
+    assert "zzzzzz: unknown key (valid keys: mode, group, net" in text
+
+
+def test_config_unknown_nested_key(tmp_path: Path) -> None:
+    text = only(tmp_path, dup={"polcy": "all"})
+    assert text.endswith('dup.polcy: unknown key (did you mean "policy"?)')
+
+
+def test_config_messages_from_the_brief(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    assert only(tmp_path, forwarders=["1.2", "1.x"]) == (
+        f'{path}: forwarders[1]: "1.x" is not a peer id (expected "A.B", each 0-255)'
+    )
+    assert only(tmp_path, mtu=2000) == (
+        f"{path}: mtu: 2000 is above the maximum 1436"
+        " (36 bytes of every 1472-byte datagram are header and tag)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ({"mode": "router"}, 'mode: "router" is not a mode (expected "server" or "client")'),
+        ({"mode": 1}, "mode: 1 is not a string"),
+        ({"group": ""}, "group: is empty"),
+        ({"net": "10"}, 'net: "10" is not a /16 prefix'),
+        ({"net": "0.5"}, 'net: "0.5" is not a /16 prefix'),
+        ({"net": "10.256"}, 'net: "10.256" is not a /16 prefix'),
+        ({"id": "0.1"}, "id: 0.1 is reserved (use 0.2 to 255.254)"),
+        ({"id": 257}, 'id: 257 is not a peer id (expected "A.B", each 0-255)'),
+        ({"gateway": "16.1"}, "gateway: 16.1 is this node's own id"),
+        ({"gateway": "255.255"}, "gateway: 255.255 is reserved"),
+        ({"forwarders": "1.2"}, 'forwarders: "1.2" is not a list'),
+        ({"forwarders": ["1.2", "1.3", "1.4", "1.5"]}, "forwarders: 4 entries, at most 3 allowed"),
+        ({"forwarders": ["16.1"]}, "forwarders[0]: 16.1 is this node's own id"),
+        ({"forwarders": ["1.2", "1.2"]}, "forwarders[1]: 1.2 is listed twice"),
+        ({"forwarders": ["0.0"]}, "forwarders[0]: 0.0 is reserved"),
+        ({"port": 65535}, "port: 65535 is above the maximum 65534"),
+        ({"port": -1}, "port: -1 is below the minimum 0"),
+        ({"port": "1"}, 'port: "1" is not an integer (expected 0-65534)'),
+        ({"port": True}, "port: true is not an integer"),
+        ({"mtu": 575}, "mtu: 575 is below the minimum 576"),
+        ({"mtu": 1440}, "mtu: 1440 is above the maximum 1436 (36 bytes"),
+        ({"log_level": "loud"}, 'log_level: "loud" is not a level (expected one of critical,'),
+        ({"secret_file": 5}, "secret_file: 5 is not a string"),
+        ({"chnroute": []}, "chnroute: [] is not an object {...}"),
+        ({"chnroute": {"data": "missing.txt"}}, "missing.txt does not exist"),
+        ({"local_routes": ["10.0.0.1/8"]},
+         'local_routes[0]: "10.0.0.1/8" has host bits set (did you mean "10.0.0.0/8"?)'),
+        ({"local_routes": ["example.com"]}, 'local_routes[0]: "example.com" is not an IPv4'),
+        ({"local_routes": [5]}, "local_routes[0]: 5 is not an IPv4 address or prefix"),
+        ({"pre_up_cmds": ["ok", ""]}, 'pre_up_cmds[1]: "" is not a non-empty string'),
+        ({"post_down_cmds": "echo"}, 'post_down_cmds: "echo" is not a list'),
+        ({"tun_name": "a" * 16}, "tun_name: \"" + "a" * 16 + "\" is not an interface name"),
+        ({"tun_name": "a/b"}, 'tun_name: "a/b" is not an interface name'),
+        ({"tun_name": ""}, 'tun_name: "" is not an interface name'),
+        ({"ttl": 0}, "ttl: 0 is below the minimum 1"),
+        ({"ttl": 16}, "ttl: 16 is above the maximum 15"),
+        ({"probe_interval_ms": 49}, "probe_interval_ms: 49 is below the minimum 50"),
+        ({"probe_interval_ms": 60001}, "probe_interval_ms: 60001 is above the maximum 60000"),
+        ({"path_timeout_ms": 1000}, "path_timeout_ms: 1000 must be above probe_interval_ms (1000)"),
+        ({"path_lifetime_s": 0}, "path_lifetime_s: 0 is below the minimum 1"),
+        ({"path_lifetime_s": 2}, "path_lifetime_s: 2 s is shorter than path_timeout_ms (3000)"),
+        ({"dup": "all"}, 'dup: "all" is not an object'),
+        ({"dup": {"policy": "some"}}, 'dup.policy: "some" is not a policy'),
+        ({"dup": {"copies": 4}}, "dup.copies: 4 is above the maximum 3"),
+        ({"dup": {"delay_ms": 2001}}, "dup.delay_ms: 2001 is above the maximum 2000"),
+        ({"dup": {"queue_max": 0}}, "dup.queue_max: 0 is below the minimum 1"),
+        ({"pad_small_packets": 1}, "pad_small_packets: 1 is not true or false"),
+        ({"replay_window": 3000}, "replay_window: 3000 is not a power of two"),
+        ({"replay_window": 512}, "replay_window: 512 is below the minimum 1024"),
+        ({"replay_window": 1 << 21}, "replay_window: 2097152 is above the maximum 1048576"),
+        ({"metrics": "on"}, 'metrics: "on" is not {"listen": "host:port"} or false'),
+        ({"metrics": {"listen": "localhost:9586"}}, 'metrics.listen: "localhost:9586" is not'),
+        ({"metrics": {"listen": "127.0.0.1:0"}}, 'metrics.listen: "127.0.0.1:0" is not IPv4:port'),
+        ({"metrics": {"port": 1}}, "metrics.port: unknown key"),
+        ({"control_socket": "/" + "x" * 120}, "is longer than 107 bytes"),
+        ({"strict_hooks": "yes"}, 'strict_hooks: "yes" is not true or false'),
+        ({"route_table": 0}, "route_table: 0 is not a table number (expected 1-4294967295)"),
+        ({"route_table": "no-such-table-name"}, 'route_table: unknown table name "no-such-table'),
+        ({"route_table": 1.5}, "route_table: 1.5 is not a table name or number"),
+        ({"protocol": "v3"}, 'protocol: "v3" is not a protocol (expected one of v2, legacy-6.1.2)'),
+        ({"peer_protocols": {"1.x": "v2"}}, 'peer_protocols.1.x: "1.x" is not a peer id'),
+        ({"peer_protocols": {"1.2": "v9"}}, 'peer_protocols.1.2: "v9" is not a protocol'),
+        ({"peer_protocols": ["v2"]}, "peer_protocols: [\"v2\"] is not an object"),
+        ({"ports": []}, "ports: is empty"),
+        ({"ports": [{"name": n} for n in "abcde"]}, "ports: 5 entries, at most 4 allowed"),
+        ({"ports": [5]}, "ports[0]: 5 is not an object"),
+        ({"ports": [{"port": 1}]}, "ports[0].name: is required"),
+        ({"ports": [{"name": "WAN"}]}, 'ports[0].name: "WAN" is not a port name'),
+        ({"ports": [{"name": "a", "address": "::"}]}, 'ports[0].address: "::" is not an IPv4'),
+        ({"ports": [{"name": "a", "port": 70000}]}, "ports[0].port: 70000 is above the maximum"),
+        ({"ports": [{"name": "a", "interface": 3}]}, "ports[0].interface: 3 is not an interface"),
+        ({"ports": [{"name": "a", "prot": 1}]}, 'ports[0].prot: unknown key (did you mean "port"?)'),
+        ({"ports": [{"name": "a"}, {"name": "a"}]}, 'ports[1].name: "a" is used twice'),
+        ({"ports": [{"name": "a", "port": 7}, {"name": "b", "port": 7}]},
+         "ports[1]: 0.0.0.0:7 is given twice"),
+        ({"port": 5000, "ports": [{"name": "a"}]}, 'port: give either "port" or "ports"'),
+    ],
+)
+def test_config_error(tmp_path: Path, keys: dict[str, Any], expected: str) -> None:
+    text = only(tmp_path, **keys)
+    assert text.startswith(f"{tmp_path / 'config.json'}: ")
+    assert expected in text
+
+
+def test_config_collects_every_problem(tmp_path: Path) -> None:
+    found = problems(tmp_path, mtu=2000, ttl=0, forwarders=["x"], dup={"copies": 9}, bogus=1)
+    assert len(found) == 5
+    assert [p.split(": ")[1] for p in found] == ["bogus", "forwarders[0]", "mtu", "ttl",
+                                                 "dup.copies"]
+
+
+def test_config_obsolete_keys_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="alpaca.config"):
+        config = load(tmp_path, ack_termination=False, use_dns=[])
+    assert len(config.warnings) == 2
+    assert all("obsolete key, ignored" in w and "remove it" in w for w in config.warnings)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    with pytest.raises(AttributeError):
+        config.mtu = 1000  # type: ignore[misc]
+
+
+# --- engine_settings and the cross-check with secrets ------------------------------------
+
+
+def secrets_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "secrets.txt"
+    path.write_text(text)
+    path.chmod(0o600)
+
+
+def test_engine_settings_maps_every_value(tmp_path: Path) -> None:
+    secrets_file(tmp_path, f"16.1 {KEY}\n1.1 {KEY} 192.0.2.1 null 5000\n1.2 {KEY} localhost"
+                           " null 5001\n1.3 {KEY} no-such-host.invalid null 5002\n".replace(
+                               "{KEY}", KEY))
+    config = load(
+        tmp_path, forwarders=["1.2", "1.3"], ports=[{"name": "a"}, {"name": "b", "port": 9}],
+        mtu=1300, ttl=9, probe_interval_ms=200, path_timeout_ms=700, path_lifetime_s=20,
+        dup={"policy": "none", "copies": 2, "delay_ms": 30, "queue_max": 7},
+        pad_small_packets=True, replay_window=2048,
+    )
+    settings = config.engine_settings(load_secrets(config.secret_file, config.id))
+    assert settings.self_id == 0x1001 and settings.net == 0x0A110000 and settings.group == "lab"
+    assert settings.gateway == 0x0101 and settings.forwarders == (0x0102, 0x0103)
+    assert settings.ports == ("a", "b")
+    assert (settings.mtu, settings.ttl) == (1300, 9)
+    assert (settings.probe_interval, settings.path_timeout, settings.path_lifetime) == (
+        0.2, 0.7, 20.0)
+    assert (settings.dup_policy, settings.dup_copies, settings.dup_delay,
+            settings.dup_queue_max) == (DupPolicy.NONE, 2, 0.03, 7)
+    assert settings.pad_small is True and settings.replay_window == 2048
+    assert settings.peers[0x0101].addr == ("192.0.2.1", 5000)
+    assert settings.peers[0x0102].addr == ("127.0.0.1", 5001)
+    assert settings.peers[0x0103].addr is None  # hostname did not resolve: learned later
+    assert settings.peers[0x1001].key == bytes.fromhex(KEY)
+
+
+def test_engine_settings_requires_named_peers_in_secrets(tmp_path: Path) -> None:
+    secrets_file(tmp_path, f"16.1 {KEY}\n1.3 {KEY}\n")
+    config = load(tmp_path, forwarders=["1.2", "1.3"])
+    secrets = load_secrets(config.secret_file, config.id)
+    with pytest.raises(ConfigError) as info:
+        config.engine_settings(secrets)
+    path = tmp_path / "secrets.txt"
+    assert info.value.problems == [
+        f"{path}: the gateway 1.1 has no line (add 1.1 with its key)",
+        f"{path}: forwarders[0] 1.2 has no line (add 1.2 with its key)",
+        f"{path}: forwarders[1] 1.3 has no address (give its peer_ip and peer_port)",
+    ]
+
+
+def test_engine_settings_checks_own_id(tmp_path: Path) -> None:
+    secrets_file(tmp_path, f"16.2 {KEY}\n1.1 {KEY}\n")
+    config = load(tmp_path)
+    secrets = load_secrets(config.secret_file, parse_peer_id("16.2"))
+    with pytest.raises(ConfigError, match=r"the own id 16\.1 has no line"):
+        config.engine_settings(secrets)
+
+
+# --- chnroute data -----------------------------------------------------------------------
+
+
+def test_read_chnroute_skips_comments_and_default(tmp_path: Path) -> None:
+    path = tmp_path / "cn.txt"
+    path.write_text("# comment\n\n1.0.1.0/24\n0.0.0.0/0\n8.8.8.8  # host\n")
+    assert read_chnroute(path) == (IPv4Network("1.0.1.0/24"), IPv4Network("8.8.8.8/32"))
+
+
+def test_read_chnroute_errors(tmp_path: Path) -> None:
+    path = tmp_path / "cn.txt"
+    path.write_text("1.0.1.0/24\n1.0.1.1/24\nnope\n")
+    with pytest.raises(ConfigError) as info:
+        read_chnroute(path)
+    assert [p.split(": ")[0] for p in info.value.problems] == [f"{path}:2", f"{path}:3"]
+    with pytest.raises(ConfigError, match="cannot read the chnroute data"):
+        read_chnroute(tmp_path / "absent.txt")
+
+
+# --- the shipped examples ----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).parent.parent / "config"
+
+
+@pytest.mark.parametrize("name", ["server.json", "forwarder.json", "client.json"])
+def test_config_examples_load_with_example_secrets(tmp_path: Path, name: str) -> None:
+    shutil.copy(EXAMPLES / name, tmp_path / "config.json")
+    secrets_file(tmp_path, (EXAMPLES / "secrets.example").read_text())
+    config = load_config(tmp_path / "config.json")
+    assert config.warnings == ()
+    settings = config.engine_settings(load_secrets(config.secret_file, config.id))
+    assert settings.self_id == config.id
+
+
+def test_config_client_example_shape() -> None:
+    config = load_config(EXAMPLES / "client.json")
+    assert config.mode is Mode.CLIENT and config.id == parse_peer_id("16.1")
+    assert config.gateway == parse_peer_id("1.1")
+    assert config.forwarders == (parse_peer_id("1.2"), parse_peer_id("1.3"))
+    assert [p.name for p in config.ports] == ["wan", "lte"]
+    assert config.dup.policy is DupPolicy.SYN_DNS
