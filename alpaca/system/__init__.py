@@ -1,0 +1,15 @@
+"""Host integration: everything alpaca-tunnel changes on the host, idempotent and reversible.
+
+Modules (one netlink/OS concept each; every function takes ``netns: str | None``):
+    netlink   errors, idempotence, PROTO_ALPACA (97), raw bulk route messages
+    link      TUN mtu/address/up, stale device removal
+    routes    uplink discovery, default route move/restore, host routes
+    chnroute  bulk CIDR list load/remove
+    nft       our nftables table (NAT, forward, MSS) and Docker's FORWARD DROP
+    sysctl    ip_forward with the previous value journaled
+    journal   write-ahead undo journal, crash recovery
+    plan      HostPlanInput -> list[Op] (pure) and apply()
+    monitor   RouteMonitor (gevent) and reconcile()
+
+Only the control greenlet calls into this package (set-up, teardown, reconcile).
+"""

@@ -1,0 +1,83 @@
+"""The TUN link: MTU, the tunnel /16 address, up. Also removal of a stale device.
+
+The daemon creates the device itself by opening /dev/net/tun (TUNSETIFF, non-persistent, so the
+kernel deletes it when the process exits, even after kill -9). These helpers only configure it.
+Before creating it, the daemon calls :func:`remove_stale_link`: a *persistent* device of the
+same name (left by another tool) would otherwise be attached to and outlive us.
+Callers: the control greenlet at set-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+
+from pyroute2 import IPRoute
+
+from alpaca.errors import SystemSetupError
+from alpaca.system.netlink import OK_ADD, OK_DEL, errno_text, iproute, nl_call
+
+log = logging.getLogger(__name__)
+
+
+def link_index(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> int | None:
+    """The interface index of ``ifname``, or None if there is no such device."""
+    with iproute(netns, ipr) as nl:
+        found = nl.link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
+
+
+def configure_tun(
+    ifname: str,
+    address_cidr: str,
+    mtu: int,
+    netns: str | None = None,
+    ipr: IPRoute | None = None,
+) -> int:
+    """Set the MTU, add ``address_cidr`` (idempotent) and bring ``ifname`` up.
+
+    Returns:
+        The interface index.
+    Raises:
+        SystemSetupError: no such device, or a netlink failure (operation spelled out).
+    """
+    iface = ipaddress.ip_interface(address_cidr)
+    with iproute(netns, ipr) as nl:
+        index = link_index(ifname, ipr=nl)
+        if index is None:
+            raise SystemSetupError(f"configuring {ifname}: {errno_text(errno.ENODEV)}")
+        nl_call(f"setting mtu {mtu} on {ifname}", nl.link, "set", index=index, mtu=mtu)
+        nl_call(
+            f"adding address {iface.with_prefixlen} to {ifname}",
+            nl.addr,
+            "add",
+            index=index,
+            address=str(iface.ip),
+            prefixlen=iface.network.prefixlen,
+            ok=OK_ADD,
+        )
+        nl_call(f"setting {ifname} up", nl.link, "set", index=index, state="up")
+    log.info("tun configured dev=%s addr=%s mtu=%d", ifname, iface.with_prefixlen, mtu)
+    return index
+
+
+def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> bool:
+    """Delete a leftover device named ``ifname`` if one exists.
+
+    Returns:
+        True if a device was deleted.
+    """
+    with iproute(netns, ipr) as nl:
+        index = link_index(ifname, ipr=nl)
+        if index is None:
+            return False
+        nl_call(
+            f"deleting stale device {ifname}",
+            nl.link,
+            "del",
+            index=index,
+            ok=(*OK_DEL, errno.ENODEV),
+        )
+    log.info("stale device removed dev=%s", ifname)
+    return True

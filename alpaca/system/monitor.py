@@ -1,0 +1,168 @@
+"""RouteMonitor: wake up when routes, rules or addresses change (IPv4 and IPv6).
+
+A NETLINK_ROUTE socket (created by pyroute2 in the namespace when one is named) is bound to the
+multicast groups below. The original subscribed to IPv4 route/rule/address only and asked in
+its wiki FAQ how to hear about IPv6 rule changes: there is no ``RTMGRP_IPV6_RULE`` constant in
+<linux/rtnetlink.h>, but the group exists, ``RTNLGRP_IPV6_RULE = 19``, and the legacy bind()
+bitmask for group ``n`` is ``1 << (n - 1)``, so its bit is ``1 << 18`` (0x40000).
+
+gevent contract: the socket is non-blocking; :attr:`RouteMonitor.fileno` lets a greenlet
+``gevent.socket.wait_read(fd)`` and then :meth:`RouteMonitor.drain` without blocking the hub.
+:meth:`RouteMonitor.run` does exactly that and calls ``on_change`` at most once per
+``debounce`` seconds (a burst of changes gives one call after it settles to the interval).
+Not thread-safe; one greenlet owns a monitor. No netlink I/O in the constructor: call
+:meth:`open` (or use ``with``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
+
+import gevent
+from gevent.socket import wait_read
+
+from alpaca.system import netlink, routes
+
+log = logging.getLogger(__name__)
+
+# Legacy group bitmasks (linux/rtnetlink.h). RTMGRP_x = 1 << (RTNLGRP_x - 1).
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV4_RULE = 0x80
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+RTNLGRP_IPV6_RULE = 19
+#: No RTMGRP_ constant exists for it in the kernel headers; computed from the group number.
+RTMGRP_IPV6_RULE = 1 << (RTNLGRP_IPV6_RULE - 1)
+
+GROUPS = (
+    RTMGRP_LINK
+    | RTMGRP_IPV4_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV4_RULE
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_IPV6_RULE
+)
+
+#: Message types that count as a change (new/del link, addr, route, rule).
+CHANGE_TYPES = frozenset({16, 17, 20, 21, 24, 25, 32, 33})
+
+
+class RouteMonitor:
+    """Counts route/rule/address/link notifications; see the module docstring.
+
+    Args:
+        netns: namespace to watch (None: the process's own).
+        groups: bind() group bitmask (default :data:`GROUPS`).
+    """
+
+    def __init__(self, netns: str | None = None, groups: int = GROUPS) -> None:
+        self.netns = netns
+        self.groups = groups
+        self.changes = 0
+        self._sock: socket.socket | None = None
+
+    def open(self) -> RouteMonitor:
+        from pyroute2 import netns as pr_netns
+
+        netlink.check_netns(self.netns)
+        family, kind = socket.AF_NETLINK, socket.SOCK_RAW
+        try:
+            if self.netns:
+                sock = pr_netns.create_socket(self.netns, family, kind, netlink.NETLINK_ROUTE, flags=0)
+            else:
+                sock = socket.socket(family, kind, netlink.NETLINK_ROUTE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+            sock.bind((0, self.groups))
+            sock.setblocking(False)
+        except OSError as exc:
+            raise netlink.setup_error("subscribing to route/rule/address changes", exc) from exc
+        self._sock = sock
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> RouteMonitor:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def fileno(self) -> int:
+        assert self._sock is not None, "RouteMonitor not open"
+        return self._sock.fileno()
+
+    def drain(self) -> int:
+        """Read every pending notification without blocking; return how many were changes.
+
+        A receive-buffer overrun (ENOBUFS) means we lost some: count it as a change.
+        """
+        assert self._sock is not None, "RouteMonitor not open"
+        seen = 0
+        while True:
+            try:
+                data = self._sock.recv(1024 * 1024)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                seen += 1
+                continue
+            seen += sum(1 for kind, *_ in netlink.iter_messages(data) if kind in CHANGE_TYPES)
+        self.changes += seen
+        return seen
+
+    def run(self, on_change: Callable[[], None], debounce: float = 1.0) -> None:
+        """Loop forever (kill the greenlet to stop): wait, drain, and call ``on_change`` at most
+        once per ``debounce`` seconds when something changed."""
+        last_call = float("-inf")
+        while True:
+            wait_read(self.fileno)
+            if not self.drain():
+                continue
+            delay = last_call + debounce - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+                self.drain()
+            last_call = time.monotonic()
+            on_change()
+
+
+def reconcile(
+    expected_routes: Iterable[routes.ExpectedRoute], netns: str | None = None
+) -> list[routes.ExpectedRoute]:
+    """Put back any of our routes that disappeared (an interface flap, another tool).
+
+    Returns:
+        The routes that were re-added.
+    """
+    restored = []
+    with netlink.iproute(netns) as ipr:
+        for route in expected_routes:
+            if routes.route_present(route.dst, route.table, ipr=ipr):
+                continue
+            oif = ipr.link_lookup(ifname=route.dev)
+            if not oif:
+                log.warning("route device missing dst=%s dev=%s", route.dst, route.dev)
+                continue
+            routes.add_route(route, oif[0], ipr)
+            restored.append(route)
+            log.info(
+                "route restored dst=%s via=%s dev=%s table=%d",
+                route.dst,
+                route.gateway,
+                route.dev,
+                route.table,
+            )
+    return restored

@@ -1,0 +1,286 @@
+"""Host changes as data: :func:`plan` (pure) turns a :class:`HostPlanInput` into a list of
+:class:`Op`; :func:`apply` performs them in order, journaling each undo step first.
+
+``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
+:class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
+:func:`alpaca.system.link.remove_stale_link`, creates the TUN device, then :func:`apply`; on
+exit it calls ``journal.undo_all()``.
+
+Order (client): wait for the uplink (nothing changed yet if there is none), ip_forward, TUN,
+chnroute, host routes for peers and local_routes via the uplink, then move the default route
+(host routes first, so the tunnel's own UDP never enters the tunnel), MSS clamping.
+Order (server): ip_forward, TUN, [uplink and chnroute], NAT/forward/MSS table, Docker accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+
+from alpaca.system import chnroute, link, nft, routes, sysctl
+from alpaca.system.journal import Journal
+from alpaca.system.netlink import PROTO_ALPACA, RT_TABLE_DEFAULT
+
+
+class Mode(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class ChnrouteInput:
+    """chnroute settings.
+
+    Attributes:
+        data: path of the CIDR list file.
+        gateway: next hop; None means the uplink's gateway and device (the original's "default").
+        table: routing table id (253 = "default").
+    """
+
+    data: str
+    gateway: str | None = None
+    table: int = RT_TABLE_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class HostPlanInput:
+    """What the host changes depend on (the daemon maps its Config to this).
+
+    Attributes:
+        mode: client (moves the default route) or server (NAT).
+        tun: TUN interface name.
+        net: the tunnel network, ``"10.17.0.0/16"``.
+        address: own tunnel address, ``"10.17.16.1"`` (gets the /16 of ``net``).
+        mtu: TUN MTU in bytes; the TCP MSS is clamped to ``mtu - 40``.
+        gateway_ip: the gateway's tunnel address (client mode), ``"10.17.1.1"``.
+        peer_addresses: static underlay addresses of the peers (client: routed via the uplink).
+        local_routes: CIDRs/addresses kept outside the tunnel (client only).
+        chnroute: chnroute settings, or None when off.
+        route_table: table for the moved default route and host routes (253 = "default").
+        uplink_timeout: seconds to wait for a default route before giving up.
+    """
+
+    mode: Mode
+    tun: str
+    net: str
+    address: str
+    mtu: int
+    gateway_ip: str | None = None
+    peer_addresses: tuple[str, ...] = ()
+    local_routes: tuple[str, ...] = ()
+    chnroute: ChnrouteInput | None = None
+    route_table: int = RT_TABLE_DEFAULT
+    uplink_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One host change. ``description`` is what ``check`` prints."""
+
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitUplink(Op):
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetSysctl(Op):
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureTun(Op):
+    tun: str
+    address_cidr: str
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChnroute(Op):
+    data: str
+    gateway: str | None
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddHostRoutes(Op):
+    dsts: tuple[str, ...]
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveDefaultRoute(Op):
+    gateway_ip: str
+    tun: str
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyNft(Op):
+    tun: str
+    net: str
+    mtu: int
+    nat: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddForwardAccepts(Op):
+    tun: str
+    net: str
+
+
+def plan(inp: HostPlanInput) -> list[Op]:
+    """The ordered host changes for ``inp`` (pure; ValueError on inconsistent input)."""
+    net = ipaddress.IPv4Network(inp.net, strict=False)
+    address = ipaddress.IPv4Address(inp.address)
+    if address not in net:
+        raise ValueError(f"address {address} is outside net {net}")
+    nft.table_name(inp.tun)  # validates the interface name
+    client = inp.mode is Mode.CLIENT
+    if client and not inp.gateway_ip:
+        raise ValueError("client mode needs gateway_ip")
+    ops: list[Op] = []
+    tag = f"proto {PROTO_ALPACA}"
+    wait = WaitUplink(
+        f"wait up to {inp.uplink_timeout:g} s for an IPv4 default route in table main (the uplink)",
+        inp.uplink_timeout,
+    )
+    if client:
+        ops.append(wait)
+    ops.append(
+        SetSysctl(f"set {sysctl.IP_FORWARD}=1 (previous value restored on exit)", sysctl.IP_FORWARD, "1")
+    )
+    cidr = f"{address}/{net.prefixlen}"
+    ops.append(
+        ConfigureTun(f"configure {inp.tun}: mtu {inp.mtu}, address {cidr}, up", inp.tun, cidr, inp.mtu)
+    )
+    if inp.chnroute is not None:
+        c = inp.chnroute
+        if c.gateway is None and not client:
+            ops.append(wait)
+        via = c.gateway or "the uplink gateway"
+        ops.append(
+            LoadChnroute(
+                f"load chnroute prefixes from {c.data} via {via} table {c.table} {tag}",
+                c.data,
+                c.gateway,
+                c.table,
+            )
+        )
+    if client:
+        dsts = tuple(str(n) for n in routes.host_networks((*inp.peer_addresses, *inp.local_routes)))
+        if dsts:
+            ops.append(
+                AddHostRoutes(
+                    f"route {', '.join(dsts)} via the uplink table {inp.route_table} {tag}",
+                    dsts,
+                    inp.route_table,
+                )
+            )
+        assert inp.gateway_ip is not None
+        ops.append(
+            MoveDefaultRoute(
+                f"add default via {inp.gateway_ip} dev {inp.tun} table {inp.route_table} {tag}, "
+                "then remove the IPv4 default routes of table main (saved, restored on exit)",
+                inp.gateway_ip,
+                inp.tun,
+                inp.route_table,
+            )
+        )
+    name = nft.table_name(inp.tun)
+    if client:
+        ops.append(
+            ApplyNft(
+                f"nftables table inet {name}: clamp TCP MSS to {inp.mtu - 40} on {inp.tun}",
+                inp.tun,
+                str(net),
+                inp.mtu,
+                False,
+            )
+        )
+    else:
+        ops.append(
+            ApplyNft(
+                f"nftables table inet {name}: masquerade ip saddr {net}, accept "
+                f"forwarding from/to {net}, clamp TCP MSS to {inp.mtu - 40} on "
+                f"{inp.tun}",
+                inp.tun,
+                str(net),
+                inp.mtu,
+                True,
+            )
+        )
+        ops.append(
+            AddForwardAccepts(
+                f"if iptables FORWARD drops (Docker): accept {net} in "
+                f"DOCKER-USER or FORWARD, comment "
+                f"{nft.COMMENT_PREFIX}{inp.tun}",
+                inp.tun,
+                str(net),
+            )
+        )
+    return ops
+
+
+@dataclass(slots=True)
+class _Context:
+    netns: str | None
+    uplink: routes.Uplink | None = None
+    done: list[Op] = field(default_factory=list)
+
+
+def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> None:
+    """Perform ``ops`` in order; each undo step is journaled before its change.
+
+    On failure the exception propagates; the journal already holds the undo for everything done
+    so far, so the caller runs ``journal.undo_all()``.
+    """
+    ctx = _Context(netns)
+    for op in ops:
+        _apply_one(op, journal, ctx)
+        ctx.done.append(op)
+
+
+def _uplink(ctx: _Context) -> routes.Uplink:
+    if ctx.uplink is None:
+        raise ValueError("plan error: an op needs the uplink before WaitUplink ran")
+    return ctx.uplink
+
+
+def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
+    ns = ctx.netns
+    match op:
+        case WaitUplink():
+            if ctx.uplink is None:
+                ctx.uplink = routes.wait_default_route(op.timeout, netns=ns)
+        case SetSysctl():
+            journal.record("sysctl", key=op.key, value=sysctl.read(op.key, ns))
+            sysctl.write(op.key, op.value, ns)
+        case ConfigureTun():
+            link.configure_tun(op.tun, op.address_cidr, op.mtu, ns)
+        case LoadChnroute():
+            nets = chnroute.load_file(op.data)
+            up = ctx.uplink if op.gateway is None else None
+            gateway = op.gateway or _uplink(ctx).gateway
+            journal.record("chnroute", table=op.table)
+            chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns)
+        case AddHostRoutes():
+            up = _uplink(ctx)
+            journal.record("routes", dsts=list(op.dsts), table=op.table)
+            routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns)
+        case MoveDefaultRoute():
+            saved = routes.save_default_routes(ns)
+            journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
+            routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
+        case ApplyNft():
+            journal.record("nft_table", tun=op.tun)
+            nft.apply_table(op.tun, op.net, op.mtu, nat=op.nat, netns=ns)
+        case AddForwardAccepts():
+            journal.record("iptables", tun=op.tun)
+            nft.add_forward_accepts(op.tun, op.net, ns)
+        case _:
+            raise ValueError(f"unknown op {op!r}")

@@ -1,0 +1,353 @@
+"""Client-mode host routing, as the original does it (moved default route, host routes outside
+the tunnel), but reversible and idempotent.
+
+Theory of operation (client mode):
+    1. :func:`wait_default_route` finds the uplink: the lowest-metric IPv4 default route of table
+       ``main`` (gateway and device).
+    2. :func:`save_default_routes` captures every IPv4 default route of ``main`` as raw netlink
+       payloads (gateway, dev, metric, proto, src, flags, metrics: everything). The caller
+       journals them *before* :func:`move_default_route` adds ``default via <net>.<gateway> dev
+       <tun> table <table>`` and deletes them from ``main``. Rule 32766 (main) then no longer
+       matches and rule 32767 (default, 253) sends traffic into the tunnel, while more specific
+       routes of main still win.
+    3. :func:`add_host_routes` routes the peers' static addresses and ``local_routes`` via the
+       uplink in the same table, so the tunnel's own UDP never enters the tunnel.
+    4. :func:`restore_default_route` replays the saved payloads into ``main`` byte for byte and
+       deletes our tunnel default; :func:`remove_host_routes` deletes the host routes.
+
+Every route we add carries proto :data:`~alpaca.system.netlink.PROTO_ALPACA`. Callers: the
+control greenlet (set-up, teardown, reconcile); waits use ``gevent.sleep``.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import gevent
+from pyroute2 import IPRoute
+
+from alpaca.errors import SystemSetupError
+from alpaca.system import netlink
+from alpaca.system.netlink import (
+    OK_ADD,
+    OK_DEL,
+    PROTO_ALPACA,
+    RT_TABLE_DEFAULT,
+    RT_TABLE_MAIN,
+    iproute,
+    nl_call,
+)
+
+log = logging.getLogger(__name__)
+
+RTA_CACHEINFO = 12
+#: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
+_FLAGS_KEEP = 0x2 | 0x4
+
+
+@dataclass(frozen=True, slots=True)
+class Uplink:
+    """The original way out: the IPv4 default route of table main.
+
+    Attributes:
+        gateway: next-hop address, or None for a point-to-point device.
+        oif: output interface index.
+        dev: output interface name (re-resolved after a restart, indexes can change).
+    """
+
+    gateway: str | None
+    oif: int
+    dev: str
+
+
+@dataclass(frozen=True, slots=True)
+class SavedRoute:
+    """A default route removed from ``main``, kept as its raw netlink payload for exact restore.
+
+    Attributes:
+        payload_hex: the rtmsg and its attributes, as dumped by the kernel, in hex.
+        dev: name of its output device ("" if none), used to re-resolve the index.
+        text: a readable summary for logs and ``check``.
+    """
+
+    payload_hex: str
+    dev: str
+    text: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"payload_hex": self.payload_hex, "dev": self.dev, "text": self.text}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> SavedRoute:
+        return cls(data["payload_hex"], data.get("dev", ""), data.get("text", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedRoute:
+    """A route of ours that should exist (for :func:`alpaca.system.monitor.reconcile`).
+
+    Attributes:
+        dst: destination CIDR (``0.0.0.0/0`` for the moved default).
+        gateway: next hop, or None for a device route.
+        dev: output device name.
+        table: routing table id.
+    """
+
+    dst: str
+    gateway: str | None
+    dev: str
+    table: int = RT_TABLE_DEFAULT
+
+
+def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> None:
+    """Add ``route`` with our proto (EEXIST counts as done)."""
+    extra = {"gateway": route.gateway} if route.gateway else {"scope": netlink.RT_SCOPE_LINK}
+    nl_call(
+        f"adding route {route.dst} via {route.gateway or '-'} dev {route.dev} table {route.table}",
+        ipr.route,
+        "add",
+        dst=route.dst,
+        oif=oif,
+        table=route.table,
+        proto=PROTO_ALPACA,
+        ok=OK_ADD,
+        **extra,
+    )
+
+
+def _ifname(ipr: IPRoute, index: int) -> str:
+    if not index:
+        return ""
+    links = ipr.get_links(index)
+    return str(links[0].get_attr("IFLA_IFNAME")) if links else ""
+
+
+def find_default_route(netns: str | None = None, ipr: IPRoute | None = None) -> Uplink | None:
+    """The lowest-metric IPv4 default route of table main, or None if there is none."""
+    with iproute(netns, ipr) as nl:
+        routes = (
+            nl_call(
+                "listing routes of table main",
+                nl.route,
+                "dump",
+                table=RT_TABLE_MAIN,
+                family=socket.AF_INET,
+            )
+            or ()
+        )
+        defaults = [r for r in routes if r["dst_len"] == 0 and r["type"] == 1]
+        if not defaults:
+            return None
+        best = min(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
+        oif = best.get_attr("RTA_OIF") or 0
+        if not oif and best.get_attr("RTA_MULTIPATH"):
+            nexthop = best.get_attr("RTA_MULTIPATH")[0]
+            return Uplink(nexthop.get_attr("RTA_GATEWAY"), nexthop["oif"], _ifname(nl, nexthop["oif"]))
+        return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif))
+
+
+def wait_default_route(timeout: float = 30.0, interval: float = 3.0, netns: str | None = None) -> Uplink:
+    """Poll :func:`find_default_route` until it answers (gevent-friendly, bounded).
+
+    Raises:
+        SystemSetupError: no default route after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        uplink = find_default_route(netns)
+        if uplink is not None:
+            return uplink
+        if time.monotonic() + interval > deadline:
+            raise SystemSetupError(
+                f"waiting for an IPv4 default route in table main: none after {timeout:g} s",
+                None,
+                "client mode needs an uplink; check `ip route show default`",
+            )
+        log.info("waiting for a default route interval=%gs", interval)
+        gevent.sleep(interval)
+
+
+def save_default_routes(netns: str | None = None) -> list[SavedRoute]:
+    """Capture every IPv4 default route of table main (read only)."""
+    with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
+        saved = []
+        for payload in rt.dump_routes(socket.AF_INET):
+            _family, dst_len, proto, _scope, rtype = netlink.route_fields(payload)
+            if dst_len or netlink.route_table(payload) != RT_TABLE_MAIN or rtype != 1:
+                continue
+            dev = _ifname(ipr, netlink.route_oif(payload))
+            text = f"default dev {dev or '-'} proto {proto} table main"
+            saved.append(SavedRoute(payload.hex(), dev, text))
+        return saved
+
+
+def move_default_route(
+    tunnel_gw_ip: str,
+    tun_ifname: str,
+    table: int = RT_TABLE_DEFAULT,
+    netns: str | None = None,
+    saved: Sequence[SavedRoute] | None = None,
+) -> list[SavedRoute]:
+    """Point the default route into the tunnel: add ours to ``table``, then delete ``saved``
+    (default: every IPv4 default of main) from main. Journal ``saved`` before calling.
+
+    Returns:
+        The routes removed from main, for :func:`restore_default_route`.
+    """
+    if saved is None:
+        saved = save_default_routes(netns)
+    with iproute(netns) as ipr:
+        oif = link_index_or_fail(ipr, tun_ifname)
+        nl_call(
+            f"adding route default via {tunnel_gw_ip} dev {tun_ifname} table {table}",
+            ipr.route,
+            "add",
+            dst="0.0.0.0/0",
+            gateway=tunnel_gw_ip,
+            oif=oif,
+            table=table,
+            proto=PROTO_ALPACA,
+            ok=OK_ADD,
+        )
+    with netlink.RtnlSocket(netns) as rt:
+        for route in saved:
+            payload = bytes.fromhex(route.payload_hex)
+            code = rt.send_raw_route(netlink.RTM_DELROUTE, 0, payload)
+            if code and code not in OK_DEL:
+                raise netlink.setup_error(f"deleting route {route.text}", OSError(code, ""), code)
+    log.info(
+        "default route moved dev=%s via=%s table=%d removed=%d",
+        tun_ifname,
+        tunnel_gw_ip,
+        table,
+        len(saved),
+    )
+    return list(saved)
+
+
+def restore_default_route(
+    saved: Sequence[SavedRoute], table: int = RT_TABLE_DEFAULT, netns: str | None = None
+) -> None:
+    """Put ``saved`` back into main exactly and delete our default from ``table`` (idempotent)."""
+    with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
+        for route in saved:
+            payload = bytes.fromhex(route.payload_hex)
+            oif = ipr.link_lookup(ifname=route.dev) if route.dev else []
+            fixed = netlink.rebuild_route(
+                payload, drop={RTA_CACHEINFO}, oif=oif[0] if oif else None, flags_mask=_FLAGS_KEEP
+            )
+            flags = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
+            code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
+            if code and code not in OK_ADD:
+                raise netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
+        nl_call(
+            f"deleting route default proto {PROTO_ALPACA} table {table}",
+            ipr.route,
+            "del",
+            dst="0.0.0.0/0",
+            table=table,
+            proto=PROTO_ALPACA,
+            ok=OK_DEL,
+        )
+    log.info("default route restored table=%d restored=%d", table, len(saved))
+
+
+def link_index_or_fail(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise SystemSetupError(f"looking up device {ifname}: {netlink.errno_text(errno.ENODEV)}")
+    return int(found[0])
+
+
+def host_networks(addrs: Iterable[str]) -> list[ipaddress.IPv4Network]:
+    """IPv4 networks from addresses/CIDRs; IPv6 entries are skipped (they never enter the
+    tunnel, which only takes the IPv4 default)."""
+    out: list[ipaddress.IPv4Network] = []
+    for addr in addrs:
+        net = ipaddress.ip_network(addr, strict=False)
+        if isinstance(net, ipaddress.IPv4Network) and net not in out:
+            out.append(net)
+    return out
+
+
+def add_host_routes(
+    addrs: Iterable[str],
+    via: str | None,
+    oif: int,
+    table: int = RT_TABLE_DEFAULT,
+    netns: str | None = None,
+    ipr: IPRoute | None = None,
+) -> list[str]:
+    """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
+
+    An existing route for the same destination is left alone (EEXIST counts as done, and it is
+    not ours to delete later since its proto differs).
+
+    Returns:
+        The destinations as CIDR strings, for :func:`remove_host_routes`.
+    """
+    nets = host_networks(addrs)
+    with iproute(netns, ipr) as nl:
+        for net in nets:
+            extra = {"gateway": via} if via else {"scope": netlink.RT_SCOPE_LINK}
+            nl_call(
+                f"adding route {net} via {via or '-'} oif {oif} table {table}",
+                nl.route,
+                "add",
+                dst=str(net),
+                oif=oif,
+                table=table,
+                proto=PROTO_ALPACA,
+                ok=OK_ADD,
+                **extra,
+            )
+    log.info("host routes added count=%d via=%s table=%d", len(nets), via, table)
+    return [str(n) for n in nets]
+
+
+def remove_host_routes(
+    dsts: Iterable[str],
+    table: int = RT_TABLE_DEFAULT,
+    netns: str | None = None,
+    ipr: IPRoute | None = None,
+) -> None:
+    """Delete our routes to ``dsts`` from ``table`` (only ours: the delete matches our proto)."""
+    with iproute(netns, ipr) as nl:
+        for dst in dsts:
+            nl_call(
+                f"deleting route {dst} table {table}",
+                nl.route,
+                "del",
+                dst=dst,
+                table=table,
+                proto=PROTO_ALPACA,
+                ok=OK_DEL,
+            )
+
+
+def route_present(dst: str, table: int, netns: str | None = None, ipr: IPRoute | None = None) -> bool:
+    """Whether a route to exactly ``dst`` with our proto exists in ``table``."""
+    net = ipaddress.ip_network(dst, strict=False)
+    with iproute(netns, ipr) as nl:
+        routes = (
+            nl_call(
+                f"listing routes of table {table}",
+                nl.route,
+                "dump",
+                table=table,
+                family=socket.AF_INET,
+            )
+            or ()
+        )
+        for r in routes:
+            if r["proto"] != PROTO_ALPACA or r["dst_len"] != net.prefixlen:
+                continue
+            if (r.get_attr("RTA_DST") or "0.0.0.0") == str(net.network_address):
+                return True
+        return False

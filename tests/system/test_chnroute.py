@@ -1,0 +1,69 @@
+"""chnroute: parsing (pure) and bulk load/remove in a namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+import pytest
+
+from alpaca.errors import ConfigError
+from alpaca.system import chnroute, link
+from tests.helpers import netns, nsexec
+from tests.system import client_ns, snapshot
+
+COUNT = 6594  # the size of the original's bundled CN list
+
+
+def test_chnroute_parse_skips_comments_blank_and_zero_length() -> None:
+    text = "# header\n1.0.1.0/24\n\n  1.0.2.0/23  # trailing\n0.0.0.0/0\n"
+    assert chnroute.parse(text) == [
+        ipaddress.IPv4Network("1.0.1.0/24"),
+        ipaddress.IPv4Network("1.0.2.0/23"),
+    ]
+
+
+def test_chnroute_parse_reports_bad_lines_with_numbers() -> None:
+    with pytest.raises(ConfigError) as info:
+        chnroute.parse("1.0.1.0/24\nnonsense\n1.2.3.4/33\n", "cn.txt")
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("cn.txt:2: 'nonsense'")
+    assert problems[1].startswith("cn.txt:3: '1.2.3.4/33'")
+
+
+def test_chnroute_load_file_missing_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        chnroute.load_file(tmp_path / "absent.txt")
+
+
+def write_prefixes(path: Path, count: int) -> None:
+    base = int(ipaddress.IPv4Address("1.0.0.0"))
+    lines = [f"{ipaddress.IPv4Network((base + (i << 8), 24))}" for i in range(count)]
+    path.write_text("# generated\n" + "\n".join(lines) + "\n")
+
+
+@pytest.mark.netns
+def test_chnroute_6594_prefixes_loaded_and_removed(tmp_path: Path) -> None:
+    data = tmp_path / "cn.txt"
+    write_prefixes(data, COUNT)
+    with netns() as ns:
+        client_ns(ns)
+        before = snapshot(ns)
+        oif = link.link_index("up0", ns)
+        assert oif is not None
+        nets = chnroute.load_file(data)
+        start = time.perf_counter()
+        assert chnroute.add(nets, "192.0.2.254", oif, 253, ns) == COUNT
+        loaded = time.perf_counter() - start
+        chnroute.add(nets[:10], "192.0.2.254", oif, 253, ns)  # EEXIST is done
+        shown = nsexec(ns, "ip", "route", "show", "table", "253", "proto", "97").stdout
+        assert len(shown.splitlines()) == COUNT
+        assert "1.0.0.0/24 via 192.0.2.254 dev up0" in shown
+        start = time.perf_counter()
+        assert chnroute.remove(253, ns) == COUNT
+        removed = time.perf_counter() - start
+        assert chnroute.remove(253, ns) == 0
+        assert snapshot(ns) == before
+        assert loaded < 5 and removed < 5, (loaded, removed)  # generous; the bench prints figures

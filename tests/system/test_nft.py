@@ -1,0 +1,96 @@
+"""nftables table and Docker-style FORWARD DROP, in namespaces."""
+
+from __future__ import annotations
+
+import pytest
+
+from alpaca.system import link, nft
+from alpaca.system.journal import Journal
+from alpaca.system.plan import HostPlanInput, Mode, apply, plan
+from tests.helpers import netns, nsexec, veth
+from tests.system import snapshot
+
+NET = "10.17.0.0/16"
+
+
+def test_nft_ruleset_is_one_replace_transaction() -> None:
+    script = nft.ruleset("alpaca0", NET, 1408).splitlines()
+    assert script[:3] == [
+        "table inet alpaca_alpaca0 {}",
+        "delete table inet alpaca_alpaca0",
+        "table inet alpaca_alpaca0 {",
+    ]
+
+
+def test_nft_mss_rules_are_bound_to_the_tun_device() -> None:
+    script = nft.ruleset("alpaca0", NET, 1408)
+    mss = [line for line in script.splitlines() if "maxseg size set" in line]
+    assert len(mss) == 2
+    assert mss[0].strip().startswith('oifname "alpaca0"')
+    assert mss[1].strip().startswith('iifname "alpaca0"')
+    assert all("set 1368" in line for line in mss)
+
+
+def test_nft_client_ruleset_has_no_nat() -> None:
+    assert "masquerade" not in nft.ruleset("alpaca0", NET, 1408, nat=False)
+
+
+def test_nft_table_name_rejects_odd_names() -> None:
+    with pytest.raises(ValueError):
+        nft.table_name('x"; flush ruleset')
+
+
+@pytest.mark.netns
+def test_nft_table_created_idempotent_and_removed() -> None:
+    with netns() as ns:
+        before = nsexec(ns, "nft", "list", "ruleset").stdout
+        nft.apply_table("alpaca0", NET, 1408, netns=ns)
+        once = nsexec(ns, "nft", "list", "ruleset").stdout
+        nft.apply_table("alpaca0", NET, 1408, netns=ns)
+        twice = nsexec(ns, "nft", "list", "ruleset").stdout
+        assert once == twice
+        assert once.count("table inet alpaca_alpaca0") == 1
+        assert once.count("masquerade") == 1
+        assert 'oifname "alpaca0"' in once and 'iifname "alpaca0"' in once
+        nft.remove_table("alpaca0", ns)
+        nft.remove_table("alpaca0", ns)
+        assert nsexec(ns, "nft", "list", "ruleset").stdout == before
+
+
+def ping(ns: str, addr: str) -> bool:
+    return nsexec(ns, "ping", "-c", "1", "-W", "1", addr, check=False).returncode == 0
+
+
+def docker_router(router: str, docker_user: bool) -> None:
+    nsexec(router, "iptables", "-P", "FORWARD", "DROP")
+    if docker_user:
+        nsexec(router, "iptables", "-N", "DOCKER-USER")
+        nsexec(router, "iptables", "-A", "DOCKER-USER", "-j", "RETURN")
+        nsexec(router, "iptables", "-A", "FORWARD", "-j", "DOCKER-USER")
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("docker_user", [False, True], ids=["forward", "docker-user"])
+def test_nft_docker_drop_policy_gets_our_accepts(docker_user: bool, tmp_path: object) -> None:
+    with netns("ata") as a, netns("atr") as router, netns("atb") as b:
+        veth(a, "10.17.0.2/24", router, "10.17.0.1/24", "eth0", "ra")
+        veth(router, "198.51.100.1/24", b, "198.51.100.2/24", "rb", "eth0")
+        nsexec(a, "ip", "route", "add", "default", "via", "10.17.0.1")
+        docker_router(router, docker_user)
+        before = snapshot(router)
+        assert not ping(a, "198.51.100.2")
+        nsexec(router, "ip", "tuntap", "add", "dev", "alpaca0", "mode", "tun")  # the daemon's TUN
+        inp = HostPlanInput(Mode.SERVER, "alpaca0", NET, "10.17.1.1", 1408)
+        journal = Journal(f"{tmp_path}/j.json", router)
+        apply(plan(inp), journal, router)
+        apply(plan(inp), journal, router)  # a second apply adds nothing
+        rules = nsexec(router, "iptables", "-S").stdout.replace('"', "")
+        chain = "DOCKER-USER" if docker_user else "FORWARD"
+        assert rules.count("alpaca-tunnel:alpaca0") == 2
+        assert f"-A {chain} -s 10.17.0.0/16 -m comment --comment alpaca-tunnel:alpaca0" in rules
+        assert ping(a, "198.51.100.2")  # forwarded (and masqueraded: b has no route back)
+        assert journal.undo_all() == []
+        assert "alpaca-tunnel" not in nsexec(router, "iptables", "-S").stdout
+        assert not ping(a, "198.51.100.2")
+        assert link.remove_stale_link("alpaca0", router)  # the daemon closes its TUN
+        assert snapshot(router) == before

@@ -1,0 +1,103 @@
+"""Client routing in namespaces: default route moved and restored byte for byte, host routes."""
+
+from __future__ import annotations
+
+import pytest
+
+from alpaca.errors import SystemSetupError
+from alpaca.system import link, netlink, routes
+from tests.helpers import netns, nsexec
+from tests.system import client_ns, snapshot
+
+pytestmark = pytest.mark.netns
+
+
+def test_netlink_error_names_the_operation_and_errno() -> None:
+    err = netlink.setup_error("adding route 10.17.0.0/16 dev alpaca0 table 253", OSError(17, "x"))
+    assert str(err) == "adding route 10.17.0.0/16 dev alpaca0 table 253: File exists (EEXIST)"
+    assert "CAP_NET_ADMIN" in str(netlink.setup_error("adding", OSError(1, "x")))
+
+
+def test_netlink_unknown_namespace_is_refused_not_created() -> None:
+    with pytest.raises(SystemSetupError, match="no such namespace"):
+        routes.find_default_route(netns="at-does-not-exist")
+
+
+def test_routes_find_default_route_picks_lowest_metric() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        uplink = routes.find_default_route(ns)
+        assert uplink is not None
+        assert (uplink.gateway, uplink.dev) == ("192.0.2.254", "up0")
+        assert uplink.oif == link.link_index("up0", ns)
+
+
+def test_routes_wait_default_route_gives_up_with_clear_error() -> None:
+    with netns() as ns, pytest.raises(SystemSetupError, match=r"none after 0\.2 s"):
+        routes.wait_default_route(timeout=0.2, interval=0.1, netns=ns)
+
+
+def test_routes_default_moved_and_restored_byte_for_byte() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        link.configure_tun("alpaca0", "10.17.16.1/16", 1408, ns)
+        before = snapshot(ns)
+        saved = routes.move_default_route("10.17.1.1", "alpaca0", 253, ns)
+        assert len(saved) == 2
+        moved = nsexec(ns, "ip", "route", "show", "table", "all").stdout
+        assert "default via 10.17.1.1 dev alpaca0 table default proto 97" in moved
+        assert "192.0.2.254" not in moved
+        routes.restore_default_route(saved, 253, ns)
+        routes.restore_default_route(saved, 253, ns)  # idempotent
+        assert snapshot(ns) == before
+
+
+def test_routes_host_routes_added_and_removed() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        before = snapshot(ns)
+        up = routes.find_default_route(ns)
+        assert up is not None
+        addrs = ["203.0.113.7", "198.51.100.0/24", "2001:db8::1"]
+        dsts = routes.add_host_routes(addrs, up.gateway, up.oif, 253, ns)
+        routes.add_host_routes(addrs, up.gateway, up.oif, 253, ns)  # EEXIST is done
+        assert dsts == ["203.0.113.7/32", "198.51.100.0/24"]
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "203.0.113.7 via 192.0.2.254 dev up0 proto 97" in shown
+        assert "198.51.100.0/24 via 192.0.2.254 dev up0 proto 97" in shown
+        assert routes.route_present("203.0.113.7/32", 253, ns)
+        routes.remove_host_routes(dsts, 253, ns)
+        routes.remove_host_routes(dsts, 253, ns)  # ENOENT is done
+        assert snapshot(ns) == before
+
+
+def test_routes_remove_leaves_foreign_routes_alone() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "route", "add", "203.0.113.7", "via", "192.0.2.9", "table", "253")
+        routes.remove_host_routes(["203.0.113.7/32"], 253, ns)
+        assert "203.0.113.7" in nsexec(ns, "ip", "route", "show", "table", "253").stdout
+
+
+def test_link_configure_tun_is_idempotent() -> None:
+    with netns() as ns:
+        nsexec(ns, "ip", "tuntap", "add", "dev", "alpaca0", "mode", "tun")
+        link.configure_tun("alpaca0", "10.17.16.1/16", 1408, ns)
+        link.configure_tun("alpaca0", "10.17.16.1/16", 1408, ns)
+        shown = nsexec(ns, "ip", "addr", "show", "alpaca0").stdout
+        assert shown.count("inet 10.17.16.1/16") == 1
+        assert "mtu 1408" in shown
+        assert ",UP" in shown
+
+
+def test_link_remove_stale_link() -> None:
+    with netns() as ns:
+        nsexec(ns, "ip", "tuntap", "add", "dev", "alpaca0", "mode", "tun")
+        assert link.remove_stale_link("alpaca0", ns)
+        assert link.link_index("alpaca0", ns) is None
+        assert not link.remove_stale_link("alpaca0", ns)
+
+
+def test_link_configure_missing_device_fails_clearly() -> None:
+    with netns() as ns, pytest.raises(SystemSetupError, match="configuring nope0: No such device"):
+        link.configure_tun("nope0", "10.17.16.1/16", 1408, ns)
