@@ -21,7 +21,9 @@ def sh(*args: str, check: bool = True, timeout: float = 60.0) -> subprocess.Comp
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def nsexec(ns: str, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def nsexec(
+    ns: str, *args: str, check: bool = True, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     """Run a command inside namespace ``ns``."""
     return sh("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
 

@@ -1,0 +1,249 @@
+"""The daemon: set the host up, run the dataplane, serve metrics and control, tear down.
+
+Start-up order (the original's, made reversible): recover a journal left by a crashed run ->
+take a new session epoch (persisted before any packet is sealed) -> pre_up hooks -> open the
+TUN device -> host changes (plan/apply with a write-ahead undo journal: ip_forward, TUN
+address and MTU, chnroute, host routes, default route or NAT) -> post_up hooks -> bind the UDP
+ports -> start the engine's greenlets, the route monitor, the secrets watcher, the metrics
+server and the control socket -> wait for a signal.
+
+Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, undo every host
+change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
+post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
+config's forwarders without dropping learned paths. SIGUSR1 logs a state dump.
+
+Greenlet contract: everything runs on the main thread's hub; no OS threads, no monkey-patching.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Group
+
+from alpaca import __version__
+from alpaca.config import Config, Mode, load_config
+from alpaca.core.engine import Engine
+from alpaca.core.ids import format_peer_id
+from alpaca.errors import AlpacaError
+from alpaca.hooks import run_hooks
+from alpaca.io.clock import monotonic, wall
+from alpaca.io.dataplane import Dataplane
+from alpaca.io.epoch import next_epoch
+from alpaca.io.tun import TunDevice
+from alpaca.io.udp import UdpPort
+from alpaca.io.watch import FileWatch
+from alpaca.secrets import Secrets, load_secrets
+from alpaca.system import journal as journal_mod
+from alpaca.system import link
+from alpaca.system.monitor import RouteMonitor
+from alpaca.system.plan import ChnrouteInput, HostPlanInput, apply, plan
+from alpaca.system.plan import Mode as PlanMode
+from alpaca.system.resolver import KernelResolver
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 2.0
+
+
+def host_plan_input(config: Config, secrets: Secrets) -> HostPlanInput:
+    """What the host changes depend on, from the config and the secrets."""
+    chn = config.chnroute
+    return HostPlanInput(
+        mode=PlanMode.CLIENT if config.mode is Mode.CLIENT else PlanMode.SERVER,
+        tun=config.tun_name,
+        net=str(config.net),
+        address=str(config.tun_address.ip),
+        mtu=config.mtu,
+        gateway_ip=str(config.peer_address(config.gateway)) if config.gateway is not None else None,
+        peer_addresses=tuple(sorted({p.address for p in secrets.peers.values()
+                                     if p.address and p.peer_id != config.id})),
+        local_routes=tuple(str(n) for n in config.local_routes),
+        chnroute=None if chn is None else ChnrouteInput(
+            str(chn.data), None if chn.gateway is None else str(chn.gateway), chn.table),
+        route_table=config.route_table,
+    )
+
+
+def journal_path(config: Config) -> Path:
+    """Where the undo journal lives: beside the control socket, which is unique per daemon
+    (two daemons in two namespaces share one filesystem), on a tmpfs under /run by default."""
+    return config.control_socket.with_name(config.control_socket.name + ".journal")
+
+
+class Daemon:
+    """One running node. ``start()``, then ``wait()``; ``stop()`` is idempotent."""
+
+    def __init__(self, config: Config, secrets: Secrets) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.group = Group()
+        self.stopped = Event()
+        self.exit_code = 0
+        self.engine: Engine | None = None
+        self.plane: Dataplane | None = None
+        self.tun: TunDevice | None = None
+        self.journal = journal_mod.Journal(journal_path(config))
+        self.started_at = wall()
+        self._closers: list[Any] = []
+        self._stopping = False
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        cfg = self.config
+        failures = journal_mod.recover(self.journal.path)
+        if failures is not None:
+            log.warning("undid host changes of a previous run journal=%s failed=%d",
+                        self.journal.path, len(failures))
+        epoch = next_epoch(cfg.state_file, wall())
+        run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
+        link.remove_stale_link(cfg.tun_name)
+        self.tun = TunDevice.open(cfg.tun_name)
+        apply(plan(host_plan_input(cfg, self.secrets)), self.journal)
+        run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
+        ports = [UdpPort.open(p.name, p.address, p.port, p.interface) for p in cfg.ports]
+        self._closers.extend(port.close for port in ports)
+        resolver = KernelResolver()
+        self._closers.append(resolver.close)
+        self.plane = Dataplane(self.tun, ports)
+        self.engine = Engine(cfg.engine_settings(self.secrets), self.plane, epoch=epoch,
+                             random_bytes=os.urandom, resolver=resolver)
+        self.plane.attach(self.engine)
+        for greenlet in self.plane.start(self.group):
+            greenlet.link_exception(self._on_fatal)
+        self._start_monitors()
+        self._start_observability()
+        for signum, handler in ((signal.SIGTERM, self.stop_soon), (signal.SIGINT, self.stop_soon),
+                                (signal.SIGHUP, self.reload), (signal.SIGUSR1, self.dump_state)):
+            gevent.signal_handler(signum, handler)
+        log.info("started node=%s tun=%s epoch=%d ports=%s version=%s", format_peer_id(cfg.id),
+                 self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
+                                                for p in ports), __version__)
+
+    def _spawn(self, func: Any, *args: Any) -> None:
+        greenlet = self.group.spawn(func, *args)
+        greenlet.link_exception(self._on_fatal)
+
+    def _start_monitors(self) -> None:
+        monitor = RouteMonitor().open()
+        self._closers.append(monitor.close)
+        self._spawn(monitor.run, self._on_routes_changed)
+        try:
+            watch = FileWatch(self.secrets.path).open()
+        except OSError as exc:
+            log.warning("not watching the secrets file path=%s error=%s", self.secrets.path, exc)
+            return
+        self._closers.append(watch.close)
+        self._spawn(watch.run, self.reload)
+
+    def _start_observability(self) -> None:
+        try:
+            import alpaca.control  # noqa: F401  TEMP
+        except ImportError:
+            return
+        from alpaca.control import ControlServer
+        from alpaca.metrics import build_registry, serve_metrics
+        from alpaca.snapshot import snapshot
+
+        cfg = self.config
+        if cfg.metrics.enabled:
+            registry = build_registry(lambda: self.engine, monotonic, version=__version__,
+                                      start_time=self.started_at, node=format_peer_id(cfg.id))
+            server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
+            self._closers.append(server.stop)
+        control = ControlServer(cfg.control_socket, lambda: snapshot(self._engine(), monotonic()))
+        control.start()
+        self._closers.append(control.stop)
+
+    def _engine(self) -> Engine:
+        assert self.engine is not None
+        return self.engine
+
+    # ------------------------------------------------------------------ events
+    def _on_routes_changed(self) -> None:
+        if self.engine is not None:
+            self.engine.flush_routes()
+        log.debug("routes changed: route cache flushed")
+
+    def _on_fatal(self, greenlet: Any) -> None:
+        log.error("stopping after a fatal error in %s: %r", getattr(greenlet, "name", "greenlet"),
+                  greenlet.exception)
+        self.exit_code = 1
+        self.stop_soon()
+
+    def stop_soon(self) -> None:
+        """Signal-safe: ask the main greenlet to stop."""
+        self.stopped.set()
+
+    def reload(self) -> None:
+        """Re-read the secrets file and the config's forwarders; keep the old state on error."""
+        try:
+            config = load_config(self.config.path)
+            secrets = load_secrets(config.secret_file, config.id)
+            settings = config.engine_settings(secrets)
+        except AlpacaError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        if self.engine is None:
+            return
+        for key in ("tun_name", "ports", "mode", "net", "id", "mtu", "group"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("config key changed but needs a restart key=%s", key)
+        kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
+        self.engine.reload(kept)
+        self.secrets = secrets
+        log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
+                 ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
+
+    def dump_state(self) -> None:
+        from alpaca.snapshot import snapshot
+
+        if self.engine is not None:
+            log.info("state %s", json.dumps(snapshot(self.engine, monotonic()), sort_keys=True))
+
+    # ------------------------------------------------------------------ stop
+    def wait(self) -> int:
+        self.stopped.wait()
+        self.stop()
+        return self.exit_code
+
+    def stop(self) -> None:
+        """Tear everything down in reverse order. Safe to call more than once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.group.kill(timeout=STOP_TIMEOUT)
+        for close in reversed(self._closers):
+            try:
+                close()
+            except (OSError, AlpacaError) as exc:
+                log.warning("error while closing: %s", exc)
+        failures = self.journal.undo_all()
+        if failures:
+            self.exit_code = 1
+        run_hooks("pre_down", self.config.pre_down_cmds)
+        if self.plane is not None:
+            self.plane.close()
+        elif self.tun is not None:
+            self.tun.close()
+        run_hooks("post_down", self.config.post_down_cmds)
+        log.info("stopped node=%s", format_peer_id(self.config.id))
+
+
+def run(config: Config, secrets: Secrets) -> int:
+    """Run a node until a stop signal; return the process exit code."""
+    daemon = Daemon(config, secrets)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon.wait()

@@ -1,0 +1,110 @@
+"""Two engines driven by real greenlets: over in-memory drivers and over loopback UDP."""
+
+from __future__ import annotations
+
+import gc
+
+import gevent
+import pytest
+from gevent.pool import Group
+
+from alpaca.core.engine import Engine
+from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
+from alpaca.errors import TunnelError
+from alpaca.io.dataplane import Dataplane
+from alpaca.io.fakes import MemoryNetwork, MemoryTun
+from alpaca.io.udp import UdpPort
+from tests.enginenet import NET, ipv4, pid, tunnel_ip
+
+KEYS = {pid("1.1"): bytes(range(32)), pid("16.1"): bytes(range(1, 33))}
+
+
+def settings(self_id: int, server_addr: tuple[str, int], **kw: object) -> EngineSettings:
+    peers = {
+        pid("1.1"): PeerSpec(pid("1.1"), KEYS[pid("1.1")], server_addr),
+        pid("16.1"): PeerSpec(pid("16.1"), KEYS[pid("16.1")], None),
+    }
+    return EngineSettings(self_id=self_id, net=NET, group="g", peers=peers,  # type: ignore[arg-type]
+                          dup_policy=DupPolicy.NONE, **kw)
+
+
+def node(self_id: int, tun: MemoryTun, port: object, server_addr: tuple[str, int], epoch: int,
+         **kw: object) -> tuple[Dataplane, Engine]:
+    plane = Dataplane(tun, [port])  # type: ignore[list-item]
+    engine = Engine(settings(self_id, server_addr, **kw), plane, epoch=epoch, random_bytes=bytes,
+                    resolver=lambda dst, src: "10.17.1.1")
+    plane.attach(engine)
+    return plane, engine
+
+
+def wait_for(predicate: object, timeout: float = 3.0) -> None:
+    with gevent.Timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            gevent.sleep(0.01)
+
+
+def test_dataplane_carries_packets_both_ways_over_memory() -> None:
+    net = MemoryNetwork()
+    s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
+    s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
+    s_plane, _ = node(pid("1.1"), s_tun, net.port("p", s_addr), s_addr, 10)
+    c_plane, _ = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20, gateway=pid("1.1"))
+    group = Group()
+    s_plane.start(group)
+    c_plane.start(group)
+    try:
+        c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8"))
+        wait_for(lambda: len(s_tun.written) == 1)
+        s_tun.inject(ipv4("8.8.8.8", tunnel_ip(pid("16.1"))))
+        wait_for(lambda: len(c_tun.written) == 1)
+    finally:
+        s_plane.close()
+        c_plane.close()
+        group.kill(timeout=1)
+    assert len(group) == 0
+
+
+def test_dataplane_probes_run_on_the_timer_over_loopback_udp() -> None:
+    s_port = UdpPort.open("default", "127.0.0.1", 0)
+    c_port = UdpPort.open("default", "127.0.0.1", 0)
+    s_addr = s_port.local_addr
+    s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
+    s_plane, _ = node(pid("1.1"), s_tun, s_port, s_addr, 10, probe_interval=0.1, path_timeout=0.5)
+    c_plane, c_engine = node(pid("16.1"), c_tun, c_port, s_addr, 20, gateway=pid("1.1"),
+                             probe_interval=0.1, path_timeout=0.5)
+    group = Group()
+    s_plane.start(group)
+    c_plane.start(group)
+    try:
+        path = c_engine.peers[pid("1.1")].paths.static[0]
+        wait_for(lambda: path.up and path.probes_answered >= 3)
+        assert path.srtt is not None and path.srtt < 0.05
+        for i in range(200):
+            c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8", payload=bytes([i % 256]) * 40))
+        wait_for(lambda: len(s_tun.written) == 200)
+    finally:
+        s_plane.close()
+        c_plane.close()
+        group.kill(timeout=1)
+
+
+def test_dataplane_a_vanished_tun_device_ends_its_greenlet_with_an_error() -> None:
+    net = MemoryNetwork()
+    tun = MemoryTun("s")
+    plane, _ = node(pid("1.1"), tun, net.port("p", ("10.0.0.1", 5000)), ("10.0.0.1", 5000), 10)
+    group = Group()
+    greenlets = plane.start(group)
+    failures: list[BaseException] = []
+    greenlets[0].link_exception(lambda g: failures.append(g.exception))
+    tun.vanish()
+    wait_for(lambda: failures)
+    assert isinstance(failures[0], TunnelError)
+    plane.close()
+    group.kill(timeout=1)
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_greenlets() -> object:
+    yield
+    gevent.sleep(0)
