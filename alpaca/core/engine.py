@@ -129,32 +129,44 @@ class Engine:
     # ----------------------------------------------------------------- inside: TUN -> UDP
     def on_tun_packet(self, packet: bytes, now: float) -> None:
         """Handle one IP packet read from the TUN device."""
+        peer = self.route_packet(packet, now)
+        if peer is not None:
+            self.send_packet(peer, packet, now)
+
+    def route_packet(self, packet: bytes, now: float) -> Peer | None:
+        """Check a TUN packet and choose its peer; None (and a counted drop) if it has none."""
         s = self.settings
         if len(packet) > s.mtu:
             self.stats.drop(DropReason.TOO_BIG)
-            return
+            return None
         ips = ippkt.addresses(packet)
         if ips is None:
             self.stats.drop(DropReason.NOT_IPV4)
-            return
+            return None
         src_ip, dst_ip = ips
         if src_ip & NET_MASK == s.net and src_ip != self.self_ip:
             self.stats.drop(DropReason.FOREIGN_SOURCE)
-            return
+            return None
         dst = dst_ip & 0xFFFF if dst_ip & NET_MASK == s.net else self._route(dst_ip, src_ip, now)
         peer = self.peers.get(dst) if dst is not None else None
         if dst is None or peer is None:
             self.stats.drop(DropReason.NO_ROUTE)
-            return
+        return peer
+
+    def send_packet(self, peer: Peer, packet: bytes, now: float) -> None:
+        """Seal a checked TUN packet for ``peer`` and dispatch it (with delayed copies)."""
+        s = self.settings
+        inner = ippkt.addresses(packet)
+        assert inner is not None, "route_packet checked it"
         flags = 0
+        copies = self._copies_for(packet)
+        peer.tx_packets += 1
+        peer.tx_bytes += len(packet)
         if s.pad_small and len(packet) + OVERHEAD <= 500:
             packet, flags = pad(packet, self.random_bytes)
         datagram = self.seal(peer, PacketType.DATA, flags, packet)
-        peer.tx_packets += 1
-        peer.tx_bytes += len(packet)
         peer.last_active_at = now
-        copies = self._copies_for(packet)
-        self.dispatch(datagram, self.self_id, dst, None, (src_ip, dst_ip), now, s.ttl, None, copies)
+        self.dispatch(datagram, self.self_id, peer.peer_id, None, inner, now, s.ttl, None, copies)
 
     def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
         if self.resolver is None:
