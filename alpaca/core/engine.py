@@ -39,7 +39,7 @@ from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.ids import RESERVED_IDS, format_peer_id
 from alpaca.core.output import Output, RouteResolver
 from alpaca.core.padding import pad, unpad
-from alpaca.core.paths import Path
+from alpaca.core.paths import Generation, Path
 from alpaca.core.peers import Flow, Peer
 from alpaca.core.probing import Prober
 from alpaca.core.replay import Verdict
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 NET_MASK = 0xFFFF0000
 #: One target of a dispatch: (link to send on, path index to stamp, path that accounts DATA).
 Target = tuple[Path, int, Path]
-_VT_DATA = (PROTOCOL_VERSION << 4) | PacketType.DATA
+_PADDED = int(Flag.PADDED)
 
 
 class Engine:
@@ -79,6 +79,7 @@ class Engine:
         self.self_id = settings.self_id
         self.self_ip = settings.net | settings.self_id
         self.keys = KeyRing(settings.group, {p.peer_id: p.key for p in settings.peers.values()})
+        self.generation = Generation()
         self.peers: dict[int, Peer] = {}
         self.flows: dict[tuple[int, int], Flow] = {}
         self.routes = RouteCache(settings.route_cache_size, settings.route_cache_ttl)
@@ -104,6 +105,7 @@ class Engine:
         self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})
         self._apply_peers(settings)
         self.routes.flush()
+        self.generation.bump()
         self.stats.reloads += 1
 
     def _apply_peers(self, settings: EngineSettings) -> None:
@@ -112,9 +114,12 @@ class Engine:
                 continue
             peer = self.peers.get(spec.peer_id)
             if peer is None or peer.addr != spec.addr:
-                fresh = Peer(spec.peer_id, settings.ports, spec.addr)
+                fresh = Peer(spec.peer_id, settings.ports, spec.addr, self.generation)
                 if peer is not None:
                     fresh.paths.learned = peer.paths.learned
+                    for path in peer.paths.learned.values():
+                        assert path.addr is not None
+                        fresh.paths.by_endpoint.setdefault((path.port, path.addr), path)
                     fresh.next_counter = peer.next_counter
                 self.peers[spec.peer_id] = fresh
         names = [f"via-{format_peer_id(f)}" for f in settings.forwarders]
@@ -154,7 +159,7 @@ class Engine:
         return peer
 
     def send_packet(self, peer: Peer, packet: bytes, now: float) -> None:
-        """Seal a checked TUN packet for ``peer`` and dispatch it (with delayed copies)."""
+        """Seal a checked TUN packet for ``peer`` and send it (with delayed copies)."""
         s = self.settings
         inner = ippkt.addresses(packet)
         assert inner is not None, "route_packet checked it"
@@ -162,11 +167,16 @@ class Engine:
         copies = self._copies_for(packet)
         peer.tx_packets += 1
         peer.tx_bytes += len(packet)
+        peer.last_active_at = now
         if s.pad_small and len(packet) + OVERHEAD <= 500:
             packet, flags = pad(packet, self.random_bytes)
-        datagram = self.seal(peer, PacketType.DATA, flags, packet)
-        peer.last_active_at = now
-        self.dispatch(datagram, self.self_id, peer.peer_id, None, inner, now, s.ttl, None, copies)
+        plan = peer.plan
+        if plan is None or plan[0] != self.generation.value:
+            targets_now = self._targets(self.self_id, peer.peer_id, None, None)
+            plan = peer.plan = (self.generation.value, *targets_now)
+        targets, spare = plan[1], plan[2]
+        datagram = self.seal(peer, PacketType.DATA, flags, packet, s.ttl, targets[0][1] if targets else 0)
+        self._send_all(datagram, targets, spare, inner, now, s.ttl, copies, True)
 
     def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
         if self.resolver is None:
@@ -192,43 +202,57 @@ class Engine:
             return s.dup_copies
         return 0
 
-    def seal(self, peer: Peer, ptype: PacketType, flags: int, payload: bytes) -> bytes:
-        """Seal ``payload`` for (self -> peer) with the next counter of this epoch."""
+    def seal(
+        self, peer: Peer, ptype: PacketType, flags: int, payload: bytes, ttl: int = 0, pi: int = 0
+    ) -> bytes:
+        """Seal ``payload`` for (self -> peer) with the next counter of this epoch.
+
+        ``ttl`` and ``pi`` only pre-fill the hop bytes (they are outside the tag).
+        """
         cipher = self.keys.cipher(self.self_id, peer.peer_id, self.epoch)
         assert cipher is not None, "peers always have a key"
         counter = peer.next_counter
         peer.next_counter = counter + 1
-        header = HEADER.pack((PROTOCOL_VERSION << 4) | ptype, flags, 0, 0,
+        header = HEADER.pack((PROTOCOL_VERSION << 4) | ptype, flags, ttl, pi,
                              self.self_id, peer.peer_id, self.epoch, counter)
         return cipher.seal(header, payload)
 
     # ----------------------------------------------------------------- dispatch
     def dispatch(
-        self, datagram: bytes, src: int, dst: int, came_from: str | None,
-        inner: tuple[int, int] | None, now: float, ttl: int, pi: int | None, copies: int = 0,
+        self, datagram: bytes, src: int, dst: int, came_from: str, now: float, ttl: int, pi: int
     ) -> int:
-        """Send ``datagram`` by the forwarding rules; return how many copies went out.
+        """Relay someone else's datagram by the forwarding rules; return how many went out.
 
         Args:
-            came_from: the UDP source IP of a relayed packet (split horizon), None if ours.
-            inner: (src, dst) of the inner packet, for the loop check; None for relays.
-            pi: the path index to keep (relays), or None to stamp each path's own (origin).
-            copies: delayed extra copies to schedule (origin only).
+            came_from: the UDP source IP it arrived from (split horizon).
+            ttl: the TTL to send it with (already decremented).
+            pi: the path index it carries (kept: it names the origin's path).
         """
         targets, spare = self._targets(src, dst, came_from, pi)
-        is_data = datagram[0] == _VT_DATA and came_from is None
+        return self._send_all(datagram, targets, spare, None, now, ttl, 0, False)
+
+    def _send_all(
+        self, datagram: bytes, targets: list[Target], spare: list[Target], inner: tuple[int, int] | None,
+        now: float, ttl: int, copies: int, is_data: bool,
+    ) -> int:
+        """Send one datagram to every target, then schedule ``copies`` delayed copies.
+
+        ``inner`` (our own packets only) enables the loop check: never send to an address that
+        is the inner packet's own source or destination.
+        """
         if inner is not None and targets:
-            targets = [t for t in targets if _ip_of(t[0]) not in inner]
-            spare = [t for t in spare if _ip_of(t[0]) not in inner]
+            targets = [t for t in targets if t[0].ip not in inner]
             if not targets:
                 self.stats.drop(DropReason.LOOP)
                 return 0
+            spare = [t for t in spare if t[0].ip not in inner]
         if not targets:
             self.stats.drop(DropReason.NO_PATH)
             return 0
         sent = 0
         for link, stamp, acct in targets:
-            sent += self._send(link, with_hop_fields(datagram, ttl, stamp))
+            same = datagram[2] == ttl and datagram[3] == stamp
+            sent += self._send(link, datagram if same else with_hop_fields(datagram, ttl, stamp))
             if is_data:
                 acct.data_sent += 1
         if copies:
@@ -338,7 +362,7 @@ class Engine:
             self._deliver(peer, ptype, flags, pi, plaintext, port, addr, now)
         elif ttl == 0:
             self.stats.drop(DropReason.TTL_EXPIRED)
-        elif self.dispatch(data, src, dst, addr[0], None, now, ttl - 1, pi):
+        elif self.dispatch(data, src, dst, addr[0], now, ttl - 1, pi):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
 
@@ -388,7 +412,7 @@ class Engine:
             self.prober.on_reply(peer, plaintext, now)
 
     def _write_tun(self, peer: Peer, plaintext: bytes, flags: int) -> None:
-        packet = unpad(plaintext, flags) if flags & Flag.PADDED else plaintext
+        packet = unpad(plaintext, flags) if flags & _PADDED else plaintext
         ips = ippkt.addresses(packet) if packet is not None else None
         if packet is None or ips is None:
             self.stats.drop(DropReason.MALFORMED if packet is None else DropReason.NOT_IPV4)
@@ -427,8 +451,3 @@ class Engine:
         flow = self.flows.get((peer_id, self.self_id))
         return flow.window.lost if flow is not None else 0
 
-
-def _ip_of(link: Path) -> int:
-    """The remote IPv4 address of a link as an int (links always have an address)."""
-    assert link.addr is not None
-    return ippkt.ip_to_int(link.addr[0])

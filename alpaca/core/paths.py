@@ -22,9 +22,24 @@ from enum import Enum
 
 from alpaca.core.constants import PATH_SLOTS
 from alpaca.core.ids import format_peer_id
+from alpaca.core.ippkt import ip_to_int
 from alpaca.core.settings import Addr
 
 NEVER = -math.inf
+
+
+class Generation:
+    """A counter shared by every path table of one engine, bumped on any change that can
+    alter where packets go (a path learned, moved, forgotten, up or down). The engine caches
+    each peer's send targets under the generation they were computed in."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def bump(self) -> None:
+        self.value += 1
 
 
 class PathKind(Enum):
@@ -40,7 +55,7 @@ class Path:
     """
 
     __slots__ = (
-        "addr", "changes", "data_lost", "data_sent", "kind", "last_ok_at", "name", "peer",
+        "addr", "changes", "data_lost", "data_sent", "ip", "kind", "last_ok_at", "name", "peer",
         "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
         "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
         "rx_packets", "srtt", "tx_bytes", "tx_packets", "up", "via",
@@ -51,6 +66,7 @@ class Path:
         via: int | None = None,
     ) -> None:
         self.peer, self.kind, self.pi, self.port, self.addr = peer, kind, pi, port, addr
+        self.ip = ip_to_int(addr[0]) if addr is not None else 0
         self.name, self.via = name, via
         self.up = False
         self.reason = "new"
@@ -112,15 +128,22 @@ def port_label(ports: tuple[str, ...], port: int) -> str:
 class PeerPaths:
     """All paths to one peer, plus the per-path-index receive counts probes report."""
 
-    __slots__ = ("learned", "peer", "ports", "rx_data_by_pi", "static", "via")
+    __slots__ = ("by_endpoint", "generation", "learned", "peer", "ports", "rx_data_by_pi", "static", "via")
 
-    def __init__(self, peer: int, ports: tuple[str, ...], static_addr: Addr | None) -> None:
+    def __init__(
+        self, peer: int, ports: tuple[str, ...], static_addr: Addr | None, generation: Generation,
+    ) -> None:
         self.peer = peer
         self.ports = ports
+        self.generation = generation
         self.static: list[Path] = []
+        #: (local port, remote address) -> static or learned path: the receive-side lookup.
+        self.by_endpoint: dict[tuple[int, Addr], Path] = {}
         if static_addr is not None:
             for port, label in enumerate(ports):
-                self.static.append(Path(peer, PathKind.STATIC, port, port, static_addr, f"direct/{label}"))
+                path = Path(peer, PathKind.STATIC, port, port, static_addr, f"direct/{label}")
+                self.static.append(path)
+                self.by_endpoint[(port, static_addr)] = path
         self.learned: dict[tuple[int, int], Path] = {}
         self.via: dict[int, Path] = {}
         self.rx_data_by_pi = [0] * PATH_SLOTS
@@ -135,20 +158,14 @@ class PeerPaths:
 
     def match(self, port: int, addr: Addr) -> Path | None:
         """The static or learned path with exactly this local port and remote address."""
-        for path in self.static:
-            if path.port == port and path.addr == addr:
-                return path
-        for path in self.learned.values():
-            if path.port == port and path.addr == addr:
-                return path
-        return None
+        return self.by_endpoint.get((port, addr))
 
     def learn(self, pi: int, port: int, addr: Addr, now: float) -> Path:
         """File ``addr`` under (pi, port); an existing exact match is reused (never moved).
 
         Called only for authentic, fresh packets. Static paths are never overwritten.
         """
-        path = self.match(port, addr)
+        path = self.by_endpoint.get((port, addr))
         if path is None:
             key = (pi, port)
             path = self.learned.get(key)
@@ -157,7 +174,11 @@ class PeerPaths:
                             f"slot{pi}/{port_label(self.ports, port)}")
                 self.learned[key] = path
             else:
-                path.addr = addr
+                assert path.addr is not None
+                del self.by_endpoint[(port, path.addr)]
+                path.addr, path.ip = addr, ip_to_int(addr[0])
+            self.by_endpoint[(port, addr)] = path
+            self.generation.bump()
         path.last_ok_at = now
         return path
 
@@ -175,5 +196,10 @@ class PeerPaths:
 
     def expire(self, now: float, lifetime: float) -> list[Path]:
         """Forget learned paths silent for ``lifetime`` seconds; return what was removed."""
-        gone = [k for k, p in self.learned.items() if now - p.last_ok_at >= lifetime]
-        return [self.learned.pop(k) for k in gone]
+        gone = [self.learned.pop(k) for k, p in list(self.learned.items()) if now - p.last_ok_at >= lifetime]
+        for path in gone:
+            assert path.addr is not None
+            self.by_endpoint.pop((path.port, path.addr), None)
+        if gone:
+            self.generation.bump()
+        return gone

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from alpaca.core.paths import NEVER, Path, PathKind, PeerPaths
+from typing import Any
+
+from alpaca.core.paths import NEVER, Generation, Path, PathKind, PeerPaths
 from alpaca.core.replay import ReplayWindow
 from alpaca.core.settings import Addr
 
@@ -18,14 +20,18 @@ class Peer:
     """
 
     __slots__ = (
-        "addr", "dup_copies", "last_active_at", "next_counter", "paths", "peer_id",
+        "addr", "dup_copies", "last_active_at", "next_counter", "paths", "peer_id", "plan",
         "rx_bytes", "rx_packets", "tx_bytes", "tx_packets",
     )
 
-    def __init__(self, peer_id: int, ports: tuple[str, ...], addr: Addr | None) -> None:
+    def __init__(
+        self, peer_id: int, ports: tuple[str, ...], addr: Addr | None, generation: Generation
+    ) -> None:
         self.peer_id = peer_id
         self.addr = addr
-        self.paths = PeerPaths(peer_id, ports, addr)
+        self.paths = PeerPaths(peer_id, ports, addr, generation)
+        #: (generation, targets, spare): our own packets' send targets, cached by the engine.
+        self.plan: tuple[int, list[Any], list[Any]] | None = None
         self.next_counter = 0
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.dup_copies = 0
@@ -45,6 +51,7 @@ class Peer:
             path = old.get(fwd) or Path(self.peer_id, PathKind.VIA, (i + 1) << 2, 0, None, names[i], via=fwd)
             path.pi = (i + 1) << 2
             self.paths.via[i + 1] = path
+        self.paths.generation.bump()
 
 
 class Flow:

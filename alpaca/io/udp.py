@@ -40,8 +40,13 @@ UDP_SEGMENT = 103
 GSO_MAX_SEGMENTS = 64
 #: Largest UDP payload of one GSO send over IPv4 (65535 - 20 IP - 8 UDP).
 GSO_MAX_BYTES = 65507
+UDP_GRO = 104
+#: Receive buffer for one GRO read: a whole coalesced run (at most 64 KiB of payload).
+GRO_BUFFER = 65535
+_GRO_CMSG_SPACE = _stdsocket.CMSG_SPACE(4)
 
 _GSO_SIZE = struct.Struct("=H")
+_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
 #: Receive errors that report an earlier ICMP message, not a broken socket.
 _ICMP_ERRNOS = frozenset(
     {
@@ -70,11 +75,12 @@ _BIND_HINTS = {
 class UdpPort:
     """A bound UDP socket. Create with :meth:`open`."""
 
-    def __init__(self, name: str, sock: Any, *, gso: bool) -> None:
+    def __init__(self, name: str, sock: Any, *, gso: bool, gro: bool = False) -> None:
         self._name = name
         self._sock = sock
         self._local: Addr = sock.getsockname()
         self._gso = gso
+        self._gro = gro
         self._closed = False
         self._waiter = ReadWaiter(sock.fileno())
         # Bound methods cached: these run per packet.
@@ -120,7 +126,8 @@ class UdpPort:
             hint = _BIND_HINTS.get(exc.errno or 0, "")
             text = f"binding UDP port {name} to {where}: {exc.strerror or exc}"
             raise TunnelError(f"{text} ({hint})" if hint else text) from exc
-        return cls(name, sock, gso=gso and _gso_supported(sock))
+        offload = gso and _gso_supported(sock)
+        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock))
 
     @property
     def name(self) -> str:
@@ -150,6 +157,8 @@ class UdpPort:
         out: list[tuple[bytes, Addr]] = []
         if self._closed:
             return out
+        if self._gro:
+            return self._recv_gro(limit, out)
         recvfrom = self._recvfrom
         for _ in range(limit):
             try:
@@ -163,6 +172,30 @@ class UdpPort:
                     f"UDP port {self._name} on {_fmt(self._local)} failed: "
                     f"{exc.strerror or exc}; restart the daemon"
                 ) from exc
+        return out
+
+    def _recv_gro(self, limit: int, out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
+        """recv_batch with UDP GRO: one recvmsg may return a run of coalesced datagrams from
+        one sender, all of the size the UDP_GRO control message gives (the last may be
+        shorter); they are split back into datagrams. ``limit`` bounds the reads."""
+        recvmsg = self._sock.recvmsg
+        for _ in range(limit):
+            try:
+                data, ancdata, _flags, addr = recvmsg(GRO_BUFFER, _GRO_CMSG_SPACE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in _ICMP_ERRNOS:
+                    continue
+                raise TunnelError(
+                    f"UDP port {self._name} on {_fmt(self._local)} failed: "
+                    f"{exc.strerror or exc}; restart the daemon"
+                ) from exc
+            size = _gro_size(ancdata)
+            if size and len(data) > size:
+                out.extend((data[i:i + size], addr) for i in range(0, len(data), size))
+            else:
+                out.append((data, addr))
         return out
 
     def wait_readable(self) -> None:
@@ -263,6 +296,22 @@ def _gso_supported(sock: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def _enable_gro(sock: Any) -> bool:
+    """Ask for coalesced receives (Linux 5.0+); False where the kernel has no UDP_GRO."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _gro_size(ancdata: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, payload in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(payload) >= 4:
+            return int.from_bytes(payload[:4], "little" if _LITTLE else "big")
+    return 0
 
 
 def _fmt(addr: Addr) -> str:
