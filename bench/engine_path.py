@@ -79,8 +79,7 @@ def main() -> None:
             client.on_tun_packet(packet, 1.0)
             datagrams.append(cs.last)
         it = iter(datagrams)
-        addr = ("10.9.0.1", 6000)
-        t = per_packet(lambda s=server, i=it: s.on_datagram(next(i), addr, 0, 1.0))
+        t = per_packet(lambda s=server, i=it: s.on_datagram(next(i), ("10.9.0.1", 6000), 0, 1.0))
         print(f"{f'engine receive (deliver), {paths} path(s)':40} {t:8.2f} {t / base_open:10.1f}")
 
 
