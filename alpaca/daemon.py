@@ -44,10 +44,11 @@ from alpaca.io.watch import FileWatch
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.system import journal as journal_mod
 from alpaca.system import link
-from alpaca.system.monitor import RouteMonitor
+from alpaca.system.monitor import RouteMonitor, reconcile
 from alpaca.system.plan import ChnrouteInput, HostPlanInput, apply, plan
 from alpaca.system.plan import Mode as PlanMode
 from alpaca.system.resolver import KernelResolver
+from alpaca.system.routes import ExpectedRoute
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Daemon:
         self.tun: TunDevice | None = None
         self.journal = journal_mod.Journal(journal_path(config))
         self.started_at = wall()
+        self.expected_routes: list[ExpectedRoute] = []
         self._closers: list[Any] = []
         self._stopping = False
 
@@ -107,7 +109,7 @@ class Daemon:
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)
         self.tun = TunDevice.open(cfg.tun_name)
-        apply(plan(host_plan_input(cfg, self.secrets)), self.journal)
+        self.expected_routes = apply(plan(host_plan_input(cfg, self.secrets)), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
@@ -169,9 +171,14 @@ class Daemon:
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
+        """Routes, rules or addresses changed: forget cached answers, put back our routes."""
         if self.engine is not None:
             self.engine.flush_routes()
-        log.debug("routes changed: route cache flushed")
+        if self.expected_routes and not self._stopping:
+            try:
+                reconcile(self.expected_routes)
+            except AlpacaError as exc:
+                log.warning("could not restore a route: %s", exc)
 
     def _on_fatal(self, greenlet: Any) -> None:
         log.error("stopping after a fatal error in %s: %r", getattr(greenlet, "name", "greenlet"),

@@ -231,18 +231,24 @@ class _Context:
     netns: str | None
     uplink: routes.Uplink | None = None
     done: list[Op] = field(default_factory=list)
+    expected: list[routes.ExpectedRoute] = field(default_factory=list)
 
 
-def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> None:
+def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> list[routes.ExpectedRoute]:
     """Perform ``ops`` in order; each undo step is journaled before its change.
 
     On failure the exception propagates; the journal already holds the undo for everything done
     so far, so the caller runs ``journal.undo_all()``.
+
+    Returns:
+        The routes the host must keep while we run (host routes and the moved default), for
+        :func:`alpaca.system.monitor.reconcile` after a route change.
     """
     ctx = _Context(netns)
     for op in ops:
         _apply_one(op, journal, ctx)
         ctx.done.append(op)
+    return ctx.expected
 
 
 def _uplink(ctx: _Context) -> routes.Uplink:
@@ -272,10 +278,13 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)
             routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns)
+            ctx.expected.extend(routes.ExpectedRoute(str(net), up.gateway, up.dev, op.table)
+                                for net in routes.host_networks(op.dsts))
         case MoveDefaultRoute():
             saved = routes.save_default_routes(ns)
             journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
+            ctx.expected.append(routes.ExpectedRoute("0.0.0.0/0", op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)
             nft.apply_table(op.tun, op.net, op.mtu, nat=op.nat, netns=ns)
