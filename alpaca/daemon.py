@@ -30,11 +30,12 @@ from gevent.event import Event
 from gevent.pool import Group
 
 from alpaca import __version__
-from alpaca.config import Config, Mode, load_config
+from alpaca.config import Config, load_config
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError
 from alpaca.hooks import run_hooks
+from alpaca.hostplan import host_plan
 from alpaca.io.clock import monotonic, wall
 from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
@@ -45,33 +46,13 @@ from alpaca.secrets import Secrets, load_secrets
 from alpaca.system import journal as journal_mod
 from alpaca.system import link
 from alpaca.system.monitor import RouteMonitor, reconcile
-from alpaca.system.plan import ChnrouteInput, HostPlanInput, apply, plan
-from alpaca.system.plan import Mode as PlanMode
+from alpaca.system.plan import apply
 from alpaca.system.resolver import KernelResolver
 from alpaca.system.routes import ExpectedRoute
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0
-
-
-def host_plan_input(config: Config, secrets: Secrets) -> HostPlanInput:
-    """What the host changes depend on, from the config and the secrets."""
-    chn = config.chnroute
-    return HostPlanInput(
-        mode=PlanMode.CLIENT if config.mode is Mode.CLIENT else PlanMode.SERVER,
-        tun=config.tun_name,
-        net=str(config.net),
-        address=str(config.tun_address.ip),
-        mtu=config.mtu,
-        gateway_ip=str(config.peer_address(config.gateway)) if config.gateway is not None else None,
-        peer_addresses=tuple(sorted({p.address for p in secrets.peers.values()
-                                     if p.address and p.peer_id != config.id})),
-        local_routes=tuple(str(n) for n in config.local_routes),
-        chnroute=None if chn is None else ChnrouteInput(
-            str(chn.data), None if chn.gateway is None else str(chn.gateway), chn.table),
-        route_table=config.route_table,
-    )
 
 
 def journal_path(config: Config) -> Path:
@@ -109,7 +90,7 @@ class Daemon:
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)
         self.tun = TunDevice.open(cfg.tun_name)
-        self.expected_routes = apply(plan(host_plan_input(cfg, self.secrets)), self.journal)
+        self.expected_routes = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
