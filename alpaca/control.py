@@ -1,0 +1,177 @@
+"""The local control socket: ``alpaca-tunnel show`` asks the running daemon for a snapshot.
+
+A unix stream socket (default ``/run/alpaca-tunnel/<tun>.sock``) in a directory created 0700,
+the socket itself 0600: only root talks to it, so the answer may show path addresses.
+
+Protocol: the client sends one line (``show\\n``), the server answers one JSON document and
+closes. An unknown command gets ``{"error": "..."}``. Everything is bounded: a request line
+is at most :data:`MAX_REQUEST` bytes, a connection lives at most :data:`CONNECTION_TIMEOUT`
+seconds, and at most :data:`MAX_CLIENTS` are served at once.
+
+A socket file left by a crashed run is replaced; a socket some live process still answers on
+is not (that is another daemon with the same path). Served by gevent on the hub: call
+``start``/``stop`` from the hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent.server import StreamServer
+
+from alpaca.errors import TunnelError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 256
+CONNECTION_TIMEOUT = 2.0
+MAX_CLIENTS = 8
+MAX_DRAIN = 64 * 1024
+COMMANDS = ("show",)
+
+
+class ControlServer:
+    """Serves :data:`COMMANDS` on a unix socket.
+
+    Args:
+        path: the socket path.
+        snapshot_fn: returns the JSON-safe snapshot (called on the hub, once per ``show``).
+    """
+
+    def __init__(self, path: Path, snapshot_fn: Callable[[], dict[str, Any]]) -> None:
+        self.path = Path(path)
+        self.snapshot_fn = snapshot_fn
+        self._server: StreamServer | None = None
+        self._inode: int | None = None
+
+    def start(self) -> None:
+        """Create the directory and socket and start accepting.
+
+        Raises:
+            TunnelError: the path is taken (a live daemon, or a file that is not a socket),
+                or the socket cannot be created.
+        """
+        listener = self._bind()
+        self._inode = os.stat(self.path).st_ino
+        self._server = StreamServer(listener, self._handle, spawn=MAX_CLIENTS)
+        self._server.start()
+        log.info("control socket listening path=%s", self.path)
+
+    def stop(self) -> None:
+        """Stop serving and remove the socket file (only if it is still ours)."""
+        if self._server is not None:
+            self._server.stop(timeout=CONNECTION_TIMEOUT)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        self._inode = None
+
+    # ------------------------------------------------------------------ setup
+    def _bind(self) -> socket.socket:
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._remove_stale()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise TunnelError(f"cannot create the control socket {self.path}: {exc}") from exc
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            sock.listen(MAX_CLIENTS)
+        except OSError as exc:
+            sock.close()
+            raise TunnelError(f"cannot create the control socket {self.path}: {exc}") from exc
+        return sock
+
+    def _remove_stale(self) -> None:
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise TunnelError(f"{self.path} exists and is not a socket; remove it or choose "
+                              "another control_socket")
+        if _is_answering(self.path):
+            raise TunnelError(f"another daemon is serving the control socket {self.path}")
+        log.warning("replacing a stale control socket path=%s", self.path)
+        os.unlink(self.path)
+
+    # ------------------------------------------------------------------ connections
+    def _handle(self, conn: socket.socket, _address: object) -> None:
+        with contextlib.closing(conn), gevent.Timeout(CONNECTION_TIMEOUT, False):
+            conn.settimeout(CONNECTION_TIMEOUT)
+            try:
+                line = _read_line(conn)
+                conn.sendall(self._answer(line))
+                conn.shutdown(socket.SHUT_WR)
+                _drain(conn)
+            except OSError as exc:  # the client went away or stalled: nothing to answer
+                log.debug("control connection failed error=%s", exc)
+
+    def _answer(self, line: bytes | None) -> bytes:
+        if line is None:
+            reply: dict[str, Any] = {"error": f"request longer than {MAX_REQUEST} bytes"}
+        else:
+            command = line.decode("ascii", "replace").strip()
+            if command == "show":
+                reply = self.snapshot_fn()
+            else:
+                reply = {"error": "unknown command", "commands": list(COMMANDS)}
+        return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+
+
+def _read_line(conn: socket.socket) -> bytes | None:
+    """One request line (without the newline; EOF ends it too), or None when too long."""
+    buf = b""
+    while b"\n" not in buf:
+        chunk = conn.recv(MAX_REQUEST + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > MAX_REQUEST:
+            return None
+    line = buf.split(b"\n", 1)[0]
+    return line if len(line) < MAX_REQUEST else None
+
+
+def _drain(conn: socket.socket) -> None:
+    """Read what the client still sends (bounded) until it closes, so the close sends no RST.
+
+    Closing with unread bytes makes the kernel reset the connection, and a reset can destroy
+    the answer before the client has read it (an over-long request leaves such bytes).
+    """
+    left = MAX_DRAIN
+    while left > 0:
+        chunk = conn.recv(min(left, 4096))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
+def _is_answering(path: Path) -> bool:
+    """True if some process accepts connections on the unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+    except TimeoutError:  # a listener with a full backlog is still a live one
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        raise
+    finally:
+        probe.close()
+    return True

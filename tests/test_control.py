@@ -1,0 +1,154 @@
+"""The control socket: permissions, stale sockets, bounded requests, ``show`` answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket as std_socket
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+from gevent import socket
+
+from alpaca import control
+from alpaca.control import ControlServer
+from alpaca.errors import TunnelError
+from alpaca.snapshot import snapshot
+from tests.test_metrics import scenario
+
+
+def _ask(path: Path, data: bytes, *, close_write: bool = True) -> bytes:
+    """Send ``data`` on the unix socket and read until the server closes (gevent-friendly)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(path))
+        conn.sendall(data)
+        if close_write:
+            conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "alpaca0.sock"
+
+
+@pytest.fixture
+def served(sock_path: Path) -> Iterator[tuple[ControlServer, dict[str, Any]]]:
+    sc = scenario()
+    snap = snapshot(sc.engine(sc.c), sc.net.now, version="7")
+    server = ControlServer(sock_path, lambda: snapshot(sc.engine(sc.c), sc.net.now, version="7"))
+    server.start()
+    try:
+        yield server, json.loads(json.dumps(snap))
+    finally:
+        server.stop()
+
+
+def test_control_socket_is_root_only(served: tuple[ControlServer, dict[str, Any]], sock_path: Path) -> None:
+    mode = os.stat(sock_path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(sock_path.parent).st_mode) == 0o700
+
+
+Served = tuple[ControlServer, dict[str, Any]]
+
+
+def test_control_show_returns_the_snapshot(served: Served, sock_path: Path) -> None:
+    _, expected = served
+    reply = json.loads(_ask(sock_path, b"show\n"))
+    assert reply == expected
+    assert [p["peer"] for p in reply["peers"]] == ["1.1", "1.2", "1.3"]
+
+
+def test_control_show_without_newline_before_eof(served: tuple[ControlServer, dict[str, Any]],
+                                                 sock_path: Path) -> None:
+    assert json.loads(_ask(sock_path, b"show"))["node"] == "16.1"
+
+
+def test_control_unknown_command_is_an_error(served: tuple[ControlServer, dict[str, Any]],
+                                             sock_path: Path) -> None:
+    reply = json.loads(_ask(sock_path, b"reboot\n"))
+    assert reply == {"error": "unknown command", "commands": ["show"]}
+
+
+def test_control_request_line_is_bounded(served: Served, sock_path: Path) -> None:
+    reply = json.loads(_ask(sock_path, b"x" * 300, close_write=False))
+    assert reply == {"error": f"request longer than {control.MAX_REQUEST} bytes"}
+    assert json.loads(_ask(sock_path, b"x" * 255 + b"\n"))["error"] == "unknown command"
+    too_long = json.loads(_ask(sock_path, b"x" * 256 + b"\n"))
+    assert too_long["error"].startswith("request longer")
+
+
+def test_control_silent_client_is_dropped_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, sock_path: Path
+) -> None:
+    monkeypatch.setattr(control, "CONNECTION_TIMEOUT", 0.3)
+    server = ControlServer(sock_path, lambda: {"ok": True})
+    server.start()
+    try:
+        started = time.monotonic()
+        reply = gevent.spawn(_ask, sock_path, b"", close_write=False).get(timeout=5)
+        assert reply == b"" and time.monotonic() - started < 2.0
+        assert json.loads(_ask(sock_path, b"show\n")) == {"ok": True}  # still serving
+    finally:
+        server.stop()
+
+
+def test_control_stale_socket_is_replaced(sock_path: Path) -> None:
+    sock_path.parent.mkdir(mode=0o700)
+    crashed = std_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
+    crashed.bind(str(sock_path))  # a crashed run leaves the file behind, nobody listening
+    crashed.close()
+    assert sock_path.exists()
+    server = ControlServer(sock_path, lambda: {"fresh": True})
+    server.start()
+    try:
+        assert json.loads(_ask(sock_path, b"show\n")) == {"fresh": True}
+        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+    finally:
+        server.stop()
+
+
+def test_control_live_socket_is_not_taken_over(served: tuple[ControlServer, dict[str, Any]],
+                                               sock_path: Path) -> None:
+    with pytest.raises(TunnelError, match="another daemon"):
+        ControlServer(sock_path, dict).start()
+    assert json.loads(_ask(sock_path, b"show\n"))["node"] == "16.1"
+
+
+def test_control_refuses_a_path_that_is_not_a_socket(sock_path: Path) -> None:
+    sock_path.parent.mkdir(mode=0o700)
+    sock_path.write_text("keep me")
+    with pytest.raises(TunnelError, match="not a socket"):
+        ControlServer(sock_path, dict).start()
+    assert sock_path.read_text() == "keep me"
+
+
+def test_control_stop_removes_the_socket_file(sock_path: Path) -> None:
+    server = ControlServer(sock_path, dict)
+    server.start()
+    server.stop()
+    assert not sock_path.exists()
+    server.stop()  # idempotent
+
+
+def test_control_stop_leaves_a_successor_socket_alone(sock_path: Path) -> None:
+    first = ControlServer(sock_path, lambda: {"n": 1})
+    first.start()
+    os.unlink(sock_path)  # an operator removed it; a second daemon took the path
+    second = ControlServer(sock_path, lambda: {"n": 2})
+    second.start()
+    try:
+        first.stop()
+        assert json.loads(_ask(sock_path, b"show\n")) == {"n": 2}
+    finally:
+        second.stop()

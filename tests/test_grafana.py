@@ -1,0 +1,170 @@
+"""Dashboards, alert rules and docs stay in sync with the metrics the collector really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_metrics import scenario, scrape
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"
+DOCS = ROOT / "docs" / "metrics.md"
+DS_UIDS = {"${DS_PROMETHEUS}", "prometheus"}
+METRIC = re.compile(r"\balpaca_[a-z0-9_]+\b")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows' nested panels included."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def exprs(dashboard: dict[str, Any]) -> list[str]:
+    """Every PromQL expression: panel targets and template variable queries."""
+    found = [t["expr"] for p in panels(dashboard) for t in p.get("targets", []) if t.get("expr")]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            found.append(var["query"] if isinstance(var["query"], str) else var["query"]["query"])
+    return found
+
+
+def alert_exprs(text: str) -> list[str]:
+    """The ``expr`` values of a rules file (one-line or ``|`` block), without a YAML library."""
+    out: list[str] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)expr:\s*(.*)$", line)
+        if not match:
+            continue
+        indent, rest = len(match.group(1)), match.group(2)
+        if rest not in ("|", ">"):
+            out.append(rest)
+            continue
+        block = []
+        for follow in lines[i + 1:]:
+            if follow.strip() and len(follow) - len(follow.lstrip()) <= indent:
+                break
+            block.append(follow.strip())
+        out.append(" ".join(block).strip())
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
+    """Sample names (with _total/_bucket/...) scraped from real engines: client, server, forwarder."""
+    sc = scenario()
+    names: set[str] = set()
+    for node in (sc.s, sc.f1, sc.c):
+        names |= {name for name, _ in scrape(sc.registry(node))}
+    return names
+
+
+def test_grafana_dashboards_exist() -> None:
+    assert {p.name for p in DASHBOARDS} >= {"alpaca-overview.json", "alpaca-peer.json"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_dashboard_is_valid_json_with_unique_panel_ids(path: Path) -> None:
+    dashboard = load(path)
+    ids = [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+    assert dashboard["uid"] and dashboard["title"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_every_panel_uses_the_provisioned_datasource(path: Path) -> None:
+    dashboard = load(path)
+    for panel in panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        source = panel["datasource"]
+        assert source["type"] == "prometheus" and source["uid"] in DS_UIDS, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in DS_UIDS, panel["title"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["current"]["value"] == "prometheus"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_metric_names_exist_in_a_real_scrape(path: Path, exported: set[str]) -> None:
+    used = {name for expr in exprs(load(path)) for name in METRIC.findall(expr)}
+    assert used, "the dashboard queries alpaca metrics"
+    assert used - exported == set()
+
+
+def test_grafana_peer_dashboard_has_node_peer_path_variables() -> None:
+    dashboard = load(ROOT / "grafana" / "dashboards" / "alpaca-peer.json")
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("node", "peer", "path"):
+        assert variables[name]["type"] == "query"
+        assert variables[name]["query"].startswith("label_values("), name
+        assert variables[name]["datasource"]["uid"] in DS_UIDS
+
+
+def test_grafana_overview_shows_what_duplicate_send_buys() -> None:
+    dashboard = load(ROOT / "grafana" / "dashboards" / "alpaca-overview.json")
+    titles = {p["title"]: p for p in panels(dashboard)}
+    panel = titles["What duplicate-send buys: loss per path vs end to end"]
+    joined = " ".join(t["expr"] for t in panel["targets"])
+    assert "alpaca_path_data_lost_total" in joined and "alpaca_peer_lost_packets_total" in joined
+    for wanted in ("Peers up", "Throughput per peer (inner packets)", "RTT per path (smoothed)",
+                   "First-arrival share per path", "Drops by reason", "Duplicate-send queue"):
+        assert wanted in titles
+
+
+def test_grafana_provisioning_points_at_the_uid() -> None:
+    datasource = (ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    assert re.search(r"^\s+uid: prometheus$", datasource, re.M)
+    assert re.search(r"^\s+type: prometheus$", datasource, re.M)
+    provider = (ROOT / "grafana" / "provisioning" / "dashboards" / "alpaca.yml").read_text()
+    assert "apiVersion: 1" in provider and re.search(r"^\s+type: file$", provider, re.M)
+
+
+def test_grafana_alert_rules_use_exported_metrics(exported: set[str]) -> None:
+    found = alert_exprs(ALERTS.read_text())
+    assert len(found) >= 4
+    used = {name for expr in found for name in METRIC.findall(expr)}
+    assert used - exported == set()
+    text = ALERTS.read_text()
+    for alert in ("AlpacaPeerDown", "AlpacaPathLoss", "AlpacaPathRttJump", "AlpacaReplayTooOldRising"):
+        assert f"alert: {alert}" in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_grafana_promtool_accepts_the_rules_and_the_example_config() -> None:
+    rules = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    example = ROOT / "config" / "prometheus" / "prometheus.example.yml"
+    config = subprocess.run(["promtool", "check", "config", str(example)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def _base(name: str) -> str:
+    return re.sub(r"_(bucket|count|sum)$", "", name)
+
+
+def test_grafana_docs_list_every_metric_and_nothing_else(exported: set[str]) -> None:
+    documented = set(METRIC.findall(DOCS.read_text()))
+    families = {_base(n) for n in exported}
+    assert families - documented == set(), "exported but not in docs/metrics.md"
+    unknown = {n for n in documented if n not in exported and _base(n) not in families}
+    assert unknown == set(), "documented but not exported"

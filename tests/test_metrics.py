@@ -1,0 +1,339 @@
+"""The Prometheus collector over real engine state (EngineNet scenarios), and its HTTP server."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import threading
+from dataclasses import dataclass
+
+import gevent
+from gevent import socket
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from alpaca.core.drops import DropReason
+from alpaca.core.engine import Engine
+from alpaca.core.ids import format_peer_id
+from alpaca.core.settings import DupPolicy
+from alpaca.metrics import PATH_REASONS, RTT_BUCKETS, EngineCollector, build_registry, serve_metrics
+from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+
+S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
+UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
+IDLE_PEERS = [f"16.{i}" for i in range(10, 60)]  # configured clients that never show up
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass
+class Scenario:
+    """Server 1.1, forwarders 1.2/1.3, client 16.1 (two uplinks, duplicate-send on), idle clients."""
+
+    net: EngineNet
+    s: Node
+    f1: Node
+    f2: Node
+    c: Node
+
+    def engine(self, node: Node) -> Engine:
+        assert node.engine is not None
+        return node.engine
+
+    def traffic(self, n: int = 200, gap: float = 0.005) -> None:
+        """Upstream pings from the client and downstream packets from the server."""
+        for i in range(n):
+            self.net.inject_tun(self.c, ipv4(tunnel_ip(self.c.peer_id), "8.8.8.8"))
+            if i % 2 == 0:
+                self.net.inject_tun(self.s, ipv4("8.8.8.8", tunnel_ip(self.c.peer_id)))
+            self.net.run(gap)
+
+    def registry(self, node: Node) -> CollectorRegistry:
+        return build_registry(lambda: node.engine, lambda: self.net.now, version="7.0.0-test",
+                              start_time=1_700_000_000.0, node=format_peer_id(node.peer_id))
+
+
+def scenario(loss: float = 0.1, seed: int = 5, **client: object) -> Scenario:
+    """A star with a lossy first uplink; 2 s of probing, then traffic both ways."""
+    net = EngineNet(seed=seed)
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    for peer in IDLE_PEERS:
+        net.add(f"idle-{peer}", peer, [("10.9.9.9", 7000)], static=False)
+    net.link(UP1, F1_EP, loss=loss, delay=0.01)
+    net.link(UP2, F2_EP, delay=0.02)
+    net.link(F1_EP, S_EP)
+    net.link(F2_EP, S_EP)
+    net.start(s)
+    net.start(f1)
+    net.start(f2)
+    net.start(c, resolver=lambda dst, src: "10.17.1.1", forwarders=(pid("1.2"), pid("1.3")),
+              gateway=pid("1.1"), **{"dup_policy": DupPolicy.ALL, "dup_copies": 1, "dup_delay": 0.005,
+                                     **client})
+    net.run(2.0)
+    sc = Scenario(net, s, f1, f2, c)
+    sc.traffic()
+    net.run(2.0)
+    return sc
+
+
+def scrape(registry: CollectorRegistry) -> Samples:
+    """Every sample of the text exposition, keyed by (sample name, label set)."""
+    text = generate_latest(registry).decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in out, f"duplicate series {key}"
+            out[key] = sample.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def series(samples: Samples, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (n, labels) in samples if n == name]
+
+
+# --------------------------------------------------------------------------- values
+def test_metrics_path_counters_match_the_engine() -> None:
+    sc = scenario()
+    samples = scrape(sc.registry(sc.s))
+    peer = sc.engine(sc.s).peers[sc.c.peer_id]
+    assert peer.paths.learned, "the server learned the client's paths"
+    for path in peer.paths.all():
+        labels = {"peer": "16.1", "path": path.name}
+        assert value(samples, "alpaca_packets_sent_total", **labels) == path.tx_packets
+        assert value(samples, "alpaca_bytes_sent_total", **labels) == path.tx_bytes
+        assert value(samples, "alpaca_packets_received_total", **labels) == path.rx_packets
+        assert value(samples, "alpaca_bytes_received_total", **labels) == path.rx_bytes
+        assert value(samples, "alpaca_path_duplicates_received_total", **labels) == path.rx_duplicates
+        assert value(samples, "alpaca_path_first_arrival_total", **labels) == path.rx_first
+        assert value(samples, "alpaca_path_up", **labels) == int(path.up)
+        assert value(samples, "alpaca_path_state_changes_total", **labels) == path.changes
+    assert sum(p.rx_duplicates for p in peer.paths.all()) > 0  # duplicate-send reached the server
+
+
+def test_metrics_peer_counters_match_the_engine() -> None:
+    sc = scenario()
+    samples = scrape(sc.registry(sc.c))
+    eng = sc.engine(sc.c)
+    server = eng.peers[sc.s.peer_id]
+    assert server.tx_packets == 200
+    assert value(samples, "alpaca_peer_tx_packets_total", peer="1.1") == server.tx_packets
+    assert value(samples, "alpaca_peer_tx_bytes_total", peer="1.1") == server.tx_bytes
+    assert value(samples, "alpaca_peer_rx_packets_total", peer="1.1") == server.rx_packets == 100
+    assert value(samples, "alpaca_peer_rx_bytes_total", peer="1.1") == server.rx_bytes
+    exported = series(samples, "alpaca_dup_copies_sent_total")
+    assert {s["peer"] for s in exported} == {"1.1", "1.2", "1.3"}
+    for labels in exported:
+        assert value(samples, "alpaca_dup_copies_sent_total", **labels) == (
+            eng.peers[pid(labels["peer"])].dup_copies)
+    total = sum(value(samples, "alpaca_dup_copies_sent_total", **labels) for labels in exported)
+    assert total == eng.stats.dup_copies_sent > 0  # a copy counts on the peer of the link it took
+    assert value(samples, "alpaca_peer_lost_packets_total", peer="1.1") == eng.lost_packets(sc.s.peer_id)
+    flow = eng.flows[(sc.s.peer_id, eng.self_id)]
+    assert value(samples, "alpaca_peer_accepted_packets_total", peer="1.1") == flow.window.accepted
+    assert value(samples, "alpaca_replay_window_occupancy_ratio", peer="1.1") == flow.window.occupancy
+    assert value(samples, "alpaca_replay_rejected_total", peer="1.1", reason="duplicate") == (
+        flow.window.duplicate)
+    assert value(samples, "alpaca_replay_rejected_total", peer="1.1", reason="too_old") == flow.window.too_old
+
+
+def test_metrics_loss_and_rtt_of_the_client_paths() -> None:
+    sc = scenario()
+    samples = scrape(sc.registry(sc.c))
+    paths = {p.name: p for p in sc.engine(sc.c).peers[sc.s.peer_id].paths.all()}
+    assert {"via-1.2", "via-1.3"} <= set(paths)  # the server is reached through the forwarders
+    lossy = paths["via-1.2"]
+    assert lossy.data_lost > 0 and lossy.srtt is not None
+    for name in ("via-1.2", "via-1.3"):
+        path = paths[name]
+        labels = {"peer": "1.1", "path": name}
+        assert value(samples, "alpaca_path_probes_sent_total", **labels) == path.probes_sent
+        assert value(samples, "alpaca_path_probes_answered_total", **labels) == path.probes_answered
+        assert value(samples, "alpaca_path_data_sent_total", **labels) == path.data_sent
+        assert value(samples, "alpaca_path_data_lost_total", **labels) == path.data_lost
+        assert value(samples, "alpaca_path_rtt_seconds", **labels) == path.srtt
+        assert value(samples, "alpaca_path_rtt_last_seconds", **labels) == path.rtt_last
+    assert abs(value(samples, "alpaca_path_rtt_seconds", peer="1.1", path="via-1.3") - 0.05) < 0.005
+
+
+def test_metrics_state_info_has_only_the_current_state() -> None:
+    sc = scenario()
+    sc.net.links[(UP1, F1_EP)].up = sc.net.links[(F1_EP, UP1)].up = False
+    sc.net.run(4.0)
+    samples = scrape(sc.registry(sc.c))
+    info = [s for s in series(samples, "alpaca_path_state_info") if s["peer"] == "1.2"]
+    assert sorted(info, key=lambda s: s["path"]) == [  # one series per path: the current state
+        {"peer": "1.2", "path": "direct/p0", "state": "down", "reason": "timeout"},
+        {"peer": "1.2", "path": "direct/p1", "state": "down", "reason": "new"},  # no link from p1
+    ]
+    assert value(samples, "alpaca_path_up", peer="1.2", path="direct/p0") == 0
+    assert value(samples, "alpaca_forwarder_up", peer="1.2") == 0
+    assert value(samples, "alpaca_forwarder_up", peer="1.3") == 1
+    assert value(samples, "alpaca_path_state_info", peer="1.3", path="direct/p1", state="up",
+                 reason="answering") == 1
+    assert value(samples, "alpaca_peers_up") == 2  # 1.3 and, through it, 1.1
+
+
+def test_metrics_node_metrics() -> None:
+    sc = scenario()
+    eng = sc.engine(sc.f1)
+    samples = scrape(sc.registry(sc.f1))
+    assert value(samples, "alpaca_build_info", version="7.0.0-test", node="1.2") == 1
+    assert value(samples, "alpaca_start_time_seconds") == 1_700_000_000.0
+    assert value(samples, "alpaca_forwarded_packets_total") == eng.stats.forwarded_packets > 0
+    assert value(samples, "alpaca_forwarded_bytes_total") == eng.stats.forwarded_bytes
+    assert value(samples, "alpaca_epoch") == eng.epoch
+    assert value(samples, "alpaca_config_reloads_total") == 0
+    for name in ("alpaca_route_cache_entries", "alpaca_route_cache_hits_total",
+                 "alpaca_route_cache_misses_total", "alpaca_dup_queue_depth",
+                 "alpaca_dup_queue_dropped_total"):
+        assert value(samples, name) == 0
+    client = scrape(sc.registry(sc.c))
+    assert value(client, "alpaca_route_cache_misses_total") == sc.engine(sc.c).routes.misses > 0
+    assert value(client, "alpaca_route_cache_entries") == len(sc.engine(sc.c).routes) == 1
+
+
+def test_metrics_every_drop_reason_is_exported_with_zeros() -> None:
+    sc = scenario()
+    samples = scrape(sc.registry(sc.s))
+    reasons = {s["reason"] for s in series(samples, "alpaca_packets_dropped_total")}
+    assert reasons == {r.label for r in DropReason}
+    drops = sc.engine(sc.s).stats.drops
+    duplicate = drops[DropReason.DUPLICATE]
+    assert value(samples, "alpaca_packets_dropped_total", reason="duplicate") == duplicate > 0
+    assert value(samples, "alpaca_packets_dropped_total", reason="bad_tag") == 0
+
+
+def test_metrics_dup_queue_depth_and_refusals() -> None:
+    sc = scenario(dup_queue_max=3)
+    eng = sc.engine(sc.c)
+    eng.reload(dataclasses.replace(eng.settings, dup_delay=5.0))
+    for _ in range(5):
+        sc.net.inject_tun(sc.c, ipv4(tunnel_ip(sc.c.peer_id), "8.8.8.8"))
+    samples = scrape(sc.registry(sc.c))
+    assert value(samples, "alpaca_dup_queue_depth") == len(eng.dup) == 3
+    assert value(samples, "alpaca_dup_queue_dropped_total") == eng.dup.dropped > 0
+    assert value(samples, "alpaca_config_reloads_total") == 1
+
+
+# --------------------------------------------------------------------------- histogram
+def test_metrics_rtt_histogram_grows_by_the_drained_samples() -> None:
+    sc = scenario()
+    registry = sc.registry(sc.c)
+    path = sc.engine(sc.c).peers[sc.f2.peer_id].paths.static[1]  # uplink 2 -> forwarder 1.3
+    pending = list(path.rtt_samples)
+    assert pending, "probes were answered"
+    first = scrape(registry)
+    labels = {"peer": "1.3", "path": path.name}
+    assert value(first, "alpaca_path_rtt_sample_seconds_count", **labels) == len(pending)
+    assert abs(value(first, "alpaca_path_rtt_sample_seconds_sum", **labels) - sum(pending)) < 1e-9
+    assert path.rtt_samples == []  # drained
+    sc.net.run(5.0)
+    more = list(path.rtt_samples)
+    assert len(more) >= 4
+    second = scrape(registry)
+    assert value(second, "alpaca_path_rtt_sample_seconds_count", **labels) == len(pending) + len(more)
+    for bound in RTT_BUCKETS:
+        expected = sum(1 for s in pending + more if s <= bound)
+        assert value(second, "alpaca_path_rtt_sample_seconds_bucket", le=repr(bound), **labels) == expected
+    assert value(second, "alpaca_path_rtt_sample_seconds_bucket", le="+Inf", **labels) == len(pending + more)
+    third = scrape(registry)  # nothing new: the cumulative counts stay
+    assert value(third, "alpaca_path_rtt_sample_seconds_count", **labels) == len(pending) + len(more)
+
+
+def test_metrics_rtt_absent_until_measured() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    net.add("C", "16.1", [UP1], static=False)
+    net.start(s)
+    net.run(1.0)
+    samples = scrape(build_registry(lambda: s.engine, lambda: net.now, version="x", start_time=0, node="1.1"))
+    assert not series(samples, "alpaca_path_rtt_seconds")
+    assert not series(samples, "alpaca_path_rtt_sample_seconds_count")
+
+
+# --------------------------------------------------------------------------- labels
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+
+
+def test_metrics_no_address_in_any_label_value() -> None:
+    sc = scenario()
+    addresses = {ep[0] for ep in sc.net.owner}
+    allowed = {"peer", "path", "reason", "state", "version", "node", "le"}
+    for node in (sc.s, sc.f1, sc.f2, sc.c):
+        for name, labels in scrape(sc.registry(node)):
+            for key, val in labels:
+                assert key in allowed, (name, key)
+                assert not _IPV4.search(val) and not any(a in val for a in addresses), (name, key, val)
+                if key == "peer":
+                    assert val.count(".") == 1 and int(val.split(".")[0]) < 256
+                if name == "alpaca_path_state_info" and key == "reason":
+                    assert val in PATH_REASONS
+
+
+def test_metrics_idle_configured_peers_emit_nothing() -> None:
+    sc = scenario()
+    eng = sc.engine(sc.s)
+    samples = scrape(sc.registry(sc.s))
+    peers = {dict(labels)["peer"] for (_, labels) in samples if "peer" in dict(labels)}
+    assert peers == {"1.2", "1.3", "16.1"}
+    assert value(samples, "alpaca_peers_configured") == len(eng.peers) == 3 + len(IDLE_PEERS)
+    assert len(samples) < 400  # does not grow with configured peers
+
+
+def test_metrics_scrape_cost_does_not_depend_on_traffic() -> None:
+    quiet, busy = scenario(), scenario()
+    busy.traffic(n=1000, gap=0.001)
+    assert len(scrape(quiet.registry(quiet.s))) == len(scrape(busy.registry(busy.s)))
+
+
+def test_metrics_without_engine_only_node_info() -> None:
+    registry = build_registry(lambda: None, lambda: 0.0, version="1", start_time=5.0, node="n")
+    names = {name for name, _ in scrape(registry)}
+    assert names == {"alpaca_build_info", "alpaca_start_time_seconds"}
+
+
+def test_metrics_registry_is_private() -> None:
+    sc = scenario()
+    sc.registry(sc.s)
+    assert not any(m.name.startswith("alpaca_") for m in REGISTRY.collect())
+    collector = EngineCollector(lambda: sc.s.engine, lambda: sc.net.now)
+    assert list(collector.describe()) == []  # registration never drains RTT samples
+
+
+# --------------------------------------------------------------------------- HTTP
+def _http_get(port: int, path: str = "/metrics") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_serve_metrics_serves_the_registry_on_the_hub_without_threads() -> None:
+    sc = scenario()
+    threads = threading.active_count()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0)
+    try:
+        assert server.address[0] == "127.0.0.1"
+        reply = gevent.spawn(_http_get, server.server_port).get(timeout=10)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") or head.startswith(b"HTTP/1.0 200")
+        assert b'alpaca_peer_tx_packets_total{peer="1.1"} 200.0' in body
+        assert threading.active_count() == threads
+    finally:
+        server.stop()
+
+
+def test_serve_metrics_defaults_to_loopback() -> None:
+    assert serve_metrics.__defaults__ is not None and serve_metrics.__defaults__[0] == "127.0.0.1"
+    assert ipaddress.ip_address(serve_metrics.__defaults__[0]).is_loopback

@@ -1,0 +1,125 @@
+"""``alpaca-tunnel show``: the client, its table, and the no-daemon case."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket as std_socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gevent import subprocess
+
+from alpaca import show as show_mod
+from alpaca.control import ControlServer
+from alpaca.show import cmd_show, register, render, show
+from alpaca.snapshot import snapshot
+from tests.test_metrics import scenario
+
+CLIENT = (
+    "import sys; from pathlib import Path; from alpaca.show import show; "
+    "sys.exit(show(Path(sys.argv[1]), sys.argv[2] == 'json'))"
+)
+
+
+def run_client(path: Path, mode: str) -> subprocess.CompletedProcess[str]:
+    """Run ``show`` in another process (the server answers from this process's hub)."""
+    return subprocess.run([sys.executable, "-c", CLIENT, str(path), mode], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Path]:
+    sc = scenario()
+    path = tmp_path / "alpaca0.sock"
+    server = ControlServer(path, lambda: snapshot(sc.engine(sc.c), sc.net.now, started_at=0.0,
+                                                  version="7.0.0"))
+    server.start()
+    try:
+        yield path
+    finally:
+        server.stop()
+
+
+def test_show_prints_a_table_per_peer_and_path(daemon: Path) -> None:
+    done = run_client(daemon, "table")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.startswith("node: 16.1  version: 7.0.0")
+    for peer in ("peer: 1.1 (gateway)", "peer: 1.2 (forwarder)", "peer: 1.3 (forwarder)"):
+        assert peer in out
+    for path in ("via-1.2", "via-1.3", "direct/p0", "direct/p1"):
+        assert path in out
+    for column in ("STATE", "REASON", "RTT", "PROBE LOSS", "DATA LOSS", "DUPS", "FIRST", "LAST OK"):
+        assert column in out
+    assert "answering" in out and " ms" in out and "last seen:" in out
+
+
+def test_show_json_parses(daemon: Path) -> None:
+    done = run_client(daemon, "json")
+    assert done.returncode == 0, done.stderr
+    snap = json.loads(done.stdout)
+    assert snap["node"] == "16.1" and [p["peer"] for p in snap["peers"]] == ["1.1", "1.2", "1.3"]
+
+
+def test_show_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.sock"
+    assert show(missing, False) == 1
+    err = capsys.readouterr().err
+    assert err == f"alpaca-tunnel: no daemon is running (no control socket at {missing})\n"
+
+
+def test_show_with_a_stale_socket_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stale = tmp_path / "stale.sock"
+    sock = std_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
+    sock.bind(str(stale))
+    sock.close()
+    assert show(stale, True) == 1
+    assert "no daemon is running" in capsys.readouterr().err
+
+
+def test_show_reports_a_daemon_error(tmp_path: Path) -> None:
+    path = tmp_path / "err.sock"
+    server = ControlServer(path, lambda: {"error": "not ready"})
+    server.start()
+    try:
+        done = run_client(path, "table")
+    finally:
+        server.stop()
+    assert done.returncode == 1 and "not ready" in done.stderr
+
+
+def test_show_render_of_an_empty_node() -> None:
+    text = render({"node": "1.1", "epoch": 3, "peers": [], "drops": {"bad_tag": 2}})
+    assert "node: 1.1" in text and "no active peers" in text and "bad_tag 2" in text
+
+
+def test_show_register_adds_json_and_socket_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="alpaca-tunnel")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["show", "--json", "--socket", str(tmp_path / "x.sock")])
+    assert args.as_json is True and args.handler is cmd_show
+    assert args.handler(args) == 1
+    assert str(tmp_path / "x.sock") in capsys.readouterr().err
+
+
+def test_show_socket_defaults_without_a_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("alpaca.paths.executable_path", lambda: tmp_path / "bin" / "alpaca-tunnel")
+    args = argparse.Namespace(config=None, socket=None)
+    assert show_mod.socket_path(args) == show_mod.DEFAULT_SOCKET
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.25, "0.25 s"), (42, "42 s"), (185, "3 m 05 s"), (7380, "2 h 03 m"), (100800, "1 d 04 h"),
+])
+def test_show_durations(seconds: float, text: str) -> None:
+    assert show_mod.duration(seconds) == text
+
+
+@pytest.mark.parametrize(("n", "text"), [(512, "512 B"), (1536, "1.50 KiB"), (3 << 30, "3.00 GiB")])
+def test_show_sizes(n: int, text: str) -> None:
+    assert show_mod.size(n) == text
