@@ -331,6 +331,8 @@ class Engine:
             return
         vt, flags, ttl, pi, src, dst, epoch, counter = HEADER.unpack_from(data)
         reason = self._precheck(vt, pi, src, dst, epoch)
+        if reason is None and ttl == 0 and dst != self.self_id:
+            reason = DropReason.TTL_EXPIRED  # ttl is not authenticated: must not use up the counter
         if reason is not None:
             self.stats.drop(reason)
             return
@@ -350,7 +352,8 @@ class Engine:
         peer = self.peers[src]
         ptype = vt & 0x0F
         if verdict is not Verdict.NEW:
-            self._on_copy(peer, port, addr, n, pi, ptype == PacketType.DATA and dst == self.self_id, now)
+            if verdict is Verdict.DUPLICATE:
+                self._on_copy(peer, port, addr, n, pi, ptype == PacketType.DATA and dst == self.self_id)
             self.stats.drop(DropReason.DUPLICATE if verdict is Verdict.DUPLICATE else DropReason.TOO_OLD)
             return
         path = peer.paths.learn(pi, port, addr, now)
@@ -360,8 +363,6 @@ class Engine:
         peer.last_active_at = now
         if dst == self.self_id:
             self._deliver(peer, ptype, flags, pi, plaintext, port, addr, now)
-        elif ttl == 0:
-            self.stats.drop(DropReason.TTL_EXPIRED)
         elif self.dispatch(data, src, dst, addr[0], now, ttl - 1, pi):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
@@ -385,16 +386,17 @@ class Engine:
             return DropReason.OLD_EPOCH
         return None
 
-    def _on_copy(
-        self, peer: Peer, port: int, addr: Addr, n: int, pi: int, is_data: bool, now: float
-    ) -> None:
-        """An authentic packet already seen: count it on its path, learn nothing new."""
+    def _on_copy(self, peer: Peer, port: int, addr: Addr, n: int, pi: int, is_data: bool) -> None:
+        """An authentic packet already seen: count it on its path, learn nothing new.
+
+        It does not refresh the path's liveness: a copy may be a replay, and a replayed copy
+        must not keep a dead path up (only fresh datagrams and probe replies do).
+        """
         path = peer.paths.match(port, addr)
         if path is not None:
             path.rx_packets += 1
             path.rx_bytes += n
             path.rx_duplicates += 1
-            path.last_ok_at = now
         if is_data:
             peer.paths.rx_data_by_pi[pi] += 1
 
@@ -416,6 +418,9 @@ class Engine:
         ips = ippkt.addresses(packet) if packet is not None else None
         if packet is None or ips is None:
             self.stats.drop(DropReason.MALFORMED if packet is None else DropReason.NOT_IPV4)
+            return
+        if len(packet) > self.settings.mtu or ippkt.total_length(packet) > len(packet):
+            self.stats.drop(DropReason.TOO_BIG if len(packet) > self.settings.mtu else DropReason.MALFORMED)
             return
         src_ip = ips[0]
         if src_ip & NET_MASK == self.settings.net and src_ip & 0xFFFF != peer.peer_id:

@@ -23,6 +23,11 @@ def addresses(packet: bytes) -> tuple[int, int] | None:
     return src, dst
 
 
+def total_length(packet: bytes) -> int:
+    """The IPv4 total-length field (bytes 2-3) of a packet ``addresses`` accepted."""
+    return (packet[2] << 8) | packet[3]
+
+
 def is_syn_or_dns(packet: bytes) -> bool:
     """True for TCP SYN (so SYN and SYN-ACK) and for TCP or UDP with port 53 at either end.
 

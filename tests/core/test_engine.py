@@ -467,6 +467,17 @@ def test_engine_drops_foreign_and_spoofed_tunnel_sources() -> None:
     assert drops(c, "spoofed_source") == 1
 
 
+def test_engine_drops_a_delivered_packet_whose_ip_length_lies_or_exceeds_the_mtu() -> None:
+    net, s, c = two_path_pair()
+    peer = eng(c).peers[s.peer_id]
+    good = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id))
+    liar = good[:2] + (len(good) + 1).to_bytes(2, "big") + good[4:]
+    eng(c)._write_tun(peer, liar, 0)
+    assert drops(c, "malformed") == 1
+    eng(c)._write_tun(peer, ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id), payload=b"x" * 1400), 0)
+    assert drops(c, "too_big") == 1 and len(c.tun) == 0
+
+
 # --------------------------------------------------------------------------- routes and reload
 def test_engine_route_answers_are_cached_and_flushed() -> None:
     net, _s, c = two_path_pair()
