@@ -468,7 +468,7 @@ def test_engine_drops_foreign_and_spoofed_tunnel_sources() -> None:
 
 
 def test_engine_drops_a_delivered_packet_whose_ip_length_lies_or_exceeds_the_mtu() -> None:
-    net, s, c = two_path_pair()
+    _net, s, c = two_path_pair()
     peer = eng(c).peers[s.peer_id]
     good = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id))
     liar = good[:2] + (len(good) + 1).to_bytes(2, "big") + good[4:]
