@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from alpaca import __version__
+from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError, ConfigError
@@ -95,6 +95,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("check", "validate config and secrets, show what run would do", cmd_check),
     Subcommand("genkey", "print a new random key for the secrets file", cmd_genkey),
     Subcommand("version", "print the version", cmd_version),
+    Subcommand("show", show.HELP, show.cmd_show, show.configure),
 ]
 
 

@@ -123,3 +123,18 @@ def test_show_durations(seconds: float, text: str) -> None:
 @pytest.mark.parametrize(("n", "text"), [(512, "512 B"), (1536, "1.50 KiB"), (3 << 30, "3.00 GiB")])
 def test_show_sizes(n: int, text: str) -> None:
     assert show_mod.size(n) == text
+
+
+def test_show_is_a_cli_command(daemon: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "alpaca", "show", "--json", "--socket", str(daemon)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["node"] == "16.1"
+
+
+def test_show_cli_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alpaca.cli import main
+
+    missing = tmp_path / "gone.sock"
+    assert main(["show", "--socket", str(missing)]) == 1
+    assert f"no daemon is running (no control socket at {missing})" in capsys.readouterr().err
