@@ -1,0 +1,301 @@
+"""Forged, altered and malformed datagrams against engines on a virtual network.
+
+Every case injects datagrams straight into ``Engine.on_datagram`` (the attacker's position:
+anywhere on the path) and checks two things: the drop is counted under the right reason, and
+nothing else in the engine moved (:func:`fingerprint`: paths, liveness, flows, windows,
+delivery and relay counters).
+
+Hop bytes (2 = ttl, 3 = pi) are not authenticated (docs/protocol.md section 4). What an
+attacker can do with them, as asserted below: at an endpoint, any ttl/pi is delivered at most
+once and never adds an address; at a relay, a raised ttl is relayed once (the relay's window
+stops any loop) and a ttl of 0 is dropped *before* the replay window, so a zeroed copy cannot
+use up the counter of the genuine one.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from alpaca.core.constants import HEADER_LEN, MAX_DATAGRAM, OVERHEAD, Flag, PacketType
+from alpaca.core.crypto import KeyRing
+from alpaca.core.header import HEADER, with_hop_fields
+from alpaca.core.padding import PAD_TRAILER_LEN
+from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.security.conftest import drop_delta, drops, eng, fingerprint
+
+S_EP, F_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
+UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
+GW = "10.17.1.1"
+
+
+def capture_into(node: Node) -> list[tuple[tuple[str, int], int, bytes]]:
+    """Record every datagram ``node`` receives (source, local port, bytes), then handle it."""
+    seen: list[tuple[tuple[str, int], int, bytes]] = []
+    engine = eng(node)
+    handle = engine.on_datagram
+
+    def on_datagram(data: bytes, addr: tuple[str, int], port: int, now: float) -> None:
+        seen.append((addr, port, data))
+        handle(data, addr, port, now)
+
+    engine.on_datagram = on_datagram  # type: ignore[method-assign]
+    return seen
+
+
+def network() -> tuple[EngineNet, Node, Node, Node]:
+    """Server 1.1, clients 16.1 and 16.2 straight to it, both sending already."""
+    net = EngineNet(seed=7)
+    s = net.add("S", "1.1", [S_EP])
+    c1 = net.add("C1", "16.1", [UP1], static=False)
+    c2 = net.add("C2", "16.2", [UP2], static=False)
+    net.link(UP1, S_EP)
+    net.link(UP2, S_EP)
+    net.start(s)
+    for c in (c1, c2):
+        net.start(c, gateway=pid("1.1"))
+    net.run(2.0)
+    for c in (c1, c2):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), GW))
+    net.run(0.1)
+    return net, s, c1, c2
+
+
+def data_from(seen: list[tuple[tuple[str, int], int, bytes]], src: int) -> bytes:
+    return next(d for _, _, d in reversed(seen) if d[0] & 0x0F == PacketType.DATA and HEADER.unpack_from(d)[4] == src)
+
+
+class Attack:
+    """Inject datagrams into one engine and report what changed."""
+
+    def __init__(self, net: EngineNet, target: Node) -> None:
+        self.net, self.target = net, target
+
+    def __call__(self, data: bytes, addr: tuple[str, int] = ("10.66.0.1", 4444)) -> dict[str, int]:
+        engine = eng(self.target)
+        before, state, tun = drops(engine), fingerprint(engine), len(self.target.tun)
+        sent = self.target.sent
+        engine.on_datagram(data, addr, 0, self.net.now)
+        assert fingerprint(engine) == state, "unauthenticated input changed engine state"
+        assert len(self.target.tun) == tun and self.target.sent == sent
+        return drop_delta(before, drops(engine))
+
+
+HEADER_REASONS = {"bad_version", "bad_type", "reserved_id", "from_self", "unknown_peer", "old_epoch", "bad_tag"}
+
+
+def test_forgery_every_flipped_bit_outside_the_hop_bytes_is_dropped_by_reason() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW, payload=os.urandom(60)))
+    net.run(0.1)
+    genuine = data_from(seen, c1.peer_id)
+    attack = Attack(net, s)
+    for i in range(len(genuine)):
+        if i in (2, 3):
+            continue
+        for bit in range(8):
+            forged = bytearray(genuine)
+            forged[i] ^= 1 << bit
+            delta = attack(bytes(forged), UP1)
+            assert sum(delta.values()) == 1, (i, bit, delta)
+            (reason,) = delta
+            if i == 1 or i >= 12:
+                assert reason == "bad_tag", (i, bit, delta)  # flags, counter, ciphertext, tag
+            else:
+                assert reason in HEADER_REASONS, (i, bit, delta)
+    assert drops(eng(s))["bad_tag"] >= 8 * (len(genuine) - 12)
+
+
+def test_forgery_truncated_and_extended_datagrams_are_malformed_or_bad_tag() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    genuine = data_from(seen, c1.peer_id)
+    attack = Attack(net, s)
+    for n in range(len(genuine)):
+        assert attack(genuine[:n], UP1) == {"malformed" if n < OVERHEAD else "bad_tag": 1}, n
+    for extra in (b"\x00", os.urandom(16), os.urandom(MAX_DATAGRAM - len(genuine))):
+        assert attack(genuine + extra, UP1) == {"bad_tag": 1}
+    assert attack(genuine + os.urandom(MAX_DATAGRAM + 1 - len(genuine)), UP1) == {"malformed": 1}
+    assert attack(os.urandom(65507), UP1) == {"malformed": 1}
+
+
+def forge(group: str, keys: dict[int, bytes], src: int, dst: int, epoch: int, counter: int,
+          payload: bytes, ptype: PacketType = PacketType.DATA, flags: int = 0) -> bytes:
+    cipher = KeyRing(group, keys).cipher(src, dst, epoch)
+    assert cipher is not None
+    return cipher.seal(HEADER.pack((2 << 4) | ptype, flags, 15, 0, src, dst, epoch, counter), payload)
+
+
+def current(net: EngineNet, s: Node, c: Node) -> tuple[int, int]:
+    """(epoch, next unused counter) of the direction c -> s, as s sees it."""
+    flow = eng(s).flows[(c.peer_id, s.peer_id)]
+    return flow.epoch, flow.window.top + 1
+
+
+def test_forgery_wrong_group_wrong_key_and_garbage_body_are_bad_tag() -> None:
+    net, s, c1, _ = network()
+    epoch, counter = current(net, s, c1)
+    packet = ipv4(tunnel_ip(c1.peer_id), GW)
+    right = net.keys[c1.peer_id]
+    attack = Attack(net, s)
+    assert attack(forge("other-group", {c1.peer_id: right}, c1.peer_id, s.peer_id, epoch, counter, packet),
+                  UP1) == {"bad_tag": 1}
+    assert attack(forge("test-group", {c1.peer_id: os.urandom(32)}, c1.peer_id, s.peer_id, epoch, counter,
+                        packet), UP1) == {"bad_tag": 1}
+    header = HEADER.pack(0x20, 0, 15, 0, c1.peer_id, s.peer_id, epoch, counter)
+    for body in (os.urandom(16), os.urandom(100), bytes(1000)):
+        assert attack(header + body, UP1) == {"bad_tag": 1}
+    # A forged new epoch (the attacker hopes to reset the window): bad_tag, window untouched.
+    forged = forge("test-group", {c1.peer_id: os.urandom(16)}, c1.peer_id, s.peer_id, epoch + 99, 0, packet)
+    assert attack(forged, UP1) == {"bad_tag": 1}
+
+
+def test_forgery_client_cannot_speak_for_another_client_or_a_server() -> None:
+    """16.2 holds its own key only: it cannot make 1.1 accept traffic 'from' 16.1 or 'from' 1.2."""
+    net, s, c1, c2 = network()
+    mine = {c2.peer_id: net.keys[c2.peer_id]}
+    epoch, counter = current(net, s, c1)
+    attack = Attack(net, s)
+    as_c1 = forge("test-group", {c1.peer_id: mine[c2.peer_id]}, c1.peer_id, s.peer_id, epoch, counter + 5,
+                  ipv4(tunnel_ip(c1.peer_id), GW))
+    assert attack(as_c1, UP2) == {"bad_tag": 1}
+    assert attack(as_c1, UP1) == {"bad_tag": 1}
+    as_new_epoch = forge("test-group", {c1.peer_id: mine[c2.peer_id]}, c1.peer_id, s.peer_id, epoch + 1, 0,
+                         ipv4(tunnel_ip(c1.peer_id), GW))
+    assert attack(as_new_epoch, UP2) == {"bad_tag": 1}
+    # A "server" source: 16.2 forging 1.1 -> 16.1 towards 16.1 (pair key = 16.1's secret).
+    to_c1 = forge("test-group", {c1.peer_id: mine[c2.peer_id]}, s.peer_id, c1.peer_id, 5000, 0,
+                  ipv4(GW, tunnel_ip(c1.peer_id)))
+    assert Attack(net, c1)(to_c1, S_EP) == {"bad_tag": 1}
+
+
+def test_forgery_client_cannot_move_another_peers_paths_or_window() -> None:
+    """16.2 sends, from its own address, datagrams claiming 16.1 with future epochs and counters."""
+    net, s, c1, c2 = network()
+    epoch, counter = current(net, s, c1)
+    before = fingerprint(eng(s))
+    for e, c in ((epoch, counter + 10**6), (epoch + 1, 0), (0xFFFFFFFF, 2**64 - 1), (epoch, counter)):
+        forged = forge("test-group", {c1.peer_id: net.keys[c2.peer_id]}, c1.peer_id, s.peer_id, e, c,
+                       ipv4(tunnel_ip(c1.peer_id), GW))
+        eng(s).on_datagram(forged, UP2, 0, net.now)
+    assert fingerprint(eng(s)) == before
+    # 16.1 is unaffected: its next datagrams are delivered and its path is the real one.
+    delivered = len(s.tun)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    assert len(s.tun) == delivered + 1
+    assert {p.addr for p in eng(s).peers[c1.peer_id].paths.links()} == {UP1}
+
+
+def test_forgery_a_key_holder_cannot_lie_about_lengths() -> None:
+    """A client's own authentic datagrams with a lying pad trailer or inner IPv4 length."""
+    net, s, c1, _ = network()
+    epoch, counter = current(net, s, c1)
+    attack_keys = {c1.peer_id: net.keys[c1.peer_id]}
+    packet = ipv4(tunnel_ip(c1.peer_id), GW)
+    engine = eng(s)
+    for i, trailer in enumerate((0, 1, len(packet) + PAD_TRAILER_LEN + 1, 0xFFFF)):
+        padded = packet + struct.pack("!H", trailer)
+        forged = forge("test-group", attack_keys, c1.peer_id, s.peer_id, epoch, counter + i, padded,
+                       flags=Flag.PADDED)
+        before = drops(engine)
+        tun = len(s.tun)
+        engine.on_datagram(forged, UP1, 0, net.now)
+        assert drop_delta(before, drops(engine)) == {"malformed": 1} and len(s.tun) == tun
+    # The inner IPv4 total length says 2047 bytes (the original's heap overflow, section 12.11):
+    # dropped as malformed, nothing reaches the TUN device.
+    liar = bytearray(packet)
+    liar[2:4] = struct.pack("!H", 2047)
+    before, tun = drops(engine), len(s.tun)
+    engine.on_datagram(forge("test-group", attack_keys, c1.peer_id, s.peer_id, epoch, counter + 10,
+                             bytes(liar)), UP1, 0, net.now)
+    assert drop_delta(before, drops(engine)) == {"malformed": 1} and len(s.tun) == tun
+    # Unknown flags bits and types from a key holder: types are checked, flags are ignored.
+    before = drops(engine)
+    engine.on_datagram(forge("test-group", attack_keys, c1.peer_id, s.peer_id, epoch, counter + 11,
+                             b"\x00" * 3, ptype=PacketType.PROBE), UP1, 0, net.now)
+    assert drop_delta(before, drops(engine)) == {"malformed": 1}
+
+
+# --------------------------------------------------------------------------- hop bytes
+def test_forgery_rewritten_ttl_or_pi_at_an_endpoint_delivers_once_and_learns_no_address() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    engine = eng(s)
+    for ttl, pi in ((0, 0), (255, 15), (1, 7)):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+        net.run(0.1)
+        genuine = data_from(seen, c1.peer_id)
+        delivered = len(s.tun)
+        addresses = {p.addr for p in engine.peers[c1.peer_id].paths.links()}
+        for _ in range(3):
+            engine.on_datagram(with_hop_fields(genuine, ttl, pi), UP1, 0, net.now)
+        assert len(s.tun) == delivered  # the genuine copy came first: the rest are duplicates
+        assert {p.addr for p in engine.peers[c1.peer_id].paths.links()} == addresses
+    # An out-of-range pi is malformed before any state is touched.
+    assert Attack(net, s)(with_hop_fields(genuine, 15, 16), UP1) == {"malformed": 1}
+
+
+def relay_network() -> tuple[EngineNet, Node, Node, Node]:
+    """Client 16.1 -> forwarder 1.2 -> server 1.1 (the client's only forwarder)."""
+    net = EngineNet(seed=3)
+    s = net.add("S", "1.1", [S_EP])
+    f = net.add("F", "1.2", [F_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, F_EP)
+    net.link(UP2, F_EP)
+    net.link(F_EP, S_EP)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=lambda dst, src: GW, forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(3.0)
+    return net, s, f, c
+
+
+def test_forgery_raised_ttl_is_relayed_once_and_cannot_loop() -> None:
+    net, s, f, c = relay_network()
+    seen = capture_into(f)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.1)
+    genuine = data_from(seen, c.peer_id)
+    forwarded, delivered = eng(f).stats.forwarded_packets, len(s.tun)
+    for _ in range(5):
+        eng(f).on_datagram(with_hop_fields(genuine, 255, 0), UP1, 0, net.now)
+        net.run(0.05)
+    assert eng(f).stats.forwarded_packets == forwarded and len(s.tun) == delivered
+
+
+def test_forgery_zeroed_ttl_on_one_path_does_not_kill_the_copy_on_the_other() -> None:
+    """An attacker on one uplink zeroes the ttl of what it relays; the copy on the other uplink,
+    same counter, must still be relayed (ttl 0 is dropped before the relay's replay window)."""
+    net, s, f, c = relay_network()
+    seen = capture_into(f)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.1)
+    first = data_from(seen, c.peer_id)
+    epoch, counter = HEADER.unpack_from(first)[6:8]
+    # The next datagram the client will send, sealed by the client itself.
+    datagram = forge("test-group", {c.peer_id: net.keys[c.peer_id]}, c.peer_id, s.peer_id, epoch,
+                     counter + 1000, ipv4(tunnel_ip(c.peer_id), "8.8.4.4"))
+    before_state, before = fingerprint(eng(f)), drops(eng(f))
+    eng(f).on_datagram(with_hop_fields(datagram, 0, 0), UP1, 0, net.now)  # the attacker's copy first
+    assert drop_delta(before, drops(eng(f))) == {"ttl_expired": 1}
+    assert fingerprint(eng(f)) == before_state
+    delivered = len(s.tun)
+    eng(f).on_datagram(datagram, UP2, 1, net.now)  # the genuine copy, other uplink
+    net.run(0.1)
+    assert len(s.tun) == delivered + 1
+
+
+@pytest.mark.parametrize("size", [OVERHEAD - 1, OVERHEAD, HEADER_LEN + 17, 200, MAX_DATAGRAM])
+def test_forgery_random_bytes_of_any_size_change_nothing(size: int) -> None:
+    net, s, c1, _ = network()
+    attack = Attack(net, s)
+    for _ in range(200):
+        delta = attack(os.urandom(size), UP1)
+        assert sum(delta.values()) == 1

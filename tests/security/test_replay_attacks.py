@@ -1,0 +1,236 @@
+"""Replays of captured authentic datagrams, in process (virtual clock) and between real daemons.
+
+A replay is authentic but not fresh. It must never be delivered or relayed twice, never teach
+an address, never refresh a path's liveness, and never move a window or an epoch: only the
+replay counters (``duplicate`` / ``too_old``, or ``old_epoch`` after a restart) may move.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from alpaca.core.constants import PacketType
+from alpaca.core.header import HEADER
+from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.security.conftest import (
+    SERVER_PORT, Lab, drop_delta, drops, eng, peer_view, raw_udp_socket, routing_state, send_spoofed,
+    sniffing, udp_socket,
+)
+from tests.security.test_forgery import GW, S_EP, UP1, UP2, capture_into, data_from, network, relay_network
+
+ATTACKER = ("10.66.0.1", 4444)
+REPLAY_REASONS = {"duplicate", "too_old", "old_epoch"}
+
+
+def replay(net: EngineNet, target: Node, data: bytes, addr: tuple[str, int], port: int = 0) -> dict[str, int]:
+    """Inject ``data`` into ``target``; assert routing state and delivery unchanged; the drop delta."""
+    engine = eng(target)
+    before, state, tun = drops(engine), routing_state(engine), len(target.tun)
+    engine.on_datagram(data, addr, port, net.now)
+    assert routing_state(engine) == state, "a replay changed routing state"
+    assert len(target.tun) == tun
+    delta = drop_delta(before, drops(engine))
+    assert sum(delta.values()) == 1 and set(delta) <= REPLAY_REASONS, delta
+    return delta
+
+
+def test_replay_immediate_from_the_real_and_from_another_address_is_a_duplicate() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    data = data_from(seen, c1.peer_id)
+    for addr in (UP1, ATTACKER, UP2):
+        assert replay(net, s, data, addr) == {"duplicate": 1}
+
+
+def test_replay_after_ten_seconds_and_after_the_window_moved_on() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    old = data_from(seen, c1.peer_id)
+    net.run(10.0)
+    assert replay(net, s, old, ATTACKER) == {"duplicate": 1}
+    # Push the window past the captured counter: the replay is then too old.
+    for _ in range(eng(s).flows[(c1.peer_id, s.peer_id)].window.effective_size + 64):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(1.0)
+    assert replay(net, s, old, UP1) == {"too_old": 1}
+    assert replay(net, s, old, ATTACKER) == {"too_old": 1}
+
+
+def test_replay_after_the_sender_restarted_is_an_old_epoch() -> None:
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    old = data_from(seen, c1.peer_id)
+    net.start(c1, gateway=pid("1.1"))  # restart: a new, higher epoch
+    net.run(2.0)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    assert eng(s).flows[(c1.peer_id, s.peer_id)].epoch == eng(c1).epoch
+    assert replay(net, s, old, UP1) == {"old_epoch": 1}
+    assert replay(net, s, old, ATTACKER) == {"old_epoch": 1}
+    # The replay did not drag the direction back to the old epoch.
+    delivered = len(s.tun)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    assert len(s.tun) == delivered + 1
+
+
+def test_replay_to_another_peer_is_refused_there() -> None:
+    """16.1 -> 1.1 sent to 16.2 (which holds no 16.1 key) and back to 16.1 itself.
+
+    (A peer that holds the pair key is a relay for that pair: see the forwarder case below.)
+    """
+    net, s, c1, c2 = network()
+    peers = {k: v for k, v in eng(c2).settings.peers.items() if k != c1.peer_id}
+    net.start(c2, gateway=pid("1.1"), peers=peers)
+    net.run(1.0)
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    data = data_from(seen, c1.peer_id)
+    for target in (c2, c1):
+        engine = eng(target)
+        before, state = drops(engine), routing_state(engine)
+        engine.on_datagram(data, S_EP, 0, net.now)
+        assert routing_state(engine) == state and not target.tun[-1:] == [data]
+        delta = drop_delta(before, drops(engine))
+        assert sum(delta.values()) == 1 and set(delta) <= {"bad_tag", "from_self", "unknown_peer"}, delta
+
+
+def test_replay_through_a_forwarder_is_relayed_at_most_once_and_never_delivered_twice() -> None:
+    net, s, f, c = relay_network()
+    seen_s = capture_into(s)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.2)
+    data = data_from(seen_s, c.peer_id)
+    delivered = len(s.tun)
+    # Sent to the forwarder, from the client's real address and from the attacker's.
+    for addr in (UP1, ATTACKER, UP2):
+        before = drops(eng(f))
+        eng(f).on_datagram(data, addr, 0, net.now)
+        net.run(0.1)
+        assert set(drop_delta(before, drops(eng(f)))) <= REPLAY_REASONS
+    assert len(s.tun) == delivered
+    # Sent straight to the server from the forwarder's address.
+    assert replay(net, s, data, ("10.0.0.2", 5000)) == {"duplicate": 1}
+
+
+def test_replay_cannot_keep_a_dead_path_up_and_defeat_failover() -> None:
+    """The attacker blackholes uplink 1 (the client's best path to its forwarder) and replays
+    old datagrams of the forwarder on it, spoofing the forwarder's address. Replays must not
+    refresh the path: the client fails over to uplink 2 and keeps delivering."""
+    net = EngineNet(seed=5)
+    s = net.add("S", "1.1", [S_EP])
+    f = net.add("F", "1.2", [("10.0.0.2", 5000)])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    fast = net.link(UP1, ("10.0.0.2", 5000), delay=0.005)
+    net.link(UP2, ("10.0.0.2", 5000), delay=0.02)
+    net.link(("10.0.0.2", 5000), S_EP)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=lambda dst, src: GW, forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    seen = capture_into(c)
+    net.run(5.0)
+    captured = [d for addr, port, d in seen if port == 0][:5]
+    assert captured
+    for direction in fast:
+        direction.up = False
+    for _ in range(40):
+        for data in captured:
+            eng(c).on_datagram(data, ("10.0.0.2", 5000), 0, net.now)
+        net.run(0.5)
+    links = {p.port: p.up for p in eng(c).peers[pid("1.2")].paths.links()}
+    assert links == {0: False, 1: True}
+    delivered = len(s.tun)
+    for _ in range(10):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+        net.run(0.1)
+    assert len(s.tun) == delivered + 10
+
+
+# --------------------------------------------------------------------------- real daemons
+def _delivered(lab: Lab) -> tuple[int, int, dict[str, int]]:
+    """(DATA delivered from 16.1, datagrams accepted from 16.1, drops) at the server.
+
+    Probes keep arriving, so only the DATA count must stay still while no ping runs.
+    """
+    state = lab.daemons["s"].state()
+    view = peer_view(state, "16.1")
+    return view["rx_packets"], view["accepted_packets"], state["drops"]
+
+
+@pytest.mark.netns
+def test_replay_by_an_on_path_router_is_never_accepted(tmp_path: Path) -> None:
+    """The router between client and server captures the client's datagrams and replays them:
+    at once (from its own and from the spoofed client address), after 10 s, to the forwarder,
+    and after the client restarted. The server's delivered DATA count does not move,
+    every replay is counted by reason, and pings keep flowing.
+    The server's DATA count must not move while no ping runs."""
+    with Lab(tmp_path, forwarder=True) as lab:
+        lab.start_all()
+        lab.wait_tunnel()
+        with sniffing(lab.ns["r"], "r1", dport=SERVER_PORT) as sniffer:
+            assert lab.ping(5, 0.1) == (5, 5)
+            time.sleep(0.3)
+        captured = [c for c in sniffer.captured if c[4][0] & 0x0F == PacketType.DATA]
+        assert len(captured) >= 5
+        client_ip, client_port = captured[0][0], captured[0][1]
+        raw, plain = raw_udp_socket(lab.ns["r"]), udp_socket(lab.ns["r"])
+
+        def blast() -> None:
+            for _, _, _, _, payload in captured:
+                send_spoofed(raw, client_ip, client_port, "10.99.2.2", SERVER_PORT, payload)
+                plain.sendto(payload, ("10.99.2.2", SERVER_PORT))
+
+        rx0, _, drops0 = _delivered(lab)
+        blast()
+        time.sleep(0.5)
+        rx1, _, drops1 = _delivered(lab)
+        assert rx1 == rx0
+        replayed = drops1.get("duplicate", 0) - drops0.get("duplicate", 0)
+        assert replayed == 2 * len(captured), (drops0, drops1)
+        print(f"\nimmediate replay: {2 * len(captured)} datagrams, duplicate +{replayed}")
+
+        time.sleep(10)
+        rx0, _, drops0 = _delivered(lab)
+        blast()
+        time.sleep(0.5)
+        rx1, _, drops1 = _delivered(lab)
+        assert rx1 == rx0
+        assert drops1.get("duplicate", 0) - drops0.get("duplicate", 0) == 2 * len(captured)
+
+        # To the forwarder 1.2 (which holds the client's key and may relay it to 1.1).
+        f0 = lab.daemons["f"].state()
+        for _, _, _, _, payload in captured:
+            plain.sendto(payload, ("10.99.3.2", 10002))
+        time.sleep(0.5)
+        rx1b, _, drops2 = _delivered(lab)
+        assert rx1b == rx1
+        f1 = lab.daemons["f"].state()
+        print(f"to the forwarder: forwarded {f1['forwarded_packets'] - f0['forwarded_packets']}, "
+              f"server duplicate +{drops2.get('duplicate', 0) - drops1.get('duplicate', 0)}")
+
+        # After a restart of the client: the old session's datagrams are an old epoch.
+        lab.daemons["c"].stop()
+        lab.daemons["c"].start()
+        lab.wait_tunnel()
+        rx0, _, drops0 = _delivered(lab)
+        blast()
+        time.sleep(0.5)
+        rx1, _, drops1 = _delivered(lab)
+        assert rx1 == rx0
+        assert drops1.get("old_epoch", 0) - drops0.get("old_epoch", 0) == 2 * len(captured)
+        # Traffic was not disturbed, and the server never learned the router's address.
+        assert lab.ping(10, 0.1) == (10, 10)
+        addrs = {p["addr"] for p in peer_view(lab.daemons["s"].state(), "16.1")["paths"]}
+        assert not any(a.startswith("10.99.2.1:") for a in addrs), addrs
+        raw.close()
+        plain.close()
