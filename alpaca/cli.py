@@ -74,6 +74,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("\n".join(describe_settings(config, secrets)))
     print()
     print("\n".join(describe_host_changes(config, secrets, prefixes)))
+    from alpaca.compat import legacy_warning  # lazily, like the daemon
+
+    warning = legacy_warning(config, secrets)
+    if warning:
+        print(f"\nWARNING: {warning}")
     print(f"\n{PROG}: config OK")
     return EXIT_OK
 

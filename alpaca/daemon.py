@@ -29,7 +29,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Group
 
-from alpaca import __version__
+from alpaca import __version__, compat
 from alpaca.config import Config, load_config
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
@@ -71,6 +71,7 @@ class Daemon:
         self.stopped = Event()
         self.exit_code = 0
         self.engine: Engine | None = None
+        self.mux: compat.ProtocolMux | None = None
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.journal = journal_mod.Journal(journal_path(config))
@@ -97,9 +98,10 @@ class Daemon:
         resolver = KernelResolver()
         self._closers.append(resolver.close)
         self.plane = Dataplane(self.tun, ports)
-        self.engine = Engine(cfg.engine_settings(self.secrets), self.plane, epoch=epoch,
+        settings, legacy = compat.split_settings(cfg, self.secrets, wall() - monotonic())
+        self.engine = Engine(settings, self.plane, epoch=epoch,
                              random_bytes=os.urandom, resolver=resolver)
-        self.plane.attach(self.engine)
+        self.mux = compat.attach(self.plane, self.engine, legacy, cfg, self.secrets, os.urandom)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
@@ -176,7 +178,7 @@ class Daemon:
         try:
             config = load_config(self.config.path)
             secrets = load_secrets(config.secret_file, config.id)
-            settings = config.engine_settings(secrets)
+            settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
@@ -187,6 +189,7 @@ class Daemon:
                 log.warning("config key changed but needs a restart key=%s", key)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
+        compat.reload_legacy(self.mux, legacy)
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")

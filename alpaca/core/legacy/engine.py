@@ -1,0 +1,407 @@
+"""LegacyEngine: the forwarding rules of alpaca-tunnel 6.1.2 behind the core's interfaces.
+
+Theory of operation
+-------------------
+Inside (TUN -> UDP), :meth:`LegacyEngine.send_packet` (``vpn.c:server_read``/``server_send``):
+  1. check the inner IPv4 packet (size <= MTU; a tunnel source must be ours);
+  2. stamp ``t20`` (wall seconds mod 2^20) and ``seq`` (restarts every second, at most 16000
+     per second). One counter serves every destination, so a (t20, seq) pair is unique per
+     source, which is what a 6.1.2 receiver (one window per *source*) needs;
+  3. rewrite tunnel addresses to ``0.0.A.B`` (si/di), encrypt the body once;
+  4. dispatch (below); a TCP SYN or DNS packet also gets one copy 100 ms later on the first
+     path of the destination (the policy 6.1.2 intended, evaluated on plaintext).
+
+Outside (UDP -> TUN or relay), :meth:`LegacyEngine.try_datagram`, in this order:
+  1. group-key header decryption and magic 1990; both ids served here; ICV under the pair key
+     (constant time). A datagram failing these is *not claimed* (the mux offers it to the
+     default protocol) and nothing is touched;
+  2. 6.1.2's static source check (pi 0 from a peer with a static address, upstream: the UDP
+     source must be that address), type DATA, ``len`` fits the datagram and the MTU;
+  3. the (src, dst) time/seq window (:mod:`alpaca.core.legacy.replay`);
+  4. only now learn the UDP source under (src, pi) (6.1.2 learned *before* the replay check);
+     an authentic duplicate may fill an empty or stale slot, never overwrite a fresh one;
+  5. dst == self: decrypt, undo si/di, deliver; otherwise TTL - 1 and dispatch as a relay.
+
+Dispatch (``server_send``): upstream (``dst < src``) with forwarders: once to each forwarder's
+static address, pi = (i + 1) << 2 (0 when the forwarder is dst) at the origin, pi_b += i at a
+relay. Otherwise to every path of dst whose peer timestamp is within 10 s of the newest one.
+Split horizon (not back to the sender's IP) and the loop check (not to an address that is
+the inner packet's own source or destination) as in 6.1.2. A downstream peer whose paths are
+all learned and who was silent for 60 s is dead: nothing is sent.
+
+Not thread-safe: call only from the hub greenlets of one gevent hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from alpaca.core import ippkt
+from alpaca.core.drops import DropReason
+from alpaca.core.dupsend import DupSendScheduler
+from alpaca.core.ids import RESERVED_IDS
+from alpaca.core.legacy import codec, inner
+from alpaca.core.legacy.header import (
+    MTU_MAX,
+    PREFIX_LEN,
+    TYPE_DATA,
+    LegacyHeader,
+    pack,
+    unpack,
+    with_hop_word,
+)
+from alpaca.core.legacy.peers import LegacyPeer, LegacySettings, LegacyStats
+from alpaca.core.legacy.replay import LegacyWindow, Verdict
+from alpaca.core.output import Output
+from alpaca.core.settings import Addr
+
+NET_MASK = 0xFFFF0000
+#: ``SEQ_LEVEL_1``: packets per second a 6.1.2 receiver's bitmap can hold.
+SEQ_LIMIT = 16000
+#: Inner bytes a relay decrypts to evaluate the duplicate-send policy (``IP_LEN``).
+DUP_PEEK = 64
+MAX_DATAGRAM = 1500
+
+
+class LegacyEngine:
+    """Sans-IO engine of the 6.1.2 protocol. See the module docstring.
+
+    Args:
+        settings: what the legacy side is configured with.
+        out: where datagrams and TUN writes go (port 0 is used for static paths).
+        random_bytes: source of ``rand``, padding lengths and padding bytes.
+    """
+
+    def __init__(self, settings: LegacySettings, out: Output, *,
+                 random_bytes: Callable[[int], bytes]) -> None:
+        self.out = out
+        self.random_bytes = random_bytes
+        self.stats = LegacyStats()
+        self.peers: dict[int, LegacyPeer] = {}
+        self.windows: dict[tuple[int, int], LegacyWindow] = {}
+        self.dup = DupSendScheduler(settings.dup_queue_max)
+        self._second: int | None = None
+        self._seq = 0
+        self._apply(settings)
+
+    def _apply(self, settings: LegacySettings) -> None:
+        if settings.self_id not in settings.peers:
+            raise ValueError("LegacySettings.peers must hold the own key")
+        self.settings = settings
+        self.self_id = settings.self_id
+        self.self_ip = settings.net | settings.self_id
+        self.group = codec.Ecb(codec.group_key(settings.group))
+        self.keys = {p: codec.Ecb(spec.key) for p, spec in settings.peers.items()}
+        old = self.peers
+        self.peers = {}
+        for p, spec in settings.peers.items():
+            if p == self.self_id:
+                continue
+            peer = old.get(p)
+            if peer is None or _static(peer) != spec.addr:
+                fresh = LegacyPeer(p, spec.addr)
+                if peer is not None:
+                    fresh.paths[1:] = peer.paths[1:]
+                    fresh.last_t20, fresh.last_seen_at = peer.last_t20, peer.last_seen_at
+                peer = fresh
+            self.peers[p] = peer
+
+    def reload(self, settings: LegacySettings) -> None:
+        """New keys, peers or forwarders; learned paths stay, a changed key resets its windows."""
+        old = self.settings.peers
+        changed = {p for p, s in old.items() if p not in settings.peers or settings.peers[p].key != s.key}
+        for flow in [f for f in self.windows if f[0] in changed or f[1] in changed]:
+            del self.windows[flow]
+        self._apply(settings)
+        self.stats.reloads += 1
+
+    def serves(self, peer_id: int) -> bool:
+        """True if ``peer_id`` is spoken to in the legacy protocol."""
+        return peer_id in self.peers
+
+    # ----------------------------------------------------------------- inside: TUN -> UDP
+    def on_tun_packet(self, packet: bytes, now: float) -> None:
+        """Handle one IP packet read from the TUN device (standalone use, without the mux)."""
+        peer = self.route_packet(packet, now)
+        if peer is not None:
+            self.send_packet(peer, packet, now)
+
+    def route_packet(self, packet: bytes, now: float) -> int | None:
+        """The peer of a TUN packet: a tunnel destination's id, else the gateway; None = drop.
+
+        The mux routes with the default engine (route cache, host routes) instead.
+        """
+        ips = ippkt.addresses(packet)
+        if ips is None:
+            self.stats.drop(DropReason.NOT_IPV4)
+            return None
+        dst_ip = ips[1]
+        dst = dst_ip & 0xFFFF if dst_ip & NET_MASK == self.settings.net else self.settings.gateway
+        if dst is None or dst not in self.peers:
+            self.stats.drop(DropReason.NO_ROUTE)
+            return None
+        return dst
+
+    def send_packet(self, peer_id: int, packet: bytes, now: float) -> None:
+        """Encrypt a TUN packet for ``peer_id`` (a legacy peer) and dispatch it."""
+        s = self.settings
+        ips = ippkt.addresses(packet)
+        reason = self._check_outbound(peer_id, packet, ips)
+        if reason is not None:
+            self.stats.drop(reason)
+            return
+        assert ips is not None
+        seq = self._next_seq(now)
+        if seq is None:
+            self.stats.seq_limit += 1
+            self.stats.drop(DropReason.LEGACY)
+            return
+        t20, seq_no = seq
+        rewritten, si, di = inner.outbound(packet, ips[0], ips[1], s.net, peer_id, self.self_id)
+        rand = int.from_bytes(self.random_bytes(2), "big") & 0xFFF
+        plain = pack(LegacyHeader(src=self.self_id, dst=peer_id, length=len(packet), t20=t20,
+                                  seq=seq_no, rand=rand, ttl=s.ttl, si=si, di=di))
+        body = codec.seal_body(self._pair(self.self_id, peer_id), plain, rewritten)
+        peer = self.peers[peer_id]
+        peer.tx_packets += 1
+        peer.tx_bytes += len(packet)
+        dup = s.dup_syn_dns and ippkt.is_syn_or_dns(packet)
+        self._dispatch(plain, body, None, ips, now, dup=dup, relay=False)
+
+    def _check_outbound(self, peer_id: int, packet: bytes, ips: tuple[int, int] | None
+                        ) -> DropReason | None:
+        if peer_id not in self.peers:
+            return DropReason.NO_ROUTE
+        if len(packet) > self.settings.mtu:
+            return DropReason.TOO_BIG
+        if ips is None:
+            return DropReason.NOT_IPV4
+        if ips[0] & NET_MASK == self.settings.net and ips[0] != self.self_ip:
+            return DropReason.FOREIGN_SOURCE
+        return None
+
+    def _next_seq(self, now: float) -> tuple[int, int] | None:
+        t20 = int(now + self.settings.wall_offset) & 0xFFFFF
+        if t20 != self._second:
+            self._second, self._seq = t20, 0
+        else:
+            self._seq += 1
+        return (t20, self._seq) if self._seq <= SEQ_LIMIT else None
+
+    def _pair(self, a: int, b: int) -> codec.Ecb:
+        return self.keys[max(a, b)]
+
+    # ----------------------------------------------------------------- dispatch
+    def _dispatch(self, plain: bytes, tail: bytes, came_from: str | None,
+                  ips: tuple[int, int] | None, now: float, *, dup: bool, relay: bool) -> int:
+        """Send by the 6.1.2 rules; ``tail`` is everything after the ICV. Returns copies sent."""
+        h = unpack(plain)
+        dst_peer = self.peers.get(h.dst)
+        if dst_peer is None:
+            self.stats.drop(DropReason.NO_ROUTE)
+            return 0
+        s = self.settings
+        if h.dst > h.src and not _has_static(dst_peer) and _silent(dst_peer, now, s.peer_lifetime):
+            self.stats.dead_peer += 1
+            self.stats.drop(DropReason.NO_PATH)
+            return 0
+        if s.forwarders and h.dst < h.src:
+            targets = self._forwarder_targets(h, came_from, relay)
+        else:
+            targets = self._direct_targets(dst_peer, h.pi, came_from)
+        if ips is not None and any(_ip(a) in ips for _, _, a in targets):
+            self.stats.drop(DropReason.LOOP)
+            return 0
+        if not targets:
+            self.stats.drop(DropReason.NO_PATH)
+            return 0
+        pair = self._pair(h.src, h.dst)
+        sent = 0
+        last = b""
+        for pi, port, addr in targets:
+            hop = with_hop_word(plain, h.ttl, pi)
+            last = codec.protect(self.group, pair, hop) + tail
+            sent += self._send(port, addr, last)
+        if dup:
+            self._schedule_dup(dst_peer, last, now)
+        return sent
+
+    def _forwarder_targets(self, h: LegacyHeader, came_from: str | None, relay: bool
+                           ) -> list[tuple[int, int, Addr]]:
+        targets = []
+        for i, fwd in enumerate(self.settings.forwarders):
+            peer = self.peers.get(fwd)
+            path = peer.paths[0] if peer is not None and fwd not in RESERVED_IDS else None
+            if path is None or path.addr[0] == came_from:
+                continue
+            targets.append((_forwarder_pi(h, i, fwd, relay), path.port, path.addr))
+        return targets
+
+    def _direct_targets(self, peer: LegacyPeer, pi: int, came_from: str | None
+                        ) -> list[tuple[int, int, Addr]]:
+        targets = []
+        for index, path in enumerate(peer.paths):
+            if path is None:
+                continue
+            if peer.is_stale(path):
+                if not path.static:
+                    peer.paths[index] = None
+                continue
+            if path.addr[0] != came_from:
+                targets.append((pi, path.port, path.addr))
+        return targets
+
+    def _send(self, port: int, addr: Addr, data: bytes) -> int:
+        if self.settings.pad:
+            data = codec.add_padding(data, self.random_bytes)
+        if not self.out.send(port, addr, data):
+            self.stats.drop(DropReason.SEND_ERROR)
+            return 0
+        self.stats.sent_datagrams += 1
+        self.stats.sent_bytes += len(data)
+        return 1
+
+    def _schedule_dup(self, peer: LegacyPeer, datagram: bytes, now: float) -> None:
+        """6.1.2: one copy to the first path of dst in index order, whatever its freshness."""
+        path = next((p for p in peer.paths if p is not None), None)
+        if path is None:
+            return
+        if not self.dup.schedule(now + self.settings.dup_delay, path.port, path.addr, datagram):
+            self.stats.drop(DropReason.DUP_QUEUE_FULL)
+
+    # ----------------------------------------------------------------- outside: UDP -> TUN
+    def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None:
+        """Handle one datagram (standalone use); one that is not ours is a counted drop."""
+        if not self.try_datagram(data, addr, port, now):
+            self.stats.drop(DropReason.LEGACY)
+
+    def try_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> bool:
+        """Handle ``data`` if it is an authentic legacy datagram between served peers.
+
+        Returns False, having changed nothing, when the header does not decrypt to magic 1990
+        under the group key, an id is not served here, or the ICV does not match.
+        """
+        if len(data) > MAX_DATAGRAM:
+            return False
+        plain = codec.open_header(self.group, data)
+        if plain is None:
+            return False
+        h = unpack(plain)
+        if h.src not in self.peers or (h.dst != self.self_id and h.dst not in self.peers):
+            return False
+        if not codec.icv_ok(self._pair(h.src, h.dst), plain, data):
+            return False
+        reason = self._check_inbound(h, data, addr)
+        if reason is not None:
+            self.stats.drop(reason)
+            return True
+        peer = self.peers[h.src]
+        window = self.windows.get((h.src, h.dst))
+        if window is None:
+            window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
+        verdict = window.check(h.t20, h.seq, now)
+        if not verdict.accepted:
+            self._count_rejected(verdict)
+            if verdict is Verdict.DUPLICATE:
+                peer.learn(h.pi, port, addr, h.t20, first_copy=False)
+            return True
+        if verdict is Verdict.RESYNC:
+            self.stats.resyncs += 1
+        peer.learn(h.pi, port, addr, h.t20, first_copy=True)
+        peer.last_t20, peer.last_seen_at = h.t20, now
+        if h.dst == self.self_id:
+            self._deliver(peer, h, plain, data)
+        else:
+            self._relay(h, plain, data, addr, now)
+        return True
+
+    def _check_inbound(self, h: LegacyHeader, data: bytes, addr: Addr) -> DropReason | None:
+        if h.ptype != TYPE_DATA:
+            return DropReason.BAD_TYPE
+        if h.length < 20 or h.length > MTU_MAX or PREFIX_LEN + codec.body_len(h.length) > len(data):
+            return DropReason.MALFORMED
+        if h.pi == 0 and h.dst < h.src:
+            path = self.peers[h.src].paths[0]
+            if path is not None and path.static and path.addr != addr:
+                self.stats.static_mismatch += 1
+                return DropReason.LEGACY
+        return None
+
+    def _count_rejected(self, verdict: Verdict) -> None:
+        if verdict is Verdict.DUPLICATE:
+            self.stats.drop(DropReason.DUPLICATE)
+            return
+        if verdict is Verdict.LATE:
+            self.stats.late += 1
+        elif verdict is Verdict.REPLAY:
+            self.stats.replays += 1
+        self.stats.drop(DropReason.TOO_OLD if verdict is not Verdict.BAD_SEQ else DropReason.MALFORMED)
+
+    def _deliver(self, peer: LegacyPeer, h: LegacyHeader, plain: bytes, data: bytes) -> None:
+        """b1: decrypt, undo the si/di rewriting, write to the TUN device."""
+        packet = codec.open_body(self._pair(h.src, h.dst), plain, data, h.length)
+        ips = ippkt.addresses(packet)
+        if ips is None:
+            self.stats.drop(DropReason.NOT_IPV4)
+            return
+        if not h.si and ips[0] & NET_MASK == self.settings.net:
+            self.stats.drop(DropReason.SPOOFED_SOURCE)
+            return
+        packet = inner.inbound(packet, h.si, h.di, self.settings.net, h.src, h.dst)
+        if not self.out.write_tun(packet):
+            self.stats.drop(DropReason.TUN_WRITE_ERROR)
+            return
+        peer.rx_packets += 1
+        peer.rx_bytes += len(packet)
+        self.stats.delivered_packets += 1
+        self.stats.delivered_bytes += len(packet)
+
+    def _relay(self, h: LegacyHeader, plain: bytes, data: bytes, addr: Addr, now: float) -> None:
+        """Forward as 6.1.2 does: TTL - 1, the received bytes after the ICV carried along."""
+        if h.ttl == 0:
+            self.stats.drop(DropReason.TTL_EXPIRED)
+            return
+        dup = False
+        if self.settings.dup_syn_dns:
+            peek = min(h.length, DUP_PEEK)
+            head = codec.open_body(self._pair(h.src, h.dst), plain, data, peek)
+            dup = len(head) >= 20 and head[0] >> 4 == 4 and ippkt.is_syn_or_dns(head)
+        hop = with_hop_word(plain, h.ttl - 1, h.pi)
+        if self._dispatch(hop, data[PREFIX_LEN:], addr[0], None, now, dup=dup, relay=True):
+            self.stats.forwarded_packets += 1
+            self.stats.forwarded_bytes += len(data)
+
+    # ----------------------------------------------------------------- time
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` next has work (monotonic seconds)."""
+        return self.dup.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        """Send the delayed copies that are due (with fresh padding)."""
+        for copy in self.dup.pop_due(now):
+            if self._send(copy.port, copy.addr, copy.data):
+                self.stats.dup_copies_sent += 1
+
+
+def _forwarder_pi(h: LegacyHeader, i: int, fwd: int, relay: bool) -> int:
+    """6.1.2's path index towards forwarder #i: origin pi_a = i + 1 (0 if it is dst); relay pi_b += i."""
+    if relay:
+        return (h.pi & 0b1100) | min((h.pi & 3) + i, 3)
+    return 0 if fwd == h.dst else (i + 1) << 2
+
+
+def _static(peer: LegacyPeer) -> Addr | None:
+    path = peer.paths[0]
+    return path.addr if path is not None and path.static else None
+
+
+def _has_static(peer: LegacyPeer) -> bool:
+    return _static(peer) is not None
+
+
+def _silent(peer: LegacyPeer, now: float, lifetime: float) -> bool:
+    return peer.last_seen_at is None or now - peer.last_seen_at > lifetime
+
+
+def _ip(addr: Addr) -> int:
+    return ippkt.ip_to_int(addr[0])

@@ -1,0 +1,294 @@
+"""The 6.1.2 engine and the ProtocolMux on a virtual network (tests/enginenet.py).
+
+Topology of the gateway scenario::
+
+    L 16.1 (legacy, forwarders 1.1 and 1.2) --- G 1.1 (mux) --- V 16.2 (default protocol)
+           \\                                  /
+            +------- R 1.2 (legacy relay) ---+
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alpaca.core.engine import Engine
+from alpaca.core.legacy import codec
+from alpaca.core.legacy import header as lh
+from alpaca.core.legacy.engine import LegacyEngine
+from alpaca.core.legacy.peers import LegacyPeerSpec, LegacySettings
+from alpaca.core.mux import ProtocolMux
+from alpaca.core.settings import PeerSpec
+from tests.enginenet import NET, EngineNet, NetOutput, Node, pid
+
+WALL = 1_584_100_000.0
+G_EP, R_EP, L_EP, V_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.1.0.1", 6000), ("10.2.0.1", 7000)
+GROUP = "test-group"
+
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_packet(src: str, dst: str, payload: bytes = b"ping" * 8, sport: int = 4000, dport: int = 53) -> bytes:
+    """IPv4/UDP with correct IP and UDP checksums (to check the si/di rewriting)."""
+    s, d = (bytes(int(x) for x in a.split(".")) for a in (src, dst))
+    ulen = 8 + len(payload)
+    pseudo = s + d + struct.pack("!BBH", 0, 17, ulen)
+    udp = struct.pack("!HHHH", sport, dport, ulen, 0) + payload
+    udp = udp[:6] + struct.pack("!H", csum(pseudo + udp) or 0xFFFF) + udp[8:]
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 1, 0, 64, 17, 0, s, d)
+    head = head[:10] + struct.pack("!H", csum(head)) + head[12:]
+    return head + udp
+
+
+def checksums_ok(packet: bytes) -> bool:
+    udp = packet[20:]
+    pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    return csum(packet[:20]) == 0 and csum(pseudo + udp) == 0
+
+
+def legacy_settings(enet: EngineNet, node: Node, peers: set[int], **kw: object) -> LegacySettings:
+    served = peers | {node.peer_id}
+    specs = {p: LegacyPeerSpec(p, codec.key_from_bytes(enet.keys[p]), enet.static.get(p)) for p in served}
+    base: dict[str, object] = dict(self_id=node.peer_id, net=NET, group=GROUP, peers=specs, wall_offset=WALL)
+    base.update(kw)
+    return LegacySettings(**base)  # type: ignore[arg-type]
+
+
+def start_legacy(enet: EngineNet, node: Node, peers: set[int], **kw: object) -> LegacyEngine:
+    engine = LegacyEngine(legacy_settings(enet, node, peers, **kw), NetOutput(enet, node),
+                          random_bytes=lambda n: bytes(n))
+    node.engine = engine  # type: ignore[assignment]
+    return engine
+
+
+def start_mux(net: EngineNet, node: Node, legacy: set[int]) -> ProtocolMux:
+    v2_settings = net.settings(node, group=GROUP)
+    peers = {p: s if p not in legacy else PeerSpec(p, s.key, None) for p, s in v2_settings.peers.items()}
+    out = NetOutput(net, node)
+    zeros = bytes
+    v2 = Engine(replace(v2_settings, peers=peers), out, epoch=next(net.epochs), random_bytes=zeros)
+    mux = ProtocolMux(v2, LegacyEngine(legacy_settings(net, node, legacy), out, random_bytes=zeros))
+    node.engine = mux  # type: ignore[assignment]
+    return mux
+
+
+def gateway_net() -> tuple[EngineNet, Node, Node, Node, Node]:
+    net = EngineNet()
+    g = net.add("G", "1.1", [G_EP])
+    r = net.add("R", "1.2", [R_EP])
+    lc = net.add("L", "16.1", [L_EP], static=False)
+    v = net.add("V", "16.2", [V_EP], static=False)
+    for a, b in ((L_EP, G_EP), (L_EP, R_EP), (R_EP, G_EP), (V_EP, G_EP)):
+        net.link(a, b)
+    return net, g, r, lc, v
+
+
+def build_gateway() -> tuple[EngineNet, Node, Node, Node, Node, ProtocolMux, LegacyEngine, LegacyEngine]:
+    net, g, r, lc, v = gateway_net()
+    mux = start_mux(net, g, {pid("1.2"), pid("16.1")})
+    relay = start_legacy(net, r, {pid("1.1"), pid("16.1")})
+    client = start_legacy(net, lc, {pid("1.1"), pid("1.2")}, forwarders=(pid("1.1"), pid("1.2")),
+                          gateway=pid("1.1"))
+    net.start(v, group=GROUP)
+    return net, g, r, lc, v, mux, relay, client
+
+
+# ------------------------------------------------------------------------- legacy to legacy
+def test_legacy_pair_delivers_and_rewrites_with_local_nets() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [G_EP])
+    c = net.add("C", "16.1", [L_EP], static=False)
+    net.link(L_EP, G_EP)
+    server = start_legacy(net, s, {pid("16.1")})
+    client = start_legacy(net, c, {pid("1.1")}, net=0x0A630000)  # the client's net is 10.99
+    net.inject_tun(c, udp_packet("10.99.16.1", "10.99.1.1"))
+    net.run(0.05)
+    assert len(s.tun) == 1
+    assert s.tun[0][12:20] == bytes([10, 17, 16, 1, 10, 17, 1, 1])  # rewritten into S's net
+    assert checksums_ok(s.tun[0])
+    net.inject_tun(s, udp_packet("10.17.1.1", "10.17.16.1"))  # the reply: S learned C's path
+    net.run(0.05)
+    assert c.tun == [udp_packet("10.99.1.1", "10.99.16.1")]
+    assert server.stats.delivered_packets == client.stats.delivered_packets == 1
+
+
+def test_legacy_datagrams_are_padded_by_the_6_1_2_rule() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [G_EP])
+    c = net.add("C", "16.1", [L_EP], static=False)
+    net.link(L_EP, G_EP)
+    start_legacy(net, s, {pid("16.1")})
+    client = start_legacy(net, c, {pid("1.1")}, dup_syn_dns=False)
+    sent: list[bytes] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: sent.append(d) or real(a, b, d)  # type: ignore[method-assign]
+    net.inject_tun(c, udp_packet("10.17.16.1", "10.17.1.1"))
+    big = udp_packet("10.17.16.1", "10.17.1.1", payload=b"x" * 600)
+    net.inject_tun(c, big)
+    assert [len(d) for d in sent] == [32 + 64 + 250, 32 + 640]  # random bytes are zeros here
+    assert client.stats.sent_datagrams == 2
+
+
+def test_legacy_duplicate_and_replay_are_dropped() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [G_EP])
+    c = net.add("C", "16.1", [L_EP], static=False)
+    net.link(L_EP, G_EP)
+    server = start_legacy(net, s, {pid("16.1")})
+    start_legacy(net, c, {pid("1.1")}, dup_syn_dns=False)
+    captured: list[bytes] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: captured.append(d) or real(a, b, d)  # type: ignore[method-assign]
+    net.inject_tun(c, udp_packet("10.17.16.1", "10.17.1.1"))
+    net.run(0.05)
+    server.on_datagram(captured[0], L_EP, 0, net.now)  # an immediate copy: duplicate
+    net.run(12.0)
+    net.inject_tun(c, udp_packet("10.17.16.1", "10.17.1.1"))  # the window moves on
+    net.run(0.05)
+    server.on_datagram(captured[0], L_EP, 0, net.now)  # 12 s old: replay
+    assert len(s.tun) == 2
+    counts = server.stats.drop_counts()
+    assert counts["duplicate"] == 1 and counts["too_old"] == 1 and server.stats.replays == 1
+
+
+def test_legacy_relay_decrements_ttl_and_drops_at_zero() -> None:
+    net, _g, _r, lc, _v, _mux, relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    assert relay.stats.forwarded_packets == 1
+    group, pair = codec.Ecb(codec.group_key(GROUP)), codec.Ecb(codec.key_from_bytes(net.keys[pid("16.1")]))
+    inner = udp_packet("0.0.16.1", "8.8.8.8", payload=b"p")
+    h = lh.LegacyHeader(src=pid("16.1"), dst=pid("1.1"), length=len(inner),
+                        t20=int(WALL + net.now) & 0xFFFFF, seq=99, ttl=0, pi=8)
+    body = codec.seal_body(pair, lh.pack(h), inner)
+    relay.on_datagram(codec.protect(group, pair, lh.pack(h)) + body, L_EP, 0, net.now)
+    assert relay.stats.drop_counts()["ttl_expired"] == 1
+
+
+def test_legacy_static_source_check() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [G_EP])
+    c = net.add("C", "16.1", [L_EP])  # static address in the secrets
+    net.link(L_EP, G_EP)
+    net.link(("10.9.9.9", 1), G_EP)
+    server = start_legacy(net, s, {pid("16.1")})
+    start_legacy(net, c, {pid("1.1")})
+    captured: list[bytes] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: captured.append(d) or real(a, b, d)  # type: ignore[method-assign]
+    net.inject_tun(c, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    server.on_datagram(captured[0], ("10.9.9.9", 1), 0, net.now)  # pi 0, upstream, wrong source
+    assert server.stats.static_mismatch == 1 and s.tun == []
+
+
+# ------------------------------------------------------------------------- the gateway (mux)
+def test_mux_gateway_dedups_legacy_copies_from_both_forwarders() -> None:
+    net, g, _r, lc, _v, mux, relay, client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    # L sent to forwarder 1.1 (= dst, pi 0) and to forwarder 1.2 (pi 8); 1.2 relayed to G.
+    assert client.stats.sent_datagrams == 2 and relay.stats.forwarded_packets == 1
+    assert len(g.tun) == 1 and checksums_ok(g.tun[0])
+    assert mux.legacy.stats.drop_counts()["duplicate"] == 1
+    paths = mux.legacy.peers[pid("16.1")].paths
+    assert paths[0] is not None and paths[0].addr == L_EP
+    assert paths[8] is not None and paths[8].addr == R_EP
+
+
+def test_mux_gateway_sprays_downstream_and_the_client_dedups() -> None:
+    net, g, _r, lc, _v, mux, relay, client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    net.inject_tun(g, udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000))
+    net.run(0.05)
+    assert lc.tun == [udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000)]
+    assert mux.legacy.stats.sent_datagrams == 2  # path 0 (direct) and path 8 (via 1.2)
+    assert relay.stats.forwarded_packets == 2
+    assert client.stats.drop_counts()["duplicate"] == 1
+
+
+def test_mux_gateway_speaks_v2_to_the_other_peer() -> None:
+    net, g, _r, _lc, v, mux, relay, client = build_gateway()
+    net.inject_tun(v, udp_packet("10.17.16.2", "10.17.1.1", dport=80))
+    net.run(0.05)
+    net.inject_tun(g, udp_packet("10.17.1.1", "10.17.16.2", sport=80, dport=4000))
+    net.run(0.05)
+    assert g.tun == [udp_packet("10.17.16.2", "10.17.1.1", dport=80)]
+    assert v.tun == [udp_packet("10.17.1.1", "10.17.16.2", sport=80, dport=4000)]
+    assert mux.v2.stats.delivered_packets == 1 and mux.legacy.stats.delivered_packets == 0
+    net.run(3.0)  # the default engine probes V, never the legacy peers
+    assert mux.v2.stats.drop_counts()["bad_version"] == 0
+    assert relay.stats.drop_counts()["legacy"] == 0 and client.stats.drop_counts()["legacy"] == 0
+
+
+def test_mux_gateway_carries_an_internet_packet_of_the_legacy_client() -> None:
+    net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "8.8.8.8"))  # the client routes it to its gateway
+    net.run(0.05)
+    assert len(g.tun) == 1 and g.tun[0][12:20] == bytes([10, 17, 16, 1, 8, 8, 8, 8])
+    assert mux.stats.delivered_packets == 1
+
+
+def test_mux_stats_add_both_engines() -> None:
+    net, _g, _r, lc, v, mux, _relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.inject_tun(v, udp_packet("10.17.16.2", "10.17.1.1", dport=80))
+    net.run(0.05)
+    assert mux.stats.delivered_packets == 2
+    assert mux.stats.drop_counts()["duplicate"] == 1
+    assert mux.legacy_peers == {pid("1.2"), pid("16.1")}
+
+
+def test_mux_unclaimed_legacy_datagram_goes_to_the_default_engine() -> None:
+    net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    captured: list[bytes] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: captured.append(d) or real(a, b, d)  # type: ignore[method-assign]
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    forged = bytearray(captured[0])
+    forged[20] ^= 1  # the ICV
+    before = sum(mux.v2.stats.drops)
+    mux.on_datagram(bytes(forged), L_EP, 0, net.now)
+    assert sum(mux.v2.stats.drops) == before + 1
+    assert sum(mux.legacy.stats.drops) == 0 and g.tun == []
+
+
+def test_mux_next_deadline_is_the_earlier_one() -> None:
+    net, g, _r, lc, _v, mux, _relay, client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1"))  # DNS: one copy 100 ms later
+    net.run(0.01)
+    assert client.next_deadline() is not None
+    deadline = mux.next_deadline()
+    assert deadline is not None and deadline <= mux.v2.next_deadline()  # type: ignore[operator]
+    net.run(0.2)
+    assert client.stats.dup_copies_sent == 1
+    assert len(g.tun) == 1  # the copy is a duplicate at G
+
+
+_mux = build_gateway()[5]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=1600),
+    st.builds(lambda h, rest: codec.Ecb(codec.group_key(GROUP)).encrypt(lh.pack(h)) + rest,
+              st.builds(lh.LegacyHeader, src=st.sampled_from([0, 1, 0x0101, 0x0102, 0x1001, 0x1002]),
+                        dst=st.sampled_from([0, 0x0101, 0x0102, 0x1001, 0x1002]),
+                        length=st.integers(0, 2047), t20=st.integers(0, 2**20 - 1),
+                        seq=st.integers(0, 2**20 - 1), ttl=st.integers(0, 15), pi=st.integers(0, 15),
+                        ptype=st.integers(0, 15)),
+              st.binary(max_size=200)),
+))
+def test_mux_never_raises_on_random_datagrams(data: bytes) -> None:
+    _mux.on_datagram(data, ("10.9.9.9", 9), 0, 1.0)
+    _mux.legacy.on_datagram(data, ("10.9.9.9", 9), 0, 1.0)

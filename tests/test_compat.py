@@ -1,0 +1,70 @@
+"""Wiring of the legacy protocol: which peers, the split settings, the one warning, check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alpaca import compat
+from alpaca.cli import main
+from alpaca.config import load_config
+from alpaca.core.legacy.codec import key_from_bytes
+from alpaca.secrets import load_secrets
+
+KEY_S, KEY_C, KEY_D = "1f5c6281e4e3e0db7c57b74d2103e706", "ac48f5f6be3cd479c6a3dbd8cfb1dc7f", "00" * 32
+
+
+def write(tmp_path: Path, **config: object) -> Path:
+    secrets = tmp_path / "secrets.txt"
+    secrets.write_text(f"1.1 {KEY_S} 192.0.2.1 null 5000\n16.1 {KEY_C}\n16.2 {KEY_D}\n")
+    secrets.chmod(0o600)
+    base: dict[str, object] = {"mode": "server", "group": "g", "net": "10.17", "id": "1.1",
+                               "secret_file": str(secrets), "port": 5000}
+    base.update(config)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(base))
+    return path
+
+
+def load(path: Path):  # type: ignore[no-untyped-def]
+    config = load_config(path)
+    return config, load_secrets(config.secret_file, config.id)
+
+
+def test_compat_peer_protocols_choose_legacy_peers(tmp_path: Path) -> None:
+    config, secrets = load(write(tmp_path, peer_protocols={"16.1": "legacy-6.1.2"}))
+    assert compat.legacy_peer_ids(config, secrets) == {0x1001}
+    config, secrets = load(write(tmp_path, protocol="legacy-6.1.2", peer_protocols={"16.2": "v2"}))
+    assert compat.legacy_peer_ids(config, secrets) == {0x1001}
+    config, secrets = load(write(tmp_path))
+    assert compat.legacy_peer_ids(config, secrets) == frozenset()
+    assert compat.legacy_warning(config, secrets) is None
+    assert compat.split_settings(config, secrets, 0.0)[1] is None
+
+
+def test_compat_split_settings_keep_keys_apart(tmp_path: Path) -> None:
+    config, secrets = load(write(tmp_path, mode="client", id="16.1", gateway="1.1", port=0,
+                                 peer_protocols={"1.1": "legacy-6.1.2"}))
+    v2, legacy = compat.split_settings(config, secrets, 100.0)
+    assert legacy is not None
+    assert set(legacy.peers) == {0x0101, 0x1001}  # 16.2's key never takes the weak form
+    assert legacy.peers[0x0101].key == key_from_bytes(bytes.fromhex(KEY_S)) == b"1f5c6281e4e3e0db"
+    assert legacy.peers[0x0101].addr == ("192.0.2.1", 5000) and legacy.gateway == 0x0101
+    assert v2.peers[0x0101].addr is None and v2.gateway is None  # v2 never sends to it
+    assert legacy.wall_offset == 100.0
+
+
+def test_compat_warning_names_the_peers(tmp_path: Path) -> None:
+    config, secrets = load(write(tmp_path, protocol="legacy-6.1.2"))
+    warning = compat.legacy_warning(config, secrets)
+    assert warning is not None and "peers 16.1, 16.2 use the insecure legacy-6.1.2" in warning
+    assert "not authenticated" in warning and "64 bits" in warning and "docs/legacy.md" in warning
+
+
+def test_compat_check_prints_the_warning_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"})
+    assert main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("WARNING: peers 16.2 use the insecure legacy-6.1.2 protocol") == 1
