@@ -1,0 +1,390 @@
+"""The lab topology: nodes, links between them, and the node that stands for the internet.
+
+A topology is a JSON file (format in docs/lab.md; the default is ``alpaca/lab/default.json``).
+:func:`load_topology` reads it once into frozen dataclasses and reports every problem with
+its location (``nodes[3].id: "16.x" is not a peer id``), like :func:`alpaca.config.load_config`.
+
+Pure: no I/O besides reading the file; everything else in ``alpaca.lab`` builds on this.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from alpaca.errors import ConfigError
+
+DEFAULT_TOPOLOGY = Path(__file__).with_name("default.json")
+NS_PREFIX = "alp-"
+METRICS_PORT = 9586
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
+_IFNAME = re.compile(r"[a-z][a-z0-9_-]{0,14}")
+_PEER_ID = re.compile(r"(\d{1,3})\.(\d{1,3})")
+_RESERVED_IFNAMES = {"lo", "mgmt", "alpaca0"}
+
+
+class Role(Enum):
+    """What a node runs: an alpaca daemon in server/client mode, or nothing (a plain host)."""
+
+    SERVER = "server"
+    FORWARDER = "forwarder"
+    CLIENT = "client"
+    HOST = "host"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A static route set in the node's namespace before the daemon starts."""
+
+    to: str
+    """Destination: "default" or a CIDR."""
+    via: IPv4Address
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One namespace (``alp-<name>``) and, unless a host, one alpaca daemon."""
+
+    name: str
+    role: Role
+    peer_id: str | None = None
+    """The daemon's peer id "A.B"; None for hosts."""
+    port: int = 0
+    """UDP port of a server or forwarder (0 for clients: the kernel picks)."""
+    gateway: str | None = None
+    forwarders: tuple[str, ...] = ()
+    uplinks: tuple[str, ...] = ()
+    """Client: interfaces that each get a UDP port bound to them (SO_BINDTODEVICE)."""
+    routes: tuple[Route, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    """Keys merged last into the generated config.json (overrides)."""
+
+    @property
+    def namespace(self) -> str:
+        return NS_PREFIX + self.name
+
+    @property
+    def is_daemon(self) -> bool:
+        return self.role is not Role.HOST
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    node: str
+    ifname: str
+    address: IPv4Interface
+
+
+@dataclass(frozen=True, slots=True)
+class Impairment:
+    """Link conditions; every figure applies to each direction."""
+
+    loss_pct: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_mbit: float = 0.0
+
+    @property
+    def is_clear(self) -> bool:
+        return not (self.loss_pct or self.delay_ms or self.jitter_ms or self.rate_mbit)
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A veth pair between two nodes."""
+
+    name: str
+    a: Endpoint
+    b: Endpoint
+    impair: Impairment = Impairment()
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, Endpoint]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    name: str
+    group: str
+    net: str
+    internet: str
+    management: IPv4Network
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    source: Path
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def link(self, name: str) -> Link:
+        for link in self.links:
+            if link.name == name:
+                return link
+        raise KeyError(name)
+
+    def node_by_id(self, peer_id: str) -> Node:
+        for node in self.nodes:
+            if node.peer_id == peer_id:
+                return node
+        raise KeyError(peer_id)
+
+    @property
+    def daemons(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.is_daemon)
+
+    def management_address(self, node: Node) -> IPv4Address:
+        """The node's address on the management bridge (metrics are served there)."""
+        index = self.daemons.index(node) if node.is_daemon else len(self.daemons) + 10
+        return self.management.network_address + 11 + index
+
+    @property
+    def management_root_address(self) -> IPv4Interface:
+        """The root namespace's address on the management bridge (the first host address)."""
+        return IPv4Interface(f"{self.management.network_address + 1}/{self.management.prefixlen}")
+
+    def endpoints_of(self, name: str) -> list[tuple[Link, Endpoint]]:
+        return [(link, ep) for link in self.links for ep in link.endpoints if ep.node == name]
+
+    def address_seen_from(self, viewer: str, target: str) -> IPv4Address | None:
+        """``target``'s address on a link it shares with ``viewer``, or None if none."""
+        for link in self.links:
+            names = {link.a.node: link.a, link.b.node: link.b}
+            if viewer in names and target in names and viewer != target:
+                return names[target].address.ip
+        return None
+
+
+def load_topology(path: Path | None = None) -> Topology:
+    """Read and validate a topology file (default: the package's default.json)."""
+    path = path or DEFAULT_TOPOLOGY
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the topology ({exc.strerror})"]) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]) from exc
+    return parse_topology(data, path)
+
+
+def parse_topology(data: object, source: Path) -> Topology:
+    """Validate decoded JSON; raise one ConfigError listing every located problem."""
+    checker = _Checker(str(source))
+    topology = checker.topology(data, source)
+    if checker.problems or topology is None:
+        raise ConfigError(checker.problems or [f"{source}: not a topology"])
+    return topology
+
+
+class _Checker:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[str] = []
+
+    def fail(self, where: str, text: str) -> None:
+        self.problems.append(f"{self.file}: {where}: {text}")
+
+    def keys(self, obj: dict[str, Any], where: str, valid: set[str]) -> None:
+        for key in sorted(set(obj) - valid):
+            self.fail(f"{where}{key}", f"unknown key (expected one of {', '.join(sorted(valid))})")
+
+    def topology(self, data: object, source: Path) -> Topology | None:
+        if not isinstance(data, dict):
+            self.fail("top", "is not a JSON object")
+            return None
+        self.keys(data, "", {"name", "group", "net", "internet", "management", "nodes", "links"})
+        nodes = tuple(n for n in self.list_of(data, "nodes", self.node) if n is not None)
+        names = [n.name for n in nodes]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            self.fail("nodes", f'name "{dup}" is used twice')
+        ids = [n.peer_id for n in nodes if n.peer_id]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            self.fail("nodes", f'peer id "{dup}" is used twice')
+        links = tuple(ln for ln in self.list_of(data, "links", lambda i, o: self.link(i, o, names))
+                      if ln is not None)
+        self.cross_check(nodes, links)
+        internet = str(data.get("internet", ""))
+        if internet not in names:
+            self.fail("internet", f'"{internet}" is not a node name (expected one of {", ".join(names)})')
+        management = self.network(data.get("management", "172.31.254.0/24"), "management")
+        return Topology(
+            name=str(data.get("name", source.stem)), group=str(data.get("group", "alpaca-lab")),
+            net=str(data.get("net", "10.17")), internet=internet,
+            management=management, nodes=nodes, links=links, source=source,
+        )
+
+    def list_of(self, data: dict[str, Any], key: str, make: Any) -> list[Any]:
+        items = data.get(key)
+        if not isinstance(items, list) or not items:
+            self.fail(key, "is required: a non-empty list")
+            return []
+        return [make(f"{key}[{i}]", item) for i, item in enumerate(items)]
+
+    def network(self, value: object, where: str) -> IPv4Network:
+        try:
+            return IPv4Network(str(value))
+        except ValueError:
+            self.fail(where, f'"{value}" is not an IPv4 network such as "172.31.254.0/24"')
+            return IPv4Network("172.31.254.0/24")
+
+    def peer_id(self, value: object, where: str) -> str | None:
+        match = _PEER_ID.fullmatch(str(value))
+        if not isinstance(value, str) or not match or int(match[1]) > 255 or int(match[2]) > 255:
+            self.fail(where, f'{json.dumps(value)} is not a peer id (expected "A.B")')
+            return None
+        return value
+
+    def node(self, where: str, obj: object) -> Node | None:
+        if not isinstance(obj, dict):
+            self.fail(where, "is not an object")
+            return None
+        self.keys(obj, f"{where}.", {"name", "role", "id", "port", "gateway", "forwarders",
+                                     "uplinks", "routes", "config"})
+        name = obj.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            self.fail(f"{where}.name", f"{json.dumps(name)} is not a node name (1-10 of a-z 0-9 -)")
+            return None
+        try:
+            role = Role(obj.get("role"))
+        except ValueError:
+            self.fail(f"{where}.role", f"{json.dumps(obj.get('role'))} is not server|forwarder|client|host")
+            return None
+        peer_id = None
+        if role is not Role.HOST:
+            peer_id = self.peer_id(obj.get("id"), f"{where}.id")
+        port = obj.get("port", 0)
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            self.fail(f"{where}.port", f"{json.dumps(port)} is not a port number 0-65535")
+            port = 0
+        if role in (Role.SERVER, Role.FORWARDER) and not port:
+            self.fail(f"{where}.port", "is required for a server or forwarder")
+        gateway = None
+        if role is Role.CLIENT:
+            gateway = self.peer_id(obj.get("gateway"), f"{where}.gateway")
+        forwarders = tuple(
+            f for i, v in enumerate(obj.get("forwarders", []))
+            if (f := self.peer_id(v, f"{where}.forwarders[{i}]"))
+        )
+        uplinks = tuple(str(u) for u in obj.get("uplinks", []))
+        for i, up in enumerate(uplinks):
+            if not _IFNAME.fullmatch(up):
+                self.fail(f"{where}.uplinks[{i}]", f'"{up}" is not an interface name')
+        routes = tuple(rt for i, r in enumerate(obj.get("routes", []))
+                       if (rt := self.route(r, f"{where}.routes[{i}]")))
+        config = obj.get("config", {})
+        if not isinstance(config, dict):
+            self.fail(f"{where}.config", "is not an object of config.json keys")
+            config = {}
+        return Node(name, role, peer_id, port, gateway, forwarders, uplinks, routes, config)
+
+    def route(self, obj: object, where: str) -> Route | None:
+        if not isinstance(obj, dict) or set(obj) != {"to", "via"}:
+            self.fail(where, 'is not {"to": "default" or CIDR, "via": address}')
+            return None
+        try:
+            if obj["to"] != "default":
+                IPv4Network(obj["to"])
+            return Route(str(obj["to"]), IPv4Address(obj["via"]))
+        except ValueError as exc:
+            self.fail(where, str(exc))
+            return None
+
+    def link(self, where: str, obj: object, names: list[str]) -> Link | None:
+        if not isinstance(obj, dict):
+            self.fail(where, "is not an object")
+            return None
+        self.keys(obj, f"{where}.", {"name", "endpoints", "impair"})
+        name = obj.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            self.fail(f"{where}.name", f"{json.dumps(name)} is not a link name (1-10 of a-z 0-9 -)")
+            return None
+        ends = obj.get("endpoints")
+        if not isinstance(ends, list) or len(ends) != 2:
+            self.fail(f"{where}.endpoints", "is not a list of exactly two endpoints")
+            return None
+        parsed = [self.endpoint(e, f"{where}.endpoints[{i}]", names) for i, e in enumerate(ends)]
+        a, b = parsed
+        if a is None or b is None:
+            return None
+        if a.address.network != b.address.network:
+            self.fail(f"{where}.endpoints", f"{a.address} and {b.address} are not in one subnet")
+        return Link(name, a, b, self.impairment(obj.get("impair", {}), f"{where}.impair"))
+
+    def endpoint(self, obj: object, where: str, names: list[str]) -> Endpoint | None:
+        if not isinstance(obj, dict) or set(obj) != {"node", "ifname", "address"}:
+            self.fail(where, 'is not {"node": ..., "ifname": ..., "address": "a.b.c.d/len"}')
+            return None
+        if obj["node"] not in names:
+            self.fail(f"{where}.node", f'"{obj["node"]}" is not a node name')
+        ifname = str(obj["ifname"])
+        if not _IFNAME.fullmatch(ifname) or ifname in _RESERVED_IFNAMES:
+            self.fail(f"{where}.ifname", f'"{ifname}" is not a usable interface name'
+                      f" (a-z 0-9 _ -, at most 15, not {', '.join(sorted(_RESERVED_IFNAMES))})")
+        try:
+            address = IPv4Interface(str(obj["address"]))
+        except ValueError:
+            self.fail(f"{where}.address", f'"{obj["address"]}" is not an address with a prefix length')
+            return None
+        if address.network.prefixlen > 30 or address.ip in (address.network.network_address,
+                                                              address.network.broadcast_address):
+            self.fail(f"{where}.address", f"{address} is not a host address in a /30 or larger")
+        return Endpoint(str(obj["node"]), ifname, address)
+
+    def impairment(self, obj: object, where: str) -> Impairment:
+        if not isinstance(obj, dict):
+            self.fail(where, "is not an object")
+            return Impairment()
+        valid = {"loss_pct", "delay_ms", "jitter_ms", "rate_mbit"}
+        self.keys(obj, f"{where}.", valid)
+        values = {k: obj.get(k, 0) for k in valid}
+        for key, value in values.items():
+            if not isinstance(value, (int, float)) or value < 0 or (key == "loss_pct" and value > 100):
+                self.fail(f"{where}.{key}", f"{json.dumps(value)} is not a number in range")
+                values[key] = 0
+        return Impairment(**{k: float(v) for k, v in values.items()})
+
+    def cross_check(self, nodes: tuple[Node, ...], links: tuple[Link, ...]) -> None:
+        by_id = {n.peer_id: n for n in nodes if n.peer_id}
+        seen: dict[tuple[str, str], str] = {}
+        addresses: dict[IPv4Address, str] = {}
+        for link in links:
+            for ep in link.endpoints:
+                where = f'link "{link.name}"'
+                if (ep.node, ep.ifname) in seen:
+                    self.fail(where, f"{ep.node}:{ep.ifname} is already used by link"
+                              f' "{seen[(ep.node, ep.ifname)]}"')
+                seen[(ep.node, ep.ifname)] = link.name
+                if ep.address.ip in addresses:
+                    self.fail(where, f"{ep.address.ip} is already used on link"
+                              f' "{addresses[ep.address.ip]}"')
+                addresses[ep.address.ip] = link.name
+        for i, node in enumerate(nodes):
+            where = f"nodes[{i}]"
+            for key, ref in [("gateway", node.gateway)] + [
+                (f"forwarders[{j}]", f) for j, f in enumerate(node.forwarders)
+            ]:
+                if ref is not None and ref not in by_id:
+                    self.fail(f"{where}.{key}", f'"{ref}" is not the id of a node')
+            for j, up in enumerate(node.uplinks):
+                if (node.name, up) not in seen:
+                    self.fail(f"{where}.uplinks[{j}]", f'"{up}" is not an interface of a link of {node.name}')
+            for fwd in node.forwarders:
+                other = by_id.get(fwd)
+                if other is not None and not any(
+                    {link.a.node, link.b.node} == {node.name, other.name} for link in links
+                ):
+                    self.fail(f"{where}.forwarders", f"{fwd} ({other.name}) shares no link with {node.name}")
+
+
+def is_lab_address(text: str) -> bool:
+    """True for addresses the lab may use: private, 198.18.0.0/15 or documentation ranges."""
+    return ipaddress.ip_address(text.split("/")[0]).is_private

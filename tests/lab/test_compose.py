@@ -1,0 +1,50 @@
+"""docker/compose.yml and docker/prometheus.yml are generated from the default topology."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from alpaca.lab.compose import render_compose, render_prometheus
+from alpaca.lab.topology import DEFAULT_TOPOLOGY, load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+
+
+def _compose() -> str:
+    return render_compose(load_topology(), os.path.relpath(DEFAULT_TOPOLOGY, DOCKER))
+
+
+def test_compose_committed_file_is_generated() -> None:
+    assert (DOCKER / "compose.yml").read_text() == _compose(), (
+        "docker/compose.yml is stale: run alpaca-tunnel lab compose > docker/compose.yml")
+
+
+def test_compose_committed_prometheus_config_is_generated() -> None:
+    assert (DOCKER / "prometheus.yml").read_text() == render_prometheus(load_topology()), (
+        "docker/prometheus.yml is stale: run"
+        " alpaca-tunnel lab compose --prometheus-config > docker/prometheus.yml")
+
+
+def test_compose_has_a_service_per_node_and_a_network_per_link() -> None:
+    text = _compose()
+    topo = load_topology()
+    for node in topo.nodes:
+        assert f"\n  {node.name}:\n" in text
+    for link in topo.links:
+        assert f"\n  l-{link.name}:\n    ipam:" in text
+    assert "ipv4_address: 172.16.12.2" in text and "/dev/net/tun" in text
+
+
+def test_compose_validates_with_docker_compose(tmp_path: Path) -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (apt-get install -y docker-compose to run this check)")
+    result = subprocess.run([tool, "-f", str(DOCKER / "compose.yml"), "config", "-q"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr

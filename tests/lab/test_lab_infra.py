@@ -1,0 +1,158 @@
+"""The lab's own machinery, without daemons: namespaces, links, teardown, impairment.
+
+Each test builds the default topology with ``up(daemons=False)`` in a short state dir under
+/tmp (unix socket paths have a 108-byte limit) and tears it down in ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from alpaca.lab import Lab, impair, netns
+from alpaca.lab.topology import load_topology
+
+pytestmark = pytest.mark.netns
+
+ECHO = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if sys.argv[1] == "serve":
+    s.bind(("0.0.0.0", 9000))
+    while True:
+        data, addr = s.recvfrom(2048)
+        s.sendto(data, addr)
+s.settimeout(1.0)
+rtts = []
+for _ in range(int(sys.argv[3])):
+    t = time.monotonic()
+    s.sendto(b"x" * 100, (sys.argv[2], 9000))
+    try:
+        s.recvfrom(2048)
+        rtts.append((time.monotonic() - t) * 1000)
+    except OSError:
+        pass
+rtts.sort()
+print(len(rtts), rtts[len(rtts) // 2] if rtts else -1)
+"""
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+    built = Lab(load_topology(), state)
+    try:
+        built.up(daemons=False)
+        yield built
+    finally:
+        built.down()
+
+
+def _loss_pct(output: str) -> float:
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    assert match, output
+    return 100 * (int(match[1]) - int(match[2])) / int(match[1])
+
+
+def test_lab_up_every_link_pings(lab: Lab) -> None:
+    for link in lab.topology.links:
+        out = lab.exec(link.a.node, ["ping", "-c", "1", "-W", "2", str(link.b.address.ip)], check=False)
+        assert out.returncode == 0, f"link {link.name}: {out.stdout}"
+    assert set(netns.list_namespaces()) >= {n.namespace for n in lab.topology.nodes}
+
+
+def test_lab_management_addresses_reachable_from_root(lab: Lab) -> None:
+    for node in lab.topology.daemons:
+        address = str(lab.topology.management_address(node))
+        assert subprocess.run(["ping", "-c", "1", "-W", "2", address], capture_output=True).returncode == 0
+
+
+def test_lab_up_twice_is_idempotent(lab: Lab) -> None:
+    before = sorted(netns.list_namespaces())
+    lab.up(daemons=False)
+    assert sorted(netns.list_namespaces()) == before
+    out = lab.exec("c161", ["ip", "-br", "addr", "show", "dev", "up-a"])
+    assert out.stdout.count("172.16.12.2") == 1
+
+
+def test_lab_down_cleans_up_after_sigkill() -> None:
+    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+    cmd = [sys.executable, "-m", "alpaca", "lab", "up", "--no-daemons", "--state-dir", str(state)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(netns.list_namespaces()) < 3:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert netns.list_namespaces(), "the lab process was killed before it created anything"
+        sleeper = subprocess.Popen(["ip", "netns", "exec", netns.list_namespaces()[0], "sleep", "600"])
+    finally:
+        down = subprocess.run([sys.executable, "-m", "alpaca", "lab", "down", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert sleeper.wait(timeout=10) != 0
+    assert netns.list_namespaces() == []
+    assert netns.root_links() == []
+    assert not state.exists()
+
+
+def test_impair_loss_is_in_range(lab: Lab) -> None:
+    impair.impair(lab.topology, lab.state_dir, "a", loss_pct=10)
+    out = lab.exec("c161", ["ping", "-q", "-c", "200", "-i", "0.005", "-W", "1", "172.16.12.1"], check=False)
+    # 10 % in each direction: 19 % of round trips expected; 200 samples give about ±6 %.
+    assert 8 <= _loss_pct(out.stdout) <= 32, out.stdout
+    impair.impair(lab.topology, lab.state_dir, "a", clear=True)
+    out = lab.exec("c161", ["ping", "-q", "-c", "50", "-i", "0.005", "-W", "1", "172.16.12.1"], check=False)
+    assert _loss_pct(out.stdout) == 0
+    assert "numgen" not in lab.exec("c161", ["nft", "list", "ruleset"]).stdout
+
+
+def test_impair_delay_measured_with_udp_echo(lab: Lab) -> None:
+    impair.impair(lab.topology, lab.state_dir, "a", delay_ms=20)
+    server = subprocess.Popen(["ip", "netns", "exec", "alp-f12", sys.executable, "-c", ECHO, "serve"])
+    try:
+        time.sleep(0.3)
+        out = lab.exec("c161", [sys.executable, "-c", ECHO, "client", "172.16.12.1", "30"])
+        got, median = out.stdout.split()
+        assert int(got) >= 28
+        assert 38 <= float(median) <= 60, out.stdout  # 20 ms each way
+        impair.impair(lab.topology, lab.state_dir, "a", clear=True)
+        out = lab.exec("c161", [sys.executable, "-c", ECHO, "client", "172.16.12.1", "10"])
+        assert float(out.stdout.split()[1]) < 10
+    finally:
+        server.kill()
+        server.wait()
+    assert not list((lab.state_dir / "relays").glob("*.pid"))
+
+
+def test_impair_rate_installs_tbf(lab: Lab) -> None:
+    impair.impair(lab.topology, lab.state_dir, "b", rate_mbit=20)
+    assert "tbf" in lab.exec("f13", ["tc", "qdisc", "show", "dev", "client"]).stdout
+    assert json.loads((lab.state_dir / "impair.json").read_text())["b"]["rate_mbit"] == 20
+    impair.impair(lab.topology, lab.state_dir, "b", clear=True)
+    assert "tbf" not in lab.exec("f13", ["tc", "qdisc", "show", "dev", "client"]).stdout
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/prometheus"), reason="prometheus is not installed")
+def test_lab_prometheus_scrapes_every_node(lab: Lab) -> None:
+    lab.start_prometheus(listen="127.0.0.1:19590")
+    deadline = time.monotonic() + 15
+    targets: list[dict[str, dict[str, str]]] = []
+    while time.monotonic() < deadline and not targets:
+        time.sleep(0.5)
+        with urllib.request.urlopen("http://127.0.0.1:19590/api/v1/targets", timeout=5) as response:
+            targets = json.load(response)["data"]["activeTargets"]
+    assert sorted(t["labels"]["node"] for t in targets) == sorted(n.name for n in lab.topology.daemons)
+    lab.stop_prometheus()

@@ -1,0 +1,117 @@
+"""The topology file and the per-node files generated from it (pure: no root)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alpaca.config import Mode, load_config
+from alpaca.errors import ConfigError
+from alpaca.lab import nodes
+from alpaca.lab.impair import nft_script
+from alpaca.lab.topology import Impairment, Role, load_topology, parse_topology
+
+
+def test_topology_default_is_valid() -> None:
+    topo = load_topology()
+    assert [n.namespace for n in topo.nodes] == ["alp-s11", "alp-f12", "alp-f13", "alp-c161", "alp-inet"]
+    assert topo.node("s11").peer_id == "1.1"
+    assert topo.internet == "inet"
+    assert {ep.address.ip.exploded for _, ep in topo.endpoints_of("inet")} == {"198.18.0.1"}
+
+
+def test_topology_client_reaches_forwarders_on_its_uplinks() -> None:
+    topo = load_topology()
+    assert str(topo.address_seen_from("c161", "f12")) == "172.16.12.1"
+    assert str(topo.address_seen_from("c161", "f13")) == "172.16.13.1"
+    assert topo.address_seen_from("c161", "s11") is None
+
+
+def _write_node(tmp_path: Path, name: str) -> Path:
+    topo = load_topology()
+    keys = nodes.ensure_keys(tmp_path / "secrets.txt", topo)
+    return nodes.write_node_files(topo, topo.node(name), tmp_path, keys)
+
+
+def test_topology_client_config_has_gateway_forwarders_and_ports(tmp_path: Path) -> None:
+    config = load_config(_write_node(tmp_path, "c161"))
+    assert config.mode is Mode.CLIENT
+    assert config.gateway == (1 << 8) + 1
+    assert config.forwarders == ((1 << 8) + 2, (1 << 8) + 3)
+    assert [(p.name, p.interface) for p in config.ports] == [("up-a", "up-a"), ("up-b", "up-b")]
+    assert config.dup.policy.value == "syn_dns"
+    assert (config.metrics.host, config.metrics.port) == ("172.31.254.14", 9586)
+
+
+def test_topology_secrets_show_addresses_as_seen_from_the_node(tmp_path: Path) -> None:
+    _write_node(tmp_path, "c161")
+    lines = (tmp_path / "nodes" / "c161" / "secrets.txt").read_text().splitlines()[1:]
+    rows = {line.split()[0]: line.split()[2:] for line in lines}
+    assert rows["1.2"] == ["172.16.12.1", "null", "10002"]
+    assert rows["1.3"] == ["172.16.13.1", "null", "10003"]
+    assert rows["1.1"] == ["null", "null", "null"]
+
+
+def test_topology_server_config_loads(tmp_path: Path) -> None:
+    config = load_config(_write_node(tmp_path, "s11"))
+    assert config.mode is Mode.SERVER and config.port == 10001
+
+
+def test_topology_keys_are_fresh_and_shared(tmp_path: Path) -> None:
+    topo = load_topology()
+    first = nodes.ensure_keys(tmp_path / "a.txt", topo)
+    again = nodes.ensure_keys(tmp_path / "a.txt", topo)
+    other = nodes.ensure_keys(tmp_path / "b.txt", topo)
+    assert first == again and first != other
+    assert all(len(k) == 64 for k in first.values())
+
+
+def test_topology_overrides_win(tmp_path: Path) -> None:
+    data = json.loads(load_topology().source.read_text())
+    data["nodes"][3]["config"] = {"dup": {"policy": "all"}}
+    topo = parse_topology(data, tmp_path / "t.json")
+    assert nodes.render_config(topo, topo.node("c161"), tmp_path)["dup"] == {"policy": "all"}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["nodes"][3].update(id="16.x"), 'nodes[3].id: "16.x" is not a peer id'),
+        (lambda d: d["nodes"][3].update(forwarders=["1.9"]), 'nodes[3].forwarders[0]: "1.9" is not the id'),
+        (lambda d: d["nodes"][0].update(role="router"), "nodes[0].role"),
+        (lambda d: d["links"][0]["endpoints"][0].update(node="nope"), 'links[0].endpoints[0].node: "nope"'),
+        (lambda d: d["links"][1]["endpoints"][0].update(address="10.99.0.1/24"), "not in one subnet"),
+        (lambda d: d.update(internet="moon"), 'internet: "moon" is not a node name'),
+        (lambda d: d["nodes"][1].update(colour="red"), "nodes[1].colour: unknown key"),
+        (lambda d: d["links"][0].update(impair={"loss_pct": 140}), "links[0].impair.loss_pct"),
+    ],
+)
+def test_topology_errors_are_located(tmp_path: Path, change, expected: str) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(load_topology().source.read_text())
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert any(expected in p and str(path) in p for p in info.value.problems), info.value.problems
+
+
+def test_topology_not_json_names_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"nodes": [\n,]}')
+    with pytest.raises(ConfigError, match=r"bad.json:2:1: not JSON"):
+        load_topology(path)
+
+
+def test_topology_roles() -> None:
+    assert [n.role for n in load_topology().nodes] == [
+        Role.SERVER, Role.FORWARDER, Role.FORWARDER, Role.CLIENT, Role.HOST]
+
+
+def test_impair_nft_script_drops_on_receiving_interface() -> None:
+    script = nft_script([("up-a", Impairment(loss_pct=10), 0), ("up-b", Impairment(delay_ms=20), 47001)])
+    assert 'iifname "up-a" numgen random mod 1000 < 100 counter drop' in script
+    assert 'iifname "up-b" meta l4proto udp tproxy ip to :47001' in script
+    assert nft_script([]).count("table inet alpaca_lab_impair") == 2  # create-then-delete only
