@@ -23,6 +23,7 @@ from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError, ConfigError
+from alpaca.hostplan import host_plan
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path
 from alpaca.secrets import Secrets, load_secrets
@@ -224,41 +225,20 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
 
 def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: int) -> list[str]:
     """What ``run`` changes on the host, one change per line."""
-    tun = config.tun_name
-    table = config.route_table
     lines = ["host changes:"]
     lines += [f"  run pre_up_cmds: {cmd}" for cmd in config.pre_up_cmds]
-    lines.append(f"  create TUN {tun}: address {config.tun_address}, mtu {config.mtu}, up")
     lines += [f"  run post_up_cmds: {cmd}" for cmd in config.post_up_cmds]
     for port in config.ports:
         bound = f" on interface {port.interface}" if port.interface else ""
         number = f"port {port.port}" if port.port else "a port the kernel picks"
         lines.append(f'  bind UDP socket "{port.name}": {port.address}, {number}{bound}')
-    if config.mode is Mode.CLIENT and config.gateway is not None:
-        via = config.peer_address(config.gateway)
-        lines.append(
-            f"  move the default route: table main -> table {table} via {via} dev {tun}"
-        )
-        for peer in sorted(secrets.peers.values(), key=lambda p: p.peer_id):
-            if peer.address:
-                lines.append(
-                    f"  route {peer.address}/32 via the original default gateway table {table}"
-                    f" (peer {format_peer_id(peer.peer_id)})"
-                )
-        for network in config.local_routes:
-            lines.append(
-                f"  route {network} via the original default gateway table {table} (local_routes)"
-            )
+    try:
+        ops = host_plan(config, secrets)
+    except ValueError as exc:
+        raise ConfigError([f"{config.path}: {exc}"]) from exc
+    lines += [f"  {op.description}" for op in ops]
     if config.chnroute is not None:
-        gateway = config.chnroute.gateway or "the original default gateway"
-        lines.append(
-            f"  chnroute: {chnroute_prefixes} prefixes from {config.chnroute.data}"
-            f" into table {config.chnroute.table} via {gateway}"
-        )
-    if config.mode is Mode.SERVER:
-        lines.append(f"  NAT: masquerade traffic from {config.net}")
-        lines.append(f"  forward: accept traffic from and to {config.net}")
-        lines.append("  sysctl net.ipv4.ip_forward=1")
+        lines.append(f"  (chnroute: {chnroute_prefixes} prefixes in {config.chnroute.data})")
     lines += [f"  at stop, run pre_down_cmds: {cmd}" for cmd in config.pre_down_cmds]
     lines += [f"  at stop, run post_down_cmds: {cmd}" for cmd in config.post_down_cmds]
     return lines
