@@ -48,15 +48,13 @@ def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err == ""
     for key in KEYS:
         assert key not in out and key.upper() not in out
-    assert "create TUN alpaca0: address 10.17.16.1/16, mtu 1400, up" in out
+    assert "configure alpaca0: mtu 1400, address 10.17.16.1/16, up" in out
     assert 'bind UDP socket "wan": 0.0.0.0, port 5000' in out
     assert 'bind UDP socket "lte": 0.0.0.0, port 5001' in out
-    assert "move the default route: table main -> table 253 via 10.17.1.1 dev alpaca0" in out
-    assert "route 192.0.2.1/32 via the original default gateway table 253 (peer 1.1)" in out
-    assert "route 192.0.2.2/32 via the original default gateway table 253 (peer 1.2)" in out
-    assert "route 192.168.0.0/16 via the original default gateway table 253 (local_routes)" in out
+    assert "add default via 10.17.1.1 dev alpaca0 table 253 proto 97" in out
+    assert "route 192.0.2.1/32, 192.0.2.2/32, 192.168.0.0/16 via the uplink table 253 proto 97" in out
     assert "chnroute: 2 prefixes" in out
-    assert "NAT" not in out
+    assert "masquerade" not in out
     assert "32-byte key" in out and "16-byte key (self)" in out
     assert out.rstrip().endswith("alpaca-tunnel: config OK")
 
@@ -71,9 +69,9 @@ def test_cli_check_original_sample_server(
     out = capsys.readouterr().out
     assert "[WARNING] alpaca.config:" in out and out.count("obsolete key") == 2
     assert "chnroute: 6594 prefixes" in out
-    assert "NAT: masquerade traffic from 10.17.0.0/16" in out
-    assert "sysctl net.ipv4.ip_forward=1" in out
-    assert "move the default route" not in out
+    assert "masquerade ip saddr 10.17.0.0/16" in out
+    assert "set net.ipv4.ip_forward=1" in out
+    assert "add default via" not in out
     assert "1f5c6281e4e3e0db7c57b74d2103e706" not in out
 
 
