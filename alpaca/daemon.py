@@ -31,6 +31,7 @@ from gevent.pool import Group
 
 from alpaca import __version__, compat
 from alpaca.config import Config, load_config
+from alpaca.control import ControlServer
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError
@@ -42,7 +43,9 @@ from alpaca.io.epoch import next_epoch
 from alpaca.io.tun import TunDevice
 from alpaca.io.udp import UdpPort
 from alpaca.io.watch import FileWatch
+from alpaca.metrics import build_registry, serve_metrics
 from alpaca.secrets import Secrets, load_secrets
+from alpaca.snapshot import snapshot
 from alpaca.system import journal as journal_mod
 from alpaca.system import link
 from alpaca.system.monitor import RouteMonitor, reconcile
@@ -76,6 +79,7 @@ class Daemon:
         self.tun: TunDevice | None = None
         self.journal = journal_mod.Journal(journal_path(config))
         self.started_at = wall()
+        self.started_mono = monotonic()
         self.expected_routes: list[ExpectedRoute] = []
         self._closers: list[Any] = []
         self._stopping = False
@@ -130,13 +134,6 @@ class Daemon:
         self._spawn(watch.run, self.reload)
 
     def _start_observability(self) -> None:
-        try:
-            import alpaca.control  # noqa: F401  TEMP
-        except ImportError:
-            return
-        from alpaca.control import ControlServer
-        from alpaca.metrics import build_registry, serve_metrics
-        from alpaca.snapshot import snapshot
 
         cfg = self.config
         if cfg.metrics.enabled:
@@ -144,13 +141,14 @@ class Daemon:
                                       start_time=self.started_at, node=format_peer_id(cfg.id))
             server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
             self._closers.append(server.stop)
-        control = ControlServer(cfg.control_socket, lambda: snapshot(self._engine(), monotonic()))
+        control = ControlServer(cfg.control_socket, self.snapshot)
         control.start()
         self._closers.append(control.stop)
 
-    def _engine(self) -> Engine:
+    def snapshot(self) -> dict[str, Any]:
+        """The state ``alpaca-tunnel show`` prints (the same numbers as /metrics)."""
         assert self.engine is not None
-        return self.engine
+        return snapshot(self.engine, monotonic(), started_at=self.started_mono, version=__version__)
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
@@ -195,10 +193,8 @@ class Daemon:
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
 
     def dump_state(self) -> None:
-        from alpaca.snapshot import snapshot
-
         if self.engine is not None:
-            log.info("state %s", json.dumps(snapshot(self.engine, monotonic()), sort_keys=True))
+            log.info("state %s", json.dumps(self.snapshot(), sort_keys=True))
 
     # ------------------------------------------------------------------ stop
     def wait(self) -> int:
