@@ -273,6 +273,8 @@ def load_config(path: Path) -> Config:
         raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
     except _DuplicateKey as exc:
         raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep, an integer of > 4300 digits
+        raise ConfigError([f"{path}: invalid JSON: {exc}"]) from exc
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a JSON object {{...}} at the top"])
     config = _Builder(path, data).build()

@@ -85,7 +85,9 @@ def run(*args: str, check: bool = True, timeout: float = 30.0) -> subprocess.Com
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def ns_run(ns: str, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def ns_run(
+    ns: str, *args: str, check: bool = True, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     return run("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
 
 
@@ -132,8 +134,8 @@ class Daemon:
         self.write_config()
         out = self.log.open("ab")
         self.log_offset = self.log.stat().st_size
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, ALPACA, "-c", str(self.config_path), "run"],
-                                     stdout=out, stderr=subprocess.STDOUT)
+        argv = ["ip", "netns", "exec", self.ns, ALPACA, "-c", str(self.config_path), "run"]
+        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         out.close()
         self.runs.append(self.proc.pid)
         if wait:
@@ -343,7 +345,7 @@ class Sniffer:
             parsed = parse_udp(frame)
             if parsed is None or where[0] != self.ifname or where[2] == socket.PACKET_OUTGOING:
                 continue
-            src, sport, dst, dport, payload = parsed
+            src, _, _, dport, _ = parsed
             if self.dport is not None and dport != self.dport:
                 continue
             if self.sport_ip is not None and src != self.sport_ip:

@@ -64,7 +64,8 @@ def network() -> tuple[EngineNet, Node, Node, Node]:
 
 
 def data_from(seen: list[tuple[tuple[str, int], int, bytes]], src: int) -> bytes:
-    return next(d for _, _, d in reversed(seen) if d[0] & 0x0F == PacketType.DATA and HEADER.unpack_from(d)[4] == src)
+    return next(d for _, _, d in reversed(seen)
+                if d[0] & 0x0F == PacketType.DATA and HEADER.unpack_from(d)[4] == src)
 
 
 class Attack:
@@ -83,7 +84,9 @@ class Attack:
         return drop_delta(before, drops(engine))
 
 
-HEADER_REASONS = {"bad_version", "bad_type", "reserved_id", "from_self", "unknown_peer", "old_epoch", "bad_tag"}
+HEADER_REASONS = {
+    "bad_version", "bad_type", "reserved_id", "from_self", "unknown_peer", "old_epoch", "bad_tag",
+}
 
 
 def test_forgery_every_flipped_bit_outside_the_hop_bytes_is_dropped_by_reason() -> None:
@@ -294,7 +297,7 @@ def test_forgery_zeroed_ttl_on_one_path_does_not_kill_the_copy_on_the_other() ->
 
 @pytest.mark.parametrize("size", [OVERHEAD - 1, OVERHEAD, HEADER_LEN + 17, 200, MAX_DATAGRAM])
 def test_forgery_random_bytes_of_any_size_change_nothing(size: int) -> None:
-    net, s, c1, _ = network()
+    net, s, _, _ = network()
     attack = Attack(net, s)
     for _ in range(200):
         delta = attack(os.urandom(size), UP1)
