@@ -18,9 +18,13 @@ Outside (UDP -> TUN or relay), :meth:`Engine.on_datagram`, in this order:
 
 Dispatch (the wiki's rules): ``dst < src`` (upstream) with forwarders configured goes to each
 forwarder on its best path (a2/b3); everything else goes to every live path of ``dst`` (a1,
-b2, and all downstream traffic), or to every known path when none is live yet. Split horizon:
-never back to the address the packet came from. Loop check: never to an address that is the
-inner packet's own source or destination.
+b2, and all downstream traffic), or to every known path when none is live yet. A destination
+we have no path to at all (a client we have never heard from, e.g. the first packet of a
+client-to-client flow) goes the way upstream traffic goes: to the forwarders, else to the
+gateway, which relays it on (the original dropped it, so P2P depended on who spoke first).
+Split horizon: never back to the address the packet came from. Loop check: never to an
+address that is the inner packet's own source or destination. TTL and the relays' replay
+windows bound any loop a configuration could build.
 
 Not thread-safe: call only from the hub greenlets of one gevent hub.
 """
@@ -275,13 +279,18 @@ class Engine:
     ) -> tuple[list[Target], list[Target]]:
         """(first-copy targets, spare links for delayed copies), split horizon applied."""
         s = self.settings
-        if dst < src and s.forwarders:
+        peer = self.peers.get(dst)
+        if peer is None:
+            return [], []
+        links = peer.paths.live_links() or peer.paths.links()
+        if (dst < src or not links) and s.forwarders:
             chosen, spare = self._forwarder_targets(dst, pi)
+        elif not links and s.gateway is not None and s.gateway != dst and s.gateway in self.peers:
+            gateway_links = self.peers[s.gateway].paths
+            chosen = [(p, p.pi if pi is None else pi, p)
+                      for p in gateway_links.live_links() or gateway_links.links()]
+            spare = []
         else:
-            peer = self.peers.get(dst)
-            if peer is None:
-                return [], []
-            links = peer.paths.live_links() or peer.paths.links()
             chosen = [(p, p.pi if pi is None else pi, p) for p in links]
             spare = []
         if came_from is not None:

@@ -141,6 +141,45 @@ def test_engine_p2p_between_two_clients_through_the_server() -> None:
     assert len(c2.tun) == 1
 
 
+def test_engine_p2p_first_packet_to_an_unknown_client_goes_through_a_shared_forwarder() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c1 = net.add("C1", "16.1", [UP1, ("10.1.0.9", 6000)], static=False)
+    c2 = net.add("C2", "16.2", [UP2], static=False)
+    net.link(UP1, F1_EP)
+    net.link(("10.1.0.9", 6000), F2_EP)
+    net.link(UP2, F2_EP)
+    net.link(F1_EP, S_EP)
+    net.link(F2_EP, S_EP)
+    for node in (s, f1, f2):
+        net.start(node)
+    net.start(c1, forwarders=(pid("1.2"), pid("1.3")), gateway=pid("1.1"))
+    net.start(c2, forwarders=(pid("1.3"),), gateway=pid("1.1"))
+    net.run(2.0)
+    assert c2.peer_id not in {p for p, peer in eng(c1).peers.items() if peer.paths.links()}
+    ping(net, c1, tunnel_ip(c2.peer_id), gap=0.2)  # 16.1 -> 16.2: downstream, no path yet
+    assert len(c2.tun) == 1
+    ping(net, c2, tunnel_ip(c1.peer_id), gap=0.2)  # the reply, upstream through 1.3
+    assert len(c1.tun) == 1
+
+
+def test_engine_p2p_without_forwarders_goes_through_the_gateway() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c1 = net.add("C1", "16.1", [UP1], static=False)
+    c2 = net.add("C2", "16.2", [UP2], static=False)
+    net.link(UP1, S_EP)
+    net.link(UP2, S_EP)
+    net.start(s)
+    net.start(c1, gateway=pid("1.1"))
+    net.start(c2, gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c1, tunnel_ip(c2.peer_id), gap=0.2)
+    assert len(c2.tun) == 1 and eng(s).stats.forwarded_packets >= 1
+
+
 def test_engine_split_horizon_stops_two_relays_bouncing_a_packet() -> None:
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])

@@ -143,8 +143,6 @@ def _two_clients() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.xfail(reason="the engine drops client-to-client packets (alpaca_packets_dropped_total"
-                   '{reason="no_path"} on 16.1): no relay through the gateway yet', strict=False)
 def test_scenario_p2p_between_two_clients() -> None:
     lab = _build(_two_clients())
     try:
