@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from alpaca.config import Config, Mode
 from alpaca.core.engine import Engine
@@ -119,9 +119,7 @@ def attach(
         log.warning("%s", warning)
     out: Output = plane
     mux = ProtocolMux(engine, LegacyEngine(legacy, out, random_bytes=random_bytes))
-    # Dataplane.attach is annotated with Engine but only calls on_tun_packet, on_datagram,
-    # on_timer and next_deadline, which the mux has with the same signatures.
-    plane.attach(cast(Engine, mux))
+    plane.attach(mux)
     return mux
 
 

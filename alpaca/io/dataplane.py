@@ -23,17 +23,32 @@ these greenlets (and the daemon's control greenlet on the same hub), so it needs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.pool import Group
 
 from alpaca.core.drops import DropReason
-from alpaca.core.engine import Engine
 from alpaca.core.settings import Addr
+from alpaca.core.stats import EngineStats
 from alpaca.io import DatagramPort, PacketDevice
 from alpaca.io.clock import monotonic
 from alpaca.io.timer import DeadlineTimer
+
+
+class PacketEngine(Protocol):
+    """What the dataplane drives: the Engine, or a ProtocolMux in front of several."""
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    def on_tun_packet(self, packet: bytes, now: float) -> None: ...
+
+    def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None: ...
+
+    def on_timer(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
 
 
 class Dataplane:
@@ -55,7 +70,7 @@ class Dataplane:
         self.ports = list(ports)
         self.clock = clock
         self.batch = batch
-        self.engine: Engine | None = None
+        self.engine: PacketEngine | None = None
         self.timer = DeadlineTimer(self._on_timer, clock=clock)
         #: (port, addr) -> datagrams queued during the current batch; None outside a batch.
         self._pending: dict[tuple[int, Addr], list[bytes]] | None = None
@@ -89,7 +104,7 @@ class Dataplane:
         return self.tun.write(packet)
 
     # wiring ---------------------------------------------------------------------------------
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: PacketEngine) -> None:
         """Give the dataplane its engine (the engine is built with this object as Output)."""
         self.engine = engine
 
