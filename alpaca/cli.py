@@ -24,6 +24,7 @@ from alpaca.config import Config, Mode, load_config, read_chnroute
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError, ConfigError
 from alpaca.hostplan import host_plan
+from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path
 from alpaca.secrets import Secrets, load_secrets
@@ -102,6 +103,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("genkey", "print a new random key for the secrets file", cmd_genkey),
     Subcommand("version", "print the version", cmd_version),
     Subcommand("show", show.HELP, show.cmd_show, show.configure),
+    Subcommand("lab", "namespace lab: up, down, status, exec, impair, demo", lab_cli.run, lab_cli.configure),
 ]
 
 
