@@ -20,8 +20,9 @@ def host_state(lab: Lab, node: str) -> tuple[str, str, str]:
     """Routes (all tables), rules and nftables ruleset of a node's namespace."""
     ns = lab.ns[node]
     routes = ns_run(ns, "ip", "route", "show", "table", "all").stdout
-    routes = "\n".join(sorted(line for line in routes.splitlines() if "proto kernel" not in line
-                              and not line.startswith(("local ", "broadcast ", "multicast ", "fe80", "ff00"))))
+    skip = ("local ", "broadcast ", "multicast ", "fe80", "ff00")
+    routes = "\n".join(sorted(line for line in routes.splitlines()
+                              if "proto kernel" not in line and not line.startswith(skip)))
     return routes, ns_run(ns, "ip", "rule").stdout, ns_run(ns, "nft", "list", "ruleset").stdout
 
 
@@ -64,7 +65,8 @@ def test_faults_flapping_path_with_duplicate_send_loses_no_ping(tmp_path: Path) 
     extra = {"ports": [{"name": "up1", "interface": "c0"}, {"name": "up2", "interface": "c1"}],
              "dup": {"policy": "all", "copies": 1, "delay_ms": 20}}
     with Lab(tmp_path, second_uplink=True, client_extra=extra) as lab:
-        ns_run(lab.ns["c"], "ip", "route", "add", "10.99.2.0/24", "via", "10.99.4.1", "dev", "c1", "metric", "500")
+        ns_run(lab.ns["c"], "ip", "route", "add", "10.99.2.0/24", "via", "10.99.4.1", "dev", "c1",
+               "metric", "500")
         lab.start_all()
         lab.wait_tunnel()
         time.sleep(1.5)
@@ -94,8 +96,7 @@ def test_faults_tun_deleted_under_the_daemon_exits_nonzero_and_cleans_up(tmp_pat
         text = client.text()
         print("\n" + "\n".join(line for line in text.splitlines() if "ERROR" in line or "alsc0" in line))
         assert code != 0
-        assert re.search(r"alsc0.*(vanished|gone|deleted|removed)|(vanished|gone|deleted|removed).*alsc0", text,
-                         re.I), text[-2000:]
+        assert re.search(r"ERROR.*alsc0 (vanished|gone|deleted|removed)", text, re.I), text[-2000:]
         assert host_state(lab, "c") == clean
 
 
@@ -143,6 +144,6 @@ def test_faults_unwritable_state_file_refuses_to_start(tmp_path: Path) -> None:
         assert code == 1
         assert str(blocker / "epoch") in text
         assert "Traceback" not in text
-        assert not ns_run(lab.ns["c"], "ip", "link", "show", "alsc0", check=False).returncode == 0
+        assert ns_run(lab.ns["c"], "ip", "link", "show", "alsc0", check=False).returncode != 0
 
 
