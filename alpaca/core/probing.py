@@ -37,6 +37,10 @@ PROBE = struct.Struct("!I")
 REPLY = struct.Struct("!IQ")
 MAX_TICK = 0.25
 MAX_OUTSTANDING = 1 << 16
+#: A path that never answered its first DORMANT_AFTER probes (e.g. a local port that has no
+#: route to that peer's address) is probed only every DORMANT_EVERY rounds from then on.
+DORMANT_AFTER = 5
+DORMANT_EVERY = 10
 
 
 class Prober:
@@ -48,6 +52,7 @@ class Prober:
         self.next_probe_at = 0.0
         self.outstanding: dict[int, tuple[Path, float]] = {}
         self._next_id = 1
+        self._round = 0
 
     def on_timer(self, now: float) -> None:
         """Run a tick if one is due: probe round (every probe_interval) and path evaluation."""
@@ -57,6 +62,7 @@ class Prober:
         self.next_tick_at = now + min(MAX_TICK, s.probe_interval)
         if now >= self.next_probe_at:
             self.next_probe_at = now + s.probe_interval
+            self._round += 1
             self._forget_unanswered(now - 2 * s.path_timeout)
             for peer in self.engine.peers.values():
                 if self._is_watched(peer, now):
@@ -70,13 +76,19 @@ class Prober:
             or bool(peer.paths.learned) or now - peer.last_active_at < s.path_lifetime
         )
 
+    def _is_dormant(self, path: Path) -> bool:
+        """Never answered after DORMANT_AFTER probes, and this is not one of its rounds."""
+        return (path.changes == 0 and path.probes_sent >= DORMANT_AFTER
+                and self._round % DORMANT_EVERY != 0)
+
     def _probe_peer(self, peer: Peer, now: float) -> None:
         for link in peer.paths.links():
-            self._send_probe(peer, link, link, now)
+            if not self._is_dormant(link):
+                self._send_probe(peer, link, link, now)
         for via in peer.paths.via.values():
             fwd = self.engine.peers.get(via.via) if via.via is not None else None
             best = fwd.paths.best_link() if fwd is not None else None
-            if best is not None:
+            if best is not None and not self._is_dormant(via):
                 self._send_probe(peer, via, best, now)
 
     def _send_probe(self, peer: Peer, path: Path, link: Path, now: float) -> None:

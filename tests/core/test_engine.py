@@ -309,6 +309,22 @@ def test_engine_probes_measure_rtt_and_per_path_data_loss() -> None:
     assert path.probes_answered < path.probes_sent
 
 
+def test_engine_a_path_that_never_answers_is_probed_rarely_and_found_when_it_wakes() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, S_EP)  # UP2 has no link to the server at all
+    net.start(s)
+    net.start(c, gateway=pid("1.1"))
+    net.run(60.0)
+    dead = eng(c).peers[s.peer_id].paths.static[1]
+    assert not dead.up and dead.reason == "new"
+    assert 5 <= dead.probes_sent <= 12  # 5 at 1/s, then one every 10 s, instead of 60
+    net.link(UP2, S_EP)
+    net.run(11.0)
+    assert dead.up
+
+
 # --------------------------------------------------------------------------- duplicate-send
 def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
     net, s, c = two_path_pair(loss=0.3)
