@@ -16,6 +16,7 @@ import logging
 from pyroute2 import IPRoute
 
 from alpaca.errors import SystemSetupError
+from alpaca.system import sysctl
 from alpaca.system.netlink import OK_ADD, OK_DEL, errno_text, iproute, nl_call
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ def configure_tun(
 ) -> int:
     """Set the MTU, add ``address_cidr`` (idempotent) and bring ``ifname`` up.
 
+    IPv6 is turned off on the device before it comes up: only IPv4 is carried, and otherwise
+    the kernel's own IPv6 traffic (router solicitations) is read from it and dropped. The
+    setting belongs to the device and goes away with it, so there is nothing to restore.
+
     Returns:
         The interface index.
     Raises:
@@ -57,6 +62,7 @@ def configure_tun(
             prefixlen=iface.network.prefixlen,
             ok=OK_ADD,
         )
+        _disable_ipv6(ifname, netns)
         nl_call(f"setting {ifname} up", nl.link, "set", index=index, state="up")
     log.info("tun configured dev=%s addr=%s mtu=%d", ifname, iface.with_prefixlen, mtu)
     return index
@@ -81,3 +87,11 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         )
     log.info("stale device removed dev=%s", ifname)
     return True
+
+
+def _disable_ipv6(ifname: str, netns: str | None) -> None:
+    key = f"net.ipv6.conf.{ifname}.disable_ipv6"
+    try:
+        sysctl.write(key, "1", netns)
+    except SystemSetupError as exc:  # a kernel without IPv6: nothing to turn off
+        log.debug("ipv6 not disabled dev=%s error=%s", ifname, exc)
