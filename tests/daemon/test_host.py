@@ -1,0 +1,223 @@
+"""Host integration of real daemons: what they change in their namespace, and that they put
+everything back (after SIGTERM, and after a SIGKILL followed by a restart)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alpaca.config import read_chnroute
+from tests.daemon.conftest import (
+    INET,
+    REPO,
+    TUN,
+    Lab,
+    Simple,
+    build_simple,
+    host_state,
+    ping,
+    seen_source,
+    wait_ping,
+)
+from tests.helpers import nsexec
+
+CHNROUTE = REPO / "tests" / "data" / "original-sample" / "route_data_cidr.txt"
+
+
+def start(topo: Simple) -> None:
+    topo.lab.start(topo.server)
+    topo.lab.start(topo.client)
+    wait_ping(topo.client.ns, INET)
+
+
+def assert_through_tunnel(topo: Simple) -> None:
+    assert f"dev {TUN}" in nsexec(topo.client.ns, "ip", "route", "get", INET).stdout
+    # The inet side sees the server's address: the packet left the server through its NAT.
+    assert seen_source(topo.client.ns, topo.inet, INET) == "198.18.0.1"
+
+
+def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
+    for key in before:
+        assert after[key] == before[key], f"{key} differs"
+
+
+def assert_same_lines(first: dict[str, str], second: dict[str, str]) -> None:
+    """The same lines, in any order (two runs create the TUN's IPv6 routes in varying order)."""
+    for key in first:
+        assert sorted(second[key].splitlines()) == sorted(first[key].splitlines()), f"{key} differs"
+
+
+def table_routes(ns: str, table: str) -> list[dict[str, object]]:
+    out = nsexec(ns, "ip", "-j", "route", "show", "table", table).stdout
+    return list(json.loads(out or "[]"))
+
+
+@pytest.mark.netns
+def test_host_client_mode_changes_are_undone(lab: Lab) -> None:
+    topo = build_simple(lab)
+    before = host_state(topo.client.ns)
+    before_server = host_state(topo.server.ns)
+    start(topo)
+    assert_through_tunnel(topo)
+    during = host_state(topo.client.ns)
+    assert during["routes"] != before["routes"] and during["nft"] != before["nft"]
+    assert lab.stop(topo.client) == 0
+    assert lab.stop(topo.server) == 0
+    assert_same(before, host_state(topo.client.ns))
+    assert_same(before_server, host_state(topo.server.ns))
+
+
+@pytest.mark.netns
+def test_host_client_recovers_after_kill(lab: Lab) -> None:
+    topo = build_simple(lab)
+    before = host_state(topo.client.ns)
+    start(topo)
+    first = host_state(topo.client.ns)
+    lab.kill(topo.client)
+    assert topo.client.journal_path.exists(), "a crash leaves the undo journal"
+    lab.start(topo.client)
+    assert "recovering from a previous run" in topo.client.log()
+    wait_ping(topo.client.ns, INET)
+    second = host_state(topo.client.ns)
+    assert_same_lines(first, second)  # one copy of every route, rule and table
+    defaults = [r for r in table_routes(topo.client.ns, "253") if r["dst"] == "default"]
+    assert len(defaults) == 1
+    assert second["nft"].count(f"table inet alpaca_{TUN} ") == 1
+    assert_through_tunnel(topo)
+    assert lab.stop(topo.client) == 0
+    assert_same(before, host_state(topo.client.ns))
+
+
+@pytest.mark.netns
+def test_host_server_recovers_after_kill(lab: Lab) -> None:
+    topo = build_simple(lab)
+    nsexec(topo.server.ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+    before = host_state(topo.server.ns)
+    start(topo)
+    first = host_state(topo.server.ns)
+    assert first["ip_forward"].strip().endswith("= 1")
+    lab.kill(topo.server)
+    lab.start(topo.server)
+    assert "recovering from a previous run" in topo.server.log()
+    wait_ping(topo.client.ns, INET)
+    second = host_state(topo.server.ns)
+    assert_same_lines(first, second)
+    assert second["nft"].count(f"table inet alpaca_{TUN} ") == 1
+    assert_through_tunnel(topo)
+    assert lab.stop(topo.server) == 0
+    after = host_state(topo.server.ns)
+    assert after["ip_forward"].strip() == "net.ipv4.ip_forward = 0"
+    assert_same(before, after)
+
+
+@pytest.mark.netns
+def test_host_chnroute_loaded_and_removed(lab: Lab) -> None:
+    topo = build_simple(lab, client_config={"chnroute": {"data": str(CHNROUTE)}})
+    expected = {ipaddress.IPv4Network(n) for n in read_chnroute(CHNROUTE)}
+    before = host_state(topo.client.ns)
+    start(topo)
+    loaded = {
+        ipaddress.IPv4Network(str(r["dst"]))
+        for r in table_routes(topo.client.ns, "253")
+        if r["dst"] != "default" and str(r.get("protocol")) == "97"
+    }
+    chn = loaded & expected
+    print(f"chnroute: {len(expected)} prefixes in the file, {len(chn)} in table 253")
+    assert len(expected) == 6594
+    assert chn == expected
+    assert_through_tunnel(topo)
+    assert lab.stop(topo.client) == 0
+    assert_same(before, host_state(topo.client.ns))
+    assert not table_routes(topo.client.ns, "253")
+
+
+@pytest.mark.netns
+def test_host_server_behind_forward_drop(lab: Lab) -> None:
+    topo = build_simple(lab)
+    nsexec(topo.server.ns, "iptables", "-P", "FORWARD", "DROP")
+    nsexec(topo.server.ns, "iptables", "-A", "FORWARD", "-s", "203.0.113.0/24", "-j", "ACCEPT")
+    before = host_state(topo.server.ns)
+    start(topo)
+    assert f"alpaca-tunnel:{TUN}" in nsexec(topo.server.ns, "iptables", "-S", "FORWARD").stdout
+    assert_through_tunnel(topo)
+    sent, received, _ = ping(topo.client.ns, INET, "-c", "10", "-i", "0.05")
+    assert received == sent
+    assert lab.stop(topo.server) == 0
+    after = host_state(topo.server.ns)
+    assert after["iptables"] == before["iptables"]
+    assert_same(before, after)
+
+
+def _hooks(path: str) -> dict[str, list[str]]:
+    tun = f"ip link show {TUN} >/dev/null 2>&1"
+    return {
+        "pre_up_cmds": [f"{tun} && echo pre_up tun >> {path} || echo pre_up notun >> {path}",
+                        "echo failing; exit 3",
+                        f"echo pre_up second >> {path}"],
+        "post_up_cmds": [f"ip -o addr show dev {TUN} | grep -q 10.17.1.1/16 && echo post_up addr >> {path}"],
+        "pre_down_cmds": [f"{tun} && echo pre_down tun >> {path} || echo pre_down notun >> {path}"],
+        "post_down_cmds": [f"{tun} && echo post_down tun >> {path} || echo post_down notun >> {path}"],
+    }
+
+
+@pytest.mark.netns
+def test_host_hooks_run_in_order(lab: Lab) -> None:
+    ns = lab.ns("server")
+    record = lab.tmp_path / "hooks.txt"
+    node = lab.node("server", ns, "1.1", "server", **_hooks(str(record)))
+    node.write_secrets(["1.1 " + "11" * 32 + " null null 0"])
+    lab.start(node)
+    assert lab.stop(node) == 0
+    assert record.read_text().splitlines() == [
+        "pre_up notun", "pre_up second", "post_up addr", "pre_down tun", "post_down notun",
+    ]
+    assert "hook failed stage=pre_up index=1 exit=3" in node.log()
+
+
+@pytest.mark.netns
+def test_host_strict_hook_failure_stops_startup(lab: Lab) -> None:
+    ns = lab.ns("server")
+    record = lab.tmp_path / "hooks.txt"
+    node = lab.node("server", ns, "1.1", "server", strict_hooks=True, **_hooks(str(record)))
+    node.write_secrets(["1.1 " + "11" * 32 + " null null 0"])
+    nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+    before = host_state(ns)
+    lab.start(node, wait=False)
+    assert node.proc is not None
+    code = node.proc.wait(20)
+    assert code not in (0, -signal.SIGKILL), node.log_tail()
+    assert "pre_up_cmds[1] failed with exit code 3" in node.log()
+    lines = record.read_text().splitlines()
+    assert lines[0] == "pre_up notun" and "pre_up second" not in lines and "post_up addr" not in lines
+    assert_same(before, host_state(ns))
+    assert not node.journal_path.exists()
+
+
+UNIT = REPO / "config" / "alpaca-tunnel.service"
+
+
+def test_service_unit_verifies(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` accepts the unit (with ExecStart pointed at this installation's
+    executable, since /usr/local/bin/alpaca-tunnel exists only after ``make install``)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    text = UNIT.read_text()
+    assert "ExecStart=/usr/local/bin/alpaca-tunnel -c /usr/local/etc/alpaca-tunnel.d/config.json run" in text
+    for line in ("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE",
+                 "DeviceAllow=/dev/net/tun rw", "RuntimeDirectory=alpaca-tunnel",
+                 "StateDirectory=alpaca-tunnel", "Restart=on-failure", "NoNewPrivileges=yes"):
+        assert line in text.splitlines()
+    unit = tmp_path / "alpaca-tunnel.service"
+    exe = str(Path(sys.executable).with_name("alpaca-tunnel"))
+    unit.write_text(text.replace("/usr/local/bin/alpaca-tunnel", exe))
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr

