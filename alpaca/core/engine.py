@@ -89,6 +89,7 @@ class Engine:
         self.routes = RouteCache(settings.route_cache_size, settings.route_cache_ttl)
         self.dup = DupSendScheduler(settings.dup_queue_max)
         self.prober = Prober(self)
+        self._copy_turn = 0
         self._apply_peers(settings)
 
     # ----------------------------------------------------------------- configuration
@@ -110,9 +111,11 @@ class Engine:
         self._apply_peers(settings)
         self.routes.flush()
         self.generation.bump()
+        self.prober.next_probe_at = self.prober.next_tick_at = 0.0  # learn new peers' links now
         self.stats.reloads += 1
 
     def _apply_peers(self, settings: EngineSettings) -> None:
+        self._copy_policy = DupPolicy.NONE if settings.dup_copies == 0 else settings.dup_policy
         for spec in settings.peers.values():
             if spec.peer_id == self.self_id:
                 continue
@@ -200,9 +203,9 @@ class Engine:
 
     def _copies_for(self, packet: bytes) -> int:
         s = self.settings
-        if s.dup_copies == 0 or s.dup_policy is DupPolicy.NONE:
+        if self._copy_policy is DupPolicy.NONE:
             return 0
-        if s.dup_policy is DupPolicy.ALL or ippkt.is_syn_or_dns(packet):
+        if self._copy_policy is DupPolicy.ALL or ippkt.is_syn_or_dns(packet):
             return s.dup_copies
         return 0
 
@@ -299,31 +302,46 @@ class Engine:
         return chosen, spare
 
     def _forwarder_targets(self, dst: int, pi: int | None) -> tuple[list[Target], list[Target]]:
-        """a2/b3: one target per usable forwarder (its best link), plus its other live links."""
+        """a2/b3: one target per usable forwarder (its best link), plus its other live links.
+
+        A forwarder none of whose links is live yet (just configured, or restarting) gets the
+        packet on every link, as any peer does: which local port reaches it is not known yet.
+        When some forwarder is live, the ones that are not are left out.
+        """
         dst_peer = self.peers.get(dst)
-        chosen: list[Target] = []
+        live: list[Target] = []
+        unknown: list[Target] = []
         spare: list[Target] = []
         for i, fwd in enumerate(self.settings.forwarders):
             peer = self.peers.get(fwd)
             if peer is None or fwd == self.self_id:
                 continue
-            best = peer.paths.best_link()
-            if best is None:
-                continue
             via = dst_peer.paths.via.get(i + 1) if dst_peer is not None else None
+            links = peer.paths.live_links()
+            if not links:
+                for link in peer.paths.links():
+                    stamp = pi if pi is not None else (link.pi if via is None else via.pi)
+                    unknown.append((link, stamp, via or link))
+                continue
+            best = min(links, key=_rtt_order)
             stamp = pi if pi is not None else (best.pi if via is None else via.pi)
-            chosen.append((best, stamp, via or best))
-            spare.extend((p, stamp, via or p) for p in peer.paths.live_links() if p is not best)
-        live = [t for t in chosen if t[0].up]
-        return (live or chosen), spare
+            live.append((best, stamp, via or best))
+            spare.extend((p, stamp, via or p) for p in links if p is not best)
+        return (live or unknown), spare
 
     def _schedule_copies(
         self, datagram: bytes, ttl: int, used: list[Target], spare: list[Target], copies: int, now: float,
     ) -> None:
-        """Copy i (1-based) leaves i * dup_delay later, on a spare link when there is one."""
-        pool = spare or used[1:] + used[:1]
+        """Copy i (1-based) leaves i * dup_delay later, on a spare link when there is one.
+
+        Without spare links the copies take turns over the links the first copies used, so
+        that with two paths each carries half of the copies (not the second one all of them).
+        """
+        pool = spare or used
+        turn = self._copy_turn
+        self._copy_turn = turn + copies
         for i in range(1, copies + 1):
-            link, stamp, _ = pool[(i - 1) % len(pool)]
+            link, stamp, _ = pool[(turn + i) % len(pool)]
             assert link.addr is not None
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
@@ -465,3 +483,8 @@ class Engine:
         flow = self.flows.get((peer_id, self.self_id))
         return flow.window.lost if flow is not None else 0
 
+
+
+def _rtt_order(path: Path) -> float:
+    """Sort key: smoothed RTT, unmeasured last."""
+    return path.srtt if path.srtt is not None else float("inf")

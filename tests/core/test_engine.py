@@ -141,6 +141,31 @@ def test_engine_p2p_between_two_clients_through_the_server() -> None:
     assert len(c2.tun) == 1
 
 
+def test_engine_a_forwarder_added_by_reload_is_tried_on_every_link_until_one_answers() -> None:
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, F1_EP)
+    net.link(UP2, F2_EP)  # only the second uplink reaches 1.3
+    net.link(F1_EP, S_EP)
+    net.link(F2_EP, S_EP)
+    for node in (s, f1, f2):
+        net.start(node)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(2.0)
+    from dataclasses import replace
+
+    eng(c).reload(replace(eng(c).settings, forwarders=(pid("1.3"),)))
+    delivered = len(s.tun)
+    ping(net, c, "8.8.8.8", gap=0.05)  # before any probe of 1.3 was answered
+    assert len(s.tun) == delivered + 1
+    net.run(1.0)
+    ping(net, c, "8.8.8.8", n=20, gap=0.05)
+    assert len(s.tun) == delivered + 21
+
+
 def test_engine_p2p_first_packet_to_an_unknown_client_goes_through_a_shared_forwarder() -> None:
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])
