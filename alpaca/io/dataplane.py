@@ -35,7 +35,6 @@ from alpaca.io import DatagramPort, PacketDevice
 from alpaca.io.clock import monotonic
 from alpaca.io.timer import DeadlineTimer
 
-
 #: The timer fires this much after the engine's deadline, so that one wake-up sends every
 #: delayed copy due within it as one batch (GSO) instead of a wake-up and a sendto per copy.
 TIMER_SLACK = 0.001
