@@ -384,6 +384,8 @@ class Engine:
             self.stats.drop(DropReason.DUPLICATE if verdict is Verdict.DUPLICATE else DropReason.TOO_OLD)
             return
         path = peer.paths.learn(pi, port, addr, now)
+        if not path.up:
+            self.path_answered(path, now)
         path.rx_packets += 1
         path.rx_bytes += n
         path.rx_first += 1
@@ -393,6 +395,13 @@ class Engine:
         elif self.dispatch(data, src, dst, addr[0], now, ttl - 1, pi):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
+
+    def path_answered(self, path: Path, now: float) -> None:
+        """``path`` just delivered something authentic: if it was down, it is up from now on
+        (not from the next tick), so the very next packet already goes on it too."""
+        if path.evaluate(now, self.settings.path_timeout):
+            self.generation.bump()
+            self.stats.path_changes += 1
 
     def _precheck(self, vt: int, pi: int, src: int, dst: int, epoch: int) -> DropReason | None:
         """Checks on the clear header that need no key and change no state."""

@@ -297,6 +297,18 @@ def test_engine_path_goes_down_within_the_timeout_and_comes_back() -> None:
     assert paths[0].up and paths[0].reason == "answering"
 
 
+def test_engine_a_new_path_carries_traffic_from_its_first_packet() -> None:
+    net, s, c = two_path_pair()
+    peer_at_s = eng(s).peers[c.peer_id]
+    c.engine = None
+    net.run(3.5)  # silent for longer than path_timeout: both learned paths are down
+    assert not peer_at_s.paths.live_links() and len(peer_at_s.paths.learned) == 2
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    eng(s).prober.next_tick_at = net.now + 10  # no evaluation tick on the server meanwhile
+    ping(net, c, "8.8.8.8", gap=0.02)  # the client is back: its packets reach both paths
+    assert all(p.up for p in peer_at_s.paths.learned.values())
+
+
 def test_engine_failover_loses_nothing_when_one_path_dies_mid_transfer() -> None:
     net, s, c = two_path_pair()
     before = len(s.tun)

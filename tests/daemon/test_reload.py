@@ -115,12 +115,6 @@ def test_reload_invalid_secrets_keeps_running(lab: Lab) -> None:
     assert lab.stop(topo.server) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: a peer that is neither gateway, forwarder nor recently active is not probed "
-    "(Prober._is_watched), so all its links are down; when a reload makes it a forwarder, "
-    "Engine._forwarder_targets sends upstream only on best_link(), which with no live link is "
-    "links()[0] (here the socket bound to the other uplink, which cannot reach it). Upstream "
-    "traffic is lost until the next probe round (up to probe_interval)."))
 def test_reload_forwarder_added_live(lab: Lab) -> None:
     check_forwarder_change(lab, ("1.2",))
 

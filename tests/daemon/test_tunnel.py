@@ -76,12 +76,6 @@ def test_tunnel_forwarder_killed_mid_transfer(lab: Lab) -> None:
     assert topo.client.alive and topo.server.alive
 
 
-# Not strict: the loss below comes and goes (seen in about half of the runs on a busy machine).
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent: a clean path loses datagrams. With no induced loss, 3-5 % of the upstream DATA "
-    "sent via forwarder 1.3 sometimes never reaches the server (client state dump: via-1.3 "
-    "data_lost 9-17 of 301; server: 289 duplicates for 300 pings; no Udp RcvbufErrors/InErrors in "
-    "any namespace), so with 10 % loss on uplink A a few pings are lost on both paths (2-5 of 300)"))
 def test_tunnel_loss_on_one_uplink_is_masked(lab: Lab) -> None:
     topo = build_multipath(lab)
     # 10 % loss where uplink A's datagrams are received: at forwarder 1.2 (upstream) and at the
