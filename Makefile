@@ -53,13 +53,23 @@ soak: deps venv
 fuzz: venv
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py $(PYTEST_ARGS)
 
-install: venv
-	$(PY) -m pip install .
-	install -d -m 0755 /usr/local/etc/alpaca-tunnel.d
-	[ -e /usr/local/etc/alpaca-tunnel.d/config.json ] || install -m 0644 config/client.json /usr/local/etc/alpaca-tunnel.d/config.json
-	[ -e /usr/local/etc/alpaca-tunnel.d/secrets.txt ] || install -m 0600 config/secrets.example /usr/local/etc/alpaca-tunnel.d/secrets.txt
-	install -m 0644 config/alpaca-tunnel.service /etc/systemd/system/alpaca-tunnel.service
-	-systemctl daemon-reload
+# Installs into a private virtualenv and copies its launcher (not a symlink: the launcher's
+# own path decides where the config is read from, see README "Run") to $(PREFIX)/bin.
+PREFIX      ?= /usr/local
+APPDIR      ?= $(PREFIX)/lib/alpaca-tunnel
+CONFDIR     ?= $(PREFIX)/etc/alpaca-tunnel.d
+SYSTEMD_DIR ?= /etc/systemd/system
+
+install:
+	$(PY) -m venv $(APPDIR)
+	$(APPDIR)/bin/pip install -q --upgrade pip
+	$(APPDIR)/bin/pip install -q .
+	install -d -m 0755 $(PREFIX)/bin $(CONFDIR) $(SYSTEMD_DIR)
+	install -m 0755 $(APPDIR)/bin/alpaca-tunnel $(PREFIX)/bin/alpaca-tunnel
+	[ -e $(CONFDIR)/config.json ] || install -m 0644 config/client.json $(CONFDIR)/config.json
+	[ -e $(CONFDIR)/secrets.txt ] || install -m 0600 config/secrets.example $(CONFDIR)/secrets.txt
+	install -m 0644 config/alpaca-tunnel.service $(SYSTEMD_DIR)/alpaca-tunnel.service
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .deps.stamp *.egg-info .mypy_cache .ruff_cache .pytest_cache
