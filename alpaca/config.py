@@ -157,6 +157,9 @@ class Config:
     """Shell commands run at shutdown after the TUN device is removed. Default none."""
     tun_name: str = "alpaca0"
     """TUN interface name, at most 15 characters. Default alpaca0."""
+    tun_txqueuelen: int = C.DEFAULT_TUN_TXQUEUELEN
+    """Packets the kernel queues on the TUN device before dropping (default 64): a short queue
+    keeps a saturating flow from adding tens of milliseconds to every other flow's latency."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL
@@ -446,7 +449,7 @@ def _table_number(name: str) -> int | None:
 TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
-    "post_down_cmds", "tun_name", "ports", "ttl", "probe_interval_ms", "path_timeout_ms",
+    "post_down_cmds", "tun_name", "tun_txqueuelen", "ports", "ttl", "probe_interval_ms", "path_timeout_ms",
     "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics", "control_socket",
     "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
     *OBSOLETE_KEYS,
@@ -501,6 +504,7 @@ class _Builder:
             pre_down_cmds=top.strings("pre_down_cmds"),
             post_down_cmds=top.strings("post_down_cmds"),
             tun_name=tun_name,
+            tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,

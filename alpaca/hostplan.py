@@ -28,6 +28,7 @@ def host_plan_input(config: Config, secrets: Secrets) -> HostPlanInput:
         chnroute=None if chn is None else ChnrouteInput(
             str(chn.data), None if chn.gateway is None else str(chn.gateway), chn.table),
         route_table=config.route_table,
+        txqueuelen=config.tun_txqueuelen,
     )
 
 

@@ -48,7 +48,7 @@ def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err == ""
     for key in KEYS:
         assert key not in out and key.upper() not in out
-    assert "configure alpaca0: mtu 1400, address 10.17.16.1/16, up" in out
+    assert "configure alpaca0: mtu 1400, txqueuelen 64, address 10.17.16.1/16, up" in out
     assert 'bind UDP socket "wan": 0.0.0.0, port 5000' in out
     assert 'bind UDP socket "lte": 0.0.0.0, port 5001' in out
     assert "add default via 10.17.1.1 dev alpaca0 table 253 proto 97" in out

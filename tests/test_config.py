@@ -126,7 +126,7 @@ def test_config_defaults(tmp_path: Path) -> None:
     assert config.log_level == logging.INFO
     assert config.secret_file == tmp_path / "secrets.txt"
     assert config.chnroute is None and config.local_routes == ()
-    assert config.tun_name == "alpaca0"
+    assert config.tun_name == "alpaca0" and config.tun_txqueuelen == 64
     assert config.ttl == 15
     assert (config.probe_interval, config.path_timeout, config.path_lifetime) == (1.0, 3.0, 60.0)
     assert config.dup == DupConfig(DupPolicy.SYN_DNS, 1, 0.1, 4096)
@@ -188,6 +188,13 @@ def test_config_every_new_key(tmp_path: Path) -> None:
     assert config.state_file == tmp_path / "state" / "epoch"
     assert config.strict_hooks is True and config.route_table == 254
     assert config.protocol == "legacy-6.1.2" and config.peer_protocols == {0x0102: "v2"}
+
+
+def test_config_tun_txqueuelen_is_read_and_bounded(tmp_path: Path) -> None:
+    assert load(tmp_path, tun_txqueuelen=500).tun_txqueuelen == 500
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, tun_txqueuelen=1)
+    assert "tun_txqueuelen" in str(err.value)
 
 
 def test_config_tun_name_sets_default_paths(tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ class Flag(IntFlag):
 
 # --- Implementation defaults ---------------------------------------------------------------
 DEFAULT_TTL = 15
+#: TUN transmit queue, packets. The kernel's 500 let one cubic flow add ~14 ms (p50) to every
+#: other flow's RTT here; 64 kept it at ~3 ms for ~20 % less single-flow throughput.
+DEFAULT_TUN_TXQUEUELEN = 64
 DEFAULT_REPLAY_WINDOW = 1 << 15
 DEFAULT_PROBE_INTERVAL = 1.0
 DEFAULT_PATH_TIMEOUT = 3.0

@@ -35,8 +35,10 @@ def configure_tun(
     mtu: int,
     netns: str | None = None,
     ipr: IPRoute | None = None,
+    *,
+    txqueuelen: int | None = None,
 ) -> int:
-    """Set the MTU, add ``address_cidr`` (idempotent) and bring ``ifname`` up.
+    """Set the MTU (and transmit queue), add ``address_cidr`` (idempotent), bring ``ifname`` up.
 
     IPv6 is turned off on the device before it comes up: only IPv4 is carried, and otherwise
     the kernel's own IPv6 traffic (router solicitations) is read from it and dropped. The
@@ -53,6 +55,9 @@ def configure_tun(
         if index is None:
             raise SystemSetupError(f"configuring {ifname}: {errno_text(errno.ENODEV)}")
         nl_call(f"setting mtu {mtu} on {ifname}", nl.link, "set", index=index, mtu=mtu)
+        if txqueuelen is not None:
+            nl_call(f"setting txqueuelen {txqueuelen} on {ifname}", nl.link, "set", index=index,
+                    txqlen=txqueuelen)
         nl_call(
             f"adding address {iface.with_prefixlen} to {ifname}",
             nl.addr,

@@ -59,6 +59,7 @@ class HostPlanInput:
         chnroute: chnroute settings, or None when off.
         route_table: table for the moved default route and host routes (253 = "default").
         uplink_timeout: seconds to wait for a default route before giving up.
+        txqueuelen: the TUN device's transmit queue, packets.
     """
 
     mode: Mode
@@ -72,6 +73,7 @@ class HostPlanInput:
     chnroute: ChnrouteInput | None = None
     route_table: int = RT_TABLE_DEFAULT
     uplink_timeout: float = 30.0
+    txqueuelen: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class ConfigureTun(Op):
     tun: str
     address_cidr: str
     mtu: int
+    txqueuelen: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,8 @@ def plan(inp: HostPlanInput) -> list[Op]:
     )
     cidr = f"{address}/{net.prefixlen}"
     ops.append(
-        ConfigureTun(f"configure {inp.tun}: mtu {inp.mtu}, address {cidr}, up", inp.tun, cidr, inp.mtu)
+        ConfigureTun(f"configure {inp.tun}: mtu {inp.mtu}, txqueuelen {inp.txqueuelen}, address {cidr}, up",
+                     inp.tun, cidr, inp.mtu, inp.txqueuelen)
     )
     if inp.chnroute is not None:
         c = inp.chnroute
@@ -267,7 +271,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             journal.record("sysctl", key=op.key, value=sysctl.read(op.key, ns))
             sysctl.write(op.key, op.value, ns)
         case ConfigureTun():
-            link.configure_tun(op.tun, op.address_cidr, op.mtu, ns)
+            link.configure_tun(op.tun, op.address_cidr, op.mtu, ns, txqueuelen=op.txqueuelen)
         case LoadChnroute():
             nets = chnroute.load_file(op.data)
             up = ctx.uplink if op.gateway is None else None
