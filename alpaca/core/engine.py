@@ -465,10 +465,7 @@ class Engine:
         if not self.out.write_tun(packet):
             self.stats.drop(DropReason.TUN_WRITE_ERROR)
             return
-        peer.rx_packets += 1
-        peer.rx_bytes += len(packet)
-        self.stats.delivered_packets += 1
-        self.stats.delivered_bytes += len(packet)
+        self.stats.delivered(peer, len(packet))
 
     # ----------------------------------------------------------------- time
     def next_deadline(self) -> float | None:

@@ -5,6 +5,8 @@ The core never imports prometheus; `alpaca.metrics` turns these into metric fami
 
 from __future__ import annotations
 
+from typing import Any
+
 from alpaca.core.drops import DropReason
 
 
@@ -30,6 +32,16 @@ class EngineStats:
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
+
+    def delivered(self, peer: Any, size: int) -> None:
+        """One inner packet of ``size`` bytes from ``peer`` was written to the TUN device.
+
+        ``peer`` is any object with ``rx_packets``/``rx_bytes`` counters (either engine's).
+        """
+        peer.rx_packets += 1
+        peer.rx_bytes += size
+        self.delivered_packets += 1
+        self.delivered_bytes += size
 
     def drop_counts(self) -> dict[str, int]:
         """Drops by reason label, every reason present (zeros included)."""

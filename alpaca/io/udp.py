@@ -166,13 +166,17 @@ class UdpPort:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno in _ICMP_ERRNOS:
-                    continue
-                raise TunnelError(
-                    f"UDP port {self._name} on {_fmt(self._local)} failed: "
-                    f"{exc.strerror or exc}; restart the daemon"
-                ) from exc
+                self._check_recv_error(exc)
         return out
+
+    def _check_recv_error(self, exc: OSError) -> None:
+        """Return if ``exc`` only reports an earlier ICMP error; raise TunnelError otherwise."""
+        if exc.errno in _ICMP_ERRNOS:
+            return
+        raise TunnelError(
+            f"UDP port {self._name} on {_fmt(self._local)} failed: "
+            f"{exc.strerror or exc}; restart the daemon"
+        ) from exc
 
     def _recv_gro(self, limit: int, out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
         """recv_batch with UDP GRO: one recvmsg may return a run of coalesced datagrams from
@@ -185,12 +189,8 @@ class UdpPort:
             except BlockingIOError:
                 break
             except OSError as exc:
-                if exc.errno in _ICMP_ERRNOS:
-                    continue
-                raise TunnelError(
-                    f"UDP port {self._name} on {_fmt(self._local)} failed: "
-                    f"{exc.strerror or exc}; restart the daemon"
-                ) from exc
+                self._check_recv_error(exc)
+                continue
             size = _gro_size(ancdata)
             if size and len(data) > size:
                 out.extend((data[i:i + size], addr) for i in range(0, len(data), size))

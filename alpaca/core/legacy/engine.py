@@ -351,10 +351,7 @@ class LegacyEngine:
         if not self.out.write_tun(packet):
             self.stats.drop(DropReason.TUN_WRITE_ERROR)
             return
-        peer.rx_packets += 1
-        peer.rx_bytes += len(packet)
-        self.stats.delivered_packets += 1
-        self.stats.delivered_bytes += len(packet)
+        self.stats.delivered(peer, len(packet))
 
     def _relay(self, h: LegacyHeader, plain: bytes, data: bytes, addr: Addr, now: float) -> None:
         """Forward as 6.1.2 does: TTL - 1, the received bytes after the ICV carried along."""
