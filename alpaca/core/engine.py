@@ -16,15 +16,10 @@ Outside (UDP -> TUN or relay), :meth:`Engine.on_datagram`, in this order:
   4. only now learn the sender's address under its path index;
   5. b1: for us -> TUN (or probe handling); otherwise relay: TTL - 1, then dispatch.
 
-Dispatch (the wiki's rules): ``dst < src`` (upstream) with forwarders configured goes to each
-forwarder on its best path (a2/b3); everything else goes to every live path of ``dst`` (a1,
-b2, and all downstream traffic), or to every known path when none is live yet. A destination
-we have no path to at all (a client we have never heard from, e.g. the first packet of a
-client-to-client flow) goes the way upstream traffic goes: to the forwarders, else to the
-gateway, which relays it on (the original dropped it, so P2P depended on who spoke first).
-Split horizon: never back to the address the packet came from. Loop check: never to an
-address that is the inner packet's own source or destination. TTL and the relays' replay
-windows bound any loop a configuration could build.
+Dispatch: where a datagram goes is decided by :mod:`alpaca.core.routing` (the wiki's rules,
+split horizon); the engine sends it there and schedules delayed copies. Loop check (our own
+packets): never to an address that is the inner packet's own source or destination. TTL and
+the relays' replay windows bound any loop a configuration could build.
 
 Not thread-safe: call only from the hub greenlets of one gevent hub.
 """
@@ -34,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from alpaca.core import ippkt
+from alpaca.core import ippkt, routing
 from alpaca.core.constants import MAX_DATAGRAM, OVERHEAD, PROTOCOL_VERSION, Flag, PacketType
 from alpaca.core.crypto import KeyRing
 from alpaca.core.drops import DropReason
@@ -48,14 +43,13 @@ from alpaca.core.peers import Flow, Peer
 from alpaca.core.probing import Prober
 from alpaca.core.replay import Verdict
 from alpaca.core.routecache import RouteCache
+from alpaca.core.routing import Target
 from alpaca.core.settings import Addr, DupPolicy, EngineSettings
 from alpaca.core.stats import EngineStats
 
 log = logging.getLogger(__name__)
 
 NET_MASK = 0xFFFF0000
-#: One target of a dispatch: (link to send on, path index to stamp, path that accounts DATA).
-Target = tuple[Path, int, Path]
 _PADDED = int(Flag.PADDED)
 
 
@@ -179,7 +173,7 @@ class Engine:
             packet, flags = pad(packet, self.random_bytes)
         plan = peer.plan
         if plan is None or plan[0] != self.generation.value:
-            targets_now = self._targets(self.self_id, peer.peer_id, None, None)
+            targets_now = routing.targets(self.settings, self.peers, self.self_id, peer.peer_id, None, None)
             plan = peer.plan = (self.generation.value, *targets_now)
         targets, spare = plan[1], plan[2]
         datagram = self.seal(peer, PacketType.DATA, flags, packet, s.ttl, targets[0][1] if targets else 0)
@@ -235,7 +229,7 @@ class Engine:
             ttl: the TTL to send it with (already decremented).
             pi: the path index it carries (kept: it names the origin's path).
         """
-        targets, spare = self._targets(src, dst, came_from, pi)
+        targets, spare = routing.targets(self.settings, self.peers, src, dst, came_from, pi)
         return self._send_all(datagram, targets, spare, None, now, ttl, 0, False)
 
     def _send_all(
@@ -276,58 +270,6 @@ class Engine:
         self.stats.sent_datagrams += 1
         self.stats.sent_bytes += len(data)
         return 1
-
-    def _targets(
-        self, src: int, dst: int, came_from: str | None, pi: int | None
-    ) -> tuple[list[Target], list[Target]]:
-        """(first-copy targets, spare links for delayed copies), split horizon applied."""
-        s = self.settings
-        peer = self.peers.get(dst)
-        if peer is None:
-            return [], []
-        links = peer.paths.live_links() or peer.paths.links()
-        if (dst < src or not links) and s.forwarders:
-            chosen, spare = self._forwarder_targets(dst, pi)
-        elif not links and s.gateway is not None and s.gateway != dst and s.gateway in self.peers:
-            gateway_links = self.peers[s.gateway].paths
-            chosen = [(p, p.pi if pi is None else pi, p)
-                      for p in gateway_links.live_links() or gateway_links.links()]
-            spare = []
-        else:
-            chosen = [(p, p.pi if pi is None else pi, p) for p in links]
-            spare = []
-        if came_from is not None:
-            chosen = [t for t in chosen if t[0].addr is not None and t[0].addr[0] != came_from]
-            spare = [t for t in spare if t[0].addr is not None and t[0].addr[0] != came_from]
-        return chosen, spare
-
-    def _forwarder_targets(self, dst: int, pi: int | None) -> tuple[list[Target], list[Target]]:
-        """a2/b3: one target per usable forwarder (its best link), plus its other live links.
-
-        A forwarder none of whose links is live yet (just configured, or restarting) gets the
-        packet on every link, as any peer does: which local port reaches it is not known yet.
-        When some forwarder is live, the ones that are not are left out.
-        """
-        dst_peer = self.peers.get(dst)
-        live: list[Target] = []
-        unknown: list[Target] = []
-        spare: list[Target] = []
-        for i, fwd in enumerate(self.settings.forwarders):
-            peer = self.peers.get(fwd)
-            if peer is None or fwd == self.self_id:
-                continue
-            via = dst_peer.paths.via.get(i + 1) if dst_peer is not None else None
-            links = peer.paths.live_links()
-            if not links:
-                for link in peer.paths.links():
-                    stamp = pi if pi is not None else (link.pi if via is None else via.pi)
-                    unknown.append((link, stamp, via or link))
-                continue
-            best = min(links, key=_rtt_order)
-            stamp = pi if pi is not None else (best.pi if via is None else via.pi)
-            live.append((best, stamp, via or best))
-            spare.extend((p, stamp, via or p) for p in links if p is not best)
-        return (live or unknown), spare
 
     def _schedule_copies(
         self, datagram: bytes, ttl: int, used: list[Target], spare: list[Target], copies: int, now: float,
@@ -490,7 +432,3 @@ class Engine:
         return flow.window.lost if flow is not None else 0
 
 
-
-def _rtt_order(path: Path) -> float:
-    """Sort key: smoothed RTT, unmeasured last."""
-    return path.srtt if path.srtt is not None else float("inf")

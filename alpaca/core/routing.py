@@ -1,0 +1,90 @@
+"""Where a datagram goes: the wiki's forwarding rules as pure functions of the path tables.
+
+Rules (dst and src are the packet's header ids, not the hop's):
+
+* ``dst < src`` (upstream) and forwarders configured -> each forwarder, on its best live link
+  (a2 for our own packets, b3 for relayed ones);
+* otherwise -> every live link of ``dst`` (a1, b2, and all downstream traffic), or every
+  known link when none is live yet;
+* ``dst`` with no link at all (a client never heard from) -> the upstream way: forwarders,
+  else the gateway, which relays it on;
+* split horizon: never back to the IP the packet came from.
+
+A target is (link to send on, path index to stamp, path that accounts DATA sent). The engine
+caches the result for its own packets per path generation; nothing here keeps state.
+"""
+
+from __future__ import annotations
+
+from alpaca.core.paths import Path
+from alpaca.core.peers import Peer
+from alpaca.core.settings import EngineSettings
+
+Target = tuple[Path, int, Path]
+
+
+def targets(
+    settings: EngineSettings, peers: dict[int, Peer], src: int, dst: int, came_from: str | None,
+    pi: int | None,
+) -> tuple[list[Target], list[Target]]:
+    """(first-copy targets, spare links for delayed copies), split horizon applied.
+
+    Args:
+        came_from: UDP source IP of a relayed packet; None for our own.
+        pi: the path index to keep (relays); None to stamp each path's own (origin).
+    """
+    peer = peers.get(dst)
+    if peer is None:
+        return [], []
+    links = peer.paths.live_links() or peer.paths.links()
+    gateway = settings.gateway
+    if (dst < src or not links) and settings.forwarders:
+        chosen, spare = forwarder_targets(settings, peers, dst, pi)
+    elif not links and gateway is not None and gateway != dst and gateway in peers:
+        gateway_paths = peers[gateway].paths
+        chosen = [(p, p.pi if pi is None else pi, p)
+                  for p in gateway_paths.live_links() or gateway_paths.links()]
+        spare = []
+    else:
+        chosen = [(p, p.pi if pi is None else pi, p) for p in links]
+        spare = []
+    if came_from is not None:
+        chosen = [t for t in chosen if t[0].addr is not None and t[0].addr[0] != came_from]
+        spare = [t for t in spare if t[0].addr is not None and t[0].addr[0] != came_from]
+    return chosen, spare
+
+
+def forwarder_targets(
+    settings: EngineSettings, peers: dict[int, Peer], dst: int, pi: int | None,
+) -> tuple[list[Target], list[Target]]:
+    """a2/b3: one target per usable forwarder (its best link), plus its other live links.
+
+    A forwarder none of whose links is live yet (just configured, or restarting) gets the
+    packet on every link, as any peer does: which local port reaches it is not known yet.
+    When some forwarder is live, the ones that are not are left out.
+    """
+    dst_peer = peers.get(dst)
+    live: list[Target] = []
+    unknown: list[Target] = []
+    spare: list[Target] = []
+    for i, fwd in enumerate(settings.forwarders):
+        peer = peers.get(fwd)
+        if peer is None or fwd == settings.self_id:
+            continue
+        via = dst_peer.paths.via.get(i + 1) if dst_peer is not None else None
+        links = peer.paths.live_links()
+        if not links:
+            for link in peer.paths.links():
+                stamp = pi if pi is not None else (link.pi if via is None else via.pi)
+                unknown.append((link, stamp, via or link))
+            continue
+        best = min(links, key=_rtt_order)
+        stamp = pi if pi is not None else (best.pi if via is None else via.pi)
+        live.append((best, stamp, via or best))
+        spare.extend((p, stamp, via or p) for p in links if p is not best)
+    return (live or unknown), spare
+
+
+def _rtt_order(path: Path) -> float:
+    """Sort key: smoothed RTT, unmeasured last."""
+    return path.srtt if path.srtt is not None else float("inf")
