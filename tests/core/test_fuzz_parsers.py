@@ -8,10 +8,11 @@ run (coverage-guided, bounded) is added when atheris is installed.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -133,18 +134,38 @@ def test_fuzz_check_command_never_prints_a_traceback(tmp_path: Path, data: objec
     _check_cli(_write(tmp_path, "config.json", json.dumps(data, allow_nan=True)))
 
 
+ATHERIS_HARNESS = """
+import contextlib, sys
+from pathlib import Path
+import atheris
+with atheris.instrument_imports():
+    from alpaca import secrets as secrets_mod
+    from alpaca.config import load_config
+    from alpaca.errors import ConfigError
+    from alpaca.secrets import load_secrets
+secrets_mod.resolve_host = lambda name: None
+config, secrets = Path(sys.argv[1]) / "config.json", Path(sys.argv[1]) / "secrets.txt"
+
+def one(data):
+    config.write_bytes(data)
+    secrets.write_bytes(data)
+    with contextlib.suppress(ConfigError):
+        load_config(config)
+    with contextlib.suppress(ConfigError):
+        load_secrets(secrets, 0x1001)
+
+atheris.Setup([sys.argv[0], "-runs=3000"], one)
+atheris.Fuzz()
+"""
+
+
 def test_fuzz_atheris_config_and_secrets(tmp_path: Path) -> None:
-    """Coverage-guided, 2000 runs of each parser, when atheris is installed."""
-    atheris = pytest.importorskip("atheris")
-    config, secrets = tmp_path / "config.json", tmp_path / "secrets.txt"
+    """Coverage-guided, 3000 runs over both parsers, when atheris is installed.
 
-    def one(data: bytes) -> None:
-        config.write_bytes(data)
-        secrets.write_bytes(data)
-        _load_config(config)
-        with contextlib.suppress(ConfigError):
-            load_secrets(secrets, 0x1001)
-
-    atheris.Setup(["fuzz", "-runs=2000"], one)
-    with pytest.raises(SystemExit):
-        atheris.Fuzz()
+    libFuzzer ends its process when done, so it runs in a child; an uncaught exception makes
+    the child exit non-zero with the Python traceback.
+    """
+    pytest.importorskip("atheris")
+    done = subprocess.run([sys.executable, "-c", ATHERIS_HARNESS, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
