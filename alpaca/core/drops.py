@@ -32,6 +32,7 @@ class DropReason(IntEnum):
     NOT_FOR_ME = 21      #: a probe reply addressed to another peer
     UNKNOWN_PROBE = 22   #: a probe reply that matches no probe we sent
     LEGACY = 23          #: legacy-protocol datagram rejected by its own checks
+    UNVERIFIED = 24      #: authentic, from a sender not yet proved live since we started
 
     @property
     def label(self) -> str:

@@ -38,7 +38,7 @@ from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.ids import RESERVED_IDS, format_peer_id
 from alpaca.core.output import Output, RouteResolver
 from alpaca.core.padding import pad, unpad
-from alpaca.core.paths import Generation, Path
+from alpaca.core.paths import Generation, Path, PathKind
 from alpaca.core.peers import Flow, Peer
 from alpaca.core.probing import Prober
 from alpaca.core.replay import Verdict
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 NET_MASK = 0xFFFF0000
 _PADDED = int(Flag.PADDED)
+#: Seconds between two challenges to an unverified sender on the same link.
+CHALLENGE_INTERVAL = 0.5
+MAX_CHALLENGES = 4
 
 
 class Engine:
@@ -312,18 +315,23 @@ class Engine:
             return
         flow = self.flows.get((src, dst))
         if flow is None:
-            flow = self.flows[(src, dst)] = Flow(epoch, self.settings.replay_window)
+            flow = Flow(epoch, self.settings.replay_window, verified=dst != self.self_id)
+            self.flows[(src, dst)] = flow
         elif epoch > flow.epoch:
             flow.epoch = epoch
+            flow.floor = -1
             flow.window.reset()
             self.stats.epoch_resets += 1
-        verdict = flow.window.accept(counter)
+        verdict = Verdict.TOO_OLD if counter <= flow.floor else flow.window.accept(counter)
         peer = self.peers[src]
         ptype = vt & 0x0F
         if verdict is not Verdict.NEW:
             if verdict is Verdict.DUPLICATE:
                 self._on_copy(peer, port, addr, n, pi, ptype == PacketType.DATA and dst == self.self_id)
             self.stats.drop(DropReason.DUPLICATE if verdict is Verdict.DUPLICATE else DropReason.TOO_OLD)
+            return
+        if not flow.verified:
+            self._on_unverified(flow, peer, ptype, pi, epoch, counter, plaintext, port, addr, now)
             return
         path = peer.paths.learn(pi, port, addr, now)
         if not path.up:
@@ -333,10 +341,48 @@ class Engine:
         path.rx_first += 1
         peer.last_active_at = now
         if dst == self.self_id:
-            self._deliver(peer, ptype, flags, pi, plaintext, port, addr, now)
+            self._deliver(peer, ptype, flags, pi, epoch, counter, plaintext, port, addr, now)
         elif self.dispatch(data, src, dst, addr[0], now, ttl - 1, pi):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
+
+    def _on_unverified(
+        self, flow: Flow, peer: Peer, ptype: int, pi: int, epoch: int, counter: int, plaintext: bytes,
+        port: int, addr: Addr, now: float,
+    ) -> None:
+        """An authentic, new packet from a sender not yet proved live (see Flow): answer its
+        probes, take a reply to our challenge as the proof, drop anything else, and challenge
+        it on the link it came in on (each link at most every CHALLENGE_INTERVAL seconds, at
+        most MAX_CHALLENGES links at a time: a replaying attacker cannot make us probe more).
+        No path is learned from it."""
+        link = self.link_to(peer, pi, port, addr)
+        if ptype == PacketType.PROBE:
+            self.prober.answer(peer, pi, epoch, plaintext, link)
+        elif ptype == PacketType.PROBE_REPLY:
+            self.prober.on_reply(peer, plaintext, counter, now)
+        else:
+            self.stats.drop(DropReason.UNVERIFIED)
+        if flow.verified:
+            return
+        recent = {k: t for k, t in flow.challenged.items() if now - t < CHALLENGE_INTERVAL}
+        if (port, addr) not in recent and len(recent) < MAX_CHALLENGES:
+            recent[(port, addr)] = now
+            self.prober.challenge(peer, link, now)
+        flow.challenged = recent
+
+    def verify(self, peer_id: int, counter: int) -> None:
+        """``peer_id`` answered a probe of this run at ``counter``: trust its flow towards us
+        from the next counter on (called by the prober)."""
+        flow = self.flows.get((peer_id, self.self_id))
+        if flow is not None and not flow.verified:
+            flow.verified = True
+            flow.floor = counter
+
+    def link_to(self, peer: Peer, pi: int, port: int, addr: Addr) -> Path:
+        """The known path with this port and address, or a one-off path object for replying
+        to a sender whose address is not learned (it is not stored anywhere)."""
+        known = peer.paths.match(port, addr)
+        return known or Path(peer.peer_id, PathKind.LEARNED, pi, port, addr, "unverified")
 
     def path_answered(self, path: Path, now: float) -> None:
         """``path`` just delivered something authentic: if it was down, it is up from now on
@@ -379,17 +425,17 @@ class Engine:
             peer.paths.rx_data_by_pi[pi] += 1
 
     def _deliver(
-        self, peer: Peer, ptype: int, flags: int, pi: int, plaintext: bytes, port: int, addr: Addr,
-        now: float,
+        self, peer: Peer, ptype: int, flags: int, pi: int, epoch: int, counter: int, plaintext: bytes,
+        port: int, addr: Addr, now: float,
     ) -> None:
         """b1: the packet is for us."""
         if ptype == PacketType.DATA:
             peer.paths.rx_data_by_pi[pi] += 1
             self._write_tun(peer, plaintext, flags)
         elif ptype == PacketType.PROBE:
-            self.prober.answer(peer, pi, plaintext, port, addr)
+            self.prober.answer(peer, pi, epoch, plaintext, self.link_to(peer, pi, port, addr))
         else:
-            self.prober.on_reply(peer, plaintext, now)
+            self.prober.on_reply(peer, plaintext, counter, now)
 
     def _write_tun(self, peer: Peer, plaintext: bytes, flags: int) -> None:
         packet = unpad(plaintext, flags) if flags & _PADDED else plaintext

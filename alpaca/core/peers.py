@@ -55,10 +55,26 @@ class Peer:
 
 
 class Flow:
-    """Receive state of one (src, dst) direction: the sender's current epoch and its window."""
+    """Receive state of one (src, dst) direction: the sender's epoch, its window, and whether
+    the sender has proved it is live now.
 
-    __slots__ = ("epoch", "window")
+    A flow towards us starts *unverified*: we keep no state across restarts, so an authentic
+    datagram could be one captured before we (re)started. Nothing on such a flow is delivered
+    or teaches a path until a PROBE_REPLY that echoes our current epoch arrives (see
+    :mod:`alpaca.core.probing`); its counter becomes ``floor``, and every counter at or below
+    it is refused. Flows we only relay start verified: their endpoint does this check.
 
-    def __init__(self, epoch: int, window_size: int) -> None:
+    Attributes:
+        floor: counters <= floor are refused (-1: none).
+        challenged: (local port, address) -> when we last challenged the sender there
+            (monotonic seconds); only recent entries are kept, at most MAX_CHALLENGES.
+    """
+
+    __slots__ = ("challenged", "epoch", "floor", "verified", "window")
+
+    def __init__(self, epoch: int, window_size: int, *, verified: bool) -> None:
         self.epoch = epoch
         self.window = ReplayWindow(window_size)
+        self.verified = verified
+        self.floor = -1
+        self.challenged: dict[tuple[int, Addr], float] = {}

@@ -11,7 +11,12 @@ Every tick (at most 0.25 s apart) each path is re-evaluated: it is down once not
 has arrived on it for ``path_timeout`` seconds, and learned paths silent for ``path_lifetime``
 are forgotten. Owned by the Engine; not thread-safe.
 
-Payloads: PROBE = u32 probe id; PROBE_REPLY = u32 probe id + u64 DATA count (big-endian).
+Payloads: PROBE = u32 probe id; PROBE_REPLY = u32 probe id + u32 the prober's epoch (echoed
+from the PROBE's header) + u64 DATA count (big-endian).
+
+Challenges: a sender we have no state for (first contact, or after our restart) is probed on
+the link its datagram came in on; the reply, which must echo our current epoch, proves it is
+live in this run of ours and verifies its flow (see alpaca.core.peers.Flow).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from alpaca.core.drops import DropReason
 from alpaca.core.header import with_hop_fields
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path
-from alpaca.core.settings import Addr
 
 if TYPE_CHECKING:
     from alpaca.core.engine import Engine
@@ -34,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE = struct.Struct("!I")
-REPLY = struct.Struct("!IQ")
+REPLY = struct.Struct("!IIQ")
 MAX_TICK = 0.25
 MAX_OUTSTANDING = 1 << 16
 #: A path that never answered its first DORMANT_AFTER probes (e.g. a local port that has no
@@ -107,30 +111,40 @@ class Prober:
         for pid in stale:
             del self.outstanding[pid]
 
-    def answer(self, peer: Peer, pi: int, payload: bytes, port: int, addr: Addr) -> None:
-        """Reply to a PROBE on the link it came in on, with our DATA count for its path index."""
+    def answer(self, peer: Peer, pi: int, epoch: int, payload: bytes, link: Path) -> None:
+        """Reply to a PROBE on the link it came in on, echoing the prober's epoch, with our
+        DATA count for its path index."""
         if len(payload) != PROBE.size:
             self.engine.stats.drop(DropReason.MALFORMED)
             return
         (probe_id,) = PROBE.unpack(payload)
-        reply = REPLY.pack(probe_id, peer.paths.rx_data_by_pi[pi])
+        reply = REPLY.pack(probe_id, epoch, peer.paths.rx_data_by_pi[pi])
         datagram = self.engine.seal(peer, PacketType.PROBE_REPLY, 0, reply)
-        link = peer.paths.match(port, addr)
-        assert link is not None, "the probe's link was learned before it was answered"
         if self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, pi)):
             self.engine.stats.probes_answered += 1
 
-    def on_reply(self, peer: Peer, payload: bytes, now: float) -> None:
-        """Match a PROBE_REPLY to its probe: RTT sample, liveness, data-loss report."""
+    def challenge(self, peer: Peer, link: Path, now: float) -> None:
+        """Probe a sender we have no state for, on the link its datagram came in on: its
+        reply proves it is live in this run of ours (Flow, Engine.verify)."""
+        self._send_probe(peer, link, link, now)
+
+    def on_reply(self, peer: Peer, payload: bytes, counter: int, now: float) -> None:
+        """Match a PROBE_REPLY to its probe: RTT sample, liveness, data-loss report.
+
+        The reply must echo our current epoch: a reply to a probe of an earlier run of ours
+        (probe ids restart at 1) is unknown, so a captured reply can never pass for fresh. A
+        matching reply also verifies the sender's flow towards us from ``counter`` on.
+        """
         if len(payload) != REPLY.size:
             self.engine.stats.drop(DropReason.MALFORMED)
             return
-        probe_id, data_rx = REPLY.unpack(payload)
+        probe_id, echoed_epoch, data_rx = REPLY.unpack(payload)
         entry = self.outstanding.get(probe_id)
-        if entry is None or entry[0].peer != peer.peer_id:
+        if entry is None or entry[0].peer != peer.peer_id or echoed_epoch != self.engine.epoch:
             self.engine.stats.drop(DropReason.UNKNOWN_PROBE)
             return
         del self.outstanding[probe_id]
+        self.engine.verify(peer.peer_id, counter)
         path, sent_at = entry
         path.on_rtt(now - sent_at)
         path.probes_answered += 1

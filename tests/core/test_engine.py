@@ -75,6 +75,7 @@ def test_engine_a1_no_forwarders_sends_straight_to_gateway_and_back() -> None:
     net.link(UP1, S_EP)
     net.start(s)
     net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    net.run(0.5)  # start-up probes: the client proves itself live to the server (Flow)
     ping(net, c, "8.8.8.8")
     assert len(s.tun) == 1 and s.tun[0][16:20] == bytes([8, 8, 8, 8])
     net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
@@ -135,6 +136,8 @@ def test_engine_p2p_between_two_clients_through_the_server() -> None:
     for c in (c1, c2):
         net.start(c, forwarders=(pid("1.1"),), gateway=pid("1.1"))
     net.run(2.0)
+    ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # 16.1 never heard of 16.2: it challenges it
+    assert len(c1.tun) == 0 and drops(c1, "unverified") == 1
     ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # upstream: 16.2 -> 16.1 via the server
     assert len(c1.tun) == 1
     ping(net, c1, tunnel_ip(c2.peer_id), gap=0.1)  # downstream: on the path learned via S
@@ -184,10 +187,10 @@ def test_engine_p2p_first_packet_to_an_unknown_client_goes_through_a_shared_forw
     net.start(c2, forwarders=(pid("1.3"),), gateway=pid("1.1"))
     net.run(2.0)
     assert c2.peer_id not in {p for p, peer in eng(c1).peers.items() if peer.paths.links()}
-    ping(net, c1, tunnel_ip(c2.peer_id), gap=0.2)  # 16.1 -> 16.2: downstream, no path yet
-    assert len(c2.tun) == 1
-    ping(net, c2, tunnel_ip(c1.peer_id), gap=0.2)  # the reply, upstream through 1.3
-    assert len(c1.tun) == 1
+    ping(net, c1, tunnel_ip(c2.peer_id), n=2, gap=0.2)  # 16.1 -> 16.2: downstream, no path yet
+    assert len(c2.tun) == 1  # the first one made 16.2 challenge 16.1 (Flow), the second arrived
+    ping(net, c2, tunnel_ip(c1.peer_id), n=2, gap=0.2)  # the reply, upstream through 1.3
+    assert len(c1.tun) == 2  # 16.1 verified 16.2 during that exchange: nothing lost this way
 
 
 def test_engine_p2p_without_forwarders_goes_through_the_gateway() -> None:
@@ -201,7 +204,7 @@ def test_engine_p2p_without_forwarders_goes_through_the_gateway() -> None:
     net.start(c1, gateway=pid("1.1"))
     net.start(c2, gateway=pid("1.1"))
     net.run(2.0)
-    ping(net, c1, tunnel_ip(c2.peer_id), gap=0.2)
+    ping(net, c1, tunnel_ip(c2.peer_id), n=2, gap=0.2)
     assert len(c2.tun) == 1 and eng(s).stats.forwarded_packets >= 1
 
 
@@ -516,6 +519,37 @@ def test_engine_restart_new_epoch_accepted_old_epoch_rejected() -> None:
     assert len(s.tun) == delivered + 1 and eng(s).stats.epoch_resets == 1
     eng(s).on_datagram(old, UP1, 0, net.now)
     assert drops(s, "old_epoch") == 1 and len(s.tun) == delivered + 1
+
+
+def test_engine_a_datagram_captured_before_the_receiver_restarted_is_never_delivered() -> None:
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8", n=3, gap=0.05)
+    captured = [d for _, d in seen if d[0] & 0x0F == PacketType.DATA]
+    net.start(s)  # the server restarts: a new epoch, no replay windows
+    s.tun.clear()
+    for data in captured:  # replayed before the client has spoken to the new server
+        eng(s).on_datagram(data, UP1, 0, net.now)
+    assert s.tun == [] and drops(s, "unverified") >= 1
+    net.run(1.5)  # the client's probes: the new server challenges it, the client proves itself
+    for data in captured:  # replayed again, now that the flow is verified
+        eng(s).on_datagram(data, UP2, 0, net.now)
+    assert s.tun == [] and drops(s, "too_old") >= len(captured)
+    ping(net, c, "8.8.8.8", gap=0.05)  # and the client's own traffic flows
+    assert len(s.tun) == 1
+
+
+def test_engine_a_probe_reply_from_an_earlier_run_verifies_nothing() -> None:
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    net.run(1.5)
+    replies = [d for _, d in seen if d[0] & 0x0F == PacketType.PROBE_REPLY]
+    assert replies
+    net.start(s)  # restarted: probe ids begin again at 1, but the epoch is new
+    for data in replies:
+        eng(s).on_datagram(data, UP2, 0, net.now)
+    assert not eng(s).flows[(c.peer_id, s.peer_id)].verified
+    assert drops(s, "unknown_probe") >= 1
 
 
 @settings(max_examples=300, deadline=None)

@@ -99,7 +99,7 @@ def build_gateway() -> tuple[EngineNet, Node, Node, Node, Node, ProtocolMux, Leg
     relay = start_legacy(net, r, {pid("1.1"), pid("16.1")})
     client = start_legacy(net, lc, {pid("1.1"), pid("1.2")}, forwarders=(pid("1.1"), pid("1.2")),
                           gateway=pid("1.1"))
-    net.start(v, group=GROUP)
+    net.start(v, group=GROUP, gateway=pid("1.1"))  # probes its gateway from the start
     return net, g, r, lc, v, mux, relay, client
 
 
@@ -219,6 +219,7 @@ def test_mux_gateway_sprays_downstream_and_the_client_dedups() -> None:
 
 def test_mux_gateway_speaks_v2_to_the_other_peer() -> None:
     net, g, _r, _lc, v, mux, relay, client = build_gateway()
+    net.run(0.5)  # start-up probes: each v2 side proves itself live to the other (Flow)
     net.inject_tun(v, udp_packet("10.17.16.2", "10.17.1.1", dport=80))
     net.run(0.05)
     net.inject_tun(g, udp_packet("10.17.1.1", "10.17.16.2", sport=80, dport=4000))
@@ -241,6 +242,7 @@ def test_mux_gateway_carries_an_internet_packet_of_the_legacy_client() -> None:
 
 def test_mux_stats_add_both_engines() -> None:
     net, _g, _r, lc, v, mux, _relay, _client = build_gateway()
+    net.run(0.5)  # start-up probes verify the v2 flows
     net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
     net.inject_tun(v, udp_packet("10.17.16.2", "10.17.1.1", dport=80))
     net.run(0.05)

@@ -242,3 +242,36 @@ def test_replay_by_an_on_path_router_is_never_accepted(tmp_path: Path) -> None:
         assert not any(a.startswith("10.99.2.1:") for a in addrs), addrs
         raw.close()
         plain.close()
+
+
+@pytest.mark.netns
+def test_replay_after_the_receiver_restarted_is_never_delivered(tmp_path: Path) -> None:
+    """The server restarts (no replay windows survive); datagrams the router captured before
+    are replayed at once, before the client has spoken to the new server, and again after:
+    none is delivered (`unverified` first, `too_old` below the verified floor afterwards)."""
+    with Lab(tmp_path, forwarder=False) as lab:
+        lab.start_all()
+        lab.wait_tunnel()
+        with sniffing(lab.ns["r"], "r1", dport=SERVER_PORT) as sniffer:
+            assert lab.ping(5, 0.1) == (5, 5)
+            time.sleep(0.3)
+        captured = [c for c in sniffer.captured if c[4][0] & 0x0F == PacketType.DATA]
+        assert len(captured) >= 5
+        plain = udp_socket(lab.ns["r"])
+        lab.daemons["s"].stop()
+        lab.daemons["s"].start()
+        for _, _, _, _, payload in captured:  # at once: the new server has no state for 16.1
+            plain.sendto(payload, ("10.99.2.2", SERVER_PORT))
+        time.sleep(0.3)
+        rx0, _, _ = _delivered(lab)
+        lab.wait_tunnel()  # the client proves itself to the new server; traffic flows
+        rx1, _, _ = _delivered(lab)
+        for _, _, _, _, payload in captured:  # again, now below the verified floor
+            plain.sendto(payload, ("10.99.2.2", SERVER_PORT))
+        time.sleep(0.5)
+        rx2, _, drops2 = _delivered(lab)
+        print(f"\nafter the server restart: rx {rx0} -> {rx1} -> {rx2}, drops {drops2}")
+        assert rx0 == 0 and rx2 == rx1  # only wait_tunnel's own ping was delivered
+        refused = sum(drops2.get(k, 0) for k in ("unverified", "too_old"))
+        assert refused >= 2 * len(captured), drops2
+        plain.close()
