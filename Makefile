@@ -30,8 +30,10 @@ $(BIN)/activate: setup.cfg pyproject.toml
 
 venv: $(BIN)/activate
 
+# The whole suite but the long runs (soak, marked slow: `make soak`); as root this includes
+# every namespace test.
 test: deps venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-fast: venv
 	$(BIN)/pytest -m "not netns and not slow" $(PYTEST_ARGS)
