@@ -49,6 +49,8 @@ def main() -> int:
     parser.add_argument("--tun", required=True)
     parser.add_argument("--address", required=True, help="a.b.c.d/len of the TUN device")
     parser.add_argument("--mtu", type=int, default=1400)
+    parser.add_argument("--txqueuelen", type=int, default=64,
+                        help="TUN transmit queue, packets (64 = alpaca-tunnel's default)")
     parser.add_argument("--listen", type=addr, required=True)
     parser.add_argument("--peer", type=addr, required=True)
     parser.add_argument("--key", required=True, help="64 hex characters")
@@ -56,7 +58,8 @@ def main() -> int:
 
     tun = open_tun(args.tun)
     for cmd in (["ip", "addr", "add", args.address, "dev", args.tun],
-                ["ip", "link", "set", args.tun, "mtu", str(args.mtu), "up"]):
+                ["ip", "link", "set", args.tun, "mtu", str(args.mtu), "txqueuelen", str(args.txqueuelen),
+                 "up"]):
         subprocess.run(cmd, check=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(args.listen)

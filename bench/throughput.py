@@ -63,13 +63,17 @@ class Scenario:
     dup: bool = False
     lossy: bool = False
     note: str = ""
+    #: TUN transmit queue, packets (alpaca-tunnel's default is 64; the kernel's is 500).
+    txqueuelen: int = 64
 
 
 SCENARIOS = [
     Scenario("raw-veth", "raw", note="the ceiling"),
     Scenario("reference", "reference", note="bench/reference_forwarder.py"),
+    Scenario("reference-q500", "reference", txqueuelen=500, note="kernel's default TUN queue"),
     Scenario("wireguard-go", "wireguard"),
     Scenario("alpaca-1path", "alpaca"),
+    Scenario("alpaca-1path-q500", "alpaca", txqueuelen=500, note="tun_txqueuelen 500"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
     Scenario("wireguard-go-lossy", "wireguard", lossy=True),
@@ -153,7 +157,7 @@ def server_endpoint(sc: Scenario, use_netem: bool, relay_port: int, direct_port:
     return relay_port if sc.lossy and not use_netem else direct_port
 
 
-def start_reference(lab: Lab) -> Setup:
+def start_reference(lab: Lab, sc: Scenario) -> Setup:
     key = os.urandom(32).hex()
     script = str(Path(__file__).resolve().parent / "reference_forwarder.py")
     procs = []
@@ -161,7 +165,7 @@ def start_reference(lab: Lab) -> Setup:
                                     (CLIENT_NS, "10.98.0.2/24", "10.201.1.1", "ref-c")):
         procs.append(lab.spawn(ns, [sys.executable, script, "--tun", "albref0", "--address", address,
                                     "--listen", f"0.0.0.0:{REF_PORT}", "--peer", f"{peer}:{REF_PORT}",
-                                    "--key", key], name))
+                                    "--key", key, "--txqueuelen", str(sc.txqueuelen)], name))
     return Setup("10.98.0.1", "albref0", [p.pid for p in procs])
 
 
@@ -220,6 +224,7 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
             "secret_file": str(directory / "secrets.txt"), "tun_name": "alb0", "metrics": False,
             "control_socket": str(directory / "control.sock"), "state_file": str(directory / "epoch"),
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
+            "tun_txqueuelen": sc.txqueuelen,
         }
         if side == "server":
             config.update(id="1.1", port=ALPACA_PORT)
@@ -315,7 +320,7 @@ def run_row(sc: Scenario, workdir: Path, quick: bool, use_netem: bool, wg_proble
         if sc.kind == "raw":
             setup = Setup("10.201.1.1", "ua")
         elif sc.kind == "reference":
-            setup = start_reference(lab)
+            setup = start_reference(lab, sc)
         elif sc.kind == "wireguard":
             setup = start_wireguard(lab, sc, use_netem)
         else:
