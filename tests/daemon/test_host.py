@@ -75,6 +75,21 @@ def test_host_client_mode_changes_are_undone(lab: Lab) -> None:
 
 
 @pytest.mark.netns
+def test_host_routes_removed_under_the_daemon_are_put_back(lab: Lab) -> None:
+    topo = build_simple(lab)
+    start(topo)
+    first = table_routes(topo.client.ns, "253")
+    assert any(r["dst"] == "default" for r in first)
+    for route in first:  # another tool (or an interface flap) deletes our routes
+        nsexec(topo.client.ns, "ip", "route", "del", str(route["dst"]), "table", "253")
+    wait_ping(topo.client.ns, INET)  # the monitor notices within its 1 s debounce
+    again = table_routes(topo.client.ns, "253")
+    assert sorted(str(r["dst"]) for r in again) == sorted(str(r["dst"]) for r in first)
+    assert "route restored" in topo.client.log()
+    assert lab.stop(topo.client) == 0
+
+
+@pytest.mark.netns
 def test_host_client_recovers_after_kill(lab: Lab) -> None:
     topo = build_simple(lab)
     before = host_state(topo.client.ns)

@@ -47,12 +47,15 @@ def test_dataplane_carries_packets_both_ways_over_memory() -> None:
     net = MemoryNetwork()
     s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
     s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
-    s_plane, _ = node(pid("1.1"), s_tun, net.port("p", s_addr), s_addr, 10)
-    c_plane, _ = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20, gateway=pid("1.1"))
+    s_plane, s_engine = node(pid("1.1"), s_tun, net.port("p", s_addr), s_addr, 10)
+    c_plane, c_engine = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20, gateway=pid("1.1"))
     group = Group()
     s_plane.start(group)
     c_plane.start(group)
     try:
+        # The start-up probes make each side prove itself live to the other (alpaca.core.peers.Flow).
+        for engine, other in ((s_engine, pid("16.1")), (c_engine, pid("1.1"))):
+            wait_for(lambda e=engine, o=other: (o, e.self_id) in e.flows and e.flows[(o, e.self_id)].verified)
         c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8"))
         wait_for(lambda: len(s_tun.written) == 1)
         s_tun.inject(ipv4("8.8.8.8", tunnel_ip(pid("16.1"))))
