@@ -13,7 +13,6 @@ Called from the command line at start-up; no side effects except reading files.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import re
@@ -22,12 +21,12 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
+from alpaca.configreader import NAMED_TABLES, DuplicateKey, JsonObject, no_duplicate_keys, show
 from alpaca.core import constants as C
-from alpaca.core.ids import check_usable, format_peer_id, parse_peer_id
+from alpaca.core.ids import format_peer_id
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.log import LEVELS
-from alpaca.paths import relative_to_config
 from alpaca.secrets import Secrets
 
 log = logging.getLogger(__name__)
@@ -44,9 +43,7 @@ class Mode(Enum):
 #: Wire protocols a peer may speak (``protocol`` and ``peer_protocols``).
 PROTOCOLS = ("v2", "legacy-6.1.2")
 #: Routing table names every Linux host knows (iproute2's built-ins).
-NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 #: Where iproute2 keeps further table names.
-RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
 #: Keys of the original that are accepted with a warning and ignored.
 OBSOLETE_KEYS = {
     "ack_termination": "the delayed-ACK feature it belonged to was removed from the original",
@@ -271,10 +268,10 @@ def load_config(path: Path) -> Config:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{path}: cannot read the config file: {reason}"]) from exc
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
-    except _DuplicateKey as exc:
+    except DuplicateKey as exc:
         raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
     except (RecursionError, ValueError) as exc:  # nesting too deep, an integer of > 4300 digits
         raise ConfigError([f"{path}: invalid JSON: {exc}"]) from exc
@@ -284,166 +281,6 @@ def load_config(path: Path) -> Config:
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _show(value: object) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Obj:
-    """One JSON object being read: typed getters that record located problems."""
-
-    def __init__(self, data: dict[str, object], where: str, problems: list[str], file: str):
-        self.data = data
-        self.where = where
-        self.problems = problems
-        self.file = file
-
-    def loc(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str, text: str) -> None:
-        self.problems.append(f"{self.file}: {self.loc(key)}: {text}")
-
-    def given(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def check_keys(self, valid: list[str]) -> None:
-        for key in self.data:
-            if key in valid:
-                continue
-            near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-            hint = f'did you mean "{near[0]}"?' if near else "valid keys: " + ", ".join(valid)
-            self.fail(key, f"unknown key ({hint})")
-
-    def string(self, key: str, default: str, *, required: bool = False) -> str:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "is required")
-            return default
-        if not isinstance(value, str):
-            self.fail(key, f"{_show(value)} is not a string")
-            return default
-        return value
-
-    def integer(self, key: str, default: int, low: int, high: int, why: str = "") -> int:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(key, f"{_show(value)} is not an integer (expected {low}-{high})")
-            return default
-        if value < low:
-            self.fail(key, f"{value} is below the minimum {low}")
-        elif value > high:
-            self.fail(key, f"{value} is above the maximum {high}" + (f" ({why})" if why else ""))
-        else:
-            return value
-        return default  # checks that depend on this value see a sane one
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, f"{_show(value)} is not true or false")
-            return default
-        return value
-
-    def items(self, key: str, limit: int | None = None) -> list[tuple[str, object]]:
-        """The entries of a list as (location, value); [] if absent or not a list."""
-        value = self.data.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.fail(key, f"{_show(value)} is not a list")
-            return []
-        if limit is not None and len(value) > limit:
-            self.fail(key, f"{len(value)} entries, at most {limit} allowed")
-        return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        result = []
-        for where, item in self.items(key):
-            if isinstance(item, str) and item.strip():
-                result.append(item)
-            else:
-                self.fail(where, f"{_show(item)} is not a non-empty string")
-        return tuple(result)
-
-    def child(self, key: str) -> _Obj | None:
-        """The nested object at ``key``; None if absent, null or not an object (recorded)."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            self.fail(key, f"{_show(value)} is not an object {{...}}")
-            return None
-        return _Obj(value, self.loc(key), self.problems, self.file)
-
-    def peer_id(self, where: str, value: object) -> int | None:
-        try:
-            if not isinstance(value, str):
-                raise ValueError(f'{_show(value)} is not a peer id (expected "A.B", each 0-255)')
-            peer = parse_peer_id(value)
-            check_usable(peer)
-        except ValueError as exc:
-            self.fail(where, str(exc))
-            return None
-        return peer
-
-    def path(self, key: str, default: str, config_path: Path) -> Path:
-        return relative_to_config(config_path, self.string(key, default) or default)
-
-    def table(self, key: str, default: str) -> int:
-        value = self.data.get(key)
-        if value is None:
-            value = default
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            if 1 <= value <= 0xFFFFFFFF:
-                return value
-            self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
-        elif isinstance(value, str):
-            number = _table_number(value)
-            if number is not None:
-                return number
-            files = ", ".join(str(f) for f in RT_TABLES_FILES)
-            self.fail(key, f'unknown table name "{value}" (use a number, or add it to {files})')
-        else:
-            self.fail(key, f"{_show(value)} is not a table name or number")
-        return NAMED_TABLES["default"]
-
-
-def _table_number(name: str) -> int | None:
-    if name in NAMED_TABLES:
-        return NAMED_TABLES[name]
-    for path in RT_TABLES_FILES:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split("#", 1)[0].split()
-            if len(fields) == 2 and fields[1] == name and fields[0].isdigit():
-                return int(fields[0])
-    return None
 
 
 TOP_KEYS = [
@@ -463,7 +300,7 @@ class _Builder:
         self.path = path
         self.base = path.absolute()
         self.problems: list[str] = []
-        self.top = _Obj(data, "", self.problems, str(path))
+        self.top = JsonObject(data, "", self.problems, str(path))
 
     def build(self) -> Config:
         top = self.top
@@ -607,9 +444,9 @@ class _Builder:
 
     def one_port(self, where: str, item: object) -> PortConfig | None:
         if not isinstance(item, dict):
-            self.top.fail(where, f"{_show(item)} is not an object {{\"name\": ..., \"port\": ...}}")
+            self.top.fail(where, f"{show(item)} is not an object {{\"name\": ..., \"port\": ...}}")
             return None
-        obj = _Obj(item, where, self.problems, self.top.file)
+        obj = JsonObject(item, where, self.problems, self.top.file)
         obj.check_keys(["name", "address", "port", "interface"])
         name = obj.string("name", "", required=True)
         if name and not _PORT_NAME.fullmatch(name):
@@ -620,14 +457,14 @@ class _Builder:
         port = obj.integer("port", 0, 0, 65535)
         return PortConfig(name, address, port, self.ifname(obj, "interface"))
 
-    def ifname(self, obj: _Obj, key: str) -> str | None:
+    def ifname(self, obj: JsonObject, key: str) -> str | None:
         """An interface name at ``key``; None if absent, null or invalid (recorded)."""
         value = obj.data.get(key)
         if value is None:
             return None
         if isinstance(value, str) and _IFNAME.fullmatch(value) and value not in (".", ".."):
             return value
-        obj.fail(key, f"{_show(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ . - @ +)")
+        obj.fail(key, f"{show(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ . - @ +)")
         return None
 
     def log_level(self) -> int:
@@ -697,9 +534,9 @@ class _Builder:
         if not isinstance(value, dict):
             if value is not True:
                 expected = '{"listen": "host:port"} or false'
-                self.top.fail("metrics", f"{_show(value)} is not {expected}")
+                self.top.fail("metrics", f"{show(value)} is not {expected}")
             return MetricsConfig()
-        obj = _Obj(value, "metrics", self.problems, self.top.file)
+        obj = JsonObject(value, "metrics", self.problems, self.top.file)
         obj.check_keys(["listen"])
         listen = obj.string("listen", DEFAULT_METRICS_LISTEN)
         host, _, port = listen.rpartition(":")
@@ -715,12 +552,12 @@ class _Builder:
                           " (the limit of a unix socket path; choose a shorter one)")
         return path
 
-    def protocol(self, obj: _Obj, key: str, value: object) -> str:
+    def protocol(self, obj: JsonObject, key: str, value: object) -> str:
         if value is None:
             return PROTOCOLS[0]
         if isinstance(value, str) and value in PROTOCOLS:
             return value
-        obj.fail(key, f"{_show(value)} is not a protocol (expected one of {', '.join(PROTOCOLS)})")
+        obj.fail(key, f"{show(value)} is not a protocol (expected one of {', '.join(PROTOCOLS)})")
         return PROTOCOLS[0]
 
     def peer_protocols(self) -> dict[int, str]:
@@ -747,7 +584,7 @@ def _is_ipv4(text: str) -> bool:
 def _network(item: object) -> IPv4Network | str:
     """``item`` as an IPv4 network (an address is a /32), or the problem as text."""
     if not isinstance(item, str):
-        return f"{_show(item)} is not an IPv4 address or prefix"
+        return f"{show(item)} is not an IPv4 address or prefix"
     try:
         return IPv4Network(item)
     except ValueError:
