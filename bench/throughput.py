@@ -73,6 +73,8 @@ SCENARIOS = [
     Scenario("reference-q500", "reference", txqueuelen=500, note="kernel's default TUN queue"),
     Scenario("wireguard-go", "wireguard"),
     Scenario("alpaca-1path", "alpaca"),
+    Scenario("alpaca-1path-q128", "alpaca", txqueuelen=128, note="tun_txqueuelen 128"),
+    Scenario("alpaca-1path-q256", "alpaca", txqueuelen=256, note="tun_txqueuelen 256"),
     Scenario("alpaca-1path-q500", "alpaca", txqueuelen=500, note="tun_txqueuelen 500"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
