@@ -156,7 +156,8 @@ class Config:
     """TUN interface name, at most 15 characters. Default alpaca0."""
     tun_txqueuelen: int = C.DEFAULT_TUN_TXQUEUELEN
     """Packets the kernel queues on the TUN device before dropping (default 64): a short queue
-    keeps a saturating flow from adding tens of milliseconds to every other flow's latency."""
+    keeps a saturating flow from adding tens of milliseconds to every other flow's latency,
+    at 10-35 % less single-flow throughput (docs/performance.md)."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL

@@ -44,8 +44,9 @@ class Flag(IntFlag):
 
 # --- Implementation defaults ---------------------------------------------------------------
 DEFAULT_TTL = 15
-#: TUN transmit queue, packets. The kernel's 500 let one cubic flow add ~14 ms (p50) to every
-#: other flow's RTT here; 64 kept it at ~3 ms for ~20 % less single-flow throughput.
+#: TUN transmit queue, packets. The kernel's 500 let one bulk TCP flow add 8-9 ms (p50, 22 ms
+#: p99) to every other flow's RTT here; 64 kept it at 3-5 ms for 10-35 % less single-flow
+#: throughput (docs/performance.md).
 DEFAULT_TUN_TXQUEUELEN = 64
 DEFAULT_REPLAY_WINDOW = 1 << 15
 DEFAULT_PROBE_INTERVAL = 1.0
