@@ -346,8 +346,10 @@ def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: in
     :data:`MAX_CONNECTIONS` requests are served at once. ``port`` 0 picks a free
     port (``server.server_port``). Stop it with ``server.stop()``.
     """
+    # SERVER_NAME given: otherwise gevent asks reverse DNS for it (socket.getfqdn), which on a
+    # host without a reachable resolver blocks start-up for the resolver's 10 s timeout.
     server = WSGIServer((host, port), make_wsgi_app(registry), log=None, error_log=log,
-                        spawn=MAX_CONNECTIONS)
+                        spawn=MAX_CONNECTIONS, environ={"SERVER_NAME": host})
     server.start()
     log.info("metrics served url=http://%s:%d/metrics", host, server.server_port)
     return server
