@@ -161,3 +161,22 @@ class EngineNet:
     def inject_tun(self, node: Node, packet: bytes) -> None:
         assert node.engine is not None
         node.engine.on_tun_packet(packet, self.now)
+
+
+SERVER_EP, CLIENT1_EP, CLIENT2_EP = ("10.0.0.1", 5000), ("10.1.0.1", 6000), ("10.2.0.1", 6000)
+
+
+def server_and_two_clients(seed: int = 1, **client: object) -> tuple[EngineNet, Node, Node, Node]:
+    """Server 1.1 and clients 16.1 and 16.2, each client linked straight to the server, all
+    started (clients with gateway 1.1 plus ``client`` settings) and run for 2 s of probes."""
+    net = EngineNet(seed=seed)
+    s = net.add("S", "1.1", [SERVER_EP])
+    c1 = net.add("C1", "16.1", [CLIENT1_EP], static=False)
+    c2 = net.add("C2", "16.2", [CLIENT2_EP], static=False)
+    net.link(CLIENT1_EP, SERVER_EP)
+    net.link(CLIENT2_EP, SERVER_EP)
+    net.start(s)
+    for c in (c1, c2):
+        net.start(c, gateway=pid("1.1"), **client)
+    net.run(2.0)
+    return net, s, c1, c2

@@ -11,7 +11,7 @@ from alpaca.core.constants import PacketType
 from alpaca.core.engine import Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy
-from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
 UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
@@ -126,16 +126,7 @@ def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders()
 
 
 def test_engine_p2p_between_two_clients_through_the_server() -> None:
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c1 = net.add("C1", "16.1", [UP1], static=False)
-    c2 = net.add("C2", "16.2", [UP2], static=False)
-    net.link(UP1, S_EP)
-    net.link(UP2, S_EP)
-    net.start(s)
-    for c in (c1, c2):
-        net.start(c, forwarders=(pid("1.1"),), gateway=pid("1.1"))
-    net.run(2.0)
+    net, _s, c1, c2 = server_and_two_clients(forwarders=(pid("1.1"),))
     ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # 16.1 never heard of 16.2: it challenges it
     assert len(c1.tun) == 0 and drops(c1, "unverified") == 1
     ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # upstream: 16.2 -> 16.1 via the server
@@ -194,16 +185,7 @@ def test_engine_p2p_first_packet_to_an_unknown_client_goes_through_a_shared_forw
 
 
 def test_engine_p2p_without_forwarders_goes_through_the_gateway() -> None:
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c1 = net.add("C1", "16.1", [UP1], static=False)
-    c2 = net.add("C2", "16.2", [UP2], static=False)
-    net.link(UP1, S_EP)
-    net.link(UP2, S_EP)
-    net.start(s)
-    net.start(c1, gateway=pid("1.1"))
-    net.start(c2, gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, c1, c2 = server_and_two_clients()
     ping(net, c1, tunnel_ip(c2.peer_id), n=2, gap=0.2)
     assert len(c2.tun) == 1 and eng(s).stats.forwarded_packets >= 1
 
@@ -487,16 +469,7 @@ def test_engine_replayed_datagram_from_another_address_is_dropped_and_learns_not
 
 
 def test_engine_client_cannot_impersonate_another_client() -> None:
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c1 = net.add("C1", "16.1", [UP1], static=False)
-    c2 = net.add("C2", "16.2", [UP2], static=False)
-    net.link(UP1, S_EP)
-    net.link(UP2, S_EP)
-    net.start(s)
-    net.start(c1, gateway=pid("1.1"))
-    net.start(c2, gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, c1, c2 = server_and_two_clients()
     before = state_of(eng(s))
     # C2 seals with the only key it holds (its own) but claims to be 16.1.
     from alpaca.core.crypto import DirectionCipher, derive_key

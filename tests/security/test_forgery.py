@@ -23,7 +23,7 @@ from alpaca.core.constants import HEADER_LEN, MAX_DATAGRAM, OVERHEAD, Flag, Pack
 from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
-from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
 from tests.security.conftest import drop_delta, drops, eng, fingerprint
 
 S_EP, F_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
@@ -47,16 +47,7 @@ def capture_into(node: Node) -> list[tuple[tuple[str, int], int, bytes]]:
 
 def network() -> tuple[EngineNet, Node, Node, Node]:
     """Server 1.1, clients 16.1 and 16.2 straight to it, both sending already."""
-    net = EngineNet(seed=7)
-    s = net.add("S", "1.1", [S_EP])
-    c1 = net.add("C1", "16.1", [UP1], static=False)
-    c2 = net.add("C2", "16.2", [UP2], static=False)
-    net.link(UP1, S_EP)
-    net.link(UP2, S_EP)
-    net.start(s)
-    for c in (c1, c2):
-        net.start(c, gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, c1, c2 = server_and_two_clients(seed=7)
     for c in (c1, c2):
         net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), GW))
     net.run(0.1)
