@@ -134,7 +134,6 @@ class Daemon:
         self._spawn(watch.run, self.reload)
 
     def _start_observability(self) -> None:
-
         cfg = self.config
         if cfg.metrics.enabled:
             registry = build_registry(lambda: self.engine, monotonic, version=__version__,
