@@ -107,11 +107,29 @@ class Lab:
                               delay_ms=imp.delay_ms, jitter_ms=imp.jitter_ms, rate_mbit=imp.rate_mbit)
 
     def start_daemons(self, names: Sequence[str] | None = None, timeout: float = 20.0) -> None:
-        """Start the named daemons (default: all; the server first) and wait until ready."""
+        """Start the named daemons (default: all; the server first) and wait until ready:
+        control sockets answer, and every client reaches its gateway through the tunnel."""
         chosen = [n for n in self.topology.daemons if names is None or n.name in names]
         for node in chosen:
             nodes.start_daemon(self.topology, node, self.state_dir)
         nodes.wait_ready(self.state_dir, [n.name for n in chosen], timeout)
+        self.wait_tunnels(timeout)
+
+    def wait_tunnels(self, timeout: float = 20.0) -> None:
+        """Wait until each client pings its gateway's tunnel address (the daemons have
+        probed their paths and proved themselves live to each other: docs/protocol.md 5.1)."""
+        deadline = time.monotonic() + timeout
+        for node in self.topology.daemons:
+            if node.gateway is None:
+                continue
+            high, low = (int(x) for x in node.gateway.split("."))
+            target = f"{self.topology.net}.{high}.{low}"
+            while netns.exec_in(node.namespace, ["ping", "-n", "-q", "-c", "1", "-W", "1", target],
+                                check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    log_file = self.state_dir / "nodes" / node.name / "daemon.log"
+                    raise LabError(f"{node.name} does not reach its gateway {target} through the"
+                                   f" tunnel within {timeout:g} s; see {log_file}")
 
     def stop_daemon(self, name: str) -> None:
         nodes.stop_daemon(self.state_dir, name)
