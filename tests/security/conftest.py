@@ -30,6 +30,7 @@ from typing import Any
 
 from alpaca.core.engine import Engine
 from tests.enginenet import Node
+from tests.helpers import nsexec, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 ALPACA = str(ROOT / ".venv" / "bin" / "alpaca-tunnel")
@@ -81,14 +82,8 @@ def routing_state(engine: Engine) -> tuple[object, ...]:
 
 
 # --------------------------------------------------------------------------- namespaces
-def run(*args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def ns_run(
-    ns: str, *args: str, check: bool = True, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    return run("ip", "netns", "exec", ns, *args, check=check, timeout=timeout)
+run = sh  # the shared command runners of tests/helpers.py
+ns_run = nsexec
 
 
 def rss_kib(pid: int) -> int:

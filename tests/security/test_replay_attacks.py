@@ -33,6 +33,14 @@ ATTACKER = ("10.66.0.1", 4444)
 REPLAY_REASONS = {"duplicate", "too_old", "old_epoch"}
 
 
+def one_datagram(net: EngineNet, s: Node, c1: Node) -> bytes:
+    """The DATA datagram of one packet 16.1 sends to the server, as the server received it."""
+    seen = capture_into(s)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    return data_from(seen, c1.peer_id)
+
+
 def replay(net: EngineNet, target: Node, data: bytes, addr: tuple[str, int], port: int = 0) -> dict[str, int]:
     """Inject ``data`` into ``target``; assert routing state and delivery unchanged; the drop delta."""
     engine = eng(target)
@@ -47,20 +55,14 @@ def replay(net: EngineNet, target: Node, data: bytes, addr: tuple[str, int], por
 
 def test_replay_immediate_from_the_real_and_from_another_address_is_a_duplicate() -> None:
     net, s, c1, _ = network()
-    seen = capture_into(s)
-    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
-    net.run(0.1)
-    data = data_from(seen, c1.peer_id)
+    data = one_datagram(net, s, c1)
     for addr in (UP1, ATTACKER, UP2):
         assert replay(net, s, data, addr) == {"duplicate": 1}
 
 
 def test_replay_after_ten_seconds_and_after_the_window_moved_on() -> None:
     net, s, c1, _ = network()
-    seen = capture_into(s)
-    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
-    net.run(0.1)
-    old = data_from(seen, c1.peer_id)
+    old = one_datagram(net, s, c1)
     net.run(10.0)
     assert replay(net, s, old, ATTACKER) == {"duplicate": 1}
     # Push the window past the captured counter: the replay is then too old.
@@ -73,10 +75,7 @@ def test_replay_after_ten_seconds_and_after_the_window_moved_on() -> None:
 
 def test_replay_after_the_sender_restarted_is_an_old_epoch() -> None:
     net, s, c1, _ = network()
-    seen = capture_into(s)
-    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
-    net.run(0.1)
-    old = data_from(seen, c1.peer_id)
+    old = one_datagram(net, s, c1)
     net.start(c1, gateway=pid("1.1"))  # restart: a new, higher epoch
     net.run(2.0)
     net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
@@ -100,10 +99,7 @@ def test_replay_to_another_peer_is_refused_there() -> None:
     peers = {k: v for k, v in eng(c2).settings.peers.items() if k != c1.peer_id}
     net.start(c2, gateway=pid("1.1"), peers=peers)
     net.run(1.0)
-    seen = capture_into(s)
-    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
-    net.run(0.1)
-    data = data_from(seen, c1.peer_id)
+    data = one_datagram(net, s, c1)
     for target in (c2, c1):
         engine = eng(target)
         before, state = drops(engine), routing_state(engine)
