@@ -50,7 +50,7 @@ bench: deps venv
 	$(BIN)/python bench/throughput.py
 
 soak: deps venv
-	$(BIN)/pytest -m slow tests/lab -k soak $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow tests/security/test_soak.py $(PYTEST_ARGS)
 
 fuzz: venv
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py $(PYTEST_ARGS)
