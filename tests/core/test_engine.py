@@ -106,7 +106,8 @@ def test_engine_downstream_goes_on_every_live_path_of_the_client() -> None:
     assert len(c.tun) == 1 and drops(c, "duplicate") >= 1
 
 
-def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders() -> None:
+def relay_chain(*, f2_reaches_server: bool) -> tuple[EngineNet, Node, Node, Node, Node]:
+    """Client 16.1 - forwarder 1.2 - forwarder 1.3 [- server 1.1]: nothing started yet."""
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])
     f1 = net.add("F1", "1.2", [F1_EP])
@@ -114,7 +115,13 @@ def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders()
     c = net.add("C", "16.1", [UP1], static=False)
     net.link(UP1, F1_EP)
     net.link(F1_EP, F2_EP)
-    net.link(F2_EP, S_EP)
+    if f2_reaches_server:
+        net.link(F2_EP, S_EP)
+    return net, s, f1, f2, c
+
+
+def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders() -> None:
+    net, s, f1, f2, c = relay_chain(f2_reaches_server=True)
     net.start(s)
     net.start(f2)
     net.start(f1, forwarders=(pid("1.3"),))
@@ -191,13 +198,7 @@ def test_engine_p2p_without_forwarders_goes_through_the_gateway() -> None:
 
 
 def test_engine_split_horizon_stops_two_relays_bouncing_a_packet() -> None:
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    f1 = net.add("F1", "1.2", [F1_EP])
-    f2 = net.add("F2", "1.3", [F2_EP])
-    c = net.add("C", "16.1", [UP1], static=False)
-    net.link(UP1, F1_EP)
-    net.link(F1_EP, F2_EP)
+    net, s, f1, f2, c = relay_chain(f2_reaches_server=False)
     net.start(s)
     net.start(f1, forwarders=(pid("1.3"),))
     net.start(f2, forwarders=(pid("1.2"),))

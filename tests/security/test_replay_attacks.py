@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,6 +162,19 @@ def test_replay_cannot_keep_a_dead_path_up_and_defeat_failover() -> None:
 
 
 # --------------------------------------------------------------------------- real daemons
+def capture_client_data(lab: Lab) -> list[Any]:
+    """Start the lab, ping through it 5 times, and return the client's DATA datagrams the
+    router saw on their way to the server (src ip, src port, dst ip, dst port, payload)."""
+    lab.start_all()
+    lab.wait_tunnel()
+    with sniffing(lab.ns["r"], "r1", dport=SERVER_PORT) as sniffer:
+        assert lab.ping(5, 0.1) == (5, 5)
+        time.sleep(0.3)
+    captured = [c for c in sniffer.captured if c[4][0] & 0x0F == PacketType.DATA]
+    assert len(captured) >= 5
+    return captured
+
+
 def _delivered(lab: Lab) -> tuple[int, int, dict[str, int]]:
     """(DATA delivered from 16.1, datagrams accepted from 16.1, drops) at the server.
 
@@ -179,13 +193,7 @@ def test_replay_by_an_on_path_router_is_never_accepted(tmp_path: Path) -> None:
     every replay is counted by reason, and pings keep flowing.
     The server's DATA count must not move while no ping runs."""
     with Lab(tmp_path, forwarder=True) as lab:
-        lab.start_all()
-        lab.wait_tunnel()
-        with sniffing(lab.ns["r"], "r1", dport=SERVER_PORT) as sniffer:
-            assert lab.ping(5, 0.1) == (5, 5)
-            time.sleep(0.3)
-        captured = [c for c in sniffer.captured if c[4][0] & 0x0F == PacketType.DATA]
-        assert len(captured) >= 5
+        captured = capture_client_data(lab)
         client_ip, client_port = captured[0][0], captured[0][1]
         raw, plain = raw_udp_socket(lab.ns["r"]), udp_socket(lab.ns["r"])
 
@@ -246,13 +254,7 @@ def test_replay_after_the_receiver_restarted_is_never_delivered(tmp_path: Path) 
     are replayed at once, before the client has spoken to the new server, and again after:
     none is delivered (`unverified` first, `too_old` below the verified floor afterwards)."""
     with Lab(tmp_path, forwarder=False) as lab:
-        lab.start_all()
-        lab.wait_tunnel()
-        with sniffing(lab.ns["r"], "r1", dport=SERVER_PORT) as sniffer:
-            assert lab.ping(5, 0.1) == (5, 5)
-            time.sleep(0.3)
-        captured = [c for c in sniffer.captured if c[4][0] & 0x0F == PacketType.DATA]
-        assert len(captured) >= 5
+        captured = capture_client_data(lab)
         plain = udp_socket(lab.ns["r"])
         lab.daemons["s"].stop()
         lab.daemons["s"].start()
