@@ -158,6 +158,9 @@ class Config:
     """Packets the kernel queues on the TUN device before dropping (default 64): a short queue
     keeps a saturating flow from adding tens of milliseconds to every other flow's latency,
     at 10-35 % less single-flow throughput (docs/performance.md)."""
+    tun_offload: bool = True
+    """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
+    super-packets are read and written in one syscall. Default on; off for troubleshooting."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL
@@ -287,9 +290,9 @@ def load_config(path: Path) -> Config:
 TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
-    "post_down_cmds", "tun_name", "tun_txqueuelen", "ports", "ttl", "probe_interval_ms", "path_timeout_ms",
-    "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics", "control_socket",
-    "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
+    "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "ports", "ttl", "probe_interval_ms",
+    "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics",
+    "control_socket", "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
     *OBSOLETE_KEYS,
 ]  # fmt: skip
 
@@ -343,6 +346,7 @@ class _Builder:
             post_down_cmds=top.strings("post_down_cmds"),
             tun_name=tun_name,
             tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
+            tun_offload=top.boolean("tun_offload", True),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,

@@ -94,7 +94,7 @@ class Daemon:
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)
-        self.tun = TunDevice.open(cfg.tun_name)
+        self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         self.expected_routes = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface) for p in cfg.ports]

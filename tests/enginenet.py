@@ -13,6 +13,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from alpaca.core import offload
 from alpaca.core.engine import Engine
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 
@@ -61,6 +62,8 @@ class Node:
     engine: Engine | None = None
     tun: list[bytes] = field(default_factory=list)
     sent: int = 0
+    #: TUN writes that arrived with a partial checksum (completed before recording).
+    partial_writes: int = 0
 
 
 class NetOutput:
@@ -71,8 +74,13 @@ class NetOutput:
         self.node.sent += 1
         return self.net.transmit(self.node.endpoints[port], addr, data)
 
-    def write_tun(self, packet: bytes) -> bool:
-        self.node.tun.append(packet)
+    def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+        """Record what a TUN device without offload receives: a completed checksum."""
+        whole = offload.complete_partial(packet) if csum_partial else packet
+        if whole is None:
+            return False
+        self.node.tun.append(whole)
+        self.node.partial_writes += csum_partial
         return True
 
 
@@ -158,9 +166,9 @@ class EngineNet:
                 timer_node.engine.on_timer(self.now)
         self.now = end
 
-    def inject_tun(self, node: Node, packet: bytes) -> None:
+    def inject_tun(self, node: Node, packet: bytes, csum_partial: bool = False) -> None:
         assert node.engine is not None
-        node.engine.on_tun_packet(packet, self.now)
+        node.engine.on_tun_packet(packet, self.now, csum_partial)
 
 
 SERVER_EP, CLIENT1_EP, CLIENT2_EP = ("10.0.0.1", 5000), ("10.1.0.1", 6000), ("10.2.0.1", 6000)

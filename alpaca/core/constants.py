@@ -40,6 +40,9 @@ class Flag(IntFlag):
     PADDED = 0x01
     #: This datagram is a delayed extra copy (duplicate-send); informative only.
     DELAYED_COPY = 0x02
+    #: The inner TCP/UDP checksum field holds only the pseudo-header sum (TUN offload):
+    #: the receiver completes it, or hands the packet to its kernel as CHECKSUM_PARTIAL.
+    CSUM_PARTIAL = 0x04
 
 
 # --- Implementation defaults ---------------------------------------------------------------

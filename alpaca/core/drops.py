@@ -33,6 +33,7 @@ class DropReason(IntEnum):
     UNKNOWN_PROBE = 22   #: a probe reply that matches no probe we sent
     LEGACY = 23          #: legacy-protocol datagram rejected by its own checks
     UNVERIFIED = 24      #: authentic, from a sender not yet proved live since we started
+    BAD_OFFLOAD = 25     #: a TUN read whose offload (virtio-net) header could not be taken apart
 
     @property
     def label(self) -> str:

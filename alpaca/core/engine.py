@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 NET_MASK = 0xFFFF0000
 _PADDED = int(Flag.PADDED)
+_CSUM_PARTIAL = int(Flag.CSUM_PARTIAL)
 #: Seconds between two challenges to an unverified sender on the same link.
 CHALLENGE_INTERVAL = 0.5
 MAX_CHALLENGES = 4
@@ -136,11 +137,11 @@ class Engine:
         self.routes.flush()
 
     # ----------------------------------------------------------------- inside: TUN -> UDP
-    def on_tun_packet(self, packet: bytes, now: float) -> None:
-        """Handle one IP packet read from the TUN device."""
+    def on_tun_packet(self, packet: bytes, now: float, csum_partial: bool = False) -> None:
+        """Handle one IP packet read from the TUN device (``csum_partial``: see Flag)."""
         peer = self.route_packet(packet, now)
         if peer is not None:
-            self.send_packet(peer, packet, now)
+            self.send_packet(peer, packet, now, csum_partial)
 
     def route_packet(self, packet: bytes, now: float) -> Peer | None:
         """Check a TUN packet and choose its peer; None (and a counted drop) if it has none."""
@@ -162,18 +163,19 @@ class Engine:
             self.stats.drop(DropReason.NO_ROUTE)
         return peer
 
-    def send_packet(self, peer: Peer, packet: bytes, now: float) -> None:
+    def send_packet(self, peer: Peer, packet: bytes, now: float, csum_partial: bool = False) -> None:
         """Seal a checked TUN packet for ``peer`` and send it (with delayed copies)."""
         s = self.settings
         inner = ippkt.addresses(packet)
         assert inner is not None, "route_packet checked it"
-        flags = 0
+        flags = _CSUM_PARTIAL if csum_partial else 0
         copies = self._copies_for(packet)
         peer.tx_packets += 1
         peer.tx_bytes += len(packet)
         peer.last_active_at = now
         if s.pad_small and len(packet) + OVERHEAD <= 500:
-            packet, flags = pad(packet, self.random_bytes)
+            packet, padded = pad(packet, self.random_bytes)
+            flags |= padded
         plan = peer.plan
         if plan is None or plan[0] != self.generation.value:
             targets_now = routing.targets(self.settings, self.peers, self.self_id, peer.peer_id, None, None)
@@ -450,7 +452,7 @@ class Engine:
         if src_ip & NET_MASK == self.settings.net and src_ip & 0xFFFF != peer.peer_id:
             self.stats.drop(DropReason.SPOOFED_SOURCE)
             return
-        if not self.out.write_tun(packet):
+        if not self.out.write_tun(packet, bool(flags & _CSUM_PARTIAL)):
             self.stats.drop(DropReason.TUN_WRITE_ERROR)
             return
         self.stats.delivered(peer, len(packet))

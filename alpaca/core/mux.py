@@ -50,15 +50,15 @@ class ProtocolMux:
         """Ids of the peers spoken to in the 6.1.2 protocol."""
         return frozenset(self.legacy.peers)
 
-    def on_tun_packet(self, packet: bytes, now: float) -> None:
+    def on_tun_packet(self, packet: bytes, now: float, csum_partial: bool = False) -> None:
         """Route with the default engine, send with the engine serving the chosen peer."""
         peer = self.v2.route_packet(packet, now)
         if peer is None:
             return
         if self.legacy.serves(peer.peer_id):
-            self.legacy.send_packet(peer.peer_id, packet, now)
+            self.legacy.send_packet(peer.peer_id, packet, now, csum_partial)
         else:
-            self.v2.send_packet(peer, packet, now)
+            self.v2.send_packet(peer, packet, now, csum_partial)
 
     def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None:
         """Demultiplex one datagram by the rule in the module docstring."""

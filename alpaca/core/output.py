@@ -19,8 +19,12 @@ class Output(Protocol):
         """Send one datagram from local port ``port`` to ``addr``. False if the kernel refused."""
         ...
 
-    def write_tun(self, packet: bytes) -> bool:
-        """Write one inner IP packet to the TUN device. False if the kernel refused."""
+    def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+        """Write one inner IP packet to the TUN device. False if the kernel refused.
+
+        ``csum_partial``: its TCP/UDP checksum field holds only the pseudo-header sum
+        (alpaca.core.offload); the writer completes it or lets the kernel do so.
+        """
         ...
 
 

@@ -18,7 +18,10 @@ from gevent.hub import get_hub
 
 from alpaca.core.settings import Addr
 
-__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter"]
+__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket"]
+
+#: An inner packet and whether its TCP/UDP checksum is partial (alpaca.core.offload).
+TunPacket = tuple[bytes, bool]
 
 
 class DriverClosed(Exception):
@@ -26,18 +29,27 @@ class DriverClosed(Exception):
 
 
 class PacketDevice(Protocol):
-    """The inside: a TUN device carrying raw IPv4 packets (no packet-info header)."""
+    """The inside: a TUN device carrying raw IPv4 packets (no packet-info header).
+
+    Reads yield :data:`TunPacket` pairs; ``write_many`` takes them and returns how many
+    packets the kernel accepted; ``write`` takes one packet with a complete checksum.
+    ``bad_frames`` counts reads that could not be taken apart (reset by the reader).
+    """
+
+    bad_frames: int
 
     @property
     def name(self) -> str: ...
 
-    def read_batch(self, limit: int = 32) -> list[bytes]: ...
+    def read_batch(self, limit: int = 32) -> list[TunPacket]: ...
 
     def wait_readable(self) -> None: ...
 
     def write(self, packet: bytes) -> bool: ...
 
-    def read_loop(self, handler: Callable[[list[bytes]], None], *, batch: int = 32) -> None: ...
+    def write_many(self, packets: list[TunPacket]) -> int: ...
+
+    def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None: ...
 
     def close(self) -> None: ...
 

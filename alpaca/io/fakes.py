@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import gevent
 from gevent.event import Event
 
+from alpaca.core import offload
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
-from alpaca.io import DriverClosed
+from alpaca.io import DriverClosed, TunPacket
 
 if TYPE_CHECKING:
     from alpaca.core.output import Output
@@ -54,10 +55,12 @@ class MemoryOutput:
         self.sent.append((port, addr, data))
         return True
 
-    def write_tun(self, packet: bytes) -> bool:
-        if self.refuse_tun:
+    def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+        """Record the packet as a TUN device without offload would take it (checksum done)."""
+        whole = offload.complete_partial(packet) if csum_partial else packet
+        if self.refuse_tun or whole is None:
             return False
-        self.tun_writes.append(packet)
+        self.tun_writes.append(whole)
         return True
 
 
@@ -108,31 +111,36 @@ def _loop(
 
 
 class MemoryTun:
-    """A fake TUN device: ``inject()`` feeds reads, ``written`` records writes."""
+    """A fake TUN device: ``inject()`` feeds reads, ``written`` records writes.
+
+    It behaves as a device without offload: partial checksums are completed on write.
+    """
 
     def __init__(self, name: str = "mem0", maxlen: int = DEFAULT_MAXLEN) -> None:
         self._name = name
-        self._inbox: _Inbox[bytes] = _Inbox(maxlen)
+        self._inbox: _Inbox[TunPacket] = _Inbox(maxlen)
         self._vanished = False
         #: Packets the daemon wrote, oldest first.
         self.written: deque[bytes] = deque(maxlen=maxlen)
         #: When True, write() refuses (returns False), like a kernel EINVAL.
         self.refuse = False
+        #: Always 0: a memory device has no offload header to get wrong.
+        self.bad_frames = 0
 
     @property
     def name(self) -> str:
         return self._name
 
-    def inject(self, packet: bytes) -> None:
+    def inject(self, packet: bytes, csum_partial: bool = False) -> None:
         """Queue a packet for the daemon to read, as if the kernel routed it to the device."""
-        self._inbox.put(packet)
+        self._inbox.put((packet, csum_partial))
 
     def vanish(self) -> None:
         """Simulate deletion of the device: the next read raises TunnelError."""
         self._vanished = True
         self._inbox.ready.set()
 
-    def read_batch(self, limit: int = 32) -> list[bytes]:
+    def read_batch(self, limit: int = 32) -> list[TunPacket]:
         if self._vanished:
             raise TunnelError(f"TUN device {self._name} vanished: deleted (memory device)")
         return self._inbox.take(limit)
@@ -146,7 +154,14 @@ class MemoryTun:
         self.written.append(packet)
         return True
 
-    def read_loop(self, handler: Callable[[list[bytes]], None], *, batch: int = 32) -> None:
+    def write_many(self, packets: list[TunPacket]) -> int:
+        written = 0
+        for packet, partial in packets:
+            whole = offload.complete_partial(packet) if partial else packet
+            written += whole is not None and self.write(whole)
+        return written
+
+    def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None:
         _loop(self._inbox, self.read_batch, handler, batch)
 
     def close(self) -> None:

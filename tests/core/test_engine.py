@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +83,36 @@ def test_engine_a1_no_forwarders_sends_straight_to_gateway_and_back() -> None:
     net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
     net.run(0.1)
     assert len(c.tun) == 1
+
+
+def partial_tcp(src: str, dst: str, payload: bytes) -> tuple[bytes, bytes]:
+    """(TCP packet with its checksum partial as TUN offload gives it, the same completed)."""
+    packet = ipv4(src, dst, proto=6, payload=payload)  # TCP checksum field zero
+    part = _word_sum(packet[12:20] + struct.pack("!BBH", 0, 6, len(packet) - 20))
+    whole = ~_word_sum(struct.pack("!H", part) + packet[20:]) & 0xFFFF
+    return (packet[:36] + struct.pack("!H", part) + packet[38:],
+            packet[:36] + struct.pack("!H", whole) + packet[38:])
+
+
+def _word_sum(data: bytes) -> int:
+    """RFC 1071 ones' complement sum, folded (not inverted)."""
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_engine_partial_checksum_crosses_forwarders_flagged_and_is_completed_at_the_end(pad: bool) -> None:
+    net, s, f1, f2, c = star()
+    start_star(net, s, f1, f2, c, pad_small=pad)
+    part, whole = partial_tcp(tunnel_ip(c.peer_id), tunnel_ip(s.peer_id), b"y" * (40 if pad else 900))
+    net.inject_tun(c, part, csum_partial=True)
+    net.inject_tun(c, whole)
+    net.run(0.1)
+    assert s.tun == [whole, whole]
+    assert s.partial_writes == 1  # the flag survived both relays; the plain packet stayed plain
 
 
 def test_engine_a2_sends_to_every_forwarder_and_the_gateway_keeps_one() -> None:

@@ -56,6 +56,15 @@ def checksums_ok(packet: bytes) -> bool:
     return csum(packet[:20]) == 0 and csum(pseudo + udp) == 0
 
 
+def partial(packet: bytes) -> bytes:
+    """``packet`` as a TUN device with offload hands it over: UDP checksum = pseudo-header sum."""
+    ulen = len(packet) - 20
+    words = struct.unpack("!4H", packet[12:20])
+    total = sum(words) + 17 + ulen
+    total = (total & 0xFFFF) + (total >> 16)
+    return packet[:26] + struct.pack("!H", (total & 0xFFFF) + (total >> 16)) + packet[28:]
+
+
 def legacy_settings(enet: EngineNet, node: Node, peers: set[int], **kw: object) -> LegacySettings:
     served = peers | {node.peer_id}
     specs = {p: LegacyPeerSpec(p, codec.key_from_bytes(enet.keys[p]), enet.static.get(p)) for p in served}
@@ -238,6 +247,28 @@ def test_mux_gateway_carries_an_internet_packet_of_the_legacy_client() -> None:
     net.run(0.05)
     assert len(g.tun) == 1 and g.tun[0][12:20] == bytes([10, 17, 16, 1, 8, 8, 8, 8])
     assert mux.stats.delivered_packets == 1
+
+
+def test_mux_completes_a_partial_checksum_for_a_legacy_peer() -> None:
+    net, g, _r, lc, _v, _mux, _relay, _client = build_gateway()
+    reply = udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000)
+    assert partial(reply) != reply
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    net.inject_tun(g, partial(reply), csum_partial=True)
+    net.run(0.05)
+    assert lc.tun == [reply] and lc.partial_writes == 0  # the 6.1.2 protocol carries whole sums
+
+
+def test_mux_keeps_a_checksum_partial_for_a_v2_peer() -> None:
+    net, g, _r, _lc, v, _mux, _relay, _client = build_gateway()
+    net.run(0.5)
+    net.inject_tun(v, udp_packet("10.17.16.2", "10.17.1.1", dport=80))
+    net.run(0.05)
+    reply = udp_packet("10.17.1.1", "10.17.16.2", sport=80, dport=4000)
+    net.inject_tun(g, partial(reply), csum_partial=True)
+    net.run(0.05)
+    assert v.partial_writes == 1 and v.tun == [reply]  # completed by the receiving side only
 
 
 def test_mux_stats_add_both_engines() -> None:

@@ -41,7 +41,7 @@ def test_memory_tun_read_batch_respects_cap() -> None:
     for i in range(40):
         tun.inject(bytes([i]))
     assert len(tun.read_batch(32)) == 32
-    assert tun.read_batch(32) == [bytes([i]) for i in range(32, 40)]
+    assert tun.read_batch(32) == [(bytes([i]), False) for i in range(32, 40)]
     assert tun.read_batch() == []
 
 

@@ -49,7 +49,7 @@ request = None
 with gevent.Timeout(5):
     while request is None:
         dev.wait_readable()
-        for pkt in dev.read_batch():
+        for pkt, _ in dev.read_batch():
             if pkt[0] >> 4 == 4 and pkt[9] == 1 and pkt[16:20] == bytes([10, 99, 0, 2]):
                 request = pkt
 r["version"] = request[0] >> 4

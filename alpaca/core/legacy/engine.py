@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from alpaca.core import ippkt
+from alpaca.core import ippkt, offload
 from alpaca.core.drops import DropReason
 from alpaca.core.dupsend import DupSendScheduler
 from alpaca.core.ids import RESERVED_IDS
@@ -120,11 +120,11 @@ class LegacyEngine:
         return peer_id in self.peers
 
     # ----------------------------------------------------------------- inside: TUN -> UDP
-    def on_tun_packet(self, packet: bytes, now: float) -> None:
+    def on_tun_packet(self, packet: bytes, now: float, csum_partial: bool = False) -> None:
         """Handle one IP packet read from the TUN device (standalone use, without the mux)."""
         peer = self.route_packet(packet, now)
         if peer is not None:
-            self.send_packet(peer, packet, now)
+            self.send_packet(peer, packet, now, csum_partial)
 
     def route_packet(self, packet: bytes, now: float) -> int | None:
         """The peer of a TUN packet: a tunnel destination's id, else the gateway; None = drop.
@@ -142,9 +142,18 @@ class LegacyEngine:
             return None
         return dst
 
-    def send_packet(self, peer_id: int, packet: bytes, now: float) -> None:
-        """Encrypt a TUN packet for ``peer_id`` (a legacy peer) and dispatch it."""
+    def send_packet(self, peer_id: int, packet: bytes, now: float, csum_partial: bool = False) -> None:
+        """Encrypt a TUN packet for ``peer_id`` (a legacy peer) and dispatch it.
+
+        The 6.1.2 protocol has no partial checksums: a partial one is completed here.
+        """
         s = self.settings
+        if csum_partial:
+            completed = offload.complete_partial(packet)
+            if completed is None:
+                self.stats.drop(DropReason.MALFORMED)
+                return
+            packet = completed
         ips = ippkt.addresses(packet)
         reason = self._check_outbound(peer_id, packet, ips)
         if reason is not None:
