@@ -72,6 +72,14 @@ _BIND_HINTS = {
 }
 
 
+#: Receive buffer asked for, bytes (the kernel doubles it: 208 KiB, the usual rmem_default).
+#: Under a saturating TCP flow the receiving daemon is the bottleneck and this buffer is where
+#: the standing queue forms: 2 MiB let it reach 10 ms (ping p50 7-8 ms through the tunnel),
+#: 208 KiB halves that at no measurable throughput cost; smaller buffers cost throughput
+#: (docs/performance.md, "Latency under load").
+RCVBUF = 104 << 10
+
+
 class UdpPort:
     """A bound UDP socket. Create with :meth:`open`."""
 
@@ -95,7 +103,7 @@ class UdpPort:
         port: int,
         interface: str | None = None,
         *,
-        rcvbuf: int = 1 << 20,
+        rcvbuf: int = RCVBUF,
         sndbuf: int = 1 << 20,
         gso: bool = True,
     ) -> UdpPort:
@@ -105,7 +113,7 @@ class UdpPort:
             name: the port's name from config, used in errors and metrics.
             interface: bind to this device (SO_BINDTODEVICE) so that packets leave by it.
             rcvbuf / sndbuf: socket buffer sizes in bytes (the kernel doubles them and caps
-                them at net.core.rmem_max / wmem_max).
+                them at net.core.rmem_max / wmem_max). See RCVBUF for the receive default.
             gso: use UDP GSO in send_many when the kernel supports it.
 
         Raises TunnelError naming the address, the port and the fix.
@@ -181,9 +189,13 @@ class UdpPort:
     def _recv_gro(self, limit: int, out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
         """recv_batch with UDP GRO: one recvmsg may return a run of coalesced datagrams from
         one sender, all of the size the UDP_GRO control message gives (the last may be
-        shorter); they are split back into datagrams. ``limit`` bounds the reads."""
+        shorter); they are split back into datagrams. ``limit`` bounds the reads, and no read
+        starts once ``limit`` datagrams are in: a batch holds at most limit - 1 + 64 of them,
+        so a small packet never waits behind more than one batch of bulk (see dataplane)."""
         recvmsg = self._sock.recvmsg
         for _ in range(limit):
+            if len(out) >= limit:
+                break
             try:
                 data, ancdata, _flags, addr = recvmsg(GRO_BUFFER, _GRO_CMSG_SPACE)
             except BlockingIOError:
