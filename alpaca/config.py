@@ -158,6 +158,10 @@ class Config:
     """Packets the kernel queues on the TUN device before dropping (default 64): a short queue
     keeps a saturating flow from adding tens of milliseconds to every other flow's latency,
     at 10-35 % less single-flow throughput (docs/performance.md)."""
+    udp_rcvbuf_kib: int = C.DEFAULT_UDP_RCVBUF_KIB
+    """Receive buffer of each UDP socket, KiB (default 208, capped by net.core.rmem_max): the
+    standing queue of a saturating flow forms here, so it bounds the latency a bulk flow adds
+    to everything else (about 3-5 ms at 208); larger buffers trade latency for throughput."""
     tun_offload: bool = True
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""
@@ -290,9 +294,10 @@ def load_config(path: Path) -> Config:
 TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
-    "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "ports", "ttl", "probe_interval_ms",
-    "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics",
-    "control_socket", "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
+    "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "udp_rcvbuf_kib", "ports", "ttl",
+    "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
+    "replay_window", "metrics", "control_socket", "state_file", "strict_hooks", "route_table",
+    "protocol", "peer_protocols",
     *OBSOLETE_KEYS,
 ]  # fmt: skip
 
@@ -347,6 +352,7 @@ class _Builder:
             tun_name=tun_name,
             tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
             tun_offload=top.boolean("tun_offload", True),
+            udp_rcvbuf_kib=top.integer("udp_rcvbuf_kib", C.DEFAULT_UDP_RCVBUF_KIB, 16, 1 << 20),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,

@@ -97,7 +97,8 @@ class Daemon:
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         self.expected_routes = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
-        ports = [UdpPort.open(p.name, p.address, p.port, p.interface) for p in cfg.ports]
+        rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
+        ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
         resolver = KernelResolver()
         self._closers.append(resolver.close)

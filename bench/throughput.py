@@ -68,6 +68,8 @@ class Scenario:
     txqueuelen: int = 64
     #: alpaca-tunnel's tun_offload (checksum/TSO offload and coalesced TUN writes).
     offload: bool = True
+    #: alpaca-tunnel's udp_rcvbuf_kib (where the standing queue of a saturating flow forms).
+    rcvbuf_kib: int = 208
 
 
 SCENARIOS = [
@@ -80,6 +82,8 @@ SCENARIOS = [
     Scenario("alpaca-1path-q128", "alpaca", txqueuelen=128, note="tun_txqueuelen 128"),
     Scenario("alpaca-1path-q256", "alpaca", txqueuelen=256, note="tun_txqueuelen 256"),
     Scenario("alpaca-1path-q500", "alpaca", txqueuelen=500, note="tun_txqueuelen 500"),
+    Scenario("alpaca-1path-rb64", "alpaca", rcvbuf_kib=64, note="udp_rcvbuf_kib 64"),
+    Scenario("alpaca-1path-rb2048", "alpaca", rcvbuf_kib=2048, note="udp_rcvbuf_kib 2048"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
     Scenario("wireguard-go-lossy", "wireguard", lossy=True),
@@ -231,7 +235,7 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
             "secret_file": str(directory / "secrets.txt"), "tun_name": "alb0", "metrics": False,
             "control_socket": str(directory / "control.sock"), "state_file": str(directory / "epoch"),
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
-            "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload,
+            "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload, "udp_rcvbuf_kib": sc.rcvbuf_kib,
         }
         if side == "server":
             config.update(id="1.1", port=ALPACA_PORT)

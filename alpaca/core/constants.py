@@ -51,6 +51,9 @@ DEFAULT_TTL = 15
 #: p99) to every other flow's RTT here; 64 kept it at 3-5 ms for 10-35 % less single-flow
 #: throughput (docs/performance.md).
 DEFAULT_TUN_TXQUEUELEN = 64
+#: Receive buffer of each UDP socket, KiB as the kernel accounts it (it doubles the value
+#: asked for). Where the standing queue forms under a saturating flow (docs/performance.md).
+DEFAULT_UDP_RCVBUF_KIB = 208
 DEFAULT_REPLAY_WINDOW = 1 << 15
 DEFAULT_PROBE_INTERVAL = 1.0
 DEFAULT_PATH_TIMEOUT = 3.0

@@ -146,28 +146,35 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes] | None:
     template[2:6] = b"\0\0\0\0"  # total length, id
     template[10:12] = b"\0\0"  # header checksum
     ip_base = ones_sum(memoryview(template)[:ihl])
-    pseudo_base = ones_sum(packet[12:20]) + _TCP
+    pseudo_base = ones_sum(packet[12:20]) + _TCP - ihl
     ip_id = _U16.unpack_from(packet, 4)[0]
-    seq = _U32.unpack_from(packet, ihl + 4)[0]
+    seq = _U32.unpack_from(packet, ihl + 4)[0] - hl
     tcp_flags = packet[ihl + 13]
-    view = memoryview(packet)
+    view, join, pack16, pack32 = memoryview(packet), b"".join, _U16.pack_into, _U32.pack_into
+    seq_at, flags_at, check_at = ihl + 4, ihl + 13, ihl + 16
     segments = []
+    middle = -1  # total length the header template is set up for (a full middle segment)
     last = n - mss
     for index, at in enumerate(range(hl, n, mss)):
-        size = min(mss, n - at)
-        total_len = hl + size
+        if index and at < last:
+            total_len = hl + mss
+            if middle != total_len:  # first middle segment: length, flags, pseudo sum
+                middle = total_len
+                pack16(template, 2, total_len)
+                template[flags_at] = tcp_flags & ~(_TCP_CWR | _TCP_FIN | _TCP_PSH)
+                pack16(template, check_at, _fold(pseudo_base + total_len))
+        else:  # first or last: its own length and flags
+            middle = -1
+            total_len = hl + min(mss, n - at)
+            pack16(template, 2, total_len)
+            flags = tcp_flags & ~_TCP_CWR if index else tcp_flags
+            template[flags_at] = flags if at >= last else flags & ~(_TCP_FIN | _TCP_PSH)
+            pack16(template, check_at, _fold(pseudo_base + total_len))
         seg_id = (ip_id + index) & 0xFFFF
-        _IP_LEN_ID.pack_into(template, 2, total_len, seg_id)
-        _U16.pack_into(template, 10, ~_fold(ip_base + total_len + seg_id) & 0xFFFF)
-        _U32.pack_into(template, ihl + 4, (seq + at - hl) & 0xFFFFFFFF)
-        flags = tcp_flags
-        if index:
-            flags &= ~_TCP_CWR
-        if at < last:
-            flags &= ~(_TCP_FIN | _TCP_PSH)
-        template[ihl + 13] = flags
-        _U16.pack_into(template, ihl + 16, _fold(pseudo_base + total_len - ihl))
-        segments.append(bytes(template) + view[at:at + size])
+        pack16(template, 4, seg_id)
+        pack16(template, 10, ~_fold(ip_base + total_len + seg_id) & 0xFFFF)
+        pack32(template, seq_at, (seq + at) & 0xFFFFFFFF)
+        segments.append(join((template, view[at:at + total_len - hl])))
     return segments
 
 

@@ -72,10 +72,9 @@ _BIND_HINTS = {
 }
 
 
-#: Receive buffer asked for, bytes (the kernel doubles it: 208 KiB, the usual rmem_default).
-#: Under a saturating TCP flow the receiving daemon is the bottleneck and this buffer is where
-#: the standing queue forms: 2 MiB let it reach 10 ms (ping p50 7-8 ms through the tunnel),
-#: 208 KiB halves that at no measurable throughput cost; smaller buffers cost throughput
+#: Receive buffer asked for by default, bytes (the kernel doubles it: 208 KiB, the usual
+#: rmem_default; the daemon passes config's udp_rcvbuf_kib). Under a saturating TCP flow the
+#: receiving daemon is the bottleneck and this buffer is where the standing queue forms
 #: (docs/performance.md, "Latency under load").
 RCVBUF = 104 << 10
 
