@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gevent
 import pytest
@@ -43,7 +45,12 @@ def wait_for(predicate: object, timeout: float = 3.0) -> None:
             gevent.sleep(0.01)
 
 
-def test_dataplane_carries_packets_both_ways_over_memory() -> None:
+@contextmanager
+def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun]]:
+    """Server 1.1 and client 16.1 over a MemoryNetwork, started and verified live both ways.
+
+    Yields (group, server TUN, server engine, client TUN); closes everything on exit.
+    """
     net = MemoryNetwork()
     s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
     s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
@@ -56,32 +63,27 @@ def test_dataplane_carries_packets_both_ways_over_memory() -> None:
         # The start-up probes make each side prove itself live to the other (alpaca.core.peers.Flow).
         for engine, other in ((s_engine, pid("16.1")), (c_engine, pid("1.1"))):
             wait_for(lambda e=engine, o=other: (o, e.self_id) in e.flows and e.flows[(o, e.self_id)].verified)
-        c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8"))
-        wait_for(lambda: len(s_tun.written) == 1)
-        s_tun.inject(ipv4("8.8.8.8", tunnel_ip(pid("16.1"))))
-        wait_for(lambda: len(c_tun.written) == 1)
+        yield group, s_tun, s_engine, c_tun
     finally:
         s_plane.close()
         c_plane.close()
         group.kill(timeout=1)
+
+
+def test_dataplane_carries_packets_both_ways_over_memory() -> None:
+    with memory_pair() as (group, s_tun, _, c_tun):
+        c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8"))
+        wait_for(lambda: len(s_tun.written) == 1)
+        s_tun.inject(ipv4("8.8.8.8", tunnel_ip(pid("16.1"))))
+        wait_for(lambda: len(c_tun.written) == 1)
     assert len(group) == 0
 
 
 def test_dataplane_small_packets_first_bulk_in_order_refusals_counted() -> None:
-    net = MemoryNetwork()
-    s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
-    s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
-    s_plane, s_engine = node(pid("1.1"), s_tun, net.port("p", s_addr), s_addr, 10)
-    c_plane, c_engine = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20, gateway=pid("1.1"))
-    group = Group()
-    s_plane.start(group)
-    c_plane.start(group)
     src = tunnel_ip(pid("16.1"))
     bulk1, bulk2 = (ipv4(src, "8.8.8.8", payload=bytes([i]) * 1200) for i in (1, 2))
     small = ipv4(src, "8.8.8.8", payload=b"ping")
-    try:
-        for engine, other in ((s_engine, pid("16.1")), (c_engine, pid("1.1"))):
-            wait_for(lambda e=engine, o=other: (o, e.self_id) in e.flows and e.flows[(o, e.self_id)].verified)
+    with memory_pair() as (_, s_tun, s_engine, c_tun):
         for packet in (bulk1, small, bulk2):  # one TUN batch: nothing runs between the injects
             c_tun.inject(packet)
         wait_for(lambda: len(s_tun.written) == 3)
@@ -89,10 +91,6 @@ def test_dataplane_small_packets_first_bulk_in_order_refusals_counted() -> None:
         s_tun.refuse = True
         c_tun.inject(small)
         wait_for(lambda: s_engine.stats.drop_counts()["tun_write_error"] == 1)
-    finally:
-        s_plane.close()
-        c_plane.close()
-        group.kill(timeout=1)
 
 
 def test_dataplane_probes_run_on_the_timer_over_loopback_udp() -> None:
