@@ -95,6 +95,8 @@ class Daemon:
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
+        if cfg.tun_offload and not self.tun.offload:
+            log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
         self.expected_routes = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for

@@ -118,7 +118,8 @@ class TunDevice:
         """Read packets without blocking until ``limit`` or EAGAIN: (packet, csum_partial).
 
         With offload one read may yield many segments; reading stops at the first read that
-        reaches ``limit``, so a batch holds at most ``limit`` - 1 + 45 (64 KiB / MTU) packets.
+        reaches ``limit``, so a batch holds at most ``limit`` - 1 packets plus the segments of
+        one super-packet (64 KiB / MSS: 48 at MTU 1400).
         Raises TunnelError when the device is gone (EBADFD, EIO, ENODEV, ...).
         """
         packets: list[TunPacket] = []

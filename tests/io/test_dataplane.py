@@ -46,10 +46,10 @@ def wait_for(predicate: object, timeout: float = 3.0) -> None:
 
 
 @contextmanager
-def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun]]:
+def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun, Dataplane]]:
     """Server 1.1 and client 16.1 over a MemoryNetwork, started and verified live both ways.
 
-    Yields (group, server TUN, server engine, client TUN); closes everything on exit.
+    Yields (group, server TUN, server engine, client TUN, client dataplane); closes everything.
     """
     net = MemoryNetwork()
     s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
@@ -63,7 +63,7 @@ def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun]]:
         # The start-up probes make each side prove itself live to the other (alpaca.core.peers.Flow).
         for engine, other in ((s_engine, pid("16.1")), (c_engine, pid("1.1"))):
             wait_for(lambda e=engine, o=other: (o, e.self_id) in e.flows and e.flows[(o, e.self_id)].verified)
-        yield group, s_tun, s_engine, c_tun
+        yield group, s_tun, s_engine, c_tun, c_plane
     finally:
         s_plane.close()
         c_plane.close()
@@ -71,7 +71,7 @@ def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun]]:
 
 
 def test_dataplane_carries_packets_both_ways_over_memory() -> None:
-    with memory_pair() as (group, s_tun, _, c_tun):
+    with memory_pair() as (group, s_tun, _, c_tun, _):
         c_tun.inject(ipv4(tunnel_ip(pid("16.1")), "8.8.8.8"))
         wait_for(lambda: len(s_tun.written) == 1)
         s_tun.inject(ipv4("8.8.8.8", tunnel_ip(pid("16.1"))))
@@ -83,11 +83,27 @@ def test_dataplane_small_packets_first_bulk_in_order_refusals_counted() -> None:
     src = tunnel_ip(pid("16.1"))
     bulk1, bulk2 = (ipv4(src, "8.8.8.8", payload=bytes([i]) * 1200) for i in (1, 2))
     small = ipv4(src, "8.8.8.8", payload=b"ping")
-    with memory_pair() as (_, s_tun, s_engine, c_tun):
+    with memory_pair() as (_, s_tun, s_engine, c_tun, c_plane):
+        events: list[str] = []
+        port, engine = c_plane.ports[0], c_plane.engine
+        assert engine is not None
+        seal, send = engine.on_tun_packet, port.send
+
+        def sealing(packet: bytes, now: float, partial: bool = False) -> None:
+            events.append(f"seal {len(packet)}")
+            seal(packet, now, partial)
+
+        def sending(addr: tuple[str, int], data: bytes) -> bool:
+            events.append("send")
+            return send(addr, data)
+
+        engine.on_tun_packet = sealing  # type: ignore[method-assign,assignment]
+        port.send = sending  # type: ignore[method-assign]
         for packet in (bulk1, small, bulk2):  # one TUN batch: nothing runs between the injects
             c_tun.inject(packet)
         wait_for(lambda: len(s_tun.written) == 3)
         assert list(s_tun.written) == [small, bulk1, bulk2]
+        assert events[:3] == [f"seal {len(small)}", "send", f"seal {len(bulk1)}"]  # sent before the bulk
         s_tun.refuse = True
         c_tun.inject(small)
         wait_for(lambda: s_engine.stats.drop_counts()["tun_write_error"] == 1)
