@@ -238,8 +238,9 @@ def _flow(packet: bytes) -> bytes | None:
 def _coalescable(packet: bytes) -> tuple[bytes, int, int, bool] | None:
     """(merge key, header length, seq, PSH) of a TCP/IPv4 segment GRO may merge, else None.
 
-    The key holds everything that must be equal: TOS, TTL, addresses, ports, ack, TCP
-    header length and options.
+    Besides the flow (addresses, ports: ``coalesce`` keys its runs by them), the key holds
+    what must be equal for two segments to merge: TOS, flags byte, TTL, ack, TCP header
+    length and options.
     """
     n = len(packet)
     if n < 41 or packet[0] != 0x45 or packet[9] != _TCP or packet[6] & 0x7F != 0x40 or packet[7]:
