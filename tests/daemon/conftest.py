@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from alpaca.show import fetch
 from tests.helpers import netns, nsexec, veth
 
 REPO = Path(__file__).resolve().parents[2]
@@ -344,13 +345,27 @@ def build_multipath(lab: Lab, forwarders: tuple[str, ...] = ("1.2", "1.3")) -> M
 
 
 def start_all(topo: Multipath) -> None:
-    """Start the servers, then the client (so that its first probes find them listening)."""
+    """Start the servers, then the client (so that its first probes find them listening);
+    return once a ping reaches the inet host. Learned paths need a probe round trip each, so
+    some come up after that: see :func:`wait_paths_up`."""
     for node in (topo.server, topo.fwd2, topo.fwd3):
         topo.lab.start(node, wait=False)
     for node in (topo.server, topo.fwd2, topo.fwd3):
         topo.lab.wait_up(node)
     topo.lab.start(topo.client)
     wait_ping(topo.client.ns, INET)
+
+
+def wait_paths_up(node: Node, peer: str, count: int, timeout: float = 10.0) -> None:
+    """Wait until ``node`` (through its control socket) has ``count`` paths up to ``peer``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = fetch(Path(node.config["control_socket"]))
+        paths = [p for entry in snap["peers"] if entry["peer"] == peer for p in entry["paths"]]
+        if sum(p["state"] == "up" for p in paths) >= count:
+            return
+        assert time.monotonic() < deadline, f"{node.name}: paths to {peer}: {paths}"
+        time.sleep(0.1)
 
 
 # -------------------------------------------------------------------- TCP transfer with a checksum

@@ -24,6 +24,7 @@ from tests.daemon.conftest import (
     nft_counter,
     ping,
     start_all,
+    wait_paths_up,
 )
 from tests.helpers import nsexec
 
@@ -85,6 +86,10 @@ def test_tunnel_loss_on_one_uplink_is_masked(lab: Lab) -> None:
     add_nft_rule(topo.client.ns, "atd_loss", "input",
                  'iifname "upa" udp sport 5000 numgen random mod 100 < 10 counter drop')
     start_all(topo)
+    # Steady state: the client's four paths to the server (direct over each uplink, via each
+    # forwarder) and the server's two learned paths to the client.
+    wait_paths_up(topo.client, "1.1", 4)
+    wait_paths_up(topo.server, "16.1", 2)
     up0, down0 = nft_counter(topo.fwd2.ns, "atd_loss"), nft_counter(topo.client.ns, "atd_loss")
     sent, received, out = ping(topo.client.ns, INET, "-c", "300", "-i", "0.01")
     up = nft_counter(topo.fwd2.ns, "atd_loss") - up0
