@@ -12,7 +12,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,33 @@ def test_scenario_baseline_ping_and_tcp_through_server_nat(lab: Lab) -> None:
     assert rate > 5
 
 
-def test_scenario_forwarder_killed_during_transfer(lab: Lab) -> None:
+@contextmanager
+def _transfer_to_inet(seconds: int) -> Iterator[Callable[[], float]]:
+    """iperf3 from c161 to inet for ``seconds``; the body starts 2 s into it. The yielded
+    function waits for the end and returns Mbit/s, asserting iperf3 reported no error."""
     srv = subprocess.Popen(["ip", "netns", "exec", "alp-inet", "iperf3", "-s", "-1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        client = subprocess.Popen(["ip", "netns", "exec", "alp-c161", "iperf3", "-c", INET, "-t", "8", "-J"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", "alp-c161", "iperf3", "-c", INET, "-t", str(seconds), "-J"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(2)
+
+        def finish() -> float:
+            out, _ = client.communicate(timeout=30)
+            result = json.loads(out)
+            assert "error" not in result, result["error"]
+            return float(result["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+        yield finish
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_scenario_forwarder_killed_during_transfer(lab: Lab) -> None:
+    with _transfer_to_inet(8) as finish:
         pid = nodes.read_pid(lab.state_dir, "f12")
         assert pid is not None
         were_up = [labels for labels, v in _path_up(lab, "c161", "1.2").items() if v == 1]
@@ -84,16 +104,10 @@ def test_scenario_forwarder_killed_during_transfer(lab: Lab) -> None:
             if all(now_up.get(labels) == 0 for labels in were_up):
                 down_after = time.monotonic() - killed_at
             time.sleep(0.2)
-        out, _ = client.communicate(timeout=30)
-        result = json.loads(out)
-        assert "error" not in result, result["error"]
-        rate = result["end"]["sum_received"]["bits_per_second"] / 1e6
+        rate = finish()
         print(f"\nforwarder 1.2 killed: transfer completed at {rate:.0f} Mbit/s,"
               f" path down after {down_after} s")
         assert down_after is not None and down_after <= nodes.PATH_TIMEOUT_MS / 1000 + 2
-    finally:
-        srv.kill()
-        srv.wait()
 
 
 def _wait_paths_up(lab: Lab, node: str, peer: str, count: int, timeout: float = 10.0) -> None:
@@ -123,26 +137,15 @@ def test_scenario_loss_on_one_uplink_is_hidden(lab: Lab) -> None:
 
 
 def test_scenario_forwarders_reloaded_with_open_tcp(lab: Lab) -> None:
-    srv = subprocess.Popen(["ip", "netns", "exec", "alp-inet", "iperf3", "-s", "-1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        client = subprocess.Popen(["ip", "netns", "exec", "alp-c161", "iperf3", "-c", INET, "-t", "6", "-J"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(2)
+    with _transfer_to_inet(6) as finish:
         path = lab.config_path("c161")
         config = json.loads(path.read_text())
         config["forwarders"] = ["1.3"]
         path.write_text(json.dumps(config, indent=2))
         nodes.signal_daemon(lab.state_dir, "c161", signal.SIGHUP)
-        out, _ = client.communicate(timeout=30)
-        result = json.loads(out)
-        assert "error" not in result, result["error"]
+        rate = finish()
         assert "reloaded" in nodes.log_tail(lab.state_dir, "c161", 50)
-        print(f"\nreload during TCP: {result['end']['sum_received']['bits_per_second'] / 1e6:.0f} Mbit/s")
-    finally:
-        srv.kill()
-        srv.wait()
+        print(f"\nreload during TCP: {rate:.0f} Mbit/s")
 
 
 def _two_clients() -> dict[str, Any]:
