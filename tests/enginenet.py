@@ -76,10 +76,10 @@ class NetOutput:
 
     def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
         """Record what a TUN device without offload receives: a completed checksum."""
-        whole = offload.complete_partial(packet) if csum_partial else packet
-        if whole is None:
+        complete = offload.whole(packet, csum_partial)
+        if complete is None:
             return False
-        self.node.tun.append(whole)
+        self.node.tun.append(complete)
         self.node.partial_writes += csum_partial
         return True
 

@@ -101,6 +101,12 @@ def complete_partial(packet: bytes) -> bytes | None:
     return None if layout is None else complete_checksum(packet, *layout)
 
 
+def whole(packet: bytes, csum_partial: bool) -> bytes | None:
+    """``packet`` with a complete checksum, for a writer without offload: as it is, or
+    completed if partial; None for a partial packet that is not TCP/UDP (refuse it)."""
+    return complete_partial(packet) if csum_partial else packet
+
+
 # ----------------------------------------------------------------- read side: split
 def split(frame: bytes) -> tuple[list[bytes], bool] | None:
     """One TUN read (virtio-net header + packet) -> (IP packets, their checksums are partial).

@@ -57,10 +57,10 @@ class MemoryOutput:
 
     def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
         """Record the packet as a TUN device without offload would take it (checksum done)."""
-        whole = offload.complete_partial(packet) if csum_partial else packet
-        if self.refuse_tun or whole is None:
+        complete = offload.whole(packet, csum_partial)
+        if self.refuse_tun or complete is None:
             return False
-        self.tun_writes.append(whole)
+        self.tun_writes.append(complete)
         return True
 
 
@@ -157,8 +157,8 @@ class MemoryTun:
     def write_many(self, packets: list[TunPacket]) -> int:
         written = 0
         for packet, partial in packets:
-            whole = offload.complete_partial(packet) if partial else packet
-            written += whole is not None and self.write(whole)
+            complete = offload.whole(packet, partial)
+            written += complete is not None and self.write(complete)
         return written
 
     def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None:

@@ -172,8 +172,8 @@ class TunDevice:
                 written += count if self._put(iov) else 0
             return written
         for packet, partial in packets:
-            whole = offload.complete_partial(packet) if partial else packet
-            written += whole is not None and self._put([whole])
+            complete = offload.whole(packet, partial)
+            written += complete is not None and self._put([complete])
         return written
 
     def _put(self, iov: Sequence[Buffer]) -> bool:

@@ -148,12 +148,11 @@ class LegacyEngine:
         The 6.1.2 protocol has no partial checksums: a partial one is completed here.
         """
         s = self.settings
-        if csum_partial:
-            completed = offload.complete_partial(packet)
-            if completed is None:
-                self.stats.drop(DropReason.MALFORMED)
-                return
-            packet = completed
+        complete = offload.whole(packet, csum_partial)
+        if complete is None:
+            self.stats.drop(DropReason.MALFORMED)
+            return
+        packet = complete
         ips = ippkt.addresses(packet)
         reason = self._check_outbound(peer_id, packet, ips)
         if reason is not None:
