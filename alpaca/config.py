@@ -163,6 +163,10 @@ class Config:
     standing queue of a saturating flow forms here, so it bounds the latency a bulk flow adds
     to everything else (about 3-5 ms at 208); larger buffers trade latency for throughput."""
     tun_offload: bool = True
+    tun_read_ahead_kib: int = C.DEFAULT_TUN_READ_AHEAD_KIB
+    """Bulk packets read from the TUN device ahead of handling, KiB (default 0: off), so that
+    pings and ACKs queued behind a local bulk sender are read at once and handled first
+    (alpaca.io.readahead); 1024 covers one BBR flow's window."""
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""
     ttl: int = C.DEFAULT_TTL
@@ -294,7 +298,8 @@ def load_config(path: Path) -> Config:
 TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
-    "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "udp_rcvbuf_kib", "ports", "ttl",
+    "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "tun_read_ahead_kib",
+    "udp_rcvbuf_kib", "ports", "ttl",
     "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
     "replay_window", "metrics", "control_socket", "state_file", "strict_hooks", "route_table",
     "protocol", "peer_protocols",
@@ -353,6 +358,9 @@ class _Builder:
             tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
             tun_offload=top.boolean("tun_offload", True),
             udp_rcvbuf_kib=top.integer("udp_rcvbuf_kib", C.DEFAULT_UDP_RCVBUF_KIB, 16, 1 << 20),
+            tun_read_ahead_kib=top.integer(
+                "tun_read_ahead_kib", C.DEFAULT_TUN_READ_AHEAD_KIB, 0, 1 << 16
+            ),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,

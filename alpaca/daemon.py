@@ -104,7 +104,7 @@ class Daemon:
         self._closers.extend(port.close for port in ports)
         resolver = KernelResolver()
         self._closers.append(resolver.close)
-        self.plane = Dataplane(self.tun, ports)
+        self.plane = Dataplane(self.tun, ports, read_ahead=cfg.tun_read_ahead_kib << 10)
         settings, legacy = compat.split_settings(cfg, self.secrets, wall() - monotonic())
         self.engine = Engine(settings, self.plane, epoch=epoch,
                              random_bytes=os.urandom, resolver=resolver)

@@ -70,6 +70,8 @@ class Scenario:
     offload: bool = True
     #: alpaca-tunnel's udp_rcvbuf_kib (where the standing queue of a saturating flow forms).
     rcvbuf_kib: int = 208
+    #: alpaca-tunnel's tun_read_ahead_kib (0: off).
+    read_ahead_kib: int = 0
 
 
 SCENARIOS = [
@@ -84,6 +86,7 @@ SCENARIOS = [
     Scenario("alpaca-1path-q500", "alpaca", txqueuelen=500, note="tun_txqueuelen 500"),
     Scenario("alpaca-1path-rb64", "alpaca", rcvbuf_kib=64, note="udp_rcvbuf_kib 64"),
     Scenario("alpaca-1path-rb2048", "alpaca", rcvbuf_kib=2048, note="udp_rcvbuf_kib 2048"),
+    Scenario("alpaca-1path-ra1024", "alpaca", read_ahead_kib=1024, note="tun_read_ahead_kib 1024"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
     Scenario("wireguard-go-lossy", "wireguard", lossy=True),
@@ -92,6 +95,7 @@ SCENARIOS = [
     Scenario("alpaca-2path-dup-lossy", "alpaca", paths=2, dup=True, lossy=True),
 ]
 QUICK = ["raw-veth", "reference", "wireguard-go", "alpaca-1path", "alpaca-1path-nooffload",
+         "alpaca-1path-ra1024",
          "alpaca-2path-dup",
          "wireguard-go-lossy", "alpaca-2path-dup-lossy"]
 
@@ -236,6 +240,7 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
             "control_socket": str(directory / "control.sock"), "state_file": str(directory / "epoch"),
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
             "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload, "udp_rcvbuf_kib": sc.rcvbuf_kib,
+            "tun_read_ahead_kib": sc.read_ahead_kib,
         }
         if side == "server":
             config.update(id="1.1", port=ALPACA_PORT)

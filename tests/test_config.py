@@ -200,10 +200,13 @@ def test_config_tun_txqueuelen_is_read_and_bounded(tmp_path: Path) -> None:
 def test_config_offload_and_receive_buffer_are_read_and_bounded(tmp_path: Path) -> None:
     config = load(tmp_path)
     assert config.tun_offload is True and config.udp_rcvbuf_kib == 208
-    config = load(tmp_path, tun_offload=False, udp_rcvbuf_kib=2048)
+    assert config.tun_read_ahead_kib == 0
+    config = load(tmp_path, tun_offload=False, udp_rcvbuf_kib=2048, tun_read_ahead_kib=1024)
     assert config.tun_offload is False and config.udp_rcvbuf_kib == 2048
-    found = problems(tmp_path, tun_offload="yes", udp_rcvbuf_kib=8)
+    assert config.tun_read_ahead_kib == 1024
+    found = problems(tmp_path, tun_offload="yes", udp_rcvbuf_kib=8, tun_read_ahead_kib=-1)
     assert any("tun_offload" in p for p in found) and any("udp_rcvbuf_kib" in p for p in found)
+    assert any("tun_read_ahead_kib" in p for p in found)
 
 
 def test_config_tun_name_sets_default_paths(tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ that hub. Nothing here monkey-patches, and nothing starts an OS thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.hub import get_hub
 
 from alpaca.core.settings import Addr
+
+if TYPE_CHECKING:
+    from alpaca.io.readahead import ReadAhead
 
 __all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket"]
 
@@ -49,7 +52,10 @@ class PacketDevice(Protocol):
 
     def write_many(self, packets: list[TunPacket]) -> int: ...
 
-    def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None: ...
+    def read_loop(
+        self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
+        ahead: ReadAhead | None = None,
+    ) -> None: ...
 
     def close(self) -> None: ...
 

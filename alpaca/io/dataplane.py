@@ -11,7 +11,9 @@ device. It runs unchanged over the real drivers or the in-memory fakes (alpaca.i
 
 Small first: each batch is handled in two passes, packets up to SMALL_PACKET bytes first
 (see its comment), and what they produced is sent or written before the second pass, so a
-ping or an ACK does not queue behind the bulk that arrived with it.
+ping or an ACK does not queue behind the bulk that arrived with it. With ``read_ahead``
+the TUN reader also reads ahead (alpaca.io.readahead, up to that many bytes of bulk): a small
+packet queued behind a local TCP sender's window is read at once and handled next round.
 
 Send batching: while a batch read from one fd is being handled, datagrams are queued per
 (port, destination) and flushed when the batch ends, through ``send_many`` (UDP GSO: one
@@ -42,6 +44,7 @@ from alpaca.core.settings import Addr
 from alpaca.core.stats import EngineStats
 from alpaca.io import DatagramPort, PacketDevice, TunPacket
 from alpaca.io.clock import monotonic
+from alpaca.io.readahead import ReadAhead
 from alpaca.io.timer import DeadlineTimer
 
 #: The timer fires this much after the engine's deadline, so that one wake-up sends every
@@ -52,6 +55,8 @@ TIMER_SLACK = 0.001
 #: (a TUN read or UDP GRO receive can hold 45 of them). Order within each class is kept.
 SMALL_PACKET = 256
 SMALL_DATAGRAM = SMALL_PACKET + OVERHEAD
+#: Read-ahead: most small packets held (the bulk bound is the ``read_ahead`` argument).
+READ_AHEAD_SMALL = 256
 
 
 class PacketEngine(Protocol):
@@ -78,16 +83,20 @@ class Dataplane:
         clock: monotonic seconds (injected for tests).
         batch: most packets handled per wake-up of one fd (MACHINE.md: ~32 keeps both
             directions moving under load).
+        read_ahead: bytes of bulk TUN packets read ahead of handling (config's
+            tun_read_ahead_kib); 0: off, each wake-up reads one batch.
     """
 
     def __init__(
         self, tun: PacketDevice, ports: Sequence[DatagramPort], *,
         clock: Callable[[], float] = monotonic, batch: int = 32,
+        read_ahead: int = 0,
     ) -> None:
         self.tun = tun
         self.ports = list(ports)
         self.clock = clock
         self.batch = batch
+        self.read_ahead = read_ahead
         self.engine: PacketEngine | None = None
         self.timer = DeadlineTimer(self._on_timer, clock=clock)
         #: (port, addr) -> datagrams queued during the current batch; None outside a batch.
@@ -149,7 +158,12 @@ class Dataplane:
     def start(self, group: Group) -> list[Any]:
         """Spawn the TUN reader, one reader per port and the timer into ``group``."""
         assert self.engine is not None, "attach() an engine first"
-        greenlets = [group.spawn(self.tun.read_loop, self._on_tun_batch, batch=self.batch)]
+        ahead = None
+        if self.read_ahead:
+            ahead = ReadAhead(small=SMALL_PACKET, bulk_bytes=self.read_ahead,
+                              small_limit=READ_AHEAD_SMALL)
+        greenlets = [group.spawn(self.tun.read_loop, self._on_tun_batch, batch=self.batch,
+                                 ahead=ahead)]
         for index, port in enumerate(self.ports):
             greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch))
         timer = self.timer.start()

@@ -19,13 +19,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-import gevent
 from gevent.event import Event
 
 from alpaca.core import offload
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
 from alpaca.io import DriverClosed, TunPacket
+from alpaca.io.readahead import ReadAhead, read_loop
 
 if TYPE_CHECKING:
     from alpaca.core.output import Output
@@ -95,21 +95,6 @@ class _Inbox(Generic[T]):
         self.ready.set()
 
 
-def _loop(
-    inbox: _Inbox[T], read: Callable[[int], list[T]], handler: Callable[[list[T]], None], batch: int
-) -> None:
-    try:
-        while True:
-            inbox.wait()
-            items = read(batch)
-            if items:
-                handler(items)
-            if len(items) >= batch:
-                gevent.sleep(0)
-    except DriverClosed:
-        return
-
-
 class MemoryTun:
     """A fake TUN device: ``inject()`` feeds reads, ``written`` records writes.
 
@@ -161,8 +146,11 @@ class MemoryTun:
             written += complete is not None and self.write(complete)
         return written
 
-    def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None:
-        _loop(self._inbox, self.read_batch, handler, batch)
+    def read_loop(
+        self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
+        ahead: ReadAhead | None = None,
+    ) -> None:
+        read_loop(self._inbox.wait, self.read_batch, handler, batch=batch, ahead=ahead)
 
     def close(self) -> None:
         self._inbox.close()
@@ -247,7 +235,7 @@ class MemoryPort:
     def read_loop(
         self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
     ) -> None:
-        _loop(self._inbox, self.recv_batch, handler, batch)
+        read_loop(self._inbox.wait, self.recv_batch, handler, batch=batch)
 
     def close(self) -> None:
         self._inbox.close()

@@ -37,7 +37,8 @@ from gevent.socket import wait_write
 from alpaca.core import offload
 from alpaca.core.offload import Buffer
 from alpaca.errors import TunnelError
-from alpaca.io import DriverClosed, ReadWaiter, TunPacket
+from alpaca.io import ReadWaiter, TunPacket
+from alpaca.io.readahead import ReadAhead, read_loop
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -193,23 +194,18 @@ class TunDevice:
         except (OSError, gevent.Timeout):
             return False
 
-    def read_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None:
-        """Forever: wait, read up to ``batch`` packets, call ``handler(packets)``.
+    def read_loop(
+        self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
+        ahead: ReadAhead | None = None,
+    ) -> None:
+        """Forever: wait, read, call ``handler(packets)`` with at most ``batch`` packets (plus
+        the rest of one super-packet), reading ahead into ``ahead`` if given
+        (:func:`alpaca.io.readahead.read_loop`).
 
-        Yields to other greenlets after a full batch. Returns when the device is closed by
-        another greenlet; raises TunnelError when the device vanishes; exceptions from
-        ``handler`` propagate.
+        Returns when the device is closed by another greenlet; raises TunnelError when the
+        device vanishes; exceptions from ``handler`` propagate.
         """
-        try:
-            while not self._closed:
-                self._waiter.wait()
-                packets = self.read_batch(batch)
-                if packets:
-                    handler(packets)
-                if len(packets) >= batch:
-                    gevent.sleep(0)
-        except DriverClosed:
-            return
+        read_loop(self._waiter.wait, self.read_batch, handler, batch=batch, ahead=ahead)
 
     def close(self) -> None:
         """Close the fd (the kernel then deletes the device). Idempotent.

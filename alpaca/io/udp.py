@@ -25,12 +25,12 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import gevent
 from gevent import socket as gsocket
 
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
-from alpaca.io import DriverClosed, ReadWaiter
+from alpaca.io import ReadWaiter
+from alpaca.io.readahead import read_loop
 
 #: Largest datagram recv_batch returns whole; longer ones are truncated (and fail to verify).
 MAX_DATAGRAM = 2048
@@ -244,21 +244,13 @@ class UdpPort:
     def read_loop(
         self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
     ) -> None:
-        """Forever: wait, receive up to ``batch`` datagrams, call ``handler(datagrams)``.
+        """Forever: wait, receive up to ``batch`` datagrams (plus the rest of one GRO
+        receive), call ``handler(datagrams)`` (:func:`alpaca.io.readahead.read_loop`).
 
         Yields to other greenlets after a full batch. Returns when the port is closed by
         another greenlet; exceptions from ``handler`` propagate.
         """
-        try:
-            while not self._closed:
-                self._waiter.wait()
-                datagrams = self.recv_batch(batch)
-                if datagrams:
-                    handler(datagrams)
-                if len(datagrams) >= batch:
-                    gevent.sleep(0)
-        except DriverClosed:
-            return
+        read_loop(self._waiter.wait, self.recv_batch, handler, batch=batch)
 
     def close(self) -> None:
         """Close the socket. Idempotent; a greenlet in read_loop returns."""

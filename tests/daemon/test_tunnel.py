@@ -31,8 +31,11 @@ from tests.helpers import nsexec
 pytestmark = pytest.mark.netns
 
 
-def test_tunnel_multipath_ping_and_tcp(lab: Lab) -> None:
+@pytest.mark.parametrize("read_ahead_kib", [0, 1024])
+def test_tunnel_multipath_ping_and_tcp(lab: Lab, read_ahead_kib: int) -> None:
     topo = build_multipath(lab)
+    for node in lab.nodes:
+        node.write_config(tun_read_ahead_kib=read_ahead_kib)
     start_all(topo)
     sent, received, _ = ping(topo.client.ns, INET, "-c", "20", "-i", "0.05")
     assert (sent, received) == (20, 20)

@@ -31,8 +31,8 @@ def settings(self_id: int, server_addr: tuple[str, int], **kw: object) -> Engine
 
 
 def node(self_id: int, tun: MemoryTun, port: object, server_addr: tuple[str, int], epoch: int,
-         **kw: object) -> tuple[Dataplane, Engine]:
-    plane = Dataplane(tun, [port])  # type: ignore[list-item]
+         read_ahead: int = 0, **kw: object) -> tuple[Dataplane, Engine]:
+    plane = Dataplane(tun, [port], read_ahead=read_ahead)  # type: ignore[list-item]
     engine = Engine(settings(self_id, server_addr, **kw), plane, epoch=epoch, random_bytes=bytes,
                     resolver=lambda dst, src: "10.17.1.1")
     plane.attach(engine)
@@ -46,8 +46,9 @@ def wait_for(predicate: object, timeout: float = 3.0) -> None:
 
 
 @contextmanager
-def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun, Dataplane]]:
+def memory_pair(read_ahead: int = 0) -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun, Dataplane]]:
     """Server 1.1 and client 16.1 over a MemoryNetwork, started and verified live both ways.
+    ``read_ahead``: the client dataplane's TUN read-ahead, bytes.
 
     Yields (group, server TUN, server engine, client TUN, client dataplane); closes everything.
     """
@@ -55,7 +56,8 @@ def memory_pair() -> Iterator[tuple[Group, MemoryTun, Engine, MemoryTun, Datapla
     s_addr, c_addr = ("10.0.0.1", 5000), ("10.9.0.1", 6000)
     s_tun, c_tun = MemoryTun("s"), MemoryTun("c")
     s_plane, s_engine = node(pid("1.1"), s_tun, net.port("p", s_addr), s_addr, 10)
-    c_plane, c_engine = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20, gateway=pid("1.1"))
+    c_plane, c_engine = node(pid("16.1"), c_tun, net.port("p", c_addr), s_addr, 20,
+                             read_ahead=read_ahead, gateway=pid("1.1"))
     group = Group()
     s_plane.start(group)
     c_plane.start(group)
@@ -107,6 +109,22 @@ def test_dataplane_small_packets_first_bulk_in_order_refusals_counted() -> None:
         s_tun.refuse = True
         c_tun.inject(small)
         wait_for(lambda: s_engine.stats.drop_counts()["tun_write_error"] == 1)
+
+
+@pytest.mark.parametrize("read_ahead", [0, 1 << 20])
+def test_dataplane_read_ahead_hands_a_small_packet_queued_behind_bulk_first(read_ahead: int) -> None:
+    src = tunnel_ip(pid("16.1"))
+    bulk = [ipv4(src, "8.8.8.8", payload=bytes([i]) * 1200) for i in range(40)]
+    small = ipv4(src, "8.8.8.8", payload=b"ping")
+    with memory_pair(read_ahead) as (_, s_tun, _, c_tun, c_plane):
+        for packet in [*bulk, small]:  # queued in the device before the reader wakes up
+            c_tun.inject(packet)
+        wait_for(lambda: len(s_tun.written) == 41)
+        written = list(s_tun.written)
+    assert [p for p in written if p != small] == bulk
+    # without read-ahead one batch of bulk (32) is read and handled before the small packet
+    # is even read; with it the reader reads on, finds it, and hands it out first
+    assert written.index(small) == (0 if read_ahead else c_plane.batch)
 
 
 def test_dataplane_probes_run_on_the_timer_over_loopback_udp() -> None:
