@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import gevent
-from gevent.event import Event
 
-from alpaca.io import DriverClosed
-from alpaca.io.readahead import BULK_BATCHES, READ_ROUNDS, ReadAhead, read_loop
+from alpaca.io.fakes import MemoryTun
+from alpaca.io.readahead import BULK_BATCHES, READ_ROUNDS, ReadAhead
 
 
 def item(size: int, tag: int) -> tuple[bytes, int]:
@@ -37,64 +36,64 @@ def test_full_at_either_bound_and_nothing_is_dropped() -> None:
     assert ahead.full and len(ahead) == 5
 
 
-class Source:
-    """A scripted fd: ``pending`` items, a readiness event, reads counted."""
+SMALL_TAG = 0xFFFFFFFF
 
-    def __init__(self, items: list[tuple[bytes, int]]) -> None:
-        self.pending = list(items)
-        self.expected = len(items)
-        self.ready = Event()
-        self.closed = False
+
+def packet(size: int, tag: int) -> bytes:
+    return tag.to_bytes(4, "big") + bytes(size - 4)
+
+
+def tag_of(item: tuple[bytes, bool]) -> int:
+    value = int.from_bytes(item[0][:4], "big")
+    return -1 if value == SMALL_TAG else value
+
+
+class CountingTun(MemoryTun):
+    """A MemoryTun that counts its read_batch calls."""
+
+    def __init__(self) -> None:
+        super().__init__("ra")
         self.reads = 0
-        if items:
-            self.ready.set()
 
-    def wait(self) -> None:
-        if self.closed:
-            raise DriverClosed
-        self.ready.wait()
-        if self.closed:
-            raise DriverClosed
-
-    def read(self, limit: int) -> list[tuple[bytes, int]]:
+    def read_batch(self, limit: int = 32) -> list[tuple[bytes, bool]]:
         self.reads += 1
-        out, self.pending = self.pending[:limit], self.pending[limit:]
-        if not self.pending:
-            self.ready.clear()
-        return out
-
-    def close(self) -> None:
-        self.closed = True
-        self.ready.set()
+        return super().read_batch(limit)
 
 
-def run(source: Source, ahead: ReadAhead | None, batch: int) -> list[list[int]]:
-    """Run read_loop until the source is drained; the tags of each handed-out chunk."""
+def fill(tun: MemoryTun, bulk: int, small_at_end: bool = True) -> int:
+    """Queue ``bulk`` 1200-byte packets tagged 0.. and maybe one small one; return the count."""
+    for i in range(bulk):
+        tun.inject(packet(1200, i))
+    if small_at_end:
+        tun.inject(packet(60, SMALL_TAG))
+    return bulk + small_at_end
+
+
+def run(tun: MemoryTun, expected: int, ahead: ReadAhead | None, batch: int) -> list[list[int]]:
+    """Run the device's read loop until ``expected`` packets came out; the tags per chunk."""
     chunks: list[list[int]] = []
-    loop = gevent.spawn(read_loop, source.wait, source.read, lambda c: chunks.append([t for _, t in c]),
-                        batch=batch, ahead=ahead)
+    loop = gevent.spawn(tun.read_loop, lambda c: chunks.append([tag_of(i) for i in c]), batch=batch,
+                        ahead=ahead)
     with gevent.Timeout(3):
-        while sum(map(len, chunks)) < source.expected:
+        while sum(map(len, chunks)) < expected:
             gevent.sleep(0.001)
-    source.close()
+    tun.close()
     loop.join(timeout=1)
     assert loop.dead and loop.exception is None
     return chunks
 
 
-def scripted(bulk: int, small_at_end: bool = True) -> Source:
-    return Source([item(1200, i) for i in range(bulk)] + ([item(60, -1)] if small_at_end else []))
-
-
 def test_without_read_ahead_a_small_packet_waits_behind_the_bulk_read_before_it() -> None:
-    chunks = run(scripted(40), None, batch=8)
+    tun = MemoryTun("ra")
+    chunks = run(tun, fill(tun, 40), None, batch=8)
     assert [len(c) for c in chunks] == [8, 8, 8, 8, 8, 1]
     assert chunks[-1] == [-1]
 
 
 def test_with_read_ahead_a_small_packet_queued_behind_bulk_is_handed_out_first() -> None:
+    tun = MemoryTun("ra")
     ahead = ReadAhead(small=100, bulk_bytes=1 << 20, small_limit=64)
-    chunks = run(scripted(40), ahead, batch=8)
+    chunks = run(tun, fill(tun, 40), ahead, batch=8)
     # round one read READ_ROUNDS batches and handed out BULK_BATCHES of bulk; the small
     # packet, read in the last of those reads, leads round two
     assert chunks[0] == list(range(8 * BULK_BATCHES))
@@ -103,40 +102,44 @@ def test_with_read_ahead_a_small_packet_queued_behind_bulk_is_handed_out_first()
 
 
 def test_read_ahead_stops_reading_while_full() -> None:
-    source = scripted(40, small_at_end=False)
+    tun = CountingTun()
+    fill(tun, 40, small_at_end=False)
     ahead = ReadAhead(small=100, bulk_bytes=3 * 1200, small_limit=64)
-    seen: list[int] = []
+    reads_at_first_chunk: list[int] = []
+    handled = 0
 
-    def handler(chunk: list[tuple[bytes, int]]) -> None:
-        seen.append(len(source.pending))
+    def handler(chunk: list[tuple[bytes, bool]]) -> None:
+        nonlocal handled
+        reads_at_first_chunk.append(tun.reads)
+        handled += len(chunk)
 
-    loop = gevent.spawn(read_loop, source.wait, source.read, handler, batch=4, ahead=ahead)
+    loop = gevent.spawn(tun.read_loop, handler, batch=4, ahead=ahead)
     with gevent.Timeout(3):
-        while source.pending or len(ahead):
+        while handled < 40:
             gevent.sleep(0.001)
-    source.close()
+    tun.close()
     loop.join(timeout=1)
     # the first read (4 packets) filled the 3-packet bound: no second read before handing out
-    assert seen[0] == 36
-    assert source.reads < 40 // 4 + 5
+    assert reads_at_first_chunk[0] == 1
+    assert tun.reads <= 40 // 4 + 2
 
 
 def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
     """gevent.sleep(0) would run the busy loop again up to 50 times before the event loop
     polls; the read-ahead loop yields until the loop is idle, so a 1 ms timer fires within a
     few rounds of about 0.3 ms each."""
-    source = Source([item(1200, i) for i in range(10)])
-    source.read = lambda limit: [item(1200, 0)] * limit  # type: ignore[method-assign]  # never drains
+    tun = MemoryTun("ra")
+    fill(tun, 5_000, small_at_end=False)  # more than 50 rounds take
     rounds = 0
 
-    def busy(chunk: list[tuple[bytes, int]]) -> None:
+    def busy(chunk: list[tuple[bytes, bool]]) -> None:
         nonlocal rounds
         rounds += 1
         end = time.perf_counter() + 0.0003
         while time.perf_counter() < end:
             pass
 
-    loop = gevent.spawn(read_loop, source.wait, source.read, busy, batch=4,
+    loop = gevent.spawn(tun.read_loop, busy, batch=4,
                         ahead=ReadAhead(small=100, bulk_bytes=1 << 30, small_limit=64))
     gevent.sleep(0)
     start = rounds
