@@ -164,9 +164,9 @@ class Config:
     to everything else (about 3-5 ms at 208); larger buffers trade latency for throughput."""
     tun_offload: bool = True
     tun_read_ahead_kib: int = C.DEFAULT_TUN_READ_AHEAD_KIB
-    """Bulk packets read from the TUN device ahead of handling, KiB (default 0: off), so that
-    pings and ACKs queued behind a local bulk sender are read at once and handled first
-    (alpaca.io.readahead); 1024 covers one BBR flow's window."""
+    """Bulk packets read from the TUN device ahead of handling, KiB (default 128; 0: off), so
+    that pings and ACKs queued behind a local bulk sender are read at once and handled first
+    (alpaca.io.readahead)."""
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""
     ttl: int = C.DEFAULT_TTL

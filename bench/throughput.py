@@ -71,7 +71,7 @@ class Scenario:
     #: alpaca-tunnel's udp_rcvbuf_kib (where the standing queue of a saturating flow forms).
     rcvbuf_kib: int = 208
     #: alpaca-tunnel's tun_read_ahead_kib (0: off).
-    read_ahead_kib: int = 0
+    read_ahead_kib: int = 128
 
 
 SCENARIOS = [
@@ -86,6 +86,7 @@ SCENARIOS = [
     Scenario("alpaca-1path-q500", "alpaca", txqueuelen=500, note="tun_txqueuelen 500"),
     Scenario("alpaca-1path-rb64", "alpaca", rcvbuf_kib=64, note="udp_rcvbuf_kib 64"),
     Scenario("alpaca-1path-rb2048", "alpaca", rcvbuf_kib=2048, note="udp_rcvbuf_kib 2048"),
+    Scenario("alpaca-1path-ra0", "alpaca", read_ahead_kib=0, note="tun_read_ahead_kib 0 (off)"),
     Scenario("alpaca-1path-ra1024", "alpaca", read_ahead_kib=1024, note="tun_read_ahead_kib 1024"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
@@ -95,7 +96,7 @@ SCENARIOS = [
     Scenario("alpaca-2path-dup-lossy", "alpaca", paths=2, dup=True, lossy=True),
 ]
 QUICK = ["raw-veth", "reference", "wireguard-go", "alpaca-1path", "alpaca-1path-nooffload",
-         "alpaca-1path-ra1024",
+         "alpaca-1path-ra0",
          "alpaca-2path-dup",
          "wireguard-go-lossy", "alpaca-2path-dup-lossy"]
 

@@ -200,7 +200,7 @@ def test_config_tun_txqueuelen_is_read_and_bounded(tmp_path: Path) -> None:
 def test_config_offload_and_receive_buffer_are_read_and_bounded(tmp_path: Path) -> None:
     config = load(tmp_path)
     assert config.tun_offload is True and config.udp_rcvbuf_kib == 208
-    assert config.tun_read_ahead_kib == 0
+    assert config.tun_read_ahead_kib == 128
     config = load(tmp_path, tun_offload=False, udp_rcvbuf_kib=2048, tun_read_ahead_kib=1024)
     assert config.tun_offload is False and config.udp_rcvbuf_kib == 2048
     assert config.tun_read_ahead_kib == 1024

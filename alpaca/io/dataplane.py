@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import gevent
 from gevent.pool import Group
 
-from alpaca.core.constants import OVERHEAD
+from alpaca.core.constants import DEFAULT_TUN_READ_AHEAD_KIB, OVERHEAD
 from alpaca.core.drops import DropReason
 from alpaca.core.settings import Addr
 from alpaca.core.stats import EngineStats
@@ -90,7 +90,7 @@ class Dataplane:
     def __init__(
         self, tun: PacketDevice, ports: Sequence[DatagramPort], *,
         clock: Callable[[], float] = monotonic, batch: int = 32,
-        read_ahead: int = 0,
+        read_ahead: int = DEFAULT_TUN_READ_AHEAD_KIB << 10,
     ) -> None:
         self.tun = tun
         self.ports = list(ports)

@@ -5,9 +5,9 @@ in front of the daemon, in the TUN device's ring (BBR: 0.3-0.8 MB measured), and
 an ACK written to the device waits behind all of it. Reading is much cheaper than handling
 (one read brings a 64 KiB super-packet), so the reader reads ahead into this queue, keeping
 the ring nearly empty, and hands out the small lane first: a small packet waits for at most
-one round of bulk. Measured on the bench's single stream, alternating runs: loaded ping
-p50/p99 3.2-5.0 / 7.4-12.1 ms without, 2.4-3.6 / 6.5-8.2 ms with, for a median 10 % less
-throughput, hence config's ``tun_read_ahead_kib`` (off by default; docs/performance.md).
+one round of bulk. Measured on the bench's single stream (docs/performance.md): 20-30 %
+less loaded ping RTT for 3 % (128 KiB, config's default ``tun_read_ahead_kib``) to 6-10 %
+(1024 KiB) less throughput.
 
 The same on the UDP side measured no gain (the receiver's socket buffer holds a few
 milliseconds at most, and reading it ahead only moved the drops), so ports do not use it.
