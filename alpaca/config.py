@@ -163,12 +163,12 @@ class Config:
     standing queue of a saturating flow forms here, so it bounds the latency a bulk flow adds
     to everything else (about 3-5 ms at 208); larger buffers trade latency for throughput."""
     tun_offload: bool = True
+    """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
+    super-packets are read and written in one syscall. Default on; off for troubleshooting."""
     tun_read_ahead_kib: int = C.DEFAULT_TUN_READ_AHEAD_KIB
     """Bulk packets read from the TUN device ahead of handling, KiB (default 128; 0: off), so
     that pings and ACKs queued behind a local bulk sender are read at once and handled first
     (alpaca.io.readahead)."""
-    """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
-    super-packets are read and written in one syscall. Default on; off for troubleshooting."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL

@@ -1,13 +1,13 @@
 """ReadAhead: packets read from the TUN device before they are handled, in two lanes.
 
-Why: under a saturating TCP flow the local sender keeps its whole congestion window queued
-in front of the daemon, in the TUN device's ring (BBR: 0.3-0.8 MB measured), and a ping or
-an ACK written to the device waits behind all of it. Reading is much cheaper than handling
-(one read brings a 64 KiB super-packet), so the reader reads ahead into this queue, keeping
-the ring nearly empty, and hands out the small lane first: a small packet waits for at most
-one round of bulk. Measured on the bench's single stream (docs/performance.md): 20-30 %
-less loaded ping RTT for 3 % (128 KiB, config's default ``tun_read_ahead_kib``) to 6-10 %
-(1024 KiB) less throughput.
+Why: under a saturating TCP flow the local sender keeps the TUN device's ring filled (with
+a couple of 64 KiB super-packets: TCP small queues let about a millisecond of data below the
+socket), and a ping or an ACK written to the device waits until the daemon has handled all
+of it, one super-packet per round: 2 ms at the median, measured. Reading is much cheaper than
+handling, so the reader reads ahead into this queue, keeping the ring nearly empty, and hands
+out the small lane first: a small packet waits for at most one round of bulk. Measured on
+the bench's single stream (docs/performance.md): 20-30 % less loaded ping RTT for 3 %
+(128 KiB, config's default ``tun_read_ahead_kib``) to 6-10 % (1024 KiB) less throughput.
 
 The same on the UDP side measured no gain (the receiver's socket buffer holds a few
 milliseconds at most, and reading it ahead only moved the drops), so ports do not use it.
