@@ -160,8 +160,8 @@ class Config:
     at 10-35 % less single-flow throughput (docs/performance.md)."""
     udp_rcvbuf_kib: int = C.DEFAULT_UDP_RCVBUF_KIB
     """Receive buffer of each UDP socket, KiB (default 208, capped by net.core.rmem_max): the
-    standing queue of a saturating flow forms here, so it bounds the latency a bulk flow adds
-    to everything else (about 3-5 ms at 208); larger buffers trade latency for throughput."""
+    receiver's part of a saturating flow's standing queue forms here, so it bounds part of the
+    latency a bulk flow adds to everything else; larger buffers trade latency for throughput."""
     tun_offload: bool = True
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""

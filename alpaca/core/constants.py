@@ -52,7 +52,8 @@ DEFAULT_TTL = 15
 #: throughput (docs/performance.md).
 DEFAULT_TUN_TXQUEUELEN = 64
 #: Receive buffer of each UDP socket, KiB as the kernel accounts it (it doubles the value
-#: asked for). Where the standing queue forms under a saturating flow (docs/performance.md).
+#: asked for). Where the receiver's part of a saturating flow's standing queue forms
+#: (docs/performance.md).
 DEFAULT_UDP_RCVBUF_KIB = 208
 #: Read-ahead of the TUN device, KiB of bulk packets; 0: off. 128 (two super-packets) measured
 #: about 25 % less loaded ping RTT (p50) for about 3 % less single-stream throughput, 1024

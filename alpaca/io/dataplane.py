@@ -13,7 +13,7 @@ Small first: each batch is handled in two passes, packets up to SMALL_PACKET byt
 (see its comment), and what they produced is sent or written before the second pass, so a
 ping or an ACK does not queue behind the bulk that arrived with it. With ``read_ahead``
 the TUN reader also reads ahead (alpaca.io.readahead, up to that many bytes of bulk): a small
-packet queued behind a local TCP sender's window is read at once and handled next round.
+packet queued behind a local TCP sender's data is read at once and handled next round.
 
 Send batching: while a batch read from one fd is being handled, datagrams are queued per
 (port, destination) and flushed when the batch ends, through ``send_many`` (UDP GSO: one

@@ -74,8 +74,9 @@ _BIND_HINTS = {
 
 #: Receive buffer asked for by default, bytes (the kernel doubles it: 208 KiB, the usual
 #: rmem_default; the daemon passes config's udp_rcvbuf_kib). Under a saturating TCP flow the
-#: receiving daemon is the bottleneck and this buffer is where the standing queue forms
-#: (docs/performance.md, "Latency under load").
+#: receiving daemon is the bottleneck and this buffer holds the receiver's part of the
+#: standing queue (the sender's TUN ring holds the rest; docs/performance.md, "Latency under
+#: load").
 RCVBUF = 104 << 10
 
 
