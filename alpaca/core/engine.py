@@ -114,6 +114,8 @@ class Engine:
 
     def _apply_peers(self, settings: EngineSettings) -> None:
         self._copy_policy = DupPolicy.NONE if settings.dup_copies == 0 else settings.dup_policy
+        for known in self.peers.values():
+            known.tx_cipher = None  # the key may have changed: seal() asks the ring again
         for spec in settings.peers.values():
             if spec.peer_id == self.self_id:
                 continue
@@ -166,8 +168,7 @@ class Engine:
     def send_packet(self, peer: Peer, packet: bytes, now: float, csum_partial: bool = False) -> None:
         """Seal a checked TUN packet for ``peer`` and send it (with delayed copies)."""
         s = self.settings
-        inner = ippkt.addresses(packet)
-        assert inner is not None, "route_packet checked it"
+        inner = ippkt.ADDRS.unpack_from(packet, 12)  # route_packet checked it is IPv4
         flags = _CSUM_PARTIAL if csum_partial else 0
         copies = self._copies_for(packet)
         peer.tx_packets += 1
@@ -179,10 +180,13 @@ class Engine:
         plan = peer.plan
         if plan is None or plan[0] != self.generation.value:
             targets_now = routing.targets(self.settings, self.peers, self.self_id, peer.peer_id, None, None)
-            plan = peer.plan = (self.generation.value, *targets_now)
-        targets, spare = plan[1], plan[2]
+            ips = {t[0].ip for t in targets_now[0]} | {t[0].ip for t in targets_now[1]}
+            plan = peer.plan = (self.generation.value, *targets_now, ips)
+        targets, spare, link_ips = plan[1], plan[2], plan[3]
         datagram = self.seal(peer, PacketType.DATA, flags, packet, s.ttl, targets[0][1] if targets else 0)
-        self._send_all(datagram, targets, spare, inner, now, s.ttl, copies, True)
+        # The loop check only when a link goes to the inner packet's own source or destination.
+        check = inner if inner[0] in link_ips or inner[1] in link_ips else None
+        self._send_all(datagram, targets, spare, check, now, s.ttl, copies, True)
 
     def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
         if self.resolver is None:
@@ -215,8 +219,10 @@ class Engine:
 
         ``ttl`` and ``pi`` only pre-fill the hop bytes (they are outside the tag).
         """
-        cipher = self.keys.cipher(self.self_id, peer.peer_id, self.epoch)
-        assert cipher is not None, "peers always have a key"
+        cipher = peer.tx_cipher
+        if cipher is None:
+            cipher = peer.tx_cipher = self.keys.cipher(self.self_id, peer.peer_id, self.epoch)
+            assert cipher is not None, "peers always have a key"
         counter = peer.next_counter
         peer.next_counter = counter + 1
         header = HEADER.pack((PROTOCOL_VERSION << 4) | ptype, flags, ttl, pi,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import struct
 
-_ADDRS = struct.Struct("!II")
+#: (source, destination) of an IPv4 header, unpacked at offset 12.
+ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")
 TCP, UDP = 6, 17
 SYN = 0x02
@@ -19,7 +20,7 @@ def addresses(packet: bytes) -> tuple[int, int] | None:
     """Return (src, dst) as ints, or None if this is not an IPv4 packet of sane length."""
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
-    src, dst = _ADDRS.unpack_from(packet, 12)
+    src, dst = ADDRS.unpack_from(packet, 12)
     return src, dst
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alpaca.core.crypto import DirectionCipher
 from alpaca.core.paths import NEVER, Generation, Path, PathKind, PeerPaths
 from alpaca.core.replay import ReplayWindow
 from alpaca.core.settings import Addr
@@ -21,7 +22,7 @@ class Peer:
 
     __slots__ = (
         "addr", "dup_copies", "last_active_at", "next_counter", "paths", "peer_id", "plan",
-        "rx_bytes", "rx_packets", "tx_bytes", "tx_packets",
+        "rx_bytes", "rx_packets", "tx_bytes", "tx_cipher", "tx_packets",
     )
 
     def __init__(
@@ -30,8 +31,12 @@ class Peer:
         self.peer_id = peer_id
         self.addr = addr
         self.paths = PeerPaths(peer_id, ports, addr, generation)
-        #: (generation, targets, spare): our own packets' send targets, cached by the engine.
-        self.plan: tuple[int, list[Any], list[Any]] | None = None
+        #: (generation, targets, spare, IPs of their links): our own packets' send targets,
+        #: cached by the engine.
+        self.plan: tuple[int, list[Any], list[Any], set[int]] | None = None
+        #: DirectionCipher of (self -> this peer) in this run's epoch, cached by the engine
+        #: (cleared on reload).
+        self.tx_cipher: DirectionCipher | None = None
         self.next_counter = 0
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.dup_copies = 0

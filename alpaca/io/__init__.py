@@ -54,7 +54,7 @@ class PacketDevice(Protocol):
 
     def read_loop(
         self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
-        ahead: ReadAhead | None = None,
+        ahead: ReadAhead | None = None, lone: int = 0,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -78,7 +78,8 @@ class DatagramPort(Protocol):
     def send_many(self, addr: Addr, datas: Sequence[bytes]) -> int: ...
 
     def read_loop(
-        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32,
+        lone: int = 0,
     ) -> None: ...
 
     def close(self) -> None: ...

@@ -15,6 +15,10 @@ ping or an ACK does not queue behind the bulk that arrived with it. With ``read_
 the TUN reader also reads ahead (alpaca.io.readahead, up to that many bytes of bulk): a small
 packet queued behind a local TCP sender's data is read at once and handled next round.
 
+Lone packets: a wake-up that finds one small packet (a ping or a DNS query on an otherwise
+idle tunnel) hands it over at once, before the read that finds the fd empty, and the handler
+sends or writes it directly, without the batch queue below (alpaca.io.readahead.read_loop).
+
 Send batching: while a batch read from one fd is being handled, datagrams are queued per
 (port, destination) and flushed when the batch ends, through ``send_many`` (UDP GSO: one
 ``sendmsg`` for a run of equal-sized datagrams, measured 0.9 µs per datagram against 4.6 µs
@@ -146,7 +150,9 @@ class Dataplane:
 
     def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
         if self._pending is None:
-            return self.tun.write_many([(packet, csum_partial)]) == 1
+            if csum_partial:
+                return self.tun.write_many([(packet, csum_partial)]) == 1
+            return self.tun.write(packet)
         self._tun_pending.append((packet, csum_partial))
         return True
 
@@ -163,9 +169,10 @@ class Dataplane:
             ahead = ReadAhead(small=SMALL_PACKET, bulk_bytes=self.read_ahead,
                               small_limit=READ_AHEAD_SMALL)
         greenlets = [group.spawn(self.tun.read_loop, self._on_tun_batch, batch=self.batch,
-                                 ahead=ahead)]
+                                 ahead=ahead, lone=SMALL_PACKET)]
         for index, port in enumerate(self.ports):
-            greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch))
+            greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch,
+                                         lone=SMALL_DATAGRAM))
         timer = self.timer.start()
         group.add(timer)
         greenlets.append(timer)
@@ -184,17 +191,21 @@ class Dataplane:
         engine = self.engine
         assert engine is not None
         now = self.clock()
-        self._begin()
-        try:
-            for packet, partial in packets:
-                if len(packet) <= SMALL_PACKET:
-                    engine.on_tun_packet(packet, now, partial)
-            self._flush_and_begin()  # the small ones leave before the bulk is sealed
-            for packet, partial in packets:
-                if len(packet) > SMALL_PACKET:
-                    engine.on_tun_packet(packet, now, partial)
-        finally:
-            self._flush()
+        if len(packets) == 1:  # lone: sent at once, no queue
+            packet, partial = packets[0]
+            engine.on_tun_packet(packet, now, partial)
+        else:
+            self._begin()
+            try:
+                for packet, partial in packets:
+                    if len(packet) <= SMALL_PACKET:
+                        engine.on_tun_packet(packet, now, partial)
+                self._flush_and_begin()  # the small ones leave before the bulk is sealed
+                for packet, partial in packets:
+                    if len(packet) > SMALL_PACKET:
+                        engine.on_tun_packet(packet, now, partial)
+            finally:
+                self._flush()
         if self.tun.bad_frames:
             self._count(DropReason.BAD_OFFLOAD, self.tun.bad_frames)
             self.tun.bad_frames = 0
@@ -205,6 +216,11 @@ class Dataplane:
             engine = self.engine
             assert engine is not None
             now = self.clock()
+            if len(batch) == 1:  # lone: written or sent at once, no queue
+                data, addr = batch[0]
+                engine.on_datagram(data, addr, index, now)
+                self._arm(engine.next_deadline())
+                return
             self._begin()
             try:
                 for data, addr in batch:

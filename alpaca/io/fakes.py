@@ -148,9 +148,9 @@ class MemoryTun:
 
     def read_loop(
         self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
-        ahead: ReadAhead | None = None,
+        ahead: ReadAhead | None = None, lone: int = 0,
     ) -> None:
-        read_loop(self._inbox.wait, self.read_batch, handler, batch=batch, ahead=ahead)
+        read_loop(self._inbox.wait, self.read_batch, handler, batch=batch, ahead=ahead, lone=lone)
 
     def close(self) -> None:
         self._inbox.close()
@@ -233,9 +233,10 @@ class MemoryPort:
         return sum(self.send(addr, data) for data in datas)
 
     def read_loop(
-        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32,
+        lone: int = 0,
     ) -> None:
-        read_loop(self._inbox.wait, self.recv_batch, handler, batch=batch)
+        read_loop(self._inbox.wait, self.recv_batch, handler, batch=batch, lone=lone)
 
     def close(self) -> None:
         self._inbox.close()

@@ -104,12 +104,18 @@ def read_loop(
     *,
     batch: int,
     ahead: ReadAhead | None = None,
+    lone: int = 0,
 ) -> None:
     """Forever: wait for the fd, read, call ``handler`` with at most a batch; the drivers'
     ``read_loop``. Returns when ``wait`` raises DriverClosed; errors of ``read`` and
     ``handler`` propagate.
 
-    Without ``ahead``: one ``read(batch)`` per wake-up, handed out whole. With it: up to
+    Lone packets first: after a wake-up the loop reads once (``read(1)``); if that brought one
+    packet of at most ``lone`` bytes (0: never), it is handled at once, before the read that
+    finds the fd empty. On an idle tunnel that is every ping and every DNS query: the EAGAIN
+    read and the batch bookkeeping happen after the packet has left.
+
+    Without ``ahead``: up to ``batch`` packets per wake-up, handed out whole. With it: up to
     READ_ROUNDS reads per round go into ``ahead`` (none while it is full), then up to
     ``batch`` small and BULK_BATCHES * ``batch`` bulk packets are handed out. The loop waits
     for the fd only when ``ahead`` is empty, and otherwise yields until the event loop is
@@ -119,20 +125,25 @@ def read_loop(
     """
     try:
         if ahead is None:
-            _plain_loop(wait, read, handler, batch)
+            _plain_loop(wait, read, handler, batch, lone)
         else:
-            _ahead_loop(wait, read, handler, batch, ahead)
+            _ahead_loop(wait, read, handler, batch, ahead, lone)
     except DriverClosed:
         return
 
 
 def _plain_loop(
     wait: Callable[[], None], read: Callable[[int], list[T]], handler: Callable[[list[T]], None],
-    batch: int,
+    batch: int, lone: int,
 ) -> None:
     while True:
         wait()
-        items = read(batch)
+        items = read(1)
+        if len(items) == 1 and len(items[0][0]) <= lone:
+            handler(items)
+            items = read(batch)
+        elif len(items) < batch:
+            items += read(batch - len(items))
         if items:
             handler(items)
         if len(items) >= batch:
@@ -141,7 +152,7 @@ def _plain_loop(
 
 def _ahead_loop(
     wait: Callable[[], None], read: Callable[[int], list[T]], handler: Callable[[list[T]], None],
-    batch: int, ahead: ReadAhead,
+    batch: int, ahead: ReadAhead, lone: int,
 ) -> None:
     hub = get_hub()
     idle = hub.loop.idle()
@@ -149,6 +160,11 @@ def _ahead_loop(
         while True:
             if not ahead:
                 wait()
+                items = read(1)
+                if len(items) == 1 and len(items[0][0]) <= lone:
+                    handler(items)
+                else:
+                    ahead.add(items)
             for _ in range(READ_ROUNDS):
                 if ahead.full:
                     break

@@ -196,16 +196,17 @@ class TunDevice:
 
     def read_loop(
         self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
-        ahead: ReadAhead | None = None,
+        ahead: ReadAhead | None = None, lone: int = 0,
     ) -> None:
         """Forever: wait, read, call ``handler(packets)`` with at most ``batch`` packets (plus
-        the rest of one super-packet), reading ahead into ``ahead`` if given
+        the rest of one super-packet), reading ahead into ``ahead`` if given; a lone packet
+        of at most ``lone`` bytes is handled before reading on
         (:func:`alpaca.io.readahead.read_loop`).
 
         Returns when the device is closed by another greenlet; raises TunnelError when the
         device vanishes; exceptions from ``handler`` propagate.
         """
-        read_loop(self._waiter.wait, self.read_batch, handler, batch=batch, ahead=ahead)
+        read_loop(self._waiter.wait, self.read_batch, handler, batch=batch, ahead=ahead, lone=lone)
 
     def close(self) -> None:
         """Close the fd (the kernel then deletes the device). Idempotent.

@@ -25,8 +25,6 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gevent import socket as gsocket
-
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
 from alpaca.io import ReadWaiter
@@ -118,8 +116,11 @@ class UdpPort:
 
         Raises TunnelError naming the address, the port and the fix.
         """
-        sock = gsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
-        sock.settimeout(0.0)  # gevent methods then raise BlockingIOError instead of waiting
+        # A plain non-blocking socket: waiting is the ReadWaiter's job, and a send that would
+        # block is dropped, so gevent's cooperative socket wrapper would only add a Python
+        # call around every sendto and recvmsg.
+        sock = _stdsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
+        sock.setblocking(False)
         where = f"{address}:{port}" + (f" on {interface}" if interface else "")
         try:
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, rcvbuf)
@@ -243,15 +244,17 @@ class UdpPort:
         return sent
 
     def read_loop(
-        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32,
+        lone: int = 0,
     ) -> None:
         """Forever: wait, receive up to ``batch`` datagrams (plus the rest of one GRO
-        receive), call ``handler(datagrams)`` (:func:`alpaca.io.readahead.read_loop`).
+        receive), call ``handler(datagrams)``; a lone datagram of at most ``lone`` bytes is
+        handled before reading on (:func:`alpaca.io.readahead.read_loop`).
 
         Yields to other greenlets after a full batch. Returns when the port is closed by
         another greenlet; exceptions from ``handler`` propagate.
         """
-        read_loop(self._waiter.wait, self.recv_batch, handler, batch=batch)
+        read_loop(self._waiter.wait, self.recv_batch, handler, batch=batch, lone=lone)
 
     def close(self) -> None:
         """Close the socket. Idempotent; a greenlet in read_loop returns."""

@@ -645,6 +645,22 @@ def test_engine_reload_keeps_learned_paths_and_cuts_a_removed_peer() -> None:
     assert len(s.tun) == delivered and drops(s, "unknown_peer") >= 3
 
 
+def test_engine_reload_with_a_changed_pair_key_seals_with_the_new_key() -> None:
+    from dataclasses import replace
+
+    net, s, c = two_path_pair()
+    ping(net, c, "8.8.8.8")
+    assert len(s.tun) == 1
+    for node in (s, c):  # the pair key is the bigger id's: the client's
+        engine = eng(node)
+        peers = dict(engine.settings.peers)
+        peers[c.peer_id] = replace(peers[c.peer_id], key=bytes(range(32)))
+        engine.reload(replace(engine.settings, peers=peers))
+    net.run(2.0)  # each side proves itself live again under the new key
+    ping(net, c, "8.8.8.8", n=3, gap=0.1)
+    assert len(s.tun) == 4 and drops(s, "bad_tag") == 0
+
+
 def test_engine_with_random_loss_delay_and_reordering_delivers_every_packet_once() -> None:
     net = EngineNet(seed=5)
     s = net.add("S", "1.1", [S_EP])

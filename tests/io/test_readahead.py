@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import gevent
+import pytest
 
 from alpaca.io.fakes import MemoryTun
 from alpaca.io.readahead import BULK_BATCHES, READ_ROUNDS, ReadAhead
@@ -119,9 +120,11 @@ def test_read_ahead_stops_reading_while_full() -> None:
             gevent.sleep(0.001)
     tun.close()
     loop.join(timeout=1)
-    # the first read (4 packets) filled the 3-packet bound: no second read before handing out
-    assert reads_at_first_chunk[0] == 1
-    assert tun.reads <= 40 // 4 + 2
+    # the wake-up's first read (one packet) and the next (4) filled the 3-packet bound: no
+    # third read before handing out
+    assert reads_at_first_chunk[0] == 2
+    # and so on: per wake-up one read of one packet and one of four, never a read while full
+    assert tun.reads <= 2 * (40 // 5) + 2
 
 
 def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
@@ -147,3 +150,40 @@ def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
     woke_after = rounds - start
     loop.kill()
     assert 1 <= woke_after <= 20, woke_after
+
+
+def first_chunk(tun: CountingTun, ahead: ReadAhead | None, lone: int) -> list[tuple[int, list[int]]]:
+    """Run the read loop over what ``tun`` holds; (reads made, tags) of each chunk handed out."""
+    seen: list[tuple[int, list[int]]] = []
+    loop = gevent.spawn(tun.read_loop, lambda c: seen.append((tun.reads, [tag_of(i) for i in c])),
+                        batch=8, ahead=ahead, lone=lone)
+    with gevent.Timeout(3):
+        while not seen:
+            gevent.sleep(0.001)
+    gevent.sleep(0.01)  # let the loop go back to waiting
+    tun.close()
+    loop.join(timeout=1)
+    assert loop.dead and loop.exception is None
+    return seen
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_a_lone_small_packet_is_handled_before_the_read_that_finds_the_device_empty(
+    read_ahead: bool,
+) -> None:
+    tun = CountingTun()
+    tun.inject(packet(60, SMALL_TAG))
+    ahead = ReadAhead(small=100, bulk_bytes=1 << 20, small_limit=64) if read_ahead else None
+    assert first_chunk(tun, ahead, lone=100) == [(1, [-1])]
+    assert tun.reads >= 2  # the read that found the device empty came after it
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+@pytest.mark.parametrize(("size", "lone"), [(1200, 100), (60, 0)])
+def test_a_lone_packet_above_the_lone_size_waits_for_the_batch_read(
+    read_ahead: bool, size: int, lone: int,
+) -> None:
+    tun = CountingTun()
+    tun.inject(packet(size, 7))
+    ahead = ReadAhead(small=100, bulk_bytes=1 << 20, small_limit=64) if read_ahead else None
+    assert first_chunk(tun, ahead, lone) == [(2, [7])]
