@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus
+APT_PKGS := iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus docker-compose
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv test test-fast lint demo bench soak fuzz clean install
