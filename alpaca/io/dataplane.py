@@ -219,19 +219,18 @@ class Dataplane:
             if len(batch) == 1:  # lone: written or sent at once, no queue
                 data, addr = batch[0]
                 engine.on_datagram(data, addr, index, now)
-                self._arm(engine.next_deadline())
-                return
-            self._begin()
-            try:
-                for data, addr in batch:
-                    if len(data) <= SMALL_DATAGRAM:
-                        engine.on_datagram(data, addr, index, now)
-                self._flush_and_begin()  # the small ones are written before the bulk is opened
-                for data, addr in batch:
-                    if len(data) > SMALL_DATAGRAM:
-                        engine.on_datagram(data, addr, index, now)
-            finally:
-                self._flush()
+            else:
+                self._begin()
+                try:
+                    for data, addr in batch:
+                        if len(data) <= SMALL_DATAGRAM:
+                            engine.on_datagram(data, addr, index, now)
+                    self._flush_and_begin()  # the small ones are written before the bulk is opened
+                    for data, addr in batch:
+                        if len(data) > SMALL_DATAGRAM:
+                            engine.on_datagram(data, addr, index, now)
+                finally:
+                    self._flush()
             self._arm(engine.next_deadline())
 
         return on_batch
