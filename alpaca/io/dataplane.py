@@ -16,8 +16,9 @@ the TUN reader also reads ahead (alpaca.io.readahead, up to that many bytes of b
 packet queued behind a local TCP sender's data is read at once and handled next round.
 
 Lone packets: a wake-up that finds one small packet (a ping or a DNS query on an otherwise
-idle tunnel) hands it over at once, before the read that finds the fd empty, and the handler
-sends or writes it directly, without the batch queue below (alpaca.io.readahead.read_loop).
+idle tunnel) hands it over at once, before the read that finds the fd empty
+(alpaca.io.readahead.read_loop); the handler sends or writes any batch of one directly,
+without the batch queue below.
 
 Send batching: while a batch read from one fd is being handled, datagrams are queued per
 (port, destination) and flushed when the batch ends, through ``send_many`` (UDP GSO: one
