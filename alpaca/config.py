@@ -169,6 +169,10 @@ class Config:
     """Bulk packets read from the TUN device ahead of handling, KiB (default 128; 0: off), so
     that pings and ACKs queued behind a local bulk sender are read at once and handled first
     (alpaca.io.readahead)."""
+    realtime_priority: int = 0
+    """SCHED_RR priority of the daemon, 1-99, or 0 (default) for normal scheduling
+    (alpaca.system.sched): the daemon then runs as soon as a packet arrives instead of waiting
+    for its turn among the host's busy processes. Applied at start and on reload."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL
@@ -299,7 +303,7 @@ TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
     "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "tun_read_ahead_kib",
-    "udp_rcvbuf_kib", "ports", "ttl",
+    "udp_rcvbuf_kib", "realtime_priority", "ports", "ttl",
     "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
     "replay_window", "metrics", "control_socket", "state_file", "strict_hooks", "route_table",
     "protocol", "peer_protocols",
@@ -361,6 +365,7 @@ class _Builder:
             tun_read_ahead_kib=top.integer(
                 "tun_read_ahead_kib", C.DEFAULT_TUN_READ_AHEAD_KIB, 0, 1 << 16
             ),
+            realtime_priority=top.integer("realtime_priority", 0, 0, 99),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,

@@ -47,7 +47,7 @@ from alpaca.metrics import build_registry, serve_metrics
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.snapshot import snapshot
 from alpaca.system import journal as journal_mod
-from alpaca.system import link
+from alpaca.system import link, sched
 from alpaca.system.monitor import RouteMonitor, reconcile
 from alpaca.system.plan import apply
 from alpaca.system.resolver import KernelResolver
@@ -109,6 +109,7 @@ class Daemon:
         self.engine = Engine(settings, self.plane, epoch=epoch,
                              random_bytes=os.urandom, resolver=resolver)
         self.mux = compat.attach(self.plane, self.engine, legacy, cfg, self.secrets, os.urandom)
+        apply_scheduling(cfg)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
@@ -187,6 +188,9 @@ class Daemon:
         for key in ("tun_name", "ports", "mode", "net", "id", "mtu", "group"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("config key changed but needs a restart key=%s", key)
+        if config.realtime_priority != self.config.realtime_priority:
+            apply_scheduling(config)
+        self.config = replace(self.config, realtime_priority=config.realtime_priority)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
         compat.reload_legacy(self.mux, legacy)
@@ -225,6 +229,18 @@ class Daemon:
             self.tun.close()
         run_hooks("post_down", self.config.post_down_cmds)
         log.info("stopped node=%s", format_peer_id(self.config.id))
+
+
+def apply_scheduling(config: Config) -> None:
+    """Put the process under the config's realtime_priority; a refusal is logged, not fatal
+    (the daemon runs as it would with 0)."""
+    problem = sched.set_realtime(config.realtime_priority)
+    if problem is not None:
+        log.warning("%s: realtime_priority: the kernel refused SCHED_RR priority %d: %s; "
+                    "running with normal scheduling (set it to 0 to silence this)",
+                    config.path, config.realtime_priority, problem)
+    elif config.realtime_priority:
+        log.info("realtime scheduling policy=SCHED_RR priority=%d", config.realtime_priority)
 
 
 def run(config: Config, secrets: Secrets) -> int:

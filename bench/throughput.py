@@ -15,6 +15,10 @@ on its loopback, reachable over both). MTU 1400 inside every tunnel. Per row:
   counts them: with TUN offload a TCP super-packet of up to 64 KiB counts once;
 * ratio of the single-stream figure to the reference forwarder's and to wireguard-go's.
 
+Realtime rows (``-rt``): the tunnel processes of both ends run under SCHED_RR priority 10
+(alpaca-tunnel's ``realtime_priority``, ``chrt -r 10`` for the others), so iperf3 on the same
+two cores no longer delays them; their ratios are to reference-rt and wireguard-go-rt.
+
 Lossy rows (``-lossy``): 5 % random loss on each path in each direction (nftables ``numgen``
 drop at the receiving side) and 20 ms delay each way (``tc netem`` when the kernel has it,
 else the userspace relay of bench/netns.py in the server namespace); TCP with ``-C cubic``;
@@ -72,6 +76,9 @@ class Scenario:
     rcvbuf_kib: int = 208
     #: alpaca-tunnel's tun_read_ahead_kib (0: off).
     read_ahead_kib: int = 128
+    #: SCHED_RR priority of the tunnel processes (0: normal scheduling): alpaca-tunnel's
+    #: realtime_priority; ``chrt -r`` for the reference forwarder and wireguard-go.
+    realtime: int = 0
 
 
 SCENARIOS = [
@@ -88,6 +95,13 @@ SCENARIOS = [
     Scenario("alpaca-1path-rb2048", "alpaca", rcvbuf_kib=2048, note="udp_rcvbuf_kib 2048"),
     Scenario("alpaca-1path-ra0", "alpaca", read_ahead_kib=0, note="tun_read_ahead_kib 0 (off)"),
     Scenario("alpaca-1path-ra1024", "alpaca", read_ahead_kib=1024, note="tun_read_ahead_kib 1024"),
+    Scenario("reference-rt", "reference", realtime=10, note="chrt -r 10"),
+    Scenario("wireguard-go-rt", "wireguard", realtime=10, note="chrt -r 10"),
+    Scenario("alpaca-1path-rt", "alpaca", realtime=10, note="realtime_priority 10"),
+    Scenario("alpaca-1path-rt-rb128", "alpaca", realtime=10, rcvbuf_kib=128,
+             note="realtime_priority 10, udp_rcvbuf_kib 128"),
+    Scenario("alpaca-1path-rt-rb64", "alpaca", realtime=10, rcvbuf_kib=64,
+             note="realtime_priority 10, udp_rcvbuf_kib 64"),
     Scenario("alpaca-2path", "alpaca", paths=2),
     Scenario("alpaca-2path-dup", "alpaca", paths=2, dup=True),
     Scenario("wireguard-go-lossy", "wireguard", lossy=True),
@@ -96,7 +110,7 @@ SCENARIOS = [
     Scenario("alpaca-2path-dup-lossy", "alpaca", paths=2, dup=True, lossy=True),
 ]
 QUICK = ["raw-veth", "reference", "wireguard-go", "alpaca-1path", "alpaca-1path-nooffload",
-         "alpaca-1path-ra0",
+         "alpaca-1path-ra0", "reference-rt", "alpaca-1path-rt",
          "alpaca-2path-dup",
          "wireguard-go-lossy", "alpaca-2path-dup-lossy"]
 
@@ -173,13 +187,19 @@ def server_endpoint(sc: Scenario, use_netem: bool, relay_port: int, direct_port:
     return relay_port if sc.lossy and not use_netem else direct_port
 
 
+def chrt(sc: Scenario) -> list[str]:
+    """Command prefix that runs a tunnel process under the row's realtime scheduling."""
+    return ["chrt", "-r", str(sc.realtime)] if sc.realtime else []
+
+
 def start_reference(lab: Lab, sc: Scenario) -> Setup:
     key = os.urandom(32).hex()
     script = str(Path(__file__).resolve().parent / "reference_forwarder.py")
     procs = []
     for ns, address, peer, name in ((SERVER_NS, "10.98.0.1/24", "10.201.1.2", "ref-s"),
                                     (CLIENT_NS, "10.98.0.2/24", "10.201.1.1", "ref-c")):
-        procs.append(lab.spawn(ns, [sys.executable, script, "--tun", "albref0", "--address", address,
+        procs.append(lab.spawn(ns, [*chrt(sc), sys.executable, script, "--tun", "albref0",
+                                    "--address", address,
                                     "--listen", f"0.0.0.0:{REF_PORT}", "--peer", f"{peer}:{REF_PORT}",
                                     "--key", key, "--txqueuelen", str(sc.txqueuelen)], name))
     return Setup("10.98.0.1", "albref0", [p.pid for p in procs])
@@ -203,7 +223,7 @@ def start_wireguard(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
         (CLIENT_NS, "c", "s", "10.97.0.2/24", ["endpoint", endpoint, "persistent-keepalive", "25"]),
     ):
         dev = f"albwg-{side}"  # distinct: the UAPI socket /var/run/wireguard/<dev>.sock is shared
-        proc = lab.spawn(ns, ["wireguard-go", "-f", dev], f"wg-{side}",
+        proc = lab.spawn(ns, [*chrt(sc), "wireguard-go", "-f", dev], f"wg-{side}",
                          env={"LOG_LEVEL": "error"})
         pids.append(proc.pid)
         netns.wait_for(lambda ns=ns, dev=dev: nsrun(ns, "ip", "link", "show", dev, check=False) != "", 10,
@@ -241,7 +261,7 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
             "control_socket": str(directory / "control.sock"), "state_file": str(directory / "epoch"),
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
             "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload, "udp_rcvbuf_kib": sc.rcvbuf_kib,
-            "tun_read_ahead_kib": sc.read_ahead_kib,
+            "tun_read_ahead_kib": sc.read_ahead_kib, "realtime_priority": sc.realtime,
         }
         if side == "server":
             config.update(id="1.1", port=ALPACA_PORT)
@@ -453,10 +473,22 @@ def fmt(value: Any, digits: int = 0) -> str:
     return f"{value:.{digits}f}"
 
 
+def baselines(rows: dict[str, dict[str, Any]], name: str) -> tuple[float | None, float | None]:
+    """Single-stream Mbit/s of the reference and wireguard-go rows a row is compared with:
+    the lossy rows with wireguard-go-lossy (no reference), realtime rows with the realtime
+    ones, the rest with the plain ones."""
+    def mbit(row: str) -> float | None:
+        value = rows.get(row, {}).get("single", {}).get("mbit")
+        return float(value) if value else None
+
+    if name.endswith("-lossy"):
+        return None, mbit("wireguard-go-lossy")
+    if "-rt" in name:
+        return mbit("reference-rt"), mbit("wireguard-go-rt")
+    return mbit("reference"), mbit("wireguard-go")
+
+
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    ref = rows.get("reference", {}).get("single", {}).get("mbit")
-    wg = rows.get("wireguard-go", {}).get("single", {}).get("mbit")
-    wg_lossy = rows.get("wireguard-go-lossy", {}).get("single", {}).get("mbit")
     head = ("| row | 1 stream Mbit/s | -P 4 Mbit/s | idle RTT p50/p99 ms | loaded RTT p50/p99 ms | "
             "CPU s/GB | TUN pkt/s | × reference | × wireguard-go | residual loss % |")
     lines = [head, "|" + "---|" * 10]
@@ -466,10 +498,10 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
             continue
         single = row["single"].get("mbit")
         par = row["parallel4"].get("mbit")
-        base_wg = wg_lossy if name.endswith("-lossy") else wg
+        ref, wg = baselines(rows, name)
         idle, loaded = row["idle_rtt_ms"], row["loaded_rtt_ms"]
-        x_ref = single / ref if single and ref and not name.endswith("-lossy") else None
-        x_wg = single / base_wg if single and base_wg else None
+        x_ref = single / ref if single and ref else None
+        x_wg = single / wg if single and wg else None
         lines.append(
             f"| {name} | {fmt(single, 1)} | {fmt(par, 1)} | {fmt(idle['p50'], 3)} / {fmt(idle['p99'], 3)} | "
             f"{fmt(loaded['p50'], 2)} / {fmt(loaded['p99'], 2)} | {fmt(row['cpu_s_per_gb'], 1)} | "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from alpaca.system.sched import current_priority
 from tests.daemon.conftest import (
     INET,
     PORT,
@@ -155,3 +157,27 @@ def check_forwarder_change(lab: Lab, first: tuple[str, ...]) -> None:
     assert (only_2[1] > before[1]) == ("1.3" in first), "1.3 relayed before only if configured"
     assert only_3[1] - switched[1] >= 10 and only_3[0] == switched[0], "only 1.3 relayed after"
     assert "reloaded peers=4 forwarders=1.3" in topo.client.log()
+
+
+def test_reload_realtime_priority_applies_live_and_hooks_run_normal(lab: Lab, tmp_path: Path) -> None:
+    hook_out = tmp_path / "pre_down.txt"
+    topo = build_simple(lab, server_config={"realtime_priority": 10,
+                                            "pre_down_cmds": [f"chrt -p $$ > {hook_out}"]})
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(topo.client.ns, INET)
+    assert topo.server.proc is not None and topo.client.proc is not None
+    server_pid = topo.server.proc.pid  # `ip netns exec` execs the daemon: same pid
+    assert current_priority(server_pid) == 10
+    assert current_priority(topo.client.proc.pid) == 0  # the default: normal scheduling
+    for priority in (0, 20):
+        topo.server.write_config(realtime_priority=priority)
+        topo.server.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while current_priority(server_pid) != priority and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert current_priority(server_pid) == priority, topo.server.log_tail()
+        assert ping(topo.client.ns, INET, "-c", "3", "-i", "0.05")[1] == 3
+    assert lab.stop(topo.server) == 0
+    # the daemon was SCHED_RR when it ran the hook; the hook itself was not
+    assert "SCHED_OTHER" in hook_out.read_text(), hook_out.read_text()
