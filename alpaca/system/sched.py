@@ -4,9 +4,10 @@ Why: the fair scheduler gives the daemon one share of the CPU among everything r
 gateway whose cores are also busy with other work (in the bench: the iperf3 sender and
 receiver on the same two cores), a packet waits for the daemon's next turn: a few
 milliseconds under load. Under SCHED_RR the daemon runs as soon as a packet wakes it, as the
-kernel's own forwarding (softirq) does. Measured in alternating bench rounds
-(docs/performance.md, "Realtime scheduling"): single-stream throughput 1.5-1.8x, loaded ping
-p99 about 8 -> 5 ms; the reference forwarder gains alike.
+kernel's own forwarding (softirq) does. Measured (docs/performance.md, "Realtime
+scheduling"): single-stream throughput 1.8-1.9x, loaded ping p50 2.9 -> 2.0 ms; the p99 falls
+below 5 ms only together with a small UDP receive buffer (a tunnel that now saturates its CPU
+queues in its own buffer). The reference forwarder and wireguard-go gain alike.
 
 Safety: SCHED_RESET_ON_FORK, so hooks and any other child start with normal scheduling. The
 kernel's RT throttling (``kernel.sched_rt_runtime_us``, 95 % by default) leaves every CPU some
