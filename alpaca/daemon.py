@@ -188,9 +188,8 @@ class Daemon:
         for key in ("tun_name", "ports", "mode", "net", "id", "mtu", "group"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("config key changed but needs a restart key=%s", key)
-        if config.realtime_priority != self.config.realtime_priority:
+        if config.realtime_priority != sched.current_priority():
             apply_scheduling(config)
-        self.config = replace(self.config, realtime_priority=config.realtime_priority)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
         compat.reload_legacy(self.mux, legacy)
