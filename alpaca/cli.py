@@ -214,6 +214,8 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         f"state file:      {config.state_file}",
         f"log level:       {logging.getLevelName(config.log_level).lower()}",
         f"hooks:           {'strict' if config.strict_hooks else 'a failure is logged'}",
+        "scheduling:      "
+        + (f"SCHED_RR priority {config.realtime_priority}" if config.realtime_priority else "normal"),
         "peers:",
     ]
     for peer in sorted(secrets.peers.values(), key=lambda p: p.peer_id):

@@ -185,9 +185,8 @@ class Daemon:
             return
         if self.engine is None:
             return
-        for key in ("tun_name", "ports", "mode", "net", "id", "mtu", "group"):
-            if getattr(config, key) != getattr(self.config, key):
-                log.warning("config key changed but needs a restart key=%s", key)
+        for key in restart_keys_changed(self.config, config):
+            log.warning("config key changed but needs a restart key=%s", key)
         if config.realtime_priority != sched.current_priority():
             apply_scheduling(config)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
@@ -228,6 +227,24 @@ class Daemon:
             self.tun.close()
         run_hooks("post_down", self.config.post_down_cmds)
         log.info("stopped node=%s", format_peer_id(self.config.id))
+
+
+#: Config keys read only at start (the down hooks: at stop, from the start's config): a reload
+#: that changes one logs that it needs a restart. ``gateway`` is among them because the host
+#: routes planned at start (the route to the gateway's address) do not follow it. A reload
+#: applies the rest: the secrets file, forwarders, dup, padding, probing and path timers,
+#: replay window, ttl, protocols and realtime_priority.
+RESTART_KEYS = (
+    "tun_name", "ports", "mode", "net", "id", "gateway", "mtu", "group", "tun_txqueuelen",
+    "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
+    "state_file", "route_table", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds",
+    "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",
+)
+
+
+def restart_keys_changed(running: Config, loaded: Config) -> list[str]:
+    """The RESTART_KEYS whose value differs between the running and the reloaded config."""
+    return [key for key in RESTART_KEYS if getattr(running, key) != getattr(loaded, key)]
 
 
 def apply_scheduling(config: Config) -> None:

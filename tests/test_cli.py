@@ -56,6 +56,7 @@ def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "chnroute: 2 prefixes" in out
     assert "masquerade" not in out
     assert "32-byte key" in out and "16-byte key (self)" in out
+    assert "scheduling:      normal" in out
     assert out.rstrip().endswith("alpaca-tunnel: config OK")
 
 

@@ -522,3 +522,15 @@ def test_config_client_example_shape() -> None:
     assert config.forwarders == (parse_peer_id("1.2"), parse_peer_id("1.3"))
     assert [p.name for p in config.ports] == ["wan", "lte"]
     assert config.dup.policy is DupPolicy.SYN_DNS
+
+
+def test_reload_names_every_changed_key_that_needs_a_restart(tmp_path: Path) -> None:
+    from alpaca.daemon import RESTART_KEYS, restart_keys_changed
+
+    running = load(tmp_path)
+    assert all(hasattr(running, key) for key in RESTART_KEYS)
+    loaded = load(tmp_path, udp_rcvbuf_kib=64, tun_offload=False, gateway="1.2", ttl=5,
+                  realtime_priority=10, forwarders=["1.3"], pre_down_cmds=["true"])
+    assert restart_keys_changed(running, loaded) == [
+        "gateway", "tun_offload", "udp_rcvbuf_kib", "pre_down_cmds"]
+    assert restart_keys_changed(running, load(tmp_path)) == []
