@@ -10,7 +10,8 @@ server and the control socket -> wait for a signal.
 Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, undo every host
 change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
 post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
-config's forwarders without dropping learned paths. SIGUSR1 logs a state dump.
+config without dropping learned paths; a changed key that only a restart applies is logged
+(RESTART_KEYS). SIGUSR1 logs a state dump.
 
 Greenlet contract: everything runs on the main thread's hub; no OS threads, no monkey-patching.
 """
@@ -175,7 +176,7 @@ class Daemon:
         self.stopped.set()
 
     def reload(self) -> None:
-        """Re-read the secrets file and the config's forwarders; keep the old state on error."""
+        """Re-read the secrets file and the config (RESTART_KEYS excepted); keep the old state on error."""
         try:
             config = load_config(self.config.path)
             secrets = load_secrets(config.secret_file, config.id)
