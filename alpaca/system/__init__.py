@@ -10,6 +10,8 @@ Modules (one netlink/OS concept each; every function takes ``netns: str | None``
     journal   write-ahead undo journal, crash recovery
     plan      HostPlanInput -> list[Op] (pure) and apply()
     monitor   RouteMonitor (gevent) and reconcile()
+    sched     SCHED_RR for the daemon process (config's realtime_priority; no netns: the
+              policy belongs to the process, nothing on the host to undo)
 
 Only the control greenlet calls into this package (set-up, teardown, reconcile).
 """
