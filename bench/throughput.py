@@ -481,9 +481,10 @@ def baselines(rows: dict[str, dict[str, Any]], name: str) -> tuple[float | None,
         value = rows.get(row, {}).get("single", {}).get("mbit")
         return float(value) if value else None
 
-    if name.endswith("-lossy"):
+    sc = next(s for s in SCENARIOS if s.name == name)
+    if sc.lossy:
         return None, mbit("wireguard-go-lossy")
-    if "-rt" in name:
+    if sc.realtime:
         return mbit("reference-rt"), mbit("wireguard-go-rt")
     return mbit("reference"), mbit("wireguard-go")
 
