@@ -28,6 +28,7 @@ from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.log import LEVELS
 from alpaca.secrets import Secrets
+from alpaca.system import sched
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,7 @@ class _Builder:
             tun_read_ahead_kib=top.integer(
                 "tun_read_ahead_kib", C.DEFAULT_TUN_READ_AHEAD_KIB, 0, 1 << 16
             ),
-            realtime_priority=top.integer("realtime_priority", 0, 0, 99),
+            realtime_priority=top.integer("realtime_priority", 0, 0, sched.MAX_PRIORITY),
             ttl=top.integer("ttl", C.DEFAULT_TTL, 1, C.MAX_TTL),
             probe_interval=probe / 1000,
             path_timeout=timeout / 1000,
