@@ -171,9 +171,10 @@ class Config:
     that pings and ACKs queued behind a local bulk sender are read at once and handled first
     (alpaca.io.readahead)."""
     realtime_priority: int = 0
-    """SCHED_RR priority of the daemon, 1-99, or 0 (default) for normal scheduling
-    (alpaca.system.sched): the daemon then runs as soon as a packet arrives instead of waiting
-    for its turn among the host's busy processes. Applied at start and on reload."""
+    """SCHED_RR priority of the daemon, 1-99 (alpaca.system.sched): the daemon then runs as
+    soon as a packet arrives instead of waiting for its turn among the host's busy processes.
+    0 (default): the scheduling the daemon was started with is left as it is. Applied at
+    start and on reload."""
     ttl: int = C.DEFAULT_TTL
     """TTL of packets we originate, 1-15 (each relay decrements it). Default 15."""
     probe_interval: float = C.DEFAULT_PROBE_INTERVAL

@@ -71,6 +71,9 @@ class Daemon:
     def __init__(self, config: Config, secrets: Secrets) -> None:
         self.config = config
         self.secrets = secrets
+        #: realtime_priority of the config last applied (0 at start: the scheduling the process
+        #: was started with, e.g. by chrt or a systemd unit, is left as it is)
+        self.realtime_priority = 0
         self.group = Group()
         self.stopped = Event()
         self.exit_code = 0
@@ -110,7 +113,7 @@ class Daemon:
         self.engine = Engine(settings, self.plane, epoch=epoch,
                              random_bytes=os.urandom, resolver=resolver)
         self.mux = compat.attach(self.plane, self.engine, legacy, cfg, self.secrets, os.urandom)
-        apply_scheduling(cfg)
+        self._apply_scheduling(cfg)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
@@ -188,14 +191,29 @@ class Daemon:
             return
         for key in restart_keys_changed(self.config, config):
             log.warning("config key changed but needs a restart key=%s", key)
-        if config.realtime_priority != sched.current_priority():
-            apply_scheduling(config)
+        self._apply_scheduling(config)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
         compat.reload_legacy(self.mux, legacy)
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
+
+    def _apply_scheduling(self, config: Config) -> None:
+        """Put the process under ``config``'s realtime_priority when it differs from the one
+        applied last (so a default 0 never touches inherited scheduling); a refusal is logged,
+        not fatal (the daemon runs on with the scheduling it had)."""
+        priority = config.realtime_priority
+        if priority == self.realtime_priority:
+            return
+        problem = sched.set_realtime(priority)
+        if problem is not None:
+            log.warning("%s: realtime_priority: the kernel refused SCHED_RR priority %d: %s; "
+                        "running with the scheduling it had (set it to 0 to silence this)",
+                        config.path, priority, problem)
+            return
+        self.realtime_priority = priority
+        log.info("scheduling policy=%s priority=%d", "SCHED_RR" if priority else "normal", priority)
 
     def dump_state(self) -> None:
         if self.engine is not None:
@@ -246,18 +264,6 @@ RESTART_KEYS = (
 def restart_keys_changed(running: Config, loaded: Config) -> list[str]:
     """The RESTART_KEYS whose value differs between the running and the reloaded config."""
     return [key for key in RESTART_KEYS if getattr(running, key) != getattr(loaded, key)]
-
-
-def apply_scheduling(config: Config) -> None:
-    """Put the process under the config's realtime_priority; a refusal is logged, not fatal
-    (the daemon runs as it would with 0)."""
-    problem = sched.set_realtime(config.realtime_priority)
-    if problem is not None:
-        log.warning("%s: realtime_priority: the kernel refused SCHED_RR priority %d: %s; "
-                    "running with normal scheduling (set it to 0 to silence this)",
-                    config.path, config.realtime_priority, problem)
-    elif config.realtime_priority:
-        log.info("realtime scheduling policy=SCHED_RR priority=%d", config.realtime_priority)
 
 
 def run(config: Config, secrets: Secrets) -> int:

@@ -157,12 +157,13 @@ class Lab:
         self.nodes.append(node)
         return node
 
-    def start(self, node: Node, *, wait: bool = True) -> Node:
-        """Start ``node``'s daemon; with ``wait``, return once its TUN device is up."""
+    def start(self, node: Node, *, wait: bool = True, wrap: tuple[str, ...] = ()) -> Node:
+        """Start ``node``'s daemon (behind the command prefix ``wrap``, e.g. ``chrt``; it must
+        exec, keeping the pid); with ``wait``, return once its TUN device is up."""
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the process below
         try:
             node.proc = subprocess.Popen(
-                ["ip", "netns", "exec", node.ns, ALPACA, "-c", str(node.config_path), "run"],
+                [*wrap, "ip", "netns", "exec", node.ns, ALPACA, "-c", str(node.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=node.directory,
             )
         finally:

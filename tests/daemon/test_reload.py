@@ -164,12 +164,13 @@ def test_reload_realtime_priority_applies_live_and_hooks_run_normal(lab: Lab, tm
     topo = build_simple(lab, server_config={"realtime_priority": 10,
                                             "pre_down_cmds": [f"chrt -p $$ > {hook_out}"]})
     lab.start(topo.server)
-    lab.start(topo.client)
+    lab.start(topo.client, wrap=("chrt", "-r", "5"))
     wait_ping(topo.client.ns, INET)
     assert topo.server.proc is not None and topo.client.proc is not None
     server_pid = topo.server.proc.pid  # `ip netns exec` execs the daemon: same pid
     assert current_priority(server_pid) == 10
-    assert current_priority(topo.client.proc.pid) == 0  # the default: normal scheduling
+    # the default 0 leaves the scheduling the daemon was started with (here chrt's)
+    assert current_priority(topo.client.proc.pid) == 5
     for priority in (0, 20):
         topo.server.write_config(realtime_priority=priority)
         topo.server.signal(signal.SIGHUP)
