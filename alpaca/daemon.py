@@ -10,8 +10,9 @@ server and the control socket -> wait for a signal.
 Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, undo every host
 change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
 post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
-config without dropping learned paths; a changed key that only a restart applies is logged
-(RESTART_KEYS). SIGUSR1 logs a state dump.
+config without dropping learned paths, and moves a client's host routes to the peers'
+new addresses and local_routes (journaled like the start's); a changed key that only a
+restart applies is logged (RESTART_KEYS). SIGUSR1 logs a state dump.
 
 Greenlet contract: everything runs on the main thread's hub; no OS threads, no monkey-patching.
 """
@@ -37,7 +38,7 @@ from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError
 from alpaca.hooks import run_hooks
-from alpaca.hostplan import host_plan
+from alpaca.hostplan import host_plan, host_plan_input
 from alpaca.io.clock import monotonic, wall
 from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
@@ -50,9 +51,8 @@ from alpaca.snapshot import snapshot
 from alpaca.system import journal as journal_mod
 from alpaca.system import link, sched
 from alpaca.system.monitor import RouteMonitor, reconcile
-from alpaca.system.plan import apply
+from alpaca.system.plan import Applied, apply, host_route_dsts, update_host_routes
 from alpaca.system.resolver import KernelResolver
-from alpaca.system.routes import ExpectedRoute
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class Daemon:
         self.journal = journal_mod.Journal(journal_path(config))
         self.started_at = wall()
         self.started_mono = monotonic()
-        self.expected_routes: list[ExpectedRoute] = []
+        #: host changes in place (routes to keep, the uplink); set by start(), followed by reload()
+        self.applied = Applied()
         self._closers: list[Any] = []
         self._stopping = False
 
@@ -101,7 +102,7 @@ class Daemon:
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
-        self.expected_routes = apply(host_plan(cfg, self.secrets), self.journal)
+        self.applied = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf) for p in cfg.ports]
@@ -162,9 +163,9 @@ class Daemon:
         """Routes, rules or addresses changed: forget cached answers, put back our routes."""
         if self.engine is not None:
             self.engine.flush_routes()
-        if self.expected_routes and not self._stopping:
+        if self.applied.expected and not self._stopping:
             try:
-                reconcile(self.expected_routes)
+                reconcile(self.applied.expected)
             except AlpacaError as exc:
                 log.warning("could not restore a route: %s", exc)
 
@@ -192,12 +193,28 @@ class Daemon:
         for key in restart_keys_changed(self.config, config):
             log.warning("config key changed but needs a restart key=%s", key)
         self._apply_scheduling(config)
+        self._update_host_routes(config, secrets)
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
         compat.reload_legacy(self.mux, legacy)
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
+
+    def _update_host_routes(self, config: Config, secrets: Secrets) -> None:
+        """Route the reloaded peers' addresses and local_routes via the uplink (client); a
+        netlink failure is logged and the routes stay as they were."""
+        dsts = host_route_dsts(host_plan_input(config, secrets))
+        try:
+            applied = update_host_routes(self.applied, dsts, self.journal)
+        except AlpacaError as exc:
+            log.warning("reload could not update the host routes, keeping the old ones: %s", exc)
+            return
+        if applied is not self.applied:
+            old, new = set(self.applied.host_dsts), set(applied.host_dsts)
+            log.info("host routes updated added=%s removed=%s", ",".join(sorted(new - old)) or "-",
+                     ",".join(sorted(old - new)) or "-")
+            self.applied = applied
 
     def _apply_scheduling(self, config: Config) -> None:
         """Put the process under ``config``'s realtime_priority when it differs from the one
@@ -249,14 +266,15 @@ class Daemon:
 
 
 #: Config keys read only at start (the down hooks: at stop, from the start's config): a reload
-#: that changes one logs that it needs a restart. ``gateway`` is among them because the host
-#: routes planned at start (the route to the gateway's address) do not follow it. A reload
-#: applies the rest: the secrets file, forwarders, dup, padding, probing and path timers,
-#: replay window, ttl, protocols and realtime_priority.
+#: that changes one logs that it needs a restart. ``gateway`` is among them because the default
+#: route moved at start (via the gateway's tunnel address) does not follow it. A reload
+#: applies the rest: the secrets file (with the host routes to the peers' addresses),
+#: local_routes, forwarders, dup, padding, probing and path timers, replay window, ttl,
+#: protocols and realtime_priority.
 RESTART_KEYS = (
     "tun_name", "ports", "mode", "net", "id", "gateway", "mtu", "group", "tun_txqueuelen",
     "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
-    "state_file", "route_table", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds",
+    "state_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",
 )
 

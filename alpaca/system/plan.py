@@ -1,5 +1,6 @@
 """Host changes as data: :func:`plan` (pure) turns a :class:`HostPlanInput` into a list of
-:class:`Op`; :func:`apply` performs them in order, journaling each undo step first.
+:class:`Op`; :func:`apply` performs them in order, journaling each undo step first;
+:func:`update_host_routes` follows a reload's new peer addresses and local_routes.
 
 ``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
 :class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
@@ -15,7 +16,7 @@ Order (server): ip_forward, TUN, [uplink and chnroute], NAT/forward/MSS table, D
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from alpaca.system import chnroute, link, nft, routes, sysctl
@@ -136,6 +137,14 @@ class AddForwardAccepts(Op):
     net: str
 
 
+def host_route_dsts(inp: HostPlanInput) -> tuple[str, ...]:
+    """The destinations a client routes via the uplink (CIDR strings, in input order): the
+    peers' underlay addresses and local_routes. A server routes none."""
+    if inp.mode is not Mode.CLIENT:
+        return ()
+    return tuple(str(n) for n in routes.host_networks((*inp.peer_addresses, *inp.local_routes)))
+
+
 def plan(inp: HostPlanInput) -> list[Op]:
     """The ordered host changes for ``inp`` (pure; ValueError on inconsistent input)."""
     net = ipaddress.IPv4Network(inp.net, strict=False)
@@ -176,7 +185,7 @@ def plan(inp: HostPlanInput) -> list[Op]:
             )
         )
     if client:
-        dsts = tuple(str(n) for n in routes.host_networks((*inp.peer_addresses, *inp.local_routes)))
+        dsts = host_route_dsts(inp)
         if dsts:
             ops.append(
                 AddHostRoutes(
@@ -236,23 +245,64 @@ class _Context:
     uplink: routes.Uplink | None = None
     done: list[Op] = field(default_factory=list)
     expected: list[routes.ExpectedRoute] = field(default_factory=list)
+    host_dsts: tuple[str, ...] = ()
+    route_table: int = RT_TABLE_DEFAULT
 
 
-def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> list[routes.ExpectedRoute]:
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :func:`apply` leaves in place, owned by the daemon until it exits.
+
+    Attributes:
+        expected: the routes the host must keep while we run (host routes and the moved
+            default), for :func:`alpaca.system.monitor.reconcile` after a route change.
+        uplink: the way out found at start (client; None for a server without chnroute).
+        host_dsts: the destinations routed via the uplink (CIDR strings).
+        route_table: the table the host routes and the moved default are in.
+    """
+
+    expected: tuple[routes.ExpectedRoute, ...] = ()
+    uplink: routes.Uplink | None = None
+    host_dsts: tuple[str, ...] = ()
+    route_table: int = RT_TABLE_DEFAULT
+
+
+def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
     """Perform ``ops`` in order; each undo step is journaled before its change.
 
     On failure the exception propagates; the journal already holds the undo for everything done
     so far, so the caller runs ``journal.undo_all()``.
-
-    Returns:
-        The routes the host must keep while we run (host routes and the moved default), for
-        :func:`alpaca.system.monitor.reconcile` after a route change.
     """
     ctx = _Context(netns)
     for op in ops:
         _apply_one(op, journal, ctx)
         ctx.done.append(op)
-    return ctx.expected
+    return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table)
+
+
+def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal,
+                       netns: str | None = None) -> Applied:
+    """Make the host routes of a running client match ``dsts`` (a reload changed a peer's
+    address or local_routes): the new ones are journaled and added via the uplink found at
+    start, in the same table; the ones no longer wanted are deleted (their journal step
+    stays: deleting an absent route is a no-op). A server (no uplink) is left as it is.
+
+    Returns:
+        The new :class:`Applied` (its ``expected`` list follows the change).
+    """
+    if applied.uplink is None or dsts == applied.host_dsts:
+        return applied
+    up, table = applied.uplink, applied.route_table
+    added = tuple(d for d in dsts if d not in applied.host_dsts)
+    removed = tuple(d for d in applied.host_dsts if d not in dsts)
+    if added:
+        journal.record("routes", dsts=list(added), table=table)
+        routes.add_host_routes(added, up.gateway, up.oif, table, netns)
+    if removed:
+        routes.remove_host_routes(removed, table, netns)
+    expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
+        routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
+    return replace(applied, expected=expected, host_dsts=dsts)
 
 
 def _uplink(ctx: _Context) -> routes.Uplink:
@@ -284,10 +334,12 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns)
             ctx.expected.extend(routes.ExpectedRoute(str(net), up.gateway, up.dev, op.table)
                                 for net in routes.host_networks(op.dsts))
+            ctx.host_dsts, ctx.route_table = op.dsts, op.table
         case MoveDefaultRoute():
             saved = routes.save_default_routes(ns)
             journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
+            ctx.route_table = op.table
             ctx.expected.append(routes.ExpectedRoute("0.0.0.0/0", op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from tests.daemon.conftest import (
     background_ping,
     build_multipath,
     build_simple,
+    host_state,
     nft_counter,
     ping,
     ping_result,
@@ -182,3 +184,43 @@ def test_reload_realtime_priority_applies_live_and_hooks_run_normal(lab: Lab, tm
     assert lab.stop(topo.server) == 0
     # the daemon was SCHED_RR when it ran the hook; the hook itself was not
     assert "SCHED_OTHER" in hook_out.read_text(), hook_out.read_text()
+
+
+def route_dsts(ns: str, table: str = "253") -> set[str]:
+    out = nsexec(ns, "ip", "-j", "route", "show", "table", table).stdout
+    return {str(r["dst"]) for r in json.loads(out or "[]")}
+
+
+def test_reload_moves_host_routes_with_peer_addresses_and_local_routes(lab: Lab) -> None:
+    topo = build_simple(lab)
+    client, server = topo.client, topo.server
+    before = host_state(client.ns)
+    lab.start(server)
+    lab.start(client)
+    wait_ping(client.ns, INET)
+    assert route_dsts(client.ns) == {"default", "192.168.50.1"}
+
+    # The gateway moves to a second address and a local route is added: one reload.
+    nsexec(server.ns, "ip", "addr", "add", "192.168.50.3/24", "dev", "cli")
+    client.write_config(local_routes=["203.0.113.0/24"])
+    save_by_rename(client, [topo.peers["1.1"].line("192.168.50.3"), topo.peers["16.1"].line()])
+    client.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while route_dsts(client.ns) != {"default", "192.168.50.3", "203.0.113.0/24"}:
+        assert time.monotonic() < deadline, route_dsts(client.ns)
+        time.sleep(0.1)
+    assert "host routes updated added=192.168.50.3/32,203.0.113.0/24 removed=192.168.50.1/32" \
+        in client.log()
+    assert "needs a restart" not in client.log()
+    wait_ping(client.ns, INET)
+    assert ping(client.ns, INET, "-c", "5", "-i", "0.05")[1] == 5
+
+    # A crash, then a start with the first files: the journal undoes the reload's routes too.
+    lab.kill(client)
+    client.write_config(local_routes=[])
+    save_by_rename(client, [p.line() for p in topo.peers.values()])
+    lab.start(client)
+    wait_ping(client.ns, INET)
+    assert route_dsts(client.ns) == {"default", "192.168.50.1"}
+    assert lab.stop(client) == 0
+    assert host_state(client.ns) == before

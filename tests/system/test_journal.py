@@ -29,6 +29,24 @@ print("applied", open("/proc/sys/net/ipv4/ip_forward").read().strip(), flush=Tru
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
+APPLY_RELOAD_AND_CRASH = """
+import os, signal, subprocess
+from alpaca.system.journal import Journal
+from alpaca.system.plan import HostPlanInput, Mode, apply, plan, update_host_routes
+inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                    gateway_ip="10.17.1.1", peer_addresses=("203.0.113.7", "192.0.2.77"))
+journal = Journal({path!r})
+applied = apply(plan(inp), journal)
+assert applied.host_dsts == ("203.0.113.7/32", "192.0.2.77/32"), applied
+assert update_host_routes(applied, applied.host_dsts, journal) is applied
+# A reload: 192.0.2.77 moved to 198.51.100.9, and local_routes gained 198.18.0.0/15.
+applied = update_host_routes(applied, ("203.0.113.7/32", "198.51.100.9/32", "198.18.0.0/15"), journal)
+print("expected", sorted(r.dst for r in applied.expected), flush=True)
+print("table", subprocess.run(["ip", "route", "show", "table", "253"], capture_output=True,
+                              text=True).stdout, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
 RECOVER = """
 from alpaca.system.journal import recover
 print("recovered", recover({path!r}))
@@ -71,6 +89,25 @@ def test_journal_recover_after_kill9_restores_namespace_byte_for_byte(mode: str,
         assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
         assert not path.exists()
         link.remove_stale_link("alpaca0", ns)  # the kernel deletes the daemon's TUN with it
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_covers_host_routes_changed_by_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        out = run_python(ns, APPLY_RELOAD_AND_CRASH.format(path=str(path)), check=False)
+        expected = "expected ['0.0.0.0/0', '198.18.0.0/15', '198.51.100.9/32', '203.0.113.7/32']"
+        assert expected in out, out
+        table = out.split("table", 1)[1]
+        for dst in ("198.18.0.0/15", "198.51.100.9", "203.0.113.7"):
+            assert f"{dst} via 192.0.2.254 dev up0 proto 97" in table, table
+        assert "192.0.2.77" not in table, table
+        assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
+        link.remove_stale_link("alpaca0", ns)
         assert snapshot(ns) == before
 
 
