@@ -11,7 +11,7 @@ Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, und
 change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
 post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
 config without dropping learned paths, and moves a client's host routes to the peers'
-new addresses and local_routes (journaled like the start's); a changed key that only a
+new addresses, local_routes and gateway (journaled like the start's); a changed key that only a
 restart applies is logged (RESTART_KEYS). SIGUSR1 logs a state dump.
 
 Greenlet contract: everything runs on the main thread's hub; no OS threads, no monkey-patching.
@@ -51,7 +51,13 @@ from alpaca.snapshot import snapshot
 from alpaca.system import journal as journal_mod
 from alpaca.system import link, sched
 from alpaca.system.monitor import RouteMonitor, reconcile
-from alpaca.system.plan import Applied, apply, host_route_dsts, update_host_routes
+from alpaca.system.plan import (
+    Applied,
+    apply,
+    host_route_dsts,
+    update_default_route,
+    update_host_routes,
+)
 from alpaca.system.resolver import KernelResolver
 
 log = logging.getLogger(__name__)
@@ -202,19 +208,20 @@ class Daemon:
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
 
     def _update_host_routes(self, config: Config, secrets: Secrets) -> None:
-        """Route the reloaded peers' addresses and local_routes via the uplink (client); a
-        netlink failure is logged and the routes stay as they were."""
-        dsts = host_route_dsts(host_plan_input(config, secrets))
+        """Client: route the reloaded peers' addresses and local_routes via the uplink (the new
+        ones first), then point the default route at the reloaded gateway. A netlink failure
+        is logged and what was not done stays as it was."""
+        inp = host_plan_input(config, secrets)
         try:
-            applied = update_host_routes(self.applied, dsts, self.journal)
+            applied = update_host_routes(self.applied, host_route_dsts(inp), self.journal)
+            if applied is not self.applied:
+                old, new = set(self.applied.host_dsts), set(applied.host_dsts)
+                log.info("host routes updated added=%s removed=%s",
+                         ",".join(sorted(new - old)) or "-", ",".join(sorted(old - new)) or "-")
+                self.applied = applied
+            self.applied = update_default_route(self.applied, inp.gateway_ip)
         except AlpacaError as exc:
-            log.warning("reload could not update the host routes, keeping the old ones: %s", exc)
-            return
-        if applied is not self.applied:
-            old, new = set(self.applied.host_dsts), set(applied.host_dsts)
-            log.info("host routes updated added=%s removed=%s", ",".join(sorted(new - old)) or "-",
-                     ",".join(sorted(old - new)) or "-")
-            self.applied = applied
+            log.warning("reload could not update the host's routes, keeping the old ones: %s", exc)
 
     def _apply_scheduling(self, config: Config) -> None:
         """Put the process under ``config``'s realtime_priority when it differs from the one
@@ -266,13 +273,12 @@ class Daemon:
 
 
 #: Config keys read only at start (the down hooks: at stop, from the start's config): a reload
-#: that changes one logs that it needs a restart. ``gateway`` is among them because the default
-#: route moved at start (via the gateway's tunnel address) does not follow it. A reload
-#: applies the rest: the secrets file (with the host routes to the peers' addresses),
-#: local_routes, forwarders, dup, padding, probing and path timers, replay window, ttl,
+#: that changes one logs that it needs a restart. A reload applies the rest: the secrets file
+#: (with the host routes to the peers' addresses), local_routes, gateway (the moved default
+#: route follows it), forwarders, dup, padding, probing and path timers, replay window, ttl,
 #: protocols and realtime_priority.
 RESTART_KEYS = (
-    "tun_name", "ports", "mode", "net", "id", "gateway", "mtu", "group", "tun_txqueuelen",
+    "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen",
     "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
     "state_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",

@@ -533,5 +533,5 @@ def test_reload_names_every_changed_key_that_needs_a_restart(tmp_path: Path) -> 
                   realtime_priority=10, forwarders=["1.3"], pre_down_cmds=["true"],
                   local_routes=["203.0.113.0/24"])
     assert restart_keys_changed(running, loaded) == [
-        "gateway", "tun_offload", "udp_rcvbuf_kib", "pre_down_cmds"]
+        "tun_offload", "udp_rcvbuf_kib", "pre_down_cmds"]
     assert restart_keys_changed(running, load(tmp_path)) == []

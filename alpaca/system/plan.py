@@ -1,6 +1,7 @@
 """Host changes as data: :func:`plan` (pure) turns a :class:`HostPlanInput` into a list of
 :class:`Op`; :func:`apply` performs them in order, journaling each undo step first;
-:func:`update_host_routes` follows a reload's new peer addresses and local_routes.
+:func:`update_host_routes` and :func:`update_default_route` follow a reload's new peer
+addresses, local_routes and gateway.
 
 ``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
 :class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
@@ -22,6 +23,9 @@ from enum import Enum
 from alpaca.system import chnroute, link, nft, routes, sysctl
 from alpaca.system.journal import Journal
 from alpaca.system.netlink import PROTO_ALPACA, RT_TABLE_DEFAULT
+
+#: the destination of the default route, as ExpectedRoute spells it
+DEFAULT_DST = "0.0.0.0/0"
 
 
 class Mode(Enum):
@@ -305,6 +309,21 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     return replace(applied, expected=expected, host_dsts=dsts)
 
 
+def update_default_route(applied: Applied, gateway_ip: str | None, netns: str | None = None) -> Applied:
+    """Point a running client's moved default route at ``gateway_ip`` (a reload changed the
+    gateway); a node without a moved default is left as it is.
+
+    Returns:
+        The new :class:`Applied` (its ``expected`` list follows the change).
+    """
+    default = next((r for r in applied.expected if r.dst == DEFAULT_DST), None)
+    if default is None or gateway_ip is None or default.gateway == gateway_ip:
+        return applied
+    routes.repoint_default_route(gateway_ip, default.dev, default.table, netns)
+    moved = replace(default, gateway=gateway_ip)
+    return replace(applied, expected=tuple(moved if r is default else r for r in applied.expected))
+
+
 def _uplink(ctx: _Context) -> routes.Uplink:
     if ctx.uplink is None:
         raise ValueError("plan error: an op needs the uplink before WaitUplink ran")
@@ -340,7 +359,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
             ctx.route_table = op.table
-            ctx.expected.append(routes.ExpectedRoute("0.0.0.0/0", op.gateway_ip, op.tun, op.table))
+            ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)
             nft.apply_table(op.tun, op.net, op.mtu, nat=op.nat, netns=ns)

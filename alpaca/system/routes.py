@@ -231,6 +231,27 @@ def move_default_route(
     return list(saved)
 
 
+def repoint_default_route(
+    tunnel_gw_ip: str, tun_ifname: str, table: int = RT_TABLE_DEFAULT, netns: str | None = None
+) -> None:
+    """Point our default route in ``table`` at another gateway, in one step (``replace``: no
+    moment without a default). The undo step of :func:`move_default_route` still holds: it
+    deletes our default by table and proto, whatever its gateway."""
+    with iproute(netns) as ipr:
+        oif = link_index_or_fail(ipr, tun_ifname)
+        nl_call(
+            f"pointing route default via {tunnel_gw_ip} dev {tun_ifname} table {table}",
+            ipr.route,
+            "replace",
+            dst="0.0.0.0/0",
+            gateway=tunnel_gw_ip,
+            oif=oif,
+            table=table,
+            proto=PROTO_ALPACA,
+        )
+    log.info("default route repointed dev=%s via=%s table=%d", tun_ifname, tunnel_gw_ip, table)
+
+
 def restore_default_route(
     saved: Sequence[SavedRoute], table: int = RT_TABLE_DEFAULT, netns: str | None = None
 ) -> None:

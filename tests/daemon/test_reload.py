@@ -25,6 +25,7 @@ from tests.daemon.conftest import (
     nft_counter,
     ping,
     ping_result,
+    seen_source,
     start_all,
     wait_ping,
 )
@@ -222,5 +223,28 @@ def test_reload_moves_host_routes_with_peer_addresses_and_local_routes(lab: Lab)
     lab.start(client)
     wait_ping(client.ns, INET)
     assert route_dsts(client.ns) == {"default", "192.168.50.1"}
+    assert lab.stop(client) == 0
+    assert host_state(client.ns) == before
+
+
+def test_reload_gateway_repoints_the_default_route(lab: Lab) -> None:
+    topo = build_multipath(lab)
+    client = topo.client
+    before = host_state(client.ns)
+    start_all(topo)
+    assert seen_source(client.ns, topo.inet, INET) == "198.18.0.1"  # the NAT of gateway 1.1
+    # 1.2 becomes the gateway: it masquerades the tunnel network itself and reaches the inet
+    # host through 1.1's namespace (plain routing there).
+    nsexec(topo.fwd2.ns, "ip", "route", "add", "198.18.0.0/24", "via", "172.31.12.1")
+    client.write_config(gateway="1.2")
+    client.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "default via 10.17.1.2 dev alp0" not in nsexec(client.ns, "ip", "route", "show",
+                                                         "table", "253").stdout:
+        assert time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.1)
+    assert "needs a restart" not in client.log()
+    wait_ping(client.ns, INET)
+    assert seen_source(client.ns, topo.inet, INET) == "172.31.12.2"
     assert lab.stop(client) == 0
     assert host_state(client.ns) == before

@@ -32,7 +32,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 APPLY_RELOAD_AND_CRASH = """
 import os, signal, subprocess
 from alpaca.system.journal import Journal
-from alpaca.system.plan import HostPlanInput, Mode, apply, plan, update_host_routes
+from alpaca.system.plan import HostPlanInput, Mode, apply, plan, update_default_route, update_host_routes
 inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
                     gateway_ip="10.17.1.1", peer_addresses=("203.0.113.7", "192.0.2.77"))
 journal = Journal({path!r})
@@ -41,6 +41,8 @@ assert applied.host_dsts == ("203.0.113.7/32", "192.0.2.77/32"), applied
 assert update_host_routes(applied, applied.host_dsts, journal) is applied
 # A reload: 192.0.2.77 moved to 198.51.100.9, and local_routes gained 198.18.0.0/15.
 applied = update_host_routes(applied, ("203.0.113.7/32", "198.51.100.9/32", "198.18.0.0/15"), journal)
+assert update_default_route(applied, "10.17.1.1") is applied
+applied = update_default_route(applied, "10.17.1.2")  # and the gateway changed
 print("expected", sorted(r.dst for r in applied.expected), flush=True)
 print("table", subprocess.run(["ip", "route", "show", "table", "253"], capture_output=True,
                               text=True).stdout, flush=True)
@@ -93,7 +95,7 @@ def test_journal_recover_after_kill9_restores_namespace_byte_for_byte(mode: str,
 
 
 @pytest.mark.netns
-def test_journal_covers_host_routes_changed_by_a_reload(tmp_path: Path) -> None:
+def test_journal_covers_routes_changed_by_a_reload(tmp_path: Path) -> None:
     path = tmp_path / "run" / "alpaca0.journal"
     with netns() as ns:
         client_ns(ns, tun=False)
@@ -106,6 +108,8 @@ def test_journal_covers_host_routes_changed_by_a_reload(tmp_path: Path) -> None:
         for dst in ("198.18.0.0/15", "198.51.100.9", "203.0.113.7"):
             assert f"{dst} via 192.0.2.254 dev up0 proto 97" in table, table
         assert "192.0.2.77" not in table, table
+        assert "default via 10.17.1.2 dev alpaca0 proto 97" in table, table
+        assert "10.17.1.1" not in table, table
         assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
         link.remove_stale_link("alpaca0", ns)
         assert snapshot(ns) == before
