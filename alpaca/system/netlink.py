@@ -61,6 +61,10 @@ RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_TABLE = 15
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
@@ -160,9 +164,11 @@ def encode_route(
 ) -> bytes:
     """One RTM_NEWROUTE/RTM_DELROUTE message for an IPv4 unicast route.
 
-    The scope is universe with a gateway and link without one (as ``ip route add`` chooses).
+    A new route's scope is universe with a gateway and link without one (as ``ip route add``
+    chooses); a delete says "nowhere", the kernel's wildcard, so that it matches either.
     """
-    scope = RT_SCOPE_UNIVERSE if gateway or msg_type == RTM_DELROUTE else RT_SCOPE_LINK
+    new_scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+    scope = RT_SCOPE_NOWHERE if msg_type == RTM_DELROUTE else new_scope
     body = _RTMSG.pack(
         socket.AF_INET,
         dst.prefixlen,
@@ -249,20 +255,39 @@ def route_fields(payload: bytes) -> tuple[int, int, int, int, int]:
     return family, dst_len, proto, scope, rtype
 
 
+def _set_buffer(sock: socket.socket, forced: int, plain: int, size: int) -> None:
+    """``size`` bytes with the FORCE option (CAP_NET_ADMIN), else what rmem/wmem_max allow."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, forced, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 class RtnlSocket:
     """A raw NETLINK_ROUTE socket for bulk requests and byte-exact route dumps.
 
     Not for sharing: open it, run the batch, close it (``with RtnlSocket(netns) as s:``).
     """
 
-    #: Bytes of requests per sendto; the kernel handles each message of a datagram in turn.
+    #: Bytes of requests per sendto at most; the kernel handles each message in turn.
     CHUNK = 64 * 1024
+    #: The buffer asked for (with SO_RCVBUFFORCE where allowed: net.core.rmem_max caps
+    #: SO_RCVBUF, at 208 KiB on a default host).
+    BUFFER = 4 * 1024 * 1024
+    #: Receive-buffer bytes one ack costs (its skb's true size, rounded up generously): a batch
+    #: holds no more requests than half the buffer has room for, or acks would be dropped
+    #: (ENOBUFS) and the outcome of the requests lost.
+    ACK_COST = 1024
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, rcvbuf: int | None = None) -> None:
+        """``rcvbuf``: ask for this receive buffer with plain SO_RCVBUF instead (tests)."""
         check_netns(netns)
         self._netns = netns
         self._seq = 0
         self._sock: socket.socket | None = None
+        self._rcvbuf = rcvbuf
+        #: requests per sendto, set from the buffer the kernel granted
+        self.batch_limit = 16
 
     def __enter__(self) -> RtnlSocket:
         from pyroute2 import netns as pr_netns
@@ -273,12 +298,21 @@ class RtnlSocket:
                 self._sock = pr_netns.create_socket(self._netns, family, kind, NETLINK_ROUTE, flags=0)
             else:
                 self._sock = socket.socket(family, kind, NETLINK_ROUTE)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            self._size_buffers(self._sock)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request
             self._sock.bind((0, 0))
         except OSError as exc:
             raise setup_error(f"opening rtnetlink socket netns={self._netns}", exc) from exc
         return self
+
+    def _size_buffers(self, sock: socket.socket) -> None:
+        if self._rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
+        else:
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, self.BUFFER)
+        _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, self.BUFFER)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.batch_limit = max(16, granted // (2 * self.ACK_COST))
 
     def __exit__(self, *exc: object) -> None:
         if self._sock is not None:
@@ -306,7 +340,7 @@ class RtnlSocket:
         for msg in messages:
             batch.append(msg)
             size += len(msg)
-            if size >= self.CHUNK:
+            if size >= self.CHUNK or len(batch) >= self.batch_limit:
                 self._send_and_collect(batch, results)
                 batch, size = [], 0
         if batch:
@@ -315,9 +349,15 @@ class RtnlSocket:
 
     def _send_and_collect(self, batch: list[bytes], results: dict[int, int]) -> None:
         wanted = {_NLMSGHDR.unpack_from(m)[3] for m in batch}
-        self.sock.sendto(b"".join(batch), (0, 0))
+        try:
+            self.sock.sendto(b"".join(batch), (0, 0))
+        except OSError as exc:
+            raise setup_error(f"sending {len(batch)} route requests netns={self._netns}", exc) from exc
         while wanted:
-            data = self.sock.recv(1024 * 1024)
+            try:
+                data = self.sock.recv(1024 * 1024)
+            except OSError as exc:  # ENOBUFS: acks lost, the outcome of some requests unknown
+                raise setup_error(f"reading route request acks netns={self._netns}", exc) from exc
             for kind, _flags, seq, payload in iter_messages(data):
                 if kind == NLMSG_ERROR and seq in wanted:
                     results[seq] = -_ERR.unpack_from(payload)[0]
@@ -328,22 +368,34 @@ class RtnlSocket:
         seq = self.next_seq()
         req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(req), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-        self.sock.sendto(hdr + req, (0, 0))
         out: list[bytes] = []
-        while True:
-            data = self.sock.recv(1024 * 1024)
-            for kind, _flags, mseq, payload in iter_messages(data):
-                if mseq != seq:
-                    continue
-                if kind == NLMSG_DONE:
-                    return out
-                if kind == NLMSG_ERROR:
-                    code = -_ERR.unpack_from(payload)[0]
-                    if code == errno.EINTR:  # dump interrupted by a change: start again
-                        return self.dump_routes(family)
-                    raise setup_error("dumping routes", OSError(code, os.strerror(code)), code)
-                if kind == RTM_NEWROUTE:
-                    out.append(payload)
+        try:
+            self.sock.sendto(hdr + req, (0, 0))
+            while True:
+                data = self.sock.recv(1024 * 1024)
+                done = self._dump_part(data, seq, out)
+                if done is not None:
+                    return done if done is out else self.dump_routes(family)
+        except OSError as exc:
+            raise setup_error(f"dumping routes netns={self._netns}", exc) from exc
+
+    @staticmethod
+    def _dump_part(data: bytes, seq: int, out: list[bytes]) -> list[bytes] | None:
+        """Collect one datagram of a dump into ``out``: ``out`` when the dump is complete, an
+        empty list when the kernel interrupted it (start again), None while it goes on."""
+        for kind, _flags, mseq, payload in iter_messages(data):
+            if mseq != seq:
+                continue
+            if kind == NLMSG_DONE:
+                return out
+            if kind == NLMSG_ERROR:
+                code = -_ERR.unpack_from(payload)[0]
+                if code == errno.EINTR:  # dump interrupted by a change: start again
+                    return []
+                raise setup_error("dumping routes", OSError(code, os.strerror(code)), code)
+            if kind == RTM_NEWROUTE:
+                out.append(payload)
+        return None
 
     def send_raw_route(self, msg_type: int, flags: int, payload: bytes) -> int:
         """Send one route message built from a dumped payload; return its errno (0 = done)."""

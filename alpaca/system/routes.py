@@ -274,6 +274,7 @@ def restore_default_route(
             dst="0.0.0.0/0",
             table=table,
             proto=PROTO_ALPACA,
+            scope=netlink.RT_SCOPE_NOWHERE,
             ok=OK_DEL,
         )
     log.info("default route restored table=%d restored=%d", table, len(saved))
@@ -348,6 +349,7 @@ def remove_host_routes(
                 dst=dst,
                 table=table,
                 proto=PROTO_ALPACA,
+                scope=netlink.RT_SCOPE_NOWHERE,  # any scope: with or without a gateway
                 ok=OK_DEL,
             )
 

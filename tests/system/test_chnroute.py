@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alpaca.errors import ConfigError
-from alpaca.system import chnroute, link
+from alpaca.system import chnroute, link, netlink
 from tests.helpers import netns, nsexec
 from tests.system import client_ns, snapshot
 
@@ -67,3 +67,41 @@ def test_chnroute_6594_prefixes_loaded_and_removed(tmp_path: Path) -> None:
         assert chnroute.remove(253, ns) == 0
         assert snapshot(ns) == before
         assert loaded < 5 and removed < 5, (loaded, removed)  # generous; the bench prints figures
+
+
+@pytest.mark.netns
+def test_chnroute_bulk_requests_fit_a_default_hosts_receive_buffer() -> None:
+    """A host whose net.core.rmem_max is the kernel's default grants 416 KiB: batches are
+    sized from what was granted, so no ack is dropped (ENOBUFS) and every request's outcome is
+    known."""
+    with netns() as ns:
+        client_ns(ns)
+        oif = link.link_index("up0", ns)
+        assert oif is not None
+        base = int(ipaddress.IPv4Address("1.0.0.0"))
+        nets = [ipaddress.IPv4Network((base + (i << 8), 24)) for i in range(8000)]
+        with netlink.RtnlSocket(ns, rcvbuf=212992) as rt:
+            assert rt.batch_limit < 400, rt.batch_limit
+            flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | netlink.NLM_F_CREATE
+            messages = [netlink.encode_route(netlink.RTM_NEWROUTE, flags, rt.next_seq(), net, 100,
+                                             gateway="192.0.2.254", oif=oif) for net in nets]
+            results = rt.request_many(messages)
+        assert len(results) == 8000 and not any(results.values())
+        assert chnroute.remove(100, ns) == 8000
+
+
+@pytest.mark.netns
+def test_chnroute_via_an_uplink_without_gateway_is_removed() -> None:
+    """Routes through a point-to-point uplink (PPPoE, LTE: ``default dev ppp0``) have scope
+    link; the delete must match them too."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        oif = link.link_index("up0", ns)
+        assert oif is not None
+        nets = [ipaddress.IPv4Network(f"1.0.{i}.0/24") for i in range(50)]
+        chnroute.add(nets, None, oif, 253, ns)
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "1.0.0.0/24 dev up0 proto 97 scope link" in shown
+        assert chnroute.remove(253, ns) == 50
+        assert snapshot(ns) == before

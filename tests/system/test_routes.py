@@ -71,6 +71,18 @@ def test_routes_host_routes_added_and_removed() -> None:
         assert snapshot(ns) == before
 
 
+def test_routes_host_routes_via_an_uplink_without_gateway_are_removed() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        before = snapshot(ns)
+        oif = link.link_index("up0", ns) or 0
+        dsts = routes.add_host_routes(["203.0.113.7", "198.51.100.0/24"], None, oif, 253, ns)
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "203.0.113.7 dev up0 proto 97 scope link" in shown
+        routes.remove_host_routes(dsts, 253, ns)
+        assert snapshot(ns) == before
+
+
 def test_routes_remove_leaves_foreign_routes_alone() -> None:
     with netns() as ns:
         client_ns(ns)
