@@ -102,6 +102,8 @@ class Daemon:
         if failures is not None:
             log.warning("undid host changes of a previous run journal=%s failed=%d",
                         self.journal.path, len(failures))
+        if failures:  # the steps that failed again stay: this run's stop tries them once more
+            self.journal = journal_mod.resume(self.journal.path)
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)

@@ -11,7 +11,9 @@ Invariants:
     * Every undo step is idempotent (deleting something absent, restoring something present
       count as done), so replaying a journal twice, or replaying a step whose change never
       happened, is harmless.
-    * Steps run in reverse order; a failing step is logged and the others still run.
+    * Steps run in reverse order; a failing step is logged and the others still run. A step
+      that failed on the host's state (a device gone) stays in the file; the next start
+      retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
 
 At start-up the daemon calls :func:`recover` (undo a journal left by a crashed run), and on a
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from alpaca.errors import AlpacaError
+from alpaca.errors import AlpacaError, SystemSetupError
 from alpaca.system import chnroute, nft, routes, sysctl
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,11 @@ class Journal:
         self.steps: list[Step] = []
 
     def record(self, kind: str, **params: Any) -> None:
-        """Add an undo step and persist the journal (call BEFORE making the change)."""
+        """Add an undo step and persist the journal (call BEFORE making the change).
+
+        Raises:
+            SystemSetupError: the file could not be written (then make no change).
+        """
         if kind not in UNDO:
             raise ValueError(f"unknown undo step {kind!r}")
         step: Step = {"kind": kind, **params}
@@ -95,7 +101,13 @@ class Journal:
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
         self.steps.append(step)
-        self._write()
+        try:
+            self._write()
+        except OSError as exc:
+            raise SystemSetupError(
+                f"writing the undo journal {self.path}: {exc.strerror or exc}", None,
+                "it is kept beside control_socket: check that its directory is writable and not full",
+            ) from exc
 
     def _write(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -125,28 +137,48 @@ class Journal:
         return journal
 
     def undo_all(self) -> list[str]:
-        """Run every undo step, newest first; then delete the file.
+        """Run every undo step, newest first; then delete the file, or, if some steps failed on
+        the host's state (not malformed ones), keep just those in it for the next start to
+        retry (:func:`recover`).
 
         Returns:
             One line per failed step (each is also logged); empty when all went well.
         """
-        failures = []
+        failures: list[str] = []
+        kept: list[Step] = []
         for step in reversed(self.steps):
             kind = step.get("kind", "?")
             try:
                 UNDO[kind](step, self.netns)
-            except (AlpacaError, OSError, KeyError, ValueError, TypeError) as exc:
+            except (AlpacaError, OSError) as exc:  # the host's state: may work later
+                failures.append(f"undo {kind}: {exc}")
+                kept.insert(0, step)
+                log.error("undo step failed step=%s journal=%s error=%s", kind, self.path, exc)
+            except (KeyError, ValueError, TypeError) as exc:  # a malformed step: never will
                 failures.append(f"undo {kind}: {exc}")
                 log.error("undo step failed step=%s journal=%s error=%s", kind, self.path, exc)
-        self.steps = []
-        self.path.unlink(missing_ok=True)
+        self.steps = kept
+        if kept and self._keep():
+            log.warning("undo steps kept for the next start journal=%s steps=%d", self.path, len(kept))
+        else:
+            self.path.unlink(missing_ok=True)
         self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
         log.info("host changes undone journal=%s failed=%d", self.path, len(failures))
         return failures
 
+    def _keep(self) -> bool:
+        """Rewrite the file with the remaining steps; False if that is not possible."""
+        try:
+            self._write()
+        except OSError as exc:
+            log.error("could not keep the failed undo steps journal=%s error=%s", self.path, exc)
+            return False
+        return True
+
 
 def recover(path: str | Path) -> list[str] | None:
-    """Undo a journal left by a crashed run, then remove it.
+    """Undo a journal left by a crashed run, then remove it (a step that fails again stays in
+    it: the daemon takes such a journal over, see :func:`resume`).
 
     Returns:
         None if there was no journal, else the failures (empty list: fully recovered).
@@ -161,3 +193,12 @@ def recover(path: str | Path) -> list[str] | None:
         return [f"reading {path}: {exc}"]
     log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
     return journal.undo_all()
+
+
+def resume(path: str | Path) -> Journal:
+    """The journal a run starts with: the steps :func:`recover` could not undo, if it kept
+    any (so that this run's stop retries them), else an empty one."""
+    try:
+        return Journal.load(path)
+    except (OSError, ValueError):
+        return Journal(path)

@@ -255,7 +255,12 @@ def repoint_default_route(
 def restore_default_route(
     saved: Sequence[SavedRoute], table: int = RT_TABLE_DEFAULT, netns: str | None = None
 ) -> None:
-    """Put ``saved`` back into main exactly and delete our default from ``table`` (idempotent)."""
+    """Put ``saved`` back into main exactly and delete our default from ``table`` (idempotent).
+
+    Every saved route is tried, also after one fails (its device may be gone: a dock
+    unplugged), so the others still come back; then the first failure is raised.
+    """
+    failed: list[SystemSetupError] = []
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)
@@ -266,7 +271,7 @@ def restore_default_route(
             flags = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
             code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
             if code and code not in OK_ADD:
-                raise netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
+                failed.append(netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code))
         nl_call(
             f"deleting route default proto {PROTO_ALPACA} table {table}",
             ipr.route,
@@ -277,6 +282,8 @@ def restore_default_route(
             scope=netlink.RT_SCOPE_NOWHERE,
             ok=OK_DEL,
         )
+    if failed:
+        raise failed[0]
     log.info("default route restored table=%d restored=%d", table, len(saved))
 
 

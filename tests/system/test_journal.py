@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from alpaca.errors import SystemSetupError
 from alpaca.system import journal as jr
 from alpaca.system import link
+from alpaca.system.plan import HostPlanInput, Mode, apply, plan
 from tests.helpers import netns, nsexec
 from tests.system import add_tun, client_ns, run_python, snapshot
 
@@ -183,3 +185,51 @@ def test_journal_recover_refuses_foreign_file(tmp_path: Path) -> None:
 def test_journal_rejects_unknown_step(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         jr.Journal(tmp_path / "j").record("reboot")
+
+
+def add_uplink0(ns: str) -> None:
+    """up0 as :func:`client_ns` makes it, without its default routes."""
+    nsexec(ns, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+    for dev in ("up0", "up1"):
+        nsexec(ns, "ip", "link", "set", dev, "up")
+    nsexec(ns, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
+
+
+@pytest.mark.netns
+def test_journal_restores_every_default_it_can_and_keeps_the_rest(tmp_path: Path) -> None:
+    """The uplink up0 vanishes while the tunnel runs (a dock unplugged): stop still puts the
+    second uplink's default back, and keeps up0's for the next start, which restores it."""
+    path = tmp_path / "run" / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
+        for dev in ("up2", "up3"):
+            nsexec(ns, "ip", "link", "set", dev, "up")
+        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
+        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "up2", "metric", "600")
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1")
+        journal = jr.Journal(path, ns)
+        apply(plan(inp), journal, ns)
+        assert "default via" not in nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        nsexec(ns, "ip", "link", "del", "up0")
+        failures = journal.undo_all()
+        assert len(failures) == 1 and failures[0].startswith("undo default_route: restoring route")
+        main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        assert "default via 198.51.100.254 dev up2 metric 600" in main
+        assert [s["kind"] for s in jr.Journal.load(path).steps] == ["default_route"]
+        assert jr.resume(path).steps == jr.Journal.load(path).steps
+        add_uplink0(ns)
+        assert jr.recover(path) == []
+        assert not path.exists() and jr.resume(path).steps == []
+        main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        assert "default via 192.0.2.254 dev up0 proto static src 192.0.2.1 metric 100" in main
+        assert "default via 192.0.2.253 dev up0 metric 200" in main
+        assert "default via 198.51.100.254 dev up2 metric 600" in main
+
+
+def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("a file where the directory should be")
+    journal = jr.Journal(tmp_path / "run" / "alpaca0.journal")
+    with pytest.raises(SystemSetupError, match=r"writing the undo journal .*control_socket"):
+        journal.record("nft_table", tun="alpaca0")
