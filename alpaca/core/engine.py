@@ -88,6 +88,10 @@ class Engine:
         self.dup = DupSendScheduler(settings.dup_queue_max)
         self.prober = Prober(self)
         self._copy_turn = 0
+        #: next_counter of peers a reload removed, by id (at most one entry per possible id):
+        #: re-added in this run (same epoch, maybe the same key), a peer goes on from there,
+        #: never reusing a nonce
+        self._retired_counters: dict[int, int] = {}
         self._apply_peers(settings)
 
     # ----------------------------------------------------------------- configuration
@@ -95,7 +99,8 @@ class Engine:
         """Apply new settings (secrets or forwarders changed) without losing learned state.
 
         Unchanged peers keep their paths, counters and replay windows; removed peers and
-        their flows are forgotten; a peer whose key changed loses its replay state.
+        their flows are forgotten, except our send counter towards them (a nonce is never
+        reused within a run); a peer whose key changed loses its replay state.
         """
         old = self.settings.peers
         changed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
@@ -103,7 +108,9 @@ class Engine:
         for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
             del self.flows[key]
         for peer_id in removed:
-            self.peers.pop(peer_id, None)
+            gone = self.peers.pop(peer_id, None)
+            if gone is not None:
+                self._retired_counters[peer_id] = gone.next_counter
         self.settings = settings
         self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})
         self._apply_peers(settings)
@@ -128,6 +135,8 @@ class Engine:
                         assert path.addr is not None
                         fresh.paths.by_endpoint.setdefault((path.port, path.addr), path)
                     fresh.next_counter = peer.next_counter
+                else:
+                    fresh.next_counter = self._retired_counters.pop(spec.peer_id, 0)
                 self.peers[spec.peer_id] = fresh
         names = [f"via-{format_peer_id(f)}" for f in settings.forwarders]
         for peer in self.peers.values():
