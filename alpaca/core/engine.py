@@ -240,12 +240,12 @@ class Engine:
 
     # ----------------------------------------------------------------- dispatch
     def dispatch(
-        self, datagram: bytes, src: int, dst: int, came_from: str, now: float, ttl: int, pi: int
+        self, datagram: bytes, src: int, dst: int, came_from: Addr, now: float, ttl: int, pi: int
     ) -> int:
         """Relay someone else's datagram by the forwarding rules; return how many went out.
 
         Args:
-            came_from: the UDP source IP it arrived from (split horizon).
+            came_from: the UDP source address it arrived from (split horizon).
             ttl: the TTL to send it with (already decremented).
             pi: the path index it carries (kept: it names the origin's path).
         """
@@ -359,7 +359,7 @@ class Engine:
         peer.last_active_at = now
         if dst == self.self_id:
             self._deliver(peer, ptype, flags, pi, epoch, counter, plaintext, port, addr, now)
-        elif self.dispatch(data, src, dst, addr[0], now, ttl - 1, pi):
+        elif self.dispatch(data, src, dst, addr, now, ttl - 1, pi):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
 

@@ -8,7 +8,8 @@ Rules (dst and src are the packet's header ids, not the hop's):
   known link when none is live yet;
 * ``dst`` with no link at all (a client never heard from) -> the upstream way: forwarders,
   else the gateway, which relays it on;
-* split horizon: never back to the IP the packet came from.
+* split horizon: never back to the address (IP and port) the packet came from. The original
+  compared the IP only, which cut off clients behind one NAT address from each other.
 
 A target is (link to send on, path index to stamp, path that accounts DATA sent). The engine
 caches the result for its own packets per path generation; nothing here keeps state.
@@ -18,19 +19,19 @@ from __future__ import annotations
 
 from alpaca.core.paths import Path
 from alpaca.core.peers import Peer
-from alpaca.core.settings import EngineSettings
+from alpaca.core.settings import Addr, EngineSettings
 
 Target = tuple[Path, int, Path]
 
 
 def targets(
-    settings: EngineSettings, peers: dict[int, Peer], src: int, dst: int, came_from: str | None,
-    pi: int | None,
+    settings: EngineSettings, peers: dict[int, Peer], src: int, dst: int,
+    came_from: Addr | None, pi: int | None,
 ) -> tuple[list[Target], list[Target]]:
     """(first-copy targets, spare links for delayed copies), split horizon applied.
 
     Args:
-        came_from: UDP source IP of a relayed packet; None for our own.
+        came_from: UDP source address (ip, port) of a relayed packet; None for our own.
         pi: the path index to keep (relays); None to stamp each path's own (origin).
     """
     peer = peers.get(dst)
@@ -49,8 +50,8 @@ def targets(
         chosen = [(p, p.pi if pi is None else pi, p) for p in links]
         spare = []
     if came_from is not None:
-        chosen = [t for t in chosen if t[0].addr is not None and t[0].addr[0] != came_from]
-        spare = [t for t in spare if t[0].addr is not None and t[0].addr[0] != came_from]
+        chosen = [t for t in chosen if t[0].addr is not None and t[0].addr != came_from]
+        spare = [t for t in spare if t[0].addr is not None and t[0].addr != came_from]
     return chosen, spare
 
 

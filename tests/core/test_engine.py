@@ -241,6 +241,26 @@ def test_engine_split_horizon_stops_two_relays_bouncing_a_packet() -> None:
     assert drops(f2, "no_path") >= 1
 
 
+def test_engine_relays_between_two_clients_behind_one_nat_address() -> None:
+    """Split horizon compares the whole address: 16.1 and 16.2 share a public IP (one NAT)
+    and differ in the port, and the server relays between them."""
+    net = EngineNet()
+    nat1, nat2 = ("198.51.100.7", 40001), ("198.51.100.7", 40002)
+    s = net.add("S", "1.1", [S_EP])
+    c1 = net.add("C1", "16.1", [nat1], static=False)
+    c2 = net.add("C2", "16.2", [nat2], static=False)
+    net.link(nat1, S_EP)
+    net.link(nat2, S_EP)
+    net.start(s)
+    for c in (c1, c2):
+        net.start(c, gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c1, tunnel_ip(c2.peer_id), n=3, gap=0.2)
+    # The first is dropped at 16.2 until 16.1 answers its challenge (a new sender).
+    assert len(c2.tun) == 2 and drops(c2, "unverified") == 1
+    assert drops(s, "no_path") == 0
+
+
 def ring(ttl: int) -> tuple[EngineNet, list[Node], Node]:
     """Three relays each forwarding upstream to the next: a routing loop by configuration."""
     net = EngineNet()
