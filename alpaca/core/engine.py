@@ -130,10 +130,7 @@ class Engine:
             if peer is None or peer.addr != spec.addr:
                 fresh = Peer(spec.peer_id, settings.ports, spec.addr, self.generation)
                 if peer is not None:
-                    fresh.paths.learned = peer.paths.learned
-                    for path in peer.paths.learned.values():
-                        assert path.addr is not None
-                        fresh.paths.by_endpoint.setdefault((path.port, path.addr), path)
+                    fresh.paths.adopt(peer.paths.learned)
                     fresh.next_counter = peer.next_counter
                 else:
                     fresh.next_counter = self._retired_counters.pop(spec.peer_id, 0)

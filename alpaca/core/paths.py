@@ -156,6 +156,16 @@ class PeerPaths:
         """Static and learned paths: the ones with an address of their own."""
         return [*self.static, *self.learned.values()]
 
+    def adopt(self, learned: dict[tuple[int, int], Path]) -> None:
+        """Take over the learned paths of a peer being rebuilt (its static address changed),
+        except those at an endpoint that is now a static path's: one path per endpoint."""
+        for key, path in learned.items():
+            assert path.addr is not None
+            endpoint = (path.port, path.addr)
+            if endpoint not in self.by_endpoint:
+                self.learned[key] = path
+                self.by_endpoint[endpoint] = path
+
     def match(self, port: int, addr: Addr) -> Path | None:
         """The static or learned path with exactly this local port and remote address."""
         return self.by_endpoint.get((port, addr))
@@ -175,12 +185,19 @@ class PeerPaths:
                 self.learned[key] = path
             else:
                 assert path.addr is not None
-                del self.by_endpoint[(port, path.addr)]
+                self._unmap(path)
                 path.addr, path.ip = addr, ip_to_int(addr[0])
             self.by_endpoint[(port, addr)] = path
             self.generation.bump()
         path.last_ok_at = now
         return path
+
+    def _unmap(self, path: Path) -> None:
+        """Drop ``path``'s receive-side entry, if the entry is ``path``'s (not a static path's)."""
+        assert path.addr is not None
+        endpoint = (path.port, path.addr)
+        if self.by_endpoint.get(endpoint) is path:
+            del self.by_endpoint[endpoint]
 
     def live_links(self) -> list[Path]:
         """Static and learned paths that are up."""
@@ -198,8 +215,7 @@ class PeerPaths:
         """Forget learned paths silent for ``lifetime`` seconds; return what was removed."""
         gone = [self.learned.pop(k) for k, p in list(self.learned.items()) if now - p.last_ok_at >= lifetime]
         for path in gone:
-            assert path.addr is not None
-            self.by_endpoint.pop((path.port, path.addr), None)
+            self._unmap(path)
         if gone:
             self.generation.bump()
         return gone

@@ -698,6 +698,36 @@ def test_engine_peer_removed_and_added_back_by_reload_never_reuses_a_nonce() -> 
     assert len(c.tun) == 70 and drops(c, "too_old") == 0  # C's window goes on, too
 
 
+def test_engine_static_address_pinned_where_the_peer_was_learned_keeps_one_path() -> None:
+    """The operator writes a client's (already learned) address into the secrets: the static
+    path takes the endpoint over; no second path to it, now or after the old one expires."""
+    from dataclasses import replace
+
+    from alpaca.core.settings import PeerSpec
+    from tests.enginenet import CLIENT1_EP, SERVER_EP
+
+    net = EngineNet()
+    s = net.add("S", "1.1", [SERVER_EP])
+    c = net.add("C", "16.1", [CLIENT1_EP], static=False)
+    net.link(CLIENT1_EP, SERVER_EP)
+    net.start(s)
+    net.start(c, gateway=pid("1.1"))
+    net.run(3.0)
+    engine = eng(s)
+    peers = dict(engine.settings.peers)
+    peers[c.peer_id] = PeerSpec(c.peer_id, peers[c.peer_id].key, CLIENT1_EP)
+    engine.reload(replace(engine.settings, peers=peers))
+    for until in (5.0, 140.0):  # before and after a learned path would have expired
+        net.run(until - net.now)
+        links = engine.peers[c.peer_id].paths.live_links()
+        assert [p.name for p in links] == ["direct/p0"], links
+    delivered, duplicates = len(c.tun), drops(c, "duplicate")
+    for _ in range(10):
+        net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
+    net.run(0.1)
+    assert len(c.tun) - delivered == 10 and drops(c, "duplicate") == duplicates  # sent once each
+
+
 def test_engine_reload_with_a_changed_pair_key_seals_with_the_new_key() -> None:
     from dataclasses import replace
 
