@@ -48,8 +48,8 @@ from alpaca.io.watch import FileWatch
 from alpaca.metrics import build_registry, serve_metrics
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.snapshot import snapshot
+from alpaca.system import instance, link, sched
 from alpaca.system import journal as journal_mod
-from alpaca.system import link, sched
 from alpaca.system.monitor import RouteMonitor, reconcile
 from alpaca.system.plan import (
     Applied,
@@ -63,6 +63,10 @@ from alpaca.system.resolver import KernelResolver
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0
+
+
+class StartInterrupted(AlpacaError):
+    """SIGTERM or SIGINT arrived while the daemon was starting."""
 
 
 def journal_path(config: Config) -> Path:
@@ -94,10 +98,16 @@ class Daemon:
         self.applied = Applied()
         self._closers: list[Any] = []
         self._stopping = False
+        self._start_signals: list[Any] = []
+        #: the instance lock's descriptor (alpaca.system.instance), held until stop() ends
+        self._lock: int | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
         cfg = self.config
+        self._catch_stop_during_start()
+        self._lock = instance.hold(instance.lock_path(cfg.control_socket),
+                                   f"{cfg.path}: control_socket {cfg.control_socket}")
         failures = journal_mod.recover(self.journal.path)
         if failures is not None:
             log.warning("undid host changes of a previous run journal=%s failed=%d",
@@ -127,12 +137,29 @@ class Daemon:
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
         self._start_observability()
+        self._cancel_start_signals()
         for signum, handler in ((signal.SIGTERM, self.stop_soon), (signal.SIGINT, self.stop_soon),
                                 (signal.SIGHUP, self.reload), (signal.SIGUSR1, self.dump_state)):
             gevent.signal_handler(signum, handler)
         log.info("started node=%s tun=%s epoch=%d ports=%s version=%s", format_peer_id(cfg.id),
                  self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
                                                 for p in ports), __version__)
+
+    def _catch_stop_during_start(self) -> None:
+        """Until start() is done, SIGTERM/SIGINT raise StartInterrupted in the starting
+        greenlet (at its next wait, e.g. for the uplink), so run() undoes what was done."""
+        starter = gevent.getcurrent()
+
+        def interrupt() -> None:
+            gevent.kill(starter, StartInterrupted(
+                "stopped by a signal during start-up; the host changes made so far are undone"))
+
+        self._start_signals = [gevent.signal_handler(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)]
+
+    def _cancel_start_signals(self) -> None:
+        for watcher in self._start_signals:
+            watcher.cancel()
+        self._start_signals = []
 
     def _spawn(self, func: Any, *args: Any) -> None:
         greenlet = self.group.spawn(func, *args)
@@ -256,6 +283,9 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self._lock is None:  # start() failed before the lock: the host is another's to undo
+            self._cancel_start_signals()
+            return
         self.group.kill(timeout=STOP_TIMEOUT)
         for close in reversed(self._closers):
             try:
@@ -271,6 +301,10 @@ class Daemon:
         elif self.tun is not None:
             self.tun.close()
         run_hooks("post_down", self.config.post_down_cmds)
+        self._cancel_start_signals()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         log.info("stopped node=%s", format_peer_id(self.config.id))
 
 

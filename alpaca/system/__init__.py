@@ -10,6 +10,7 @@ Modules (one netlink/OS concept each; every function takes ``netns: str | None``
     journal   write-ahead undo journal, crash recovery
     plan      HostPlanInput -> list[Op] (pure) and apply()
     monitor   RouteMonitor (gevent) and reconcile()
+    instance  the lock that keeps a second daemon of the same node off the first one's host
     sched     SCHED_RR for the daemon process (config's realtime_priority; no netns: the
               policy belongs to the process, nothing on the host to undo)
 

@@ -74,15 +74,24 @@ def configure_tun(
 
 
 def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> bool:
-    """Delete a leftover device named ``ifname`` if one exists.
+    """Delete a leftover TUN device named ``ifname`` if one exists.
 
     Returns:
         True if a device was deleted.
+
+    Raises:
+        SystemSetupError: a device of another kind has that name (a veth, a bridge,
+            ``wg0``...): it is not ours to delete.
     """
     with iproute(netns, ipr) as nl:
         index = link_index(ifname, ipr=nl)
         if index is None:
             return False
+        kind = link_kind(nl, index)
+        if kind != "tun":
+            raise SystemSetupError(
+                f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
+                "choose another tun_name: only a TUN device left by an earlier run is removed")
         nl_call(
             f"deleting stale device {ifname}",
             nl.link,
@@ -92,6 +101,14 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         )
     log.info("stale device removed dev=%s", ifname)
     return True
+
+
+def link_kind(ipr: IPRoute, index: int) -> str | None:
+    """The link's kind (``"tun"``, ``"veth"``...), None for a device without one (e.g. a NIC)."""
+    links = nl_call(f"reading device {index}", ipr.get_links, index, ok=(errno.ENODEV,)) or ()
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind) if kind is not None else None
 
 
 def _disable_ipv6(ifname: str, netns: str | None) -> None:

@@ -16,10 +16,12 @@ import pytest
 
 from alpaca.config import read_chnroute
 from tests.daemon.conftest import (
+    ALPACA,
     INET,
     REPO,
     TUN,
     Lab,
+    Peer,
     Simple,
     build_simple,
     host_state,
@@ -240,3 +242,48 @@ def test_service_unit_verifies(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
+
+
+@pytest.mark.netns
+def test_host_second_instance_of_a_node_leaves_the_first_alone(lab: Lab) -> None:
+    """The same node started again by hand while it runs: refused before it touches anything
+    (no journal recovery, no stale-device removal), and the first keeps working."""
+    topo = build_simple(lab)
+    before = host_state(topo.client.ns)
+    start(topo)
+    during = host_state(topo.client.ns)
+    second = subprocess.run(
+        ["ip", "netns", "exec", topo.client.ns, ALPACA, "-c", str(topo.client.config_path), "run"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert second.returncode == 1, second.stderr
+    assert f"another alpaca-tunnel (pid {topo.client.proc.pid}) is running this node" in second.stderr
+    assert "control_socket" in second.stderr
+    assert_same_lines(during, host_state(topo.client.ns))
+    assert topo.client.journal_path.exists()
+    assert_through_tunnel(topo)
+    assert lab.stop(topo.client) == 0
+    assert_same(before, host_state(topo.client.ns))
+
+
+@pytest.mark.netns
+def test_host_stop_signal_during_start_undoes_what_was_done(lab: Lab) -> None:
+    """A server with chnroute waits for an uplink (up to 30 s) after it turned ip_forward on
+    and configured its TUN; SIGTERM then stops it at once, and the host is as before."""
+    ns = lab.ns("server")
+    node = lab.node("server", ns, "1.1", "server", chnroute={"data": str(CHNROUTE)})
+    node.write_secrets([Peer("1.1", port=5000).line(), Peer("16.1").line()])
+    before = host_state(ns)
+    lab.start(node, wait=False)
+    deadline = time.monotonic() + 15
+    while "waiting for a default route" not in node.log():
+        assert time.monotonic() < deadline and node.alive, node.log_tail()
+        time.sleep(0.1)
+    assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    started = time.monotonic()
+    node.signal(signal.SIGTERM)
+    assert node.proc is not None
+    assert node.proc.wait(10) == 1
+    assert time.monotonic() - started < 5
+    assert "stopped by a signal during start-up" in node.log()
+    assert not node.journal_path.exists()
+    assert_same(before, host_state(ns))

@@ -110,6 +110,16 @@ def test_link_remove_stale_link() -> None:
         assert not link.remove_stale_link("alpaca0", ns)
 
 
+def test_link_remove_stale_link_leaves_a_device_of_another_kind() -> None:
+    with netns() as ns:
+        nsexec(ns, "ip", "link", "add", "alpaca0", "type", "veth", "peer", "name", "other0")
+        wanted = r"alpaca0 exists and is not a TUN device \(kind veth\).*tun_name"
+        with pytest.raises(SystemSetupError, match=wanted):
+            link.remove_stale_link("alpaca0", ns)
+        assert link.link_index("alpaca0", ns) is not None
+        assert link.link_index("other0", ns) is not None
+
+
 def test_link_configure_missing_device_fails_clearly() -> None:
     with netns() as ns, pytest.raises(SystemSetupError, match="configuring nope0: No such device"):
         link.configure_tun("nope0", "10.17.16.1/16", 1408, ns)

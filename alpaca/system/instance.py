@@ -1,0 +1,49 @@
+"""One daemon per node: an exclusive lock held for the daemon's whole life.
+
+A second ``alpaca-tunnel run`` with the same control socket (the same node, typically
+started by hand while the service runs) would otherwise recover the first one's journal,
+undoing its host changes, and delete its TUN device. The lock file sits beside the control
+socket; the kernel drops the lock when the process exits, however it exits, so a crash never
+leaves a stale lock behind (the file itself stays, empty of meaning).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from alpaca.errors import SystemSetupError
+
+
+def lock_path(control_socket: Path) -> Path:
+    return control_socket.with_name(control_socket.name + ".lock")
+
+
+def hold(path: Path, owner: str) -> int:
+    """Take the lock at ``path`` (creating it, and its directory mode 0700) and write our pid
+    into it; return the descriptor, to be closed at exit.
+
+    Args:
+        owner: how to name the setting in an error (``"<config>: control_socket <path>"``).
+
+    Raises:
+        SystemSetupError: another process holds it (naming its pid), or the file cannot be made.
+    """
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SystemSetupError(f"{owner}: creating the lock file {path}: {exc.strerror or exc}", None,
+                               "check that the control socket's directory is writable") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SystemSetupError(
+            f"{owner}: another alpaca-tunnel (pid {holder}) is running this node", None,
+            "stop it first, or give this node its own control_socket") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
