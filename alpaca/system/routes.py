@@ -204,7 +204,7 @@ def move_default_route(
         saved = save_default_routes(netns)
     with iproute(netns) as ipr:
         oif = link_index_or_fail(ipr, tun_ifname)
-        nl_call(
+        added = nl_call(
             f"adding route default via {tunnel_gw_ip} dev {tun_ifname} table {table}",
             ipr.route,
             "add",
@@ -215,6 +215,11 @@ def move_default_route(
             proto=PROTO_ALPACA,
             ok=OK_ADD,
         )
+        if added is None and not route_present("0.0.0.0/0", table, ipr=ipr):
+            raise SystemSetupError(
+                f"adding route default via {tunnel_gw_ip} dev {tun_ifname} table {table}: the "
+                "table already has a default route of another program", None,
+                "give route_table a table of its own")
     with netlink.RtnlSocket(netns) as rt:
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)

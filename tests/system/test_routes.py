@@ -52,6 +52,17 @@ def test_routes_default_moved_and_restored_byte_for_byte() -> None:
         assert snapshot(ns) == before
 
 
+def test_routes_default_not_moved_into_a_table_with_a_foreign_default() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        link.configure_tun("alpaca0", "10.17.16.1/16", 1408, ns)
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.99", "table", "253")
+        before = snapshot(ns)
+        with pytest.raises(SystemSetupError, match=r"another program.*route_table"):
+            routes.move_default_route("10.17.1.1", "alpaca0", 253, ns)
+        assert snapshot(ns) == before  # main keeps its defaults, table 253 its own
+
+
 def test_routes_host_routes_added_and_removed() -> None:
     with netns() as ns:
         client_ns(ns)
