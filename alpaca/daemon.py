@@ -55,6 +55,7 @@ from alpaca.system.plan import (
     Applied,
     apply,
     host_route_dsts,
+    keep_default_moved,
     update_default_route,
     update_host_routes,
 )
@@ -195,14 +196,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
-        """Routes, rules or addresses changed: forget cached answers, put back our routes."""
+        """Routes, rules or addresses changed: forget cached answers, put back our routes,
+        move a default route that reappeared in main out of the way again."""
         if self.engine is not None:
             self.engine.flush_routes()
         if self.applied.expected and not self._stopping:
             try:
                 reconcile(self.applied.expected)
+                moved = keep_default_moved(self.applied, self.journal)
             except AlpacaError as exc:
                 log.warning("could not restore a route: %s", exc)
+                return
+            if moved:
+                log.warning("a default route reappeared in table main; moved it again (back on "
+                            "exit) count=%d", moved)
 
     def _on_fatal(self, greenlet: Any) -> None:
         log.error("stopping after a fatal error in %s: %r", getattr(greenlet, "name", "greenlet"),

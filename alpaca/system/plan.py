@@ -1,7 +1,8 @@
 """Host changes as data: :func:`plan` (pure) turns a :class:`HostPlanInput` into a list of
 :class:`Op`; :func:`apply` performs them in order, journaling each undo step first;
 :func:`update_host_routes` and :func:`update_default_route` follow a reload's new peer
-addresses, local_routes and gateway.
+addresses, local_routes and gateway; :func:`keep_default_moved` answers a default route that
+another program puts back into ``main``.
 
 ``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
 :class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
@@ -307,6 +308,24 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts)
+
+
+def keep_default_moved(applied: Applied, journal: Journal, netns: str | None = None) -> int:
+    """A running client: move any IPv4 default route that appeared in ``main`` since the start
+    (a DHCP client renewing its lease puts one back) out of the way again, journaled like the
+    first move, so the tunnel keeps the default and the route comes back on exit.
+
+    Returns:
+        How many routes were moved (0 for a node without a moved default).
+    """
+    default = next((r for r in applied.expected if r.dst == DEFAULT_DST), None)
+    if default is None or default.gateway is None:
+        return 0
+    saved = routes.save_default_routes(netns)
+    if saved:
+        journal.record("default_route", saved=[s.to_json() for s in saved], table=default.table)
+        routes.move_default_route(default.gateway, default.dev, default.table, netns, saved)
+    return len(saved)
 
 
 def update_default_route(applied: Applied, gateway_ip: str | None, netns: str | None = None) -> Applied:

@@ -287,3 +287,28 @@ def test_host_stop_signal_during_start_undoes_what_was_done(lab: Lab) -> None:
     assert "stopped by a signal during start-up" in node.log()
     assert not node.journal_path.exists()
     assert_same(before, host_state(ns))
+
+
+@pytest.mark.netns
+def test_host_default_route_put_back_into_main_is_moved_again(lab: Lab) -> None:
+    """A DHCP client renewing its lease adds a default route to table main while the tunnel
+    runs: the daemon moves it away again (traffic stays in the tunnel) and puts it back on
+    exit, beside the original default."""
+    topo = build_simple(lab)
+    client = topo.client
+    before = host_state(client.ns)
+    start(topo)
+    nsexec(client.ns, "ip", "route", "add", "default", "via", "192.168.50.1", "dev", "eth0",
+           "metric", "50", "proto", "dhcp")
+    deadline = time.monotonic() + 5  # the monitor reacts at most once a second
+    while "default" in nsexec(client.ns, "ip", "route", "show", "table", "main").stdout:
+        assert time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.1)
+    assert "a default route reappeared in table main" in client.log()
+    assert_through_tunnel(topo)
+    assert lab.stop(client) == 0
+    after = host_state(client.ns)
+    dhcp = "default via 192.168.50.1 dev eth0 proto dhcp metric 50 \n"
+    assert dhcp in after["routes"]
+    after["routes"] = after["routes"].replace(dhcp, "")
+    assert_same(before, after)
