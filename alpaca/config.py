@@ -23,7 +23,7 @@ from pathlib import Path
 
 from alpaca.configreader import NAMED_TABLES, DuplicateKey, JsonObject, no_duplicate_keys, show
 from alpaca.core import constants as C
-from alpaca.core.ids import format_peer_id
+from alpaca.core.ids import format_peer_id, is_digits
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.log import LEVELS
@@ -331,8 +331,11 @@ class _Builder:
         port = top.integer("port", 0, 0, 65534)
         probe = top.integer("probe_interval_ms", 1000, 50, 60_000)
         timeout = top.integer("path_timeout_ms", 3000, 1, 600_000)
-        if top.given("path_timeout_ms") and timeout <= probe:
+        if timeout <= probe and top.given("path_timeout_ms"):
             top.fail("path_timeout_ms", f"{timeout} must be above probe_interval_ms ({probe})")
+        elif timeout <= probe:
+            top.fail("probe_interval_ms", f"{probe} must be below path_timeout_ms ({timeout} by"
+                                          " default; raise path_timeout_ms with it)")
         lifetime = top.integer("path_lifetime_s", 60, 1, 86_400)
         if lifetime * 1000 < timeout:
             top.fail("path_lifetime_s", f"{lifetime} s is shorter than path_timeout_ms ({timeout})")
@@ -446,7 +449,7 @@ class _Builder:
 
     def ports(self, port: int) -> tuple[PortConfig, ...]:
         top = self.top
-        if "ports" not in top.data:
+        if top.data.get("ports") is None:  # absent or null
             return (PortConfig("default", "0.0.0.0", port, None),)
         if port:
             top.fail("port", 'give either "port" or "ports", not both (move the port into "ports")')
@@ -516,7 +519,8 @@ class _Builder:
                 obj.fail("gateway", f'"{gateway_text}" is not "default" or an IPv4 address')
         data = obj.path("data", "route_data_cidr.txt", self.base)
         if not data.is_file():
-            obj.fail("data", f"{data} does not exist (give a file with one a.b.c.d/len a line)")
+            what = "is not a file" if data.exists() else "does not exist"
+            obj.fail("data", f"{data} {what} (give a file with one a.b.c.d/len a line)")
         return ChnrouteConfig(table, gateway, data)
 
     def local_routes(self) -> tuple[IPv4Network, ...]:
@@ -566,7 +570,7 @@ class _Builder:
         obj.check_keys(["listen"])
         listen = obj.string("listen", DEFAULT_METRICS_LISTEN)
         host, _, port = listen.rpartition(":")
-        if not _is_ipv4(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not _is_ipv4(host) or not is_digits(port) or not 1 <= int(port) <= 65535:
             obj.fail("listen", f'"{listen}" is not IPv4:port (e.g. "{DEFAULT_METRICS_LISTEN}")')
             return MetricsConfig()
         return MetricsConfig(True, host, int(port))

@@ -12,7 +12,7 @@ import difflib
 import json
 from pathlib import Path
 
-from alpaca.core.ids import check_usable, parse_peer_id
+from alpaca.core.ids import check_usable, is_digits, parse_peer_id
 from alpaca.paths import relative_to_config
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
@@ -73,6 +73,10 @@ class JsonObject:
             return default
         if not isinstance(value, str):
             self.fail(key, f"{show(value)} is not a string")
+            return default
+        if not _printable_text(value):
+            self.fail(key, f"{show(value)} contains a NUL byte or a character that is not valid"
+                           " text (a lone surrogate)")
             return default
         return value
 
@@ -149,7 +153,7 @@ class JsonObject:
         value = self.data.get(key)
         if value is None:
             value = default
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and is_digits(value):
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             if 1 <= value <= 0xFFFFFFFF:
@@ -157,8 +161,11 @@ class JsonObject:
             self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
         elif isinstance(value, str):
             number = table_number(value)
-            if number is not None:
+            if number is not None and 1 <= number <= 0xFFFFFFFF:
                 return number
+            if number is not None:
+                self.fail(key, f'table "{value}" is {number} (expected 1-4294967295)')
+                return NAMED_TABLES["default"]
             files = ", ".join(str(f) for f in RT_TABLES_FILES)
             self.fail(key, f'unknown table name "{value}" (use a number, or add it to {files})')
         else:
@@ -176,6 +183,18 @@ def table_number(name: str) -> int | None:
             continue
         for line in lines:
             fields = line.split("#", 1)[0].split()
-            if len(fields) == 2 and fields[1] == name and fields[0].isdigit():
+            if len(fields) == 2 and fields[1] == name and is_digits(fields[0]):
                 return int(fields[0])
     return None
+
+
+def _printable_text(value: str) -> bool:
+    """No NUL byte (no path or command can hold one) and no lone surrogate (no file, log or
+    terminal can take one)."""
+    if "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

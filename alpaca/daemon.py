@@ -230,6 +230,9 @@ class Daemon:
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        except Exception as exc:  # a bug in reading must not stop the tunnel
+            log.error("reload failed, keeping the running configuration (this is a bug): %r", exc)
+            return
         if self.engine is None:
             return
         for key in restart_keys_changed(self.config, config):

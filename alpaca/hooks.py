@@ -8,6 +8,9 @@ its exit code and the tail of its output; start-up continues (the original's beh
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import tempfile
 
 from gevent import subprocess
 
@@ -31,12 +34,7 @@ def run_hooks(stage: str, commands: tuple[str, ...], *, strict: bool = False) ->
     """
     failed = 0
     for index, command in enumerate(commands):
-        try:
-            done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True,
-                                  timeout=HOOK_TIMEOUT, check=False)
-            code, output = done.returncode, (done.stdout + done.stderr).strip()
-        except subprocess.TimeoutExpired:
-            code, output = -1, f"timed out after {HOOK_TIMEOUT:.0f} s"
+        code, output = run_one(command)
         if code == 0:
             log.info("hook ran stage=%s index=%d", stage, index)
             continue
@@ -47,3 +45,26 @@ def run_hooks(stage: str, commands: tuple[str, ...], *, strict: bool = False) ->
             raise HookError(f"{stage}_cmds[{index}] failed with exit code {code}: {command!r} "
                             f"(fix the command, or set \"strict_hooks\": false to continue anyway)")
     return failed
+
+
+def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
+    """Run ``command`` through ``/bin/sh -c``; return (exit code, the tail of its output).
+
+    Only the shell is waited for, as ``system()`` did: a process the command leaves in the
+    background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a
+    temporary file, of which the last OUTPUT_TAIL characters are read. A shell still running
+    after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
+    """
+    limit = HOOK_TIMEOUT if timeout is None else timeout
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -1, f"timed out after {limit:g} s"
+        size = out.seek(0, os.SEEK_END)
+        out.seek(max(0, size - OUTPUT_TAIL))
+        return code, out.read().decode(errors="replace").strip()

@@ -22,15 +22,17 @@ import logging
 import re
 import socket
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from alpaca.core.ids import check_usable, format_peer_id, parse_peer_id
+from alpaca.core.ids import check_usable, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{64}")
+#: text that may be (most of) a key: never echoed in a message, never sent to a resolver
+_KEYLIKE = re.compile(r"[0-9a-fA-F]{16,}")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -104,7 +106,7 @@ def load_secrets(path: Path, self_id: int) -> Secrets:
     """
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{path}: cannot read the secrets file: {reason}"]) from exc
     warnings: list[str] = []
@@ -112,7 +114,6 @@ def load_secrets(path: Path, self_id: int) -> Secrets:
     parser = _Parser(str(path))
     for number, line in enumerate(text.splitlines(), start=1):
         parser.parse_line(number, line)
-    warnings.extend(parser.warnings)
     if self_id not in parser.lines:
         parser.problems.append(
             f"{path}: the own id {format_peer_id(self_id)} is missing"
@@ -120,6 +121,8 @@ def load_secrets(path: Path, self_id: int) -> Secrets:
         )
     if parser.problems:
         raise ConfigError(parser.problems)
+    parser.resolve_hostnames()  # only now: a broken file sends nothing to the resolver
+    warnings.extend(parser.warnings)
     for warning in warnings:
         log.warning("%s", warning)
     return Secrets(peers=parser.peers, path=path, warnings=tuple(warnings))
@@ -135,6 +138,13 @@ def _check_mode(path: Path, warnings: list[str]) -> None:
             f"{path} is readable by group or others (mode {stat.S_IMODE(mode):04o});"
             f" fix: chmod 600 {path}"
         )
+
+
+def _shown(text: str) -> str:
+    """``text`` for a message, unless it may be a key: then only its length."""
+    if _KEYLIKE.fullmatch(text):
+        return f"<{len(text)} hex characters, perhaps a key: not shown>"
+    return text
 
 
 class _Parser:
@@ -165,20 +175,34 @@ class _Parser:
         columns += ["null"] * (_COLUMNS - len(columns))
         id_text, key_text, ip_text, ip6_text, port_text = columns
         peer_id = self.parse_id(number, id_text)
-        key = self.parse_key(number, key_text, id_text)
+        key = self.parse_key(number, key_text, _shown(id_text))
         address, hostname = self.parse_ip(number, ip_text)
         self.check_ip6(number, ip6_text)
         port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
         if peer_id is None or key is None or port is None:
             return
-        if hostname is not None and address is None:
-            self.warnings.append(
-                f"{self.name}:{number}: hostname {hostname} of peer {id_text} does not resolve;"
-                " the peer has no static address until it does"
-            )
         self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port)
 
+    def resolve_hostnames(self) -> None:
+        """Give each peer named by a hostname its address (a warning for one that does not
+        resolve: that peer has no static address until a reload finds one)."""
+        for peer_id, peer in self.peers.items():
+            if peer.hostname is None:
+                continue
+            address = resolve_host(peer.hostname)
+            if address is None:
+                self.warnings.append(
+                    f"{self.name}:{self.lines[peer_id]}: hostname {peer.hostname} of peer"
+                    f" {format_peer_id(peer_id)} does not resolve; the peer has no static address"
+                    " until it does"
+                )
+            self.peers[peer_id] = replace(peer, address=address)
+
     def parse_id(self, number: int, text: str) -> int | None:
+        if _KEYLIKE.fullmatch(text):
+            self.problem(number, f'peer_id: "{_shown(text)}" is not a peer id (expected "A.B";'
+                                 " is the peer_id column missing?)")
+            return None
         try:
             peer_id = parse_peer_id(text)
             check_usable(peer_id)
@@ -223,12 +247,12 @@ class _Parser:
                 " give an IPv4 address or hostname, or null)",
             )
             return None, None
-        if not _HOSTNAME.fullmatch(text) or text.replace(".", "").isdigit():
+        if not _HOSTNAME.fullmatch(text) or is_digits(text.replace(".", "")) or _KEYLIKE.fullmatch(text):
             self.problem(
-                number, f'peer_ip: "{text}" is neither an IPv4 address nor a hostname (or null)'
+                number, f'peer_ip: "{_shown(text)}" is neither an IPv4 address nor a hostname (or null)'
             )
             return None, None
-        return resolve_host(text), text
+        return None, text  # resolved by resolve_hostnames once the whole file is valid
 
     def check_ip6(self, number: int, text: str) -> None:
         if text.lower() != "null" and not self.ip6_warned:
@@ -244,7 +268,7 @@ class _Parser:
                 return None
             return 0
         low = 1 if needed else 0
-        if not text.isdigit() or not low <= int(text) <= 65535:
-            self.problem(number, f'peer_port: "{text}" is not a port (expected {low}-65535)')
+        if not is_digits(text) or not low <= int(text) <= 65535:
+            self.problem(number, f'peer_port: "{_shown(text)}" is not a port (expected {low}-65535)')
             return None
         return int(text)

@@ -358,6 +358,9 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"probe_interval_ms": 49}, "probe_interval_ms: 49 is below the minimum 50"),
         ({"probe_interval_ms": 60001}, "probe_interval_ms: 60001 is above the maximum 60000"),
         ({"path_timeout_ms": 1000}, "path_timeout_ms: 1000 must be above probe_interval_ms (1000)"),
+        ({"probe_interval_ms": 5000},
+         "probe_interval_ms: 5000 must be below path_timeout_ms (3000 by default;"),
+        ({"control_socket": "/run/a\u0000b.sock"}, "control_socket: "),
         ({"path_lifetime_s": 0}, "path_lifetime_s: 0 is below the minimum 1"),
         ({"path_lifetime_s": 2}, "path_lifetime_s: 2 s is shorter than path_timeout_ms (3000)"),
         ({"dup": "all"}, 'dup: "all" is not an object'),
@@ -378,6 +381,8 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"route_table": 0}, "route_table: 0 is not a table number (expected 1-4294967295)"),
         ({"route_table": "no-such-table-name"}, 'route_table: unknown table name "no-such-table'),
         ({"route_table": 1.5}, "route_table: 1.5 is not a table name or number"),
+        ({"route_table": "unspec"}, 'route_table: table "unspec" is 0 (expected 1-4294967295)'),
+        ({"metrics": {"listen": "127.0.0.1:9\u00b2"}}, "metrics.listen: "),
         ({"protocol": "v3"}, 'protocol: "v3" is not a protocol (expected one of v2, legacy-6.1.2)'),
         ({"peer_protocols": {"1.x": "v2"}}, 'peer_protocols.1.x: "1.x" is not a peer id'),
         ({"peer_protocols": {"1.2": "v9"}}, 'peer_protocols.1.2: "v9" is not a protocol'),
@@ -401,6 +406,17 @@ def test_config_error(tmp_path: Path, keys: dict[str, Any], expected: str) -> No
     text = only(tmp_path, **keys)
     assert text.startswith(f"{tmp_path / 'config.json'}: ")
     assert expected in text
+
+
+def test_config_ports_null_means_the_single_port(tmp_path: Path) -> None:
+    config = load(tmp_path, ports=None, port=5000)
+    assert [(p.name, p.port) for p in config.ports] == [("default", 5000)]
+
+
+def test_config_text_that_no_file_or_terminal_takes_is_an_error(tmp_path: Path) -> None:
+    found = problems(tmp_path, group="lab\ud800")
+    assert found[0].endswith('group: "lab\\ud800" contains a NUL byte or a character that is not'
+                             " valid text (a lone surrogate)"), found
 
 
 def test_config_collects_every_problem(tmp_path: Path) -> None:

@@ -118,6 +118,16 @@ def test_grafana_peer_dashboard_has_node_peer_path_variables() -> None:
         assert variables[name]["datasource"]["uid"] in DS_UIDS
 
 
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_hidden_instance_follows_the_node_picker(path: Path) -> None:
+    """``instance`` is derived from ``node``: with node set, its "All" must mean the instances
+    of that node (Grafana's regex of the values), not every instance (an allValue of ".*")."""
+    variables = {v["name"]: v for v in load(path)["templating"]["list"]}
+    instance = variables["instance"]
+    assert '$node' in instance["query"] and instance["refresh"] in (1, 2)
+    assert "allValue" not in instance
+
+
 def test_grafana_overview_shows_what_duplicate_send_buys() -> None:
     dashboard = load(ROOT / "grafana" / "dashboards" / "alpaca-overview.json")
     titles = {p["title"]: p for p in panels(dashboard)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,35 @@ def test_secrets_unresolvable_hostname_is_a_warning(
     assert peer.addr is None
     assert any("does not resolve" in w for w in secrets.warnings)
     assert "does not resolve" in caplog.text
+
+
+def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line without its id column puts the key where the id goes; one without its key
+    column, an address where the key goes; one with two keys, a key where the address goes."""
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording_getaddrinfo(host: str, *args: object, **kw: object) -> object:
+        asked.append(host)
+        return real(host, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    text = (f"16.1 {KEY16}\n{KEY32} 192.168.7.11 null 10001\n1.2 {KEY16} {KEY32} null 10002\n"
+            f"1.3 {KEY16} localhost null 10003\n")
+    found = problems(write(tmp_path, text))
+    assert not any(KEY32 in p or KEY32[:16] in p for p in found), found
+    assert any(p.endswith(":2: peer_id: \"<64 hex characters, perhaps a key: not shown>\" is not a peer id"
+                          ' (expected "A.B"; is the peer_id column missing?)') for p in found), found
+    assert any(":3: peer_ip: \"<64 hex characters, perhaps a key: not shown>\"" in p for p in found), found
+    assert asked == [], "nothing is resolved before the whole file is valid"
+
+
+def test_secrets_non_ascii_digits_are_an_error_not_a_traceback(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, f"16.1 {KEY16}\n1.\u00b2 {KEY16}\n1.1 {KEY16} 10.0.0.1 null 1\u00b2\n"))
+    assert any(':2: peer_id: "1.\u00b2" is not a peer id' in p for p in found), found
+    assert any(':3: peer_port: "1\u00b2" is not a port' in p for p in found), found
 
 
 def test_resolve_host_literal_and_failure() -> None:

@@ -15,6 +15,11 @@ PeerId = NewType("PeerId", int)
 RESERVED_IDS = frozenset({0, 1, 0xFFFF})
 
 
+def is_digits(text: str) -> bool:
+    """ASCII decimal digits only: ``str.isdigit()`` also takes ``"²"``, which ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_peer_id(text: str) -> PeerId:
     """Parse ``"A.B"`` (each part 0-255, digits only) into a PeerId.
 
@@ -23,7 +28,7 @@ def parse_peer_id(text: str) -> PeerId:
             here; callers that need a usable id call :func:`check_usable`.
     """
     parts = text.split(".") if isinstance(text, str) else []
-    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+    if len(parts) != 2 or not all(is_digits(p) and len(p) <= 3 for p in parts):
         raise ValueError(f'"{text}" is not a peer id (expected "A.B", each 0-255)')
     high, low = int(parts[0]), int(parts[1])
     if high > 255 or low > 255:

@@ -20,6 +20,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from alpaca.core.ids import is_digits
 from alpaca.errors import TunnelError
 
 EPOCH_MAX = 2**32 - 1
@@ -59,7 +60,7 @@ def _read_last(state_file: Path) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TunnelError(f"epoch file {state_file} is unreadable: {reason} ({fix})") from exc
     value = text.strip()
-    if not value.isdigit() or int(value) > EPOCH_MAX:
+    if not is_digits(value) or int(value) > EPOCH_MAX:
         raise TunnelError(
             f"epoch file {state_file} is corrupt: {value[:40]!r} is not an epoch "
             f"(0 to {EPOCH_MAX}) ({fix})"

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from alpaca.core.ids import is_digits
 from alpaca.errors import SystemSetupError
 from alpaca.lab.topology import NS_PREFIX
 
@@ -145,7 +146,7 @@ def kill_namespace_processes(ns: str, grace: float = 2.0) -> None:
 
 def namespace_pids(ns: str) -> list[int]:
     out = run(["ip", "netns", "pids", ns], check=False).stdout.split()
-    return [int(p) for p in out if p.isdigit()]
+    return [int(p) for p in out if is_digits(p)]
 
 
 def delete_namespace(ns: str) -> None:

@@ -18,6 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from alpaca.core.ids import is_digits
 from alpaca.errors import ConfigError
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("default.json")
@@ -27,6 +28,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
 _IFNAME = re.compile(r"[a-z][a-z0-9_-]{0,14}")
 _PEER_ID = re.compile(r"(\d{1,3})\.(\d{1,3})")
 _RESERVED_IFNAMES = {"lo", "mgmt", "alpaca0"}
+#: management addresses beyond one per node: 11 before the first daemon, 10 between the
+#: daemons and the other nodes (Topology.management_address), the broadcast address
+_MANAGEMENT_SPARE = 23
 
 
 class Role(Enum):
@@ -168,9 +172,11 @@ def load_topology(path: Path | None = None) -> Topology:
     """Read and validate a topology file (default: the package's default.json)."""
     path = path or DEFAULT_TOPOLOGY
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the topology ({exc.strerror})"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]) from exc
     return parse_topology(data, path)
@@ -216,9 +222,15 @@ class _Checker:
         if internet not in names:
             self.fail("internet", f'"{internet}" is not a node name (expected one of {", ".join(names)})')
         management = self.network(data.get("management", "172.31.254.0/24"), "management")
+        if management.num_addresses < len(nodes) + _MANAGEMENT_SPARE:
+            self.fail("management", f"{management} is too small for {len(nodes)} nodes (use a /24)")
+        net = str(data.get("net", "10.17"))
+        parts = net.split(".")
+        if len(parts) != 2 or not all(is_digits(p) and int(p) <= 255 for p in parts):
+            self.fail("net", f'"{net}" is not the first two bytes of the tunnel network ("10.17")')
         return Topology(
             name=str(data.get("name", source.stem)), group=str(data.get("group", "alpaca-lab")),
-            net=str(data.get("net", "10.17")), internet=internet,
+            net=net, internet=internet,
             management=management, nodes=nodes, links=links, source=source,
         )
 
@@ -271,20 +283,27 @@ class _Checker:
         if role is Role.CLIENT:
             gateway = self.peer_id(obj.get("gateway"), f"{where}.gateway")
         forwarders = tuple(
-            f for i, v in enumerate(obj.get("forwarders", []))
+            f for i, v in enumerate(self.optional_list(obj, "forwarders", where))
             if (f := self.peer_id(v, f"{where}.forwarders[{i}]"))
         )
-        uplinks = tuple(str(u) for u in obj.get("uplinks", []))
+        uplinks = tuple(str(u) for u in self.optional_list(obj, "uplinks", where))
         for i, up in enumerate(uplinks):
             if not _IFNAME.fullmatch(up):
                 self.fail(f"{where}.uplinks[{i}]", f'"{up}" is not an interface name')
-        routes = tuple(rt for i, r in enumerate(obj.get("routes", []))
+        routes = tuple(rt for i, r in enumerate(self.optional_list(obj, "routes", where))
                        if (rt := self.route(r, f"{where}.routes[{i}]")))
         config = obj.get("config", {})
         if not isinstance(config, dict):
             self.fail(f"{where}.config", "is not an object of config.json keys")
             config = {}
         return Node(name, role, peer_id, port, gateway, forwarders, uplinks, routes, config)
+
+    def optional_list(self, obj: dict[str, Any], key: str, where: str) -> list[Any]:
+        value = obj.get(key, [])
+        if not isinstance(value, list):
+            self.fail(f"{where}.{key}", f"{json.dumps(value)} is not a list")
+            return []
+        return value
 
     def route(self, obj: object, where: str) -> Route | None:
         if not isinstance(obj, dict) or set(obj) != {"to", "via"}:

@@ -174,12 +174,15 @@ def wait_default_route(timeout: float = 30.0, interval: float = 3.0, netns: str 
 
 
 def save_default_routes(netns: str | None = None) -> list[SavedRoute]:
-    """Capture every IPv4 default route of table main (read only)."""
+    """Capture every IPv4 default route of table main but ours (read only; ours is there
+    when route_table is main)."""
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
         saved = []
         for payload in rt.dump_routes(socket.AF_INET):
             _family, dst_len, proto, _scope, rtype = netlink.route_fields(payload)
             if dst_len or netlink.route_table(payload) != RT_TABLE_MAIN or rtype != 1:
+                continue
+            if proto == PROTO_ALPACA:
                 continue
             dev = _ifname(ipr, netlink.route_oif(payload))
             text = f"default dev {dev or '-'} proto {proto} table main"

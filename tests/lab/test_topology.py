@@ -86,6 +86,11 @@ def test_topology_overrides_win(tmp_path: Path) -> None:
         (lambda d: d.update(internet="moon"), 'internet: "moon" is not a node name'),
         (lambda d: d["nodes"][1].update(colour="red"), "nodes[1].colour: unknown key"),
         (lambda d: d["links"][0].update(impair={"loss_pct": 140}), "links[0].impair.loss_pct"),
+        (lambda d: d["nodes"][3].update(forwarders=5), "nodes[3].forwarders: 5 is not a list"),
+        (lambda d: d["nodes"][3].update(uplinks=5), "nodes[3].uplinks: 5 is not a list"),
+        (lambda d: d["nodes"][3].update(routes=5), "nodes[3].routes: 5 is not a list"),
+        (lambda d: d.update(net="abc"), 'net: "abc" is not the first two bytes'),
+        (lambda d: d.update(management="172.31.254.0/30"), "management: 172.31.254.0/30 is too small"),
     ],
 )
 def test_topology_errors_are_located(tmp_path: Path, change, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -102,6 +107,13 @@ def test_topology_not_json_names_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('{"nodes": [\n,]}')
     with pytest.raises(ConfigError, match=r"bad.json:2:1: not JSON"):
+        load_topology(path)
+
+
+def test_topology_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(b'{"name": "\xff"}')
+    with pytest.raises(ConfigError, match=r"bad.json: not UTF-8 text"):
         load_topology(path)
 
 

@@ -10,7 +10,7 @@ import pytest
 from alpaca.errors import SystemSetupError
 from alpaca.system import journal as jr
 from alpaca.system import link
-from alpaca.system.plan import HostPlanInput, Mode, apply, plan
+from alpaca.system.plan import HostPlanInput, Mode, apply, keep_default_moved, plan
 from tests.helpers import netns, nsexec
 from tests.system import add_tun, client_ns, run_python, snapshot
 
@@ -233,3 +233,33 @@ def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None
     journal = jr.Journal(tmp_path / "run" / "alpaca0.journal")
     with pytest.raises(SystemSetupError, match=r"writing the undo journal .*control_socket"):
         journal.record("nft_table", tun="alpaca0")
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("table", [253, 254])
+def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, table: int) -> None:
+    """A default route put back into main (a DHCP renewal) is moved again and journaled; with
+    route_table main our own default, which sits there too, is left alone."""
+    path = tmp_path / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1", route_table=table)
+        journal = jr.Journal(path, ns)
+        applied = apply(plan(inp), journal, ns)
+        assert keep_default_moved(applied, journal, ns) == 0
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.77", "dev", "up0", "metric", "50")
+        assert keep_default_moved(applied, journal, ns) == 1
+        main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        assert "192.0.2.77" not in main
+        ours = nsexec(ns, "ip", "route", "show", "table", str(table)).stdout
+        assert "default via 10.17.1.1 dev alpaca0 proto 97" in ours
+        assert journal.undo_all() == []
+        link.remove_stale_link("alpaca0", ns)
+        after = snapshot(ns)
+        moved_back = "default via 192.0.2.77 dev up0 metric 50 \n"
+        assert moved_back in after["routes4"]
+        after["routes4"] = after["routes4"].replace(moved_back, "")
+        assert after == before

@@ -1,0 +1,57 @@
+"""Hook commands: run through /bin/sh as the original's system() did, bounded in time and output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from alpaca.hooks import OUTPUT_TAIL, HookError, run_hooks, run_one
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_hook_leaving_a_process_in_the_background_returns_at_once(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    start = time.monotonic()
+    code, output = run_one(f"sleep 60 & echo $! > {pidfile}; echo started")
+    elapsed = time.monotonic() - start
+    pid = int(pidfile.read_text())
+    try:
+        assert (code, output) == (0, "started")
+        assert alive(pid), "the background process goes on running"
+        assert elapsed < 30, elapsed  # not held until the background process ends
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_hook_running_too_long_is_killed_with_its_children(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    code, output = run_one(f"sleep 60 & echo $! > {pidfile}; wait", timeout=0.5)
+    assert (code, output) == (-1, "timed out after 0.5 s")
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while alive(pid):
+        assert time.monotonic() < deadline, "the hook's child survived"
+        time.sleep(0.05)
+
+
+def test_hook_output_is_kept_to_its_tail() -> None:
+    code, output = run_one("head -c 100000 /dev/zero | tr '\\0' x; echo END; exit 3")
+    assert code == 3
+    assert len(output) <= OUTPUT_TAIL and output.endswith("xxxEND")
+
+
+def test_failing_hooks_are_counted_and_strict_ones_raise() -> None:
+    assert run_hooks("post_up", ("true", "exit 2", "false")) == 2
+    with pytest.raises(HookError, match=r"post_up_cmds\[1\] failed with exit code 2: 'exit 2'"):
+        run_hooks("post_up", ("true", "exit 2", "true"), strict=True)
