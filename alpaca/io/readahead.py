@@ -118,10 +118,12 @@ def read_loop(
     Without ``ahead``: up to ``batch`` packets per wake-up, handed out whole. With it: up to
     READ_ROUNDS reads per round go into ``ahead`` (none while it is full), then up to
     ``batch`` small and BULK_BATCHES * ``batch`` bulk packets are handed out. The loop waits
-    for the fd only when ``ahead`` is empty, and otherwise yields until the event loop is
-    idle: ``gevent.sleep(0)`` would let this greenlet run again before the loop polls the
-    other fds (for up to 50 rounds), so a busy reader would starve the other direction
-    (measured: 5-20 ms for a ping reply behind a bulk transfer).
+    for the fd only when ``ahead`` is empty, and otherwise yields on a zero timer, which fires
+    after the event loop has polled the other fds: ``gevent.sleep(0)`` would let this greenlet
+    run again before the loop polls (for up to 50 rounds), so a busy reader would starve the
+    other direction (measured: 5-20 ms for a ping reply behind a bulk transfer); an idle
+    watcher would starve this one while another fd is readable on every round (a steady
+    inbound stream).
     """
     try:
         if ahead is None:
@@ -155,7 +157,7 @@ def _ahead_loop(
     batch: int, ahead: ReadAhead, lone: int,
 ) -> None:
     hub = get_hub()
-    idle = hub.loop.idle()
+    turn = hub.loop.timer(0.0)  # one per loop: after this round's polling
     try:
         while True:
             if not ahead:
@@ -176,6 +178,6 @@ def _ahead_loop(
             if chunk:
                 handler(chunk)
             if ahead:
-                hub.wait(idle)
+                hub.wait(turn)
     finally:
-        idle.close()
+        turn.close()

@@ -58,8 +58,9 @@ _ICMP_ERRNOS = frozenset(
         errno.ENOPROTOOPT,
     }
 )
-#: GSO send errors after which plain sendto may still work.
-_GSO_ERRNOS = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+#: sendmsg errors after which the run is sent datagram by datagram; EMSGSIZE: a segment
+#: above the route's MTU (a plain sendto of it is fragmented by the kernel)
+_GSO_ERRNOS = frozenset({errno.EINVAL, errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE})
 _GSO_FATAL_ERRNOS = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 _BIND_HINTS = {
     errno.EADDRINUSE: "the port is in use by another process; stop it or choose another port",

@@ -325,3 +325,55 @@ _mux = build_gateway()[5]
 def test_mux_never_raises_on_random_datagrams(data: bytes) -> None:
     _mux.on_datagram(data, ("10.9.9.9", 9), 0, 1.0)
     _mux.legacy.on_datagram(data, ("10.9.9.9", 9), 0, 1.0)
+
+
+def test_legacy_sender_never_emits_seq_16000() -> None:
+    """A 6.1.2 receiver records seq 16000 one byte past its 2000-byte bitmap: we stop at 15999."""
+    _net, _g, _r, _lc, _v, _mux, _relay, client = build_gateway()
+    seqs = [client._next_seq(5.2) for _ in range(16002)]
+    assert seqs[15999] is not None and seqs[15999][1] == 15999
+    assert seqs[16000] is None and seqs[16001] is None
+
+
+def test_legacy_datagram_from_a_peer_to_itself_is_not_relayed() -> None:
+    net, _g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    x = pid("16.1")
+    grp = codec.Ecb(codec.group_key(GROUP))
+    pair = codec.Ecb(codec.key_from_bytes(net.keys[x]))
+    inner = udp_packet("0.0.16.1", "8.8.8.8")
+    h = lh.pack(lh.LegacyHeader(src=x, dst=x, length=len(inner), t20=int(WALL + net.now) & 0xFFFFF,
+                                seq=500, pi=5))
+    sent: list[object] = []
+    net.transmit = lambda a, b, d: sent.append(b) or True  # type: ignore[method-assign]
+    mux.on_datagram(codec.protect(grp, pair, h) + codec.seal_body(pair, h, inner), ("192.0.2.50", 1), 0,
+                    net.now)
+    assert sent == [] and mux.legacy.stats.forwarded_packets == 0
+
+
+def test_legacy_resync_delivers_an_old_datagram_but_moves_no_path() -> None:
+    """After 30 s of silence an old datagram is accepted (6.1.2's resync); replayed from
+    anywhere, it must not steer the peer's traffic to the replaying address."""
+    net, _g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    captured: list[bytes] = []
+    real = net.transmit
+
+    def capture(a: tuple[str, int], b: tuple[str, int], d: bytes) -> bool:
+        if b == G_EP:
+            captured.append(d)
+        return real(a, b, d)
+
+    net.transmit = capture  # type: ignore[method-assign]
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(15)
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(31)
+    attacker = ("198.51.100.7", 9999)
+    mux.on_datagram(captured[0], attacker, 0, net.now)
+    assert mux.legacy.stats.resyncs == 1
+    sent: list[tuple[str, int]] = []
+    net.transmit = lambda a, b, d: sent.append(b) or True  # type: ignore[method-assign]
+    mux.legacy.send_packet(pid("16.1"), udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000),
+                           net.now)
+    assert sent and attacker not in sent, sent

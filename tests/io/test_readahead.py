@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import gevent
@@ -150,6 +151,40 @@ def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
     woke_after = rounds - start
     loop.kill()
     assert 1 <= woke_after <= 20, woke_after
+
+
+def test_a_read_ahead_loop_goes_on_while_another_fd_is_readable_on_every_round() -> None:
+    """A steady inbound stream keeps a UDP socket readable on every round of the event loop:
+    the read-ahead loop still gets its turn each round (an idle watcher never fired)."""
+    tun = MemoryTun("ra")
+    fill(tun, 400, small_at_end=False)
+    handed = 0
+
+    def count(chunk: list[tuple[bytes, bool]]) -> None:
+        nonlocal handed
+        handed += len(chunk)
+
+    r, w = os.pipe()
+    os.write(w, b"x")  # readable for good
+    hub = gevent.get_hub()
+
+    def other_direction() -> None:
+        watcher = hub.loop.io(r, 1)
+        while True:
+            hub.wait(watcher)
+
+    other = gevent.spawn(other_direction)
+    loop = gevent.spawn(tun.read_loop, count, batch=4,
+                        ahead=ReadAhead(small=100, bulk_bytes=1 << 30, small_limit=64))
+    try:
+        with gevent.Timeout(5, AssertionError(f"read-ahead starved: {handed} of 400 handed out")):
+            while handed < 400:
+                gevent.sleep(0.01)
+    finally:
+        loop.kill()
+        other.kill()
+        os.close(r)
+        os.close(w)
 
 
 def first_chunk(tun: CountingTun, ahead: ReadAhead | None, lone: int) -> list[tuple[int, list[int]]]:

@@ -257,3 +257,31 @@ def test_udp_send_to_unreachable_network_returns_false() -> None:
     with netns("atu") as ns:
         out = nsexec(ns, sys.executable, "-c", UNREACHABLE, timeout=30).stdout
     assert json.loads(out) == [False, 0]
+
+
+SMALL_MTU = """
+import json, time
+from alpaca.io.udp import UdpPort
+a = UdpPort.open("a", "127.0.0.1", 0)
+b = UdpPort.open("b", "127.0.0.1", 0)
+sent = a.send_many(b.local_addr, [bytes([i]) * 1436 for i in range(32)])
+got, end = [], time.monotonic() + 5
+while len(got) < 32 and time.monotonic() < end:
+    got += b.recv_batch(64)
+    time.sleep(0.01)
+print(json.dumps([a.gso, sent, len(got)]))
+a.close(); b.close()
+"""
+
+
+@pytest.mark.netns
+def test_udp_send_many_on_a_path_smaller_than_the_datagrams_falls_back_to_sendto() -> None:
+    """A GSO send with segments above the route's MTU fails (EMSGSIZE) where a plain sendto
+    is fragmented by the kernel: the run goes out datagram by datagram, not lost."""
+    with netns("atu") as ns:
+        nsexec(ns, "ip", "link", "set", "lo", "mtu", "1300")
+        out = nsexec(ns, sys.executable, "-c", SMALL_MTU, timeout=30).stdout
+    gso, sent, got = json.loads(out)
+    if not gso:
+        pytest.skip("kernel without UDP GSO")
+    assert (sent, got) == (32, 32)

@@ -194,7 +194,8 @@ class LegacyEngine:
             self._second, self._seq = t20, 0
         else:
             self._seq += 1
-        return (t20, self._seq) if self._seq <= SEQ_LIMIT else None
+        # < not <=: a 6.1.2 receiver records seq 16000 one byte past its bitmap
+        return (t20, self._seq) if self._seq < SEQ_LIMIT else None
 
     def _pair(self, a: int, b: int) -> codec.Ecb:
         return self.keys[max(a, b)]
@@ -297,6 +298,8 @@ class LegacyEngine:
         h = unpack(plain)
         if h.src not in self.peers or (h.dst != self.self_id and h.dst not in self.peers):
             return False
+        if h.src == h.dst:  # 6.1.2 drops these too (flow_filter); never relayed
+            return False
         if not codec.icv_ok(self._pair(h.src, h.dst), plain, data):
             return False
         reason = self._check_inbound(h, data, addr)
@@ -313,10 +316,12 @@ class LegacyEngine:
             if verdict is Verdict.DUPLICATE:
                 peer.learn(h.pi, port, addr, h.t20, first_copy=False)
             return True
-        if verdict is Verdict.RESYNC:
+        if verdict is Verdict.RESYNC:  # possibly an old capture: deliver, learn nothing
             self.stats.resyncs += 1
-        peer.learn(h.pi, port, addr, h.t20, first_copy=True)
-        peer.last_t20, peer.last_seen_at = h.t20, now
+        else:
+            peer.learn(h.pi, port, addr, h.t20, first_copy=True)
+            peer.last_t20 = h.t20
+        peer.last_seen_at = now
         if h.dst == self.self_id:
             self._deliver(peer, h, plain, data)
         else:
