@@ -26,6 +26,7 @@ Not thread-safe: call only from the hub greenlets of one gevent hub.
 from __future__ import annotations
 
 from alpaca.core.constants import MAX_TTL, OVERHEAD, PROTOCOL_VERSION, PacketType
+from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.header import HEADER
 from alpaca.core.legacy.engine import LegacyEngine
@@ -64,7 +65,19 @@ class ProtocolMux:
         """Demultiplex one datagram by the rule in the module docstring."""
         if not self.is_v2_shaped(data) and self.legacy.try_datagram(data, addr, port, now):
             return
+        if self.names_legacy_peer(data):
+            # The default engine holds legacy peers' keys too (for routing); their full key
+            # text is on every 6.1.2 node that relays for them: no v2 datagram of theirs.
+            self.v2.stats.drop(DropReason.UNKNOWN_PEER)
+            return
         self.v2.on_datagram(data, addr, port, now)
+
+    def names_legacy_peer(self, data: bytes) -> bool:
+        """A v2 header whose source or destination is a legacy peer."""
+        if len(data) < OVERHEAD:
+            return False
+        _, _, _, _, src, dst, _, _ = HEADER.unpack_from(data)
+        return self.legacy.serves(src) or self.legacy.serves(dst)
 
     def is_v2_shaped(self, data: bytes) -> bool:
         """Rule 1: a clear v2 header between peers the default engine serves."""

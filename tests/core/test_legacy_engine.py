@@ -15,6 +15,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.legacy import codec
 from alpaca.core.legacy import header as lh
@@ -377,3 +378,21 @@ def test_legacy_resync_delivers_an_old_datagram_but_moves_no_path() -> None:
     mux.legacy.send_packet(pid("16.1"), udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000),
                            net.now)
     assert sent and attacker not in sent, sent
+
+
+def test_mux_refuses_v2_datagrams_of_a_legacy_peer() -> None:
+    """The default engine knows legacy peers' keys (for routing); a v2 node sealing with such a
+    key (it is on every 6.1.2 node relaying for that peer) is dropped, not delivered."""
+    net, g, _r, _lc, _v, mux, _relay, _client = build_gateway()
+    attacker = ("203.0.113.9", 4444)
+    a = net.add("A", "16.1", [attacker], static=False)  # the legacy peer's id and key
+    net.link(attacker, G_EP)
+    net.start(a, group=GROUP, gateway=pid("1.1"))
+    net.run(1.0)
+    packet = udp_packet("10.17.16.1", "10.17.1.1", payload=b"injected-via-v2", dport=80)
+    net.inject_tun(a, packet)
+    net.run(0.1)
+    assert packet not in g.tun
+    assert mux.v2.stats.delivered_packets == 0
+    assert [p.addr for p in mux.v2.peers[pid("16.1")].paths.learned.values()] == []
+    assert mux.v2.stats.drops[DropReason.UNKNOWN_PEER] > 0
