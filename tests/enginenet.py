@@ -174,15 +174,19 @@ class EngineNet:
 SERVER_EP, CLIENT1_EP, CLIENT2_EP = ("10.0.0.1", 5000), ("10.1.0.1", 6000), ("10.2.0.1", 6000)
 
 
-def server_and_two_clients(seed: int = 1, **client: object) -> tuple[EngineNet, Node, Node, Node]:
-    """Server 1.1 and clients 16.1 and 16.2, each client linked straight to the server, all
-    started (clients with gateway 1.1 plus ``client`` settings) and run for 2 s of probes."""
+def server_and_two_clients(
+    seed: int = 1, *, endpoints: tuple[tuple[str, int], tuple[str, int]] = (CLIENT1_EP, CLIENT2_EP),
+    **client: object,
+) -> tuple[EngineNet, Node, Node, Node]:
+    """Server 1.1 and clients 16.1 and 16.2 (at ``endpoints``), each client linked straight to
+    the server, all started (clients with gateway 1.1 plus ``client`` settings) and run for
+    2 s of probes."""
     net = EngineNet(seed=seed)
     s = net.add("S", "1.1", [SERVER_EP])
-    c1 = net.add("C1", "16.1", [CLIENT1_EP], static=False)
-    c2 = net.add("C2", "16.2", [CLIENT2_EP], static=False)
-    net.link(CLIENT1_EP, SERVER_EP)
-    net.link(CLIENT2_EP, SERVER_EP)
+    c1 = net.add("C1", "16.1", [endpoints[0]], static=False)
+    c2 = net.add("C2", "16.2", [endpoints[1]], static=False)
+    net.link(endpoints[0], SERVER_EP)
+    net.link(endpoints[1], SERVER_EP)
     net.start(s)
     for c in (c1, c2):
         net.start(c, gateway=pid("1.1"), **client)

@@ -244,17 +244,8 @@ def test_engine_split_horizon_stops_two_relays_bouncing_a_packet() -> None:
 def test_engine_relays_between_two_clients_behind_one_nat_address() -> None:
     """Split horizon compares the whole address: 16.1 and 16.2 share a public IP (one NAT)
     and differ in the port, and the server relays between them."""
-    net = EngineNet()
-    nat1, nat2 = ("198.51.100.7", 40001), ("198.51.100.7", 40002)
-    s = net.add("S", "1.1", [S_EP])
-    c1 = net.add("C1", "16.1", [nat1], static=False)
-    c2 = net.add("C2", "16.2", [nat2], static=False)
-    net.link(nat1, S_EP)
-    net.link(nat2, S_EP)
-    net.start(s)
-    for c in (c1, c2):
-        net.start(c, gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, c1, c2 = server_and_two_clients(
+        endpoints=(("198.51.100.7", 40001), ("198.51.100.7", 40002)))
     ping(net, c1, tunnel_ip(c2.peer_id), n=3, gap=0.2)
     # The first is dropped at 16.2 until 16.1 answers its challenge (a new sender).
     assert len(c2.tun) == 2 and drops(c2, "unverified") == 1
@@ -593,15 +584,22 @@ def test_engine_random_datagrams_never_raise_and_change_no_state(junk: bytes, vt
 _PAIR: list[tuple[EngineNet, Node, Node]] = []
 
 
+def server_and_client() -> tuple[EngineNet, Node, Node]:
+    """Server 1.1 and client 16.1 (gateway 1.1, learned by the server) on one link, after 2 s
+    of probes."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP)
+    net.start(s)
+    net.start(c, gateway=pid("1.1"))
+    net.run(2.0)
+    return net, s, c
+
+
 def _hostile_pair() -> tuple[EngineNet, Node, Node]:
     if not _PAIR:
-        net = EngineNet()
-        s = net.add("S", "1.1", [S_EP])
-        c = net.add("C", "16.1", [UP1], static=False)
-        net.link(UP1, S_EP)
-        net.start(s)
-        net.start(c, gateway=pid("1.1"))
-        net.run(2.0)
+        net, s, c = server_and_client()
         s.tun.clear()
         _PAIR.append((net, s, c))
     return _PAIR[0]
@@ -704,18 +702,11 @@ def test_engine_static_address_pinned_where_the_peer_was_learned_keeps_one_path(
     from dataclasses import replace
 
     from alpaca.core.settings import PeerSpec
-    from tests.enginenet import CLIENT1_EP, SERVER_EP
 
-    net = EngineNet()
-    s = net.add("S", "1.1", [SERVER_EP])
-    c = net.add("C", "16.1", [CLIENT1_EP], static=False)
-    net.link(CLIENT1_EP, SERVER_EP)
-    net.start(s)
-    net.start(c, gateway=pid("1.1"))
-    net.run(3.0)
+    net, s, c = server_and_client()
     engine = eng(s)
     peers = dict(engine.settings.peers)
-    peers[c.peer_id] = PeerSpec(c.peer_id, peers[c.peer_id].key, CLIENT1_EP)
+    peers[c.peer_id] = PeerSpec(c.peer_id, peers[c.peer_id].key, UP1)
     engine.reload(replace(engine.settings, peers=peers))
     for until in (5.0, 140.0):  # before and after a learned path would have expired
         net.run(until - net.now)
