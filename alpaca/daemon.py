@@ -293,6 +293,10 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        if self._start_signals:  # stopped during start: a second signal must not cut the undo short
+            self._cancel_start_signals()
+            self._start_signals = [gevent.signal_handler(s, self.stop_soon)
+                                   for s in (signal.SIGTERM, signal.SIGINT)]
         if self._lock is None:  # start() failed before the lock: the host is another's to undo
             self._cancel_start_signals()
             return
