@@ -64,6 +64,7 @@ from alpaca.system.resolver import KernelResolver
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartInterrupted(AlpacaError):
@@ -155,7 +156,7 @@ class Daemon:
             gevent.kill(starter, StartInterrupted(
                 "stopped by a signal during start-up; the host changes made so far are undone"))
 
-        self._start_signals = [gevent.signal_handler(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)]
+        self._start_signals = [gevent.signal_handler(s, interrupt) for s in STOP_SIGNALS]
 
     def _cancel_start_signals(self) -> None:
         for watcher in self._start_signals:
@@ -295,8 +296,7 @@ class Daemon:
         self._stopping = True
         if self._start_signals:  # stopped during start: a second signal must not cut the undo short
             self._cancel_start_signals()
-            self._start_signals = [gevent.signal_handler(s, self.stop_soon)
-                                   for s in (signal.SIGTERM, signal.SIGINT)]
+            self._start_signals = [gevent.signal_handler(s, self.stop_soon) for s in STOP_SIGNALS]
         if self._lock is None:  # start() failed before the lock: the host is another's to undo
             self._cancel_start_signals()
             return
@@ -316,9 +316,8 @@ class Daemon:
             self.tun.close()
         run_hooks("post_down", self.config.post_down_cmds)
         self._cancel_start_signals()
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        os.close(self._lock)
+        self._lock = None
         log.info("stopped node=%s", format_peer_id(self.config.id))
 
 

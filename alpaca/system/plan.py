@@ -271,6 +271,11 @@ class Applied:
     host_dsts: tuple[str, ...] = ()
     route_table: int = RT_TABLE_DEFAULT
 
+    @property
+    def moved_default(self) -> routes.ExpectedRoute | None:
+        """Our default route into the tunnel (client), None if this node moved none."""
+        return next((r for r in self.expected if r.dst == DEFAULT_DST), None)
+
 
 def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
     """Perform ``ops`` in order; each undo step is journaled before its change.
@@ -318,7 +323,7 @@ def keep_default_moved(applied: Applied, journal: Journal, netns: str | None = N
     Returns:
         How many routes were moved (0 for a node without a moved default).
     """
-    default = next((r for r in applied.expected if r.dst == DEFAULT_DST), None)
+    default = applied.moved_default
     if default is None or default.gateway is None:
         return 0
     saved = routes.save_default_routes(netns)
@@ -335,7 +340,7 @@ def update_default_route(applied: Applied, gateway_ip: str | None, netns: str | 
     Returns:
         The new :class:`Applied` (its ``expected`` list follows the change).
     """
-    default = next((r for r in applied.expected if r.dst == DEFAULT_DST), None)
+    default = applied.moved_default
     if default is None or gateway_ip is None or default.gateway == gateway_ip:
         return applied
     routes.repoint_default_route(gateway_ip, default.dev, default.table, netns)
