@@ -24,7 +24,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
 
-from gevent.pywsgi import WSGIServer
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -58,6 +59,11 @@ PATH_REASONS = ("new", "answering", "timeout")
 PEER_PATH = ("peer", "path")
 #: Concurrent HTTP connections the metrics server serves (more wait in the accept queue).
 MAX_CONNECTIONS = 16
+#: Seconds a connection may wait for the client's next bytes (an idle keep-alive connection
+#: is closed after this): idle connections must not hold the pool while Prometheus waits.
+READ_TIMEOUT = 5.0
+#: Seconds one connection may live at most, however it trickles its bytes.
+CONNECTION_LIFETIME = 30.0
 
 #: (metric name without _total, help, Path attribute): per-path counters.
 PATH_COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -339,17 +345,46 @@ def build_registry(
     return registry
 
 
-def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9586) -> WSGIServer:
+class _BoundedHandler(WSGIHandler):
+    """gevent's handler, with every read bounded by :data:`READ_TIMEOUT` and the connection by
+    :data:`CONNECTION_LIFETIME`; a connection that runs out is closed without a word logged."""
+
+    read_timeout = READ_TIMEOUT
+    lifetime = CONNECTION_LIFETIME
+
+    def handle(self) -> None:
+        self.socket.settimeout(self.read_timeout)
+        deadline = gevent.Timeout(self.lifetime)
+        deadline.start()
+        try:
+            super().handle()
+        except (TimeoutError, ConnectionError):
+            pass  # idle or gone: gevent's handle() has closed the socket
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+        finally:
+            deadline.close()
+
+
+def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9586, *,
+                  read_timeout: float = READ_TIMEOUT,
+                  lifetime: float = CONNECTION_LIFETIME) -> WSGIServer:
     """Serve ``registry`` over HTTP from the gevent hub (no thread); returns the started server.
 
     The access log is off; server errors go to this module's logger. At most
-    :data:`MAX_CONNECTIONS` requests are served at once. ``port`` 0 picks a free
-    port (``server.server_port``). Stop it with ``server.stop()``.
+    :data:`MAX_CONNECTIONS` connections are served at once; each is closed once it waits
+    ``read_timeout`` seconds for the client or has lived ``lifetime`` seconds, so idle or
+    slow clients cannot keep a scrape out. ``port`` 0 picks a free port
+    (``server.server_port``). Stop it with ``server.stop()``.
     """
+    handler = type("MetricsHandler", (_BoundedHandler,),
+                   {"read_timeout": read_timeout, "lifetime": lifetime})
     # SERVER_NAME given: otherwise gevent asks reverse DNS for it (socket.getfqdn), which on a
     # host without a reachable resolver blocks start-up for the resolver's 10 s timeout.
     server = WSGIServer((host, port), make_wsgi_app(registry), log=None, error_log=log,
-                        spawn=MAX_CONNECTIONS, environ={"SERVER_NAME": host})
+                        spawn=MAX_CONNECTIONS, handler_class=handler,
+                        environ={"SERVER_NAME": host})
     server.start()
     log.info("metrics served url=http://%s:%d/metrics", host, server.server_port)
     return server

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 import gevent
@@ -17,7 +18,14 @@ from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.settings import DupPolicy
-from alpaca.metrics import PATH_REASONS, RTT_BUCKETS, EngineCollector, build_registry, serve_metrics
+from alpaca.metrics import (
+    MAX_CONNECTIONS,
+    PATH_REASONS,
+    RTT_BUCKETS,
+    EngineCollector,
+    build_registry,
+    serve_metrics,
+)
 from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
@@ -337,3 +345,54 @@ def test_serve_metrics_serves_the_registry_on_the_hub_without_threads() -> None:
 def test_serve_metrics_defaults_to_loopback() -> None:
     assert serve_metrics.__defaults__ is not None and serve_metrics.__defaults__[0] == "127.0.0.1"
     assert ipaddress.ip_address(serve_metrics.__defaults__[0]).is_loopback
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:  # our unread bytes made the close a reset
+        return True
+
+
+def _open_idle(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections that send nothing (a keep-alive client between scrapes)."""
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def test_serve_metrics_idle_connections_do_not_keep_a_scrape_out(capfd: object) -> None:
+    sc = scenario()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0, read_timeout=0.5)
+    idle = _open_idle(server.server_port, MAX_CONNECTIONS)
+    try:
+        gevent.sleep(0.1)  # every idle connection holds a handler of the pool
+        started = time.monotonic()
+        reply = gevent.spawn(_http_get, server.server_port).get(timeout=4)
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert 0.3 < time.monotonic() - started < 2.0  # served once the idle ones timed out
+        assert all(_closed_by_peer(conn) for conn in idle)
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err  # type: ignore[attr-defined]
+
+
+def test_serve_metrics_a_trickling_client_is_cut_at_the_lifetime() -> None:
+    sc = scenario()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0, read_timeout=0.5, lifetime=1.0)
+    try:
+        conn = socket.create_connection(("127.0.0.1", server.server_port), timeout=5)
+        started = time.monotonic()
+        with conn:
+            for char in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"a" * 100:
+                try:
+                    conn.sendall(bytes([char]))
+                except OSError:
+                    break
+                gevent.sleep(0.1)
+                if time.monotonic() - started > 3:
+                    break
+            assert _closed_by_peer(conn)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()
