@@ -12,7 +12,9 @@ change from the journal, pre_down hooks, close the TUN device (the kernel remove
 post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
 config without dropping learned paths, and moves a client's host routes to the peers'
 new addresses, local_routes and gateway (journaled like the start's); a changed key that only a
-restart applies is logged (RESTART_KEYS). SIGUSR1 logs a state dump.
+restart applies is logged (RESTART_KEYS). Reloads run one at a time in their own greenlet and
+look hostnames up on the hub, so traffic flows while one waits for a name server.
+SIGUSR1 logs a state dump.
 
 Greenlet contract: everything runs on the main thread's hub; no OS threads, no monkey-patching.
 """
@@ -88,6 +90,8 @@ class Daemon:
         self.realtime_priority = 0
         self.group = Group()
         self.stopped = Event()
+        #: set by reload() (SIGHUP, the secrets file changed); the reloader greenlet clears it
+        self._reload_wanted = Event()
         self.exit_code = 0
         self.engine: Engine | None = None
         self.mux: compat.ProtocolMux | None = None
@@ -168,6 +172,7 @@ class Daemon:
         greenlet.link_exception(self._on_fatal)
 
     def _start_monitors(self) -> None:
+        self._spawn(self._reloader)
         monitor = RouteMonitor().open()
         self._closers.append(monitor.close)
         self._spawn(monitor.run, self._on_routes_changed)
@@ -223,7 +228,21 @@ class Daemon:
         self.stopped.set()
 
     def reload(self) -> None:
-        """Re-read the secrets file and the config (RESTART_KEYS excepted); keep the old state on error."""
+        """Signal-safe: ask for a reload (SIGHUP, the secrets file changed). The reloader
+        greenlet runs one at a time; asking during one gives one more after it."""
+        self._reload_wanted.set()
+
+    def _reloader(self) -> None:
+        """Forever: wait for a reload request, then run it. It runs in the daemon's group, so
+        stop() kills one that is waiting for a name server instead of letting it go on."""
+        while True:
+            self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            self.reload_now()
+
+    def reload_now(self) -> None:
+        """Re-read the secrets file and the config (RESTART_KEYS excepted); keep the old state
+        on error. Hostnames are looked up on the hub (alpaca.io.dns): traffic flows meanwhile."""
         try:
             config = load_config(self.config.path)
             secrets = load_secrets(config.secret_file, config.id)
@@ -243,6 +262,8 @@ class Daemon:
         kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
         self.engine.reload(kept)
         compat.reload_legacy(self.mux, legacy)
+        if self.plane is not None:
+            self.plane.rearm()  # new peers are probed now, not at the old deadline
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")

@@ -345,7 +345,7 @@ def build_registry(
     return registry
 
 
-class _BoundedHandler(WSGIHandler):
+class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types
     """gevent's handler, with every read bounded by :data:`READ_TIMEOUT` and the connection by
     :data:`CONNECTION_LIFETIME`; a connection that runs out is closed without a word logged."""
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import socket
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.core.ids import check_usable, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
+from alpaca.io.dns import resolve_ipv4
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,6 @@ class Secrets:
     """The file they were read from."""
     warnings: tuple[str, ...] = ()
     """Non-fatal findings (also logged at WARNING), e.g. a hostname that did not resolve."""
-
-
-def resolve_host(hostname: str) -> str | None:
-    """Resolve ``hostname`` to one IPv4 address (the first result), or None if it does not."""
-    try:
-        infos = socket.getaddrinfo(hostname, None, socket.AF_INET, socket.SOCK_DGRAM)
-    except (OSError, UnicodeError):
-        return None
-    for info in infos:
-        return str(info[4][0])
-    return None
 
 
 def load_secrets(path: Path, self_id: int) -> Secrets:
@@ -184,12 +173,13 @@ class _Parser:
         self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port)
 
     def resolve_hostnames(self) -> None:
-        """Give each peer named by a hostname its address (a warning for one that does not
-        resolve: that peer has no static address until a reload finds one)."""
-        for peer_id, peer in self.peers.items():
-            if peer.hostname is None:
-                continue
-            address = resolve_host(peer.hostname)
+        """Give each peer named by a hostname its address, all names looked up at once on the
+        hub (a warning for one that does not resolve: that peer has no static address until a
+        reload finds one)."""
+        named = {pid: peer for pid, peer in self.peers.items() if peer.hostname is not None}
+        found = resolve_ipv4(peer.hostname for peer in named.values() if peer.hostname)
+        for peer_id, peer in named.items():
+            address = found.get(peer.hostname or "")
             if address is None:
                 self.warnings.append(
                     f"{self.name}:{self.lines[peer_id]}: hostname {peer.hostname} of peer"

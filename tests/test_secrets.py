@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from alpaca import secrets as secrets_mod
 from alpaca.core.ids import parse_peer_id
 from alpaca.errors import ConfigError
-from alpaca.secrets import PeerSecret, load_secrets, resolve_host
+from alpaca.secrets import PeerSecret, load_secrets
 
 DATA = Path(__file__).parent / "data" / "original-sample"
 KEY16 = "1f5c6281e4e3e0db7c57b74d2103e706"
@@ -90,13 +91,12 @@ def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
     """A line without its id column puts the key where the id goes; one without its key
     column, an address where the key goes; one with two keys, a key where the address goes."""
     asked: list[str] = []
-    real = socket.getaddrinfo
 
-    def recording_getaddrinfo(host: str, *args: object, **kw: object) -> object:
-        asked.append(host)
-        return real(host, *args, **kw)  # type: ignore[arg-type]
+    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
+        asked.extend(names)
+        return {}
 
-    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
     text = (f"16.1 {KEY16}\n{KEY32} 192.168.7.11 null 10001\n1.2 {KEY16} {KEY32} null 10002\n"
             f"1.3 {KEY16} localhost null 10003\n")
     found = problems(write(tmp_path, text))
@@ -111,11 +111,6 @@ def test_secrets_non_ascii_digits_are_an_error_not_a_traceback(tmp_path: Path) -
     found = problems(write(tmp_path, f"16.1 {KEY16}\n1.\u00b2 {KEY16}\n1.1 {KEY16} 10.0.0.1 null 1\u00b2\n"))
     assert any(':2: peer_id: "1.\u00b2" is not a peer id' in p for p in found), found
     assert any(':3: peer_port: "1\u00b2" is not a port' in p for p in found), found
-
-
-def test_resolve_host_literal_and_failure() -> None:
-    assert resolve_host("127.0.0.1") == "127.0.0.1"
-    assert resolve_host("no-such-host.invalid") is None
 
 
 def test_secrets_ip6_column_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from tests.daemon.conftest import (
     build_multipath,
     build_simple,
     host_state,
+    new_key,
     nft_counter,
     ping,
     ping_result,
@@ -248,3 +253,71 @@ def test_reload_gateway_repoints_the_default_route(lab: Lab) -> None:
     assert seen_source(client.ns, topo.inet, INET) == "172.31.12.2"
     assert lab.stop(client) == 0
     assert host_state(client.ns) == before
+
+
+_SILENT_NAME_SERVER = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def silent_resolver(lab: Lab) -> Iterator[str]:
+    """A namespace whose /etc/resolv.conf (``ip netns exec`` mounts /etc/netns/NS/ over /etc)
+    names a name server on its loopback that takes queries and never answers."""
+    ns = lab.ns("client")
+    etc = Path("/etc/netns") / ns
+    etc.mkdir(parents=True)
+    server = None
+    try:
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", _SILENT_NAME_SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        yield ns
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(5)
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+def test_reload_waiting_for_a_silent_name_server_does_not_stop_the_tunnel(
+    lab: Lab, silent_resolver: str
+) -> None:
+    tc, ts = silent_resolver, lab.ns("server")
+    lab.link(ts, "192.168.50.1/24", tc, "192.168.50.2/24", "cli", "eth0")
+    nsexec(tc, "ip", "route", "add", "default", "via", "192.168.50.1")
+    peers = {"1.1": Peer("1.1", address="192.168.50.1", port=PORT), "16.1": Peer("16.1")}
+    server = lab.node("server", ts, "1.1", "server")
+    client = lab.node("client", tc, "16.1", "client", gateway="1.1")
+    before = host_state(tc)
+    for node in (server, client):
+        node.write_secrets([p.line() for p in peers.values()])
+        lab.start(node)
+    wait_ping(tc, SERVER_IP)
+
+    # A new peer named by a hostname: the reload waits for a name server that never answers.
+    lines = [p.line() for p in peers.values()]
+    client.write_secrets([*lines, f"1.5 {new_key()} peer5.lab.example null 5000"])
+    client.signal(signal.SIGHUP)
+    sent, received, out = ping(tc, SERVER_IP, "-c", "25", "-i", "0.2", "-W", "1")
+    assert (sent, received) == (25, 25), out
+    deadline = time.monotonic() + 30
+    while "reloaded peers=3" not in client.log():
+        assert time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.2)
+    assert "hostname peer5.lab.example of peer 1.5 does not resolve" in client.log()
+
+    # A stop while a reload waits for names ends that reload: nothing of it lands afterwards.
+    client.write_secrets([*lines, f"1.6 {new_key()} peer6.lab.example null 5000"])
+    client.signal(signal.SIGHUP)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert lab.stop(client) == 0
+    assert time.monotonic() - started < 3.0
+    assert client.log().count("reloaded peers=") == 1
+    assert host_state(tc) == before

@@ -1,0 +1,59 @@
+"""Hostname lookups that keep the hub running: c-ares on gevent, no OS thread, bounded.
+
+``socket.getaddrinfo`` stops the whole process (every greenlet, so the tunnel) for as long as
+the name server takes: 5 s per try with glibc's defaults when it does not answer. gevent's
+default resolver would run it in an OS thread instead. The c-ares resolver
+(``gevent.resolver.ares``) sends and waits on the hub, so the dataplane carries packets while
+a reload waits for names. It reads /etc/hosts and /etc/resolv.conf (name servers, search,
+ndots) afresh for each :func:`resolve_ipv4` call, and not the modules of nsswitch.conf.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+import gevent
+from gevent.pool import Pool
+from gevent.resolver.ares import Resolver
+
+#: Seconds c-ares waits for the first answer of one try (later tries wait longer).
+TRY_TIMEOUT = 2.0
+#: Tries per name server.
+TRIES = 2
+#: Seconds one :func:`resolve_ipv4` call takes at most, however many names it is given.
+DEADLINE = 10.0
+#: Names looked up at once.
+CONCURRENCY = 64
+
+
+def resolve_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
+                 **channel: object) -> dict[str, str | None]:
+    """Look up every name at once; return name -> its first IPv4 address, or None for a name
+    that did not resolve (no such name, no answer before ``deadline`` seconds).
+
+    ``channel`` goes to the c-ares channel (``servers``, ``udp_port``: tests point them at a
+    name server of their own). Call from any greenlet; it waits cooperatively.
+    """
+    names = sorted(set(hostnames))
+    found: dict[str, str | None] = dict.fromkeys(names)
+    if not names:
+        return found
+    resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
+    pool = Pool(CONCURRENCY)
+    try:
+        with gevent.Timeout(deadline, False):
+            for name, address in pool.imap_unordered(lambda n: (n, _first(resolver, n)), names):
+                found[name] = address
+    finally:
+        pool.kill()
+        resolver.close()
+    return found
+
+
+def _first(resolver: Resolver, name: str) -> str | None:
+    try:
+        infos = resolver.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError, ValueError):  # gaierror is an OSError
+        return None
+    return next((str(info[4][0]) for info in infos), None)

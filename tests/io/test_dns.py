@@ -1,0 +1,113 @@
+"""alpaca.io.dns against a name server of the test's own on loopback: answers, silence, and
+that the hub keeps running while names are looked up."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from gevent import socket
+
+from alpaca.io.dns import resolve_ipv4
+
+ANSWERS = {"peer-a.example": "192.0.2.10", "peer-b.example": "192.0.2.11"}
+
+
+def _qname(query: bytes) -> tuple[str, int]:
+    """The question's name and where the question ends."""
+    labels, i = [], 12
+    while query[i]:
+        labels.append(query[i + 1:i + 1 + query[i]].decode())
+        i += 1 + query[i]
+    return ".".join(labels), i + 5  # the root label, QTYPE, QCLASS
+
+
+def _answer(query: bytes) -> bytes:
+    """An A record for a name of ANSWERS, NXDOMAIN for any other."""
+    name, end = _qname(query)
+    address = ANSWERS.get(name)
+    flags = 0x8180 if address else 0x8183
+    head = query[:2] + struct.pack("!HHHHH", flags, 1, 1 if address else 0, 0, 0)
+    body = query[12:end]
+    if address:
+        body += struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(address)
+    return head + body
+
+
+def _serve(sock: socket.socket, delay: float) -> None:
+    while True:
+        query, client = sock.recvfrom(512)
+        gevent.spawn_later(delay, sock.sendto, _answer(query), client)
+
+
+@pytest.fixture
+def name_server() -> Iterator[int]:
+    """A name server on 127.0.0.1 answering each query after 0.3 s; yields its port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    server = gevent.spawn(_serve, sock, 0.3)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.kill()
+        sock.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A UDP port on 127.0.0.1 that takes queries and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _ticks_during(call: object) -> tuple[object, int, float]:
+    """Run ``call`` while another greenlet ticks every 10 ms: (result, ticks, seconds)."""
+    ticks = [0]
+
+    def tick() -> None:
+        while True:
+            gevent.sleep(0.01)
+            ticks[0] += 1
+
+    ticker = gevent.spawn(tick)
+    started = time.monotonic()
+    try:
+        result = call()  # type: ignore[operator]
+    finally:
+        ticker.kill()
+    return result, ticks[0], time.monotonic() - started
+
+
+def test_dns_names_are_looked_up_at_once_and_the_hub_runs_meanwhile(name_server: int) -> None:
+    names = ["peer-a.example", "peer-b.example", "gone.example", "peer-a.example"]
+    found, ticks, seconds = _ticks_during(
+        lambda: resolve_ipv4(names, servers=["127.0.0.1"], udp_port=name_server))
+    assert found == {"peer-a.example": "192.0.2.10", "peer-b.example": "192.0.2.11",
+                     "gone.example": None}
+    assert seconds < 0.9, "three names answered after 0.3 s each, looked up together"
+    assert ticks >= 0.5 * seconds / 0.01, "the hub ran other greenlets while waiting"
+
+
+def test_dns_a_silent_server_costs_the_deadline_not_the_hub(silent_server: int) -> None:
+    found, ticks, seconds = _ticks_during(
+        lambda: resolve_ipv4(["peer-a.example"], deadline=1.0, servers=["127.0.0.1"],
+                             udp_port=silent_server))
+    assert found == {"peer-a.example": None}
+    assert 0.9 < seconds < 2.0
+    assert ticks >= 0.5 * seconds / 0.01
+
+
+def test_dns_hosts_file_and_literals_need_no_server(silent_server: int) -> None:
+    found = resolve_ipv4(["localhost", "127.0.0.1"], servers=["127.0.0.1"], udp_port=silent_server)
+    assert found == {"localhost": "127.0.0.1", "127.0.0.1": "127.0.0.1"}
+
+
+def test_dns_nothing_to_look_up_is_an_empty_answer() -> None:
+    assert resolve_ipv4([]) == {}
