@@ -1,0 +1,125 @@
+"""FileWatch on real files: saves in place and by rename, symlink swaps (a Kubernetes secret
+volume), deletion, and files beside it that must not count."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gevent
+import pytest
+
+from alpaca.io.watch import FileWatch
+
+DEBOUNCE = 0.05
+
+
+class Calls:
+    """Runs a FileWatch in a greenlet and counts its on_change calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.count = 0
+        self.watch = FileWatch(path, debounce=DEBOUNCE).open()
+        self.greenlet = gevent.spawn(self.watch.run, self._called)
+
+    def _called(self) -> None:
+        self.count += 1
+
+    def after(self, change: Callable[[], object]) -> int:
+        """Make ``change``, let the watch settle, return the calls it caused."""
+        before = self.count
+        change()
+        gevent.sleep(DEBOUNCE * 6)
+        return self.count - before
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.watch.close()
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Path, Calls]]:
+    path = tmp_path / "secrets.txt"
+    path.write_text("one\n")
+    calls = Calls(path)
+    try:
+        yield path, calls
+    finally:
+        calls.close()
+
+
+def _rename_over(path: Path, text: str) -> None:
+    tmp = path.with_name(".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_watch_save_in_place_and_by_rename(watched: tuple[Path, Calls]) -> None:
+    path, calls = watched
+    assert calls.after(lambda: path.write_text("two\n")) == 1
+    assert calls.after(lambda: _rename_over(path, "three\n")) == 1
+
+
+def test_watch_other_files_of_the_directory_call_nothing(watched: tuple[Path, Calls]) -> None:
+    path, calls = watched
+    assert calls.after(lambda: path.with_name("other.txt").write_text("x")) == 0
+    assert calls.after(lambda: _rename_over(path.with_name("other.txt"), "y")) == 0
+    assert calls.after(lambda: path.with_name("other.txt").unlink()) == 0
+
+
+def test_watch_deleted_then_created_again(watched: tuple[Path, Calls]) -> None:
+    path, calls = watched
+    assert calls.after(path.unlink) == 1
+    assert calls.after(lambda: path.write_text("back\n")) == 1
+
+
+def _kubernetes_volume(directory: Path, text: str) -> Path:
+    """secrets.txt -> ..data/secrets.txt, ..data -> ..v1 (how the kubelet lays out a volume)."""
+    (directory / "..v1").mkdir()
+    (directory / "..v1" / "secrets.txt").write_text(text)
+    (directory / "..data").symlink_to("..v1")
+    (directory / "secrets.txt").symlink_to("..data/secrets.txt")
+    return directory / "secrets.txt"
+
+
+def _kubernetes_update(directory: Path, version: int, text: str) -> None:
+    """The kubelet's atomic update: a new directory, ..data renamed onto it, the old removed."""
+    new = directory / f"..v{version}"
+    new.mkdir()
+    (new / "secrets.txt").write_text(text)
+    (directory / "..data_tmp").symlink_to(new.name)
+    os.replace(directory / "..data_tmp", directory / "..data")
+    shutil.rmtree(directory / f"..v{version - 1}")
+
+
+def test_watch_a_kubernetes_secret_volume_update_twice(tmp_path: Path) -> None:
+    path = _kubernetes_volume(tmp_path, "one\n")
+    calls = Calls(path)
+    try:
+        assert calls.after(lambda: _kubernetes_update(tmp_path, 2, "two\n")) == 1
+        assert calls.after(lambda: _kubernetes_update(tmp_path, 3, "three\n")) == 1
+        assert calls.after(lambda: (tmp_path / "..v3" / "secrets.txt").write_text("3b\n")) == 1
+    finally:
+        calls.close()
+
+
+def test_watch_a_symlink_retargeted_to_another_directory(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "secrets.txt").write_text(name)
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    link = conf / "secrets.txt"
+    link.symlink_to(tmp_path / "a" / "secrets.txt")
+    calls = Calls(link)
+    try:
+        def retarget() -> None:
+            (conf / ".tmp").symlink_to(tmp_path / "b" / "secrets.txt")
+            os.replace(conf / ".tmp", link)
+        assert calls.after(retarget) == 1
+        assert calls.after(lambda: (tmp_path / "b" / "secrets.txt").write_text("b2")) == 1
+        assert calls.after(lambda: (tmp_path / "a" / "secrets.txt").write_text("a2")) == 0
+    finally:
+        calls.close()
