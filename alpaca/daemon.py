@@ -92,11 +92,14 @@ class Daemon:
         self.stopped = Event()
         #: set by reload() (SIGHUP, the secrets file changed); the reloader greenlet clears it
         self._reload_wanted = Event()
+        #: names of the ports whose interface was missing at the last look
+        self._ports_missing: set[str] = set()
         self.exit_code = 0
         self.engine: Engine | None = None
         self.mux: compat.ProtocolMux | None = None
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
+        self.ports: list[UdpPort] = []
         self.journal = journal_mod.Journal(journal_path(config))
         self.started_at = wall()
         self.started_mono = monotonic()
@@ -131,6 +134,7 @@ class Daemon:
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
+        self.ports = ports
         resolver = KernelResolver()
         self._closers.append(resolver.close)
         self.plane = Dataplane(self.tun, ports, read_ahead=cfg.tun_read_ahead_kib << 10)
@@ -206,6 +210,7 @@ class Daemon:
         move a default route that reappeared in main out of the way again."""
         if self.engine is not None:
             self.engine.flush_routes()
+        self._follow_port_devices()
         if self.applied.expected and not self._stopping:
             try:
                 reconcile(self.applied.expected)
@@ -216,6 +221,22 @@ class Daemon:
             if moved:
                 log.warning("a default route reappeared in table main; moved it again (back on "
                             "exit) count=%d", moved)
+
+    def _follow_port_devices(self) -> None:
+        """Ports bound to an interface that was deleted and created again bind to the new one
+        (UdpPort.rebind_device); a port whose interface is gone is logged once."""
+        for port in self.ports:
+            state = port.rebind_device()
+            if state == "rebound":
+                log.warning("port bound again to its interface, which was re-created port=%s "
+                            "interface=%s", port.name, port.interface)
+            elif state == "missing" and port.name not in self._ports_missing:
+                log.warning("the interface of a port is gone; its sends fail until it is back "
+                            "port=%s interface=%s", port.name, port.interface)
+            if state == "missing":
+                self._ports_missing.add(port.name)
+            else:
+                self._ports_missing.discard(port.name)
 
     def _on_fatal(self, greenlet: Any) -> None:
         log.error("stopping after a fatal error in %s: %r", getattr(greenlet, "name", "greenlet"),

@@ -44,6 +44,7 @@ GRO_BUFFER = 65535
 _GRO_CMSG_SPACE = _stdsocket.CMSG_SPACE(4)
 
 _GSO_SIZE = struct.Struct("=H")
+_IFNAMSIZ = 16
 _LITTLE = struct.pack("=H", 1) == b"\x01\x00"
 #: Receive errors that report an earlier ICMP message, not a broken socket.
 _ICMP_ERRNOS = frozenset(
@@ -82,9 +83,11 @@ RCVBUF = 104 << 10
 class UdpPort:
     """A bound UDP socket. Create with :meth:`open`."""
 
-    def __init__(self, name: str, sock: Any, *, gso: bool, gro: bool = False) -> None:
+    def __init__(self, name: str, sock: Any, *, gso: bool, gro: bool = False,
+                 interface: str | None = None) -> None:
         self._name = name
         self._sock = sock
+        self._interface = interface
         self._local: Addr = sock.getsockname()
         self._gso = gso
         self._gro = gro
@@ -137,7 +140,7 @@ class UdpPort:
             text = f"binding UDP port {name} to {where}: {exc.strerror or exc}"
             raise TunnelError(f"{text} ({hint})" if hint else text) from exc
         offload = gso and _gso_supported(sock)
-        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock))
+        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock), interface=interface)
 
     @property
     def name(self) -> str:
@@ -153,6 +156,35 @@ class UdpPort:
     def gso(self) -> bool:
         """True while send_many uses UDP GSO."""
         return self._gso
+
+    @property
+    def interface(self) -> str | None:
+        """The interface the socket is bound to (SO_BINDTODEVICE), from config; or None."""
+        return self._interface
+
+    def rebind_device(self) -> str:
+        """Bind the socket again to its interface if the device it is bound to is gone.
+
+        The kernel binds a socket to a device's index: once the interface is deleted (a USB
+        modem unplugged, a VPN uplink re-created), every send fails with ENODEV, even after a
+        new interface of the same name appears. Returns "bound" (nothing to do, or a port
+        without an interface), "rebound" (bound to the new device of that name) or "missing"
+        (no device of that name now: sends keep failing, and counted, until one appears).
+        """
+        if not self._interface or self._closed:
+            return "bound"
+        name = self._interface.encode()
+        sock, level, option = self._sock, _stdsocket.SOL_SOCKET, _stdsocket.SO_BINDTODEVICE
+        try:
+            if sock.getsockopt(level, option, _IFNAMSIZ).rstrip(b"\0") == name:
+                return "bound"
+        except OSError:
+            pass  # ENODEV: the bound index names no device any more
+        try:
+            sock.setsockopt(level, option, name)
+        except OSError:
+            return "missing"
+        return "rebound"
 
     def fileno(self) -> int:
         """The socket's fd (-1 once closed)."""

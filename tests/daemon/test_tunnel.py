@@ -12,12 +12,15 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from alpaca.show import fetch
 from tests.daemon.conftest import (
     INET,
     Lab,
+    Node,
     Transfer,
     add_nft_rule,
     build_multipath,
@@ -111,3 +114,31 @@ def test_tunnel_sigterm_after_forwarder_crash(lab: Lab) -> None:
     sent, received, _ = ping(topo.client.ns, INET, "-c", "10", "-i", "0.05")
     assert received == sent
     assert lab.stop(topo.client) == 0
+
+
+def paths_up(node: Node, peer: str) -> int:
+    snap = fetch(Path(node.config["control_socket"]))
+    return sum(p["state"] == "up" for entry in snap["peers"] if entry["peer"] == peer
+               for p in entry["paths"])
+
+
+def test_tunnel_uplink_deleted_and_created_again_carries_again(lab: Lab) -> None:
+    """Port b is bound to upb (SO_BINDTODEVICE holds the device's index): once upb is deleted
+    and created again, the port binds to the new device and the paths through it come back."""
+    topo = build_multipath(lab)
+    client = topo.client
+    start_all(topo)
+    wait_paths_up(client, "1.3", 1)
+    nsexec(client.ns, "ip", "link", "del", "upb")
+    deadline = time.monotonic() + 10
+    while paths_up(client, "1.3"):
+        assert time.monotonic() < deadline, "the paths to 1.3 stay up without their uplink"
+        time.sleep(0.2)
+    lab.link(topo.fwd3.ns, "172.31.31.2/24", client.ns, "172.31.31.1/24", "cli", "upb")
+    wait_paths_up(client, "1.3", 1, timeout=15)
+    assert "port bound again to its interface, which was re-created port=b interface=upb" in client.log()
+    assert "the interface of a port is gone" in client.log()
+    assert client.log().count("the interface of a port is gone") == 1
+    sent, received, out = ping(client.ns, INET, "-c", "10", "-i", "0.05")
+    assert (sent, received) == (10, 10), out
+    assert lab.stop(client) == 0
