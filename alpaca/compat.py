@@ -42,7 +42,8 @@ LEGACY = "legacy-6.1.2"
 
 
 def legacy_peer_ids(config: Config, secrets: Secrets) -> frozenset[int]:
-    """Ids of the peers (never ourselves) spoken to in the 6.1.2 protocol."""
+    """Ids of the peers (never ourselves, and only peers of the secrets file) spoken to in the
+    6.1.2 protocol."""
     chosen = {p for p in secrets.peers if config.protocol == LEGACY}
     for peer, protocol in config.peer_protocols.items():
         if protocol == LEGACY:
@@ -50,7 +51,7 @@ def legacy_peer_ids(config: Config, secrets: Secrets) -> frozenset[int]:
         else:
             chosen.discard(peer)
     chosen.discard(config.id)
-    return frozenset(chosen)
+    return frozenset(chosen & secrets.peers.keys())  # an id without a key is no peer
 
 
 def legacy_warning(config: Config, secrets: Secrets) -> str | None:
@@ -123,9 +124,24 @@ def attach(
     return mux
 
 
-def reload_legacy(mux: ProtocolMux | None, legacy: LegacySettings | None) -> None:
-    """Apply reloaded legacy settings; switching a node to or from the mux needs a restart."""
-    if mux is not None and legacy is not None:
-        mux.legacy.reload(legacy)
-    elif (mux is None) != (legacy is None):
-        log.warning("the set of legacy-6.1.2 peers changed between none and some: restart to apply")
+def reload_legacy(
+    plane: Dataplane, engine: Engine, mux: ProtocolMux | None, legacy: LegacySettings | None,
+    config: Config, secrets: Secrets, random_bytes: Callable[[int], bytes],
+) -> ProtocolMux | None:
+    """Apply reloaded legacy settings; return the mux the dataplane drives now (or None).
+
+    The first legacy peer builds the mux and puts it in front of the running ``engine``; once
+    the last legacy peer is gone, the legacy engine serves nobody (no key of a removed peer
+    stays in use). Learned legacy paths stay across reloads.
+    """
+    if mux is None:
+        return None if legacy is None else attach(plane, engine, legacy, config, secrets, random_bytes)
+    if legacy is None:
+        running = mux.legacy.settings
+        legacy = replace(running, peers={running.self_id: running.peers[running.self_id]},
+                         forwarders=(), gateway=None)
+        log.info("no peer uses legacy-6.1.2 any more; the legacy engine serves nobody")
+    elif legacy.peers.keys() != mux.legacy.settings.peers.keys():
+        log.warning("%s", legacy_warning(config, secrets))
+    mux.legacy.reload(legacy)
+    return mux

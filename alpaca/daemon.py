@@ -262,10 +262,13 @@ class Daemon:
             self.reload_now()
 
     def reload_now(self) -> None:
-        """Re-read the secrets file and the config (RESTART_KEYS excepted); keep the old state
-        on error. Hostnames are looked up on the hub (alpaca.io.dns): traffic flows meanwhile."""
+        """Re-read the secrets file and the config; keep the old state on error. RESTART_KEYS
+        keep their running values everywhere (a changed one is logged), so a reload never
+        half-applies one. Hostnames are looked up on the hub (alpaca.io.dns): traffic flows
+        meanwhile."""
         try:
-            config = load_config(self.config.path)
+            loaded = load_config(self.config.path)
+            config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
             secrets = load_secrets(config.secret_file, config.id)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
         except AlpacaError as exc:
@@ -274,17 +277,16 @@ class Daemon:
         except Exception as exc:  # a bug in reading must not stop the tunnel
             log.error("reload failed, keeping the running configuration (this is a bug): %r", exc)
             return
-        if self.engine is None:
+        if self.engine is None or self.plane is None:
             return
-        for key in restart_keys_changed(self.config, config):
+        for key in restart_keys_changed(self.config, loaded):
             log.warning("config key changed but needs a restart key=%s", key)
         self._apply_scheduling(config)
         self._update_host_routes(config, secrets)
-        kept = replace(settings, ports=self.engine.settings.ports, mtu=self.engine.settings.mtu)
-        self.engine.reload(kept)
-        compat.reload_legacy(self.mux, legacy)
-        if self.plane is not None:
-            self.plane.rearm()  # new peers are probed now, not at the old deadline
+        self.engine.reload(settings)
+        self.mux = compat.reload_legacy(self.plane, self.engine, self.mux, legacy, config, secrets,
+                                        os.urandom)
+        self.plane.rearm()  # new peers are probed now, not at the old deadline
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")

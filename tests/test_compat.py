@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import gevent
 import pytest
+from gevent.pool import Group
 
 from alpaca import compat
 from alpaca.cli import main
 from alpaca.config import load_config
+from alpaca.core.drops import DropReason
+from alpaca.core.engine import Engine
 from alpaca.core.legacy.codec import key_from_bytes
+from alpaca.io.dataplane import Dataplane
+from alpaca.io.fakes import MemoryPort, MemoryTun
 from alpaca.secrets import load_secrets
+from tests.enginenet import ipv4
 
 KEY_S, KEY_C, KEY_D = "1f5c6281e4e3e0db7c57b74d2103e706", "ac48f5f6be3cd479c6a3dbd8cfb1dc7f", "00" * 32
 
@@ -68,3 +78,58 @@ def test_compat_check_prints_the_warning_once(tmp_path: Path, capsys: pytest.Cap
     assert main(["-c", str(path), "check"]) == 0
     out = capsys.readouterr().out
     assert out.count("WARNING: peers 16.2 use the insecure legacy-6.1.2 protocol") == 1
+
+
+# --------------------------------------------------------------------------- the mux at run time
+@contextmanager
+def running_node(tmp_path: Path, **config: object) -> Iterator[tuple[Dataplane, Engine, MemoryTun,
+                                                                       compat.ProtocolMux | None]]:
+    """Server 1.1 of ``write``'s files with a dataplane over memory, started in a group."""
+    cfg, secrets = load(write(tmp_path, **config))
+    tun, port = MemoryTun(), MemoryPort()
+    plane = Dataplane(tun, [port])
+    v2, legacy = compat.split_settings(cfg, secrets, 0.0)
+    engine = Engine(v2, plane, epoch=1, random_bytes=os.urandom)
+    mux = compat.attach(plane, engine, legacy, cfg, secrets, os.urandom)
+    group = Group()
+    plane.start(group)
+    try:
+        yield plane, engine, tun, mux
+    finally:
+        group.kill()
+
+
+def test_compat_drops_the_dataplane_counts_reach_the_mux_stats(tmp_path: Path) -> None:
+    with running_node(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}) as (plane, engine, tun, mux):
+        assert mux is not None and plane.engine is mux
+        tun.bad_frames = 3  # frames the TUN reader refused while reading this batch
+        tun.inject(ipv4("10.17.1.1", "10.17.16.1"))
+        with gevent.Timeout(3):
+            while mux.stats.drops[DropReason.BAD_OFFLOAD] != 3:
+                gevent.sleep(0.01)
+        assert engine.stats.drops[DropReason.BAD_OFFLOAD] == 3
+
+
+def test_compat_reload_builds_the_mux_for_a_first_legacy_peer_and_empties_it_for_none(
+    tmp_path: Path,
+) -> None:
+    with running_node(tmp_path) as (plane, engine, _, mux):
+        assert mux is None and plane.engine is engine
+        cfg, secrets = load(write(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}))
+        v2, legacy = compat.split_settings(cfg, secrets, 0.0)
+        engine.reload(v2)
+        mux = compat.reload_legacy(plane, engine, None, legacy, cfg, secrets, os.urandom)
+        assert mux is not None and plane.engine is mux and mux.v2 is engine
+        assert mux.legacy.serves(0x1002) and not mux.legacy.serves(0x1001)
+
+        cfg, secrets = load(write(tmp_path))  # 16.2 speaks v2 again
+        v2, legacy = compat.split_settings(cfg, secrets, 0.0)
+        assert legacy is None
+        assert compat.reload_legacy(plane, engine, mux, legacy, cfg, secrets, os.urandom) is mux
+        assert not mux.legacy.serves(0x1002) and mux.legacy_peers == frozenset()
+
+
+def test_compat_peer_protocols_naming_no_peer_of_the_secrets_builds_nothing(tmp_path: Path) -> None:
+    config, secrets = load(write(tmp_path, peer_protocols={"16.9": "legacy-6.1.2"}))
+    assert compat.legacy_peer_ids(config, secrets) == frozenset()
+    assert compat.split_settings(config, secrets, 0.0)[1] is None

@@ -144,6 +144,10 @@ class Engine:
         """The host's routes, rules or addresses changed: forget cached route answers."""
         self.routes.flush()
 
+    def count_drops(self, reason: DropReason, n: int) -> None:
+        """Count ``n`` drops its driver saw (a refused batched send, a bad offload frame)."""
+        self.stats.drops[reason] += n
+
     # ----------------------------------------------------------------- inside: TUN -> UDP
     def on_tun_packet(self, packet: bytes, now: float, csum_partial: bool = False) -> None:
         """Handle one IP packet read from the TUN device (``csum_partial``: see Flag)."""

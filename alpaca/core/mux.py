@@ -103,6 +103,10 @@ class ProtocolMux:
         """The host's routes changed (routing is the default engine's)."""
         self.v2.flush_routes()
 
+    def count_drops(self, reason: DropReason, n: int) -> None:
+        """Drops seen outside the engines (the dataplane's): counted on the default engine."""
+        self.v2.count_drops(reason, n)
+
     @property
     def stats(self) -> EngineStats:
         """Both engines' node-wide counters added up (a fresh object, read at scrape time)."""

@@ -70,6 +70,8 @@ class PacketEngine(Protocol):
     @property
     def stats(self) -> EngineStats: ...
 
+    def count_drops(self, reason: DropReason, n: int) -> None: ...
+
     def on_tun_packet(self, packet: bytes, now: float, csum_partial: bool = False) -> None: ...
 
     def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None: ...
@@ -147,7 +149,7 @@ class Dataplane:
 
     def _count(self, reason: DropReason, n: int) -> None:
         if n and self.engine is not None:
-            self.engine.stats.drops[reason] += n
+            self.engine.count_drops(reason, n)
 
     def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
         if self._pending is None:

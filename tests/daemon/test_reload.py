@@ -321,3 +321,22 @@ def test_reload_waiting_for_a_silent_name_server_does_not_stop_the_tunnel(
     assert time.monotonic() - started < 3.0
     assert client.log().count("reloaded peers=") == 1
     assert host_state(tc) == before
+
+
+def test_reload_a_changed_restart_key_is_logged_and_not_half_applied(lab: Lab) -> None:
+    """net places the TUN address and decides which destinations are peers: applied by a
+    reload, the server would take its clients' addresses for outside ones. It needs a
+    restart, so the reload logs it and keeps the running value."""
+    topo = build_simple(lab)
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(topo.client.ns, SERVER_IP)
+    topo.server.write_config(net="10.18")
+    topo.server.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reloaded peers=" not in topo.server.log():
+        assert time.monotonic() < deadline, topo.server.log_tail()
+        time.sleep(0.1)
+    assert "config key changed but needs a restart key=net" in topo.server.log()
+    sent, received, out = ping(topo.client.ns, SERVER_IP, "-c", "10", "-i", "0.1", "-W", "1")
+    assert (sent, received) == (10, 10), out
