@@ -115,6 +115,10 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         self._catch_stop_during_start()
+        # From the first instant: their default action would end the process with no undo
+        # (a reload asked for now runs once the reloader is up; a dump before the engine is a no-op).
+        gevent.signal_handler(signal.SIGHUP, self.reload)
+        gevent.signal_handler(signal.SIGUSR1, self.dump_state)
         self._lock = instance.hold(instance.lock_path(cfg.control_socket),
                                    f"{cfg.path}: control_socket {cfg.control_socket}")
         failures = journal_mod.recover(self.journal.path)
@@ -147,10 +151,9 @@ class Daemon:
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
         self._start_observability()
+        for signum in STOP_SIGNALS:  # before the start-up ones go: no instant of default action
+            gevent.signal_handler(signum, self.stop_soon)
         self._cancel_start_signals()
-        for signum, handler in ((signal.SIGTERM, self.stop_soon), (signal.SIGINT, self.stop_soon),
-                                (signal.SIGHUP, self.reload), (signal.SIGUSR1, self.dump_state)):
-            gevent.signal_handler(signum, handler)
         log.info("started node=%s tun=%s epoch=%d ports=%s version=%s", format_peer_id(cfg.id),
                  self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
                                                 for p in ports), __version__)
@@ -388,7 +391,7 @@ def run(config: Config, secrets: Secrets) -> int:
     daemon = Daemon(config, secrets)
     try:
         daemon.start()
-    except BaseException:
+        return daemon.wait()
+    except BaseException:  # also a start-up signal whose interrupt lands just after start()
         daemon.stop()
         raise
-    return daemon.wait()

@@ -268,7 +268,8 @@ def test_host_second_instance_of_a_node_leaves_the_first_alone(lab: Lab) -> None
 @pytest.mark.netns
 def test_host_stop_signal_during_start_undoes_what_was_done(lab: Lab) -> None:
     """A server with chnroute waits for an uplink (up to 30 s) after it turned ip_forward on
-    and configured its TUN; SIGTERM then stops it at once, and the host is as before."""
+    and configured its TUN; SIGHUP and SIGUSR1 (a ``systemctl reload`` at boot) leave it
+    waiting, SIGTERM then stops it at once, and the host is as before."""
     ns = lab.ns("server")
     node = lab.node("server", ns, "1.1", "server", chnroute={"data": str(CHNROUTE)})
     node.write_secrets([Peer("1.1", port=5000).line(), Peer("16.1").line()])
@@ -279,6 +280,10 @@ def test_host_stop_signal_during_start_undoes_what_was_done(lab: Lab) -> None:
         assert time.monotonic() < deadline and node.alive, node.log_tail()
         time.sleep(0.1)
     assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    node.signal(signal.SIGHUP)
+    node.signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert node.alive, f"exit {node.proc and node.proc.returncode}:\n{node.log_tail()}"
     started = time.monotonic()
     node.signal(signal.SIGTERM)
     assert node.proc is not None
