@@ -55,8 +55,11 @@ RUN_DIR = "/run/alpaca-tunnel"
 STATE_DIR = "/var/lib/alpaca-tunnel"
 _MAX_UNIX_PATH = 107
 _IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
+#: The TUN device's name also names our nftables table and sits in sysctl keys: no dot (a
+#: sysctl key separator), no @ or + (not in an nft identifier), no leading -.
+_TUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 _PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
-_NET = re.compile(r"(\d{1,3})\.(\d{1,3})")
+_NET = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
 _MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
 
 
@@ -327,7 +330,7 @@ class _Builder:
         top.check_keys(TOP_KEYS)
         mode = self.mode()
         own = self.own_id()
-        tun_name = self.ifname(top, "tun_name") or "alpaca0"
+        tun_name = self.tun_name()
         port = top.integer("port", 0, 0, 65534)
         probe = top.integer("probe_interval_ms", 1000, 50, 60_000)
         timeout = top.integer("path_timeout_ms", 3000, 1, 600_000)
@@ -496,6 +499,16 @@ class _Builder:
         obj.fail(key, f"{show(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ . - @ +)")
         return None
 
+    def tun_name(self) -> str:
+        value = self.top.data.get("tun_name")
+        if value is None:
+            return "alpaca0"
+        if isinstance(value, str) and _TUN_NAME.fullmatch(value):
+            return value
+        self.top.fail("tun_name", f"{show(value)} is not a TUN device name (1-15 of A-Z a-z 0-9"
+                                  " _ -, not starting with -)")
+        return "alpaca0"
+
     def log_level(self) -> int:
         text = self.top.string("log_level", "info")
         if text.lower() not in LEVELS:
@@ -529,6 +542,9 @@ class _Builder:
             network = _network(item)
             if isinstance(network, str):
                 self.top.fail(where, network)
+            elif network.prefixlen == 0:
+                self.top.fail(where, f"{network} would route every destination outside the"
+                                     " tunnel; list the networks to keep outside instead")
             else:
                 result.append(network)
         return tuple(result)

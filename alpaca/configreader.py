@@ -119,7 +119,10 @@ class JsonObject:
     def strings(self, key: str) -> tuple[str, ...]:
         result = []
         for where, item in self.items(key):
-            if isinstance(item, str) and item.strip():
+            if isinstance(item, str) and item.strip() and not _printable_text(item):
+                self.fail(where, f"{show(item)} contains a NUL byte or a character that is not"
+                                 " valid text (a lone surrogate)")
+            elif isinstance(item, str) and item.strip():
                 result.append(item)
             else:
                 self.fail(where, f"{show(item)} is not a non-empty string")

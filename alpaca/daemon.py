@@ -38,7 +38,7 @@ from alpaca.config import Config, load_config
 from alpaca.control import ControlServer
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
-from alpaca.errors import AlpacaError
+from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
 from alpaca.hostplan import host_plan, host_plan_input
 from alpaca.io.clock import monotonic, wall
@@ -196,7 +196,10 @@ class Daemon:
         if cfg.metrics.enabled:
             registry = build_registry(lambda: self.engine, monotonic, version=__version__,
                                       start_time=self.started_at, node=format_peer_id(cfg.id))
-            server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
+            try:
+                server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
+            except TunnelError as exc:
+                raise TunnelError(f"{cfg.path}: {exc}") from exc
             self._closers.append(server.stop)
         control = ControlServer(cfg.control_socket, self.snapshot)
         control.start()

@@ -38,6 +38,7 @@ from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path
 from alpaca.core.peers import Peer
+from alpaca.errors import TunnelError
 from alpaca.snapshot import (
     ReplayCounts,
     accepted,
@@ -385,6 +386,12 @@ def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: in
     server = WSGIServer((host, port), make_wsgi_app(registry), log=None, error_log=log,
                         spawn=MAX_CONNECTIONS, handler_class=handler,
                         environ={"SERVER_NAME": host})
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        raise TunnelError(
+            f"metrics.listen: cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            " (choose a free port and an address of this host, or set \"metrics\": false)"
+        ) from exc
     log.info("metrics served url=http://%s:%d/metrics", host, server.server_port)
     return server

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import gevent
+import pytest
 from gevent import socket
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +19,7 @@ from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.settings import DupPolicy
+from alpaca.errors import TunnelError
 from alpaca.metrics import (
     MAX_CONNECTIONS,
     PATH_REASONS,
@@ -396,3 +398,17 @@ def test_serve_metrics_a_trickling_client_is_cut_at_the_lifetime() -> None:
         assert time.monotonic() - started < 2.0
     finally:
         server.stop()
+
+
+def test_serve_metrics_on_a_busy_port_is_a_clear_error() -> None:
+    sc = scenario()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(TunnelError) as info:
+            serve_metrics(sc.registry(sc.c), "127.0.0.1", busy.getsockname()[1])
+        assert "metrics.listen: cannot serve metrics on 127.0.0.1:" in str(info.value)
+        assert "Address already in use" in str(info.value) and '"metrics": false' in str(info.value)
+    finally:
+        busy.close()
