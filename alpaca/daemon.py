@@ -220,9 +220,12 @@ class Daemon:
         if self.applied.expected and not self._stopping:
             try:
                 reconcile(self.applied.expected)
-                moved = keep_default_moved(self.applied, self.journal)
             except AlpacaError as exc:
                 log.warning("could not restore a route: %s", exc)
+            try:  # whatever reconcile managed: a default back in main must not take the traffic
+                moved = keep_default_moved(self.applied, self.journal)
+            except AlpacaError as exc:
+                log.warning("could not move a default route out of table main again: %s", exc)
                 return
             if moved:
                 log.warning("a default route reappeared in table main; moved it again (back on "

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 import gevent
 from gevent.socket import wait_read
 
+from alpaca.errors import AlpacaError
 from alpaca.system import netlink, routes
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class RouteMonitor:
 def reconcile(
     expected_routes: Iterable[routes.ExpectedRoute], netns: str | None = None
 ) -> list[routes.ExpectedRoute]:
-    """Put back any of our routes that disappeared (an interface flap, another tool).
+    """Put back any of our routes that disappeared (an interface flap, another tool). A route
+    that cannot be put back now is logged and the others are still tried.
 
     Returns:
         The routes that were re-added.
@@ -156,7 +158,11 @@ def reconcile(
             if not oif:
                 log.warning("route device missing dst=%s dev=%s", route.dst, route.dev)
                 continue
-            routes.add_route(route, oif[0], ipr)
+            try:
+                routes.add_route(route, oif[0], ipr)
+            except AlpacaError as exc:  # e.g. its gateway is no longer on a link: the next go
+                log.warning("could not restore a route: %s", exc)
+                continue
             restored.append(route)
             log.info(
                 "route restored dst=%s via=%s dev=%s table=%d",

@@ -317,3 +317,24 @@ def test_host_default_route_put_back_into_main_is_moved_again(lab: Lab) -> None:
     assert dhcp in after["routes"]
     after["routes"] = after["routes"].replace(dhcp, "")
     assert_same(before, after)
+
+
+@pytest.mark.netns
+def test_host_uplink_moved_to_another_subnet_sends_nothing_outside_the_tunnel(lab: Lab) -> None:
+    """The uplink's lease moves to another subnet: the host route to the server via the old
+    gateway cannot be put back, and the DHCP client adds a default route to table main. That
+    default is still moved out of the way, so traffic keeps to the tunnel device."""
+    topo = build_simple(lab)
+    client = topo.client
+    start(topo)
+    nsexec(topo.server.ns, "ip", "addr", "add", "192.168.60.1/24", "dev", "cli")
+    nsexec(client.ns, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")
+    nsexec(client.ns, "ip", "addr", "add", "192.168.60.2/24", "dev", "eth0")
+    nsexec(client.ns, "ip", "route", "add", "default", "via", "192.168.60.1", "dev", "eth0",
+           "proto", "dhcp")
+    deadline = time.monotonic() + 6  # the monitor reacts at most once a second
+    while "default" in nsexec(client.ns, "ip", "route", "show", "table", "main").stdout:
+        assert time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.1)
+    assert "could not restore a route" in client.log()
+    assert f"dev {TUN}" in nsexec(client.ns, "ip", "route", "get", INET).stdout
