@@ -382,7 +382,7 @@ class Daemon:
 RESTART_KEYS = (
     "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen",
     "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
-    "state_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
+    "state_file", "secret_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",
 )
 

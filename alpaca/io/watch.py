@@ -63,10 +63,10 @@ class FileWatch:
         self._fd, self._libc = fd, libc
         try:
             self._watch(self.path.parent)
-            self._follow()
         except OSError:
             self.close()
             raise
+        self._follow()
         self._seen = identity(self.path)
         return self
 
@@ -79,17 +79,28 @@ class FileWatch:
         self._watches[directory] = wd
 
     def _follow(self) -> None:
-        """Watch the directory the path resolves to now (and no longer the one before)."""
-        target = self.path.resolve().parent
-        if target in self._watches:
-            return
-        for directory in [d for d in self._watches if d != self.path.parent]:
-            assert self._libc is not None
-            self._libc.inotify_rm_watch(self._fd, self._watches.pop(directory))
+        """Watch the configured directory again (it may have been re-created: its old watch is
+        gone) and the directory the path resolves to now, and no longer the one before."""
+        self._watches.pop(self.path.parent, None)
         try:
-            self._watch(target)
-        except OSError as exc:  # e.g. the link points nowhere yet: the configured dir still tells
-            log.debug("not watching %s: %s", target, exc)
+            self._watch(self.path.parent)  # the same inode gives the same descriptor back
+        except OSError as exc:
+            log.debug("not watching %s: %s", self.path.parent, exc)
+        try:
+            target = self.path.resolve().parent
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+            return
+        kept = self._watches.get(self.path.parent)
+        for directory in [d for d in self._watches if d not in (self.path.parent, target)]:
+            wd = self._watches.pop(directory)
+            if wd != kept:  # a directory reached two ways shares one descriptor
+                assert self._libc is not None
+                self._libc.inotify_rm_watch(self._fd, wd)
+        if target not in self._watches:
+            try:
+                self._watch(target)
+            except OSError as exc:  # e.g. the link points nowhere yet: the configured dir tells
+                log.debug("not watching %s: %s", target, exc)
 
     def _drain(self) -> bool:
         """Read every pending event; whether there was any."""

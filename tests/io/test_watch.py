@@ -123,3 +123,51 @@ def test_watch_a_symlink_retargeted_to_another_directory(tmp_path: Path) -> None
         assert calls.after(lambda: (tmp_path / "a" / "secrets.txt").write_text("a2")) == 0
     finally:
         calls.close()
+
+
+def test_watch_a_symlink_loop_is_no_error_and_a_fix_is_seen(watched: tuple[Path, Calls]) -> None:
+    path, calls = watched
+
+    def loop() -> None:
+        path.unlink()
+        path.symlink_to(path.name)  # a mistyped ln -sf: the link names itself
+    assert calls.after(loop) == 1
+    assert not calls.greenlet.dead
+    assert calls.after(lambda: _rename_over(path, "fixed\n")) == 1
+
+
+def test_watch_the_directory_deleted_and_created_again(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "secrets.txt"
+    path.write_text("one\n")
+    calls = Calls(path)
+    try:
+        def recreate() -> None:
+            shutil.rmtree(conf)
+            conf.mkdir()
+            path.write_text("two\n")
+        assert calls.after(recreate) == 1
+        assert calls.after(lambda: path.write_text("three\n")) == 1
+    finally:
+        calls.close()
+
+
+def test_watch_a_directory_reached_through_a_symlink(tmp_path: Path) -> None:
+    """conf -> real: the configured directory and the resolved one share a watch descriptor,
+    and following the file elsewhere must not remove it."""
+    real, other = tmp_path / "real", tmp_path / "other"
+    for directory in (real, other):
+        directory.mkdir()
+        (directory / "secrets.txt").write_text(directory.name)
+    (tmp_path / "conf").symlink_to("real")
+    path = tmp_path / "conf" / "secrets.txt"
+    calls = Calls(path)
+    try:
+        def to_other() -> None:
+            (real / ".tmp").symlink_to(other / "secrets.txt")
+            os.replace(real / ".tmp", real / "secrets.txt")
+        assert calls.after(to_other) == 1
+        assert calls.after(lambda: _rename_over(real / "secrets.txt", "plain again\n")) == 1
+    finally:
+        calls.close()
