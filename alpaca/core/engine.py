@@ -351,13 +351,21 @@ class Engine:
         if not flow.verified:
             self._on_unverified(flow, peer, ptype, pi, epoch, counter, plaintext, port, addr, now)
             return
-        path = peer.paths.learn(pi, port, addr, now)
-        if not path.up:
-            self.path_answered(path, now)
-        path.rx_packets += 1
-        path.rx_bytes += n
-        path.rx_first += 1
-        peer.last_active_at = now
+        if dst != self.self_id and src < dst:
+            # Relayed and sealed with the pair key, which is dst's own secret (the bigger id's):
+            # dst could have made it. Carried on, but it says nothing about where src is.
+            path = peer.paths.match(port, addr)
+            if path is not None:
+                path.rx_packets += 1
+                path.rx_bytes += n
+        else:
+            path = peer.paths.learn(pi, port, addr, now)
+            if not path.up:
+                self.path_answered(path, now)
+            path.rx_packets += 1
+            path.rx_bytes += n
+            path.rx_first += 1
+            peer.last_active_at = now
         if dst == self.self_id:
             self._deliver(peer, ptype, flags, pi, epoch, counter, plaintext, port, addr, now)
         elif self.dispatch(data, src, dst, addr, now, ttl - 1, pi):

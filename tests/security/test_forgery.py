@@ -186,6 +186,25 @@ def test_forgery_client_cannot_move_another_peers_paths_or_window() -> None:
     assert {p.addr for p in eng(s).peers[c1.peer_id].paths.links()} == {UP1}
 
 
+def test_forgery_a_client_cannot_move_another_peers_path_at_a_relay() -> None:
+    """16.2 seals "16.1 -> 16.2" with its own key (the pair key is the bigger id's secret) and
+    sends it to the server from an address of its choosing, under 16.1's slot and a new one.
+    The server may relay it to 16.2, but 16.1's paths stay where 16.1 is."""
+    net, s, c1, c2 = network()
+    before = [(p.name, p.addr) for p in eng(s).peers[c1.peer_id].paths.links()]
+    assert before, "16.1 has a learned path at the server"
+    for pi, attacker in ((0, ("10.66.0.1", 4444)), (15, ("10.66.0.99", 4444))):
+        forged = forge("test-group", {c2.peer_id: net.keys[c2.peer_id]}, c1.peer_id, c2.peer_id,
+                       4000000000, pi, ipv4(tunnel_ip(c1.peer_id), tunnel_ip(c2.peer_id)))
+        forged = forged[:3] + bytes([pi]) + forged[4:]  # the path index is a hop byte, not sealed
+        eng(s).on_datagram(forged, attacker, 0, net.now)
+    assert [(p.name, p.addr) for p in eng(s).peers[c1.peer_id].paths.links()] == before
+    delivered = len(c1.tun)
+    net.inject_tun(s, ipv4(GW, tunnel_ip(c1.peer_id)))
+    net.run(0.1)
+    assert len(c1.tun) == delivered + 1, "the server still reaches 16.1 where it is"
+
+
 def test_forgery_a_key_holder_cannot_lie_about_lengths() -> None:
     """A client's own authentic datagrams with a lying pad trailer or inner IPv4 length."""
     net, s, c1, _ = network()
