@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
+from alpaca.core.paths import RTT_SAMPLES_MAX
 from alpaca.core.settings import DupPolicy
 from alpaca.errors import TunnelError
 from alpaca.metrics import (
@@ -412,3 +413,12 @@ def test_serve_metrics_on_a_busy_port_is_a_clear_error() -> None:
         assert "Address already in use" in str(info.value) and '"metrics": false' in str(info.value)
     finally:
         busy.close()
+
+
+def test_metrics_rtt_samples_kept_between_scrapes_are_bounded() -> None:
+    """Nobody scrapes: a path keeps at most RTT_SAMPLES_MAX samples (memory of 10,000 peers)."""
+    sc = scenario()
+    path = sc.engine(sc.c).peers[sc.f2.peer_id].paths.static[1]
+    sc.net.run(120.0)
+    assert len(path.rtt_samples) == RTT_SAMPLES_MAX
+    assert path.srtt is not None  # the smoothed RTT still follows every sample

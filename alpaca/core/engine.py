@@ -427,7 +427,7 @@ class Engine:
             return DropReason.RESERVED_ID
         if src == self.self_id:
             return DropReason.FROM_SELF
-        if pi > 15:
+        if pi > 15 or src == dst:  # src == dst: nobody sends to itself through us
             return DropReason.MALFORMED
         if src not in self.peers or (dst != self.self_id and dst not in self.peers):
             return DropReason.UNKNOWN_PEER

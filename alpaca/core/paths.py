@@ -27,6 +27,10 @@ from alpaca.core.settings import Addr
 
 NEVER = -math.inf
 
+#: RTT samples a path keeps between two scrapes (32 floats, about 1 KiB a path: a server with
+#: 10,000 clients nobody scrapes keeps about 10-20 MiB of them, not 80).
+RTT_SAMPLES_MAX = 32
+
 
 class Generation:
     """A counter shared by every path table of one engine, bumped on any change that can
@@ -95,7 +99,7 @@ class Path:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
             self.srtt = 0.875 * self.srtt + 0.125 * sample
-        if len(self.rtt_samples) < 256:  # drained by the metrics histogram at scrape time
+        if len(self.rtt_samples) < RTT_SAMPLES_MAX:  # drained by the metrics histogram
             self.rtt_samples.append(sample)
 
     def on_data_report(self, peer_rx: int) -> None:

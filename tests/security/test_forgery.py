@@ -205,6 +205,20 @@ def test_forgery_a_client_cannot_move_another_peers_path_at_a_relay() -> None:
     assert len(c1.tun) == delivered + 1, "the server still reaches 16.1 where it is"
 
 
+def test_forgery_a_datagram_from_a_peer_to_itself_is_not_relayed() -> None:
+    """16.1 sends "16.1 -> 16.1" to the server: authentic, but nobody sends to itself through
+    a relay; relayed, it would go out on every path of 16.1 (a reflection)."""
+    net, s, c1, _ = network()
+    engine = eng(s)
+    sent = engine.stats.forwarded_packets
+    forged = forge("test-group", {c1.peer_id: net.keys[c1.peer_id]}, c1.peer_id, c1.peer_id,
+                   4000000000, 0, ipv4(tunnel_ip(c1.peer_id), tunnel_ip(c1.peer_id)))
+    before = drops(engine)
+    engine.on_datagram(forged, UP1, 0, net.now)
+    assert drop_delta(before, drops(engine)) == {"malformed": 1}
+    assert engine.stats.forwarded_packets == sent
+
+
 def test_forgery_a_key_holder_cannot_lie_about_lengths() -> None:
     """A client's own authentic datagrams with a lying pad trailer or inner IPv4 length."""
     net, s, c1, _ = network()
