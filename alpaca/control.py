@@ -126,7 +126,11 @@ class ControlServer:
         else:
             command = line.decode("ascii", "replace").strip()
             if command == "show":
-                reply = self.snapshot_fn()
+                try:
+                    reply = self.snapshot_fn()
+                except Exception as exc:  # a bug in the snapshot must not end the daemon
+                    log.error("the state snapshot failed (this is a bug): %r", exc)
+                    reply = {"error": f"internal error: {exc!r}"}
             else:
                 reply = {"error": "unknown command", "commands": list(COMMANDS)}
         return json.dumps(reply, separators=(",", ":")).encode() + b"\n"

@@ -152,3 +152,16 @@ def test_control_stop_leaves_a_successor_socket_alone(sock_path: Path) -> None:
         assert json.loads(_ask(sock_path, b"show\n")) == {"n": 2}
     finally:
         second.stop()
+
+
+def test_control_a_failing_snapshot_is_an_error_reply(sock_path: Path) -> None:
+    def broken() -> dict[str, Any]:
+        raise KeyError("a bug")
+    server = ControlServer(sock_path, broken)
+    server.start()
+    try:
+        reply = json.loads(_ask(sock_path, b"show\n"))
+        assert reply == {"error": "internal error: KeyError('a bug')"}
+        assert json.loads(_ask(sock_path, b"show\n"))["error"].startswith("internal error")
+    finally:
+        server.stop()
