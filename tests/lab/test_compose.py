@@ -48,3 +48,16 @@ def test_compose_validates_with_docker_compose(tmp_path: Path) -> None:
     result = subprocess.run([tool, "-f", str(DOCKER / "compose.yml"), "config", "-q"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_grafana_finds_the_dashboards_and_prometheus() -> None:
+    """The dashboards are mounted where the provider reads them, and the datasource names the
+    prometheus service (127.0.0.1 inside the grafana container is Grafana itself)."""
+    provider = (ROOT / "grafana/provisioning/dashboards/alpaca.yml").read_text()
+    path = next(line.split(":", 1)[1].strip() for line in provider.splitlines()
+                if line.strip().startswith("path:"))
+    compose = (DOCKER / "compose.yml").read_text()
+    assert f'"../grafana/dashboards:{path}:ro"' in compose
+    source = (DOCKER / "grafana-datasource.yml").read_text()
+    assert "url: http://prometheus:9090" in source and "\n  prometheus:\n" in compose
+    assert "datasources/prometheus.yml" in compose
