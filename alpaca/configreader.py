@@ -119,13 +119,13 @@ class JsonObject:
     def strings(self, key: str) -> tuple[str, ...]:
         result = []
         for where, item in self.items(key):
-            if isinstance(item, str) and item.strip() and not _printable_text(item):
+            if not (isinstance(item, str) and item.strip()):
+                self.fail(where, f"{show(item)} is not a non-empty string")
+            elif not _printable_text(item):
                 self.fail(where, f"{show(item)} contains a NUL byte or a character that is not"
                                  " valid text (a lone surrogate)")
-            elif isinstance(item, str) and item.strip():
-                result.append(item)
             else:
-                self.fail(where, f"{show(item)} is not a non-empty string")
+                result.append(item)
         return tuple(result)
 
     def child(self, key: str) -> JsonObject | None:

@@ -5,11 +5,11 @@ the directory of the path as configured, and the directory of the file it resolv
 save in place, a save by rename (``sed -i``, editors, config management) and a swap of a
 symlink on the way (a Kubernetes secret volume renames ``..data`` to a new directory, then
 deletes the old one) are all seen; the original watched IN_MODIFY on the file only and missed
-the last two. Not seen: retargeting a symlink to a *directory* on the configured path (``ln
--sfn v2 /etc/alpaca`` when /etc/alpaca is itself a link) changes nothing in the directories
-watched; a SIGHUP reloads then. After a burst of events settles (``debounce``), the file's identity (device,
+the last two. After a burst of events settles (``debounce``), the file's identity (device,
 inode, size, mtime, ctime, following symlinks) is compared with the last one seen: an event
-about any other file of those directories calls nothing.
+about any other file of those directories calls nothing. Not seen: retargeting a symlink to a
+*directory* on the configured path (``ln -sfn v2 /etc/alpaca`` when /etc/alpaca is itself a
+link) changes nothing in the directories watched; a SIGHUP reloads then.
 Greenlet contract: ``run`` is one greenlet's loop; it waits on the inotify fd with gevent.
 """
 
