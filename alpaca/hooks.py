@@ -7,6 +7,7 @@ its exit code and the tail of its output; start-up continues (the original's beh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -47,13 +48,21 @@ def run_hooks(stage: str, commands: tuple[str, ...], *, strict: bool = False) ->
     return failed
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the hook's process group (its shell and what it started) and reap the shell."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
     """Run ``command`` through ``/bin/sh -c``; return (exit code, the tail of its output).
 
     Only the shell is waited for, as ``system()`` did: a process the command leaves in the
     background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a
     temporary file, of which the last OUTPUT_TAIL characters are read. A shell still running
-    after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
+    after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1. So is
+    one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on.
     """
     limit = HOOK_TIMEOUT if timeout is None else timeout
     with tempfile.TemporaryFile() as out:
@@ -62,9 +71,11 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
         try:
             code = proc.wait(limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill_group(proc)
             return -1, f"timed out after {limit:g} s"
+        except BaseException:  # a stop during start-up: the hook must not go on after the undo
+            _kill_group(proc)
+            raise
         size = out.seek(0, os.SEEK_END)
         out.seek(max(0, size - OUTPUT_TAIL))
         return code, out.read().decode(errors="replace").strip()

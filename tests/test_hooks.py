@@ -7,8 +7,10 @@ import signal
 import time
 from pathlib import Path
 
+import gevent
 import pytest
 
+from alpaca.daemon import StartInterrupted
 from alpaca.hooks import OUTPUT_TAIL, HookError, run_hooks, run_one
 
 
@@ -55,3 +57,20 @@ def test_failing_hooks_are_counted_and_strict_ones_raise() -> None:
     assert run_hooks("post_up", ("true", "exit 2", "false")) == 2
     with pytest.raises(HookError, match=r"post_up_cmds\[1\] failed with exit code 2: 'exit 2'"):
         run_hooks("post_up", ("true", "exit 2", "true"), strict=True)
+
+
+def test_hook_whose_wait_is_interrupted_is_killed_with_its_children(tmp_path: Path) -> None:
+    """A stop signal during start-up raises in the starting greenlet while a hook runs: the
+    hook's processes go too, so nothing of it changes the host after the undo."""
+    pidfile, marker = tmp_path / "pid", tmp_path / "late"
+    runner = gevent.spawn(run_one, f"(sleep 1; touch {marker}) & echo $! > {pidfile}; wait")
+    deadline = time.monotonic() + 5
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        assert time.monotonic() < deadline
+        gevent.sleep(0.05)
+    runner.kill(StartInterrupted("stop"), block=True)
+    assert isinstance(runner.exception, StartInterrupted)
+    pid = int(pidfile.read_text())
+    assert not alive(pid), "the hook's child survived the interrupt"
+    time.sleep(1.5)
+    assert not marker.exists()
