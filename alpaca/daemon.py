@@ -1,6 +1,7 @@
 """The daemon: set the host up, run the dataplane, serve metrics and control, tear down.
 
-Start-up order (the original's, made reversible): recover a journal left by a crashed run ->
+Start-up order (the original's, made reversible): recover a journal left by a crashed run (and
+those of crashed runs of this namespace with another control socket) ->
 take a new session epoch (persisted before any packet is sealed) -> pre_up hooks -> open the
 TUN device -> host changes (plan/apply with a write-ahead undo journal: ip_forward, TUN
 address and MTU, chnroute, host routes, default route or NAT) -> post_up hooks -> bind the UDP
@@ -127,6 +128,7 @@ class Daemon:
                         self.journal.path, len(failures))
         if failures:  # the steps that failed again stay: this run's stop tries them once more
             self.journal = journal_mod.resume(self.journal.path)
+        journal_mod.recover_orphans(self.journal.path)
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.remove_stale_link(cfg.tun_name)

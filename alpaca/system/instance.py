@@ -47,3 +47,34 @@ def hold(path: Path, owner: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def try_hold(path: Path) -> int | None:
+    """Take the lock at ``path`` if no process holds it (creating the file if need be); the
+    descriptor to close when done, or None if another process holds it or it cannot be made.
+    For handling the files of a daemon that is not running (its left-over undo journal)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_held(path: Path) -> bool:
+    """True if a running daemon holds the lock at ``path`` (read only: an absent file is free)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -2,7 +2,8 @@
 
 The journal is a small JSON file (e.g. ``/run/alpaca-tunnel/<tun>.journal``)::
 
-    {"version": 1, "netns": null, "steps": [{"kind": "sysctl", "key": "...", "value": "0"}, ...]}
+    {"version": 1, "netns": null, "netns_id": "4:4026531840",
+     "steps": [{"kind": "sysctl", "key": "...", "value": "0"}, ...]}
 
 Invariants:
     * Write-ahead: :meth:`Journal.record` rewrites the file atomically (temp file, fsync,
@@ -15,9 +16,22 @@ Invariants:
       that failed on the host's state (a device gone) stays in the file; the next start
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
+    * A journal is undone only in the network namespace it was written in (``netns_id``, see
+      :mod:`alpaca.system.nsid`); one of a namespace that is gone is dropped (its changes went
+      with it).
+    * Daemons sharing a namespace and a journal directory share what they both changed: a step
+      another running daemon's journal also holds (ip_forward, a chnroute table, a host route)
+      is left in place for it, and a sysctl step takes over its original value, so the last
+      one to stop restores the host's.
+    * A step that keeps failing is given up after :data:`MAX_TRIES` runs (logged), so a change
+      that can never be undone (a saved route whose uplink is gone for good) does not make
+      every later stop fail.
 
-At start-up the daemon calls :func:`recover` (undo a journal left by a crashed run), and on a
-clean exit :meth:`Journal.undo_all`. Callers: the control greenlet.
+At start-up the daemon calls :func:`recover` (undo a journal left by a crashed run, and
+:func:`recover_orphans`: those of runs with another control socket), and on a clean exit
+:meth:`Journal.undo_all`. Journals live beside their daemon's instance lock
+(:func:`lock_of`); a journal whose lock is held belongs to a running daemon and is never
+undone by another. Callers: the control greenlet.
 """
 
 from __future__ import annotations
@@ -25,17 +39,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alpaca.errors import AlpacaError, SystemSetupError
-from alpaca.system import chnroute, nft, routes, sysctl
+from alpaca.system import chnroute, instance, nft, nsid, routes, sysctl
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
+#: Runs (stop, then each start's recovery) a failing undo step is tried before it is given up.
+MAX_TRIES = 3
+SUFFIX = ".journal"
 Step = dict[str, Any]
+
+
+def lock_of(path: Path) -> Path:
+    """The instance lock of the daemon that writes the journal at ``path``
+    (``<sock>.journal`` -> ``<sock>.lock``, see :func:`alpaca.system.instance.lock_path`)."""
+    return path.with_name(path.name.removesuffix(SUFFIX) + ".lock")
 
 
 def _undo_sysctl(step: Step, netns: str | None) -> None:
@@ -85,7 +109,12 @@ class Journal:
     def __init__(self, path: str | Path, netns: str | None = None) -> None:
         self.path = Path(path)
         self.netns = netns
+        #: the namespace's identity (:mod:`alpaca.system.nsid`), taken at the first write
+        self.netns_id: str | None = None
         self.steps: list[Step] = []
+        #: True once this object wrote or read the file: only then may undo_all() delete it
+        #: (a run that failed before its first change leaves another's file alone)
+        self.owns_file = False
 
     def record(self, kind: str, **params: Any) -> None:
         """Add an undo step and persist the journal (call BEFORE making the change).
@@ -100,6 +129,8 @@ class Journal:
             return
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
+        if kind == "sysctl":
+            step["value"] = self._original_value(params["key"], params["value"])
         self.steps.append(step)
         try:
             self._write()
@@ -109,10 +140,21 @@ class Journal:
                 "it is kept beside control_socket: check that its directory is writable and not full",
             ) from exc
 
+    def _original_value(self, key: str, current: str) -> str:
+        """The value a sysctl had before any running daemon of this namespace changed it."""
+        for peer in self._live_peers():
+            for step in peer.steps:
+                if step.get("kind") == "sysctl" and step.get("key") == key and "value" in step:
+                    return str(step["value"])
+        return current
+
     def _write(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.netns_id is None:
+            self.netns_id = nsid.of(self.netns)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        data = json.dumps({"version": VERSION, "netns": self.netns, "steps": self.steps}, indent=1)
+        data = json.dumps({"version": VERSION, "netns": self.netns, "netns_id": self.netns_id,
+                           "steps": self.steps}, indent=1)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data.encode())
@@ -120,6 +162,7 @@ class Journal:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        self.owns_file = True
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -128,13 +171,45 @@ class Journal:
 
     @classmethod
     def load(cls, path: str | Path) -> Journal:
-        """Read a journal file (ValueError if it is not one of ours)."""
+        """Read a journal file (ValueError if it is not one of ours or is damaged; a step of an
+        unknown shape is kept and reported by :meth:`undo_all`)."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError(f"{path}: not an alpaca-tunnel journal (version {VERSION})")
-        journal = cls(path, data.get("netns"))
-        journal.steps = [s for s in data.get("steps", []) if isinstance(s, dict)]
+        steps, netns, netns_id = data.get("steps"), data.get("netns"), data.get("netns_id")
+        if not isinstance(steps, list) or not isinstance(netns, str | None) \
+                or not isinstance(netns_id, str | None):
+            raise ValueError(f"{path}: a damaged alpaca-tunnel journal (steps, netns or netns_id)")
+        journal = cls(path, netns)
+        journal.netns_id = netns_id
+        journal.owns_file = True
+        journal.steps = [s if isinstance(s, dict) else {"kind": repr(s)[:40]} for s in steps]
         return journal
+
+    def placement(self) -> str:
+        """``"here"`` (its namespace is the one it names: undo it), ``"gone"`` (that namespace
+        no longer exists) or ``"elsewhere"`` (it does, but is not the one named now: another
+        namespace's journal in a shared /run). Journals without ``netns_id`` are ``"here"``."""
+        if self.netns_id is None or nsid.of(self.netns) == self.netns_id:
+            return "here"
+        return "elsewhere" if nsid.exists(self.netns_id) else "gone"
+
+    def _live_peers(self) -> list[Journal]:
+        """The journals of the other running daemons of this namespace in this directory."""
+        here = self.netns_id or nsid.of(self.netns)
+        peers: list[Journal] = []
+        if here is None:
+            return peers
+        for other in sorted(self.path.parent.glob(f"*{SUFFIX}")):
+            if other == self.path or not instance.is_held(lock_of(other)):
+                continue
+            try:
+                peer = Journal.load(other)
+            except (OSError, ValueError):
+                continue
+            if peer.netns_id == here:
+                peers.append(peer)
+        return peers
 
     def undo_all(self) -> list[str]:
         """Run every undo step, newest first; then delete the file, or, if some steps failed on
@@ -146,25 +221,37 @@ class Journal:
         """
         failures: list[str] = []
         kept: list[Step] = []
+        peers = self._live_peers()
         for step in reversed(self.steps):
-            kind = step.get("kind", "?")
+            kind = str(step.get("kind", "?"))
             try:
-                UNDO[kind](step, self.netns)
+                mine = _not_shared(step, peers)
+                if mine is not None:
+                    UNDO[kind](mine, self.netns)
             except (AlpacaError, OSError) as exc:  # the host's state: may work later
                 failures.append(f"undo {kind}: {exc}")
-                kept.insert(0, step)
-                log.error("undo step failed step=%s journal=%s error=%s", kind, self.path, exc)
-            except (KeyError, ValueError, TypeError) as exc:  # a malformed step: never will
-                failures.append(f"undo {kind}: {exc}")
-                log.error("undo step failed step=%s journal=%s error=%s", kind, self.path, exc)
+                self._keep_step(step, kept, exc)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:  # malformed: never will
+                failures.append(f"undo {kind}: a malformed step ({type(exc).__name__}: {exc})")
+                log.error("undo step failed step=%s journal=%s error=malformed %s", kind, self.path, exc)
         self.steps = kept
         if kept and self._keep():
             log.warning("undo steps kept for the next start journal=%s steps=%d", self.path, len(kept))
-        else:
+        elif self.owns_file:
             self.path.unlink(missing_ok=True)
-        self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
         log.info("host changes undone journal=%s failed=%d", self.path, len(failures))
         return failures
+
+    def _keep_step(self, step: Step, kept: list[Step], exc: Exception) -> None:
+        """Keep a failed step for the next run, unless it has failed :data:`MAX_TRIES` times."""
+        tries = step.get("tries", 0) + 1 if isinstance(step.get("tries"), int) else 1
+        if tries >= MAX_TRIES:
+            log.error("undo step given up after %d tries step=%s journal=%s error=%s: undo it by "
+                      "hand if it still matters", tries, step.get("kind"), self.path, exc)
+            return
+        log.error("undo step failed step=%s journal=%s error=%s", step.get("kind"), self.path, exc)
+        kept.insert(0, {**step, "tries": tries})
 
     def _keep(self) -> bool:
         """Rewrite the file with the remaining steps; False if that is not possible."""
@@ -178,20 +265,89 @@ class Journal:
 
 def recover(path: str | Path) -> list[str] | None:
     """Undo a journal left by a crashed run, then remove it (a step that fails again stays in
-    it: the daemon takes such a journal over, see :func:`resume`).
+    it: the daemon takes such a journal over, see :func:`resume`). A journal that cannot be
+    read is moved aside (``<path>.unreadable-<time>``) for a person to act on; one of a
+    namespace that is gone is dropped.
 
     Returns:
         None if there was no journal, else the failures (empty list: fully recovered).
+
+    Raises:
+        SystemSetupError: the journal belongs to another namespace that still exists.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
         journal = Journal.load(path)
-    except (OSError, ValueError) as exc:
-        log.error("unreadable journal left as is journal=%s error=%s", path, exc)
-        return [f"reading {path}: {exc}"]
+    except (OSError, ValueError, UnicodeError) as exc:
+        return [_set_aside(path, exc)]
+    where = journal.placement()
+    if where == "elsewhere":
+        raise SystemSetupError(
+            f"{path} holds the undo steps of a run in another network namespace "
+            f"(net {journal.netns_id}) that still exists", None,
+            "start alpaca-tunnel in that namespace to undo them, or give this node another "
+            "control_socket")
+    if where == "gone":
+        log.warning("dropped the journal of a network namespace that no longer exists journal=%s "
+                    "steps=%d", path, len(journal.steps))
+        path.unlink(missing_ok=True)
+        return []
     log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
+    return journal.undo_all()
+
+
+def _set_aside(path: Path, exc: Exception) -> str:
+    """Move an unreadable journal out of the way (a new run would overwrite it); the failure."""
+    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+    try:
+        os.replace(path, aside)
+    except OSError as move_exc:
+        log.error("unreadable journal left as is journal=%s error=%s (moving it: %s)", path, exc, move_exc)
+        return f"reading {path}: {exc}"
+    log.error("unreadable journal moved aside journal=%s error=%s: the host changes it recorded "
+              "were not undone; check routes, ip rules, nft tables and ip_forward by hand, then "
+              "delete it", aside, exc)
+    return f"reading {path}: {exc} (moved to {aside})"
+
+
+def recover_orphans(path: str | Path) -> list[str]:
+    """Undo the journals that crashed runs of this namespace with another control socket (a
+    tun_name changed since) left beside ``path``. Journals of running daemons, of other
+    namespaces, without a namespace identity, or unreadable are left alone.
+
+    Returns:
+        The failures (each also logged).
+    """
+    path = Path(path)
+    failures: list[str] = []
+    for other in sorted(path.parent.glob(f"*{SUFFIX}")) if path.parent.is_dir() else ():
+        if other == path:
+            continue
+        fd = instance.try_hold(lock_of(other))
+        if fd is None:  # its daemon runs
+            continue
+        try:
+            failures += _recover_orphan(other)
+        finally:
+            os.close(fd)
+    return failures
+
+
+def _recover_orphan(path: Path) -> list[str]:
+    try:
+        journal = Journal.load(path)
+    except (OSError, ValueError, UnicodeError) as exc:
+        log.warning("left alone an unreadable journal of another run journal=%s error=%s", path, exc)
+        return []
+    if journal.netns_id is None or journal.placement() == "elsewhere":
+        return []
+    if journal.placement() == "gone":
+        path.unlink(missing_ok=True)
+        return []
+    log.warning("recovering from a previous run with another control socket journal=%s steps=%d",
+                path, len(journal.steps))
     return journal.undo_all()
 
 
@@ -200,5 +356,25 @@ def resume(path: str | Path) -> Journal:
     any (so that this run's stop retries them), else an empty one."""
     try:
         return Journal.load(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, UnicodeError):
         return Journal(path)
+
+
+def _not_shared(step: Step, peers: list[Journal]) -> Step | None:
+    """``step`` less what a running peer's journal also undoes (None: all of it is shared and
+    stays in place for that peer). Shared: a sysctl key, a chnroute table, host routes."""
+    kind = step["kind"]
+    theirs = [s for peer in peers for s in peer.steps if s.get("kind") == kind]
+    if not theirs:
+        return step
+    if kind == "sysctl" and any(s.get("key") == step["key"] for s in theirs):
+        log.info("sysctl left for another running daemon key=%s", step["key"])
+        return None
+    if kind == "chnroute" and any(s.get("table") == step["table"] for s in theirs):
+        log.info("chnroute left for another running daemon table=%s", step["table"])
+        return None
+    if kind == "routes":
+        shared = {d for s in theirs if s.get("table") == step["table"] for d in s.get("dsts") or ()}
+        dsts = [d for d in step["dsts"] if d not in shared]
+        return {**step, "dsts": dsts} if dsts else None
+    return step

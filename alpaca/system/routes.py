@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 RTA_CACHEINFO = 12
 #: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
 _FLAGS_KEEP = 0x2 | 0x4
+#: Errnos of restoring a saved route whose uplink changed: gateway not on a connected network,
+#: device gone.
+_NO_LONGER_FITS = (errno.ENETUNREACH, errno.ENODEV, errno.EINVAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,9 +269,13 @@ def restore_default_route(
     """Put ``saved`` back into main exactly and delete our default from ``table`` (idempotent).
 
     Every saved route is tried, also after one fails (its device may be gone: a dock
-    unplugged), so the others still come back; then the first failure is raised.
+    unplugged), so the others still come back; then the first failure is raised. A saved
+    route that no longer fits (its gateway unreachable, its device gone) while main already
+    holds a default route of another program (a DHCP client gave the uplink a new one) is
+    not restored, with a warning: the host has its way out back.
     """
     failed: list[SystemSetupError] = []
+    others = save_default_routes(netns)
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)
@@ -279,7 +286,11 @@ def restore_default_route(
             flags = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
             code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
             if code and code not in OK_ADD:
-                failed.append(netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code))
+                error = netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
+                if others and code in _NO_LONGER_FITS:
+                    log.warning("saved default route not restored: main has another default error=%s", error)
+                    continue
+                failed.append(error)
         nl_call(
             f"deleting route default proto {PROTO_ALPACA} table {table}",
             ipr.route,

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from alpaca.errors import SystemSetupError
+from alpaca.system import instance, link, nsid, sysctl
 from alpaca.system import journal as jr
-from alpaca.system import link
 from alpaca.system.plan import HostPlanInput, Mode, apply, keep_default_moved, plan
 from tests.helpers import netns, nsexec
-from tests.system import add_tun, client_ns, run_python, snapshot
+from tests.system import PYTHON, add_tun, client_ns, run_python, snapshot
 
 APPLY_AND_CRASH = """
 import os, signal
@@ -165,7 +166,9 @@ def test_journal_is_written_before_and_atomically(tmp_path: Path) -> None:
     journal.record("nft_table", tun="alpaca0")
     journal.record("nft_table", tun="alpaca0")
     data = json.loads(path.read_text())
-    assert data == {"version": 1, "netns": None, "steps": [{"kind": "nft_table", "tun": "alpaca0"}]}
+    assert data == {"version": 1, "netns": None, "netns_id": nsid.of(None),
+                    "steps": [{"kind": "nft_table", "tun": "alpaca0"}]}
+    assert data["netns_id"] and ":" in data["netns_id"]
     assert not list(path.parent.glob("*.tmp"))
     assert path.stat().st_mode & 0o777 == 0o600
 
@@ -176,10 +179,13 @@ def test_journal_recover_without_file_is_none(tmp_path: Path) -> None:
 
 def test_journal_recover_refuses_foreign_file(tmp_path: Path) -> None:
     (tmp_path / "j").write_text('{"something": "else"}')
-    assert jr.recover(tmp_path / "j") == [
-        f"reading {tmp_path / 'j'}: {tmp_path / 'j'}: not an alpaca-tunnel journal (version 1)"
-    ]
-    assert (tmp_path / "j").exists()
+    failures = jr.recover(tmp_path / "j")
+    [aside] = [str(p) for p in tmp_path.glob("j.unreadable-*")]
+    path = tmp_path / "j"
+    assert failures == [f"reading {path}: {path}: not an alpaca-tunnel journal (version 1) "
+                        f"(moved to {aside})"]
+    assert Path(aside).read_text() == '{"something": "else"}'
+
 
 
 def test_journal_rejects_unknown_step(tmp_path: Path) -> None:
@@ -263,3 +269,146 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
         assert moved_back in after["routes4"]
         after["routes4"] = after["routes4"].replace(moved_back, "")
         assert after == before
+
+
+@pytest.mark.parametrize("text", ['{"version": 1, "netns": null, "steps": null}',
+                                  '{"version": 1, "netns": null, "steps": [{"kind": "sysc',
+                                  '{"version": 1, "netns": 7, "steps": []}',
+                                  b'\xff\xfe{}'])
+def test_journal_damaged_is_moved_aside_for_a_person(tmp_path: Path, text: str | bytes) -> None:
+    """A damaged journal is neither a traceback nor silently overwritten by the next run: it
+    is moved aside, named in the failure, and the run starts with an empty journal."""
+    path = tmp_path / "alpaca0.sock.journal"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    failures = jr.recover(path)
+    assert failures is not None and len(failures) == 1
+    aside = list(tmp_path.glob("alpaca0.sock.journal.unreadable-*"))
+    assert len(aside) == 1 and str(aside[0]) in failures[0]
+    assert not path.exists() and jr.resume(path).steps == []
+    jr.resume(path).record("nft_table", tun="alpaca0")
+    assert (aside[0].read_bytes() if isinstance(text, bytes) else aside[0].read_text()) == text
+
+
+def test_journal_step_that_keeps_failing_is_given_up(tmp_path: Path) -> None:
+    """A step the host will never accept (here a sysctl that does not exist) is retried by
+    the next runs, then given up after MAX_TRIES, so later stops stop failing."""
+    path = tmp_path / "j"
+    step = {"kind": "sysctl", "key": "net.ipv4.no_such_sysctl", "value": "1"}
+    path.write_text(json.dumps({"version": 1, "netns": None, "steps": [step]}))
+    for tries in range(1, jr.MAX_TRIES):
+        assert len(jr.recover(path) or []) == 1
+        assert jr.Journal.load(path).steps == [{**step, "tries": tries}]
+    assert len(jr.recover(path) or []) == 1
+    assert not path.exists()
+
+
+def test_journal_malformed_steps_are_reported_and_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    path.write_text(json.dumps({"version": 1, "netns": None,
+                                "steps": [7, {"kind": "sysctl"}, {"kind": "reboot"}]}))
+    failures = jr.recover(path)
+    assert failures is not None and len(failures) == 3
+    assert all("malformed" in f for f in failures)
+    assert not path.exists()
+
+
+def test_journal_of_a_run_that_made_no_change_leaves_the_file_alone(tmp_path: Path) -> None:
+    """A run that fails before its first change (its journal object never wrote) does not
+    delete the file at its path, which may hold another run's undo steps."""
+    path = tmp_path / "j"
+    path.write_text("precious")
+    assert jr.Journal(path).undo_all() == []
+    assert path.read_text() == "precious"
+
+
+JOURNAL_IN_NS = """
+import sys
+from alpaca.system.journal import Journal
+Journal(sys.argv[1]).record("sysctl", key="net.ipv4.ip_forward", value="0")
+"""
+
+
+@pytest.mark.netns
+def test_journal_of_another_namespace_is_not_undone_here(tmp_path: Path) -> None:
+    """A journal written by a daemon in another namespace (a shared /run) is refused while that
+    namespace exists, and dropped once it is gone; it never changes this namespace."""
+    path = tmp_path / "alpaca0.sock.journal"
+    with netns() as ns:
+        nsexec(ns, PYTHON, "-c", JOURNAL_IN_NS, str(path))
+        written = json.loads(path.read_text())
+        assert written["netns"] is None and written["netns_id"] == nsid.of(ns) != nsid.of(None)
+        with pytest.raises(SystemSetupError, match="another network namespace"):
+            jr.recover(path)
+        assert path.exists()
+        assert jr.recover_orphans(tmp_path / "other.sock.journal") == []
+        assert path.exists()
+    assert jr.recover(path) == []
+    assert not path.exists()
+
+
+@pytest.mark.netns
+def test_journal_orphan_of_another_control_socket_is_recovered(tmp_path: Path) -> None:
+    """A crashed run with tun_name alpaca0 left alpaca0.sock.journal; the next run is
+    alpaca1's: it undoes the orphan unless a running daemon holds its lock."""
+    with netns() as ns:
+        orphan = jr.Journal(tmp_path / "alpaca0.sock.journal", ns)
+        orphan.record("sysctl", key="net.ipv4.ip_forward", value="0")
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+        ours = tmp_path / "alpaca1.sock.journal"
+        fd = instance.hold(jr.lock_of(orphan.path), "test")
+        try:
+            assert jr.recover_orphans(ours) == []
+            assert orphan.path.exists()
+        finally:
+            os.close(fd)
+        assert jr.recover_orphans(ours) == []
+        assert not orphan.path.exists()
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+
+
+@pytest.mark.netns
+def test_journal_two_daemons_in_one_namespace_share_ip_forward(tmp_path: Path) -> None:
+    """Two daemons (two TUNs) of one namespace: the first to stop leaves ip_forward at 1 for
+    the other; the last restores the host's original 0, whichever order they stop in."""
+    for first in (0, 1):
+        with netns() as ns:
+            nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+            journals, locks = [], []
+            for name in ("a", "b"):
+                journal = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+                locks.append(instance.hold(jr.lock_of(journal.path), "test"))
+                journal.record("sysctl", key=sysctl.IP_FORWARD, value=sysctl.read(sysctl.IP_FORWARD, ns))
+                nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+                journals.append(journal)
+            assert [j.steps[0]["value"] for j in journals] == ["0", "0"]
+            assert journals[first].undo_all() == []
+            os.close(locks[first])
+            assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+            assert journals[1 - first].undo_all() == []
+            os.close(locks[1 - first])
+            assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+
+
+@pytest.mark.netns
+def test_journal_saved_default_that_no_longer_fits_is_not_kept(tmp_path: Path) -> None:
+    """While the tunnel ran, the uplink moved to another subnet and a DHCP client put a new
+    default into main: the saved default (gateway 192.0.2.254) cannot come back, and the
+    host has its way out, so stop succeeds and keeps nothing for later runs."""
+    path = tmp_path / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1")
+        journal = jr.Journal(path, ns)
+        apply(plan(inp), journal, ns)
+        nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")
+        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up0")
+        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "up0")
+        assert journal.undo_all() == []
+        assert not path.exists()
+        main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        assert "default via 198.51.100.254 dev up0" in main and "192.0.2.25" not in main
+        assert "10.17.1.1" not in nsexec(ns, "ip", "route", "show", "table", "all").stdout
