@@ -33,8 +33,11 @@ class ReplayCounts:
 
 
 def replay_by_sender(engine: Engine) -> dict[int, ReplayCounts]:
-    """Replay counts per sending peer id, over all its (src, dst) flows."""
+    """Replay counts per sending peer id, over all its (src, dst) flows, forgotten relayed
+    ones included (so the counters never go backwards)."""
     counts: dict[int, ReplayCounts] = {}
+    for src, (duplicate, too_old, late) in engine.relayed.retired.items():
+        counts[src] = ReplayCounts(duplicate, too_old, late)
     for (src, _dst), flow in engine.flows.items():
         entry = counts.setdefault(src, ReplayCounts())
         entry.duplicate += flow.window.duplicate
@@ -77,7 +80,7 @@ def is_idle(peer: Peer, has_flows: bool) -> bool:
 
 def active_peers(engine: Engine) -> list[Peer]:
     """The engine's peers minus the idle ones, in peer id order."""
-    senders = {src for src, _ in engine.flows}
+    senders = {src for src, _ in engine.flows} | set(engine.relayed.retired)
     return [p for _, p in sorted(engine.peers.items()) if not is_idle(p, p.peer_id in senders)]
 
 

@@ -41,6 +41,7 @@ from alpaca.core.padding import pad, unpad
 from alpaca.core.paths import Generation, Path, PathKind
 from alpaca.core.peers import Flow, Peer
 from alpaca.core.probing import Prober
+from alpaca.core.relayflows import RelayFlows
 from alpaca.core.replay import Verdict
 from alpaca.core.routecache import RouteCache
 from alpaca.core.routing import Target
@@ -84,6 +85,8 @@ class Engine:
         self.generation = Generation()
         self.peers: dict[int, Peer] = {}
         self.flows: dict[tuple[int, int], Flow] = {}
+        #: bounds the relayed ones among ``flows`` (expiry, cap)
+        self.relayed = RelayFlows()
         self.routes = RouteCache(settings.route_cache_size, settings.route_cache_ttl)
         self.dup = DupSendScheduler(settings.dup_queue_max)
         self.prober = Prober(self)
@@ -107,6 +110,7 @@ class Engine:
         removed = set(old) - set(settings.peers)
         for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
             del self.flows[key]
+        self.relayed.forget_peers(changed | removed)
         for peer_id in removed:
             gone = self.peers.pop(peer_id, None)
             if gone is not None:
@@ -335,6 +339,8 @@ class Engine:
         if flow is None:
             flow = Flow(epoch, self.settings.replay_window, verified=dst != self.self_id)
             self.flows[(src, dst)] = flow
+            if dst != self.self_id:
+                self.relayed.admit((src, dst), flow, self.flows, now)
         elif epoch > flow.epoch:
             flow.epoch = epoch
             flow.floor = -1
@@ -351,6 +357,8 @@ class Engine:
         if not flow.verified:
             self._on_unverified(flow, peer, ptype, pi, epoch, counter, plaintext, port, addr, now)
             return
+        if dst != self.self_id:
+            flow.last_at = now
         if dst != self.self_id and src < dst:
             # Relayed and sealed with the pair key, which is dst's own secret (the bigger id's):
             # dst could have made it. Carried on, but it says nothing about where src is.
@@ -497,6 +505,10 @@ class Engine:
                 if peer is not None:
                     peer.dup_copies += 1
         self.prober.on_timer(now)
+
+    def expire_relayed_flows(self, now: float) -> int:
+        """Forget relayed flows silent for path_lifetime (called by the prober's rounds)."""
+        return self.relayed.expire(self.flows, now, self.settings.path_lifetime)
 
     def lost_packets(self, peer_id: int) -> int:
         """DATA and probes from ``peer_id`` to us that no path delivered (left the window unseen)."""

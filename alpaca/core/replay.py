@@ -29,6 +29,7 @@ Not thread-safe: call only from the engine's greenlet.
 
 from __future__ import annotations
 
+from array import array
 from enum import IntEnum
 
 from alpaca.core.constants import DEFAULT_REPLAY_WINDOW
@@ -67,7 +68,7 @@ class ReplayWindow:
         self._blocks = size // _BLOCK_BITS
         self._mask = self._blocks - 1
         self._window = (self._blocks - 1) * _BLOCK_BITS
-        self._ring = [0] * self._blocks
+        self._ring = array("Q", bytes(8 * self._blocks))
         self._top = -1
         self._first = -1
         self.accepted = 0
@@ -167,6 +168,6 @@ class ReplayWindow:
 
     def reset(self) -> None:
         """Forget every counter (a new epoch); the cumulative counters are kept."""
-        self._ring = [0] * self._blocks
+        self._ring = array("Q", bytes(8 * self._blocks))
         self._top = -1
         self._first = -1

@@ -1,0 +1,79 @@
+"""Bounds on the flows a relay keeps: the (src, dst) windows of traffic it only carries.
+
+A gateway or forwarder keeps a replay window (:class:`~alpaca.core.peers.Flow`, ~5 KiB) per
+(src, dst) pair it relays. Without a bound, the holder of one client key could make it keep
+one per server in each direction (two per configured peer). So a relayed flow is forgotten
+when silent for ``idle`` seconds, or, beyond :data:`MAX_RELAY_FLOWS`, the oldest one is. What
+a forgotten flow leaves behind is small: its top counter as the next flow's floor (a replay
+of anything it carried is still refused, only a copy reordered across the forgetting is
+lost) and its replay counts, so the exported counters never go backwards. Flows towards us
+are never forgotten: their endpoint is this node.
+
+Not thread-safe: owned by the engine, called from its greenlet.
+"""
+
+from __future__ import annotations
+
+from alpaca.core.peers import Flow
+
+#: Relayed flows kept at most (~5 KiB each): 4096 is ~20 MiB.
+MAX_RELAY_FLOWS = 4096
+#: Floors of forgotten flows kept at most (~200 B each); beyond, the oldest go (a replay of
+#: such a flow's traffic is then carried once more, and refused by its endpoint).
+MAX_FLOORS = 65536
+
+FlowKey = tuple[int, int]
+
+
+class RelayFlows:
+    """The relayed flows' bookkeeping beside the engine's ``flows`` dict (which it edits)."""
+
+    def __init__(self, max_flows: int = MAX_RELAY_FLOWS, max_floors: int = MAX_FLOORS) -> None:
+        self.max_flows = max_flows
+        self.max_floors = max_floors
+        #: relayed flow keys in the order they were made (the oldest is evicted first)
+        self.keys: dict[FlowKey, None] = {}
+        #: (src, dst) -> (epoch, top counter) of a forgotten flow
+        self.floors: dict[FlowKey, tuple[int, int]] = {}
+        #: src -> [duplicate, too_old, late] of its forgotten flows
+        self.retired: dict[int, list[int]] = {}
+        self.forgotten = 0
+
+    def admit(self, key: FlowKey, flow: Flow, flows: dict[FlowKey, Flow], now: float) -> None:
+        """A relayed flow was just made: give it its predecessor's floor, make room."""
+        flow.last_at = now
+        floor = self.floors.pop(key, None)
+        if floor is not None and floor[0] == flow.epoch:
+            flow.floor = floor[1]
+        self.keys[key] = None
+        while len(self.keys) > self.max_flows:
+            self._forget(next(iter(self.keys)), flows)
+
+    def expire(self, flows: dict[FlowKey, Flow], now: float, idle: float) -> int:
+        """Forget relayed flows silent for ``idle`` seconds; return how many."""
+        stale = [k for k in self.keys if k not in flows or now - flows[k].last_at >= idle]
+        for key in stale:
+            self._forget(key, flows)
+        return len(stale)
+
+    def forget_peers(self, peer_ids: set[int]) -> None:
+        """Peers removed or re-keyed (their flows already dropped): drop their floors too."""
+        for table in (self.keys, self.floors):
+            for key in [k for k in table if k[0] in peer_ids or k[1] in peer_ids]:
+                del table[key]
+
+    def _forget(self, key: FlowKey, flows: dict[FlowKey, Flow]) -> None:
+        del self.keys[key]
+        flow = flows.pop(key, None)
+        if flow is None:
+            return
+        self.forgotten += 1
+        window = flow.window
+        counts = self.retired.setdefault(key[0], [0, 0, 0])
+        counts[0] += window.duplicate
+        counts[1] += window.too_old
+        counts[2] += window.late
+        self.floors.pop(key, None)
+        self.floors[key] = (flow.epoch, max(flow.floor, window.top))
+        while len(self.floors) > self.max_floors:
+            del self.floors[next(iter(self.floors))]

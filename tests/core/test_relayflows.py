@@ -1,0 +1,118 @@
+"""A relay's (src, dst) windows are bounded: silent ones expire, the oldest go beyond a cap,
+and what they leave (a floor, the replay counts) keeps replays out and counters monotonic."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+from alpaca.core import header
+from alpaca.core.crypto import KeyRing
+from alpaca.core.engine import Engine
+from alpaca.core.header import Header
+from alpaca.core.replay import ReplayWindow
+from alpaca.core.settings import Addr, EngineSettings, PeerSpec
+from alpaca.snapshot import replay_by_sender
+
+GROUP = "relay-test"
+NET = 0x0A110000
+RELAY, CLIENT = 0x0102, 0x1001  # 1.2 and 16.1
+SERVERS = [0x0100 + i for i in range(3, 43)]  # 1.3 .. 1.42
+CLIENT_KEY = bytes(range(32))
+EPOCH = 7
+CLIENT_ADDR: Addr = ("192.0.2.16", 40000)
+
+
+class Wire:
+    """The relay's side of the network: what it sends, by destination address."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Addr, bytes]] = []
+
+    def send(self, port: int, addr: Addr, data: bytes) -> bool:
+        self.sent.append((addr, data))
+        return True
+
+    def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+        raise AssertionError("a relay writes nothing to its TUN here")
+
+
+def relay(now: float = 0.0) -> tuple[Engine, Wire]:
+    peers = {RELAY: PeerSpec(RELAY, bytes(32)), CLIENT: PeerSpec(CLIENT, CLIENT_KEY)}
+    for server in SERVERS:
+        peers[server] = PeerSpec(server, bytes([server & 0xFF]) * 16, (f"198.51.100.{server & 0xFF}", 10001))
+    wire = Wire()
+    engine = Engine(EngineSettings(RELAY, NET, GROUP, peers), wire, epoch=1, random_bytes=bytes)
+    return engine, wire
+
+
+def datagram(dst: int, counter: int) -> bytes:
+    """From the holder of the client's key (which seals every pair with a smaller id)."""
+    cipher = KeyRing(GROUP, {CLIENT: CLIENT_KEY}).cipher(CLIENT, dst, EPOCH)
+    assert cipher is not None
+    head = header.encode(Header(ptype=0, flags=0, ttl=15, pi=0, src=CLIENT, dst=dst, epoch=EPOCH,
+                                counter=counter))
+    return cipher.seal(head, b"E" + bytes(40))
+
+
+def relayed_flows(engine: Engine) -> int:
+    return sum(1 for _, dst in engine.flows if dst != engine.self_id)
+
+
+def test_relay_keeps_at_most_max_flows_and_still_refuses_replays() -> None:
+    engine, wire = relay()
+    engine.relayed.max_flows = 8
+    first = datagram(SERVERS[0], 5)
+    engine.on_datagram(first, CLIENT_ADDR, 0, 1.0)
+    for i, server in enumerate(SERVERS[1:]):
+        engine.on_datagram(datagram(server, 5), CLIENT_ADDR, 0, 2.0 + i)
+    assert relayed_flows(engine) == 8
+    assert engine.relayed.forgotten == len(SERVERS) - 8
+    carried = len(wire.sent)
+    assert carried == len(SERVERS)
+    engine.on_datagram(first, CLIENT_ADDR, 0, 100.0)  # the first flow was forgotten
+    assert len(wire.sent) == carried
+    assert engine.stats.drop_counts()["too_old"] == 1
+    engine.on_datagram(datagram(SERVERS[0], 6), CLIENT_ADDR, 0, 101.0)  # its next one goes
+    assert len(wire.sent) == carried + 1
+
+
+def test_relay_forgets_silent_flows_and_counts_stay_monotonic() -> None:
+    engine, wire = relay()
+    for server in SERVERS[:5]:
+        for counter in (1, 2, 2):  # one duplicate each
+            engine.on_datagram(datagram(server, counter), CLIENT_ADDR, 0, 1.0)
+    assert relayed_flows(engine) == 5
+    assert replay_by_sender(engine)[CLIENT].duplicate == 5
+    engine.on_timer(1.0 + engine.settings.path_lifetime / 2)
+    assert relayed_flows(engine) == 5
+    engine.on_datagram(datagram(SERVERS[0], 3), CLIENT_ADDR, 0, 30.0)  # keeps one alive
+    engine.on_timer(1.0 + engine.settings.path_lifetime + 1)
+    assert [dst for _, dst in engine.flows if dst != RELAY] == [SERVERS[0]]
+    assert replay_by_sender(engine)[CLIENT].duplicate == 5
+    before = len(wire.sent)
+    engine.on_datagram(datagram(SERVERS[1], 2), CLIENT_ADDR, 0, 100.0)  # a replay
+    assert len(wire.sent) == before
+    assert engine.stats.drop_counts()["too_old"] == 1
+
+
+def test_relay_flows_of_a_removed_peer_leave_nothing_behind() -> None:
+    engine, _ = relay()
+    engine.on_datagram(datagram(SERVERS[0], 1), CLIENT_ADDR, 0, 1.0)
+    engine.on_timer(2.0 + engine.settings.path_lifetime)
+    assert (CLIENT, SERVERS[0]) in engine.relayed.floors
+    peers = {k: v for k, v in engine.settings.peers.items() if k != SERVERS[0]}
+    engine.reload(EngineSettings(RELAY, NET, GROUP, peers))
+    assert not engine.relayed.floors and not engine.relayed.keys
+
+
+def test_replay_window_ring_is_flat_whatever_the_counters() -> None:
+    """A window costs its ring (4 KiB at 2**15) and not one object per touched block: a
+    sender spreading counters over every block cannot make a relay's windows grow."""
+    tracemalloc.start()
+    windows = [ReplayWindow(2**15) for _ in range(100)]
+    for window in windows:
+        for counter in range(63, 2**15, 64):  # bit 63 of each block: a big int per block
+            window.accept(counter)
+    per_window = tracemalloc.get_traced_memory()[0] / len(windows)
+    tracemalloc.stop()
+    assert per_window < 5 * 1024
