@@ -369,7 +369,7 @@ class Engine:
         else:
             path = peer.paths.learn(pi, port, addr, now)
             if not path.up:
-                self.path_answered(path, now)
+                self._fresh_on_down_path(peer, path, now)
             path.rx_packets += 1
             path.rx_bytes += n
             path.rx_first += 1
@@ -417,6 +417,15 @@ class Engine:
         to a sender whose address is not learned (it is not stored anywhere)."""
         known = peer.paths.match(port, addr)
         return known or Path(peer.peer_id, PathKind.LEARNED, pi, port, addr, "unverified")
+
+    def _fresh_on_down_path(self, peer: Peer, path: Path, now: float) -> None:
+        """A fresh datagram came on a path that is down: up now if it is confirmed, else probe
+        its address (at most every CHALLENGE_INTERVAL): only an answer confirms it."""
+        if path.confirmed:
+            self.path_answered(path, now)
+        elif now - path.challenged_at >= CHALLENGE_INTERVAL:
+            path.challenged_at = now
+            self.prober.challenge(peer, path, now)
 
     def path_answered(self, path: Path, now: float) -> None:
         """``path`` just delivered something authentic: if it was down, it is up from now on

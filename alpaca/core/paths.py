@@ -59,7 +59,8 @@ class Path:
     """
 
     __slots__ = (
-        "addr", "changes", "data_lost", "data_sent", "ip", "kind", "last_ok_at", "name", "peer",
+        "addr", "challenged_at", "changes", "confirmed", "data_lost", "data_sent", "ip", "kind",
+        "last_ok_at", "name", "peer",
         "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
         "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
         "rx_packets", "srtt", "tx_bytes", "tx_packets", "up", "via",
@@ -73,6 +74,11 @@ class Path:
         self.ip = ip_to_int(addr[0]) if addr is not None else 0
         self.name, self.via = name, via
         self.up = False
+        #: False for a learned path until a probe sent to its address is answered: until then
+        #: it is never up, so a spoofed source address gets probes at most, never traffic
+        self.confirmed = kind is not PathKind.LEARNED
+        #: when a probe was last sent to confirm it (monotonic seconds)
+        self.challenged_at = NEVER
         self.reason = "new"
         self.changes = 0
         self.last_ok_at = NEVER
@@ -115,8 +121,8 @@ class Path:
         self.probe_data_mark = (self.data_sent, peer_rx)
 
     def evaluate(self, now: float, timeout: float) -> bool:
-        """Update ``up`` from ``last_ok_at``; True if the state changed."""
-        up = now - self.last_ok_at < timeout
+        """Update ``up`` from ``last_ok_at`` (and ``confirmed``); True if the state changed."""
+        up = self.confirmed and now - self.last_ok_at < timeout
         if up == self.up:
             return False
         self.up = up
@@ -177,7 +183,8 @@ class PeerPaths:
     def learn(self, pi: int, port: int, addr: Addr, now: float) -> Path:
         """File ``addr`` under (pi, port); an existing exact match is reused (never moved).
 
-        Called only for authentic, fresh packets. Static paths are never overwritten.
+        Called only for authentic, fresh packets. Static paths are never overwritten. A new
+        path, or one moved to ``addr``, is unconfirmed (see :attr:`Path.confirmed`).
         """
         path = self.by_endpoint.get((port, addr))
         if path is None:
@@ -191,6 +198,10 @@ class PeerPaths:
                 assert path.addr is not None
                 self._unmap(path)
                 path.addr, path.ip = addr, ip_to_int(addr[0])
+                path.confirmed, path.challenged_at = False, NEVER
+                if path.up:
+                    path.up, path.reason = False, "moved"
+                    path.changes += 1
             self.by_endpoint[(port, addr)] = path
             self.generation.bump()
         path.last_ok_at = now

@@ -150,6 +150,7 @@ class Prober:
         path.on_rtt(now - sent_at)
         path.probes_answered += 1
         path.last_ok_at = now
+        path.confirmed = True
         if not path.up:
             self.engine.path_answered(path, now)
         path.on_data_report(data_rx)

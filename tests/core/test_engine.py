@@ -368,7 +368,7 @@ def test_engine_probes_measure_rtt_and_per_path_data_loss() -> None:
     net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
     net.run(2.0)
     ping(net, c, "8.8.8.8", n=2000, gap=0.002)
-    net.run(3.0)
+    net.run(12.0)  # ~20 probes: with 20 % loss, some must go unanswered
     path = eng(c).peers[s.peer_id].paths.static[0]
     assert path.srtt is not None and abs(path.srtt - 0.04) < 0.005
     assert 0.15 < path.data_lost / path.data_sent < 0.25
@@ -753,3 +753,23 @@ def test_engine_with_random_loss_delay_and_reordering_delivers_every_packet_once
     got = [pkt[20:] for pkt in s.tun]
     assert len(got) == len(set(got))  # never twice
     assert len(got) >= 495  # 0.1^4 residual loss
+
+
+def test_engine_a_learned_path_is_up_once_a_probe_to_it_is_answered() -> None:
+    """The server learns the client's address from its first datagram and probes it at once:
+    the path is up one round trip later (not before: a spoofed source is never up)."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP, delay=0.02)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    learned = eng(s).peers[c.peer_id].paths.learned
+    while not learned and net.now < 2.0:
+        net.run(0.001)
+    [path] = learned.values()
+    assert not path.up and not path.confirmed and path.probes_sent == 1
+    net.run(0.038)  # the probe's round trip is 0.04 s
+    assert not path.up
+    net.run(0.003)
+    assert path.up and path.confirmed and path.srtt is not None

@@ -314,7 +314,7 @@ def test_forgery_zeroed_ttl_on_one_path_does_not_kill_the_copy_on_the_other() ->
     assert drop_delta(before, drops(eng(f))) == {"ttl_expired": 1}
     assert fingerprint(eng(f)) == before_state
     delivered = len(s.tun)
-    eng(f).on_datagram(datagram, UP2, 1, net.now)  # the genuine copy, other uplink
+    eng(f).on_datagram(datagram, UP2, 0, net.now)  # the genuine copy, from the other uplink
     net.run(0.1)
     assert len(s.tun) == delivered + 1
 
@@ -326,3 +326,38 @@ def test_forgery_random_bytes_of_any_size_change_nothing(size: int) -> None:
     for _ in range(200):
         delta = attack(os.urandom(size), UP1)
         assert sum(delta.values()) == 1
+
+
+def test_forgery_a_spoofed_source_address_gets_probes_never_traffic() -> None:
+    """An on-path attacker rewrites the source address of one fresh datagram of 16.1 to a
+    victim's (it reaches the server first). The server files the victim under a new path, but
+    only a probe answered from there would confirm it: the victim gets a few probes, none of
+    the traffic the server sends to every live path of 16.1."""
+    net, s, c1, _ = network()
+    victim = ("10.66.0.7", 5555)
+    to_victim: list[bytes] = []
+    out = eng(s).out
+    send = out.send
+
+    def spy(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if addr == victim:
+            to_victim.append(data)
+            return True
+        return send(port, addr, data)
+
+    out.send = spy  # type: ignore[method-assign]
+    epoch, counter = current(net, s, c1)
+    fresh = forge("test-group", {c1.peer_id: net.keys[c1.peer_id]}, c1.peer_id, s.peer_id, epoch,
+                  counter + 100, ipv4(tunnel_ip(c1.peer_id), GW))
+    eng(s).on_datagram(fresh[:3] + bytes([7]) + fresh[4:], victim, 0, net.now)
+    spoofed = eng(s).peers[c1.peer_id].paths.match(0, victim)
+    assert spoofed is not None and not spoofed.up
+    delivered = len(c1.tun)
+    for _ in range(50):
+        net.inject_tun(s, ipv4(GW, tunnel_ip(c1.peer_id)))
+        net.run(0.1)
+    assert len(c1.tun) == delivered + 50
+    kinds = [d[0] & 0x0F for d in to_victim]
+    assert kinds and set(kinds) == {PacketType.PROBE}
+    assert len(kinds) <= 1 + 5.0 / eng(s).settings.probe_interval
+    assert not spoofed.up and not spoofed.confirmed
