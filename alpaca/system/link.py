@@ -3,7 +3,8 @@
 The daemon creates the device itself by opening /dev/net/tun (TUNSETIFF, non-persistent, so the
 kernel deletes it when the process exits, even after kill -9). These helpers only configure it.
 Before creating it, the daemon calls :func:`remove_stale_link`: a *persistent* device of the
-same name (left by another tool) would otherwise be attached to and outlive us.
+same name (left by another tool) would otherwise be attached to and outlive us. A TUN device
+some running program has open is never removed.
 Callers: the control greenlet at set-up.
 """
 
@@ -92,6 +93,11 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
             raise SystemSetupError(
                 f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
                 "choose another tun_name: only a TUN device left by an earlier run is removed")
+        if tun_attached(nl, index):
+            raise SystemSetupError(
+                f"device {ifname} is a TUN device another running program has open", None,
+                "choose another tun_name, or stop that program (see `ip -d link show "
+                f"{ifname}`): only a TUN device nobody has open is removed")
         nl_call(
             f"deleting stale device {ifname}",
             nl.link,
@@ -101,6 +107,14 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         )
     log.info("stale device removed dev=%s", ifname)
     return True
+
+
+def tun_attached(ipr: IPRoute, index: int) -> bool:
+    """True if a process has the TUN device open: the kernel turns its carrier on when a
+    descriptor attaches and off when the last one detaches (a persistent device left behind
+    has none)."""
+    links = nl_call(f"reading device {index}", ipr.get_links, index, ok=(errno.ENODEV,)) or ()
+    return bool(links and links[0].get_attr("IFLA_CARRIER"))
 
 
 def link_kind(ipr: IPRoute, index: int) -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from alpaca.errors import SystemSetupError
@@ -119,6 +122,30 @@ def test_link_remove_stale_link() -> None:
         assert link.remove_stale_link("alpaca0", ns)
         assert link.link_index("alpaca0", ns) is None
         assert not link.remove_stale_link("alpaca0", ns)
+
+
+HOLD_TUN = """
+import fcntl, os, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"alpaca0", 0x0001 | 0x1000))  # TUNSETIFF
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_link_remove_stale_link_leaves_a_tun_device_another_program_has_open() -> None:
+    """A non-persistent TUN exists only while its program runs: it is that program's, in use."""
+    with netns() as ns:
+        holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HOLD_TUN],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+            with pytest.raises(SystemSetupError, match=r"another running program has open.*tun_name"):
+                link.remove_stale_link("alpaca0", ns)
+            assert link.link_index("alpaca0", ns) is not None
+        finally:
+            holder.kill()
+            holder.wait()
 
 
 def test_link_remove_stale_link_leaves_a_device_of_another_kind() -> None:
