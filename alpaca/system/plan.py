@@ -18,12 +18,15 @@ Order (server): ip_forward, TUN, [uplink and chnroute], NAT/forward/MSS table, D
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from alpaca.system import chnroute, link, nft, routes, sysctl
 from alpaca.system.journal import Journal
 from alpaca.system.netlink import PROTO_ALPACA, RT_TABLE_DEFAULT
+
+log = logging.getLogger(__name__)
 
 #: the destination of the default route, as ExpectedRoute spells it
 DEFAULT_DST = "0.0.0.0/0"
@@ -383,6 +386,10 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
             ctx.route_table = op.table
+            if not routes.table_looked_up(op.table, ns):
+                log.warning("route_table %d: no ip rule looks this table up, so no traffic enters "
+                            "the tunnel; add one (ip rule add ... lookup %d) or use route_table "
+                            "default", op.table, op.table)
             ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)

@@ -201,13 +201,32 @@ def move_default_route(
     saved: Sequence[SavedRoute] | None = None,
 ) -> list[SavedRoute]:
     """Point the default route into the tunnel: add ours to ``table``, then delete ``saved``
-    (default: every IPv4 default of main) from main. Journal ``saved`` before calling.
+    (default: every IPv4 default of main) from main; with ``table`` main the other way round
+    (ours, metric 0, would clash with a saved default of metric 0). Journal ``saved`` before
+    calling.
 
     Returns:
         The routes removed from main, for :func:`restore_default_route`.
     """
     if saved is None:
         saved = save_default_routes(netns)
+    if table == RT_TABLE_MAIN:  # ours would clash with a saved one of the same metric
+        _delete_routes(saved, netns)
+        _add_tunnel_default(tunnel_gw_ip, tun_ifname, table, netns)
+    else:  # never a moment without a default
+        _add_tunnel_default(tunnel_gw_ip, tun_ifname, table, netns)
+        _delete_routes(saved, netns)
+    log.info(
+        "default route moved dev=%s via=%s table=%d removed=%d",
+        tun_ifname,
+        tunnel_gw_ip,
+        table,
+        len(saved),
+    )
+    return list(saved)
+
+
+def _add_tunnel_default(tunnel_gw_ip: str, tun_ifname: str, table: int, netns: str | None) -> None:
     with iproute(netns) as ipr:
         oif = link_index_or_fail(ipr, tun_ifname)
         added = nl_call(
@@ -226,20 +245,15 @@ def move_default_route(
                 f"adding route default via {tunnel_gw_ip} dev {tun_ifname} table {table}: the "
                 "table already has a default route of another program", None,
                 "give route_table a table of its own")
+
+
+def _delete_routes(saved: Sequence[SavedRoute], netns: str | None) -> None:
     with netlink.RtnlSocket(netns) as rt:
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)
             code = rt.send_raw_route(netlink.RTM_DELROUTE, 0, payload)
             if code and code not in OK_DEL:
                 raise netlink.setup_error(f"deleting route {route.text}", OSError(code, ""), code)
-    log.info(
-        "default route moved dev=%s via=%s table=%d removed=%d",
-        tun_ifname,
-        tunnel_gw_ip,
-        table,
-        len(saved),
-    )
-    return list(saved)
 
 
 def repoint_default_route(
@@ -277,6 +291,8 @@ def restore_default_route(
     failed: list[SystemSetupError] = []
     others = save_default_routes(netns)
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
+        if table == RT_TABLE_MAIN:  # ours first: a saved one of the same metric would clash
+            _delete_tunnel_default(ipr, table)
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)
             oif = ipr.link_lookup(ifname=route.dev) if route.dev else []
@@ -291,19 +307,32 @@ def restore_default_route(
                     log.warning("saved default route not restored: main has another default error=%s", error)
                     continue
                 failed.append(error)
-        nl_call(
-            f"deleting route default proto {PROTO_ALPACA} table {table}",
-            ipr.route,
-            "del",
-            dst="0.0.0.0/0",
-            table=table,
-            proto=PROTO_ALPACA,
-            scope=netlink.RT_SCOPE_NOWHERE,
-            ok=OK_DEL,
-        )
+        if table != RT_TABLE_MAIN:
+            _delete_tunnel_default(ipr, table)
     if failed:
         raise failed[0]
     log.info("default route restored table=%d restored=%d", table, len(saved))
+
+
+def _delete_tunnel_default(ipr: IPRoute, table: int) -> None:
+    nl_call(
+        f"deleting route default proto {PROTO_ALPACA} table {table}",
+        ipr.route,
+        "del",
+        dst="0.0.0.0/0",
+        table=table,
+        proto=PROTO_ALPACA,
+        scope=netlink.RT_SCOPE_NOWHERE,
+        ok=OK_DEL,
+    )
+
+
+def table_looked_up(table: int, netns: str | None = None) -> bool:
+    """Whether an IPv4 ip rule looks ``table`` up (main and default always are, by the
+    kernel's own rules, unless an administrator deleted them)."""
+    with iproute(netns) as ipr:
+        rules = nl_call("listing ip rules", ipr.get_rules, family=socket.AF_INET) or ()
+        return any((r.get_attr("FRA_TABLE") or r["table"]) == table for r in rules)
 
 
 def link_index_or_fail(ipr: IPRoute, ifname: str) -> int:

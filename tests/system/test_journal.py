@@ -412,3 +412,46 @@ def test_journal_saved_default_that_no_longer_fits_is_not_kept(tmp_path: Path) -
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
         assert "default via 198.51.100.254 dev up0" in main and "192.0.2.25" not in main
         assert "10.17.1.1" not in nsexec(ns, "ip", "route", "show", "table", "all").stdout
+
+
+@pytest.mark.netns
+def test_journal_route_table_main_moves_a_default_of_metric_zero(tmp_path: Path) -> None:
+    """route_table main with an uplink default of metric 0 (as `ip route add default via`
+    makes it): ours takes its place in main, and stop puts it back byte for byte."""
+    with netns() as ns:
+        nsexec(ns, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+        for dev in ("up0", "up1"):
+            nsexec(ns, "ip", "link", "set", dev, "up")
+        nsexec(ns, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0")
+        before = snapshot(ns)
+        add_tun(ns)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1", route_table=254)
+        journal = jr.Journal(tmp_path / "j", ns)
+        apply(plan(inp), journal, ns)
+        main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
+        assert "default via 10.17.1.1 dev alpaca0 proto 97" in main and "192.0.2.254" not in main
+        assert journal.undo_all() == []
+        link.remove_stale_link("alpaca0", ns)
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_route_table_nobody_looks_up_is_named_in_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """route_table 100 without an ip rule for it: the tunnel would carry nothing, and the log
+    says so; with the administrator's rule in place, nothing is said."""
+    inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                        gateway_ip="10.17.1.1", route_table=100)
+    for ruled in (False, True):
+        caplog.clear()
+        with netns() as ns:
+            client_ns(ns)
+            if ruled:
+                nsexec(ns, "ip", "rule", "add", "from", "10.17.0.0/16", "lookup", "100")
+            journal = jr.Journal(tmp_path / f"j{ruled}", ns)
+            apply(plan(inp), journal, ns)
+            warned = [r.message for r in caplog.records if "no ip rule looks this table up" in r.message]
+            assert bool(warned) is not ruled
+            assert journal.undo_all() == []
