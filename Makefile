@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 APT_PKGS := iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus docker-compose
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv test test-fast lint demo bench soak fuzz clean install
+.PHONY: all deps venv test test-fast lint demo bench soak fuzz clean install install-files
 
 all: test
 
@@ -56,22 +56,33 @@ fuzz: venv
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py $(PYTEST_ARGS)
 
 # Installs into a private virtualenv and copies its launcher (not a symlink: the launcher's
-# own path decides where the config is read from, see README "Run") to $(PREFIX)/bin.
+# own path decides where the config is read from, see README "Run") to $(PREFIX)/bin. The
+# config directory and the systemd unit's paths are the ones that launcher will use
+# (alpaca/paths.py: /usr/bin -> /etc/alpaca-tunnel.d, /usr/local/bin -> /usr/local/etc/...).
+# DESTDIR stages everything under another root (packaging, tests).
 PREFIX      ?= /usr/local
 APPDIR      ?= $(PREFIX)/lib/alpaca-tunnel
-CONFDIR     ?= $(PREFIX)/etc/alpaca-tunnel.d
 SYSTEMD_DIR ?= /etc/systemd/system
+DESTDIR     ?=
 
 install:
-	$(PY) -m venv $(APPDIR)
-	$(APPDIR)/bin/pip install -q --upgrade pip
-	$(APPDIR)/bin/pip install -q .
-	install -d -m 0755 $(PREFIX)/bin $(CONFDIR) $(SYSTEMD_DIR)
-	install -m 0755 $(APPDIR)/bin/alpaca-tunnel $(PREFIX)/bin/alpaca-tunnel
-	[ -e $(CONFDIR)/config.json ] || install -m 0644 config/client.json $(CONFDIR)/config.json
-	[ -e $(CONFDIR)/secrets.txt ] || install -m 0600 config/secrets.example $(CONFDIR)/secrets.txt
-	install -m 0644 config/alpaca-tunnel.service $(SYSTEMD_DIR)/alpaca-tunnel.service
-	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	$(PY) -m venv $(DESTDIR)$(APPDIR)
+	$(DESTDIR)$(APPDIR)/bin/pip install -q --upgrade pip
+	$(DESTDIR)$(APPDIR)/bin/pip install -q .
+	$(MAKE) install-files
+
+# The files around an installed virtualenv (APPDIR must hold one with the package).
+install-files:
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR)
+	install -m 0755 $(DESTDIR)$(APPDIR)/bin/alpaca-tunnel $(DESTDIR)$(PREFIX)/bin/alpaca-tunnel
+	set -e; conf=$$($(DESTDIR)$(APPDIR)/bin/python -c 'import sys, pathlib, alpaca.paths as p; print(p.default_config_path(pathlib.Path(sys.argv[1])))' $(PREFIX)/bin/alpaca-tunnel); \
+	  dir=$$(dirname "$$conf"); install -d -m 0755 "$(DESTDIR)$$dir"; \
+	  [ -e "$(DESTDIR)$$conf" ] || install -m 0644 config/client.json "$(DESTDIR)$$conf"; \
+	  [ -e "$(DESTDIR)$$dir/secrets.txt" ] || install -m 0600 config/secrets.example "$(DESTDIR)$$dir/secrets.txt"; \
+	  sed -e "s|/usr/local/bin/alpaca-tunnel|$(PREFIX)/bin/alpaca-tunnel|" -e "s|/usr/local/etc/alpaca-tunnel.d/config.json|$$conf|" \
+	    config/alpaca-tunnel.service > $(DESTDIR)$(SYSTEMD_DIR)/alpaca-tunnel.service; \
+	  echo "installed: $(PREFIX)/bin/alpaca-tunnel, config $$conf"
+	if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) .deps.stamp *.egg-info .mypy_cache .ruff_cache .pytest_cache
