@@ -21,7 +21,17 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from alpaca.configreader import NAMED_TABLES, DuplicateKey, JsonObject, no_duplicate_keys, show
+from alpaca.configreader import (
+    CONFIG_MAX_BYTES,
+    NAMED_TABLES,
+    DuplicateKey,
+    JsonObject,
+    json_integer,
+    no_duplicate_keys,
+    read_chnroute_text,
+    read_text_file,
+    show,
+)
 from alpaca.core import constants as C
 from alpaca.core.ids import format_peer_id, is_digits
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
@@ -278,30 +288,33 @@ def _check_against_secrets(config: Config, secrets: Secrets) -> None:
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate ``path``.
+    """Read and validate ``path`` (UTF-8 JSON, a leading BOM dropped, at most CONFIG_MAX_BYTES).
 
     Raises:
         ConfigError: with one located line per problem.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([f"{path}: cannot read the config file: {reason}"]) from exc
-    try:
-        data = json.loads(text, object_pairs_hook=no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
-    except DuplicateKey as exc:
-        raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
-    except (RecursionError, ValueError) as exc:  # nesting too deep, an integer of > 4300 digits
-        raise ConfigError([f"{path}: invalid JSON: {exc}"]) from exc
+    text = read_text_file(path, "the config file", CONFIG_MAX_BYTES,
+                          "point -c at the JSON config file")
+    data = _decode_json(path, text)
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a JSON object {{...}} at the top"])
     config = _Builder(path, data).build()
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
+
+
+def _decode_json(path: Path, text: str) -> object:
+    """The JSON value of ``text``; integers too long to convert stay HugeInteger, reported by
+    the getter of their key."""
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=json_integer)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
+    except DuplicateKey as exc:
+        raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: invalid JSON: [ ] and {{ }} nested too deep"]) from exc
 
 
 TOP_KEYS = [
@@ -645,15 +658,13 @@ def _network(item: object) -> IPv4Network | str:
 def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
     """Read a chnroute data file: one ``a.b.c.d/len`` per line, ``#`` comments, blank lines.
 
-    Prefixes of length 0 are skipped, as the original did.
+    Prefixes of length 0 are skipped, as the original did. The file is UTF-8, at most
+    CHNROUTE_MAX_BYTES (alpaca.configreader).
 
     Raises:
-        ConfigError: unreadable file, or one located line per bad prefix.
+        ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix.
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read the chnroute data: {exc}"]) from exc
+    lines = read_chnroute_text(path).splitlines()
     problems: list[str] = []
     result = []
     for number, line in enumerate(lines, start=1):

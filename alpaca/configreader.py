@@ -4,16 +4,37 @@
 ``peer_id``, ``path``, ``table`` ...) that return a usable default on a bad value and record a
 located problem (``config.json: forwarders[1]: "1.x" is not a peer id ...``) instead of raising,
 so that a whole file is checked in one pass. alpaca.config builds the Config with it.
+
+:func:`read_text_file` reads the config, secrets and chnroute files: bounded in size, a leading
+UTF-8 BOM dropped, bytes that are not UTF-8 reported with their line.
 """
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca.core.ids import check_usable, is_digits, parse_peer_id
+from alpaca.errors import ConfigError
 from alpaca.paths import relative_to_config
+
+MIB = 1 << 20
+#: The largest config file read, bytes. A config with every key and ``peer_protocols`` naming
+#: all 65,534 usable ids is about 2 MB; a real one is a few KB.
+CONFIG_MAX_BYTES = 4 * MIB
+#: The largest secrets file read, bytes. 10,000 peers take about 1 MB; a line for each of the
+#: 65,534 usable ids, with a 64-digit key, an address and a port, about 7 MB.
+SECRETS_MAX_BYTES = 16 * MIB
+#: The largest chnroute data file read, bytes: about 450,000 prefixes of ~18 bytes, some 40
+#: times a published China list (~10,000 lines, ~200 KB).
+CHNROUTE_MAX_BYTES = 8 * MIB
+#: The longest JSON integer converted, digits. The largest value of any key has 10 digits;
+#: a longer one is kept as a :class:`HugeInteger` and reported where it stands.
+JSON_INT_MAX_DIGITS = 100
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
@@ -34,9 +55,97 @@ def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class HugeInteger:
+    """A JSON integer of more than JSON_INT_MAX_DIGITS digits, kept unconverted (Python refuses
+    to convert more than 4300) so that the problem names the key that holds it."""
+
+    digits: int
+    """How many digits it has."""
+    negative: bool
+    """Whether it has a minus sign."""
+
+    def __str__(self) -> str:
+        sign = "a negative" if self.negative else "an"
+        return f"{sign} integer of {self.digits} digits"
+
+
+def json_integer(text: str) -> int | HugeInteger:
+    """``parse_int`` hook of json.loads: the integer, or a HugeInteger if it is too long."""
+    digits = len(text.lstrip("-"))
+    if digits > JSON_INT_MAX_DIGITS:
+        return HugeInteger(digits, text.startswith("-"))
+    return int(text)
+
+
 def show(value: object) -> str:
-    text = json.dumps(value)
+    if isinstance(value, HugeInteger):
+        return str(value)
+    text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_text_file(path: Path, what: str, max_bytes: int, fix: str) -> str:
+    """The text of ``path``, which may hold at most ``max_bytes`` bytes.
+
+    At most ``max_bytes + 1`` bytes are read, so that a file without end (/dev/zero, a pipe)
+    or a huge log given by mistake fails at once instead of filling memory; a FIFO without a
+    writer reads as empty instead of blocking. A leading UTF-8 BOM is dropped.
+
+    Args:
+        path: the file.
+        what: its role, for messages ("the secrets file").
+        max_bytes: the largest size accepted, bytes.
+        fix: what to do about a file that is too large ("point secret_file at ...").
+
+    Raises:
+        ConfigError: the file cannot be read, is larger than ``max_bytes`` or is not UTF-8.
+    """
+    data = _read_at_most(path, what, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError([f"{path}: {what} is larger than {_size(max_bytes)}, the most it may"
+                           f" be (is it the right file?); {fix}"])
+    return _utf8_text(path, what, data)
+
+
+def read_chnroute_text(path: Path) -> str:
+    """The text of a chnroute data file (at most CHNROUTE_MAX_BYTES).
+
+    Raises:
+        ConfigError: the file cannot be read, is too large or is not UTF-8.
+    """
+    return read_text_file(path, "the chnroute data", CHNROUTE_MAX_BYTES,
+                          "point chnroute.data at a list of prefixes, one a.b.c.d/len a line")
+
+
+def _read_at_most(path: Path, what: str, size: int) -> bytes:
+    """Up to ``size`` bytes of ``path`` (fewer at its end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no wait for a writer
+        with open(fd, "rb") as file:
+            os.set_blocking(fd, True)
+            return file.read(size)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{path}: cannot read {what}: {reason}"]) from exc
+
+
+def _utf8_text(path: Path, what: str, data: bytes) -> str:
+    """``data`` decoded as UTF-8 after a leading BOM; else a problem naming line and byte."""
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = start + exc.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - data.rfind(b"\n", 0, offset)
+        raise ConfigError([f"{path}:{line}: byte {column} of the line is not UTF-8 text;"
+                           f" save {what} as UTF-8"]) from exc
+
+
+def _size(size: int) -> str:
+    """``size`` bytes as MiB when whole, else as bytes."""
+    return f"{size // MIB} MiB" if size % MIB == 0 else f"{size} bytes"
 
 
 class JsonObject:
@@ -84,16 +193,23 @@ class JsonObject:
         value = self.data.get(key)
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool):
+        if isinstance(value, HugeInteger):
+            self.out_of_range(key, value, value.negative, (low, high), why)
+        elif not isinstance(value, int) or isinstance(value, bool):
             self.fail(key, f"{show(value)} is not an integer (expected {low}-{high})")
-            return default
-        if value < low:
-            self.fail(key, f"{value} is below the minimum {low}")
-        elif value > high:
-            self.fail(key, f"{value} is above the maximum {high}" + (f" ({why})" if why else ""))
-        else:
+        elif low <= value <= high:
             return value
+        else:
+            self.out_of_range(key, value, value < low, (low, high), why)
         return default  # checks that depend on this value see a sane one
+
+    def out_of_range(self, key: str, value: object, below: bool, bounds: tuple[int, int],
+                     why: str) -> None:
+        """Record that ``value`` is below the minimum or above the maximum of ``bounds``."""
+        if below:
+            self.fail(key, f"{value} is below the minimum {bounds[0]}")
+        else:
+            self.fail(key, f"{value} is above the maximum {bounds[1]}" + (f" ({why})" if why else ""))
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key)
@@ -161,6 +277,8 @@ class JsonObject:
         if isinstance(value, int) and not isinstance(value, bool):
             if 1 <= value <= 0xFFFFFFFF:
                 return value
+            self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
+        elif isinstance(value, HugeInteger):
             self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
         elif isinstance(value, str):
             number = table_number(value)

@@ -7,7 +7,9 @@ Format (the original's, whitespace separated, ``#`` starts a comment, ``null`` m
     16.1       1f5c6281e4e3e0db7c57b74d2103e706
 
 Keys are hex: 32 hex characters give 16 bytes, 64 give 32 bytes (``alpaca-tunnel genkey``).
-Unlike the original, which used the first 16 ASCII characters, the whole key is decoded.
+Unlike the original, which used the first 16 ASCII characters, the whole key is decoded. A key
+whose bytes are all the same (``1111...``, ``0000...``: the placeholders of secrets.example) is
+refused. The file is UTF-8 (a leading BOM is dropped), at most SECRETS_MAX_BYTES.
 ``peer_ip`` is an IPv4 literal or a hostname (resolved here, kept for re-resolution);
 ``peer_ip6`` is accepted and ignored (the underlay is IPv4 only).
 
@@ -21,9 +23,11 @@ import ipaddress
 import logging
 import re
 import stat
+import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
 from alpaca.core.ids import check_usable, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
 from alpaca.io.dns import resolve_ipv4
@@ -31,13 +35,19 @@ from alpaca.io.dns import resolve_ipv4
 log = logging.getLogger(__name__)
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{32}|[0-9a-fA-F]{64}")
-#: text that may be (most of) a key: never echoed in a message, never sent to a resolver
-_KEYLIKE = re.compile(r"[0-9a-fA-F]{16,}")
+#: The shortest text that may be part of a key, characters: 8 hex digits are 4 bytes of a key,
+#: enough to keep out of every message.
+_KEY_PART_MIN = 8
+#: The shortest key-like text refused as a hostname, characters: shorter hex names are real
+#: hostnames (docker names a container by 12 hex digits).
+_KEY_AS_HOST_MIN = 16
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
-_GENKEY_HINT = 'expected 32 or 64 hex characters; make one with "alpaca-tunnel genkey"'
+_KEY_HELP = ("expected 32 or 64 hex digits 0-9 a-f A-F and nothing else;"
+             " make one with `alpaca-tunnel genkey`")
+_PLACEHOLDER_FIX = "replace it with the output of `alpaca-tunnel genkey`"
 _COLUMNS = 5
 
 
@@ -93,11 +103,8 @@ def load_secrets(path: Path, self_id: int) -> Secrets:
     Raises:
         ConfigError: with one located line per problem (every problem, not the first only).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([f"{path}: cannot read the secrets file: {reason}"]) from exc
+    text = read_text_file(path, "the secrets file", SECRETS_MAX_BYTES,
+                          "point secret_file at the secrets file (one line per peer)")
     warnings: list[str] = []
     _check_mode(path, warnings)
     parser = _Parser(str(path))
@@ -129,11 +136,50 @@ def _check_mode(path: Path, warnings: list[str]) -> None:
         )
 
 
+def _may_be_key(text: str, shortest: int = _KEY_PART_MIN) -> bool:
+    """Whether ``text`` may be (part of) a key: after an optional ``0x``, at least ``shortest``
+    characters of which at most one in eight is not a hex digit (a typo)."""
+    digits = text[2:] if text[:2] in ("0x", "0X") else text
+    if len(digits) < shortest:
+        return False
+    return sum(char not in string.hexdigits for char in digits) * 8 <= len(digits)
+
+
 def _shown(text: str) -> str:
     """``text`` for a message, unless it may be a key: then only its length."""
-    if _KEYLIKE.fullmatch(text):
-        return f"<{len(text)} hex characters, perhaps a key: not shown>"
+    if _may_be_key(text):
+        return f"<{len(text)} characters, perhaps a key: not shown>"
     return text
+
+
+def _key_fault(text: str) -> str:
+    """What is wrong with a key column that is not 32 or 64 hex digits, without its value."""
+    prefixed = text[:2] in ("0x", "0X")
+    digits = text[2:] if prefixed else text
+    faults = ["starts with 0x (write the hex digits only)"] if prefixed else []
+    not_hex = [i for i, char in enumerate(text, start=1)
+               if char not in string.hexdigits and not (prefixed and i <= 2)]
+    if not_hex:
+        faults.append(_not_hex_fault(not_hex))
+    elif len(digits) not in (32, 64):
+        faults.append(_length_fault(len(digits)))
+    return f"{len(text)} characters, " + " and ".join(faults)
+
+
+def _not_hex_fault(positions: list[int]) -> str:
+    """The positions (1-based) of characters that are not hex digits, the first three."""
+    listed = ", ".join(str(p) for p in positions[:3]) + (", ..." if len(positions) > 3 else "")
+    if len(positions) == 1:
+        return f"character {listed} is not a hex digit"
+    return f"characters {listed} are not hex digits"
+
+
+def _length_fault(digits: int) -> str:
+    """How far ``digits`` hex digits are from the nearest key length (32 or 64)."""
+    nearest = 32 if digits < 48 else 64
+    gap = digits - nearest
+    direction = "many" if gap > 0 else "few"
+    return f"{digits} hex digits, {abs(gap)} too {direction} for a {nearest // 2}-byte key"
 
 
 class _Parser:
@@ -189,7 +235,7 @@ class _Parser:
             self.peers[peer_id] = replace(peer, address=address)
 
     def parse_id(self, number: int, text: str) -> int | None:
-        if _KEYLIKE.fullmatch(text):
+        if _may_be_key(text):
             self.problem(number, f'peer_id: "{_shown(text)}" is not a peer id (expected "A.B";'
                                  " is the peer_id column missing?)")
             return None
@@ -211,15 +257,17 @@ class _Parser:
     def parse_key(self, number: int, text: str, id_text: str) -> bytes | None:
         # The text of a bad key is never echoed: it may be most of a real key.
         if text.lower() == "null":
-            self.problem(number, f"peer {id_text} has no key ({_GENKEY_HINT})")
+            self.problem(number, f"peer_key of peer {id_text}: missing ({_KEY_HELP})")
             return None
         if not _HEX_KEY.fullmatch(text):
-            self.problem(
-                number,
-                f"the key of peer {id_text} is not a key ({len(text)} characters; {_GENKEY_HINT})",
-            )
+            self.problem(number, f"peer_key of peer {id_text}: {_key_fault(text)} ({_KEY_HELP})")
             return None
-        return bytes.fromhex(text)
+        key = bytes.fromhex(text)
+        if len(set(key)) == 1:
+            self.problem(number, f"peer_key of peer {id_text}: a placeholder key (all {len(key)}"
+                                 f" bytes the same); {_PLACEHOLDER_FIX}")
+            return None
+        return key
 
     def parse_ip(self, number: int, text: str) -> tuple[str | None, str | None]:
         if text.lower() == "null":
@@ -237,7 +285,8 @@ class _Parser:
                 " give an IPv4 address or hostname, or null)",
             )
             return None, None
-        if not _HOSTNAME.fullmatch(text) or is_digits(text.replace(".", "")) or _KEYLIKE.fullmatch(text):
+        if (not _HOSTNAME.fullmatch(text) or is_digits(text.replace(".", ""))
+                or _may_be_key(text, _KEY_AS_HOST_MIN)):
             self.problem(
                 number, f'peer_ip: "{_shown(text)}" is neither an IPv4 address nor a hostname (or null)'
             )

@@ -19,7 +19,9 @@ from alpaca.errors import TunnelError
 from alpaca.log import setup_logging
 
 DATA = Path(__file__).parent / "data" / "original-sample"
-KEYS = ["ab" * 16, "cd" * 32, "ef" * 16]
+KEYS = ["cf27c2b105d9fc6bb50ab02c71f8f0dd",
+        "952339cca6d96ba47b804793324168a2837834e9dacffe89675641c986a8b5cb",
+        "cdf2146aa3ebfe1b7d48013f4835fcbf"]
 
 
 def client_setup(tmp_path: Path, **extra: object) -> Path:
@@ -96,8 +98,9 @@ def test_cli_broken_secrets_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli.main(["check", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:2: the key of peer 1.1 is not a key"
-        ' (3 characters; expected 32 or 64 hex characters; make one with "alpaca-tunnel genkey")',
+        f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:2: peer_key of peer 1.1: 3 characters,"
+        " characters 1, 2, 3 are not hex digits (expected 32 or 64 hex digits 0-9 a-f A-F and"
+        " nothing else; make one with `alpaca-tunnel genkey`)",
         f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:3: peer 1.1 is listed again (first on line 2);"
         " keep one line per peer",
     ]

@@ -23,7 +23,8 @@ from alpaca.io.fakes import MemoryPort, MemoryTun
 from alpaca.secrets import load_secrets
 from tests.enginenet import ipv4
 
-KEY_S, KEY_C, KEY_D = "1f5c6281e4e3e0db7c57b74d2103e706", "ac48f5f6be3cd479c6a3dbd8cfb1dc7f", "00" * 32
+KEY_S, KEY_C = "1f5c6281e4e3e0db7c57b74d2103e706", "ac48f5f6be3cd479c6a3dbd8cfb1dc7f"
+KEY_D = "0b21e718ea748562e4604b8475c444ac0ed98333bfdc3ef74297ab8471b7ce8f"
 
 
 def write(tmp_path: Path, **config: object) -> Path:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import threading
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from alpaca.core.ids import parse_peer_id
 from alpaca.core.settings import DupPolicy, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.secrets import load_secrets
+from alpaca.system import chnroute
 
 DATA = Path(__file__).parent / "data" / "original-sample"
 KEY = "1f5c6281e4e3e0db7c57b74d2103e706"
@@ -293,6 +297,89 @@ def test_config_missing_file(tmp_path: Path) -> None:
     ]
 
 
+def test_config_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(BASE).encode())
+    assert load_config(path).group == "lab"
+
+
+def test_config_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes('{\n  "mode": "client",\n  "group": "caf\xe9"\n}'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}:3: byte 16 of the line is not UTF-8 text; save the config file as UTF-8"
+    ]
+
+
+@pytest.mark.parametrize("keys,expected", [
+    ({"mtu": "1" * 5000}, f"mtu: an integer of 5000 digits is above the maximum {C.MTU_MAX} ("),
+    ({"ports": [{"name": "wan", "port": "-" + "9" * 4301}]},
+     "ports[0].port: a negative integer of 4301 digits is below the minimum 0"),
+    ({"forwarders": ["9" * 200]},
+     'forwarders[0]: an integer of 200 digits is not a peer id (expected "A.B", each 0-255)'),
+    ({"route_table": "4" * 10_000},
+     "route_table: an integer of 10000 digits is not a table number (expected 1-4294967295)"),
+    ({"metrics": ["7" * 5000]},
+     'metrics: ["an integer of 5000 digits"] is not {"listen": "host:port"} or false'),
+    ({"pre_up_cmds": ["true", "7" * 5000]},
+     "pre_up_cmds[1]: an integer of 5000 digits is not a non-empty string"),
+])
+def test_config_integer_of_thousands_of_digits_names_its_key(
+    tmp_path: Path, keys: dict[str, Any], expected: str
+) -> None:
+    """Python refuses to convert integers of more than 4300 digits: the key is still named."""
+    text = json.dumps({**BASE, **keys})
+    for digits in (value for value in re.findall(r'"(-?[0-9]{100,})"', text)):
+        text = text.replace(f'"{digits}"', digits)  # the number itself, not a string of it
+    found = problems(tmp_path, text)
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'config.json'}: {expected}"), found
+
+
+def test_config_file_at_the_size_limit_loads_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    limit = 4 * 1024 * 1024
+    text = json.dumps(BASE)
+    path = write(tmp_path, text + " " * (limit - len(text)))
+    assert load_config(path).group == "lab"
+    path = write(tmp_path, text + " " * (limit - len(text) + 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}: the config file is larger than 4 MiB, the most it may be (is it the right"
+        " file?); point -c at the JSON config file"
+    ]
+
+
+def test_config_endless_file_is_refused_not_read_to_the_end() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(Path("/dev/zero"))
+    assert info.value.problems[0].startswith("/dev/zero: the config file is larger than 4 MiB")
+
+
+def test_config_fifo_without_a_writer_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    outcome: list[ConfigError] = []
+
+    def load_into_outcome() -> None:
+        try:
+            load_config(fifo)
+        except ConfigError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load_into_outcome, daemon=True)
+    reader.start()
+    reader.join(5)
+    try:
+        assert not reader.is_alive(), "load_config waits for a writer"
+        assert str(outcome[0]) == f"{fifo}:1:1: invalid JSON: Expecting value"
+    finally:
+        if reader.is_alive():  # release the blocked reader
+            os.close(os.open(fifo, os.O_WRONLY))
+            reader.join(5)
+
+
 def test_config_unknown_key_suggests_nearest(tmp_path: Path) -> None:
     assert only(tmp_path, mtuu=1400).endswith('mtuu: unknown key (did you mean "mtu"?)')
     assert only(tmp_path, forwarder=["1.2"]).endswith('(did you mean "forwarders"?)')
@@ -524,15 +611,51 @@ def test_read_chnroute_errors(tmp_path: Path) -> None:
         read_chnroute(tmp_path / "absent.txt")
 
 
+def test_read_chnroute_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    limit = 8 * 1024 * 1024
+    path = tmp_path / "cn.txt"
+    line = "1.0.1.0/24\n"
+    path.write_text(line + "#" * (limit - len(line) - 1) + "\n")
+    assert path.stat().st_size == limit
+    assert read_chnroute(path) == (IPv4Network("1.0.1.0/24"),)
+    assert chnroute.load_file(path) == [IPv4Network("1.0.1.0/24")]
+    with path.open("a") as more:
+        more.write("\n")
+    expected = [f"{path}: the chnroute data is larger than 8 MiB, the most it may be (is it the"
+                " right file?); point chnroute.data at a list of prefixes, one a.b.c.d/len a line"]
+    for reader in (read_chnroute, chnroute.load_file):
+        with pytest.raises(ConfigError) as info:
+            reader(path)
+        assert info.value.problems == expected
+
+
+def test_read_chnroute_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "cn.txt"
+    path.write_bytes(b"1.0.1.0/24\n1.0.2.0/23 # \xff\n")
+    expected = [f"{path}:2: byte 14 of the line is not UTF-8 text; save the chnroute data as UTF-8"]
+    for reader in (read_chnroute, chnroute.load_file):
+        with pytest.raises(ConfigError) as info:
+            reader(path)
+        assert info.value.problems == expected
+
+
 # --- the shipped examples ----------------------------------------------------------------
 
 EXAMPLES = Path(__file__).parent.parent / "config"
 
 
+def with_fresh_keys(text: str) -> str:
+    """``text`` with each placeholder key of secrets.example replaced by a random key, as the
+    comment at its top asks."""
+    fresh, count = re.subn(r"\b([0-9a-f]{2})\1{31}\b", lambda _: os.urandom(32).hex(), text)
+    assert count == 4
+    return fresh
+
+
 @pytest.mark.parametrize("name", ["server.json", "forwarder.json", "client.json"])
 def test_config_examples_load_with_example_secrets(tmp_path: Path, name: str) -> None:
     shutil.copy(EXAMPLES / name, tmp_path / "config.json")
-    secrets_file(tmp_path, (EXAMPLES / "secrets.example").read_text())
+    secrets_file(tmp_path, with_fresh_keys((EXAMPLES / "secrets.example").read_text()))
     config = load_config(tmp_path / "config.json")
     assert config.warnings == ()
     settings = config.engine_settings(load_secrets(config.secret_file, config.id))

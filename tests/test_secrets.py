@@ -15,8 +15,9 @@ from alpaca.secrets import PeerSecret, load_secrets
 
 DATA = Path(__file__).parent / "data" / "original-sample"
 KEY16 = "1f5c6281e4e3e0db7c57b74d2103e706"
-KEY32 = "ab" * 32
+KEY32 = "ebee546b1ac8588f6a6a85d6dc898a09cbe91e97f7c49a5061b6ba16222a9e80"
 SELF = parse_peer_id("16.1")
+HELP = "expected 32 or 64 hex digits 0-9 a-f A-F and nothing else; make one with `alpaca-tunnel genkey`"
 
 
 def write(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
@@ -101,9 +102,9 @@ def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
             f"1.3 {KEY16} localhost null 10003\n")
     found = problems(write(tmp_path, text))
     assert not any(KEY32 in p or KEY32[:16] in p for p in found), found
-    assert any(p.endswith(":2: peer_id: \"<64 hex characters, perhaps a key: not shown>\" is not a peer id"
+    assert any(p.endswith(":2: peer_id: \"<64 characters, perhaps a key: not shown>\" is not a peer id"
                           ' (expected "A.B"; is the peer_id column missing?)') for p in found), found
-    assert any(":3: peer_ip: \"<64 hex characters, perhaps a key: not shown>\"" in p for p in found), found
+    assert any(":3: peer_ip: \"<64 characters, perhaps a key: not shown>\"" in p for p in found), found
     assert asked == [], "nothing is resolved before the whole file is valid"
 
 
@@ -146,20 +147,16 @@ def test_secrets_bad_key_is_located_and_not_echoed(tmp_path: Path) -> None:
     path = write(tmp_path, f"16.1 {KEY16}\n1.1 {secret_like} 10.0.0.1 null 1\n1.2 zz\n")
     found = problems(path)
     assert found == [
-        f'{path}:2: the key of peer 1.1 is not a key (31 characters; expected 32 or 64 hex'
-        ' characters; make one with "alpaca-tunnel genkey")',
-        f'{path}:3: the key of peer 1.2 is not a key (2 characters; expected 32 or 64 hex'
-        ' characters; make one with "alpaca-tunnel genkey")',
+        f"{path}:2: peer_key of peer 1.1: 31 characters, 31 hex digits, 1 too few for a 16-byte key"
+        f" ({HELP})",
+        f"{path}:3: peer_key of peer 1.2: 2 characters, characters 1, 2 are not hex digits ({HELP})",
     ]
     assert secret_like not in "\n".join(found)
 
 
 def test_secrets_missing_key(tmp_path: Path) -> None:
     path = write(tmp_path, f"16.1 {KEY16}\n1.1\n")
-    assert problems(path) == [
-        f'{path}:2: peer 1.1 has no key (expected 32 or 64 hex characters;'
-        ' make one with "alpaca-tunnel genkey")'
-    ]
+    assert problems(path) == [f"{path}:2: peer_key of peer 1.1: missing ({HELP})"]
 
 
 def test_secrets_every_problem_is_collected(tmp_path: Path) -> None:
@@ -239,3 +236,154 @@ def test_secrets_repr_and_logs_never_show_keys(
         assert peer.key.hex() not in shown
         assert repr(peer.key) not in shown
     assert KEY16 not in shown
+
+
+# --- malformed keys: described, never echoed ------------------------------------------------
+
+
+def key_parts(key: str) -> list[str]:
+    """Every 8-character run of ``key`` (4 bytes), in either case: none may reach a message."""
+    runs = [key[i:i + 8] for i in range(len(key) - 7)]
+    return runs + [run.upper() for run in runs] + [run.lower() for run in runs]
+
+
+@pytest.mark.parametrize("written,fault", [
+    (f"0x{KEY16}", "34 characters, starts with 0x (write the hex digits only)"),
+    (f"0X{KEY32}", "66 characters, starts with 0x (write the hex digits only)"),
+    (KEY16 + "a", "33 characters, 33 hex digits, 1 too many for a 16-byte key"),
+    (KEY32[:-1], "63 characters, 63 hex digits, 1 too few for a 32-byte key"),
+    (KEY16[:16] + "g" + KEY16[17:], "32 characters, character 17 is not a hex digit"),
+    (KEY16[:-1] + "\u00e9", "32 characters, character 32 is not a hex digit"),
+    (f"0x{KEY16[:9]}zz{KEY16[11:]}", "34 characters, starts with 0x (write the hex digits only)"
+                                     " and characters 12, 13 are not hex digits"),
+])
+def test_secrets_malformed_key_column_is_described_without_its_value(
+    tmp_path: Path, written: str, fault: str
+) -> None:
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {written} 10.0.0.1 null 5000\n")
+    found = problems(path)
+    assert found == [f"{path}:2: peer_key of peer 1.1: {fault} ({HELP})"]
+    assert not any(part in found[0] for part in key_parts(written)), found
+
+
+def test_secrets_key_material_in_any_column_is_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key written with 0x or a typo, or split by a space, lands in the id, address or port
+    column of a malformed line: no message shows it, and nothing is sent to a resolver. A short
+    hex hostname (docker names a container by 12 hex digits) is still a hostname."""
+    asked: list[str] = []
+
+    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
+        asked.extend(names)
+        return {}
+
+    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    typo = KEY32[:20] + "g" + KEY32[21:]
+    text = "\n".join([
+        f"16.1 {KEY16}",
+        f"0x{KEY32} 192.168.7.11 null 10001",  # 2: the id column is missing
+        f"1.2 {KEY16} {typo} null 10002",  # 3: a second, mistyped key in peer_ip
+        f"1.3 {KEY16} 10.0.0.3 null 0x{KEY16}",  # 4: a key in peer_port
+        f"1.4 {KEY16[:8]} {KEY16[8:16]} {KEY16[16:24]} {KEY16[24:]}",  # 5: a key split in four
+        f"{typo}",  # 6: a lone mistyped key
+        f"1.5 {KEY16} 3f4e5d6c7b8a null 4000",  # 7: valid
+    ])
+    found = problems(write(tmp_path, text))
+    shown = "\n".join(found)
+    for key in (KEY16, KEY32, typo):
+        assert not any(part in shown for part in key_parts(key)), found
+    assert [int(p.split(":")[1]) for p in found] == [2, 2, 3, 4, 5, 5, 6, 6]
+    assert ':2: peer_id: "<66 characters, perhaps a key: not shown>" is not a peer id' in shown
+    assert ':3: peer_ip: "<64 characters, perhaps a key: not shown>" is neither' in shown
+    assert ':4: peer_port: "<34 characters, perhaps a key: not shown>" is not a port' in shown
+    assert ':5: peer_port: "<8 characters, perhaps a key: not shown>" is not a port' in shown
+    assert ":6: peer_key of peer <64 characters, perhaps a key: not shown>: missing" in shown
+    assert asked == []
+
+
+def test_secrets_mistyped_key_in_peer_ip_is_refused_not_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with a typo is a valid hostname: it must not reach a resolver or a warning."""
+    asked: list[str] = []
+
+    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
+        asked.extend(names)
+        return {}
+
+    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    typo = KEY16[:5] + "k" + KEY16[6:]
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY32} {typo} null 5000\n")
+    assert problems(path) == [
+        f'{path}:2: peer_ip: "<32 characters, perhaps a key: not shown>" is neither an IPv4'
+        " address nor a hostname (or null)"
+    ]
+    assert asked == []
+
+
+# --- placeholder keys ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("placeholder", [
+    "11" * 32, "2222" * 16, "16" * 32, "00" * 16, "ff" * 16, "AB" * 32,
+])
+def test_secrets_placeholder_key_is_refused(tmp_path: Path, placeholder: str) -> None:
+    """Refused: a key whose bytes are all the same; kept: one with a single byte different."""
+    almost = placeholder[:-1] + ("1" if placeholder[-1] != "1" else "2")
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {placeholder} 10.0.0.1 null 5000\n1.2 {almost}\n")
+    size = len(placeholder) // 2
+    assert problems(path) == [
+        f"{path}:2: peer_key of peer 1.1: a placeholder key (all {size} bytes the same);"
+        " replace it with the output of `alpaca-tunnel genkey`"
+    ]
+
+
+def test_secrets_shipped_example_is_refused_until_its_keys_are_replaced(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "config" / "secrets.example"
+    path = write(tmp_path, example.read_text())
+    found = problems(path)
+    assert len(found) == 4, found
+    assert all("a placeholder key" in p and "`alpaca-tunnel genkey`" in p for p in found), found
+    assert [p.split(": ")[1] for p in found] == [f"peer_key of peer {peer}" for peer in
+                                                 ("1.1", "1.2", "1.3", "16.1")]
+
+
+# --- size, BOM and encoding ---------------------------------------------------------------
+
+
+def test_secrets_file_at_the_size_limit_loads_and_one_byte_more_is_refused(tmp_path: Path) -> None:
+    line = f"16.1 {KEY16}\n"
+    limit = 16 * 1024 * 1024
+    path = write(tmp_path, line + "#" * (limit - len(line) - 1) + "\n")
+    assert path.stat().st_size == limit
+    assert sorted(load_secrets(path, SELF).peers) == [SELF]
+    path = write(tmp_path, line + "#" * (limit - len(line)) + "\n")
+    assert problems(path) == [
+        f"{path}: the secrets file is larger than 16 MiB, the most it may be (is it the right"
+        " file?); point secret_file at the secrets file (one line per peer)"
+    ]
+
+
+def test_secrets_endless_file_is_refused_not_read_to_the_end() -> None:
+    found = problems(Path("/dev/zero"))
+    assert found == [
+        "/dev/zero: the secrets file is larger than 16 MiB, the most it may be (is it the right"
+        " file?); point secret_file at the secrets file (one line per peer)"
+    ]
+
+
+def test_secrets_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + f"16.1 {KEY16}\r\n1.1 {KEY32} 10.0.0.1 null 5000\r\n".encode())
+    path.chmod(0o600)
+    assert sorted(load_secrets(path, SELF).peers) == sorted([SELF, parse_peer_id("1.1")])
+
+
+def test_secrets_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.txt"
+    path.write_bytes(f"16.1 {KEY16}\n# comment\n1.1 {KEY32} caf\xe9.example null 1\n".encode("latin-1"))
+    path.chmod(0o600)
+    assert problems(path) == [
+        f"{path}:3: byte 73 of the line is not UTF-8 text; save the secrets file as UTF-8"
+    ]

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
+from alpaca.configreader import read_chnroute_text
 from alpaca.errors import ConfigError
 from alpaca.system import netlink
 from alpaca.system.netlink import OK_ADD, OK_DEL, PROTO_ALPACA, RT_TABLE_DEFAULT
@@ -48,12 +49,8 @@ def parse(text: str, source: str = "chnroute") -> list[ipaddress.IPv4Network]:
 
 
 def load_file(path: str | Path) -> list[ipaddress.IPv4Network]:
-    """Read and parse a chnroute data file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"chnroute.data: cannot read {path}: {exc.strerror}"]) from exc
-    return parse(text, str(path))
+    """Read (at most CHNROUTE_MAX_BYTES, UTF-8) and parse a chnroute data file."""
+    return parse(read_chnroute_text(Path(path)), str(path))
 
 
 def add(

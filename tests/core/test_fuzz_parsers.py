@@ -30,7 +30,7 @@ _LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 FUZZ = settings(max_examples=5000 if _LONG else 150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-KEY = "ab" * 32
+KEY = "ba3db29ce7ae2a0ab49daf296a88d50a1bd6ff23ceb239db5bf6dbe505e9bd53"
 KEYS = ["mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level", "secret_file",
         "chnroute", "local_routes", "pre_up_cmds", "tun_name", "ports", "ttl", "probe_interval_ms",
         "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics",

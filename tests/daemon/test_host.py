@@ -193,7 +193,7 @@ def test_host_hooks_run_in_order(lab: Lab) -> None:
     ns = lab.ns("server")
     record = lab.tmp_path / "hooks.txt"
     node = lab.node("server", ns, "1.1", "server", **_hooks(str(record)))
-    node.write_secrets(["1.1 " + "11" * 32 + " null null 0"])
+    node.write_secrets([Peer("1.1").line()])
     lab.start(node)
     assert lab.stop(node) == 0
     assert record.read_text().splitlines() == [
@@ -207,7 +207,7 @@ def test_host_strict_hook_failure_stops_startup(lab: Lab) -> None:
     ns = lab.ns("server")
     record = lab.tmp_path / "hooks.txt"
     node = lab.node("server", ns, "1.1", "server", strict_hooks=True, **_hooks(str(record)))
-    node.write_secrets(["1.1 " + "11" * 32 + " null null 0"])
+    node.write_secrets([Peer("1.1").line()])
     nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
     before = host_state(ns)
     lab.start(node, wait=False)
