@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -46,6 +47,29 @@ table inet alpaca_lab_mgmt {
 """
 
 
+def recorded_topology(record: Path) -> Path | None:
+    """The topology file named by the lab record ``record`` (lab.json), None without one.
+
+    Raises:
+        LabError: naming the record and the fix when it cannot be read.
+    """
+    try:
+        text = record.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabError(f"{record}: cannot read the lab record ({exc})") from exc
+    try:
+        path = json.loads(text)["topology"]
+        if not isinstance(path, str) or not path:
+            raise ValueError("no topology file name")
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise LabError(f'{record}: not a lab record (expected {{"topology": FILE, ...}}, written by'
+                       f" lab up); delete it: lab down then removes every {NS_PREFIX}* namespace by"
+                       " name, and lab up builds the lab anew") from exc
+    return Path(path)
+
+
 class Lab:
     """One lab: a topology and its state dir. Construct, then ``up()``/``down()``."""
 
@@ -56,9 +80,8 @@ class Lab:
     @classmethod
     def from_state(cls, state_dir: Path = DEFAULT_STATE_DIR, topology: Path | None = None) -> Lab:
         """The lab recorded in ``state_dir`` (or ``topology``, or the default topology)."""
-        record = state_dir / "lab.json"
-        if topology is None and record.exists():
-            topology = Path(json.loads(record.read_text())["topology"])
+        if topology is None:
+            topology = recorded_topology(state_dir / "lab.json")
         return cls(load_topology(topology or DEFAULT_TOPOLOGY), state_dir)
 
     # --- up -----------------------------------------------------------------------------
@@ -66,9 +89,12 @@ class Lab:
     def up(self, *, daemons: bool = True, prometheus: bool = False, timeout: float = 20.0) -> None:
         """Build everything that is missing; start daemons (and Prometheus) that are not running."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "lab.json").write_text(json.dumps(
+        record = self.state_dir / "lab.json"
+        tmp = record.with_name(f".{record.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(
             {"topology": str(self.topology.source.resolve()),
              "namespaces": [n.namespace for n in self.topology.nodes]}, indent=1) + "\n")
+        os.replace(tmp, record)
         self.build_network()
         keys = nodes.ensure_keys(self.state_dir / "secrets.txt", self.topology)
         for node in self.topology.daemons:

@@ -14,6 +14,7 @@ Registered in :mod:`alpaca.cli` by one row of its command table that points at
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -21,9 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alpaca.lab import DEFAULT_STATE_DIR, Lab, LabError, impair, netns
-from alpaca.lab.topology import DEFAULT_TOPOLOGY, load_topology
+from alpaca.lab.topology import DEFAULT_TOPOLOGY, IMPAIR_LIMITS, Impairment, load_topology
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: The option of ``lab impair`` for each impairment figure.
+IMPAIR_OPTIONS = {"loss_pct": "--loss", "delay_ms": "--delay", "jitter_ms": "--jitter", "rate_mbit": "--rate"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +53,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     imp = add("impair", "set or clear loss/delay/jitter/rate on a link (each direction)", cmd_impair)
     imp.add_argument("link")
-    imp.add_argument("--loss", type=float, default=0.0, metavar="PCT")
-    imp.add_argument("--delay", type=float, default=0.0, metavar="MS")
-    imp.add_argument("--jitter", type=float, default=0.0, metavar="MS")
-    imp.add_argument("--rate", type=float, default=0.0, metavar="MBIT")
-    imp.add_argument("--clear", action="store_true")
+    for key, metavar, text in (("loss_pct", "PCT", "loss in percent"),
+                               ("delay_ms", "MS", "delay in milliseconds"),
+                               ("jitter_ms", "MS", "the delay varies by up to this, in milliseconds"),
+                               ("rate_mbit", "MBIT", "rate limit in Mbit/s")):
+        low, high, _ = IMPAIR_LIMITS[key]
+        imp.add_argument(IMPAIR_OPTIONS[key], dest=key, type=float, metavar=metavar,
+                         help=f"{text}, {low:g}-{high:g}, each direction")
+    imp.add_argument("--clear", action="store_true", help="remove the link's impairment")
     for name, text, handler in (("start", "start a node's daemon", cmd_start),
                                 ("stop", "stop a node's daemon (SIGTERM, then SIGKILL)", cmd_stop),
                                 ("reload", "send SIGHUP to a node's daemon", cmd_reload)):
@@ -124,21 +131,28 @@ def cmd_exec(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)
 
 
-def cmd_impair(args: argparse.Namespace) -> int:
-    lab = _lab(args)
-    try:
-        lab.topology.link(args.link)
-    except KeyError:
-        names = ", ".join(link.name for link in lab.topology.links)
-        raise LabError(f'no link "{args.link}" in the topology (links: {names})') from None
-    if not args.clear and not (args.loss or args.delay or args.jitter or args.rate):
+def impairment_from_args(args: argparse.Namespace) -> Impairment | None:
+    """The impairment ``lab impair`` asks for, None for ``--clear``.
+
+    Pure, so it runs before anything is read or changed. Raises LabError naming the option,
+    its value and the allowed range.
+    """
+    given = {key: value for key in IMPAIR_OPTIONS if (value := getattr(args, key)) is not None}
+    if args.clear:
+        if given:
+            options = ", ".join(IMPAIR_OPTIONS[key] for key in given)
+            raise LabError(f"--clear removes the whole impairment; give it without {options}")
+        return None
+    if not given:
         raise LabError("give --loss, --delay, --jitter or --rate, or --clear")
-    try:
-        imp = impair.impair(lab.topology, lab.state_dir, args.link, loss_pct=args.loss,
-                            delay_ms=args.delay, jitter_ms=args.jitter, rate_mbit=args.rate,
-                            clear=args.clear)
-    except ValueError as exc:
-        raise LabError(str(exc)) from exc
+    return impair.checked_impairment(given, IMPAIR_OPTIONS)
+
+
+def cmd_impair(args: argparse.Namespace) -> int:
+    wanted = impairment_from_args(args)
+    lab = _lab(args)
+    figures = dataclasses.asdict(wanted) if wanted is not None else {}
+    imp = impair.impair(lab.topology, lab.state_dir, args.link, clear=wanted is None, **figures)
     how = "netem" if imp.delay_ms and impair.netem_available() else "udp relay" if imp.delay_ms else ""
     print(f"link {args.link}: loss {imp.loss_pct:g} %, delay {imp.delay_ms:g} ms {how},"
           f" jitter {imp.jitter_ms:g} ms, rate {imp.rate_mbit:g} Mbit/s (each direction)")

@@ -11,10 +11,19 @@
   ``tproxy``. Only UDP is delayed then (the tunnel is UDP; ICMP is not), so measure with a
   UDP echo, not ping.
 
-The wanted state of every link lives in ``STATE_DIR/impair.json``; each change rebuilds the
-table of the namespaces concerned from it, so applying the same impairment twice is harmless
-and ``clear`` removes everything (rules, qdiscs, relay processes). Callers: the lab CLI, demo
-and tests (root).
+Every figure is checked before anything changes (:func:`checked_impairment`, ranges in
+:data:`alpaca.lab.topology.IMPAIR_LIMITS`), and so is the link name.
+
+``STATE_DIR/impair.json`` records, per link, the impairment fully in place, and nothing else:
+a change is applied first (:func:`apply`) and recorded after. If applying fails, the link is
+cleared again (its old impairment was already taken down) and left out of the record, and the
+error says whether the clearing worked. Each change rebuilds the nftables table of the
+namespaces concerned from the record plus the change, so applying the same impairment twice
+is harmless. Cleanup never depends on the record: ``clear`` deletes the link's qdiscs on both
+ends, stops the relays named by ``STATE_DIR/relays/*.pid`` (written as each relay starts) and
+rebuilds the tables without the link; :func:`clear_all` (``lab down``) also stops every relay
+of that directory, and the namespaces it deletes take every qdisc and table with them.
+Callers: the lab CLI, demo and tests (root).
 """
 
 from __future__ import annotations
@@ -28,15 +37,32 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from alpaca.lab import netns
-from alpaca.lab.topology import NS_PREFIX, Endpoint, Impairment, Link, Topology
+from alpaca.lab.jsonshape import show_value
+from alpaca.lab.nodes import LabError
+from alpaca.lab.topology import (
+    IMPAIR_LIMITS,
+    NS_PREFIX,
+    Endpoint,
+    Impairment,
+    Link,
+    Topology,
+    impairment_problems,
+)
 
 log = logging.getLogger(__name__)
 
 TABLE = "alpaca_lab_impair"
 RELAY_PORT_BASE = 47000
+#: How the figures are named in errors of :func:`impair` (its keyword arguments).
+KEYWORDS = {key: key for key in IMPAIR_LIMITS}
+
+#: Puts an impairment in place on a link: (topology, state dir, link, impairment, the
+#: impairment of every link once it is in place). :func:`apply` is the real one.
+Applier = Callable[[Topology, Path, Link, Impairment, Mapping[str, Impairment]], None]
 
 
 @functools.cache
@@ -53,17 +79,42 @@ def netem_available() -> bool:
 
 
 def _load(state_dir: Path) -> dict[str, Impairment]:
+    """The recorded impairments by link name; LabError if the record is unreadable."""
     path = state_dir / "impair.json"
-    if not path.exists():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    return {name: Impairment(**values) for name, values in json.loads(path.read_text()).items()}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabError(f"{path}: cannot read the record of impairments ({exc})") from exc
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        return {str(name): _recorded(values) for name, values in data.items()}
+    except (ValueError, RecursionError) as exc:
+        raise LabError(f"{path}: not a record of impairments ({exc}); delete it, then clear each"
+                       " link: alpaca-tunnel lab impair LINK --clear") from exc
 
 
-def _save(state_dir: Path, wanted: dict[str, Impairment]) -> None:
+def _recorded(values: object) -> Impairment:
+    """One link's entry of impair.json; ValueError unless it holds valid figures only."""
+    if not isinstance(values, dict) or not set(values) <= set(IMPAIR_LIMITS):
+        raise ValueError(f"{show_value(values)} is not an object of {', '.join(IMPAIR_LIMITS)}")
+    problems = impairment_problems(values, KEYWORDS)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return Impairment(**{key: float(values.get(key, 0.0)) for key in IMPAIR_LIMITS})
+
+
+def _save(state_dir: Path, in_place: Mapping[str, Impairment]) -> None:
+    """Record ``in_place`` (impairments by link name; clear ones are left out), atomically."""
     path = state_dir / "impair.json"
     state_dir.mkdir(parents=True, exist_ok=True)
-    data = {name: dataclasses.asdict(imp) for name, imp in wanted.items() if not imp.is_clear}
-    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    data = {name: dataclasses.asdict(imp) for name, imp in in_place.items() if not imp.is_clear}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def current(state_dir: Path) -> dict[str, Impairment]:
@@ -71,31 +122,85 @@ def current(state_dir: Path) -> dict[str, Impairment]:
     return _load(state_dir)
 
 
+def checked_impairment(values: Mapping[str, float], labels: Mapping[str, str] = KEYWORDS) -> Impairment:
+    """The impairment of ``values`` (figures by field name, missing ones 0).
+
+    Raises:
+        LabError: naming each bad figure (by its label in ``labels``), its value and the
+            allowed range; nothing has been changed then.
+    """
+    problems = impairment_problems(values, labels)
+    if problems:
+        raise LabError("; ".join(problems))
+    return Impairment(**{key: float(values.get(key, 0.0)) for key in IMPAIR_LIMITS})
+
+
+def find_link(topology: Topology, name: str) -> Link:
+    """The link called ``name``; LabError listing the topology's links if there is none."""
+    try:
+        return topology.link(name)
+    except KeyError:
+        names = ", ".join(link.name for link in topology.links)
+        raise LabError(f"no link {show_value(name)} in {topology.source} (links: {names})") from None
+
+
 def impair(topology: Topology, state_dir: Path, link_name: str, *, loss_pct: float = 0.0,
            delay_ms: float = 0.0, jitter_ms: float = 0.0, rate_mbit: float = 0.0,
-           clear: bool = False) -> Impairment:
-    """Set (replace) or clear the impairment of one link; returns what is now in effect."""
-    link = topology.link(link_name)
-    wanted = _load(state_dir)
-    imp = Impairment() if clear else Impairment(loss_pct, delay_ms, jitter_ms, rate_mbit)
-    if jitter_ms and not delay_ms:
-        raise ValueError("jitter needs a delay (give --delay as well)")
-    wanted[link.name] = imp
-    _save(state_dir, wanted)
-    apply_link(topology, state_dir, link, imp)
-    nodes = {ep.node for ep in link.endpoints}
-    for name in nodes:
-        _write_table(topology, topology.node(name).namespace, name, wanted)
+           clear: bool = False, applier: Applier | None = None) -> Impairment:
+    """Set (replace) or clear the impairment of one link; returns what is now in effect.
+
+    Loss in percent, delay and jitter in milliseconds, rate in Mbit/s (0: none), each
+    direction. Bad figures or link names raise LabError before anything changes. The change
+    is recorded only once ``applier`` (default :func:`apply`) has put it in place; if that
+    fails, the link is cleared, left out of the record, and LabError says so.
+    """
+    link = find_link(topology, link_name)
+    figures = {"loss_pct": loss_pct, "delay_ms": delay_ms, "jitter_ms": jitter_ms, "rate_mbit": rate_mbit}
+    imp = Impairment() if clear else checked_impairment(figures)
+    put_in_place = applier or apply
+    others = {name: rec for name, rec in _load(state_dir).items() if name != link.name}
+    try:
+        put_in_place(topology, state_dir, link, imp, {**others, link.name: imp})
+    except BaseException as exc:
+        outcome = _roll_back(topology, state_dir, link, others, put_in_place)
+        _save(state_dir, others)
+        if not isinstance(exc, Exception):
+            raise
+        doing = "clearing" if clear else "impairing"
+        raise LabError(f"{doing} link {link.name} failed: {exc}; {outcome}") from exc
+    _save(state_dir, {**others, link.name: imp})
     log.info("link impaired link=%s loss_pct=%g delay_ms=%g jitter_ms=%g rate_mbit=%g",
              link.name, imp.loss_pct, imp.delay_ms, imp.jitter_ms, imp.rate_mbit)
     return imp
 
 
+def _roll_back(topology: Topology, state_dir: Path, link: Link, others: Mapping[str, Impairment],
+               applier: Applier) -> str:
+    """Clear ``link`` after a failed change; returns how that went, for the error message."""
+    try:
+        applier(topology, state_dir, link, Impairment(), others)
+    except Exception as exc:
+        return (f"clearing it failed too ({exc}), so it may be partly impaired: run"
+                f" alpaca-tunnel lab impair {link.name} --clear, or alpaca-tunnel lab down")
+    return "the link was cleared (no impairment is in effect on it)"
+
+
+def apply(topology: Topology, state_dir: Path, link: Link, imp: Impairment,
+          in_place: Mapping[str, Impairment]) -> None:
+    """Put ``imp`` in place on both ends of ``link``: qdiscs and relays, then the nftables
+    table of each endpoint's namespace, built from ``in_place`` (every link's impairment once
+    this one is in place)."""
+    apply_link(topology, state_dir, link, imp)
+    for name in sorted({ep.node for ep in link.endpoints}):
+        _write_table(topology, topology.node(name).namespace, name, in_place)
+
+
 def clear_all(topology: Topology, state_dir: Path) -> None:
     """Remove every impairment (used by ``lab down`` before namespaces go away)."""
-    for name in list(_load(state_dir)):
-        with contextlib.suppress(Exception):
-            impair(topology, state_dir, name, clear=True)
+    with contextlib.suppress(LabError):
+        for name in list(_load(state_dir)):
+            with contextlib.suppress(Exception):
+                impair(topology, state_dir, name, clear=True)
     for pidfile in (state_dir / "relays").glob("*.pid") if (state_dir / "relays").exists() else []:
         _stop_relay(pidfile)
 
@@ -167,7 +272,7 @@ def nft_script(rules: list[tuple[str, Impairment, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_table(topology: Topology, ns: str, node: str, wanted: dict[str, Impairment]) -> None:
+def _write_table(topology: Topology, ns: str, node: str, wanted: Mapping[str, Impairment]) -> None:
     rules = []
     for link in topology.links:
         imp = wanted.get(link.name)

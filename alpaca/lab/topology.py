@@ -4,6 +4,13 @@ A topology is a JSON file (format in docs/lab.md; the default is ``alpaca/lab/de
 :func:`load_topology` reads it once into frozen dataclasses and reports every problem with
 its location (``nodes[3].id: "16.x" is not a peer id``), like :func:`alpaca.config.load_config`.
 
+Hostile input is refused with a located error, never a traceback: the file is at most
+:data:`MAX_FILE_BYTES`; :func:`parse_topology` first checks the shape of the whole document
+(nesting at most :data:`MAX_DEPTH` levels, no value referring to itself, integers within
+±:data:`MAX_INT`, finite numbers, JSON types only), and the lab builds at most
+:data:`MAX_NODES` namespaces and :data:`MAX_LINKS` links. The ranges of link impairments
+(:data:`IMPAIR_LIMITS`) are shared with ``lab impair`` (:func:`impairment_problems`).
+
 Pure: no I/O besides reading the file; everything else in ``alpaca.lab`` builds on this.
 """
 
@@ -11,15 +18,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from alpaca.core.ids import is_digits
+from alpaca.core.constants import MAX_FORWARDERS, MAX_LOCAL_PORTS
 from alpaca.errors import ConfigError
+from alpaca.lab.jsonshape import MAX_DEPTH, MAX_INT, shape_problems, short, show_value
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("default.json")
 NS_PREFIX = "alp-"
@@ -27,10 +37,29 @@ METRICS_PORT = 9586
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
 _IFNAME = re.compile(r"[a-z][a-z0-9_-]{0,14}")
 _PEER_ID = re.compile(r"(\d{1,3})\.(\d{1,3})")
+_NET = re.compile(r"\d{1,3}\.\d{1,3}")
 _RESERVED_IFNAMES = {"lo", "mgmt", "alpaca0"}
 #: management addresses beyond one per node: 11 before the first daemon, 10 between the
 #: daemons and the other nodes (Topology.management_address), the broadcast address
 _MANAGEMENT_SPARE = 23
+#: Largest topology file read, in bytes (the default topology is about 2 KiB).
+MAX_FILE_BYTES = 1 << 20
+#: Nodes (one network namespace each) and links (one veth pair each) a lab may have.
+MAX_NODES = 64
+MAX_LINKS = 128
+#: Static routes per node.
+MAX_ROUTES = 16
+#: Length of the lab's name and group, in characters.
+MAX_LABEL = 64
+#: Allowed range of each impairment figure, both ends included: (lowest, highest, unit).
+IMPAIR_LIMITS: dict[str, tuple[float, float, str]] = {
+    "loss_pct": (0.0, 100.0, "%"),
+    "delay_ms": (0.0, 10_000.0, "ms"),
+    "jitter_ms": (0.0, 10_000.0, "ms"),
+    "rate_mbit": (0.0, 100_000.0, "Mbit/s"),
+}
+#: Lowest rate limit in Mbit/s (10 kbit/s); 0 means no limit.
+MIN_RATE_MBIT = 0.01
 
 
 class Role(Enum):
@@ -97,6 +126,36 @@ class Impairment:
     @property
     def is_clear(self) -> bool:
         return not (self.loss_pct or self.delay_ms or self.jitter_ms or self.rate_mbit)
+
+
+def figure_problem(key: str, value: object) -> str | None:
+    """Why ``value`` cannot be the impairment figure ``key`` (a field of
+    :class:`Impairment`), or None if it can."""
+    low, high, unit = IMPAIR_LIMITS[key]
+    allowed = f"allowed: {low:g}-{high:g} {unit}"
+    if key == "rate_mbit":
+        allowed = f"allowed: 0 (no limit) or {MIN_RATE_MBIT:g}-{high:g} {unit}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{show_value(value)} is not a number ({allowed})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{show_value(value)} is not a finite number ({allowed})"
+    if not low <= value <= high or (key == "rate_mbit" and 0 < value < MIN_RATE_MBIT):
+        return f"{show_value(value)} is out of range ({allowed})"
+    return None
+
+
+def impairment_problems(values: Mapping[str, object], labels: Mapping[str, str]) -> list[str]:
+    """Every reason ``values`` (figures by :class:`Impairment` field) cannot be an impairment.
+
+    Each line starts with the label of its field (``links[0].impair.loss_pct``, ``--loss``),
+    taken from ``labels``. Figures missing from ``values`` count as 0.
+    """
+    problems = [f"{labels[key]}: {text}" for key in IMPAIR_LIMITS
+                if (text := figure_problem(key, values.get(key, 0))) is not None]
+    if not problems and values.get("jitter_ms") and not values.get("delay_ms"):
+        problems.append(f"{labels['jitter_ms']}: {show_value(values['jitter_ms'])} needs a delay"
+                        f" (jitter varies the delay: give {labels['delay_ms']} as well)")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,19 +230,40 @@ class Topology:
 def load_topology(path: Path | None = None) -> Topology:
     """Read and validate a topology file (default: the package's default.json)."""
     path = path or DEFAULT_TOPOLOGY
+    return parse_topology(_read_json(path), path)
+
+
+def _read_json(path: Path) -> object:
+    """The decoded JSON of a topology file of at most MAX_FILE_BYTES bytes."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the topology ({exc.strerror})"]) from exc
+        raise ConfigError([f"{path}: cannot read the topology ({exc.strerror or exc})"]) from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise ConfigError([f"{show_value(str(path))}: not a usable file name ({exc})"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a topology of"
+                           f" {MAX_NODES} nodes and {MAX_LINKS} links needs far less"])
+    try:
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]) from exc
-    return parse_topology(data, path)
+    except RecursionError as exc:
+        raise ConfigError([f"{path}: lists or objects nested too deeply"
+                           f" (at most {MAX_DEPTH} levels)"]) from exc
+    except ValueError as exc:  # json.loads refuses integers of more than 4300 digits
+        raise ConfigError([f"{path}: an integer has thousands of digits"
+                           f" (at most {len(str(MAX_INT))} digits)"]) from exc
 
 
 def parse_topology(data: object, source: Path) -> Topology:
     """Validate decoded JSON; raise one ConfigError listing every located problem."""
+    shape = shape_problems(data)
+    if shape:
+        raise ConfigError([f"{source}: {problem}" for problem in shape])
     checker = _Checker(str(source))
     topology = checker.topology(data, source)
     if checker.problems or topology is None:
@@ -192,6 +272,8 @@ def parse_topology(data: object, source: Path) -> Topology:
 
 
 class _Checker:
+    """Field checks of a document that passed :func:`shape_problems`; collects problems."""
+
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[str] = []
@@ -201,59 +283,83 @@ class _Checker:
 
     def keys(self, obj: dict[str, Any], where: str, valid: set[str]) -> None:
         for key in sorted(set(obj) - valid):
-            self.fail(f"{where}{key}", f"unknown key (expected one of {', '.join(sorted(valid))})")
+            self.fail(f"{where}{short(key)}", f"unknown key (expected one of {', '.join(sorted(valid))})")
 
     def topology(self, data: object, source: Path) -> Topology | None:
         if not isinstance(data, dict):
             self.fail("top", "is not a JSON object")
             return None
         self.keys(data, "", {"name", "group", "net", "internet", "management", "nodes", "links"})
-        nodes = tuple(n for n in self.list_of(data, "nodes", self.node) if n is not None)
+        nodes = tuple(n for n in self.list_of(data, "nodes", (MAX_NODES, "a network namespace"), self.node)
+                      if n is not None)
         names = [n.name for n in nodes]
         for dup in sorted({n for n in names if names.count(n) > 1}):
             self.fail("nodes", f'name "{dup}" is used twice')
         ids = [n.peer_id for n in nodes if n.peer_id]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
             self.fail("nodes", f'peer id "{dup}" is used twice')
-        links = tuple(ln for ln in self.list_of(data, "links", lambda i, o: self.link(i, o, names))
+        links = tuple(ln for ln in self.list_of(data, "links", (MAX_LINKS, "a veth pair"),
+                                                lambda i, o: self.link(i, o, names))
                       if ln is not None)
+        link_names = [ln.name for ln in links]
+        for dup in sorted({n for n in link_names if link_names.count(n) > 1}):
+            self.fail("links", f'name "{dup}" is used twice')
         self.cross_check(nodes, links)
-        internet = str(data.get("internet", ""))
-        if internet not in names:
-            self.fail("internet", f'"{internet}" is not a node name (expected one of {", ".join(names)})')
+        internet = data.get("internet", "")
+        if not isinstance(internet, str) or internet not in names:
+            expected = f" (expected one of {', '.join(names)})" if names else ""
+            self.fail("internet", f"{show_value(internet)} is not a node name{expected}")
+            internet = ""
         management = self.network(data.get("management", "172.31.254.0/24"), "management")
         if management.num_addresses < len(nodes) + _MANAGEMENT_SPARE:
             self.fail("management", f"{management} is too small for {len(nodes)} nodes (use a /24)")
-        net = str(data.get("net", "10.17"))
-        parts = net.split(".")
-        if len(parts) != 2 or not all(is_digits(p) and int(p) <= 255 for p in parts):
-            self.fail("net", f'"{net}" is not the first two bytes of the tunnel network ("10.17")')
+        net = data.get("net", "10.17")
+        if not isinstance(net, str) or not _NET.fullmatch(net) or any(
+                int(p) > 255 for p in net.split(".")):
+            self.fail("net", f'{show_value(net)} is not the first two bytes of the tunnel network ("10.17")')
+            net = "10.17"
         return Topology(
-            name=str(data.get("name", source.stem)), group=str(data.get("group", "alpaca-lab")),
+            name=self.label(data, "name", source.stem), group=self.label(data, "group", "alpaca-lab"),
             net=net, internet=internet,
             management=management, nodes=nodes, links=links, source=source,
         )
 
-    def list_of(self, data: dict[str, Any], key: str, make: Any) -> list[Any]:
+    def label(self, data: dict[str, Any], key: str, default: str) -> str:
+        """The lab's ``name`` or ``group``: 1 to MAX_LABEL characters."""
+        value = data.get(key, default)
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL or "\0" in value:
+            self.fail(key, f"{show_value(value)} is not a string of 1-{MAX_LABEL} characters")
+            return default
+        return value
+
+    def list_of(self, data: dict[str, Any], key: str, limit: tuple[int, str], make: Any) -> list[Any]:
+        """The checked items of a required list; ``limit`` is (most entries, what each builds)."""
         items = data.get(key)
         if not isinstance(items, list) or not items:
             self.fail(key, "is required: a non-empty list")
+            return []
+        most, each = limit
+        if len(items) > most:
+            self.fail(key, f"has {len(items)} entries; the lab builds at most {most} {key}"
+                      f" (each is {each} on this machine)")
             return []
         return [make(f"{key}[{i}]", item) for i, item in enumerate(items)]
 
     def network(self, value: object, where: str) -> IPv4Network:
         try:
-            return IPv4Network(str(value))
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return IPv4Network(value)
         except ValueError:
-            self.fail(where, f'"{value}" is not an IPv4 network such as "172.31.254.0/24"')
+            self.fail(where, f'{show_value(value)} is not an IPv4 network such as "172.31.254.0/24"')
             return IPv4Network("172.31.254.0/24")
 
     def peer_id(self, value: object, where: str) -> str | None:
-        match = _PEER_ID.fullmatch(str(value))
-        if not isinstance(value, str) or not match or int(match[1]) > 255 or int(match[2]) > 255:
-            self.fail(where, f'{json.dumps(value)} is not a peer id (expected "A.B")')
+        match = _PEER_ID.fullmatch(value) if isinstance(value, str) else None
+        if not match or int(match[1]) > 255 or int(match[2]) > 255:
+            self.fail(where, f'{show_value(value)} is not a peer id (expected "A.B", each 0-255)')
             return None
-        return value
+        return match[0]
 
     def node(self, where: str, obj: object) -> Node | None:
         if not isinstance(obj, dict):
@@ -263,19 +369,19 @@ class _Checker:
                                      "uplinks", "routes", "config"})
         name = obj.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            self.fail(f"{where}.name", f"{json.dumps(name)} is not a node name (1-10 of a-z 0-9 -)")
+            self.fail(f"{where}.name", f"{show_value(name)} is not a node name (1-10 of a-z 0-9 -)")
             return None
-        try:
-            role = Role(obj.get("role"))
-        except ValueError:
-            self.fail(f"{where}.role", f"{json.dumps(obj.get('role'))} is not server|forwarder|client|host")
+        role_text = obj.get("role")
+        if role_text not in {r.value for r in Role}:
+            self.fail(f"{where}.role", f"{show_value(role_text)} is not server|forwarder|client|host")
             return None
+        role = Role(role_text)
         peer_id = None
         if role is not Role.HOST:
             peer_id = self.peer_id(obj.get("id"), f"{where}.id")
         port = obj.get("port", 0)
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            self.fail(f"{where}.port", f"{json.dumps(port)} is not a port number 0-65535")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            self.fail(f"{where}.port", f"{show_value(port)} is not a port number 0-65535")
             port = 0
         if role in (Role.SERVER, Role.FORWARDER) and not port:
             self.fail(f"{where}.port", "is required for a server or forwarder")
@@ -283,14 +389,12 @@ class _Checker:
         if role is Role.CLIENT:
             gateway = self.peer_id(obj.get("gateway"), f"{where}.gateway")
         forwarders = tuple(
-            f for i, v in enumerate(self.optional_list(obj, "forwarders", where))
+            f for i, v in enumerate(self.optional_list(obj, "forwarders", where, MAX_FORWARDERS))
             if (f := self.peer_id(v, f"{where}.forwarders[{i}]"))
         )
-        uplinks = tuple(str(u) for u in self.optional_list(obj, "uplinks", where))
-        for i, up in enumerate(uplinks):
-            if not _IFNAME.fullmatch(up):
-                self.fail(f"{where}.uplinks[{i}]", f'"{up}" is not an interface name')
-        routes = tuple(rt for i, r in enumerate(self.optional_list(obj, "routes", where))
+        uplinks = tuple(u for i, u in enumerate(self.optional_list(obj, "uplinks", where, MAX_LOCAL_PORTS))
+                        if self.ifname(u, f"{where}.uplinks[{i}]", reserved=set()))
+        routes = tuple(rt for i, r in enumerate(self.optional_list(obj, "routes", where, MAX_ROUTES))
                        if (rt := self.route(r, f"{where}.routes[{i}]")))
         config = obj.get("config", {})
         if not isinstance(config, dict):
@@ -298,24 +402,47 @@ class _Checker:
             config = {}
         return Node(name, role, peer_id, port, gateway, forwarders, uplinks, routes, config)
 
-    def optional_list(self, obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    def optional_list(self, obj: dict[str, Any], key: str, where: str, limit: int) -> list[Any]:
         value = obj.get(key, [])
         if not isinstance(value, list):
-            self.fail(f"{where}.{key}", f"{json.dumps(value)} is not a list")
+            self.fail(f"{where}.{key}", f"{show_value(value)} is not a list")
+            return []
+        if len(value) > limit:
+            self.fail(f"{where}.{key}", f"has {len(value)} entries, at most {limit}")
             return []
         return value
+
+    def ifname(self, value: object, where: str, reserved: set[str]) -> bool:
+        """Whether ``value`` is a usable interface name (recording why not)."""
+        if isinstance(value, str) and _IFNAME.fullmatch(value) and value not in reserved:
+            return True
+        avoid = f", not {', '.join(sorted(reserved))}" if reserved else ""
+        self.fail(where, f"{show_value(value)} is not a usable interface name"
+                  f" (a-z 0-9 _ -, at most 15, starting with a letter{avoid})")
+        return False
 
     def route(self, obj: object, where: str) -> Route | None:
         if not isinstance(obj, dict) or set(obj) != {"to", "via"}:
             self.fail(where, 'is not {"to": "default" or CIDR, "via": address}')
             return None
+        to, via = obj["to"], obj["via"]
+        ok = True
         try:
-            if obj["to"] != "default":
-                IPv4Network(obj["to"])
-            return Route(str(obj["to"]), IPv4Address(obj["via"]))
-        except ValueError as exc:
-            self.fail(where, str(exc))
+            if not isinstance(to, str):
+                raise ValueError(to)
+            if to != "default":
+                IPv4Network(to)
+        except ValueError:
+            self.fail(f"{where}.to", f'{show_value(to)} is not "default" or a network such as "10.0.0.0/8"')
+            ok = False
+        try:
+            if not isinstance(via, str):
+                raise ValueError(via)
+            gateway = IPv4Address(via)
+        except ValueError:
+            self.fail(f"{where}.via", f'{show_value(via)} is not an IPv4 address such as "198.18.0.1"')
             return None
+        return Route(to, gateway) if ok else None
 
     def link(self, where: str, obj: object, names: list[str]) -> Link | None:
         if not isinstance(obj, dict):
@@ -324,7 +451,7 @@ class _Checker:
         self.keys(obj, f"{where}.", {"name", "endpoints", "impair"})
         name = obj.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            self.fail(f"{where}.name", f"{json.dumps(name)} is not a link name (1-10 of a-z 0-9 -)")
+            self.fail(f"{where}.name", f"{show_value(name)} is not a link name (1-10 of a-z 0-9 -)")
             return None
         ends = obj.get("endpoints")
         if not isinstance(ends, list) or len(ends) != 2:
@@ -342,34 +469,37 @@ class _Checker:
         if not isinstance(obj, dict) or set(obj) != {"node", "ifname", "address"}:
             self.fail(where, 'is not {"node": ..., "ifname": ..., "address": "a.b.c.d/len"}')
             return None
-        if obj["node"] not in names:
-            self.fail(f"{where}.node", f'"{obj["node"]}" is not a node name')
-        ifname = str(obj["ifname"])
-        if not _IFNAME.fullmatch(ifname) or ifname in _RESERVED_IFNAMES:
-            self.fail(f"{where}.ifname", f'"{ifname}" is not a usable interface name'
-                      f" (a-z 0-9 _ -, at most 15, not {', '.join(sorted(_RESERVED_IFNAMES))})")
+        node, ifname, text = obj["node"], obj["ifname"], obj["address"]
+        if not isinstance(node, str) or node not in names:
+            self.fail(f"{where}.node", f"{show_value(node)} is not a node name")
+        usable = self.ifname(ifname, f"{where}.ifname", _RESERVED_IFNAMES)
         try:
-            address = IPv4Interface(str(obj["address"]))
+            if not isinstance(text, str):
+                raise ValueError(text)
+            address = IPv4Interface(text)
         except ValueError:
-            self.fail(f"{where}.address", f'"{obj["address"]}" is not an address with a prefix length')
+            self.fail(f"{where}.address", f"{show_value(text)} is not an address with a prefix length"
+                      ' such as "172.16.12.2/24"')
             return None
         if address.network.prefixlen > 30 or address.ip in (address.network.network_address,
                                                               address.network.broadcast_address):
             self.fail(f"{where}.address", f"{address} is not a host address in a /30 or larger")
-        return Endpoint(str(obj["node"]), ifname, address)
+        if not isinstance(node, str) or not usable:
+            return None
+        return Endpoint(node, ifname, address)
 
     def impairment(self, obj: object, where: str) -> Impairment:
         if not isinstance(obj, dict):
             self.fail(where, "is not an object")
             return Impairment()
-        valid = {"loss_pct", "delay_ms", "jitter_ms", "rate_mbit"}
-        self.keys(obj, f"{where}.", valid)
-        values = {k: obj.get(k, 0) for k in valid}
-        for key, value in values.items():
-            if not isinstance(value, (int, float)) or value < 0 or (key == "loss_pct" and value > 100):
-                self.fail(f"{where}.{key}", f"{json.dumps(value)} is not a number in range")
-                values[key] = 0
-        return Impairment(**{k: float(v) for k, v in values.items()})
+        self.keys(obj, f"{where}.", set(IMPAIR_LIMITS))
+        values = {key: obj.get(key, 0) for key in IMPAIR_LIMITS}
+        problems = impairment_problems(values, {key: f"{where}.{key}" for key in IMPAIR_LIMITS})
+        for problem in problems:
+            self.problems.append(f"{self.file}: {problem}")
+        if problems:
+            return Impairment()
+        return Impairment(**{key: float(value) for key, value in values.items()})
 
     def cross_check(self, nodes: tuple[Node, ...], links: tuple[Link, ...]) -> None:
         by_id = {n.peer_id: n for n in nodes if n.peer_id}
