@@ -6,10 +6,11 @@ For each peer count N: a secrets file with the server 1.1 and N clients (ids 16.
 fresh random keys), a server config (metrics off), ``alpaca-tunnel run`` in namespace
 ``alb-m``; VmRSS from /proc after start-up, then after traffic: a sender in namespace
 ``alb-mc`` (joined by a veth) speaks for *every* configured client, sealing three ICMP echo
-requests per client to the server's tunnel address with that client's key. The server
-authenticates each, opens a replay window and learns a path per client, writes the pings to
-its TUN device, and seals the kernel's echo replies back. That is the per-peer state a busy
-server holds. Target: under 200 MB with 10,000 peers.
+requests per client to the server's tunnel address with that client's key, and answering the
+server's probes as the clients would. The server authenticates each datagram, opens a replay
+window per client, verifies it (its challenge probe answered), learns and confirms a path per
+client, writes the pings to its TUN device, and seals the kernel's echo replies back. That
+is the per-peer state a busy server holds. Target: under 200 MB with 10,000 peers.
 """
 
 from __future__ import annotations
@@ -75,45 +76,67 @@ def echo_request(src: int, dst: int, seq: int) -> bytes:
 
 
 def send_traffic(keys: dict[int, bytes], target: tuple[str, int], rounds: int = 3) -> dict[str, int]:
-    """Seal ``rounds`` echo requests per client to the server; count the sealed replies."""
+    """Speak for every client: answer the server's probes (its challenge of a sender it has
+    not verified, then the probe that confirms a learned path) and seal ``rounds`` echo
+    requests each; count what comes back by kind."""
     from alpaca.core import header
+    from alpaca.core.constants import PacketType
     from alpaca.core.crypto import KeyRing
     from alpaca.core.header import Header
+    from alpaca.core.probing import PROBE, REPLY
 
     ring = KeyRing(GROUP, keys)
     epoch = int(time.time())
+    counters = dict.fromkeys(keys, 0)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind(("0.0.0.0", 0))
     sock.setblocking(False)
-    sent = replies = 0
+    got = {"sent": 0, "echo_replies": 0, "probes_answered": 0}
+
+    def send(peer: int, ptype: int, payload: bytes) -> None:
+        counters[peer] += 1
+        cipher = ring.cipher(peer, SERVER_ID, epoch)
+        assert cipher is not None
+        head = header.encode(Header(ptype, 0, 15, 0, peer, SERVER_ID, epoch, counters[peer]))
+        sock.sendto(cipher.seal(head, payload), target)
+
+    def answer(datagram: bytes) -> None:
+        h = header.decode(datagram)
+        cipher = ring.cipher(h.src, h.dst, h.epoch)
+        plain = cipher.open(datagram) if cipher is not None and h.dst in keys else None
+        if plain is None:
+            return
+        if h.ptype == PacketType.PROBE and len(plain) == PROBE.size:
+            send(h.dst, PacketType.PROBE_REPLY, REPLY.pack(PROBE.unpack(plain)[0], h.epoch, 0))
+            got["probes_answered"] += 1
+        elif h.ptype == PacketType.DATA:
+            got["echo_replies"] += 1
 
     def drain() -> None:
-        nonlocal replies
         while True:
             try:
-                sock.recv(2048)
+                answer(sock.recv(2048))
             except BlockingIOError:
                 return
-            replies += 1
 
     clients = [peer for peer in keys if peer != SERVER_ID]
-    for counter in range(1, rounds + 1):
+    for seq in range(1, rounds + 1):
         for peer in clients:
-            cipher = ring.cipher(peer, SERVER_ID, epoch)
-            assert cipher is not None
-            datagram = cipher.seal(header.encode(Header(0, 0, 15, 0, peer, SERVER_ID, epoch, counter)),
-                                   echo_request(peer, SERVER_ID, counter))
-            sock.sendto(datagram, target)
-            sent += 1
-            if sent % 100 == 0:
+            send(peer, PacketType.DATA, echo_request(peer, SERVER_ID, seq))
+            got["sent"] += 1
+            if got["sent"] % 100 == 0:
                 time.sleep(0.01)  # pace: the server's socket buffer is bounded
                 drain()
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:  # the answers to this round's probes go out
+            time.sleep(0.05)
+            drain()
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         time.sleep(0.05)
         drain()
-    return {"sent": sent, "replies": replies}
+    return got
 
 
 def measure(peers: int, workdir: Path, traffic: bool) -> dict[str, Any]:

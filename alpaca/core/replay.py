@@ -68,7 +68,7 @@ class ReplayWindow:
         self._blocks = size // _BLOCK_BITS
         self._mask = self._blocks - 1
         self._window = (self._blocks - 1) * _BLOCK_BITS
-        self._ring = array("Q", bytes(8 * self._blocks))
+        self._ring = array("Q", [0]) * self._blocks
         self._top = -1
         self._first = -1
         self.accepted = 0
@@ -168,6 +168,6 @@ class ReplayWindow:
 
     def reset(self) -> None:
         """Forget every counter (a new epoch); the cumulative counters are kept."""
-        self._ring = array("Q", bytes(8 * self._blocks))
+        self._ring = array("Q", [0]) * self._blocks
         self._top = -1
         self._first = -1
