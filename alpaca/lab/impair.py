@@ -169,8 +169,11 @@ def impair(topology: Topology, state_dir: Path, link_name: str, *, loss_pct: flo
         doing = "clearing" if clear else "impairing"
         raise LabError(f"{doing} link {link.name} failed: {exc}; {outcome}") from exc
     _save(state_dir, {**others, link.name: imp})
-    log.info("link impaired link=%s loss_pct=%g delay_ms=%g jitter_ms=%g rate_mbit=%g",
-             link.name, imp.loss_pct, imp.delay_ms, imp.jitter_ms, imp.rate_mbit)
+    if imp.is_clear:
+        log.info("link cleared link=%s", link.name)
+    else:
+        log.info("link impaired link=%s loss_pct=%g delay_ms=%g jitter_ms=%g rate_mbit=%g",
+                 link.name, imp.loss_pct, imp.delay_ms, imp.jitter_ms, imp.rate_mbit)
     return imp
 
 
