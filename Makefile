@@ -59,16 +59,18 @@ fuzz: venv
 # own path decides where the config is read from, see README "Run") to $(PREFIX)/bin. The
 # config directory and the systemd unit's paths are the ones that launcher will use
 # (alpaca/paths.py: /usr/bin -> /etc/alpaca-tunnel.d, /usr/local/bin -> /usr/local/etc/...).
-# DESTDIR stages everything under another root (packaging, tests).
+# A virtualenv only works where it was made, so `install` builds it in place; DESTDIR stages
+# the files around one (`install-files`, for packaging and tests).
 PREFIX      ?= /usr/local
 APPDIR      ?= $(PREFIX)/lib/alpaca-tunnel
 SYSTEMD_DIR ?= /etc/systemd/system
 DESTDIR     ?=
 
 install:
-	$(PY) -m venv $(DESTDIR)$(APPDIR)
-	$(DESTDIR)$(APPDIR)/bin/pip install -q --upgrade pip
-	$(DESTDIR)$(APPDIR)/bin/pip install -q .
+	@if [ -n "$(DESTDIR)" ]; then echo "make install builds its virtualenv in place (its scripts name their own path): build it at $(APPDIR), then stage with make install-files DESTDIR=..."; exit 2; fi
+	$(PY) -m venv $(APPDIR)
+	$(APPDIR)/bin/pip install -q --upgrade pip
+	$(APPDIR)/bin/pip install -q .
 	$(MAKE) install-files
 
 # The files around an installed virtualenv (APPDIR must hold one with the package).

@@ -31,3 +31,11 @@ def test_make_install_files_agree_with_the_launchers_config_path(tmp_path: Path,
     assert (tmp_path / prefix.lstrip("/") / "bin" / "alpaca-tunnel").exists()
     unit = (tmp_path / "etc/systemd/system/alpaca-tunnel.service").read_text()
     assert f"ExecStart={prefix}/bin/alpaca-tunnel -c {conf} run\n" in unit
+
+
+def test_make_install_refuses_destdir(tmp_path: Path) -> None:
+    """A virtualenv built under DESTDIR names the staging path in its scripts: refused."""
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"DESTDIR={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "install-files" in done.stdout
+    assert not any(tmp_path.iterdir())

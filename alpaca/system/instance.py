@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
+import gevent
+
 from alpaca.errors import SystemSetupError
+
+#: Seconds :func:`hold` waits for a lock held by another process.
+HOLD_WAIT = 5.0
 
 
 def lock_path(control_socket: Path) -> Path:
     return control_socket.with_name(control_socket.name + ".lock")
 
 
-def hold(path: Path, owner: str) -> int:
+def hold(path: Path, owner: str, wait: float = HOLD_WAIT) -> int:
     """Take the lock at ``path`` (creating it, and its directory mode 0700) and write our pid
     into it; return the descriptor, to be closed at exit.
 
     Args:
         owner: how to name the setting in an error (``"<config>: control_socket <path>"``).
+        wait: seconds to wait for a lock held by another process (another daemon may hold it
+            for a moment while it undoes this node's journal, left by a crash).
 
     Raises:
         SystemSetupError: another process holds it (naming its pid), or the file cannot be made.
@@ -36,17 +44,33 @@ def hold(path: Path, owner: str) -> int:
     except OSError as exc:
         raise SystemSetupError(f"{owner}: creating the lock file {path}: {exc.strerror or exc}", None,
                                "check that the control socket's directory is writable") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _flock_within(fd, wait):
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise SystemSetupError(
             f"{owner}: another alpaca-tunnel (pid {holder}) is running this node", None,
-            "stop it first, or give this node its own control_socket") from None
+            "stop it first, or give this node its own control_socket")
+    _claim(fd)
+    return fd
+
+
+def _flock_within(fd: int, wait: float) -> bool:
+    """Take the exclusive lock of ``fd``, retrying for ``wait`` seconds (gevent-friendly)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.1)
+
+
+def _claim(fd: int) -> None:
+    """Write our pid into a lock we hold (an error names the holder by it)."""
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def try_hold(path: Path) -> int | None:
@@ -62,6 +86,7 @@ def try_hold(path: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
+    _claim(fd)
     return fd
 
 

@@ -17,15 +17,18 @@ Invariants:
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
     * A journal is undone only in the network namespace it was written in (``netns_id``, see
-      :mod:`alpaca.system.nsid`); one of a namespace that is gone is dropped (its changes went
-      with it).
+      :mod:`alpaca.system.nsid`). Another namespace's journal at our own path is moved aside
+      for a person (``<name>.other-netns-<time>``); one beside it is left alone.
     * Daemons sharing a namespace and a journal directory share what they both changed: a step
       another running daemon's journal also holds (ip_forward, a chnroute table, a host route)
       is left in place for it, and a sysctl step takes over its original value, so the last
-      one to stop restores the host's.
-    * A step that keeps failing is given up after :data:`MAX_TRIES` runs (logged), so a change
-      that can never be undone (a saved route whose uplink is gone for good) does not make
-      every later stop fail.
+      one to stop restores the host's. Undo, recovery and those sysctl records run one at a
+      time per directory (:func:`_directory_lock`), so two daemons stopping at once cannot
+      each leave a shared step to the other.
+    * A step that keeps failing is given up after :data:`MAX_TRIES` runs spread over at least
+      :data:`GIVE_UP_AFTER` seconds (logged), so a change that can never be undone (a saved
+      route whose uplink is gone for good) does not make every later stop fail, while a crash
+      loop does not use the tries up in a minute.
 
 At start-up the daemon calls :func:`recover` (undo a journal left by a crashed run, and
 :func:`recover_orphans`: those of runs with another control socket), and on a clean exit
@@ -36,11 +39,13 @@ undone by another. Callers: the control greenlet.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +55,10 @@ from alpaca.system import chnroute, instance, nft, nsid, routes, sysctl
 log = logging.getLogger(__name__)
 
 VERSION = 1
-#: Runs (stop, then each start's recovery) a failing undo step is tried before it is given up.
+#: Runs (stop, then each start's recovery) a failing undo step is tried before it is given up...
 MAX_TRIES = 3
+#: ...and the seconds that must have passed since it first failed (wall clock).
+GIVE_UP_AFTER = 3600.0
 SUFFIX = ".journal"
 Step = dict[str, Any]
 
@@ -60,6 +67,36 @@ def lock_of(path: Path) -> Path:
     """The instance lock of the daemon that writes the journal at ``path``
     (``<sock>.journal`` -> ``<sock>.lock``, see :func:`alpaca.system.instance.lock_path`)."""
     return path.with_name(path.name.removesuffix(SUFFIX) + ".lock")
+
+
+#: directory -> (descriptor, depth) of the directory locks this process holds
+_held_dirs: dict[Path, tuple[int, int]] = {}
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Hold the exclusive lock of a journal directory (flock on the directory itself, waited
+    for; re-entrant within the process). Nothing is locked if the directory does not exist."""
+    held = _held_dirs.get(directory)
+    if held is not None:
+        _held_dirs[directory] = (held[0], held[1] + 1)
+    else:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held_dirs[directory] = (fd, 1)
+    try:
+        yield
+    finally:
+        fd, depth = _held_dirs[directory]
+        if depth > 1:
+            _held_dirs[directory] = (fd, depth - 1)
+        else:
+            del _held_dirs[directory]
+            os.close(fd)
 
 
 def _undo_sysctl(step: Step, netns: str | None) -> None:
@@ -129,11 +166,13 @@ class Journal:
             return
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
-        if kind == "sysctl":
-            step["value"] = self._original_value(params["key"], params["value"])
-        self.steps.append(step)
         try:
-            self._write()
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with _directory_lock(self.path.parent):
+                if kind == "sysctl":
+                    step["value"] = self._original_value(params["key"], params["value"])
+                self.steps.append(step)
+                self._write()
         except OSError as exc:
             raise SystemSetupError(
                 f"writing the undo journal {self.path}: {exc.strerror or exc}", None,
@@ -173,7 +212,10 @@ class Journal:
     def load(cls, path: str | Path) -> Journal:
         """Read a journal file (ValueError if it is not one of ours or is damaged; a step of an
         unknown shape is kept and reported by :meth:`undo_all`)."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except RecursionError as exc:
+            raise ValueError(f"{path}: nested too deeply for a journal") from exc
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError(f"{path}: not an alpaca-tunnel journal (version {VERSION})")
         steps, netns, netns_id = data.get("steps"), data.get("netns"), data.get("netns_id")
@@ -186,13 +228,10 @@ class Journal:
         journal.steps = [s if isinstance(s, dict) else {"kind": repr(s)[:40]} for s in steps]
         return journal
 
-    def placement(self) -> str:
-        """``"here"`` (its namespace is the one it names: undo it), ``"gone"`` (that namespace
-        no longer exists) or ``"elsewhere"`` (it does, but is not the one named now: another
-        namespace's journal in a shared /run). Journals without ``netns_id`` are ``"here"``."""
-        if self.netns_id is None or nsid.of(self.netns) == self.netns_id:
-            return "here"
-        return "elsewhere" if nsid.exists(self.netns_id) else "gone"
+    def is_here(self) -> bool:
+        """True if it was written in the namespace it names now (or carries no identity:
+        written before identities, or on a kernel without namespace cookies)."""
+        return self.netns_id is None or nsid.of(self.netns) == self.netns_id
 
     def _live_peers(self) -> list[Journal]:
         """The journals of the other running daemons of this namespace in this directory."""
@@ -214,11 +253,15 @@ class Journal:
     def undo_all(self) -> list[str]:
         """Run every undo step, newest first; then delete the file, or, if some steps failed on
         the host's state (not malformed ones), keep just those in it for the next start to
-        retry (:func:`recover`).
+        retry (:func:`recover`). Holds the directory's lock throughout.
 
         Returns:
             One line per failed step (each is also logged); empty when all went well.
         """
+        with _directory_lock(self.path.parent):
+            return self._undo_all()
+
+    def _undo_all(self) -> list[str]:
         failures: list[str] = []
         kept: list[Step] = []
         peers = self._live_peers()
@@ -246,12 +289,16 @@ class Journal:
     def _keep_step(self, step: Step, kept: list[Step], exc: Exception) -> None:
         """Keep a failed step for the next run, unless it has failed :data:`MAX_TRIES` times."""
         tries = step.get("tries", 0) + 1 if isinstance(step.get("tries"), int) else 1
-        if tries >= MAX_TRIES:
-            log.error("undo step given up after %d tries step=%s journal=%s error=%s: undo it by "
-                      "hand if it still matters", tries, step.get("kind"), self.path, exc)
+        now = time.time()
+        first = step.get("failed_since")
+        first = first if isinstance(first, float | int) and first <= now else now
+        if tries >= MAX_TRIES and now - first >= GIVE_UP_AFTER:
+            log.error("undo step given up after %d tries in %.0f s step=%s journal=%s error=%s: "
+                      "undo it by hand if it still matters", tries, now - first, step.get("kind"),
+                      self.path, exc)
             return
         log.error("undo step failed step=%s journal=%s error=%s", step.get("kind"), self.path, exc)
-        kept.insert(0, {**step, "tries": tries})
+        kept.insert(0, {**step, "tries": tries, "failed_since": first})
 
     def _keep(self) -> bool:
         """Rewrite the file with the remaining steps; False if that is not possible."""
@@ -266,50 +313,40 @@ class Journal:
 def recover(path: str | Path) -> list[str] | None:
     """Undo a journal left by a crashed run, then remove it (a step that fails again stays in
     it: the daemon takes such a journal over, see :func:`resume`). A journal that cannot be
-    read is moved aside (``<path>.unreadable-<time>``) for a person to act on; one of a
-    namespace that is gone is dropped.
+    read, or that was written in another network namespace, is moved aside
+    (``<path>.unreadable-<time>``, ``<path>.other-netns-<time>``) for a person to act on.
 
     Returns:
         None if there was no journal, else the failures (empty list: fully recovered).
-
-    Raises:
-        SystemSetupError: the journal belongs to another namespace that still exists.
     """
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        journal = Journal.load(path)
-    except (OSError, ValueError, UnicodeError) as exc:
-        return [_set_aside(path, exc)]
-    where = journal.placement()
-    if where == "elsewhere":
-        raise SystemSetupError(
-            f"{path} holds the undo steps of a run in another network namespace "
-            f"(net {journal.netns_id}) that still exists", None,
-            "start alpaca-tunnel in that namespace to undo them, or give this node another "
-            "control_socket")
-    if where == "gone":
-        log.warning("dropped the journal of a network namespace that no longer exists journal=%s "
-                    "steps=%d", path, len(journal.steps))
-        path.unlink(missing_ok=True)
-        return []
-    log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
-    return journal.undo_all()
+    with _directory_lock(path.parent):
+        try:
+            journal = Journal.load(path)
+        except (OSError, ValueError, UnicodeError, RecursionError) as exc:
+            return [_set_aside(path, "unreadable", exc)]
+        if not journal.is_here():
+            return [_set_aside(path, "other-netns", f"written in another network namespace "
+                                                    f"({journal.netns_id}), not undone here")]
+        log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
+        return journal.undo_all()
 
 
-def _set_aside(path: Path, exc: Exception) -> str:
-    """Move an unreadable journal out of the way (a new run would overwrite it); the failure."""
-    aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+def _set_aside(path: Path, why: str, error: object) -> str:
+    """Move a journal we must not undo out of the way (a new run would overwrite it), keeping
+    it for a person; return the failure line."""
+    aside = path.with_name(f"{path.name}.{why}-{int(time.time())}")
     try:
         os.replace(path, aside)
     except OSError as move_exc:
-        log.error("unreadable journal left as is journal=%s error=%s (moving it: %s)", path, exc, move_exc)
-        return f"reading {path}: {exc}"
-    log.error("unreadable journal moved aside journal=%s error=%s: the host changes it recorded "
-              "were not undone; check routes, ip rules, nft tables and ip_forward by hand, then "
-              "delete it", aside, exc)
-    return f"reading {path}: {exc} (moved to {aside})"
+        log.error("journal left as is journal=%s error=%s (moving it: %s)", path, error, move_exc)
+        return f"reading {path}: {error}"
+    log.error("journal moved aside journal=%s error=%s: the host changes it recorded were not "
+              "undone; check routes, ip rules, nft tables and ip_forward where it was written, "
+              "then delete it", aside, error)
+    return f"reading {path}: {error} (moved to {aside})"
 
 
 def recover_orphans(path: str | Path) -> list[str]:
@@ -321,30 +358,30 @@ def recover_orphans(path: str | Path) -> list[str]:
         The failures (each also logged).
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        return []
     failures: list[str] = []
-    for other in sorted(path.parent.glob(f"*{SUFFIX}")) if path.parent.is_dir() else ():
-        if other == path:
-            continue
-        fd = instance.try_hold(lock_of(other))
-        if fd is None:  # its daemon runs
-            continue
-        try:
-            failures += _recover_orphan(other)
-        finally:
-            os.close(fd)
+    with _directory_lock(path.parent):
+        for other in sorted(path.parent.glob(f"*{SUFFIX}")):
+            if other == path:
+                continue
+            fd = instance.try_hold(lock_of(other))
+            if fd is None:  # its daemon runs
+                continue
+            try:
+                failures += _recover_orphan(other)
+            finally:
+                os.close(fd)
     return failures
 
 
 def _recover_orphan(path: Path) -> list[str]:
     try:
         journal = Journal.load(path)
-    except (OSError, ValueError, UnicodeError) as exc:
+    except (OSError, ValueError, UnicodeError, RecursionError) as exc:
         log.warning("left alone an unreadable journal of another run journal=%s error=%s", path, exc)
         return []
-    if journal.netns_id is None or journal.placement() == "elsewhere":
-        return []
-    if journal.placement() == "gone":
-        path.unlink(missing_ok=True)
+    if journal.netns_id is None or not journal.is_here():
         return []
     log.warning("recovering from a previous run with another control socket journal=%s steps=%d",
                 path, len(journal.steps))
@@ -356,7 +393,7 @@ def resume(path: str | Path) -> Journal:
     any (so that this run's stop retries them), else an empty one."""
     try:
         return Journal.load(path)
-    except (OSError, ValueError, UnicodeError):
+    except (OSError, ValueError, UnicodeError, RecursionError):
         return Journal(path)
 
 
@@ -374,7 +411,8 @@ def _not_shared(step: Step, peers: list[Journal]) -> Step | None:
         log.info("chnroute left for another running daemon table=%s", step["table"])
         return None
     if kind == "routes":
-        shared = {d for s in theirs if s.get("table") == step["table"] for d in s.get("dsts") or ()}
+        shared = {d for s in theirs if s.get("table") == step["table"] and isinstance(s.get("dsts"), list)
+                  for d in s["dsts"] if isinstance(d, str)}
         dsts = [d for d in step["dsts"] if d not in shared]
         return {**step, "dsts": dsts} if dsts else None
     return step

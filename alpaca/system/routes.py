@@ -50,7 +50,7 @@ RTA_CACHEINFO = 12
 #: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
 _FLAGS_KEEP = 0x2 | 0x4
 #: Errnos of restoring a saved route whose uplink changed: gateway not on a connected network,
-#: device gone.
+#: device gone, preferred source address (``src``) no longer the host's.
 _NO_LONGER_FITS = (errno.ENETUNREACH, errno.ENODEV, errno.EINVAL)
 
 
