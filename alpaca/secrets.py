@@ -41,6 +41,10 @@ _KEY_PART_MIN = 8
 #: The shortest key-like text refused as a hostname, characters: shorter hex names are real
 #: hostnames (docker names a container by 12 hex digits).
 _KEY_AS_HOST_MIN = 16
+#: The shortest run of hex digits left out of any text a message quotes: no peer id, port or
+#: IPv4 address has one; 6 digits are 3 bytes of a key.
+_HEX_RUN_MIN = 6
+_HEX_RUN = re.compile(rf"(?:0[xX])?[0-9a-fA-F]{{{_HEX_RUN_MIN},}}")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -146,10 +150,17 @@ def _may_be_key(text: str, shortest: int = _KEY_PART_MIN) -> bool:
 
 
 def _shown(text: str) -> str:
-    """``text`` for a message, unless it may be a key: then only its length."""
+    """``text`` for a message, unless it may be a key: then only its length; runs of hex
+    digits inside it that may be part of a key are left out (:func:`_masked`)."""
     if _may_be_key(text):
         return f"<{len(text)} characters, perhaps a key: not shown>"
-    return text
+    return _masked(text)
+
+
+def _masked(text: str) -> str:
+    """``text`` with every run of :data:`_HEX_RUN_MIN` or more hex digits (a key fragment,
+    in a line split by commas, a URL, a key cut in two) replaced by its length."""
+    return _HEX_RUN.sub(lambda run: f"<{len(run.group())} hex digits: not shown>", text)
 
 
 def _key_fault(text: str) -> str:
@@ -243,7 +254,7 @@ class _Parser:
             peer_id = parse_peer_id(text)
             check_usable(peer_id)
         except ValueError as exc:
-            self.problem(number, f"peer_id: {exc}")
+            self.problem(number, f"peer_id: {_masked(str(exc))}")
             return None
         if peer_id in self.lines:
             self.problem(

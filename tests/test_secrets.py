@@ -387,3 +387,22 @@ def test_secrets_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
     assert problems(path) == [
         f"{path}:3: byte 73 of the line is not UTF-8 text; save the secrets file as UTF-8"
     ]
+
+
+def test_secrets_key_inside_a_longer_column_is_never_echoed(tmp_path: Path) -> None:
+    """A line separated by commas or semicolons is one column; a key inside a URL; a key cut
+    so that a few digits land in the port column: the key's digits are left out of every
+    message, the rest of the text is still shown to locate the problem."""
+    text = "\n".join([
+        f"16.1,{KEY16},192.168.7.11,null,10001",
+        f"1.2;{KEY32};null;null;null",
+        f"1.3 {KEY16} https://h.example/?k={KEY16} null 10003",
+        f"1.4 {KEY32[:58]} 10.0.0.4 null {KEY32[58:]}x",
+    ])
+    found = problems(write(tmp_path, text))
+    shown = "\n".join(found)
+    for key in (KEY16, KEY32, KEY32[58:]):
+        assert not any(part in shown for part in key_parts(key)), found
+    assert "16.1,<32 hex digits: not shown>,192.168.7.11,null,10001" in shown
+    assert "https://h.example/?k=<32 hex digits: not shown>" in shown
+    assert '"<6 hex digits: not shown>x" is not a port' in shown

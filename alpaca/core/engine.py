@@ -109,7 +109,7 @@ class Engine:
         changed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
         removed = set(old) - set(settings.peers)
         for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
-            del self.flows[key]
+            self.relayed.retire(key[0], self.flows.pop(key))
         self.relayed.forget_peers(changed | removed)
         for peer_id in removed:
             gone = self.peers.pop(peer_id, None)
@@ -359,6 +359,7 @@ class Engine:
             return
         if dst != self.self_id:
             flow.last_at = now
+            self.relayed.touch((src, dst))
         if dst != self.self_id and src < dst:
             # Relayed and sealed with the pair key, which is dst's own secret (the bigger id's):
             # dst could have made it. Carried on, but it says nothing about where src is.
@@ -450,6 +451,8 @@ class Engine:
             return DropReason.UNKNOWN_PEER
         flow = self.flows.get((src, dst))
         if flow is not None and epoch < flow.epoch:
+            return DropReason.OLD_EPOCH
+        if flow is None and self.relayed.newer_epoch((src, dst), epoch):
             return DropReason.OLD_EPOCH
         return None
 

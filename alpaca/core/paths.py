@@ -138,7 +138,8 @@ def port_label(ports: tuple[str, ...], port: int) -> str:
 class PeerPaths:
     """All paths to one peer, plus the per-path-index receive counts probes report."""
 
-    __slots__ = ("by_endpoint", "generation", "learned", "peer", "ports", "rx_data_by_pi", "static", "via")
+    __slots__ = ("by_endpoint", "candidates", "generation", "learned", "peer", "ports", "rx_data_by_pi",
+                 "static", "via")
 
     def __init__(
         self, peer: int, ports: tuple[str, ...], static_addr: Addr | None, generation: Generation,
@@ -155,6 +156,9 @@ class PeerPaths:
                 self.static.append(path)
                 self.by_endpoint[(port, static_addr)] = path
         self.learned: dict[tuple[int, int], Path] = {}
+        #: (pi, port) -> a new address heard under a confirmed learned path's slot, waiting
+        #: for a probe's answer before the path moves there (never used for sending)
+        self.candidates: dict[tuple[int, int], Path] = {}
         self.via: dict[int, Path] = {}
         self.rx_data_by_pi = [0] * PATH_SLOTS
 
@@ -181,10 +185,13 @@ class PeerPaths:
         return self.by_endpoint.get((port, addr))
 
     def learn(self, pi: int, port: int, addr: Addr, now: float) -> Path:
-        """File ``addr`` under (pi, port); an existing exact match is reused (never moved).
+        """File ``addr`` under (pi, port); an existing exact match is reused.
 
         Called only for authentic, fresh packets. Static paths are never overwritten. A new
-        path, or one moved to ``addr``, is unconfirmed (see :attr:`Path.confirmed`).
+        path, or an unconfirmed one moved to ``addr``, is unconfirmed (see
+        :attr:`Path.confirmed`). A confirmed path does not move: ``addr`` becomes the slot's
+        candidate, which :meth:`confirm` moves it to once a probe sent there is answered, so
+        a spoofed source address can take no traffic from where the peer answers.
         """
         path = self.by_endpoint.get((port, addr))
         if path is None:
@@ -194,18 +201,66 @@ class PeerPaths:
                 path = Path(self.peer, PathKind.LEARNED, pi, port, addr,
                             f"slot{pi}/{port_label(self.ports, port)}")
                 self.learned[key] = path
+            elif path.confirmed:
+                path = self._candidate(key, addr)
             else:
-                assert path.addr is not None
-                self._unmap(path)
-                path.addr, path.ip = addr, ip_to_int(addr[0])
-                path.confirmed, path.challenged_at = False, NEVER
-                if path.up:
-                    path.up, path.reason = False, "moved"
-                    path.changes += 1
+                self._move(path, addr)
             self.by_endpoint[(port, addr)] = path
             self.generation.bump()
         path.last_ok_at = now
         return path
+
+    def _candidate(self, key: tuple[int, int], addr: Addr) -> Path:
+        """The slot's candidate at ``addr`` (a newer address replaces an older candidate). It
+        inherits the slot's last challenge time, so that however the addresses alternate (a
+        forwarder sending from two ports) the slot is probed at most once per challenge
+        interval."""
+        learned = self.learned[key]
+        made = Path(self.peer, PathKind.LEARNED, key[0], key[1], addr, learned.name)
+        made.challenged_at = learned.challenged_at
+        old = self.candidates.get(key)
+        if old is not None:
+            self._unmap(old)
+            made.challenged_at = max(made.challenged_at, old.challenged_at)
+        self.candidates[key] = made
+        return made
+
+    def _move(self, path: Path, addr: Addr) -> None:
+        """Refile the unconfirmed ``path`` at ``addr``."""
+        assert path.addr is not None
+        self._unmap(path)
+        path.addr, path.ip = addr, ip_to_int(addr[0])
+        path.confirmed, path.challenged_at = False, NEVER
+        if path.up:
+            path.up, path.reason = False, "moved"
+            path.changes += 1
+
+    def confirm(self, path: Path) -> Path:
+        """A probe sent to ``path``'s address was answered from the peer: ``path`` is
+        confirmed. A slot's candidate moves the slot's path to its address (counters kept) and
+        that path is returned; otherwise ``path`` itself."""
+        path.confirmed = True
+        key = (path.pi, path.port)
+        if self.candidates.get(key) is not path:
+            return path
+        del self.candidates[key]
+        learned = self.learned.get(key)
+        if learned is None:  # expired meanwhile: the candidate takes the slot
+            self.learned[key] = path
+            return path
+        assert path.addr is not None
+        self._unmap(path)
+        self._unmap(learned)
+        learned.addr, learned.ip = path.addr, path.ip
+        learned.rx_packets += path.rx_packets
+        learned.rx_bytes += path.rx_bytes
+        learned.rx_first += path.rx_first
+        learned.rx_duplicates += path.rx_duplicates
+        learned.last_ok_at = max(learned.last_ok_at, path.last_ok_at)
+        learned.challenged_at = max(learned.challenged_at, path.challenged_at)
+        self.by_endpoint[(learned.port, path.addr)] = learned
+        self.generation.bump()
+        return learned
 
     def _unmap(self, path: Path) -> None:
         """Drop ``path``'s receive-side entry, if the entry is ``path``'s (not a static path's)."""
@@ -227,7 +282,10 @@ class PeerPaths:
         return links[0] if links else None
 
     def expire(self, now: float, lifetime: float) -> list[Path]:
-        """Forget learned paths silent for ``lifetime`` seconds; return what was removed."""
+        """Forget learned paths (and candidates) silent for ``lifetime`` seconds; return the
+        paths removed."""
+        for key in [k for k, c in self.candidates.items() if now - c.last_ok_at >= lifetime]:
+            self._unmap(self.candidates.pop(key))
         gone = [self.learned.pop(k) for k, p in list(self.learned.items()) if now - p.last_ok_at >= lifetime]
         for path in gone:
             self._unmap(path)

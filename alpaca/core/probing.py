@@ -30,6 +30,7 @@ from alpaca.core.drops import DropReason
 from alpaca.core.header import with_hop_fields
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path
+from alpaca.core.settings import Addr
 
 if TYPE_CHECKING:
     from alpaca.core.engine import Engine
@@ -54,7 +55,8 @@ class Prober:
         self.engine = engine
         self.next_tick_at = 0.0
         self.next_probe_at = 0.0
-        self.outstanding: dict[int, tuple[Path, float]] = {}
+        #: probe id -> (path, when sent, the address it went to)
+        self.outstanding: dict[int, tuple[Path, float, Addr | None]] = {}
         self._next_id = 1
         self._round = 0
 
@@ -104,11 +106,11 @@ class Prober:
         self.engine.stats.probes_sent += 1
         if len(self.outstanding) >= MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
-        self.outstanding[probe_id] = (path, now)
+        self.outstanding[probe_id] = (path, now, link.addr)
         self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, path.pi))
 
     def _forget_unanswered(self, before: float) -> None:
-        stale = [pid for pid, (_, sent_at) in self.outstanding.items() if sent_at < before]
+        stale = [pid for pid, (_, sent_at, _) in self.outstanding.items() if sent_at < before]
         for pid in stale:
             del self.outstanding[pid]
 
@@ -146,11 +148,13 @@ class Prober:
             return
         del self.outstanding[probe_id]
         self.engine.verify(peer.peer_id, counter)
-        path, sent_at = entry
+        path, sent_at, sent_to = entry
+        if path.via is None and path.addr != sent_to:  # it moved since: the answer proves nothing
+            return                                      # about where it is now
+        path = peer.paths.confirm(path)
         path.on_rtt(now - sent_at)
         path.probes_answered += 1
         path.last_ok_at = now
-        path.confirmed = True
         if not path.up:
             self.engine.path_answered(path, now)
         path.on_data_report(data_rx)

@@ -3,7 +3,8 @@
 A gateway or forwarder keeps a replay window (:class:`~alpaca.core.peers.Flow`, ~5 KiB) per
 (src, dst) pair it relays. Without a bound, the holder of one client key could make it keep
 one per server in each direction (two per configured peer). So a relayed flow is forgotten
-when silent for ``idle`` seconds, or, beyond :data:`MAX_RELAY_FLOWS`, the oldest one is. What
+when silent for ``idle`` seconds, or, beyond :data:`MAX_RELAY_FLOWS`, the least recently used
+one is (a datagram of an epoch older than a forgotten flow's is still ``old_epoch``). What
 a forgotten flow leaves behind is small: its top counter as the next flow's floor (a replay
 of anything it carried is still refused, only a copy reordered across the forgetting is
 lost) and its replay counts, so the exported counters never go backwards. Flows towards us
@@ -13,6 +14,8 @@ Not thread-safe: owned by the engine, called from its greenlet.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from alpaca.core.peers import Flow
 
@@ -31,23 +34,45 @@ class RelayFlows:
     def __init__(self, max_flows: int = MAX_RELAY_FLOWS, max_floors: int = MAX_FLOORS) -> None:
         self.max_flows = max_flows
         self.max_floors = max_floors
-        #: relayed flow keys in the order they were made (the oldest is evicted first)
-        self.keys: dict[FlowKey, None] = {}
+        #: relayed flow keys, least recently used first (evicted first)
+        self.keys: OrderedDict[FlowKey, None] = OrderedDict()
         #: (src, dst) -> (epoch, top counter) of a forgotten flow
         self.floors: dict[FlowKey, tuple[int, int]] = {}
         #: src -> [duplicate, too_old, late] of its forgotten flows
         self.retired: dict[int, list[int]] = {}
         self.forgotten = 0
 
+    def newer_epoch(self, key: FlowKey, epoch: int) -> bool:
+        """True if a forgotten flow of ``key`` was in an epoch after ``epoch``: a datagram of
+        ``epoch`` is then as old as if the flow were still kept (``old_epoch``)."""
+        floor = self.floors.get(key)
+        return floor is not None and floor[0] > epoch
+
     def admit(self, key: FlowKey, flow: Flow, flows: dict[FlowKey, Flow], now: float) -> None:
-        """A relayed flow was just made: give it its predecessor's floor, make room."""
+        """A relayed flow was just made: give it its predecessor's floor (same epoch; one of
+        an earlier epoch is dropped, the sender started anew), make room."""
         flow.last_at = now
-        floor = self.floors.pop(key, None)
-        if floor is not None and floor[0] == flow.epoch:
-            flow.floor = floor[1]
+        floor = self.floors.get(key)
+        if floor is not None and floor[0] <= flow.epoch:
+            del self.floors[key]
+            if floor[0] == flow.epoch:
+                flow.floor = floor[1]
         self.keys[key] = None
         while len(self.keys) > self.max_flows:
             self._forget(next(iter(self.keys)), flows)
+
+    def touch(self, key: FlowKey) -> None:
+        """``key``'s flow just carried a new datagram: it is evicted last (O(1))."""
+        self.keys.move_to_end(key)
+
+    def retire(self, src: int, flow: Flow) -> None:
+        """Keep the replay counts of a flow the engine drops (a reload), so that the counters
+        exported per sender never go backwards."""
+        window = flow.window
+        counts = self.retired.setdefault(src, [0, 0, 0])
+        counts[0] += window.duplicate
+        counts[1] += window.too_old
+        counts[2] += window.late
 
     def expire(self, flows: dict[FlowKey, Flow], now: float, idle: float) -> int:
         """Forget relayed flows silent for ``idle`` seconds; return how many."""
@@ -68,12 +93,8 @@ class RelayFlows:
         if flow is None:
             return
         self.forgotten += 1
-        window = flow.window
-        counts = self.retired.setdefault(key[0], [0, 0, 0])
-        counts[0] += window.duplicate
-        counts[1] += window.too_old
-        counts[2] += window.late
+        self.retire(key[0], flow)
         self.floors.pop(key, None)
-        self.floors[key] = (flow.epoch, max(flow.floor, window.top))
+        self.floors[key] = (flow.epoch, max(flow.floor, flow.window.top))
         while len(self.floors) > self.max_floors:
             del self.floors[next(iter(self.floors))]

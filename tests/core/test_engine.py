@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alpaca.core.constants import PacketType
-from alpaca.core.engine import Engine
+from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy
 from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
@@ -773,3 +773,32 @@ def test_engine_a_learned_path_is_up_once_a_probe_to_it_is_answered() -> None:
     assert not path.up
     net.run(0.003)
     assert path.up and path.confirmed and path.srtt is not None
+
+
+def test_engine_relayed_copies_from_two_forwarder_ports_keep_the_path_up() -> None:
+    """A forwarder relays a client's packets to the server on both of its links (same path
+    index, two source addresses). The server's path for the client stays up throughout, and
+    the second address is probed at most every CHALLENGE_INTERVAL, not per packet."""
+    net = EngineNet(seed=3)
+    fa, fb = ("10.0.0.2", 5000), ("10.0.9.2", 5001)
+    s = net.add("S", "1.1", [S_EP])
+    f = net.add("F", "1.2", [fa, fb])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, fa, delay=0.005)
+    net.link(fa, S_EP, delay=0.010, jitter=0.004)
+    net.link(fb, S_EP, delay=0.010, jitter=0.004)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(2.0)
+    paths, probes = eng(s).peers[c.peer_id].paths, eng(s).stats.probes_sent
+    delivered, steps = len(c.tun), 1000
+    for _ in range(steps):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "10.17.1.1"))
+        net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
+        assert any(p.up for p in paths.links())
+        net.run(0.01)
+    net.run(1.0)
+    assert len(c.tun) - delivered == steps
+    duration = steps * 0.01 + 1.0
+    assert eng(s).stats.probes_sent - probes <= 2 * duration / CHALLENGE_INTERVAL

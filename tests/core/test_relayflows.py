@@ -47,11 +47,11 @@ def relay(now: float = 0.0) -> tuple[Engine, Wire]:
     return engine, wire
 
 
-def datagram(dst: int, counter: int) -> bytes:
+def datagram(dst: int, counter: int, epoch: int = EPOCH) -> bytes:
     """From the holder of the client's key (which seals every pair with a smaller id)."""
-    cipher = KeyRing(GROUP, {CLIENT: CLIENT_KEY}).cipher(CLIENT, dst, EPOCH)
+    cipher = KeyRing(GROUP, {CLIENT: CLIENT_KEY}).cipher(CLIENT, dst, epoch)
     assert cipher is not None
-    head = header.encode(Header(ptype=0, flags=0, ttl=15, pi=0, src=CLIENT, dst=dst, epoch=EPOCH,
+    head = header.encode(Header(ptype=0, flags=0, ttl=15, pi=0, src=CLIENT, dst=dst, epoch=epoch,
                                 counter=counter))
     return cipher.seal(head, b"E" + bytes(40))
 
@@ -118,3 +118,52 @@ def test_replay_window_ring_is_flat_whatever_the_counters() -> None:
     per_window = tracemalloc.get_traced_memory()[0] / len(windows)
     tracemalloc.stop()
     assert per_window < 5 * 1024
+
+
+def test_relay_refuses_an_older_epoch_after_forgetting_a_flow() -> None:
+    """A replay from the sender's previous run, after the flow was forgotten, is old_epoch as
+    it was while the flow lived; it neither wipes the floor nor lets the current run's
+    datagrams through again."""
+    engine, wire = relay()
+    captured = [datagram(SERVERS[0], c) for c in range(1, 11)]
+    for data in captured:
+        engine.on_datagram(data, CLIENT_ADDR, 0, 1.0)
+    engine.on_timer(2.0 + engine.settings.path_lifetime)
+    assert relayed_flows(engine) == 0
+    carried = len(wire.sent)
+    engine.on_datagram(datagram(SERVERS[0], 50, epoch=EPOCH - 1), ("203.0.113.66", 9), 0, 100.0)
+    assert engine.stats.drop_counts()["old_epoch"] == 1
+    for data in captured:
+        engine.on_datagram(data, ("203.0.113.66", 9), 0, 101.0)
+    assert len(wire.sent) == carried
+    assert engine.stats.drop_counts()["too_old"] == len(captured)
+    engine.on_datagram(datagram(SERVERS[0], 11), CLIENT_ADDR, 0, 102.0)
+    assert len(wire.sent) == carried + 1
+
+
+def test_relay_evicts_the_least_recently_used_flow() -> None:
+    """Beyond the cap, a flow still in use stays: a late copy on it (never seen, inside its
+    window) is carried, where a rebuilt flow would refuse it as too old."""
+    engine, wire = relay()
+    engine.relayed.max_flows = 4
+    for i, server in enumerate(SERVERS[:4]):
+        engine.on_datagram(datagram(server, 10), CLIENT_ADDR, 0, 1.0 + i)
+    engine.on_datagram(datagram(SERVERS[0], 20), CLIENT_ADDR, 0, 6.0)  # the first one is busy
+    engine.on_datagram(datagram(SERVERS[4], 10), CLIENT_ADDR, 0, 7.0)
+    assert (CLIENT, SERVERS[0]) in engine.flows and (CLIENT, SERVERS[1]) not in engine.flows
+    carried = len(wire.sent)
+    engine.on_datagram(datagram(SERVERS[0], 15), CLIENT_ADDR, 0, 8.0)
+    assert len(wire.sent) == carried + 1
+
+
+def test_reload_keeps_the_replay_counts_of_the_flows_it_drops() -> None:
+    engine, _ = relay()
+    for server in SERVERS[:3]:
+        for counter in (1, 1):
+            engine.on_datagram(datagram(server, counter), CLIENT_ADDR, 0, 1.0)
+    assert replay_by_sender(engine)[CLIENT].duplicate == 3
+    peers = dict(engine.settings.peers)
+    peers[CLIENT] = PeerSpec(CLIENT, bytes(range(1, 33)))  # re-keyed: its flows are dropped
+    engine.reload(EngineSettings(RELAY, NET, GROUP, peers))
+    assert relayed_flows(engine) == 0
+    assert replay_by_sender(engine)[CLIENT].duplicate == 3

@@ -23,7 +23,16 @@ from alpaca.core.constants import HEADER_LEN, MAX_DATAGRAM, OVERHEAD, Flag, Pack
 from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
-from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
+from tests.enginenet import (
+    CLIENT1_EP,
+    SERVER_EP,
+    EngineNet,
+    Node,
+    ipv4,
+    pid,
+    server_and_two_clients,
+    tunnel_ip,
+)
 from tests.security.conftest import drop_delta, drops, eng, fingerprint
 
 S_EP, F_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000)
@@ -361,3 +370,67 @@ def test_forgery_a_spoofed_source_address_gets_probes_never_traffic() -> None:
     assert kinds and set(kinds) == {PacketType.PROBE}
     assert len(kinds) <= 1 + 5.0 / eng(s).settings.probe_interval
     assert not spoofed.up and not spoofed.confirmed
+
+
+def spy_on(node: Node, addr: tuple[str, int]) -> list[int]:
+    """Packet types ``node`` sends to ``addr`` (which then receives nothing)."""
+    seen: list[int] = []
+    out = eng(node).out
+    send = out.send
+
+    def spy(port: int, dst: tuple[str, int], data: bytes) -> bool:
+        if dst == addr:
+            seen.append(data[0] & 0x0F)
+            return True
+        return send(port, dst, data)
+
+    out.send = spy  # type: ignore[method-assign]
+    return seen
+
+
+def test_forgery_a_spoofed_source_in_a_confirmed_slot_moves_nothing() -> None:
+    """The attacker rewrites only the source address (pi left alone): 16.1's confirmed path in
+    that slot stays where 16.1 answers; the victim is a candidate, gets a probe, no traffic."""
+    net, s, c1, _ = network()
+    victim = ("10.66.0.7", 5555)
+    to_victim = spy_on(s, victim)
+    paths = eng(s).peers[c1.peer_id].paths
+    [path] = paths.learned.values()
+    assert path.confirmed and path.up
+    epoch, counter = current(net, s, c1)
+    fresh = forge("test-group", {c1.peer_id: net.keys[c1.peer_id]}, c1.peer_id, s.peer_id, epoch,
+                  counter + 100, ipv4(tunnel_ip(c1.peer_id), GW))
+    eng(s).on_datagram(fresh, victim, 0, net.now)
+    assert [p.addr for p in paths.learned.values()] == [path.addr] and path.up
+    delivered = len(c1.tun)
+    for _ in range(20):
+        net.inject_tun(s, ipv4(GW, tunnel_ip(c1.peer_id)))
+    net.run(1.0)
+    assert len(c1.tun) == delivered + 20
+    assert to_victim.count(PacketType.DATA) == 0 and 1 <= to_victim.count(PacketType.PROBE) <= 3
+    assert paths.learned[(path.pi, path.port)] is path and path.addr != victim
+
+
+def test_forgery_a_raced_probe_reply_confirms_only_where_the_probe_went() -> None:
+    """The attacker re-sends one of 16.1's probe replies from its own address before the real
+    one lands: the answer proves the address the probe went to, not the one it came from."""
+    net, s, c1, _ = network()
+    attacker = ("10.66.0.7", 5555)
+    to_attacker = spy_on(s, attacker)
+    raced: list[bool] = []
+    transmit = net.transmit
+
+    def tap(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if (src, dst) == (CLIENT1_EP, SERVER_EP) and data[0] & 0x0F == PacketType.PROBE_REPLY and not raced:
+            eng(s).on_datagram(data, attacker, 0, net.now)  # the attacker's copy lands first
+            paths = eng(s).peers[c1.peer_id].paths
+            raced.append(all(p.addr == CLIENT1_EP for p in paths.learned.values()))
+            for _ in range(20):  # the server's traffic for 16.1 right then
+                eng(s).on_tun_packet(ipv4(GW, tunnel_ip(c1.peer_id)), net.now)
+            return True  # and the genuine reply is lost
+        return transmit(src, dst, data)
+
+    net.transmit = tap  # type: ignore[method-assign]
+    net.run(3.0)
+    assert raced == [True]
+    assert to_attacker.count(PacketType.DATA) == 0
