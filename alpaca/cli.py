@@ -14,6 +14,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from alpaca.secrets import Secrets, load_secrets
 
 PROG = "alpaca-tunnel"
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+#: what a shell reports for a program that SIGPIPE ended (``alpaca-tunnel show | head``)
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -165,9 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # stdout closed early (``| head``): not an error of ours
+    except BrokenPipeError:  # stdout closed early (``| head``): as a program SIGPIPE ended
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
-        return EXIT_ERROR
+        return EXIT_SIGPIPE
     except Exception:
         traceback.print_exc()
         print(f"{PROG}: this is a bug; please report it with the traceback above", file=sys.stderr)

@@ -270,3 +270,17 @@ def test_setup_logging_replaces_its_own_handlers() -> None:
 def test_setup_logging_rejects_unknown_level() -> None:
     with pytest.raises(ValueError, match='unknown log level "loud"'):
         setup_logging("loud")
+
+
+class ClosedPipe(io.StringIO):
+    """stdout whose reader went away (``| head`` that has read enough)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_cli_output_into_a_closed_pipe_exits_like_sigpipe(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["genkey"]) == 141
+    assert "Traceback" not in capsys.readouterr().err
