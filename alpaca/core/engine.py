@@ -40,7 +40,7 @@ from alpaca.core.output import Output, RouteResolver
 from alpaca.core.padding import pad, unpad
 from alpaca.core.paths import Generation, Path, PathKind
 from alpaca.core.peers import Flow, Peer
-from alpaca.core.probing import Prober
+from alpaca.core.probing import CHALLENGE_INTERVAL, Prober
 from alpaca.core.relayflows import RelayFlows
 from alpaca.core.replay import Verdict
 from alpaca.core.routecache import RouteCache
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 NET_MASK = 0xFFFF0000
 _PADDED = int(Flag.PADDED)
 _CSUM_PARTIAL = int(Flag.CSUM_PARTIAL)
-#: Seconds between two challenges to an unverified sender on the same link.
-CHALLENGE_INTERVAL = 0.5
 MAX_CHALLENGES = 4
 
 
@@ -421,12 +419,11 @@ class Engine:
 
     def _fresh_on_down_path(self, peer: Peer, path: Path, now: float) -> None:
         """A fresh datagram came on a path that is down: up now if it is confirmed, else probe
-        its address (at most every CHALLENGE_INTERVAL): only an answer confirms it."""
+        its address (the prober also repeats that while the path keeps hearing from it)."""
         if path.confirmed:
             self.path_answered(path, now)
-        elif now - path.challenged_at >= CHALLENGE_INTERVAL:
-            path.challenged_at = now
-            self.prober.challenge(peer, path, now)
+        else:
+            self.prober.probe_unconfirmed(peer, path, now)
 
     def path_answered(self, path: Path, now: float) -> None:
         """``path`` just delivered something authentic: if it was down, it is up from now on

@@ -201,12 +201,13 @@ class PeerPaths:
                 path = Path(self.peer, PathKind.LEARNED, pi, port, addr,
                             f"slot{pi}/{port_label(self.ports, port)}")
                 self.learned[key] = path
+                self.generation.bump()
             elif path.confirmed:
-                path = self._candidate(key, addr)
+                path = self._candidate(key, addr)  # never sent on: no new send plans
             else:
                 self._move(path, addr)
+                self.generation.bump()
             self.by_endpoint[(port, addr)] = path
-            self.generation.bump()
         path.last_ok_at = now
         return path
 
@@ -220,42 +221,62 @@ class PeerPaths:
         made.challenged_at = learned.challenged_at
         old = self.candidates.get(key)
         if old is not None:
-            self._unmap(old)
+            self._drop_candidate(key)
             made.challenged_at = max(made.challenged_at, old.challenged_at)
         self.candidates[key] = made
         return made
 
+    def _drop_candidate(self, key: tuple[int, int]) -> None:
+        """Forget the slot's candidate; what it sent and received counts on the slot's path."""
+        cand = self.candidates.pop(key)
+        self._unmap(cand)
+        learned = self.learned.get(key)
+        if learned is not None:
+            _absorb(learned, cand)
+
     def _move(self, path: Path, addr: Addr) -> None:
-        """Refile the unconfirmed ``path`` at ``addr``."""
-        assert path.addr is not None
+        """Refile the unconfirmed ``path`` at ``addr`` (its challenge time is kept: a source
+        that keeps changing is still probed at most once per challenge interval)."""
         self._unmap(path)
         path.addr, path.ip = addr, ip_to_int(addr[0])
-        path.confirmed, path.challenged_at = False, NEVER
-        if path.up:
-            path.up, path.reason = False, "moved"
-            path.changes += 1
 
-    def confirm(self, path: Path) -> Path:
+    def roaming(self, cand: Path, now: float) -> Path | None:
+        """The slot's path if ``cand`` looks like the peer's new address: that path has heard
+        nothing for two of its round trips (a NAT rebinding, a new uplink), else None."""
+        slot = self.learned.get((cand.pi, cand.port))
+        if slot is None or slot is cand or slot.srtt is None or now - slot.last_ok_at <= 2 * slot.srtt:
+            return None
+        return slot
+
+    def unconfirmed(self) -> list[Path]:
+        """Learned paths and candidates that still wait for a probe's answer."""
+        return [*(p for p in self.learned.values() if not p.confirmed), *self.candidates.values()]
+
+    def confirm(self, path: Path) -> Path | None:
         """A probe sent to ``path``'s address was answered from the peer: ``path`` is
-        confirmed. A slot's candidate moves the slot's path to its address (counters kept) and
-        that path is returned; otherwise ``path`` itself."""
-        path.confirmed = True
+        confirmed. A slot's candidate moves the slot's path to its address (confirmed, with
+        the candidate's counters) and that path is returned; a learned path or candidate no
+        longer filed (replaced, expired), or a one-off path, gives None: nothing to update.
+        """
         key = (path.pi, path.port)
-        if self.candidates.get(key) is not path:
+        cand = self.candidates.get(key)
+        if path.kind is PathKind.LEARNED and self.learned.get(key) is not path and cand is not path:
+            return None
+        path.confirmed = True
+        if cand is not path:
             return path
         del self.candidates[key]
         learned = self.learned.get(key)
         if learned is None:  # expired meanwhile: the candidate takes the slot
             self.learned[key] = path
+            self.generation.bump()
             return path
         assert path.addr is not None
         self._unmap(path)
         self._unmap(learned)
         learned.addr, learned.ip = path.addr, path.ip
-        learned.rx_packets += path.rx_packets
-        learned.rx_bytes += path.rx_bytes
-        learned.rx_first += path.rx_first
-        learned.rx_duplicates += path.rx_duplicates
+        learned.confirmed = True
+        _absorb(learned, path)
         learned.last_ok_at = max(learned.last_ok_at, path.last_ok_at)
         learned.challenged_at = max(learned.challenged_at, path.challenged_at)
         self.by_endpoint[(learned.port, path.addr)] = learned
@@ -285,10 +306,21 @@ class PeerPaths:
         """Forget learned paths (and candidates) silent for ``lifetime`` seconds; return the
         paths removed."""
         for key in [k for k, c in self.candidates.items() if now - c.last_ok_at >= lifetime]:
-            self._unmap(self.candidates.pop(key))
+            self._drop_candidate(key)
         gone = [self.learned.pop(k) for k, p in list(self.learned.items()) if now - p.last_ok_at >= lifetime]
         for path in gone:
             self._unmap(path)
         if gone:
             self.generation.bump()
         return gone
+
+
+def _absorb(path: Path, cand: Path) -> None:
+    """Add a candidate's traffic and probe counts to its slot's path (counters only grow)."""
+    path.rx_packets += cand.rx_packets
+    path.rx_bytes += cand.rx_bytes
+    path.rx_first += cand.rx_first
+    path.rx_duplicates += cand.rx_duplicates
+    path.tx_packets += cand.tx_packets
+    path.tx_bytes += cand.tx_bytes
+    path.probes_sent += cand.probes_sent

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 PROBE = struct.Struct("!I")
 REPLY = struct.Struct("!IIQ")
 MAX_TICK = 0.25
+#: Seconds between two probes to the same unconfirmed path, candidate or unverified sender.
+CHALLENGE_INTERVAL = 0.5
+#: Least seconds between two probes to a candidate address the peer seems to have moved to.
+ROAM_RETRY = 0.05
 MAX_OUTSTANDING = 1 << 16
 #: A path that never answered its first DORMANT_AFTER probes (e.g. a local port that has no
 #: route to that peer's address) is probed only every DORMANT_EVERY rounds from then on.
@@ -126,6 +130,20 @@ class Prober:
         if self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, pi)):
             self.engine.stats.probes_answered += 1
 
+    def probe_unconfirmed(self, peer: Peer, path: Path, now: float) -> None:
+        """Probe an unconfirmed learned path or candidate at its address, at most every
+        CHALLENGE_INTERVAL, or every 1.5 round trips (at least ROAM_RETRY) for a candidate
+        while its slot's address has been silent for two round trips (the peer moved: a lost
+        probe must not cost half a second of traffic). Only an answer to such a probe
+        confirms it."""
+        interval = CHALLENGE_INTERVAL
+        slot = peer.paths.roaming(path, now)
+        if slot is not None and slot.srtt is not None:
+            interval = min(CHALLENGE_INTERVAL, max(ROAM_RETRY, 1.5 * slot.srtt))
+        if now - path.challenged_at >= interval:
+            path.challenged_at = now
+            self.challenge(peer, path, now)
+
     def challenge(self, peer: Peer, link: Path, now: float) -> None:
         """Probe a sender we have no state for, on the link its datagram came in on: its
         reply proves it is live in this run of ours (Flow, Engine.verify)."""
@@ -151,7 +169,10 @@ class Prober:
         path, sent_at, sent_to = entry
         if path.via is None and path.addr != sent_to:  # it moved since: the answer proves nothing
             return                                      # about where it is now
-        path = peer.paths.confirm(path)
+        filed = peer.paths.confirm(path)
+        if filed is None:  # replaced or expired meanwhile, or a one-off challenge path
+            return
+        path = filed
         path.on_rtt(now - sent_at)
         path.probes_answered += 1
         path.last_ok_at = now
@@ -170,6 +191,9 @@ class Prober:
                     log.info("path %s peer=%s path=%s addr=%s reason=%s",
                              "up" if path.up else "down", format_peer_id(peer.peer_id),
                              path.name, path.addr, path.reason)
+            for waiting in peer.paths.unconfirmed():  # a lost probe is sent again
+                if now - waiting.last_ok_at < s.path_timeout:
+                    self.probe_unconfirmed(peer, waiting, now)
             for gone in peer.paths.expire(now, s.path_lifetime):
                 log.info("path forgotten peer=%s path=%s addr=%s",
                          format_peer_id(peer.peer_id), gone.name, gone.addr)

@@ -802,3 +802,52 @@ def test_engine_relayed_copies_from_two_forwarder_ports_keep_the_path_up() -> No
     assert len(c.tun) - delivered == steps
     duration = steps * 0.01 + 1.0
     assert eng(s).stats.probes_sent - probes <= 2 * duration / CHALLENGE_INTERVAL
+    for path in paths.links():  # a path that moved counts its candidates' probes too
+        assert path.probes_answered <= path.probes_sent
+
+
+@pytest.mark.parametrize("lost_probes", [0, 1, 3])
+def test_engine_a_client_whose_nat_rebinds_is_followed_within_round_trips(lost_probes: int) -> None:
+    """The client's NAT mapping changes for good (the server sees a new source port, the old
+    one is dead). The server keeps the confirmed path until a probe to the new address is
+    answered, and probes again at round-trip pace while the old address is silent, so even
+    lost probes cost round trips, not seconds."""
+    net = EngineNet(seed=1)
+    c_ep, nat_a, nat_b = ("10.1.0.1", 6000), ("198.51.100.1", 40000), ("198.51.100.1", 40001)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [c_ep], static=False)
+    for ep in (c_ep, nat_a, nat_b):
+        net.link(ep, S_EP, delay=0.02)
+    net.owner[nat_a] = net.owner[nat_b] = (c, 0)
+    state = {"nat": nat_a, "to_drop": lost_probes}
+    transmit = net.transmit
+
+    def nat(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if src == c_ep and dst == S_EP:
+            src = state["nat"]
+        if dst == nat_a and state["nat"] == nat_b:
+            return True  # the old mapping is gone
+        if dst == nat_b and data[0] & 0x0F == PacketType.PROBE and state["to_drop"]:
+            state["to_drop"] -= 1
+            return True
+        return transmit(src, dst, data)
+
+    net.transmit = nat  # type: ignore[method-assign]
+    net.start(s)
+    net.start(c, gateway=pid("1.1"))
+    net.run(2.0)
+    state["nat"] = nat_b
+    sent, start = 0, len(c.tun)
+    while sent < 300:
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "10.17.1.1"))
+        net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
+        sent += 1
+        net.run(0.01)
+    net.run(0.5)
+    lost = sent - (len(c.tun) - start)
+    # 10 ms apart, 40 ms round trips: the first probe's round trip and what is in flight
+    # (~7), then a retry once the old address was silent for two round trips, and one every
+    # 1.5 round trips (~6 packets each); half a second per lost probe would be ~50
+    assert lost <= 12 + 8 * lost_probes, lost
+    [path] = eng(s).peers[c.peer_id].paths.learned.values()
+    assert path.addr == nat_b and path.up and not eng(s).peers[c.peer_id].paths.candidates

@@ -1,0 +1,56 @@
+"""PeerPaths: learned paths, their candidates, confirmation and expiry (sans-IO, no engine)."""
+
+from __future__ import annotations
+
+from alpaca.core.paths import Generation, PeerPaths
+
+A, B, C = ("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.3", 4000)
+
+
+def paths() -> PeerPaths:
+    return PeerPaths(0x1001, ("p0",), None, Generation())
+
+
+def test_a_confirmed_slot_keeps_its_address_until_a_candidate_is_confirmed() -> None:
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    assert not a.confirmed and pp.confirm(a) is a and a.confirmed
+    b = pp.learn(0, 0, B, 1.0)
+    assert b is not a and a.addr == A and pp.candidates == {(0, 0): b}
+    assert pp.match(0, B) is b and b not in pp.links()
+    b.rx_packets, b.probes_sent = 3, 2
+    a.rx_packets, a.probes_sent = 10, 5
+    assert pp.confirm(b) is a
+    assert a.addr == B and a.confirmed and pp.match(0, B) is a and pp.match(0, A) is None
+    assert (a.rx_packets, a.probes_sent) == (13, 7) and not pp.candidates
+
+
+def test_a_candidate_outliving_its_slot_moves_the_relearned_path_confirmed() -> None:
+    pp = paths()
+    pp.confirm(pp.learn(0, 0, A, 0.0))
+    b = pp.learn(0, 0, B, 30.0)
+    assert [p.addr for p in pp.expire(61.0, 60.0)] == [A] and pp.candidates == {(0, 0): b}
+    c = pp.learn(0, 0, C, 62.0)  # the slot is learned anew, unconfirmed
+    assert not c.confirmed
+    assert pp.confirm(b) is c and c.addr == B and c.confirmed
+
+
+def test_an_answer_for_a_replaced_candidate_confirms_nothing() -> None:
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    pp.confirm(a)
+    b = pp.learn(0, 0, B, 1.0)
+    c = pp.learn(0, 0, C, 2.0)  # replaces b as the slot's candidate
+    assert pp.candidates == {(0, 0): c} and pp.match(0, B) is None
+    assert pp.confirm(b) is None and a.addr == A
+
+
+def test_candidates_expire_and_leave_their_counts_on_the_slot() -> None:
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    pp.confirm(a)
+    b = pp.learn(0, 0, B, 1.0)
+    b.tx_packets = 4
+    a.last_ok_at = 100.0
+    assert pp.expire(70.0, 60.0) == [] and not pp.candidates and pp.match(0, B) is None
+    assert a.tx_packets == 4
