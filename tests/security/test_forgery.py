@@ -23,7 +23,7 @@ from alpaca.core.constants import HEADER_LEN, MAX_DATAGRAM, OVERHEAD, Flag, Pack
 from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
-from alpaca.core.probing import CHALLENGE_INTERVAL
+from alpaca.core.probing import CHALLENGE_INTERVAL, ROAM_RETRY
 from tests.enginenet import (
     CLIENT1_EP,
     SERVER_EP,
@@ -409,7 +409,9 @@ def test_forgery_a_spoofed_source_in_a_confirmed_slot_moves_nothing() -> None:
         net.inject_tun(s, ipv4(GW, tunnel_ip(c1.peer_id)))
     net.run(1.0)
     assert len(c1.tun) == delivered + 20
-    assert to_victim.count(PacketType.DATA) == 0 and 1 <= to_victim.count(PacketType.PROBE) <= 3
+    # probes only: at round-trip pace at most, while 16.1's own address is quiet
+    assert to_victim.count(PacketType.DATA) == 0
+    assert 1 <= to_victim.count(PacketType.PROBE) <= 1 + 1.0 / ROAM_RETRY
     assert paths.learned[(path.pi, path.port)] is path and path.addr != victim
 
 
