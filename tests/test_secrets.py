@@ -86,11 +86,8 @@ def test_secrets_unresolvable_hostname_is_a_warning(
     assert "does not resolve" in caplog.text
 
 
-def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A line without its id column puts the key where the id goes; one without its key
-    column, an address where the key goes; one with two keys, a key where the address goes."""
+def names_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hostnames the secrets loader asks a resolver for (none resolves), as it asks."""
     asked: list[str] = []
 
     def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
@@ -98,6 +95,15 @@ def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
         return {}
 
     monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    return asked
+
+
+def test_secrets_key_in_the_wrong_column_is_neither_shown_nor_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line without its id column puts the key where the id goes; one without its key
+    column, an address where the key goes; one with two keys, a key where the address goes."""
+    asked = names_looked_up(monkeypatch)
     text = (f"16.1 {KEY16}\n{KEY32} 192.168.7.11 null 10001\n1.2 {KEY16} {KEY32} null 10002\n"
             f"1.3 {KEY16} localhost null 10003\n")
     found = problems(write(tmp_path, text))
@@ -272,13 +278,7 @@ def test_secrets_key_material_in_any_column_is_never_echoed(
     """A key written with 0x or a typo, or split by a space, lands in the id, address or port
     column of a malformed line: no message shows it, and nothing is sent to a resolver. A short
     hex hostname (docker names a container by 12 hex digits) is still a hostname."""
-    asked: list[str] = []
-
-    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
-        asked.extend(names)
-        return {}
-
-    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    asked = names_looked_up(monkeypatch)
     typo = KEY32[:20] + "g" + KEY32[21:]
     text = "\n".join([
         f"16.1 {KEY16}",
@@ -306,13 +306,7 @@ def test_secrets_mistyped_key_in_peer_ip_is_refused_not_looked_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key with a typo is a valid hostname: it must not reach a resolver or a warning."""
-    asked: list[str] = []
-
-    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
-        asked.extend(names)
-        return {}
-
-    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    asked = names_looked_up(monkeypatch)
     typo = KEY16[:5] + "k" + KEY16[6:]
     path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY32} {typo} null 5000\n")
     assert problems(path) == [

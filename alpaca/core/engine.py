@@ -356,8 +356,7 @@ class Engine:
             self._on_unverified(flow, peer, ptype, pi, epoch, counter, plaintext, port, addr, now)
             return
         if dst != self.self_id:
-            flow.last_at = now
-            self.relayed.touch((src, dst))
+            self.relayed.touch((src, dst), now)
         if dst != self.self_id and src < dst:
             # Relayed and sealed with the pair key, which is dst's own secret (the bigger id's):
             # dst could have made it. Carried on, but it says nothing about where src is.

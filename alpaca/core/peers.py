@@ -73,16 +73,13 @@ class Flow:
         floor: counters <= floor are refused (-1: none).
         challenged: (local port, address) -> when we last challenged the sender there
             (monotonic seconds); only recent entries are kept, at most MAX_CHALLENGES.
-        last_at: when a new datagram last passed the window (monotonic seconds; kept up to
-            date for relayed flows only, which expire when silent).
     """
 
-    __slots__ = ("challenged", "epoch", "floor", "last_at", "verified", "window")
+    __slots__ = ("challenged", "epoch", "floor", "verified", "window")
 
     def __init__(self, epoch: int, window_size: int, *, verified: bool) -> None:
         self.epoch = epoch
         self.window = ReplayWindow(window_size)
         self.verified = verified
         self.floor = -1
-        self.last_at = 0.0
         self.challenged: dict[tuple[int, Addr], float] = {}

@@ -34,8 +34,9 @@ class RelayFlows:
     def __init__(self, max_flows: int = MAX_RELAY_FLOWS, max_floors: int = MAX_FLOORS) -> None:
         self.max_flows = max_flows
         self.max_floors = max_floors
-        #: relayed flow keys, least recently used first (evicted first)
-        self.keys: OrderedDict[FlowKey, None] = OrderedDict()
+        #: relayed flow keys -> when each last carried a new datagram (monotonic seconds), least
+        #: recently used first: the first to expire and to be evicted
+        self.keys: OrderedDict[FlowKey, float] = OrderedDict()
         #: (src, dst) -> (epoch, top counter) of a forgotten flow
         self.floors: dict[FlowKey, tuple[int, int]] = {}
         #: src -> [duplicate, too_old, late] of its forgotten flows
@@ -51,18 +52,18 @@ class RelayFlows:
     def admit(self, key: FlowKey, flow: Flow, flows: dict[FlowKey, Flow], now: float) -> None:
         """A relayed flow was just made: give it its predecessor's floor (same epoch; one of
         an earlier epoch is dropped, the sender started anew), make room."""
-        flow.last_at = now
         floor = self.floors.get(key)
         if floor is not None and floor[0] <= flow.epoch:
             del self.floors[key]
             if floor[0] == flow.epoch:
                 flow.floor = floor[1]
-        self.keys[key] = None
+        self.keys[key] = now
         while len(self.keys) > self.max_flows:
             self._forget(next(iter(self.keys)), flows)
 
-    def touch(self, key: FlowKey) -> None:
-        """``key``'s flow just carried a new datagram: it is evicted last (O(1))."""
+    def touch(self, key: FlowKey, now: float) -> None:
+        """``key``'s flow just carried a new datagram: it expires and is evicted last (O(1))."""
+        self.keys[key] = now
         self.keys.move_to_end(key)
 
     def retire(self, src: int, flow: Flow) -> None:
@@ -75,11 +76,16 @@ class RelayFlows:
         counts[2] += window.late
 
     def expire(self, flows: dict[FlowKey, Flow], now: float, idle: float) -> int:
-        """Forget relayed flows silent for ``idle`` seconds; return how many."""
-        stale = [k for k in self.keys if k not in flows or now - flows[k].last_at >= idle]
-        for key in stale:
+        """Forget relayed flows silent for ``idle`` seconds (the oldest first, so only those
+        are looked at); return how many."""
+        count = 0
+        while self.keys:
+            key, last = next(iter(self.keys.items()))
+            if now - last < idle:
+                break
             self._forget(key, flows)
-        return len(stale)
+            count += 1
+        return count
 
     def forget_peers(self, peer_ids: set[int]) -> None:
         """Peers removed or re-keyed (their flows already dropped): drop their floors too."""

@@ -92,19 +92,17 @@ def _load(state_dir: Path) -> dict[str, Impairment]:
         if not isinstance(data, dict):
             raise ValueError("not an object")
         return {str(name): _recorded(values) for name, values in data.items()}
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, LabError) as exc:
         raise LabError(f"{path}: not a record of impairments ({exc}); delete it, then clear each"
                        " link: alpaca-tunnel lab impair LINK --clear") from exc
 
 
 def _recorded(values: object) -> Impairment:
-    """One link's entry of impair.json; ValueError unless it holds valid figures only."""
+    """One link's entry of impair.json; ValueError or LabError unless it holds valid figures
+    only."""
     if not isinstance(values, dict) or not set(values) <= set(IMPAIR_LIMITS):
         raise ValueError(f"{show_value(values)} is not an object of {', '.join(IMPAIR_LIMITS)}")
-    problems = impairment_problems(values, KEYWORDS)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return Impairment(**{key: float(values.get(key, 0.0)) for key in IMPAIR_LIMITS})
+    return checked_impairment(values)
 
 
 def _save(state_dir: Path, in_place: Mapping[str, Impairment]) -> None:

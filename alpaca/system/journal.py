@@ -1,8 +1,8 @@
 """The undo journal: what to do to put the host back, written BEFORE each change.
 
-The journal is a small JSON file (e.g. ``/run/alpaca-tunnel/<tun>.journal``)::
+The journal is a small JSON file beside the control socket (``/run/alpaca-tunnel/<tun>.sock.journal``)::
 
-    {"version": 1, "netns": null, "netns_id": "4:4026531840",
+    {"version": 1, "netns": null, "netns_id": "cookie:3",
      "steps": [{"kind": "sysctl", "key": "...", "value": "0"}, ...]}
 
 Invariants:
@@ -325,7 +325,7 @@ def recover(path: str | Path) -> list[str] | None:
     with _directory_lock(path.parent):
         try:
             journal = Journal.load(path)
-        except (OSError, ValueError, UnicodeError, RecursionError) as exc:
+        except (OSError, ValueError) as exc:
             return [_set_aside(path, "unreadable", exc)]
         if not journal.is_here():
             return [_set_aside(path, "other-netns", f"written in another network namespace "
@@ -378,7 +378,7 @@ def recover_orphans(path: str | Path) -> list[str]:
 def _recover_orphan(path: Path) -> list[str]:
     try:
         journal = Journal.load(path)
-    except (OSError, ValueError, UnicodeError, RecursionError) as exc:
+    except (OSError, ValueError) as exc:
         log.warning("left alone an unreadable journal of another run journal=%s error=%s", path, exc)
         return []
     if journal.netns_id is None or not journal.is_here():
@@ -393,7 +393,7 @@ def resume(path: str | Path) -> Journal:
     any (so that this run's stop retries them), else an empty one."""
     try:
         return Journal.load(path)
-    except (OSError, ValueError, UnicodeError, RecursionError):
+    except (OSError, ValueError):
         return Journal(path)
 
 

@@ -4,7 +4,8 @@ The daemon creates the device itself by opening /dev/net/tun (TUNSETIFF, non-per
 kernel deletes it when the process exits, even after kill -9). These helpers only configure it.
 Before creating it, the daemon calls :func:`remove_stale_link`: a *persistent* device of the
 same name (left by another tool) would otherwise be attached to and outlive us. A TUN device
-some running program has open is never removed.
+some running program has open is never removed: the kernel turns a TUN device's carrier on
+when a descriptor attaches and off when the last one detaches.
 Callers: the control greenlet at set-up.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+from typing import Any
 
 from pyroute2 import IPRoute
 
@@ -88,12 +90,15 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         index = link_index(ifname, ipr=nl)
         if index is None:
             return False
-        kind = link_kind(nl, index)
+        links = nl_call(f"reading device {ifname}", nl.get_links, index, ok=(errno.ENODEV,)) or ()
+        if not links:
+            return False
+        kind = link_kind(links[0])
         if kind != "tun":
             raise SystemSetupError(
                 f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
                 "choose another tun_name: only a TUN device left by an earlier run is removed")
-        if tun_attached(nl, index):
+        if links[0].get_attr("IFLA_CARRIER"):  # the kernel's carrier: a descriptor is attached
             raise SystemSetupError(
                 f"device {ifname} is a TUN device another running program has open", None,
                 "choose another tun_name, or stop that program (see `ip -d link show "
@@ -109,18 +114,10 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
     return True
 
 
-def tun_attached(ipr: IPRoute, index: int) -> bool:
-    """True if a process has the TUN device open: the kernel turns its carrier on when a
-    descriptor attaches and off when the last one detaches (a persistent device left behind
-    has none)."""
-    links = nl_call(f"reading device {index}", ipr.get_links, index, ok=(errno.ENODEV,)) or ()
-    return bool(links and links[0].get_attr("IFLA_CARRIER"))
-
-
-def link_kind(ipr: IPRoute, index: int) -> str | None:
-    """The link's kind (``"tun"``, ``"veth"``...), None for a device without one (e.g. a NIC)."""
-    links = nl_call(f"reading device {index}", ipr.get_links, index, ok=(errno.ENODEV,)) or ()
-    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+def link_kind(link: Any) -> str | None:
+    """The kind of a link message (``"tun"``, ``"veth"``...), None for a device without one
+    (e.g. a NIC)."""
+    info = link.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
     return str(kind) if kind is not None else None
 
