@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -89,12 +88,9 @@ class Lab:
     def up(self, *, daemons: bool = True, prometheus: bool = False, timeout: float = 20.0) -> None:
         """Build everything that is missing; start daemons (and Prometheus) that are not running."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        record = self.state_dir / "lab.json"
-        tmp = record.with_name(f".{record.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(
-            {"topology": str(self.topology.source.resolve()),
-             "namespaces": [n.namespace for n in self.topology.nodes]}, indent=1) + "\n")
-        os.replace(tmp, record)
+        nodes.write_record(self.state_dir / "lab.json",
+                           {"topology": str(self.topology.source.resolve()),
+                            "namespaces": [n.namespace for n in self.topology.nodes]})
         self.build_network()
         keys = nodes.ensure_keys(self.state_dir / "secrets.txt", self.topology)
         for node in self.topology.daemons:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from alpaca.lab import netns
 from alpaca.lab.jsonshape import show_value
-from alpaca.lab.nodes import LabError
+from alpaca.lab.nodes import LabError, write_record
 from alpaca.lab.topology import (
     IMPAIR_LIMITS,
     NS_PREFIX,
@@ -109,10 +109,7 @@ def _save(state_dir: Path, in_place: Mapping[str, Impairment]) -> None:
     """Record ``in_place`` (impairments by link name; clear ones are left out), atomically."""
     path = state_dir / "impair.json"
     state_dir.mkdir(parents=True, exist_ok=True)
-    data = {name: dataclasses.asdict(imp) for name, imp in in_place.items() if not imp.is_clear}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_record(path, {name: dataclasses.asdict(imp) for name, imp in in_place.items() if not imp.is_clear})
 
 
 def current(state_dir: Path) -> dict[str, Impairment]:

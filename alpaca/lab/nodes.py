@@ -41,6 +41,14 @@ class LabError(AlpacaError):
     """A lab step failed; the message says which and, for daemons, shows the log tail."""
 
 
+def write_record(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to the lab state file ``path`` atomically (a temp file renamed
+    over it), so that a reader never sees half a record."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def node_dir(state_dir: Path, name: str) -> Path:
     return state_dir / "nodes" / name
 
