@@ -5,7 +5,8 @@ kernel deletes it when the process exits, even after kill -9). These helpers onl
 Before creating it, the daemon calls :func:`remove_stale_link`: a *persistent* device of the
 same name (left by another tool) would otherwise be attached to and outlive us. A TUN device
 some running program has open is never removed: the kernel turns a TUN device's carrier on
-when a descriptor attaches and off when the last one detaches.
+when a descriptor attaches (and off when the last one detaches), and a program that turned
+the carrier off itself (TUNSETCARRIER) is found by its descriptor in /proc (:func:`tun_holders`).
 Callers: the control greenlet at set-up.
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -98,9 +101,11 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
             raise SystemSetupError(
                 f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
                 "choose another tun_name: only a TUN device left by an earlier run is removed")
-        if links[0].get_attr("IFLA_CARRIER"):  # the kernel's carrier: a descriptor is attached
+        holders = [] if links[0].get_attr("IFLA_CARRIER") else tun_holders(ifname)
+        if links[0].get_attr("IFLA_CARRIER") or holders:
+            who = f" (pid {', '.join(map(str, holders))})" if holders else ""
             raise SystemSetupError(
-                f"device {ifname} is a TUN device another running program has open", None,
+                f"device {ifname} is a TUN device another running program has open{who}", None,
                 "choose another tun_name, or stop that program (see `ip -d link show "
                 f"{ifname}`): only a TUN device nobody has open is removed")
         nl_call(
@@ -112,6 +117,38 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         )
     log.info("stale device removed dev=%s", ifname)
     return True
+
+
+def tun_holders(ifname: str, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of the processes with a /dev/net/tun descriptor attached to a device ``ifname``.
+
+    The kernel shows the attached device in the descriptor's fdinfo (``iff:\t<name>``). The
+    name is not tied to a namespace: a holder of a same-named device in another namespace
+    counts too, which errs on the side of leaving a device alone. Processes that exit or
+    that we may not look into during the scan are skipped.
+    """
+    wanted = f"iff:\t{ifname}\n"
+    holders = []
+    for entry in proc.iterdir():
+        if entry.name.isdigit() and _holds_tun(entry, wanted):
+            holders.append(int(entry.name))
+    return sorted(holders)
+
+
+def _holds_tun(pid_dir: Path, wanted: str) -> bool:
+    try:
+        fds = os.listdir(pid_dir / "fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(pid_dir / "fd" / fd) != "/dev/net/tun":
+                continue
+            if wanted in (pid_dir / "fdinfo" / fd).read_text():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def link_kind(link: Any) -> str | None:

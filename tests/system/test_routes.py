@@ -128,21 +128,30 @@ HOLD_TUN = """
 import fcntl, os, struct, sys, time
 fd = os.open("/dev/net/tun", os.O_RDWR)
 fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"alpaca0", 0x0001 | 0x1000))  # TUNSETIFF
+if sys.argv[1:] == ["carrier-off"]:
+    fcntl.ioctl(fd, 0x400454E2, struct.pack("i", 0))  # TUNSETCARRIER
 print("open", flush=True)
 time.sleep(60)
 """
 
 
-def test_link_remove_stale_link_leaves_a_tun_device_another_program_has_open() -> None:
-    """A non-persistent TUN exists only while its program runs: it is that program's, in use."""
+@pytest.mark.parametrize("carrier", ["carrier-on", "carrier-off"])
+def test_link_remove_stale_link_leaves_a_tun_device_another_program_has_open(carrier: str) -> None:
+    """A non-persistent TUN exists only while its program runs: it is that program's, in use,
+    also when that program turned the device's carrier off."""
     with netns() as ns:
-        holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HOLD_TUN],
+        holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HOLD_TUN, carrier],
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+            with netlink.iproute(ns) as nl:
+                carrier_on = nl.get_links(ifname="alpaca0")[0].get_attr("IFLA_CARRIER")
+            assert carrier_on == (carrier == "carrier-on")
             with pytest.raises(SystemSetupError, match=r"another running program has open.*tun_name"):
                 link.remove_stale_link("alpaca0", ns)
             assert link.link_index("alpaca0", ns) is not None
+            if carrier == "carrier-off":
+                assert link.tun_holders("alpaca0") == [holder.pid]
         finally:
             holder.kill()
             holder.wait()
