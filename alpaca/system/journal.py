@@ -22,9 +22,10 @@ Invariants:
     * Daemons sharing a namespace and a journal directory share what they both changed: a step
       another running daemon's journal also holds (ip_forward, a chnroute table, a host route)
       is left in place for it, and a sysctl step takes over its original value, so the last
-      one to stop restores the host's. Undo, recovery and those sysctl records run one at a
-      time per directory (:func:`_directory_lock`), so two daemons stopping at once cannot
-      each leave a shared step to the other.
+      one to stop restores the host's. ip_forward stays on, though, when a routed bridge
+      (Docker's, libvirt's) appeared meanwhile: its containers need it. Undo, recovery and
+      those sysctl records run one at a time per directory (:func:`_directory_lock`), so two
+      daemons stopping at once cannot each leave a shared step to the other.
     * A step that keeps failing is given up after :data:`MAX_TRIES` runs spread over at least
       :data:`GIVE_UP_AFTER` seconds (logged), so a change that can never be undone (a saved
       route whose uplink is gone for good) does not make every later stop fail, while a crash
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca.errors import AlpacaError, SystemSetupError
-from alpaca.system import chnroute, instance, nft, nsid, routes, sysctl
+from alpaca.system import chnroute, instance, link, nft, nsid, routes, sysctl
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,27 @@ def _directory_lock(directory: Path) -> Iterator[None]:
 
 
 def _undo_sysctl(step: Step, netns: str | None) -> None:
+    if step["key"] == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
+        return
     sysctl.write(step["key"], step["value"], netns)
+
+
+def _forwarding_still_needed(step: Step, netns: str | None) -> bool:
+    """True (and logged) if ip_forward should stay on although it was off before: a routed
+    bridge (an IPv4 address on a bridge: Docker's docker0, libvirt's virbr0, LXC, Podman)
+    appeared while we ran, and the containers or VMs behind it need forwarding now."""
+    before = step.get("routed_bridges")
+    if not isinstance(before, list) or str(step["value"]) == "1":
+        return False  # a journal of an earlier version, or nothing to turn off
+    if sysctl.read(sysctl.IP_FORWARD, netns) != "1":
+        return False
+    new = [name for name in link.routed_bridges(netns) if name not in before]
+    if not new:
+        return False
+    log.warning("%s left at 1 (it was %s before the tunnel started): %s appeared meanwhile and "
+                "what is behind it needs forwarding; `sysctl -w %s=%s` turns it off",
+                sysctl.IP_FORWARD, step["value"], ", ".join(new), sysctl.IP_FORWARD, step["value"])
+    return True
 
 
 def _undo_routes(step: Step, netns: str | None) -> None:
@@ -169,8 +190,9 @@ class Journal:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with _directory_lock(self.path.parent):
-                if kind == "sysctl":
-                    step["value"] = self._original_value(params["key"], params["value"])
+                original = self._original_sysctl(params["key"]) if kind == "sysctl" else {}
+                if original:  # a running daemon changed it first: its record is the original
+                    step = {"kind": kind, "key": params["key"], **original}
                 self.steps.append(step)
                 self._write()
         except OSError as exc:
@@ -179,13 +201,14 @@ class Journal:
                 "it is kept beside control_socket: check that its directory is writable and not full",
             ) from exc
 
-    def _original_value(self, key: str, current: str) -> str:
-        """The value a sysctl had before any running daemon of this namespace changed it."""
+    def _original_sysctl(self, key: str) -> Step:
+        """What a running daemon of this namespace recorded for ``key`` before it changed it
+        (its ``value`` and ``routed_bridges``), or nothing: then the caller's is the original."""
         for peer in self._live_peers():
             for step in peer.steps:
                 if step.get("kind") == "sysctl" and step.get("key") == key and "value" in step:
-                    return str(step["value"])
-        return current
+                    return {name: step[name] for name in ("value", "routed_bridges") if name in step}
+        return {}
 
     def _write(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,17 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
         )
     log.info("stale device removed dev=%s", ifname)
     return True
+
+
+def routed_bridges(netns: str | None = None, ipr: IPRoute | None = None) -> list[str]:
+    """Names of the bridges with an IPv4 address: hosts behind them (containers, VMs) reach
+    the rest of the world through this host's forwarding."""
+    with iproute(netns, ipr) as nl:
+        names = {int(msg["index"]): str(msg.get_attr("IFLA_IFNAME")) for msg in
+                 nl_call("listing devices", nl.get_links) or () if link_kind(msg) == "bridge"}
+        routed = {int(msg["index"]) for msg in
+                  nl_call("listing addresses", nl.get_addr, family=socket.AF_INET) or ()}
+    return sorted(name for index, name in names.items() if index in routed)
 
 
 def tun_holders(ifname: str, proc: Path = Path("/proc")) -> list[int]:

@@ -364,7 +364,8 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             if ctx.uplink is None:
                 ctx.uplink = routes.wait_default_route(op.timeout, netns=ns)
         case SetSysctl():
-            journal.record("sysctl", key=op.key, value=sysctl.read(op.key, ns))
+            bridges = {"routed_bridges": link.routed_bridges(ns)} if op.key == sysctl.IP_FORWARD else {}
+            journal.record("sysctl", key=op.key, value=sysctl.read(op.key, ns), **bridges)
             sysctl.write(op.key, op.value, ns)
         case ConfigureTun():
             link.configure_tun(op.tun, op.address_cidr, op.mtu, ns, txqueuelen=op.txqueuelen)

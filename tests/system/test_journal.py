@@ -557,3 +557,56 @@ def test_journal_route_table_nobody_looks_up_is_named_in_a_warning(
             warned = [r.message for r in caplog.records if "no ip rule looks this table up" in r.message]
             assert bool(warned) is not ruled
             assert journal.undo_all() == []
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("bridge", "restored"), [
+    ("after", "1"),           # Docker started while the tunnel ran: its containers need forwarding
+    ("before", "0"),          # there before the tunnel: it did without forwarding then
+    ("after-no-address", "0"),  # a plain L2 bridge routes nothing
+])
+def test_journal_ip_forward_stays_on_for_a_routed_bridge_that_appeared(
+        tmp_path: Path, bridge: str, restored: str, caplog: pytest.LogCaptureFixture) -> None:
+    def add_bridge(address: bool) -> None:
+        nsexec(ns, "ip", "link", "add", "docker0", "type", "bridge")
+        if address:
+            nsexec(ns, "ip", "addr", "add", "172.17.0.1/16", "dev", "docker0")
+
+    with netns() as ns:
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+        if bridge == "before":
+            add_bridge(True)
+        add_tun(ns)
+        journal = jr.Journal(tmp_path / "j", ns)
+        apply(plan(HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408)), journal, ns)
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+        if bridge != "before":
+            add_bridge(bridge == "after")
+        assert journal.undo_all() == []
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == restored
+        left = [r.getMessage() for r in caplog.records if "left at 1" in r.getMessage()]
+        assert bool(left) == (restored == "1")
+        assert all("docker0 appeared" in m and "sysctl -w net.ipv4.ip_forward=0" in m for m in left)
+
+
+@pytest.mark.netns
+def test_journal_second_daemon_inherits_the_bridges_seen_before_the_first(tmp_path: Path) -> None:
+    """Docker started between two daemons of one namespace: the last to stop keeps ip_forward on
+    for it, because the record it inherited was taken before docker0 existed."""
+    with netns() as ns:
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+        journals, locks = [], []
+        for name in ("a", "b"):
+            journal = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+            locks.append(instance.hold(jr.lock_of(journal.path), "test"))
+            journal.record("sysctl", key=sysctl.IP_FORWARD, value=sysctl.read(sysctl.IP_FORWARD, ns),
+                           routed_bridges=link.routed_bridges(ns))
+            nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+            nsexec(ns, "ip", "link", "add", "docker0", "type", "bridge", check=False)
+            nsexec(ns, "ip", "addr", "replace", "172.17.0.1/16", "dev", "docker0")
+            journals.append(journal)
+        assert [j.steps[0]["routed_bridges"] for j in journals] == [[], []]
+        for journal, lock in zip(journals, locks, strict=True):
+            assert journal.undo_all() == []
+            os.close(lock)
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
