@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -471,20 +472,29 @@ def test_journal_orphan_of_another_control_socket_is_recovered(tmp_path: Path) -
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
 
 
+def two_daemons_turn_ip_forward_on(ns: str, tmp_path: Path, after_each: Callable[[], None] = lambda: None,
+                                   ) -> tuple[list[jr.Journal], list[int]]:
+    """Two daemons' journals (with their instance locks held) record ip_forward, then set it."""
+    nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
+    journals, locks = [], []
+    for name in ("a", "b"):
+        journal = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+        locks.append(instance.hold(jr.lock_of(journal.path), "test"))
+        journal.record("sysctl", key=sysctl.IP_FORWARD, value=sysctl.read(sysctl.IP_FORWARD, ns),
+                       routed_bridges=link.routed_bridges(ns))
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+        after_each()
+        journals.append(journal)
+    return journals, locks
+
+
 @pytest.mark.netns
 def test_journal_two_daemons_in_one_namespace_share_ip_forward(tmp_path: Path) -> None:
     """Two daemons (two TUNs) of one namespace: the first to stop leaves ip_forward at 1 for
     the other; the last restores the host's original 0, whichever order they stop in."""
     for first in (0, 1):
         with netns() as ns:
-            nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
-            journals, locks = [], []
-            for name in ("a", "b"):
-                journal = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
-                locks.append(instance.hold(jr.lock_of(journal.path), "test"))
-                journal.record("sysctl", key=sysctl.IP_FORWARD, value=sysctl.read(sysctl.IP_FORWARD, ns))
-                nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
-                journals.append(journal)
+            journals, locks = two_daemons_turn_ip_forward_on(ns, tmp_path)
             assert [j.steps[0]["value"] for j in journals] == ["0", "0"]
             assert journals[first].undo_all() == []
             os.close(locks[first])
@@ -594,17 +604,11 @@ def test_journal_second_daemon_inherits_the_bridges_seen_before_the_first(tmp_pa
     """Docker started between two daemons of one namespace: the last to stop keeps ip_forward on
     for it, because the record it inherited was taken before docker0 existed."""
     with netns() as ns:
-        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=0")
-        journals, locks = [], []
-        for name in ("a", "b"):
-            journal = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
-            locks.append(instance.hold(jr.lock_of(journal.path), "test"))
-            journal.record("sysctl", key=sysctl.IP_FORWARD, value=sysctl.read(sysctl.IP_FORWARD, ns),
-                           routed_bridges=link.routed_bridges(ns))
-            nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+        def docker_starts() -> None:
             nsexec(ns, "ip", "link", "add", "docker0", "type", "bridge", check=False)
             nsexec(ns, "ip", "addr", "replace", "172.17.0.1/16", "dev", "docker0")
-            journals.append(journal)
+
+        journals, locks = two_daemons_turn_ip_forward_on(ns, tmp_path, docker_starts)
         assert [j.steps[0]["routed_bridges"] for j in journals] == [[], []]
         for journal, lock in zip(journals, locks, strict=True):
             assert journal.undo_all() == []
