@@ -280,7 +280,7 @@ class Daemon:
         try:
             loaded = load_config(self.config.path)
             config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
-            secrets = load_secrets(config.secret_file, config.id)
+            secrets = load_secrets(config.secret_file, config.id, self.secrets)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)

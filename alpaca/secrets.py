@@ -24,6 +24,7 @@ import logging
 import re
 import stat
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,12 +98,15 @@ class Secrets:
     """Non-fatal findings (also logged at WARNING), e.g. a hostname that did not resolve."""
 
 
-def load_secrets(path: Path, self_id: int) -> Secrets:
+def load_secrets(path: Path, self_id: int, previous: Secrets | None = None) -> Secrets:
     """Read and validate the secrets file.
 
     Args:
         path: the secrets file.
         self_id: our own peer id, which must have a line (its key is ours).
+        previous: the secrets in use (a reload): a hostname that does not resolve now keeps
+            the address it had there, so a name server that is down (or reached through the
+            tunnel) does not take the peer's address and its host route away.
 
     Raises:
         ConfigError: with one located line per problem (every problem, not the first only).
@@ -121,7 +125,7 @@ def load_secrets(path: Path, self_id: int) -> Secrets:
         )
     if parser.problems:
         raise ConfigError(parser.problems)
-    parser.resolve_hostnames()  # only now: a broken file sends nothing to the resolver
+    parser.resolve_hostnames(previous.peers if previous else {})  # a broken file sends nothing
     warnings.extend(parser.warnings)
     for warning in warnings:
         log.warning("%s", warning)
@@ -229,21 +233,26 @@ class _Parser:
             return
         self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port)
 
-    def resolve_hostnames(self) -> None:
+    def resolve_hostnames(self, previous: Mapping[int, PeerSecret]) -> None:
         """Give each peer named by a hostname its address, all names looked up at once on the
-        hub (a warning for one that does not resolve: that peer has no static address until a
-        reload finds one)."""
+        hub. One that does not resolve keeps its address from ``previous`` if it was named the
+        same there, else has no static address until a reload finds one (a warning either way)."""
         named = {pid: peer for pid, peer in self.peers.items() if peer.hostname is not None}
         found = resolve_ipv4(peer.hostname for peer in named.values() if peer.hostname)
         for peer_id, peer in named.items():
             address = found.get(peer.hostname or "")
             if address is None:
-                self.warnings.append(
-                    f"{self.name}:{self.lines[peer_id]}: hostname {peer.hostname} of peer"
-                    f" {format_peer_id(peer_id)} does not resolve; the peer has no static address"
-                    " until it does"
-                )
+                address = self._last_address(peer, previous.get(peer_id))
             self.peers[peer_id] = replace(peer, address=address)
+
+    def _last_address(self, peer: PeerSecret, before: PeerSecret | None) -> str | None:
+        where = f"{self.name}:{self.lines[peer.peer_id]}: hostname {peer.hostname} of peer" \
+                f" {format_peer_id(peer.peer_id)} does not resolve"
+        if before is not None and before.hostname == peer.hostname and before.address is not None:
+            self.warnings.append(f"{where} now; it keeps its last address {before.address}")
+            return before.address
+        self.warnings.append(f"{where}; the peer has no static address until it does")
+        return None
 
     def parse_id(self, number: int, text: str) -> int | None:
         if _may_be_key(text):

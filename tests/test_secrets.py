@@ -86,6 +86,26 @@ def test_secrets_unresolvable_hostname_is_a_warning(
     assert "does not resolve" in caplog.text
 
 
+def test_secrets_reload_keeps_the_last_address_of_a_name_that_stops_resolving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} localhost null 4000\n"
+                           f"1.2 {KEY16} localhost null 4000\n")
+    running = load_secrets(path, SELF)
+    assert running.peers[parse_peer_id("1.1")].address == "127.0.0.1"
+    names_looked_up(monkeypatch)  # the name server is down now
+    write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} localhost null 4000\n"
+                    f"1.2 {KEY16} elsewhere.example null 4000\n")
+    reloaded = load_secrets(path, SELF, running)
+    assert reloaded.peers[parse_peer_id("1.1")].addr == ("127.0.0.1", 4000)
+    assert reloaded.peers[parse_peer_id("1.2")].addr is None  # renamed: the old address is not its
+    assert [w.split(": ", 1)[1] for w in reloaded.warnings] == [
+        "hostname localhost of peer 1.1 does not resolve now; it keeps its last address 127.0.0.1",
+        "hostname elsewhere.example of peer 1.2 does not resolve; the peer has no static address"
+        " until it does",
+    ]
+
+
 def names_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hostnames the secrets loader asks a resolver for (none resolves), as it asks."""
     asked: list[str] = []

@@ -323,6 +323,38 @@ def test_reload_waiting_for_a_silent_name_server_does_not_stop_the_tunnel(
     assert host_state(tc) == before
 
 
+def test_reload_keeps_the_address_of_a_peer_whose_name_stops_resolving(lab: Lab) -> None:
+    """The client names its server by a hostname. A reload while the name does not resolve
+    (a name server down, or reached through the tunnel) keeps the server's address and its
+    host route via the uplink: without them the tunnel's own datagrams would follow the
+    default route into the tunnel."""
+    topo = build_simple(lab)
+    tc, server = topo.client.ns, topo.peers["1.1"]
+    etc = Path("/etc/netns") / tc
+    etc.mkdir(parents=True)
+    try:
+        (etc / "hosts").write_text(f"{server.address} server.lab.example\n")
+        named = f"1.1 {server.key} server.lab.example null {server.port}"
+        topo.client.write_secrets([named, topo.peers["16.1"].line()])
+        for node in (topo.server, topo.client):
+            lab.start(node)
+        wait_ping(tc, SERVER_IP)
+        routes = nsexec(tc, "ip", "route", "show", "table", "all").stdout
+        assert f"{server.address} via" in routes
+
+        (etc / "hosts").write_text("")  # in place: the daemon's /etc/hosts is a bind mount of it
+        topo.client.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "reloaded peers=" not in topo.client.log():
+            assert time.monotonic() < deadline, topo.client.log_tail()
+            time.sleep(0.2)
+        assert f"keeps its last address {server.address}" in topo.client.log()
+        assert nsexec(tc, "ip", "route", "show", "table", "all").stdout == routes
+        assert ping(tc, SERVER_IP, "-c", "5", "-i", "0.2", "-W", "1")[1] == 5
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+
+
 def test_reload_a_changed_restart_key_is_logged_and_not_half_applied(lab: Lab) -> None:
     """net places the TUN address and decides which destinations are peers: applied by a
     reload, the server would take its clients' addresses for outside ones. It needs a
