@@ -55,8 +55,25 @@ def load_all(args: argparse.Namespace) -> tuple[Config, Secrets]:
     return config, load_secrets(config.secret_file, config.id)
 
 
+class EarlySignals:
+    """SIGHUP and SIGUSR1 from the first instant of ``run`` until the daemon's own handlers:
+    their default action would end the process while it reads its files or waits for a name
+    server (and systemd counts a death by SIGHUP as clean: ``Restart=on-failure`` would leave
+    the node down). A SIGHUP is remembered and becomes a reload once the daemon runs; a
+    SIGUSR1 (a state dump) is ignored until there is state."""
+
+    def __init__(self) -> None:
+        self.reload_asked = False
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self.reload_asked = True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the tunnel until it is stopped (SIGINT/SIGTERM)."""
+    early = EarlySignals()
     config, secrets = load_all(args)
     setup_logging(config.log_level, args.timestamps)
     config.engine_settings(secrets)  # cross-checks the two files before touching the host
@@ -67,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         print(f"{PROG}: this installation has no daemon module (alpaca.daemon)", file=sys.stderr)
         return EXIT_ERROR
-    result: int = daemon.run(config, secrets)
+    result: int = daemon.run(config, secrets, lambda: early.reload_asked)
     return result
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,12 @@ def journal_path(config: Config) -> Path:
 class Daemon:
     """One running node. ``start()``, then ``wait()``; ``stop()`` is idempotent."""
 
-    def __init__(self, config: Config, secrets: Secrets) -> None:
+    def __init__(self, config: Config, secrets: Secrets,
+                 reload_asked: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.secrets = secrets
+        #: whether a SIGHUP came before start() (cli.EarlySignals): it becomes a reload
+        self._reload_asked_early = reload_asked
         #: realtime_priority of the config last applied (0 at start: the scheduling the process
         #: was started with, e.g. by chrt or a systemd unit, is left as it is)
         self.realtime_priority = 0
@@ -120,6 +124,8 @@ class Daemon:
         # (a reload asked for now runs once the reloader is up; a dump before the engine is a no-op).
         gevent.signal_handler(signal.SIGHUP, self.reload)
         gevent.signal_handler(signal.SIGUSR1, self.dump_state)
+        if self._reload_asked_early():  # checked once ours are in place: none is missed
+            self.reload()
         self._lock = instance.hold(instance.lock_path(cfg.control_socket),
                                    f"{cfg.path}: control_socket {cfg.control_socket}")
         failures = journal_mod.recover(self.journal.path)
@@ -394,9 +400,10 @@ def restart_keys_changed(running: Config, loaded: Config) -> list[str]:
     return [key for key in RESTART_KEYS if getattr(running, key) != getattr(loaded, key)]
 
 
-def run(config: Config, secrets: Secrets) -> int:
-    """Run a node until a stop signal; return the process exit code."""
-    daemon = Daemon(config, secrets)
+def run(config: Config, secrets: Secrets, reload_asked: Callable[[], bool] = lambda: False) -> int:
+    """Run a node until a stop signal; return the process exit code. ``reload_asked``: whether
+    a reload was asked for before the daemon's signal handlers were in place."""
+    daemon = Daemon(config, secrets, reload_asked)
     try:
         daemon.start()
         return daemon.wait()

@@ -323,6 +323,38 @@ def test_reload_waiting_for_a_silent_name_server_does_not_stop_the_tunnel(
     assert host_state(tc) == before
 
 
+def test_sighup_while_start_up_waits_for_names_is_a_reload_afterwards(
+    lab: Lab, silent_resolver: str
+) -> None:
+    """A SIGHUP that comes before the daemon's handlers (here while start-up waits for a name
+    server that never answers) must not end the process (its default action): it becomes a
+    reload once the daemon runs."""
+    tc, ts = silent_resolver, lab.ns("server")
+    lab.link(ts, "192.168.50.1/24", tc, "192.168.50.2/24", "cli", "eth0")
+    nsexec(tc, "ip", "route", "add", "default", "via", "192.168.50.1")
+    hosts = Path("/etc/netns") / tc / "hosts"
+    hosts.write_text("")  # there at exec time, so that the daemon's /etc/hosts is this file
+    peers = {"1.1": Peer("1.1", address="192.168.50.1", port=PORT), "16.1": Peer("16.1")}
+    server = lab.node("server", ts, "1.1", "server")
+    client = lab.node("client", tc, "16.1", "client", gateway="1.1")
+    server.write_secrets([p.line() for p in peers.values()])
+    named = f"1.5 {new_key()} peer5.lab.example null 5000"
+    client.write_secrets([*(p.line() for p in peers.values()), named])
+    lab.start(server)
+    lab.start(client, wait=False)
+    time.sleep(1.5)  # start-up is waiting for peer5.lab.example
+    assert "started node=" not in client.log()
+    client.signal(signal.SIGHUP)
+    hosts.write_text("192.0.2.55 peer5.lab.example\n")  # found at once by the reload
+    lab.wait_up(client)
+    deadline = time.monotonic() + 10
+    while "reloaded peers=3" not in client.log():
+        assert client.alive and time.monotonic() < deadline, client.log_tail()
+        time.sleep(0.2)
+    assert client.log().count("peer5.lab.example of peer 1.5 does not resolve") == 1  # at start only
+    wait_ping(tc, SERVER_IP)
+
+
 def test_reload_keeps_the_address_of_a_peer_whose_name_stops_resolving(lab: Lab) -> None:
     """The client names its server by a hostname. A reload while the name does not resolve
     (a name server down, or reached through the tunnel) keeps the server's address and its
