@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from alpaca.core import offload
 from alpaca.core.engine import Engine
+from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 
 NET = 0x0A110000  # 10.17.0.0/16
@@ -98,6 +99,9 @@ class EngineNet:
         self.keys: dict[int, bytes] = {}
         self.static: dict[int, tuple[str, int]] = {}
         self.epochs = itertools.count(1000)
+        #: ground truth: the counters sent and the counters that arrived, per (src id, dst id)
+        self.counters_sent: dict[tuple[int, int], set[int]] = {}
+        self.counters_arrived: dict[tuple[int, int], set[int]] = {}
 
     def add(self, name: str, peer: str, endpoints: list[tuple[str, int]], *, static: bool = True) -> Node:
         node = Node(name, pid(peer), endpoints)
@@ -134,6 +138,7 @@ class EngineNet:
         link = self.links.get((src, dst))
         if link is None:
             return False  # no route: the kernel would refuse (ENETUNREACH)
+        self.counters_sent.setdefault(_flow_of(data)[0], set()).add(_flow_of(data)[1])
         if not link.up or self.rng.random() < link.loss:
             return True  # lost on the wire: the sender cannot tell
         at = self.now + link.delay + (self.rng.random() * link.jitter if link.jitter else 0.0)
@@ -159,6 +164,7 @@ class EngineNet:
             self.now = max(self.now, nxt)
             if t_event is not None and t_event <= (t_timer if t_timer is not None else t_event):
                 _, _, src, dst, data = heapq.heappop(self._events)
+                self.counters_arrived.setdefault(_flow_of(data)[0], set()).add(_flow_of(data)[1])
                 owner = self.owner.get(dst)
                 if owner is not None and owner[0].engine is not None:
                     owner[0].engine.on_datagram(data, src, owner[1], self.now)
@@ -166,9 +172,23 @@ class EngineNet:
                 timer_node.engine.on_timer(self.now)
         self.now = end
 
+    def never_arrived(self, src: Node, dst: Node) -> int:
+        """Datagrams from ``src`` to ``dst`` that no link delivered, between the first and the
+        last that arrived (what the receiver's replay window can know of)."""
+        key = (src.peer_id, dst.peer_id)
+        arrived = self.counters_arrived.get(key, set())
+        low, high = min(arrived, default=0), max(arrived, default=-1)
+        return sum(1 for c in self.counters_sent.get(key, ()) if low <= c <= high and c not in arrived)
+
     def inject_tun(self, node: Node, packet: bytes, csum_partial: bool = False) -> None:
         assert node.engine is not None
         node.engine.on_tun_packet(packet, self.now, csum_partial)
+
+
+def _flow_of(data: bytes) -> tuple[tuple[int, int], int]:
+    """((src id, dst id), counter) of a datagram, from its header."""
+    _, _, _, _, src, dst, _, counter = HEADER.unpack_from(data)
+    return (src, dst), counter
 
 
 SERVER_EP, CLIENT1_EP, CLIENT2_EP = ("10.0.0.1", 5000), ("10.1.0.1", 6000), ("10.2.0.1", 6000)

@@ -514,6 +514,14 @@ class Engine:
                     peer.dup_copies += 1
         self.prober.on_timer(now)
 
+    def settle_losses(self) -> None:
+        """Count as lost what no path delivered to us in a probe round (called once a round:
+        end-to-end loss shows within two rounds, not once a whole window has passed)."""
+        me = self.self_id
+        for (_, dst), flow in self.flows.items():
+            if dst == me:
+                flow.window.settle()
+
     def expire_relayed_flows(self, now: float) -> int:
         """Forget relayed flows silent for path_lifetime (called by the prober's rounds)."""
         return self.relayed.expire(self.flows, now, self.settings.path_lifetime)

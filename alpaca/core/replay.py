@@ -20,9 +20,12 @@ Counters (plain ints, cumulative across :meth:`reset`):
 * ``accepted``: NEW verdicts; ``late``: NEW verdicts below the current top (reordered).
 * ``duplicate``: already seen (an expected extra copy, or a replay inside the window).
 * ``too_old``: below the window (a very late copy, or a replay).
-* ``lost``: counters that left the window without ever being seen: the unset bits of a
-  block when it is recycled (so the count lags by up to 64 counters), plus every counter of
-  the blocks a big jump skips; only counters >= the first counter ever seen count.
+* ``lost``: counters never seen, only those >= the first counter ever seen. :meth:`settle`
+  (the engine calls it once per probe round) counts those below the top of its previous
+  call, so a loss shows within two rounds; the unset bits of a block being recycled and the
+  blocks a big jump skips count as well, for counters no settle has covered yet. A counter
+  that arrives after it was counted (more than a round late) is still accepted, and stays
+  counted in ``lost`` as well as in ``late``.
 
 Not thread-safe: call only from the engine's greenlet.
 """
@@ -53,7 +56,7 @@ class ReplayWindow:
     """Sliding window over the 64-bit counters of one direction and one epoch."""
 
     __slots__ = (
-        "_blocks", "_first", "_mask", "_ring", "_top", "_window",
+        "_blocks", "_first", "_mark", "_mask", "_ring", "_settled", "_top", "_window",
         "accepted", "duplicate", "late", "lost", "too_old",
     )
 
@@ -71,6 +74,8 @@ class ReplayWindow:
         self._ring = array("Q", [0]) * self._blocks
         self._top = -1
         self._first = -1
+        self._settled = 0  # counters below it are counted (seen or lost)
+        self._mark = 0  # top + 1 at the previous settle()
         self.accepted = 0
         self.duplicate = 0
         self.too_old = 0
@@ -136,14 +141,38 @@ class ReplayWindow:
         self.lost += lost
 
     def _unseen(self, block_no: int, bits: int) -> int:
-        """Unset bits of block ``block_no`` that stand for counters >= the first one seen."""
+        """Unset bits of block ``block_no`` that stand for counters not counted yet (>= the
+        first one seen and >= the settled mark)."""
         base = block_no * _BLOCK_BITS
-        first = self._first
+        first = max(self._first, self._settled)
         if base + _BLOCK_BITS <= first:
             return 0
         if base < first:
             bits |= (1 << (first - base)) - 1
         return _BLOCK_BITS - bits.bit_count()
+
+    def settle(self) -> int:
+        """Count as lost the counters below the top of the previous call that never arrived
+        (call it at a steady pace, e.g. once per probe round); returns how many it counted."""
+        upto, self._mark = self._mark, self._top + 1
+        low = max(self._settled, self._first)
+        if self._top < 0 or upto <= low:
+            return 0
+        oldest = ((self._top >> 6) - self._blocks + 1) * _BLOCK_BITS  # below: counted at recycling
+        start = max(low, oldest)
+        seen = 0
+        for block_no in range(start >> 6, ((upto - 1) >> 6) + 1):
+            bits = self._ring[block_no & self._mask]
+            base = block_no * _BLOCK_BITS
+            if base < start:
+                bits &= ~((1 << (start - base)) - 1)
+            if base + _BLOCK_BITS > upto:
+                bits &= (1 << (upto - base)) - 1
+            seen += bits.bit_count()
+        lost = max(0, upto - start) - seen
+        self._settled = upto
+        self.lost += lost
+        return lost
 
     @property
     def occupancy(self) -> float:
@@ -171,3 +200,5 @@ class ReplayWindow:
         self._ring = array("Q", [0]) * self._blocks
         self._top = -1
         self._first = -1
+        self._settled = 0
+        self._mark = 0

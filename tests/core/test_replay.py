@@ -120,6 +120,24 @@ def test_replay_lost_ignores_counters_below_first() -> None:
     assert window.lost == 23 + 61 * 64
 
 
+def test_replay_loss_shows_at_the_second_settle_not_a_window_later() -> None:
+    """Every tenth counter missing, 32,000 counters in a 32,768 window: nothing has been
+    recycled yet, and the losses below the previous settle's top are counted all the same."""
+    window = ReplayWindow(DEFAULT_REPLAY_WINDOW)
+    for counter in range(32_000):
+        if counter % 10:
+            window.accept(counter)
+        if counter == 16_000:
+            assert window.settle() == 0  # the first settle only takes its mark
+    assert window.settle() == 1_599  # 1 (the first seen)..15,999: the multiples of 10
+    assert window.lost == 1_599
+    window.accept(32_000)
+    assert window.settle() == 1_600  # 16,000..31,999
+    assert window.settle() == 0  # nothing new below the top of the last one
+    window.accept(31_990)  # more than a round late: accepted, and counted lost already
+    assert (window.lost, window.late) == (3_199, 1)
+
+
 def test_replay_lost_zero_for_in_order_stream() -> None:
     window = ReplayWindow(128)
     for counter in range(100_000):
@@ -162,6 +180,8 @@ class NaiveWindow:
         self.first = -1
         self.late = 0
         self.lost_before = 0
+        self.settled = self.mark = 0
+        self.counted: set[int] = set()  # unseen at a settle
 
     def accept(self, counter: int) -> Verdict:
         if counter > self.top:
@@ -177,13 +197,23 @@ class NaiveWindow:
         self.seen.add(counter)
         return NEW
 
+    def settle(self) -> None:
+        """Count the counters unseen below the previous settle's top."""
+        upto, self.mark = self.mark, self.top + 1
+        low = max(self.settled, self.first)
+        if self.top < 0 or upto <= low:
+            return
+        self.counted.update(c for c in range(low, upto) if c not in self.seen)
+        self.settled = upto
+
     def lost(self) -> int:
-        """Unseen counters >= first whose block was recycled (64 * blocks below top's block)."""
+        """Counted at a settle, plus the unseen counters >= first (and not settled) whose block
+        was recycled (64 * blocks below top's block)."""
         if self.top < 0:
-            return self.lost_before
+            return self.lost_before + len(self.counted)
         end = ((self.top >> 6) - self.blocks + 1) * 64  # first counter still in the ring
-        unseen = sum(1 for c in range(self.first, end) if c not in self.seen)
-        return self.lost_before + unseen
+        unseen = sum(1 for c in range(max(self.first, self.settled), end) if c not in self.seen)
+        return self.lost_before + len(self.counted) + unseen
 
     def occupancy(self) -> float:
         low, high = max(self.top - self.effective + 1, self.first), self.top - 1
@@ -194,7 +224,9 @@ class NaiveWindow:
     def reset(self) -> None:
         self.lost_before = self.lost()
         self.seen.clear()
+        self.counted.clear()
         self.top = self.first = -1
+        self.settled = self.mark = 0
 
 
 steps = st.lists(
@@ -202,6 +234,7 @@ steps = st.lists(
         st.tuples(st.just("near"), st.integers(-300, 80)),
         st.tuples(st.just("jump"), st.integers(81, 2_000)),
         st.tuples(st.just("reset"), st.just(0)),
+        st.tuples(st.just("settle"), st.just(0)),
     ),
     max_size=200,
 )
@@ -216,6 +249,13 @@ def test_replay_matches_naive_model(size: int, script: list[tuple[str, int]], st
             window.reset()
             model.reset()
             continue
+        if kind == "settle":
+            before = window.lost
+            counted = window.settle()
+            model.settle()
+            assert window.lost - before == counted
+            assert window.lost == model.lost()
+            continue
         base = model.top if model.top >= 0 else start
         counter = max(0, base + value)
         assert window.accept(counter) is model.accept(counter), counter
@@ -224,4 +264,4 @@ def test_replay_matches_naive_model(size: int, script: list[tuple[str, int]], st
     assert window.lost == model.lost()
     assert window.occupancy == pytest.approx(model.occupancy())
     total = window.accepted + window.duplicate + window.too_old
-    assert total == sum(1 for kind, _ in script if kind != "reset")
+    assert total == sum(1 for kind, _ in script if kind not in ("reset", "settle"))
