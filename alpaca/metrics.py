@@ -45,7 +45,6 @@ from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.snapshot import (
     ReplayCounts,
-    accepted,
     active_peers,
     is_peer_up,
     occupancy,
@@ -227,7 +226,7 @@ class EngineCollector:
                      ("peer",), (((label,), engine.lost_packets(peer.peer_id)) for label, peer in ids))
         yield Family("alpaca_peer_accepted_packets", "counter",
                      "Datagrams from the peer to this node (DATA and probes) the replay window accepted.",
-                     ("peer",), (((label,), accepted(engine, peer.peer_id)) for label, peer in ids))
+                     ("peer",), (((label,), engine.accepted_packets(peer.peer_id)) for label, peer in ids))
         yield Family("alpaca_replay_rejected", "counter",
                      "Authentic datagrams from the peer the replay window rejected.", ("peer", "reason"),
                      (row for label, _, c in counts

@@ -36,7 +36,7 @@ def replay_by_sender(engine: Engine) -> dict[int, ReplayCounts]:
     """Replay counts per sending peer id, over all its (src, dst) flows, forgotten relayed
     ones included (so the counters never go backwards)."""
     counts: dict[int, ReplayCounts] = {}
-    for src, (duplicate, too_old, late) in engine.relayed.retired.items():
+    for src, (duplicate, too_old, late, _, _) in engine.relayed.retired.items():
         counts[src] = ReplayCounts(duplicate, too_old, late)
     for (src, _dst), flow in engine.flows.items():
         entry = counts.setdefault(src, ReplayCounts())
@@ -44,12 +44,6 @@ def replay_by_sender(engine: Engine) -> dict[int, ReplayCounts]:
         entry.too_old += flow.window.too_old
         entry.late += flow.window.late
     return counts
-
-
-def accepted(engine: Engine, peer_id: int) -> int:
-    """Datagrams (DATA and probes) from ``peer_id`` to us that the replay window let in."""
-    flow = engine.flows.get((peer_id, engine.self_id))
-    return flow.window.accepted if flow is not None else 0
 
 
 def occupancy(engine: Engine, peer_id: int) -> float | None:
@@ -145,7 +139,7 @@ def peer_view(engine: Engine, peer: Peer, replay: ReplayCounts, now: float) -> d
     paths = peer.paths.all()
     first_total = sum(p.rx_first for p in paths)
     lost = engine.lost_packets(peer.peer_id)
-    got = accepted(engine, peer.peer_id)
+    got = engine.accepted_packets(peer.peer_id)
     ratio = occupancy(engine, peer.peer_id)
     return {
         "peer": format_peer_id(peer.peer_id),

@@ -511,3 +511,26 @@ def _http_get_body(port: int, encoding: str) -> bytes:
     assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head[:100]
     assert (b"Content-Encoding: gzip" in head) == (encoding == "gzip")
     return body
+
+
+@pytest.mark.parametrize("change", ["address", "key"])
+def test_metrics_counters_never_go_backwards_across_a_reload(change: str) -> None:
+    """The client reloads: the server's static address changed (the peer is rebuilt), or its
+    key (its flows are dropped). No counter of any series that is there before and after
+    goes down."""
+    sc = scenario()
+    engine = sc.engine(sc.c)
+    before = scrape(sc.registry(sc.c))
+    server = engine.settings.peers[sc.s.peer_id]
+    if change == "address":
+        spec = dataclasses.replace(server, addr=("10.0.0.99", 5000))
+    else:
+        spec = dataclasses.replace(server, key=bytes(range(1, 33)))
+    engine.reload(dataclasses.replace(engine.settings, peers={**engine.settings.peers, sc.s.peer_id: spec}))
+    after = scrape(sc.registry(sc.c))
+    counters = [key for key in before if key[0].endswith("_total") and key in after]
+    assert len(counters) > 50
+    assert {key: (before[key], after[key]) for key in counters if after[key] < before[key]} == {}
+    server_series = [key for key in counters if ("peer", "1.1") in key[1] and before[key] > 0]
+    assert any(name == "alpaca_peer_accepted_packets_total" for name, _ in server_series)
+    assert any(name == "alpaca_packets_sent_total" for name, _ in server_series)

@@ -107,7 +107,7 @@ class Engine:
         changed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
         removed = set(old) - set(settings.peers)
         for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
-            self.relayed.retire(key[0], self.flows.pop(key))
+            self.relayed.retire(key[0], self.flows.pop(key), to_us=key[1] == self.self_id)
         self.relayed.forget_peers(changed | removed)
         for peer_id in removed:
             gone = self.peers.pop(peer_id, None)
@@ -132,8 +132,7 @@ class Engine:
             if peer is None or peer.addr != spec.addr:
                 fresh = Peer(spec.peer_id, settings.ports, spec.addr, self.generation)
                 if peer is not None:
-                    fresh.paths.adopt(peer.paths.learned)
-                    fresh.next_counter = peer.next_counter
+                    fresh.take_over(peer)
                 else:
                     fresh.next_counter = self._retired_counters.pop(spec.peer_id, 0)
                 self.peers[spec.peer_id] = fresh
@@ -527,8 +526,17 @@ class Engine:
         return self.relayed.expire(self.flows, now, self.settings.path_lifetime)
 
     def lost_packets(self, peer_id: int) -> int:
-        """DATA and probes from ``peer_id`` to us that no path delivered (left the window unseen)."""
+        """DATA and probes from ``peer_id`` to us that no path delivered (never seen), over
+        this run (flows a reload dropped included)."""
         flow = self.flows.get((peer_id, self.self_id))
-        return flow.window.lost if flow is not None else 0
+        retired = self.relayed.retired.get(peer_id)
+        return (flow.window.lost if flow is not None else 0) + (retired[4] if retired else 0)
+
+    def accepted_packets(self, peer_id: int) -> int:
+        """Datagrams (DATA and probes) from ``peer_id`` to us the replay window let in, over
+        this run (flows a reload dropped included)."""
+        flow = self.flows.get((peer_id, self.self_id))
+        retired = self.relayed.retired.get(peer_id)
+        return (flow.window.accepted if flow is not None else 0) + (retired[3] if retired else 0)
 
 

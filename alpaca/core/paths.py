@@ -170,15 +170,24 @@ class PeerPaths:
         """Static and learned paths: the ones with an address of their own."""
         return [*self.static, *self.learned.values()]
 
-    def adopt(self, learned: dict[tuple[int, int], Path]) -> None:
-        """Take over the learned paths of a peer being rebuilt (its static address changed),
-        except those at an endpoint that is now a static path's: one path per endpoint."""
-        for key, path in learned.items():
+    def take_over(self, old: PeerPaths) -> None:
+        """Carry what does not depend on the static address from the paths of a peer being
+        rebuilt (its static address changed): its learned paths (except those at an endpoint
+        that is now a static path's: one path per endpoint), its VIA paths, the per-slot data
+        counts, and each static path's counters into the new one of the same name, so the
+        exported counters never go backwards."""
+        for key, path in old.learned.items():
             assert path.addr is not None
             endpoint = (path.port, path.addr)
             if endpoint not in self.by_endpoint:
                 self.learned[key] = path
                 self.by_endpoint[endpoint] = path
+        self.via = dict(old.via)
+        self.rx_data_by_pi = list(old.rx_data_by_pi)
+        before = {path.name: path for path in old.static}
+        for path in self.static:
+            if path.name in before:
+                _carry(path, before[path.name])
 
     def match(self, port: int, addr: Addr) -> Path | None:
         """The static or learned path with exactly this local port and remote address."""
@@ -313,6 +322,19 @@ class PeerPaths:
         if gone:
             self.generation.bump()
         return gone
+
+
+#: The counters of a path (exported as metrics): they only grow, whatever happens to the path.
+COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rx_first", "rx_duplicates",
+            "probes_sent", "probes_answered", "data_sent", "data_lost", "changes")
+
+
+def _carry(path: Path, old: Path) -> None:
+    """Add ``old``'s counters to ``path`` (which takes its place) and take its data-report
+    marks, so that the peer's next report is measured from where ``old`` left off."""
+    for name in COUNTERS:
+        setattr(path, name, getattr(path, name) + getattr(old, name))
+    path.peer_data_rx, path.probe_data_mark = old.peer_data_rx, old.probe_data_mark
 
 
 def _absorb(path: Path, cand: Path) -> None:

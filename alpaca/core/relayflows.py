@@ -39,7 +39,8 @@ class RelayFlows:
         self.keys: OrderedDict[FlowKey, float] = OrderedDict()
         #: (src, dst) -> (epoch, top counter) of a forgotten flow
         self.floors: dict[FlowKey, tuple[int, int]] = {}
-        #: src -> [duplicate, too_old, late] of its forgotten flows
+        #: src -> [duplicate, too_old, late, accepted, lost] of its forgotten flows (the last
+        #: two of its flow to us only: only those are exported)
         self.retired: dict[int, list[int]] = {}
         self.forgotten = 0
 
@@ -66,14 +67,17 @@ class RelayFlows:
         self.keys[key] = now
         self.keys.move_to_end(key)
 
-    def retire(self, src: int, flow: Flow) -> None:
-        """Keep the replay counts of a flow the engine drops (a reload), so that the counters
-        exported per sender never go backwards."""
+    def retire(self, src: int, flow: Flow, *, to_us: bool = False) -> None:
+        """Keep the replay counts of a flow the engine drops (a reload, or a relayed flow
+        forgotten), so that the counters exported per sender never go backwards."""
         window = flow.window
-        counts = self.retired.setdefault(src, [0, 0, 0])
+        counts = self.retired.setdefault(src, [0, 0, 0, 0, 0])
         counts[0] += window.duplicate
         counts[1] += window.too_old
         counts[2] += window.late
+        if to_us:
+            counts[3] += window.accepted
+            counts[4] += window.lost
 
     def expire(self, flows: dict[FlowKey, Flow], now: float, idle: float) -> int:
         """Forget relayed flows silent for ``idle`` seconds (the oldest first, so only those
