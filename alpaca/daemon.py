@@ -385,10 +385,10 @@ class Daemon:
 #: Config keys read only at start (the down hooks: at stop, from the start's config): a reload
 #: that changes one logs that it needs a restart. A reload applies the rest: the secrets file
 #: (with the host routes to the peers' addresses), local_routes, gateway (the moved default
-#: route follows it), forwarders, dup, padding, probing and path timers, replay window, ttl,
-#: protocols and realtime_priority.
+#: route follows it), forwarders, dup (its queue bound too), padding, probing and path timers,
+#: ttl, protocols and realtime_priority. The replay window sizes each flow when it starts.
 RESTART_KEYS = (
-    "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen",
+    "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen", "replay_window",
     "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
     "state_file", "secret_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",

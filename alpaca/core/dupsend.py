@@ -36,7 +36,8 @@ class DupSendScheduler:
 
     def __init__(self, limit: int) -> None:
         self._heap: list[DelayedCopy] = []
-        self._limit = limit
+        #: copies the heap holds at most (a reload may change it; copies already queued stay)
+        self.limit = limit
         self._seq = itertools.count()
         self.scheduled = 0
         self.dropped = 0
@@ -48,7 +49,7 @@ class DupSendScheduler:
         self, due_at: float, port: int, addr: tuple[str, int], data: bytes, path: Any = None
     ) -> bool:
         """Queue a copy; False (and counted) if the heap is at its bound."""
-        if len(self._heap) >= self._limit:
+        if len(self._heap) >= self.limit:
             self.dropped += 1
             return False
         heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path))

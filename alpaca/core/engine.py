@@ -114,6 +114,7 @@ class Engine:
             if gone is not None:
                 self._retired_counters[peer_id] = gone.next_counter
         self.settings = settings
+        self.dup.limit = settings.dup_queue_max
         self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})
         self._apply_peers(settings)
         self.routes.flush()

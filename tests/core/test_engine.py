@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -188,8 +189,6 @@ def test_engine_a_forwarder_added_by_reload_is_tried_on_every_link_until_one_ans
         net.start(node)
     net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
     net.run(2.0)
-    from dataclasses import replace
-
     eng(c).reload(replace(eng(c).settings, forwarders=(pid("1.3"),)))
     delivered = len(s.tun)
     ping(net, c, "8.8.8.8", gap=0.05)  # before any probe of 1.3 was answered
@@ -480,6 +479,14 @@ def test_engine_delayed_copy_queue_is_bounded() -> None:
     assert len(eng(c).dup) == 2 and drops(c, "dup_queue_full") == 3
 
 
+def test_engine_reload_applies_a_new_delayed_copy_bound() -> None:
+    net, _s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=5.0, dup_queue_max=2)
+    eng(c).reload(replace(eng(c).settings, dup_queue_max=4))
+    for _ in range(6):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    assert len(eng(c).dup) == 4 and drops(c, "dup_queue_full") == 2
+
+
 # --------------------------------------------------------------------------- hostile input
 def capture(net: EngineNet, node: Node) -> list[tuple[tuple[str, int], bytes]]:
     """Wrap a node's output to record every datagram it sends."""
@@ -660,8 +667,6 @@ def test_engine_reload_keeps_learned_paths_and_cuts_a_removed_peer() -> None:
     engine.reload(engine.settings)
     assert engine.peers[c.peer_id].paths.learned == learned
     peers = {k: v for k, v in engine.settings.peers.items() if k != c.peer_id}
-    from dataclasses import replace
-
     engine.reload(replace(engine.settings, peers=peers))
     delivered = len(s.tun)
     ping(net, c, "8.8.8.8", n=3, gap=0.1)
@@ -669,8 +674,6 @@ def test_engine_reload_keeps_learned_paths_and_cuts_a_removed_peer() -> None:
 
 
 def test_engine_peer_removed_and_added_back_by_reload_never_reuses_a_nonce() -> None:
-    from dataclasses import replace
-
     net, s, c = two_path_pair()
     engine = eng(s)
     #: (epoch, counter) -> the sealed bodies S sent to C under it: copies on two paths share
@@ -704,8 +707,6 @@ def test_engine_peer_removed_and_added_back_by_reload_never_reuses_a_nonce() -> 
 def test_engine_static_address_pinned_where_the_peer_was_learned_keeps_one_path() -> None:
     """The operator writes a client's (already learned) address into the secrets: the static
     path takes the endpoint over; no second path to it, now or after the old one expires."""
-    from dataclasses import replace
-
     from alpaca.core.settings import PeerSpec
 
     net, s, c = server_and_client()
@@ -725,8 +726,6 @@ def test_engine_static_address_pinned_where_the_peer_was_learned_keeps_one_path(
 
 
 def test_engine_reload_with_a_changed_pair_key_seals_with_the_new_key() -> None:
-    from dataclasses import replace
-
     net, s, c = two_path_pair()
     ping(net, c, "8.8.8.8")
     assert len(s.tun) == 1
