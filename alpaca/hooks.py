@@ -11,8 +11,10 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 
+import gevent
+import gevent.event
+from gevent import os as gevent_os
 from gevent import subprocess
 
 from alpaca.errors import AlpacaError
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 
 HOOK_TIMEOUT = 60.0
 OUTPUT_TAIL = 400
+#: Seconds to wait, once the shell exited, for the end of its output (a process left in the
+#: background may hold the pipe open: its output is not waited for).
+OUTPUT_WAIT = 0.2
 
 
 class HookError(AlpacaError):
@@ -55,27 +60,63 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+class _Tail:
+    """Reads a hook's output pipe until end of file and keeps only its last bytes: memory is
+    bounded and nothing goes to disk, however much the hook (or a process it leaves in the
+    background, for as long as it runs) writes. A background writer's output is read and
+    discarded while the daemon runs."""
+
+    KEEP = 4 * OUTPUT_TAIL
+
+    def __init__(self, fd: int) -> None:
+        self.kept = bytearray()
+        self.done = gevent.event.Event()
+        gevent_os.make_nonblocking(fd)
+        gevent.spawn(self._drain, fd)
+
+    def _drain(self, fd: int) -> None:
+        try:
+            while chunk := gevent_os.nb_read(fd, 65536):
+                self.kept += chunk
+                del self.kept[:-self.KEEP]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            self.done.set()
+
+    def text(self, wait: float) -> str:
+        """The tail so far, after up to ``wait`` seconds for the end of the output."""
+        self.done.wait(wait)
+        return bytes(self.kept).decode(errors="replace").strip()
+
+
 def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
     """Run ``command`` through ``/bin/sh -c``; return (exit code, the tail of its output).
 
     Only the shell is waited for, as ``system()`` did: a process the command leaves in the
-    background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a
-    temporary file, of which the last OUTPUT_TAIL characters are read. A shell still running
-    after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1. So is
-    one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on.
+    background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a pipe
+    that :class:`_Tail` drains; the last OUTPUT_TAIL characters are returned. A shell still
+    running after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
+    So is one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on.
     """
     limit = HOOK_TIMEOUT if timeout is None else timeout
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=out,
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=write_end,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(limit)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return -1, f"timed out after {limit:g} s"
-        except BaseException:  # a stop during start-up: the hook must not go on after the undo
-            _kill_group(proc)
-            raise
-        size = out.seek(0, os.SEEK_END)
-        out.seek(max(0, size - OUTPUT_TAIL))
-        return code, out.read().decode(errors="replace").strip()
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    tail = _Tail(read_end)
+    try:
+        code = proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return -1, f"timed out after {limit:g} s"
+    except BaseException:  # a stop during start-up: the hook must not go on after the undo
+        _kill_group(proc)
+        raise
+    return code, tail.text(OUTPUT_WAIT)[-OUTPUT_TAIL:]

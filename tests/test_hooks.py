@@ -53,6 +53,20 @@ def test_hook_output_is_kept_to_its_tail() -> None:
     assert len(output) <= OUTPUT_TAIL and output.endswith("xxxEND")
 
 
+def test_hook_output_never_goes_to_disk_and_a_background_writer_is_drained(tmp_path: Path) -> None:
+    """The hook writes into a pipe (not a file that a chatty background process could grow
+    without bound); what a process it leaves in the background writes is read and dropped,
+    so that process neither blocks on a full pipe nor fills a disk."""
+    marker = tmp_path / "done"
+    writer = f"(sleep 0.5; head -c 30000000 /dev/zero; touch {marker}) &"
+    code, output = run_one(f"[ -p /dev/stdout ] || exit 9; {writer} echo started")
+    assert (code, output) == (0, "started")
+    deadline = time.monotonic() + 20
+    while not marker.exists():  # 30 MB through a 64 KiB pipe: only if someone reads it
+        assert time.monotonic() < deadline, "the background writer is stuck on its output"
+        gevent.sleep(0.05)
+
+
 def test_failing_hooks_are_counted_and_strict_ones_raise() -> None:
     assert run_hooks("post_up", ("true", "exit 2", "false")) == 2
     with pytest.raises(HookError, match=r"post_up_cmds\[1\] failed with exit code 2: 'exit 2'"):
