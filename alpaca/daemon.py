@@ -155,6 +155,8 @@ class Daemon:
                              random_bytes=os.urandom, resolver=resolver)
         self.mux = compat.attach(self.plane, self.engine, legacy, cfg, self.secrets, os.urandom)
         self._apply_scheduling(cfg)
+        hub = gevent.get_hub()  # an AlpacaError is an expected failure with a clear message
+        hub.NOT_ERROR = (*hub.NOT_ERROR, AlpacaError)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
@@ -182,22 +184,23 @@ class Daemon:
             watcher.cancel()
         self._start_signals = []
 
-    def _spawn(self, func: Any, *args: Any) -> None:
+    def _spawn(self, name: str, func: Any, *args: Any) -> None:
         greenlet = self.group.spawn(func, *args)
+        greenlet.name = name
         greenlet.link_exception(self._on_fatal)
 
     def _start_monitors(self) -> None:
-        self._spawn(self._reloader)
+        self._spawn("the reloader", self._reloader)
         monitor = RouteMonitor().open()
         self._closers.append(monitor.close)
-        self._spawn(monitor.run, self._on_routes_changed)
+        self._spawn("the route monitor", monitor.run, self._on_routes_changed)
         try:
             watch = FileWatch(self.secrets.path).open()
         except OSError as exc:
             log.warning("not watching the secrets file path=%s error=%s", self.secrets.path, exc)
             return
         self._closers.append(watch.close)
-        self._spawn(watch.run, self.reload)
+        self._spawn("the secrets file watch", watch.run, self.reload)
 
     def _start_observability(self) -> None:
         cfg = self.config
@@ -256,8 +259,12 @@ class Daemon:
                 self._ports_missing.discard(port.name)
 
     def _on_fatal(self, greenlet: Any) -> None:
-        log.error("stopping after a fatal error in %s: %r", getattr(greenlet, "name", "greenlet"),
-                  greenlet.exception)
+        """A task ended with an exception: stop. An AlpacaError says what happened in its
+        message (the hub prints no traceback for it, see start()); anything else is a bug,
+        whose traceback the hub has printed."""
+        exc = greenlet.exception
+        detail = str(exc) if isinstance(exc, AlpacaError) else repr(exc)
+        log.error("stopping after a fatal error in %s: %s", getattr(greenlet, "name", "a task"), detail)
         self.exit_code = 1
         self.stop_soon()
 
@@ -285,6 +292,8 @@ class Daemon:
         meanwhile."""
         try:
             loaded = load_config(self.config.path)
+            for key in restart_keys_changed(self.config, loaded):  # first: they explain what follows
+                log.warning("config key changed but needs a restart key=%s", CONFIG_KEY.get(key, key))
             config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
             secrets = load_secrets(config.secret_file, config.id, self.secrets)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
@@ -296,8 +305,6 @@ class Daemon:
             return
         if self.engine is None or self.plane is None:
             return
-        for key in restart_keys_changed(self.config, loaded):
-            log.warning("config key changed but needs a restart key=%s", key)
         self._apply_scheduling(config)
         self._update_host_routes(config, secrets)
         self.engine.reload(settings)
@@ -393,6 +400,10 @@ RESTART_KEYS = (
     "state_file", "secret_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",
 )
+
+
+#: Config attributes whose key in the file is spelt otherwise (for messages).
+CONFIG_KEY = {"ports": "port/ports"}
 
 
 def restart_keys_changed(running: Config, loaded: Config) -> list[str]:

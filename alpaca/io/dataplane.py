@@ -173,10 +173,13 @@ class Dataplane:
                               small_limit=READ_AHEAD_SMALL)
         greenlets = [group.spawn(self.tun.read_loop, self._on_tun_batch, batch=self.batch,
                                  ahead=ahead, lone=SMALL_PACKET)]
+        greenlets[0].name = f"the reader of TUN device {self.tun.name}"
         for index, port in enumerate(self.ports):
             greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch,
                                          lone=SMALL_DATAGRAM))
+            greenlets[-1].name = f"the reader of port {port.name}"
         timer = self.timer.start()
+        timer.name = "the engine's timer"
         group.add(timer)
         greenlets.append(timer)
         self.rearm()

@@ -338,3 +338,18 @@ def test_host_uplink_moved_to_another_subnet_sends_nothing_outside_the_tunnel(la
         time.sleep(0.1)
     assert "could not restore a route" in client.log()
     assert f"dev {TUN}" in nsexec(client.ns, "ip", "route", "get", INET).stdout
+
+
+def test_tun_device_deleted_under_the_daemon_stops_it_with_a_clear_line(lab: Lab) -> None:
+    """An expected failure (the TUN device gone) stops the daemon with one line naming the
+    task and the cause, no traceback, its host changes undone, exit code 1."""
+    topo = build_simple(lab)
+    before = host_state(topo.server.ns)
+    lab.start(topo.server)
+    nsexec(topo.server.ns, "ip", "link", "del", TUN)
+    assert topo.server.proc is not None
+    assert topo.server.proc.wait(20) == 1
+    log = topo.server.log()
+    assert f"stopping after a fatal error in the reader of TUN device {TUN}: " in log
+    assert "Traceback" not in log
+    assert host_state(topo.server.ns) == before
