@@ -132,6 +132,12 @@ def split(frame: bytes) -> tuple[list[bytes], bool] | None:
     return None if segments is None else (segments, True)
 
 
+#: Smallest segment size taken apart (the kernel's TCP never sends less: tcp_min_snd_mss, 48).
+#: Smaller ones come only from a raw socket writing to the device, and would turn one 64 KiB
+#: frame into tens of thousands of packets: refused (a BAD_OFFLOAD drop).
+MIN_GSO_SIZE = 48
+
+
 def segment_tcp4(packet: bytes, mss: int) -> list[bytes] | None:
     """Cut a TCP/IPv4 super-packet into segments of ``mss`` payload bytes (partial sums).
 
@@ -140,7 +146,7 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes] | None:
     TCP checksum field holds the segment's pseudo-header sum.
     """
     n = len(packet)
-    if n < 40 or packet[0] >> 4 != 4 or packet[9] != _TCP or mss <= 0:
+    if n < 40 or packet[0] >> 4 != 4 or packet[9] != _TCP or mss < MIN_GSO_SIZE:
         return None
     ihl = (packet[0] & 0x0F) * 4
     if ihl < 20 or n < ihl + 20:

@@ -233,6 +233,10 @@ def test_segment_tcp4_wraps_id_and_seq() -> None:
 
 def test_segment_tcp4_refuses() -> None:
     assert offload.segment_tcp4(tcp(b"x" * 100), 0) is None
+    # a raw socket's frame with a tiny segment size: 64 KiB would become 65,000 packets
+    assert offload.split(tso_frame(payload_bytes(65000), 1)) is None
+    assert offload.segment_tcp4(tcp(b"x" * 1000), offload.MIN_GSO_SIZE - 1) is None
+    assert len(offload.segment_tcp4(tcp(b"x" * 1000), offload.MIN_GSO_SIZE) or ()) == 21
     assert offload.segment_tcp4(tcp(b""), 1000) is None  # no payload
     assert offload.segment_tcp4(udp(b"x" * 100), 50) is None
     assert offload.segment_tcp4(b"\x60" + bytes(99), 50) is None
