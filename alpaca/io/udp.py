@@ -6,7 +6,11 @@ measured 0.5-2.6 s of queueing delay, and a tunnel would rather drop than queue 
 
 Sends never raise: a refused datagram (EAGAIN, ENOBUFS, ENETUNREACH, EPERM from a firewall,
 a pending ICMP error, ...) returns False and the caller counts it. ICMP errors reported on
-receive (ECONNREFUSED and friends) are skipped, never fatal.
+receive (ECONNREFUSED and friends) are skipped, never fatal. A datagram that the uplink's
+queueing discipline drops after the send (a full tbf, fq or cake queue) is not seen here: the
+socket has no IP_RECVERR, so the kernel reports success and counts it only in its own
+``UdpSndbufErrors`` (``nstat``) and the qdisc's drops (``tc -s qdisc``); the loss shows in the
+path's ``data_lost`` as the peer reports it.
 
 :meth:`UdpPort.send_many` uses UDP GSO (``UDP_SEGMENT``, Linux 4.18+) to hand the kernel
 runs of equal-sized datagrams in one ``sendmsg``; the receiver still sees separate
