@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +65,7 @@ from alpaca.system.plan import (
     update_host_routes,
 )
 from alpaca.system.resolver import KernelResolver
+from alpaca.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ class Daemon:
         self._start_signals: list[Any] = []
         #: the instance lock's descriptor (alpaca.system.instance), held until stop() ends
         self._lock: int | None = None
+        #: systemd's Type=notify (READY, RELOADING, STOPPING); sends nothing without systemd
+        self.notify = Notifier.from_environment()
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -167,6 +171,7 @@ class Daemon:
         log.info("started node=%s tun=%s epoch=%d ports=%s version=%s", format_peer_id(cfg.id),
                  self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
                                                 for p in ports), __version__)
+        self.notify.send("READY=1", f"STATUS=node {format_peer_id(cfg.id)} up on {self.tun.name}")
 
     def _catch_stop_during_start(self) -> None:
         """Until start() is done, SIGTERM/SIGINT raise StartInterrupted in the starting
@@ -289,7 +294,14 @@ class Daemon:
         """Re-read the secrets file and the config; keep the old state on error. RESTART_KEYS
         keep their running values everywhere (a changed one is logged), so a reload never
         half-applies one. Hostnames are looked up on the hub (alpaca.io.dns): traffic flows
-        meanwhile."""
+        meanwhile. The service manager hears RELOADING before and READY after, either way."""
+        self.notify.reloading(time.monotonic_ns() // 1000)
+        try:
+            self._reload()
+        finally:
+            self.notify.send("READY=1")
+
+    def _reload(self) -> None:
         try:
             loaded = load_config(self.config.path)
             for key in restart_keys_changed(self.config, loaded):  # first: they explain what follows
@@ -362,6 +374,7 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        self.notify.send("STOPPING=1")
         if self._start_signals:  # stopped during start: a second signal must not cut the undo short
             self._cancel_start_signals()
             self._start_signals = [gevent.signal_handler(s, self.stop_soon) for s in STOP_SIGNALS]

@@ -13,6 +13,7 @@ Modules (one netlink/OS concept each; every function takes ``netns: str | None``
     instance  the lock that keeps a second daemon of the same node off the first one's host
     sched     SCHED_RR for the daemon process (config's realtime_priority; no netns: the
               policy belongs to the process, nothing on the host to undo)
+    sdnotify  READY / RELOADING / STOPPING for systemd's Type=notify
 
 Only the control greenlet calls into this package (set-up, teardown, reconcile).
 """

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -353,3 +354,29 @@ def test_tun_device_deleted_under_the_daemon_stops_it_with_a_clear_line(lab: Lab
     assert f"stopping after a fatal error in the reader of TUN device {TUN}: " in log
     assert "Traceback" not in log
     assert host_state(topo.server.ns) == before
+
+
+def test_the_service_manager_hears_ready_reloading_and_stopping(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Type=notify: READY=1 once the tunnel carries traffic, RELOADING=1 and READY=1 around a
+    reload, STOPPING=1 at the stop; the hooks do not inherit NOTIFY_SOCKET."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    topo = build_simple(lab, server_config={"post_up_cmds": [f"env > {tmp_path / 'hook-env'}"]})
+    try:
+        lab.start(topo.server, wait=False)
+        ready = listener.recv(4096).decode().split("\n")
+        assert ready[0] == "READY=1" and ready[1].startswith("STATUS=node 1.1 up on ")
+        assert "started node=1.1" in topo.server.log()  # READY only once it is all in place
+        assert "NOTIFY_SOCKET" not in (tmp_path / "hook-env").read_text()
+        topo.server.signal(signal.SIGHUP)
+        reloading = listener.recv(4096).decode().split("\n")
+        assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC=")
+        assert listener.recv(4096) == b"READY=1"
+        assert lab.stop(topo.server) == 0
+        assert listener.recv(4096) == b"STOPPING=1"
+    finally:
+        listener.close()
