@@ -27,7 +27,7 @@ import gc
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from operator import attrgetter
 from typing import Any
 
@@ -107,12 +107,12 @@ class RttHistogram:
         self.counts = [0] * (len(RTT_BUCKETS) + 1)  # per bucket, the last one is +Inf
         self.total = 0.0
 
-    def drain(self, samples: list[float]) -> None:
-        """Fold ``samples`` in and empty the list (the engine refills it)."""
+    def drain(self, samples: MutableSequence[float]) -> None:
+        """Fold ``samples`` in and empty them (the engine refills them)."""
         for sample in samples:
             self.counts[bisect.bisect_left(RTT_BUCKETS, sample)] += 1
             self.total += sample
-        samples.clear()
+        del samples[:]
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative (le, count) pairs, +Inf last."""

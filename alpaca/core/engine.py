@@ -39,7 +39,7 @@ from alpaca.core.ids import RESERVED_IDS, format_peer_id
 from alpaca.core.output import Output, RouteResolver
 from alpaca.core.padding import pad, unpad
 from alpaca.core.paths import Generation, Path, PathKind
-from alpaca.core.peers import Flow, Peer
+from alpaca.core.peers import NO_CHALLENGES, Flow, Peer
 from alpaca.core.probing import CHALLENGE_INTERVAL, Prober
 from alpaca.core.relayflows import RelayFlows
 from alpaca.core.replay import Verdict
@@ -409,6 +409,7 @@ class Engine:
         if flow is not None and not flow.verified:
             flow.verified = True
             flow.floor = counter
+            flow.challenged = NO_CHALLENGES  # not needed any more: 10,000 peers, 2 MB
 
     def link_to(self, peer: Peer, pi: int, port: int, addr: Addr) -> Path:
         """The known path with this port and address, or a one-off path object for replying

@@ -18,6 +18,7 @@ probe reply within ``path_timeout`` seconds. Owned by the Engine; not thread-saf
 from __future__ import annotations
 
 import math
+from array import array
 from enum import Enum
 
 from alpaca.core.constants import PATH_SLOTS
@@ -85,7 +86,7 @@ class Path:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.rtt_last: float | None = None
-        self.rtt_samples: list[float] = []
+        self.rtt_samples = array("d")  # 8 bytes a sample (a list of floats: 32)
         self.probes_sent = self.probes_answered = 0
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.rx_first = self.rx_duplicates = 0

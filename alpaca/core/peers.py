@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from alpaca.core.crypto import DirectionCipher
@@ -70,6 +72,10 @@ class Peer:
         self.paths.generation.bump()
 
 
+#: The challenges of a flow that has none (shared: a flow's mapping is replaced, not edited).
+NO_CHALLENGES: Mapping[tuple[int, Addr], float] = MappingProxyType({})
+
+
 class Flow:
     """Receive state of one (src, dst) direction: the sender's epoch, its window, and whether
     the sender has proved it is live now.
@@ -93,4 +99,5 @@ class Flow:
         self.window = ReplayWindow(window_size)
         self.verified = verified
         self.floor = -1
-        self.challenged: dict[tuple[int, Addr], float] = {}
+        #: replaced, never changed in place (so all may share the empty one)
+        self.challenged: Mapping[tuple[int, Addr], float] = NO_CHALLENGES
