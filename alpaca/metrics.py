@@ -16,14 +16,13 @@ per (peer, path) label pair.
 The registry is our own (never the global one) and is served by gevent's WSGI server on the
 hub: no OS thread, so never ``start_http_server``. Call everything here from the hub. A scrape
 is written in slices of :data:`alpaca.exposition.CHUNK_LINES` lines with a turn for the hub
-between them, one scrape at a time: 10,000 peers with three paths each (about a million
-lines) never hold the packet path for more than a slice.
+between them: 10,000 peers with three paths each (about a million lines) never hold the
+packet path for more than a slice.
 """
 
 from __future__ import annotations
 
 import bisect
-import gc
 import logging
 import time
 import zlib
@@ -32,7 +31,6 @@ from operator import attrgetter
 from typing import Any
 
 import gevent
-from gevent.lock import BoundedSemaphore
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -44,6 +42,7 @@ from alpaca.core.peers import Peer
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.snapshot import (
+    NO_REPLAYS,
     ReplayCounts,
     active_peers,
     is_peer_up,
@@ -202,74 +201,81 @@ class EngineCollector:
 
     # ------------------------------------------------------------------ peers and paths
     def _peer_families(self, engine: Engine) -> Iterator[Family | None]:
+        """Per peer, then per path. What lives through the scrape is kept to a few
+        containers (a list of peers, a dict of labels, one of tuples of ints), so the scrape
+        adds nothing for the garbage collector to go through again and again."""
         now = self.clock()
-        ids = [(format_peer_id(p.peer_id), p) for p in active_peers(engine)]
+        peers = active_peers(engine)
+        labels = {peer.peer_id: format_peer_id(peer.peer_id) for peer in peers}
         yield None
         replay = replay_by_sender(engine)
         yield None
-        yield from self._per_peer(engine, ids, replay, now)
+        yield from self._per_peer(engine, peers, labels, replay, now)
         yield None
-        rows = [(label, path) for label, peer in ids for path in peer.paths.all()]
-        yield None
-        yield from self._per_path(rows, now)
+        yield from self._per_path(peers, labels, now)
 
-    def _per_peer(
-        self, engine: Engine, ids: list[tuple[str, Peer]], replay: dict[int, ReplayCounts], now: float
-    ) -> Iterator[Family | None]:
+    def _per_peer(self, engine: Engine, peers: list[Peer], labels: dict[int, str],
+                  replay: dict[int, ReplayCounts], now: float) -> Iterator[Family | None]:
         for name, doc, attr in PEER_COUNTERS:
             get = attrgetter(attr)
-            yield Family(name, "counter", doc, ("peer",), (((label,), get(peer)) for label, peer in ids))
-        counts = [(label, peer, replay.get(peer.peer_id, ReplayCounts())) for label, peer in ids]
-        yield None
+            yield Family(name, "counter", doc, ("peer",),
+                         (((labels[peer.peer_id],), get(peer)) for peer in peers))
         yield Family("alpaca_peer_lost_packets", "counter",
                      "Packets from the peer that no path delivered (left the replay window unseen).",
-                     ("peer",), (((label,), engine.lost_packets(peer.peer_id)) for label, peer in ids))
+                     ("peer",), (((labels[p.peer_id],), engine.lost_packets(p.peer_id)) for p in peers))
         yield Family("alpaca_peer_accepted_packets", "counter",
                      "Datagrams from the peer to this node (DATA and probes) the replay window accepted.",
-                     ("peer",), (((label,), engine.accepted_packets(peer.peer_id)) for label, peer in ids))
+                     ("peer",), (((labels[p.peer_id],), engine.accepted_packets(p.peer_id)) for p in peers))
+        counts = [(labels[p.peer_id], replay.get(p.peer_id, NO_REPLAYS)) for p in peers]
         yield Family("alpaca_replay_rejected", "counter",
                      "Authentic datagrams from the peer the replay window rejected.", ("peer", "reason"),
-                     (row for label, _, c in counts
+                     (row for label, c in counts
                       for row in (((label, "duplicate"), c.duplicate), ((label, "too_old"), c.too_old))))
         yield Family("alpaca_replay_late_accepted", "counter",
                      "Datagrams from the peer accepted below the window top (reordered).", ("peer",),
-                     (((label,), c.late) for label, _, c in counts))
+                     (((label,), c.late) for label, c in counts))
         yield Family("alpaca_replay_window_occupancy_ratio", "gauge",
                      "Fraction of the counters in the peer's replay window that arrived.", ("peer",),
-                     (((label,), ratio) for label, peer in ids
-                      if (ratio := occupancy(engine, peer.peer_id)) is not None))
+                     (((labels[p.peer_id],), ratio) for p in peers
+                      if (ratio := occupancy(engine, p.peer_id)) is not None))
         yield Family("alpaca_peer_last_active_age_seconds", "gauge",
                      "Seconds since we last sent to or heard from the peer.", ("peer",),
-                     (((label,), max(0.0, now - peer.last_active_at)) for label, peer in ids
-                      if peer.last_active_at != float("-inf")))
+                     (((labels[p.peer_id],), max(0.0, now - p.last_active_at)) for p in peers
+                      if p.last_active_at != float("-inf")))
 
-    def _per_path(self, rows: list[tuple[str, Path]], now: float) -> Iterator[Family]:
+    def _per_path(self, peers: list[Peer], labels: dict[int, str], now: float) -> Iterator[Family]:
+        def rows() -> Iterator[tuple[str, Path]]:  # made anew for each family: nothing kept
+            for peer in peers:
+                label = labels[peer.peer_id]
+                for path in peer.paths.all():
+                    yield label, path
+
         for name, doc, attr in PATH_COUNTERS:
             get = attrgetter(attr)
             yield Family(name, "counter", doc, PEER_PATH,
-                         (((label, path.name), get(path)) for label, path in rows))
+                         (((label, path.name), get(path)) for label, path in rows()))
         yield Family("alpaca_path_up", "gauge", "1 if the path is up, else 0.", PEER_PATH,
-                     (((label, path.name), int(path.up)) for label, path in rows))
+                     (((label, path.name), int(path.up)) for label, path in rows()))
         yield Family("alpaca_path_state_info", "gauge",
                      "1 for the path's current state and the reason it is in it.",
                      ("peer", "path", "state", "reason"),
-                     (((label, path.name, state_of(path), path.reason), 1) for label, path in rows))
+                     (((label, path.name, state_of(path), path.reason), 1) for label, path in rows()))
         yield Family("alpaca_path_rtt_seconds", "gauge", "Smoothed round-trip time of the path's probes.",
-                     PEER_PATH, (((label, path.name), path.srtt) for label, path in rows
+                     PEER_PATH, (((label, path.name), path.srtt) for label, path in rows()
                                  if path.srtt is not None))
         yield Family("alpaca_path_rtt_last_seconds", "gauge",
                      "Round-trip time of the path's last answered probe.", PEER_PATH,
-                     (((label, path.name), path.rtt_last) for label, path in rows
+                     (((label, path.name), path.rtt_last) for label, path in rows()
                       if path.rtt_last is not None))
         yield Family("alpaca_path_last_ok_age_seconds", "gauge",
                      "Seconds since the path last delivered something authentic.", PEER_PATH,
-                     (((label, path.name), max(0.0, now - path.last_ok_at)) for label, path in rows
+                     (((label, path.name), max(0.0, now - path.last_ok_at)) for label, path in rows()
                       if path.last_ok_at != float("-inf")))
         yield Family("alpaca_path_rtt_sample_seconds", "histogram",
                      "Round-trip times of the path's answered probes.", PEER_PATH,
-                     self._rtt_rows(rows))
+                     self._rtt_rows(rows()))
 
-    def _rtt_rows(self, rows: list[tuple[str, Path]]) -> Iterator[Row]:
+    def _rtt_rows(self, rows: Iterator[tuple[str, Path]]) -> Iterator[Row]:
         for label, path in rows:
             key = (label, path.name)
             hist = self.histograms.get(key)
@@ -333,11 +339,11 @@ def build_registry(
 class _Scrape:
     """The WSGI app: the exposition of an :class:`Exporter`, written in chunks with a turn for
     the hub between them (an idle watcher: every pending fd, the packet path's included, runs
-    first). One scrape is written at a time; others wait their turn in their own greenlets."""
+    first). Each scrape reads the engine on its own, and only while it is being written: a
+    client that reads slowly holds its own place in the text, nothing that others wait for."""
 
     def __init__(self, exporter: Exporter) -> None:
         self.exporter = exporter
-        self.lock = BoundedSemaphore(1)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         if environ.get("PATH_INFO") == "/favicon.ico":
@@ -352,27 +358,21 @@ class _Scrape:
         hub = gevent.get_hub()
         turn = hub.loop.idle()
         packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-        collector = self.exporter.engine_collector
-        with self.lock:
-            collecting = gc.isenabled()
-            gc.disable()  # what a scrape allocates holds no cycles; a full collection over the
-            try:          # engine's objects would hold the hub for 50-100 ms at 10,000 peers
-                work, started = 0.0, time.perf_counter()
-                for text in render_text(self.exporter.families()):
-                    data = text.encode()
-                    chunk = packer.compress(data) if packer else data
-                    work += time.perf_counter() - started
-                    if chunk:
-                        yield chunk
-                    hub.wait(turn)
-                    started = time.perf_counter()
-                if packer:
-                    yield packer.flush()
-                collector.last_duration = work + time.perf_counter() - started
-            finally:
-                turn.close()
-                if collecting:
-                    gc.enable()
+        try:
+            work, started = 0.0, time.perf_counter()
+            for text in render_text(self.exporter.families()):
+                data = text.encode()
+                chunk = packer.compress(data) if packer else data
+                work += time.perf_counter() - started
+                if chunk:
+                    yield chunk
+                hub.wait(turn)
+                started = time.perf_counter()
+            if packer:
+                yield packer.flush()
+            self.exporter.engine_collector.last_duration = work + time.perf_counter() - started
+        finally:
+            turn.close()
 
 
 class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types

@@ -14,8 +14,7 @@ Read-only; call from the engine's hub (the control server's greenlet is one).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
@@ -23,26 +22,27 @@ from alpaca.core.paths import Path, port_label
 from alpaca.core.peers import Peer
 
 
-@dataclass(slots=True)
-class ReplayCounts:
-    """Replay-window verdicts summed over every flow a peer sends (to us or through us)."""
+class ReplayCounts(NamedTuple):
+    """Replay-window verdicts summed over every flow a peer sends (to us or through us).
+    A tuple of ints: the garbage collector stops tracking it (10,000 of them per scrape)."""
 
     duplicate: int = 0
     too_old: int = 0
     late: int = 0
 
 
+NO_REPLAYS = ReplayCounts()
+
+
 def replay_by_sender(engine: Engine) -> dict[int, ReplayCounts]:
     """Replay counts per sending peer id, over all its (src, dst) flows, forgotten relayed
     ones included (so the counters never go backwards)."""
-    counts: dict[int, ReplayCounts] = {}
-    for src, (duplicate, too_old, late, _, _) in engine.relayed.retired.items():
-        counts[src] = ReplayCounts(duplicate, too_old, late)
+    counts = {src: ReplayCounts(duplicate, too_old, late)
+              for src, (duplicate, too_old, late, _, _) in engine.relayed.retired.items()}
     for (src, _dst), flow in engine.flows.items():
-        entry = counts.setdefault(src, ReplayCounts())
-        entry.duplicate += flow.window.duplicate
-        entry.too_old += flow.window.too_old
-        entry.late += flow.window.late
+        window, before = flow.window, counts.get(src, NO_REPLAYS)
+        counts[src] = ReplayCounts(before.duplicate + window.duplicate, before.too_old + window.too_old,
+                                   before.late + window.late)
     return counts
 
 

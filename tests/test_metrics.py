@@ -534,3 +534,23 @@ def test_metrics_counters_never_go_backwards_across_a_reload(change: str) -> Non
     server_series = [key for key in counters if ("peer", "1.1") in key[1] and before[key] > 0]
     assert any(name == "alpaca_peer_accepted_packets_total" for name, _ in server_series)
     assert any(name == "alpaca_packets_sent_total" for name, _ in server_series)
+
+
+def test_serve_metrics_a_client_that_reads_slowly_keeps_no_one_else_out() -> None:
+    """One client asks for a large scrape and reads a few bytes only: another scrape (and the
+    collector's garbage collection) goes on meanwhile."""
+    engine = many_peers(2000)
+    registry = build_registry(lambda: engine, lambda: 2.0, version="v", start_time=0.0, node="1")
+    server = serve_metrics(registry, "127.0.0.1", 0, read_timeout=20, lifetime=60)
+    stalled = socket.create_connection(("127.0.0.1", server.server_port), timeout=5)
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert stalled.recv(1024).startswith(b"HTTP/1.")  # it started, and now reads no more
+        gevent.sleep(0.5)
+        assert gc.isenabled()
+        body = gevent.spawn(_http_get_body, server.server_port, "identity").get(timeout=30)
+        assert body.count(b"\n") > 200_000
+    finally:
+        stalled.close()
+        server.stop()
