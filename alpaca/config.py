@@ -575,8 +575,8 @@ class _Builder:
             policy = DupPolicy.SYN_DNS
         return DupConfig(
             policy=policy,
-            copies=obj.integer("copies", 1, 0, 3),
-            delay=obj.integer("delay_ms", 100, 0, 2000) / 1000,
+            copies=obj.integer("copies", 1, 0, C.MAX_DUP_COPIES),
+            delay=obj.integer("delay_ms", 100, 0, int(C.MAX_DUP_DELAY * 1000)) / 1000,
             queue_max=obj.integer("queue_max", C.DEFAULT_DUP_QUEUE_MAX, 1, 1_000_000),
         )
 

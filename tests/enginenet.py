@@ -99,8 +99,8 @@ class EngineNet:
         self.keys: dict[int, bytes] = {}
         self.static: dict[int, tuple[str, int]] = {}
         self.epochs = itertools.count(1000)
-        #: ground truth: the counters sent and the counters that arrived, per (src id, dst id)
-        self.counters_sent: dict[tuple[int, int], set[int]] = {}
+        #: ground truth: the counters sent (with when) and those that arrived, per (src id, dst id)
+        self.counters_sent: dict[tuple[int, int], dict[int, float]] = {}
         self.counters_arrived: dict[tuple[int, int], set[int]] = {}
 
     def add(self, name: str, peer: str, endpoints: list[tuple[str, int]], *, static: bool = True) -> Node:
@@ -138,7 +138,8 @@ class EngineNet:
         link = self.links.get((src, dst))
         if link is None:
             return False  # no route: the kernel would refuse (ENETUNREACH)
-        self.counters_sent.setdefault(_flow_of(data)[0], set()).add(_flow_of(data)[1])
+        key, counter = _flow_of(data)
+        self.counters_sent.setdefault(key, {}).setdefault(counter, self.now)
         if not link.up or self.rng.random() < link.loss:
             return True  # lost on the wire: the sender cannot tell
         at = self.now + link.delay + (self.rng.random() * link.jitter if link.jitter else 0.0)
@@ -172,13 +173,13 @@ class EngineNet:
                 timer_node.engine.on_timer(self.now)
         self.now = end
 
-    def never_arrived(self, src: Node, dst: Node) -> int:
-        """Datagrams from ``src`` to ``dst`` that no link delivered, between the first and the
-        last that arrived (what the receiver's replay window can know of)."""
+    def never_arrived(self, src: Node, dst: Node, since: float, before: float) -> int:
+        """Datagrams from ``src`` to ``dst`` sent from ``since`` to ``before`` (seconds) that no
+        link delivered."""
         key = (src.peer_id, dst.peer_id)
         arrived = self.counters_arrived.get(key, set())
-        low, high = min(arrived, default=0), max(arrived, default=-1)
-        return sum(1 for c in self.counters_sent.get(key, ()) if low <= c <= high and c not in arrived)
+        return sum(1 for c, at in self.counters_sent.get(key, {}).items()
+                   if since <= at < before and c not in arrived)
 
     def inject_tun(self, node: Node, packet: bytes, csum_partial: bool = False) -> None:
         assert node.engine is not None

@@ -64,6 +64,11 @@ DEFAULT_PROBE_INTERVAL = 1.0
 DEFAULT_PATH_TIMEOUT = 3.0
 DEFAULT_PATH_LIFETIME = 60.0
 DEFAULT_DUP_DELAY = 0.1
+#: Bounds of the config's dup.copies and dup.delay_ms: a peer's last delayed copy leaves at
+#: most MAX_DUP_COPIES * MAX_DUP_DELAY seconds after the packet (what a receiver, which does
+#: not know its peers' settings, must wait for before it calls a packet lost).
+MAX_DUP_COPIES = 3
+MAX_DUP_DELAY = 2.0
 DEFAULT_DUP_QUEUE_MAX = 4096
 DEFAULT_ROUTE_CACHE_SIZE = 10240
 DEFAULT_ROUTE_CACHE_TTL = 3600.0

@@ -30,7 +30,15 @@ import logging
 from collections.abc import Callable
 
 from alpaca.core import ippkt, routing
-from alpaca.core.constants import MAX_DATAGRAM, OVERHEAD, PROTOCOL_VERSION, Flag, PacketType
+from alpaca.core.constants import (
+    MAX_DATAGRAM,
+    MAX_DUP_COPIES,
+    MAX_DUP_DELAY,
+    OVERHEAD,
+    PROTOCOL_VERSION,
+    Flag,
+    PacketType,
+)
 from alpaca.core.crypto import KeyRing
 from alpaca.core.drops import DropReason
 from alpaca.core.dupsend import DupSendScheduler
@@ -515,13 +523,15 @@ class Engine:
                     peer.dup_copies += 1
         self.prober.on_timer(now)
 
-    def settle_losses(self) -> None:
-        """Count as lost what no path delivered to us in a probe round (called once a round:
-        end-to-end loss shows within two rounds, not once a whole window has passed)."""
+    def settle_losses(self, now: float) -> None:
+        """Count as lost what no path delivered to us within the path timeout plus the latest
+        a peer may send a delayed copy (called once a probe round: end-to-end loss shows within
+        seconds, not once a whole window has passed, and a copy on its way is not counted)."""
+        horizon = self.settings.path_timeout + MAX_DUP_COPIES * MAX_DUP_DELAY
         me = self.self_id
         for (_, dst), flow in self.flows.items():
             if dst == me:
-                flow.window.settle()
+                flow.window.settle(now, horizon)
 
     def expire_relayed_flows(self, now: float) -> int:
         """Forget relayed flows silent for path_lifetime (called by the prober's rounds)."""

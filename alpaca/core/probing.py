@@ -75,7 +75,7 @@ class Prober:
             self._round += 1
             self._forget_unanswered(now - 2 * s.path_timeout)
             self.engine.expire_relayed_flows(now)
-            self.engine.settle_losses()
+            self.engine.settle_losses(now)
             for peer in self.engine.peers.values():
                 if self._is_watched(peer, now):
                     self._probe_peer(peer, now)

@@ -21,10 +21,12 @@ Counters (plain ints, cumulative across :meth:`reset`):
 * ``duplicate``: already seen (an expected extra copy, or a replay inside the window).
 * ``too_old``: below the window (a very late copy, or a replay).
 * ``lost``: counters never seen, only those >= the first counter ever seen. :meth:`settle`
-  (the engine calls it once per probe round) counts those below the top of its previous
-  call, so a loss shows within two rounds; the unset bits of a block being recycled and the
+  (the engine calls it once per probe round) takes the top as a mark and, once that mark is
+  ``horizon`` seconds old, counts the counters below it that never came: later than any copy
+  can be (the engine's horizon: the path timeout plus the last delayed copy's delay), so a
+  loss shows within one to two horizons. The unset bits of a block being recycled and the
   blocks a big jump skips count as well, for counters no settle has covered yet. A counter
-  that arrives after it was counted (more than a round late) is still accepted, and stays
+  that arrives after it was counted (later than the horizon) is still accepted, and stays
   counted in ``lost`` as well as in ``late``.
 
 Not thread-safe: call only from the engine's greenlet.
@@ -32,6 +34,7 @@ Not thread-safe: call only from the engine's greenlet.
 
 from __future__ import annotations
 
+import math
 from array import array
 from enum import IntEnum
 
@@ -56,7 +59,7 @@ class ReplayWindow:
     """Sliding window over the 64-bit counters of one direction and one epoch."""
 
     __slots__ = (
-        "_blocks", "_first", "_mark", "_mask", "_ring", "_settled", "_top", "_window",
+        "_blocks", "_first", "_mark", "_mark_at", "_mask", "_ring", "_settled", "_top", "_window",
         "accepted", "duplicate", "late", "lost", "too_old",
     )
 
@@ -75,7 +78,8 @@ class ReplayWindow:
         self._top = -1
         self._first = -1
         self._settled = 0  # counters below it are counted (seen or lost)
-        self._mark = 0  # top + 1 at the previous settle()
+        self._mark = 0  # top + 1 when settle() last took a mark...
+        self._mark_at = -math.inf  # ...and when (seconds, the caller's clock)
         self.accepted = 0
         self.duplicate = 0
         self.too_old = 0
@@ -151,10 +155,13 @@ class ReplayWindow:
             bits |= (1 << (first - base)) - 1
         return _BLOCK_BITS - bits.bit_count()
 
-    def settle(self) -> int:
-        """Count as lost the counters below the top of the previous call that never arrived
-        (call it at a steady pace, e.g. once per probe round); returns how many it counted."""
-        upto, self._mark = self._mark, self._top + 1
+    def settle(self, now: float, horizon: float) -> int:
+        """If the mark taken by an earlier call is ``horizon`` seconds old at ``now``: count as
+        lost the counters below it that never arrived, and take a new mark (the top now).
+        Call it at a steady pace (once per probe round); returns how many it counted."""
+        if now - self._mark_at < horizon:
+            return 0
+        upto, self._mark, self._mark_at = self._mark, self._top + 1, now
         low = max(self._settled, self._first)
         if self._top < 0 or upto <= low:
             return 0
@@ -202,3 +209,4 @@ class ReplayWindow:
         self._first = -1
         self._settled = 0
         self._mark = 0
+        self._mark_at = -math.inf

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alpaca.core.constants import PacketType
+from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, PacketType
 from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy
@@ -393,6 +393,11 @@ def test_engine_a_path_that_never_answers_is_probed_rarely_and_found_when_it_wak
 # --------------------------------------------------------------------------- duplicate-send
 def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
     net, s, c = two_path_pair(loss=0.3)
+    lossy = net.links[(UP1, S_EP)]
+    lossy.loss = 0.0
+    net.run(2 * loss_horizon(s))  # the start's losses are counted by now
+    lost, since = eng(s).lost_packets(c.peer_id), net.now
+    lossy.loss = 0.3
     before = len(s.tun)
     ping(net, c, "8.8.8.8", n=1000, gap=0.005)
     net.run(1.0)
@@ -400,11 +405,43 @@ def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
     first = {p.name: p.rx_first for p in eng(s).peers[c.peer_id].paths.learned.values()}
     assert sum(first.values()) >= 1000 and drops(s, "duplicate") > 0
     # Only single-copy datagrams (probes on a lossy path) went missing, and the count says so
-    # within two probe rounds, not once a whole replay window has gone by.
-    for link in net.links.values():
-        link.loss = 0.0
-    net.run(2.5)
-    assert eng(s).lost_packets(c.peer_id) == net.never_arrived(c, s) > 0
+    # within two loss horizons, not once a whole replay window has gone by.
+    lossy.loss = 0.0
+    lossless_from = net.now
+    net.run(2 * loss_horizon(s) + 2.0)
+    assert eng(s).lost_packets(c.peer_id) - lost == net.never_arrived(c, s, since, lossless_from) > 0
+
+
+def loss_horizon(node: Node) -> float:
+    """How late a datagram may come before its receiver counts it lost (Engine.settle_losses)."""
+    return eng(node).settings.path_timeout + MAX_DUP_COPIES * MAX_DUP_DELAY
+
+
+@pytest.mark.parametrize(("slow_delay", "dup_delay"), [(1.5, 0.0), (0.3, 2.0)])
+def test_engine_a_copy_still_on_its_way_is_not_counted_lost(slow_delay: float, dup_delay: float) -> None:
+    """One path loses 30 %, the other delivers everything but later than a probe round (a
+    slow path, or a long duplicate-send delay): nothing is lost end to end, and only
+    datagrams that really never came (probes on the lossy path) are counted."""
+    net = EngineNet(seed=3)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, S_EP, delay=0.01)
+    net.link(S_EP, UP1, delay=0.01)
+    net.link(UP2, S_EP, delay=slow_delay)
+    net.link(S_EP, UP2, delay=slow_delay)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"), dup_policy=DupPolicy.ALL,
+              dup_copies=1, dup_delay=dup_delay)
+    net.run(2 * loss_horizon(s))
+    lost, since = eng(s).lost_packets(c.peer_id), net.now
+    net.links[(UP1, S_EP)].loss = 0.3
+    before = len(s.tun)
+    ping(net, c, "8.8.8.8", n=500, gap=0.01)
+    net.links[(UP1, S_EP)].loss = 0.0
+    lossless_from = net.now
+    net.run(2 * loss_horizon(s) + 2.0)
+    assert len(s.tun) - before == 500
+    assert eng(s).lost_packets(c.peer_id) - lost == net.never_arrived(c, s, since, lossless_from)
 
 
 def single_lossy_path(policy: DupPolicy, copies: int) -> int:

@@ -120,21 +120,22 @@ def test_replay_lost_ignores_counters_below_first() -> None:
     assert window.lost == 23 + 61 * 64
 
 
-def test_replay_loss_shows_at_the_second_settle_not_a_window_later() -> None:
+def test_replay_loss_shows_a_horizon_after_its_mark_not_a_window_later() -> None:
     """Every tenth counter missing, 32,000 counters in a 32,768 window: nothing has been
-    recycled yet, and the losses below the previous settle's top are counted all the same."""
+    recycled yet, and the losses below a mark are counted once the mark is a horizon old."""
     window = ReplayWindow(DEFAULT_REPLAY_WINDOW)
     for counter in range(32_000):
         if counter % 10:
             window.accept(counter)
         if counter == 16_000:
-            assert window.settle() == 0  # the first settle only takes its mark
-    assert window.settle() == 1_599  # 1 (the first seen)..15,999: the multiples of 10
+            assert window.settle(10.0, 3.0) == 0  # the first call only takes its mark
+    assert window.settle(12.9, 3.0) == 0  # the mark is not 3 s old yet: a copy may be coming
+    assert window.settle(13.0, 3.0) == 1_599  # 1 (the first seen)..15,999: the multiples of 10
     assert window.lost == 1_599
     window.accept(32_000)
-    assert window.settle() == 1_600  # 16,000..31,999
-    assert window.settle() == 0  # nothing new below the top of the last one
-    window.accept(31_990)  # more than a round late: accepted, and counted lost already
+    assert window.settle(16.0, 3.0) == 1_600  # 16,000..31,999
+    assert window.settle(19.0, 3.0) == 0  # nothing new below the last mark
+    window.accept(31_990)  # later than the horizon: accepted, and counted lost already
     assert (window.lost, window.late) == (3_199, 1)
 
 
@@ -251,7 +252,7 @@ def test_replay_matches_naive_model(size: int, script: list[tuple[str, int]], st
             continue
         if kind == "settle":
             before = window.lost
-            counted = window.settle()
+            counted = window.settle(0.0, 0.0)  # a horizon of 0: every call settles
             model.settle()
             assert window.lost - before == counted
             assert window.lost == model.lost()
