@@ -26,6 +26,8 @@ OUTPUT_TAIL = 400
 #: Seconds to wait, once the shell exited, for the end of its output (a process left in the
 #: background may hold the pipe open: its output is not waited for).
 OUTPUT_WAIT = 0.2
+#: Bytes a second read (and dropped) from the output of processes a hook left running.
+BACKGROUND_READ = 64 * 1024
 
 
 class HookError(AlpacaError):
@@ -63,14 +65,16 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 class _Tail:
     """Reads a hook's output pipe until end of file and keeps only its last bytes: memory is
     bounded and nothing goes to disk, however much the hook (or a process it leaves in the
-    background, for as long as it runs) writes. A background writer's output is read and
-    discarded while the daemon runs."""
+    background, for as long as it runs) writes. Once the hook's shell is done, the pipe is
+    read at most :data:`BACKGROUND_READ` bytes a second and discarded: a chatty background
+    process then waits on its full pipe instead of costing the packet path a CPU."""
 
     KEEP = 4 * OUTPUT_TAIL
 
     def __init__(self, fd: int) -> None:
         self.kept = bytearray()
         self.done = gevent.event.Event()
+        self.shell_done = False
         gevent_os.make_nonblocking(fd)
         gevent.spawn(self._drain, fd)
 
@@ -79,6 +83,8 @@ class _Tail:
             while chunk := gevent_os.nb_read(fd, 65536):
                 self.kept += chunk
                 del self.kept[:-self.KEEP]
+                if self.shell_done:
+                    gevent.sleep(len(chunk) / BACKGROUND_READ)
         except OSError:
             pass
         finally:
@@ -86,8 +92,10 @@ class _Tail:
             self.done.set()
 
     def text(self, wait: float) -> str:
-        """The tail so far, after up to ``wait`` seconds for the end of the output."""
+        """The tail so far, after up to ``wait`` seconds for the end of the output; from then
+        on the pipe is read slowly (what is left belongs to background processes)."""
         self.done.wait(wait)
+        self.shell_done = True
         return bytes(self.kept).decode(errors="replace").strip()
 
 
@@ -96,7 +104,8 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
 
     Only the shell is waited for, as ``system()`` did: a process the command leaves in the
     background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a pipe
-    that :class:`_Tail` drains; the last OUTPUT_TAIL characters are returned. A shell still
+    that :class:`_Tail` drains; the last OUTPUT_TAIL characters are returned, and what a
+    background process writes later is read slowly and dropped. A shell still
     running after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
     So is one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on.
     """
@@ -115,8 +124,10 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
         code = proc.wait(limit)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
+        tail.shell_done = True
         return -1, f"timed out after {limit:g} s"
     except BaseException:  # a stop during start-up: the hook must not go on after the undo
         _kill_group(proc)
+        tail.shell_done = True
         raise
     return code, tail.text(OUTPUT_WAIT)[-OUTPUT_TAIL:]

@@ -554,3 +554,15 @@ def test_serve_metrics_a_client_that_reads_slowly_keeps_no_one_else_out() -> Non
     finally:
         stalled.close()
         server.stop()
+
+
+def test_metrics_a_peer_removed_and_added_back_starts_over_in_every_counter() -> None:
+    sc = scenario()
+    engine = sc.engine(sc.s)
+    full = engine.settings
+    assert engine.accepted_packets(sc.c.peer_id) > 0
+    engine.reload(dataclasses.replace(full, peers={k: v for k, v in full.peers.items() if k != sc.c.peer_id}))
+    engine.reload(full)
+    assert engine.peers[sc.c.peer_id].rx_packets == 0
+    assert (engine.accepted_packets(sc.c.peer_id), engine.lost_packets(sc.c.peer_id)) == (0, 0)
+    assert sc.c.peer_id not in engine.relayed.retired  # nothing kept for peers that are gone

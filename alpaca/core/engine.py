@@ -117,7 +117,8 @@ class Engine:
         for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
             self.relayed.retire(key[0], self.flows.pop(key), to_us=key[1] == self.self_id)
         self.relayed.forget_peers(changed | removed)
-        for peer_id in removed:
+        for peer_id in removed:  # a removed peer's series end; added back, it starts over
+            self.relayed.retired.pop(peer_id, None)
             gone = self.peers.pop(peer_id, None)
             if gone is not None:
                 self._retired_counters[peer_id] = gone.next_counter
