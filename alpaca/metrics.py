@@ -221,7 +221,7 @@ class EngineCollector:
             yield Family(name, "counter", doc, ("peer",),
                          (((labels[peer.peer_id],), get(peer)) for peer in peers))
         yield Family("alpaca_peer_lost_packets", "counter",
-                     "Packets from the peer that no path delivered (left the replay window unseen).",
+                     "Packets from the peer that no path delivered (still missing after the loss horizon).",
                      ("peer",), (((labels[p.peer_id],), engine.lost_packets(p.peer_id)) for p in peers))
         yield Family("alpaca_peer_accepted_packets", "counter",
                      "Datagrams from the peer to this node (DATA and probes) the replay window accepted.",
