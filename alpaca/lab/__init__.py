@@ -15,20 +15,24 @@ One lab per machine. Callers: :mod:`alpaca.lab.cli`, :mod:`alpaca.lab.demo`, tes
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from alpaca.lab import impair, netns, nodes
 from alpaca.lab.nodes import LabError
 from alpaca.lab.topology import DEFAULT_TOPOLOGY, METRICS_PORT, NS_PREFIX, Node, Topology, load_topology
 
-__all__ = ["DEFAULT_STATE_DIR", "Lab", "LabError"]
+__all__ = ["DEFAULT_STATE_DIR", "Lab", "LabError", "exclusive"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,46 @@ table inet alpaca_lab_mgmt {
   }
 }
 """
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """SIGINT is remembered, not acted on, until the block ends (then KeyboardInterrupt);
+    outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def exclusive(state_dir: Path) -> Iterator[None]:
+    """One lab command that changes the lab at a time, per state dir (a lock file beside it).
+
+    Raises:
+        LabError: another one runs (its pid is named).
+    """
+    lock = state_dir.with_name(state_dir.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise LabError(f"another lab command (pid {holder}) is changing the lab in {state_dir};"
+                           " wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def recorded_topology(record: Path) -> Path | None:
@@ -119,6 +163,8 @@ class Lab:
             netns.ensure_address(node.namespace, netns.MGMT_IFNAME, address)
             netns.exec_in(node.namespace, ["nft", "-f", "-"], input_text=_MGMT_NFT)
         for node in topo.nodes:
+            if node.is_daemon and nodes.read_pid(self.state_dir, node.name) is not None:
+                continue  # its daemon moved the default route into the tunnel: leave them be
             for route in node.routes:
                 netns.ensure_route(node.namespace, route.to, str(route.via))
         wanted = impair.current(self.state_dir)
@@ -130,19 +176,26 @@ class Lab:
 
     def start_daemons(self, names: Sequence[str] | None = None, timeout: float = 20.0) -> None:
         """Start the named daemons (default: all; the server first) and wait until ready:
-        control sockets answer, and every client reaches its gateway through the tunnel."""
+        control sockets answer, and every client among them reaches its gateway through the
+        tunnel."""
+        if names is not None:
+            for name in names:
+                if not self.node(name).is_daemon:
+                    raise LabError(f'node "{name}" is a plain host of the topology: it runs no daemon')
+        self.require_up()
         chosen = [n for n in self.topology.daemons if names is None or n.name in names]
         for node in chosen:
             nodes.start_daemon(self.topology, node, self.state_dir)
         nodes.wait_ready(self.state_dir, [n.name for n in chosen], timeout)
-        self.wait_tunnels(timeout)
+        self.wait_tunnels([n.name for n in chosen], timeout)
 
-    def wait_tunnels(self, timeout: float = 20.0) -> None:
-        """Wait until each client pings its gateway's tunnel address (the daemons have
-        probed their paths and proved themselves live to each other: docs/protocol.md 5.1)."""
+    def wait_tunnels(self, names: Sequence[str], timeout: float = 20.0) -> None:
+        """Wait until each client among ``names`` pings its gateway's tunnel address (the
+        daemons have probed their paths and proved themselves live to each other:
+        docs/protocol.md 5.1)."""
         deadline = time.monotonic() + timeout
         for node in self.topology.daemons:
-            if node.gateway is None:
+            if node.gateway is None or node.name not in names:
                 continue
             high, low = (int(x) for x in node.gateway.split("."))
             target = f"{self.topology.net}.{high}.{low}"
@@ -152,6 +205,12 @@ class Lab:
                     log_file = self.state_dir / "nodes" / node.name / "daemon.log"
                     raise LabError(f"{node.name} does not reach its gateway {target} through the"
                                    f" tunnel within {timeout:g} s; see {log_file}")
+                time.sleep(0.1)
+
+    def require_up(self) -> None:
+        """Raises LabError unless ``up`` has run (its record is there)."""
+        if not (self.state_dir / "lab.json").exists():
+            raise LabError(f"no lab is up in {self.state_dir}: run `alpaca-tunnel lab up` first")
 
     def stop_daemon(self, name: str) -> None:
         nodes.stop_daemon(self.state_dir, name)
@@ -159,7 +218,12 @@ class Lab:
     # --- down ---------------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Stop everything and delete every lab namespace, link and state file; returns names removed."""
+        """Stop everything and delete every lab namespace, link and state file; returns names
+        removed. Ctrl-C waits until it is done: half a teardown leaves daemons running."""
+        with _sigint_deferred():
+            return self._down()
+
+    def _down(self) -> list[str]:
         self.stop_prometheus()
         for node in self.topology.daemons:
             with contextlib.suppress(Exception):

@@ -21,8 +21,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from alpaca.lab import DEFAULT_STATE_DIR, Lab, LabError, impair, netns
-from alpaca.lab.topology import DEFAULT_TOPOLOGY, IMPAIR_LIMITS, Impairment, load_topology
+from alpaca.errors import AlpacaError
+from alpaca.lab import DEFAULT_STATE_DIR, Lab, LabError, exclusive, impair, netns
+from alpaca.lab.topology import DEFAULT_TOPOLOGY, IMPAIR_LIMITS, NS_PREFIX, Impairment, load_topology
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -86,11 +87,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
+#: Commands that change the lab: one at a time (:func:`alpaca.lab.exclusive`).
+CHANGING = ("up", "down", "impair", "start", "stop", "demo")
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the chosen lab command."""
     _require_root(args.lab_command)
     handler: Handler = args.lab_handler
-    return handler(args)
+    if args.lab_command not in CHANGING:
+        return handler(args)
+    with exclusive(args.state_dir):
+        return handler(args)
 
 
 def _require_root(command: str) -> None:
@@ -110,7 +118,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    removed = _lab(args).down()
+    try:
+        lab = _lab(args)
+    except AlpacaError as exc:  # the recorded topology is gone or broken: remove by name
+        print(f"{exc}; removing every {NS_PREFIX}* namespace and link by name", file=sys.stderr)
+        lab = Lab(load_topology(DEFAULT_TOPOLOGY), args.state_dir)
+    removed = lab.down()
     print(f"removed: {', '.join(removed) if removed else 'nothing (no lab found)'}")
     return 0
 
@@ -151,6 +164,7 @@ def impairment_from_args(args: argparse.Namespace) -> Impairment | None:
 def cmd_impair(args: argparse.Namespace) -> int:
     wanted = impairment_from_args(args)
     lab = _lab(args)
+    lab.require_up()
     figures = dataclasses.asdict(wanted) if wanted is not None else {}
     imp = impair.impair(lab.topology, lab.state_dir, args.link, clear=wanted is None, **figures)
     how = "netem" if imp.delay_ms and impair.netem_available() else "udp relay" if imp.delay_ms else ""

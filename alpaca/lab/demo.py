@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alpaca.errors import AlpacaError
-from alpaca.lab import DEFAULT_STATE_DIR, Lab, impair
+from alpaca.lab import DEFAULT_STATE_DIR, Lab, impair, netns
 from alpaca.lab.topology import load_topology
 
 _LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -36,10 +36,13 @@ def ping_loss(output: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def metric_samples(text: str, words: tuple[str, ...]) -> list[str]:
-    """Sample lines of a Prometheus text page whose metric name contains one of ``words``."""
-    return [line for line in text.splitlines()
-            if line and not line.startswith("#") and any(w in line.split("{")[0] for w in words)]
+def counter_deltas(before: str, after: str, words: tuple[str, ...]) -> list[str]:
+    """``name{labels} +n`` for each counter whose name contains one of ``words`` and that grew
+    between two Prometheus text pages (what happened during a step, not since the start)."""
+    old, new = parse_metrics(before), parse_metrics(after)
+    return [f"{name}{{{labels}}} +{value - old.get((name, labels), 0.0):g}"
+            for (name, labels), value in sorted(new.items())
+            if any(w in name for w in words) and value > old.get((name, labels), 0.0)]
 
 
 def parse_metrics(text: str) -> dict[tuple[str, str], float]:
@@ -142,7 +145,7 @@ class Demo:
         for labels, sent, lost in path_probe_loss(before, after):
             if sent:
                 print(f"      {labels:<36} {lost}/{sent} probes unanswered")
-        for line in metric_samples(after, ("lost", "dup_copies")):
+        for line in counter_deltas(before, after, ("lost", "dup_copies")):
             print(f"      {line}")
 
     def show(self) -> None:
@@ -158,6 +161,9 @@ def run_demo(state_dir: Path = DEFAULT_STATE_DIR) -> int:
     lab = Lab(load_topology(), state_dir)
     demo = Demo(lab)
     started = time.monotonic()
+    if netns.list_namespaces() or (state_dir / "lab.json").exists():
+        print("[0] a lab is up (an earlier run's?): tearing it down first", flush=True)
+        lab.down()
     try:
         demo.step(1, "building the lab and starting a daemon per node", demo.up)
         demo.step(2, f"ping {demo.inet} from {demo.client} through the tunnel (server NAT)", demo.ping)

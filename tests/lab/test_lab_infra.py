@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca.lab import Lab, impair, netns
+from alpaca.lab import Lab, _sigint_deferred, exclusive, impair, netns
 from alpaca.lab.topology import load_topology
 
 pytestmark = pytest.mark.netns
@@ -156,3 +156,53 @@ def test_lab_prometheus_scrapes_every_node(lab: Lab) -> None:
             targets = json.load(response)["data"]["activeTargets"]
     assert sorted(t["labels"]["node"] for t in targets) == sorted(n.name for n in lab.topology.daemons)
     lab.stop_prometheus()
+
+
+def _lab_cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "alpaca", "lab", *args, "--state-dir", str(state)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_lab_down_without_its_topology_file_still_removes_everything(tmp_path: Path) -> None:
+    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+    topo = tmp_path / "topo.json"
+    topo.write_text(load_topology().source.read_text())
+    try:
+        assert _lab_cli(state, "up", "--no-daemons", "--topology", str(topo)).returncode == 0
+        topo.unlink()
+    finally:
+        down = _lab_cli(state, "down")
+    assert down.returncode == 0, down.stderr
+    assert "cannot read the topology" in down.stderr and "by name" in down.stderr
+    assert netns.list_namespaces() == [] and netns.root_links() == []
+
+
+def test_lab_commands_that_change_the_lab_run_one_at_a_time() -> None:
+    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+    try:
+        with exclusive(state):
+            second = _lab_cli(state, "up", "--no-daemons")
+        assert second.returncode != 0
+        assert f"another lab command (pid {os.getpid()}) is changing the lab" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert netns.list_namespaces() == []
+    finally:
+        _lab_cli(state, "down")
+
+
+def test_lab_start_without_a_lab_or_of_a_plain_host_is_a_clear_error(lab: Lab) -> None:
+    empty = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+    no_lab = _lab_cli(empty, "start", "c161")
+    assert no_lab.returncode != 0 and "no lab is up" in no_lab.stderr and "Traceback" not in no_lab.stderr
+    host = _lab_cli(lab.state_dir, "start", "inet")
+    assert host.returncode != 0 and "plain host" in host.stderr
+
+
+def test_sigint_during_a_teardown_waits_for_its_end() -> None:
+    done = []
+    with pytest.raises(KeyboardInterrupt), _sigint_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the signal has been handled by now, and nothing was raised
+        done.append(True)
+    assert done == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

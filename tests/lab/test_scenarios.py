@@ -187,3 +187,16 @@ def test_scenario_server_restart_resumes_traffic(lab: Lab) -> None:
             break
     print(f"\nserver restart (stop, start, ready): traffic resumed {resumed} s after the stop")
     assert resumed is not None and resumed < 15
+
+
+def test_scenario_up_again_leaves_the_running_daemons_routes_alone(lab: Lab) -> None:
+    """A second ``up`` (after a killed one, or by mistake) completes what is missing and must
+    not put back the client's default route that its daemon moved into the tunnel."""
+    def main_table() -> str:
+        return lab.exec("c161", ["ip", "route", "show", "table", "main"]).stdout
+
+    moved = main_table()
+    assert "default" not in moved  # the daemon's: moved out of main while it runs
+    lab.up()
+    assert main_table() == moved
+    assert _ping(lab, "c161", INET, 3) == (3, 3)
