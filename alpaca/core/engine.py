@@ -71,7 +71,7 @@ class Engine:
         settings: what the node is configured with.
         out: where datagrams and TUN writes go.
         epoch: this run's session epoch (strictly greater than any earlier run's).
-        random_bytes: source of padding bytes.
+        random_bytes: source of padding bytes and of the probe ids' mask (os.urandom).
         resolver: asks the host for the gateway of an outside destination; None = no routes.
     """
 

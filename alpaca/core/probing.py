@@ -103,9 +103,19 @@ class Prober:
             if best is not None and not self._is_dormant(via):
                 self._send_probe(peer, via, best, now)
 
+    def _new_probe_id(self) -> int:
+        """A probe id nobody can guess (a peer that sees the ids of the probes sent to it must
+        not answer, unseen, one sent to an address it claims: that answer confirms the address),
+        and not one still outstanding."""
+        mask = int.from_bytes(self.engine.random_bytes(4), "big")
+        probe_id = (self._next_id ^ mask) or 1
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        while probe_id in self.outstanding:
+            probe_id = (probe_id + 1) & 0xFFFFFFFF or 1
+        return probe_id
+
     def _send_probe(self, peer: Peer, path: Path, link: Path, now: float) -> None:
-        probe_id = self._next_id
-        self._next_id = (probe_id + 1) & 0xFFFFFFFF or 1
+        probe_id = self._new_probe_id()
         datagram = self.engine.seal(peer, PacketType.PROBE, 0, PROBE.pack(probe_id))
         path.probes_sent += 1
         self.engine.stats.probes_sent += 1

@@ -23,7 +23,7 @@ from alpaca.core.constants import HEADER_LEN, MAX_DATAGRAM, OVERHEAD, Flag, Pack
 from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
-from alpaca.core.probing import CHALLENGE_INTERVAL, ROAM_RETRY
+from alpaca.core.probing import CHALLENGE_INTERVAL, PROBE, REPLY, ROAM_RETRY
 from tests.enginenet import (
     CLIENT1_EP,
     SERVER_EP,
@@ -438,3 +438,38 @@ def test_forgery_a_raced_probe_reply_confirms_only_where_the_probe_went() -> Non
     net.run(3.0)
     assert raced == [True]
     assert to_attacker.count(PacketType.DATA) == 0
+
+
+def test_forgery_a_key_holder_cannot_confirm_an_address_it_does_not_receive_at() -> None:
+    """A compromised client reads the ids of the probes sent to it (sealed with its own key).
+    Sequential ids would let it answer, unseen, the probe sent to a victim's address it
+    claims, and move its traffic there; the ids are masked with random bytes."""
+    net, s, c1, _ = server_and_two_clients()
+    server, client = eng(s), eng(c1)
+    server.random_bytes = os.urandom
+    seen: list[int] = []
+    transmit = net.transmit
+
+    def tap(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if (src, dst) == (SERVER_EP, CLIENT1_EP) and data[0] & 0x0F == PacketType.PROBE:
+            fields = HEADER.unpack_from(data)
+            cipher = client.keys.cipher(fields[4], fields[5], fields[6])
+            assert cipher is not None
+            plain = cipher.open(data)
+            assert plain is not None
+            seen.append(PROBE.unpack(plain)[0])
+        return transmit(src, dst, data)
+
+    net.transmit = tap  # type: ignore[method-assign]
+    net.run(3.0)
+    assert len(seen) >= 2
+    victim = ("192.0.2.77", 53)
+    slot = next(iter(server.peers[c1.peer_id].paths.learned.values()))
+    to_server = client.peers[s.peer_id]
+    server.on_datagram(client.seal(to_server, PacketType.DATA, 0,
+                                   ipv4(tunnel_ip(c1.peer_id), "10.17.1.1"), 15, 0), victim, 0, net.now)
+    for guess in range(max(seen) - 64, max(seen) + 64):
+        reply = REPLY.pack(guess & 0xFFFFFFFF, server.epoch, 0)
+        server.on_datagram(client.seal(to_server, PacketType.PROBE_REPLY, 0, reply, 15, 0),
+                           CLIENT1_EP, 0, net.now)
+    assert slot.addr == CLIENT1_EP and slot.up
