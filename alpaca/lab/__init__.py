@@ -15,7 +15,6 @@ One lab per machine. Callers: :mod:`alpaca.lab.cli`, :mod:`alpaca.lab.demo`, tes
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 from alpaca.lab import impair, netns, nodes
 from alpaca.lab.nodes import LabError
 from alpaca.lab.topology import DEFAULT_TOPOLOGY, METRICS_PORT, NS_PREFIX, Node, Topology, load_topology
+from alpaca.system import instance
 
 __all__ = ["DEFAULT_STATE_DIR", "Lab", "LabError", "exclusive"]
 
@@ -75,16 +75,11 @@ def exclusive(state_dir: Path) -> Iterator[None]:
         LabError: another one runs (its pid is named).
     """
     lock = state_dir.with_name(state_dir.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = instance.try_hold(lock)
+    if fd is None:
+        raise LabError(f"another lab command (pid {instance.holder(lock)}) is changing the lab in"
+                       f" {state_dir}; wait for it to finish")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise LabError(f"another lab command (pid {holder}) is changing the lab in {state_dir};"
-                           " wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -45,7 +45,7 @@ def hold(path: Path, owner: str, wait: float = HOLD_WAIT) -> int:
         raise SystemSetupError(f"{owner}: creating the lock file {path}: {exc.strerror or exc}", None,
                                "check that the control socket's directory is writable") from exc
     if not _flock_within(fd, wait):
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        holder = _holder(fd)
         os.close(fd)
         raise SystemSetupError(
             f"{owner}: another alpaca-tunnel (pid {holder}) is running this node", None,
@@ -65,6 +65,23 @@ def _flock_within(fd: int, wait: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             gevent.sleep(0.1)
+
+
+def _holder(fd: int) -> str:
+    """The pid the holder of a lock wrote into it ("?" if none yet)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+
+
+def holder(path: Path) -> str:
+    """The pid written into the lock file at ``path`` by its holder ("?" if none, or no file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return "?"
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _claim(fd: int) -> None:
