@@ -333,17 +333,12 @@ COUNTERS = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "rx_first", "rx_
 def _carry(path: Path, old: Path) -> None:
     """Add ``old``'s counters to ``path`` (which takes its place) and take its data-report
     marks, so that the peer's next report is measured from where ``old`` left off."""
-    for name in COUNTERS:
-        setattr(path, name, getattr(path, name) + getattr(old, name))
+    _absorb(path, old)
     path.peer_data_rx, path.probe_data_mark = old.peer_data_rx, old.probe_data_mark
 
 
 def _absorb(path: Path, cand: Path) -> None:
-    """Add a candidate's traffic and probe counts to its slot's path (counters only grow)."""
-    path.rx_packets += cand.rx_packets
-    path.rx_bytes += cand.rx_bytes
-    path.rx_first += cand.rx_first
-    path.rx_duplicates += cand.rx_duplicates
-    path.tx_packets += cand.tx_packets
-    path.tx_bytes += cand.tx_bytes
-    path.probes_sent += cand.probes_sent
+    """Add every counter of ``cand`` (a candidate, or a path being replaced) to ``path``
+    (counters only grow; the answers to a candidate's probes count with the probes)."""
+    for name in COUNTERS:
+        setattr(path, name, getattr(path, name) + getattr(cand, name))

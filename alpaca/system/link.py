@@ -102,8 +102,9 @@ def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None
             raise SystemSetupError(
                 f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
                 "choose another tun_name: only a TUN device left by an earlier run is removed")
-        holders = [] if links[0].get_attr("IFLA_CARRIER") else tun_holders(ifname)
-        if links[0].get_attr("IFLA_CARRIER") or holders:
+        carrier = bool(links[0].get_attr("IFLA_CARRIER"))  # a descriptor is attached
+        holders = [] if carrier else tun_holders(ifname)
+        if carrier or holders:
             who = f" (pid {', '.join(map(str, holders))})" if holders else ""
             raise SystemSetupError(
                 f"device {ifname} is a TUN device another running program has open{who}", None,
