@@ -160,7 +160,8 @@ class Daemon:
         self.mux = compat.attach(self.plane, self.engine, legacy, cfg, self.secrets, os.urandom)
         self._apply_scheduling(cfg)
         hub = gevent.get_hub()  # an AlpacaError is an expected failure with a clear message
-        hub.NOT_ERROR = (*hub.NOT_ERROR, AlpacaError)
+        if AlpacaError not in hub.NOT_ERROR:  # once per hub, however many starts
+            hub.NOT_ERROR = (*hub.NOT_ERROR, AlpacaError)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
         self._start_monitors()
