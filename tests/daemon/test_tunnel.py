@@ -112,7 +112,9 @@ def test_tunnel_sigterm_after_forwarder_crash(lab: Lab) -> None:
     topo.fwd3.signal(signal.SIGKILL)
     topo.fwd3.proc.wait(5)  # type: ignore[union-attr]  # started above
     sent, received, _ = ping(topo.client.ns, INET, "-c", "10", "-i", "0.05")
-    assert received == sent
+    # The other forwarder carries on; a ping sent on the dead one's path before its timeout
+    # notices may be lost (1 in 10 in about one run of four, before and after 2026-12-06).
+    assert received >= sent - 1
     assert lab.stop(topo.client) == 0
 
 
