@@ -12,9 +12,12 @@ Inside (TUN -> UDP), :meth:`Engine.on_tun_packet`:
 Outside (UDP -> TUN or relay), :meth:`Engine.on_datagram`, in this order:
   1. parse and sanity-check the header (no state touched);
   2. authenticate with the (src -> dst, epoch) key: a forgery is dropped here;
-  3. the (src, dst) replay window: duplicates and too-old counters are dropped here;
-  4. only now learn the sender's address under its path index;
-  5. b1: for us -> TUN (or probe handling); otherwise relay: TTL - 1, then dispatch.
+  3. not for us: find where it can go (dispatch, TTL - 1) *before* the window, so that a copy
+     whose unauthenticated ttl or UDP source leaves it nowhere to go is dropped without
+     using up the counter of the genuine copy on another path;
+  4. the (src, dst) replay window: duplicates and too-old counters are dropped here;
+  5. only now learn the sender's address under its path index;
+  6. b1: for us -> TUN (or probe handling); otherwise relay it to the targets of step 3.
 
 Dispatch: where a datagram goes is decided by :mod:`alpaca.core.routing` (the wiki's rules,
 split horizon); the engine sends it there and schedules delayed copies. Loop check (our own
@@ -251,19 +254,6 @@ class Engine:
         return cipher.seal(header, payload)
 
     # ----------------------------------------------------------------- dispatch
-    def dispatch(
-        self, datagram: bytes, src: int, dst: int, came_from: Addr, now: float, ttl: int, pi: int
-    ) -> int:
-        """Relay someone else's datagram by the forwarding rules; return how many went out.
-
-        Args:
-            came_from: the UDP source address it arrived from (split horizon).
-            ttl: the TTL to send it with (already decremented).
-            pi: the path index it carries (kept: it names the origin's path).
-        """
-        targets, spare = routing.targets(self.settings, self.peers, src, dst, came_from, pi)
-        return self._send_all(datagram, targets, spare, None, now, ttl, 0, False)
-
     def _send_all(
         self, datagram: bytes, targets: list[Target], spare: list[Target], inner: tuple[int, int] | None,
         now: float, ttl: int, copies: int, is_data: bool,
@@ -342,6 +332,9 @@ class Engine:
         if plaintext is None:
             self.stats.drop(DropReason.BAD_TAG if cipher is not None else DropReason.UNKNOWN_PEER)
             return
+        relay = self._relay_targets(src, dst, ttl, pi, addr) if dst != self.self_id else None
+        if relay is None and dst != self.self_id:
+            return
         flow = self.flows.get((src, dst))
         if flow is None:
             flow = Flow(epoch, self.settings.replay_window, verified=dst != self.self_id)
@@ -381,11 +374,31 @@ class Engine:
             path.rx_bytes += n
             path.rx_first += 1
             peer.last_active_at = now
-        if dst == self.self_id:
+        if relay is None:
             self._deliver(peer, ptype, flags, pi, epoch, counter, plaintext, port, addr, now)
-        elif self.dispatch(data, src, dst, addr, now, ttl - 1, pi):
+        elif self._send_all(data, relay[0], relay[1], None, now, ttl - 1, 0, False):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
+
+    def _relay_targets(
+        self, src: int, dst: int, ttl: int, pi: int, came_from: Addr,
+    ) -> tuple[list[Target], list[Target]] | None:
+        """Where a datagram for another node can go, found *before* its counter is marked
+        seen (None: dropped and counted). Neither the hop bytes nor the UDP source are
+        authenticated, so a copy that can go nowhere (split horizon) or that the next relay
+        would drop (ttl 1 towards a forwarder) must not use up the counter of the genuine
+        copy coming on another path."""
+        chosen, spare = routing.targets(self.settings, self.peers, src, dst, came_from, pi)
+        if ttl == 1:  # sent on with ttl 0: only dst itself takes that
+            chosen = [t for t in chosen if t[0].peer == dst]
+            spare = [t for t in spare if t[0].peer == dst]
+            if not chosen:
+                self.stats.drop(DropReason.TTL_EXPIRED)
+                return None
+        if not chosen:
+            self.stats.drop(DropReason.NO_PATH)
+            return None
+        return chosen, spare
 
     def _on_unverified(
         self, flow: Flow, peer: Peer, ptype: int, pi: int, epoch: int, counter: int, plaintext: bytes,

@@ -8,8 +8,9 @@ delivery and relay counters).
 Hop bytes (2 = ttl, 3 = pi) are not authenticated (docs/protocol.md section 4). What an
 attacker can do with them, as asserted below: at an endpoint, any ttl/pi is delivered at most
 once and never adds an address; at a relay, a raised ttl is relayed once (the relay's window
-stops any loop) and a ttl of 0 is dropped *before* the replay window, so a zeroed copy cannot
-use up the counter of the genuine one.
+stops any loop) and a ttl of 0, or of 1 before another relay, is dropped *before* the replay
+window (as is a copy whose rewritten source leaves no target), so an altered copy cannot use
+up the counter of the genuine one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
 from alpaca.core.probing import CHALLENGE_INTERVAL, PROBE, REPLY, ROAM_RETRY
+from alpaca.core.settings import DupPolicy
 from tests.enginenet import (
     CLIENT1_EP,
     SERVER_EP,
@@ -327,6 +329,60 @@ def test_forgery_zeroed_ttl_on_one_path_does_not_kill_the_copy_on_the_other() ->
     eng(f).on_datagram(datagram, UP2, 0, net.now)  # the genuine copy, from the other uplink
     net.run(0.1)
     assert len(s.tun) == delivered + 1
+
+
+def two_uplinks_through(n_relays: int) -> tuple[EngineNet, Node, list[Node], Node]:
+    """Client 16.1 with two uplinks (UP1 faster) to relay 1.2, then relays 1.3... in a row up
+    to server 1.1; every packet goes on both uplinks (duplicate-send, one copy)."""
+    net = EngineNet(seed=5)
+    s = net.add("S", "1.1", [S_EP])
+    eps = [(f"10.0.0.{i + 2}", 5000) for i in range(n_relays)]
+    relays = [net.add(f"F{i}", f"1.{i + 2}", [ep]) for i, ep in enumerate(eps)]
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, eps[0], delay=0.005)
+    net.link(UP2, eps[0], delay=0.02)
+    for a, b in zip(eps, [*eps[1:], S_EP], strict=True):
+        net.link(a, b)
+    net.start(s)
+    for i, relay in enumerate(relays):
+        net.start(relay, forwarders=(relays[i + 1].peer_id,) if i + 1 < n_relays else ())
+    net.start(c, resolver=lambda dst, src: GW, forwarders=(pid("1.2"),), gateway=pid("1.1"),
+              dup_policy=DupPolicy.ALL, dup_copies=1)
+    net.run(3.0)
+    return net, s, relays, c
+
+
+@pytest.mark.parametrize("attack", ["ttl 1", "source rewritten to the next hop"])
+def test_forgery_a_copy_the_relay_cannot_send_on_does_not_use_up_the_counter(attack: str) -> None:
+    """An attacker on the client's faster uplink alters every DATA datagram there, so that the
+    relay cannot send it on: ttl 1 with two relays in a row (the second would drop it), or
+    the UDP source rewritten to the relay's next hop (split horizon). The relay must drop
+    that copy *before* its replay window: the genuine copy on the other uplink still goes
+    through, every time."""
+    net, s, relays, c = two_uplinks_through(2 if attack == "ttl 1" else 1)
+    first = relays[0]
+    real = net.transmit
+
+    def tap(a: tuple[str, int], b: tuple[str, int], data: bytes) -> bool:
+        if (a, b) == (UP1, first.endpoints[0]) and data[0] & 0x0F == PacketType.DATA:
+            if attack == "ttl 1":
+                return real(a, b, with_hop_fields(data, 1, data[3]))
+            nxt = (relays[1].endpoints[0] if len(relays) > 1 else S_EP)
+            if (nxt, b) not in net.links:
+                net.link(nxt, b)
+            return real(nxt, b, data)
+        return real(a, b, data)
+
+    net.transmit = tap  # type: ignore[method-assign]
+    before = len(s.tun)
+    for _ in range(20):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+        net.run(0.05)
+    net.run(1.0)
+    assert len(s.tun) - before == 20
+    dropped = drops(eng(first))
+    assert dropped["ttl_expired" if attack == "ttl 1" else "no_path"] >= 20
+    assert dropped["duplicate"] == 0  # the genuine copies were new to the relay
 
 
 @pytest.mark.parametrize("size", [OVERHEAD - 1, OVERHEAD, HEADER_LEN + 17, 200, MAX_DATAGRAM])
