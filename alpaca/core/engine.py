@@ -407,8 +407,11 @@ class Engine:
         """An authentic, new packet from a sender not yet proved live (see Flow): answer its
         probes, take a reply to our challenge as the proof, drop anything else, and challenge
         it on the link it came in on (each link at most every CHALLENGE_INTERVAL seconds, at
-        most MAX_CHALLENGES links at a time: a replaying attacker cannot make us probe more).
-        No path is learned from it."""
+        most MAX_CHALLENGES links at a time, first come: a replaying attacker cannot make us
+        probe more). The sender's own datagrams carry the newest counters, which replays
+        captured earlier never do: a datagram that raises the window's top is challenged even
+        when the first-come links are taken, up to twice MAX_CHALLENGES, so replays from a
+        few addresses cannot keep the genuine sender unchallenged. No path is learned from it."""
         link = self.link_to(peer, pi, port, addr)
         if ptype == PacketType.PROBE:
             self.prober.answer(peer, pi, epoch, plaintext, link)
@@ -419,7 +422,8 @@ class Engine:
         if flow.verified:
             return
         recent = {k: t for k, t in flow.challenged.items() if now - t < CHALLENGE_INTERVAL}
-        if (port, addr) not in recent and len(recent) < MAX_CHALLENGES:
+        limit = 2 * MAX_CHALLENGES if counter == flow.window.top else MAX_CHALLENGES
+        if (port, addr) not in recent and len(recent) < limit:
             recent[(port, addr)] = now
             self.prober.challenge(peer, link, now)
         flow.challenged = recent

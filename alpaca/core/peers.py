@@ -89,7 +89,7 @@ class Flow:
     Attributes:
         floor: counters <= floor are refused (-1: none).
         challenged: (local port, address) -> when we last challenged the sender there
-            (monotonic seconds); only recent entries are kept, at most MAX_CHALLENGES.
+            (monotonic seconds); only recent entries are kept, at most 2 * MAX_CHALLENGES.
     """
 
     __slots__ = ("challenged", "epoch", "floor", "verified", "window")

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from alpaca.core.constants import PacketType
+from alpaca.core.engine import MAX_CHALLENGES
+from alpaca.core.header import HEADER
+from alpaca.core.probing import CHALLENGE_INTERVAL
 from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
 from tests.security.conftest import (
     SERVER_PORT,
@@ -159,6 +162,51 @@ def test_replay_cannot_keep_a_dead_path_up_and_defeat_failover() -> None:
         net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
         net.run(0.1)
     assert len(s.tun) == delivered + 10
+
+
+def test_replays_racing_the_sender_from_many_addresses_cannot_keep_it_unchallenged() -> None:
+    """The server restarts. An on-path attacker holding datagrams of 16.1 captured before races
+    every genuine datagram with replays from MAX_CHALLENGES addresses of its own, so the
+    first-come challenge slots are always taken when 16.1's datagram arrives. 16.1's datagrams
+    carry newer counters than any replay: they are still challenged, 16.1 proves itself and
+    its traffic is delivered; the replays never are."""
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    for _ in range(200):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+        net.run(0.01)
+    captured = [d for _, _, d in seen
+                if d[0] & 0x0F == PacketType.DATA and HEADER.unpack_from(d)[4] == c1.peer_id]
+    net.start(s)  # restarted: no flows, every captured counter is new to it
+    s.tun.clear()
+    engine, replays = eng(s), iter(captured)
+    handle, attackers = engine.on_datagram, [(f"10.66.0.{i}", 4444) for i in range(1, MAX_CHALLENGES + 1)]
+    raced = 0
+
+    def racing(data: bytes, addr: tuple[str, int], port: int, now: float) -> None:
+        nonlocal raced
+        flow = engine.flows.get((c1.peer_id, s.peer_id))
+        if flow is None or not flow.verified:
+            slots = flow.challenged.items() if flow else ()
+            taken = {a for (_, a), t in slots if now - t < CHALLENGE_INTERVAL}
+            for a in attackers:
+                if a not in taken:
+                    handle(next(replays), a, 0, now)
+                    raced += 1
+        handle(data, addr, port, now)
+
+    engine.on_datagram = racing  # type: ignore[method-assign]
+    for _ in range(30):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+        net.run(0.1)
+    assert engine.flows[(c1.peer_id, s.peer_id)].verified
+    assert raced >= MAX_CHALLENGES and engine.stats.drop_counts()["unverified"] >= raced
+    delivered = len(s.tun)
+    for _ in range(10):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+        net.run(0.05)
+    assert len(s.tun) == delivered + 10
+    assert all(p.addr[0] != "10.66.0.1" for p in engine.peers[c1.peer_id].paths.links())
 
 
 # --------------------------------------------------------------------------- real daemons
