@@ -227,6 +227,7 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         f" {dup.delay * 1000:g} ms apart, at most {dup.queue_max} waiting",
         f"padding:         {'on' if config.pad_small_packets else 'off'}",
         f"replay window:   {config.replay_window} packets",
+        f"source check:    {'on' if config.inner_source_check else 'off'}",
         f"protocol:        {config.protocol}" + (f" (peers: {overrides})" if overrides else ""),
         "metrics:         "
         + (f"http://{metrics.host}:{metrics.port}/metrics" if metrics.enabled else "off"),

@@ -203,6 +203,9 @@ class Config:
     """Pad datagrams under 500 bytes to hide their size. Default false."""
     replay_window: int = C.DEFAULT_REPLAY_WINDOW
     """Anti-replay window in packets, a power of two 1024-1048576. Default 32768."""
+    inner_source_check: bool = True
+    """Drop a received packet whose source address the host routes back through another
+    peer (loose reverse-path check). Default true."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Prometheus endpoint. Default on, 127.0.0.1:9586."""
     control_socket: Path = Path("/run/alpaca-tunnel/alpaca0.sock")
@@ -261,6 +264,7 @@ class Config:
             dup_queue_max=self.dup.queue_max,
             pad_small=self.pad_small_packets,
             replay_window=self.replay_window,
+            inner_source_check=self.inner_source_check,
         )
 
 
@@ -323,8 +327,8 @@ TOP_KEYS = [
     "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "tun_read_ahead_kib",
     "udp_rcvbuf_kib", "realtime_priority", "ports", "ttl",
     "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
-    "replay_window", "metrics", "control_socket", "state_file", "strict_hooks", "route_table",
-    "protocol", "peer_protocols",
+    "replay_window", "inner_source_check", "metrics", "control_socket", "state_file",
+    "strict_hooks", "route_table", "protocol", "peer_protocols",
     *OBSOLETE_KEYS,
 ]  # fmt: skip
 
@@ -394,6 +398,7 @@ class _Builder:
             dup=self.dup(),
             pad_small_packets=top.boolean("pad_small_packets", False),
             replay_window=self.replay_window(),
+            inner_source_check=top.boolean("inner_source_check", True),
             metrics=self.metrics(),
             control_socket=self.control_socket(tun_name),
             state_file=top.path("state_file", f"{STATE_DIR}/{tun_name}.epoch", self.base),

@@ -135,7 +135,7 @@ def test_config_defaults(tmp_path: Path) -> None:
     assert (config.probe_interval, config.path_timeout, config.path_lifetime) == (1.0, 3.0, 60.0)
     assert config.dup == DupConfig(DupPolicy.SYN_DNS, 1, 0.1, 4096)
     assert config.pad_small_packets is False
-    assert config.replay_window == 32768
+    assert config.replay_window == 32768 and config.inner_source_check is True
     assert config.metrics == MetricsConfig(True, "127.0.0.1", 9586)
     assert config.control_socket == Path("/run/alpaca-tunnel/alpaca0.sock")
     assert config.state_file == Path("/var/lib/alpaca-tunnel/alpaca0.epoch")
@@ -165,7 +165,7 @@ def test_config_every_new_key(tmp_path: Path) -> None:
                {"name": "lte_2", "port": 5001}],
         ttl=7, probe_interval_ms=250, path_timeout_ms=900, path_lifetime_s=30,
         dup={"policy": "all", "copies": 3, "delay_ms": 40, "queue_max": 10},
-        pad_small_packets=True, replay_window=1024,
+        pad_small_packets=True, replay_window=1024, inner_source_check=False,
         metrics={"listen": "0.0.0.0:9000"},
         control_socket="run/ctl.sock", state_file="state/epoch",
         strict_hooks=True, route_table="main",
@@ -187,6 +187,7 @@ def test_config_every_new_key(tmp_path: Path) -> None:
     assert config.path_lifetime == 30.0
     assert config.dup == DupConfig(DupPolicy.ALL, 3, 0.04, 10)
     assert config.pad_small_packets is True and config.replay_window == 1024
+    assert config.inner_source_check is False
     assert config.metrics == MetricsConfig(True, "0.0.0.0", 9000)
     assert config.control_socket == tmp_path / "run" / "ctl.sock"
     assert config.state_file == tmp_path / "state" / "epoch"
@@ -464,6 +465,7 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"dup": {"delay_ms": 2001}}, "dup.delay_ms: 2001 is above the maximum 2000"),
         ({"dup": {"queue_max": 0}}, "dup.queue_max: 0 is below the minimum 1"),
         ({"pad_small_packets": 1}, "pad_small_packets: 1 is not true or false"),
+        ({"inner_source_check": "yes"}, 'inner_source_check: "yes" is not true or false'),
         ({"replay_window": 3000}, "replay_window: 3000 is not a power of two"),
         ({"replay_window": 512}, "replay_window: 512 is below the minimum 1024"),
         ({"replay_window": 1 << 21}, "replay_window: 2097152 is above the maximum 1048576"),
@@ -552,7 +554,7 @@ def test_engine_settings_maps_every_value(tmp_path: Path) -> None:
         tmp_path, forwarders=["1.2", "1.3"], ports=[{"name": "a"}, {"name": "b", "port": 9}],
         mtu=1300, ttl=9, probe_interval_ms=200, path_timeout_ms=700, path_lifetime_s=20,
         dup={"policy": "none", "copies": 2, "delay_ms": 30, "queue_max": 7},
-        pad_small_packets=True, replay_window=2048,
+        pad_small_packets=True, replay_window=2048, inner_source_check=False,
     )
     settings = config.engine_settings(load_secrets(config.secret_file, config.id))
     assert settings.self_id == 0x1001 and settings.net == 0x0A110000 and settings.group == "lab"
@@ -564,6 +566,7 @@ def test_engine_settings_maps_every_value(tmp_path: Path) -> None:
     assert (settings.dup_policy, settings.dup_copies, settings.dup_delay,
             settings.dup_queue_max) == (DupPolicy.NONE, 2, 0.03, 7)
     assert settings.pad_small is True and settings.replay_window == 2048
+    assert settings.inner_source_check is False
     assert settings.peers[0x0101].addr == ("192.0.2.1", 5000)
     assert settings.peers[0x0102].addr == ("127.0.0.1", 5001)
     assert settings.peers[0x0103].addr is None  # hostname did not resolve: learned later

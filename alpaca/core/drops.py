@@ -22,7 +22,7 @@ class DropReason(IntEnum):
     NO_ROUTE = 11        #: TUN packet whose destination maps to no peer
     NO_PATH = 12         #: peer known, but no path to send on
     LOOP = 13            #: the packet would re-enter the tunnel (next hop = inner address)
-    SPOOFED_SOURCE = 14  #: inner source is a tunnel address that is not the sender's
+    SPOOFED_SOURCE = 14  #: inner source is another peer's (tunnel address or routed back via it)
     FOREIGN_SOURCE = 15  #: TUN packet with a tunnel source address that is not ours
     NOT_IPV4 = 16        #: only IPv4 is carried
     TOO_BIG = 17         #: inner packet larger than the MTU

@@ -500,13 +500,13 @@ class Engine:
         """b1: the packet is for us."""
         if ptype == PacketType.DATA:
             peer.paths.rx_data_by_pi[pi] += 1
-            self._write_tun(peer, plaintext, flags)
+            self._write_tun(peer, plaintext, flags, now)
         elif ptype == PacketType.PROBE:
             self.prober.answer(peer, pi, epoch, plaintext, self.link_to(peer, pi, port, addr))
         else:
             self.prober.on_reply(peer, plaintext, counter, now)
 
-    def _write_tun(self, peer: Peer, plaintext: bytes, flags: int) -> None:
+    def _write_tun(self, peer: Peer, plaintext: bytes, flags: int, now: float) -> None:
         packet = unpad(plaintext, flags) if flags & _PADDED else plaintext
         ips = ippkt.addresses(packet) if packet is not None else None
         if packet is None or ips is None:
@@ -515,14 +515,27 @@ class Engine:
         if len(packet) > self.settings.mtu or ippkt.total_length(packet) > len(packet):
             self.stats.drop(DropReason.TOO_BIG if len(packet) > self.settings.mtu else DropReason.MALFORMED)
             return
-        src_ip = ips[0]
-        if src_ip & NET_MASK == self.settings.net and src_ip & 0xFFFF != peer.peer_id:
+        if self._spoofed(peer.peer_id, ips[0], ips[1], now):
             self.stats.drop(DropReason.SPOOFED_SOURCE)
             return
         if not self.out.write_tun(packet, bool(flags & _CSUM_PARTIAL)):
             self.stats.drop(DropReason.TUN_WRITE_ERROR)
             return
         self.stats.delivered(peer, len(packet))
+
+    def _spoofed(self, sender: int, src_ip: int, dst_ip: int, now: float) -> bool:
+        """Whether a packet from ``src_ip`` cannot have come from ``sender``: a tunnel address
+        other than the sender's, or (with inner_source_check) an outside address the host
+        routes back through another peer (loose reverse path: an address the host does not
+        route into the tunnel is taken from any peer). The lookup is the one the reply takes,
+        (dst, src) swapped, so it shares the reply's route cache entry."""
+        s = self.settings
+        if src_ip & NET_MASK == s.net:
+            return src_ip & 0xFFFF != sender
+        if not s.inner_source_check:
+            return False
+        back = self._route(src_ip, dst_ip, now)
+        return back is not None and back != sender
 
     # ----------------------------------------------------------------- time
     def next_deadline(self) -> float | None:

@@ -59,6 +59,8 @@ class EngineSettings:
         dup_queue_max: bound on delayed copies waiting in the heap.
         pad_small: pad datagrams under 500 bytes to hide their size (as the original did).
         replay_window: anti-replay window in packets (power of two).
+        inner_source_check: drop a received packet whose outside source address the host
+            routes back through another peer (see Engine._spoofed).
         route_cache_size / route_cache_ttl: bound and lifetime of the route cache.
     """
 
@@ -80,5 +82,6 @@ class EngineSettings:
     dup_queue_max: int = C.DEFAULT_DUP_QUEUE_MAX
     pad_small: bool = False
     replay_window: int = C.DEFAULT_REPLAY_WINDOW
+    inner_source_check: bool = True
     route_cache_size: int = C.DEFAULT_ROUTE_CACHE_SIZE
     route_cache_ttl: float = C.DEFAULT_ROUTE_CACHE_TTL

@@ -664,18 +664,19 @@ def test_engine_drops_foreign_and_spoofed_tunnel_sources() -> None:
     net.inject_tun(s, ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id)))
     net.run(0.1)
     assert len(c.tun) == 1
-    eng(c)._write_tun(eng(c).peers[s.peer_id], ipv4("10.17.3.3", tunnel_ip(c.peer_id)), 0)
+    eng(c)._write_tun(eng(c).peers[s.peer_id], ipv4("10.17.3.3", tunnel_ip(c.peer_id)), 0, net.now)
     assert drops(c, "spoofed_source") == 1
 
 
 def test_engine_drops_a_delivered_packet_whose_ip_length_lies_or_exceeds_the_mtu() -> None:
-    _net, s, c = two_path_pair()
+    net, s, c = two_path_pair()
     peer = eng(c).peers[s.peer_id]
     good = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id))
     liar = good[:2] + (len(good) + 1).to_bytes(2, "big") + good[4:]
-    eng(c)._write_tun(peer, liar, 0)
+    eng(c)._write_tun(peer, liar, 0, net.now)
     assert drops(c, "malformed") == 1
-    eng(c)._write_tun(peer, ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id), payload=b"x" * 1400), 0)
+    big = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id), payload=b"x" * 1400)
+    eng(c)._write_tun(peer, big, 0, net.now)
     assert drops(c, "too_big") == 1 and len(c.tun) == 0
 
 

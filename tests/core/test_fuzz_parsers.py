@@ -34,8 +34,8 @@ KEY = "ba3db29ce7ae2a0ab49daf296a88d50a1bd6ff23ceb239db5bf6dbe505e9bd53"
 KEYS = ["mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level", "secret_file",
         "chnroute", "local_routes", "pre_up_cmds", "tun_name", "ports", "ttl", "probe_interval_ms",
         "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets", "replay_window", "metrics",
-        "control_socket", "state_file", "strict_hooks", "route_table", "protocol", "peer_protocols",
-        "use_dns", "ack_termination"]
+        "inner_source_check", "control_socket", "state_file", "strict_hooks", "route_table", "protocol",
+        "peer_protocols", "use_dns", "ack_termination"]
 VALID = {"mode": "client", "group": "g", "net": "10.17", "id": "16.1", "gateway": "1.1",
          "secret_file": "secrets.txt", "metrics": False, "control_socket": "c.sock", "state_file": "epoch"}
 SECRETS = f"1.1 {KEY} 10.0.0.1 null 10001\n16.1 {KEY}\n"

@@ -180,6 +180,28 @@ def test_forgery_client_cannot_speak_for_another_client_or_a_server() -> None:
     assert Attack(net, c1)(to_c1, S_EP) == {"bad_tag": 1}
 
 
+@pytest.mark.parametrize("check", [True, False], ids=["inner_source_check on", "off"])
+def test_forgery_a_client_cannot_send_from_a_subnet_routed_to_another_client(check: bool) -> None:
+    """1.1 routes 192.168.1.0/24 via 16.1. 16.2, with its own key, sends packets from
+    192.168.1.5: dropped as spoofed_source (loose reverse path), while 16.1 may, and an
+    address 1.1 does not route into the tunnel is taken from anyone."""
+    net, s, c1, c2 = server_and_two_clients(seed=7)
+
+    def routes(dst: str, src: str) -> str | None:
+        return tunnel_ip(c1.peer_id) if dst.startswith("192.168.1.") else None
+
+    net.start(s, resolver=routes, inner_source_check=check)
+    net.run(2.0)
+    for client, src, delivered in (
+        (c2, "192.168.1.5", not check), (c1, "192.168.1.5", True), (c2, "203.0.113.9", True),
+    ):
+        before, tun = drops(eng(s)), len(s.tun)
+        net.inject_tun(client, ipv4(src, GW))
+        net.run(0.1)
+        assert len(s.tun) == tun + delivered, (client.name, src)
+        assert drop_delta(before, drops(eng(s))) == ({} if delivered else {"spoofed_source": 1})
+
+
 def test_forgery_client_cannot_move_another_peers_paths_or_window() -> None:
     """16.2 sends, from its own address, datagrams claiming 16.1 with future epochs and counters."""
     net, s, c1, c2 = network()
