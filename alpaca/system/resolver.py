@@ -3,8 +3,9 @@
 The engine asks it (through its route cache) for packets read from the TUN device whose
 destination is outside the tunnel: the route's gateway must be a tunnel address
 (``via <net>.<id>``) for the packet to have a peer. It asks the same for the way back of a
-received packet with an outside source (the reverse-path check, ``inner_source_check``). One netlink socket is kept open for the
-daemon's lifetime; it is used only from the engine's greenlets (one hub, no threads).
+received packet with an outside source (the reverse-path check, ``inner_source_check``).
+One netlink socket is kept open for the daemon's lifetime; it is used only from the engine's
+greenlets (one hub, no threads).
 """
 
 from __future__ import annotations
