@@ -380,6 +380,71 @@ def test_legacy_resync_delivers_an_old_datagram_but_moves_no_path() -> None:
     assert sent and attacker not in sent, sent
 
 
+def test_legacy_the_rest_of_a_replayed_capture_after_a_resync_steers_nothing() -> None:
+    """The datagrams of a capture that follow the one that restarted the window are new to the
+    restarted window: delivered, but behind the peer's clock, so they learn no path and do
+    not set the clock back. The peer's own paths stay fresh and carry its traffic."""
+    net, _g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    captured: list[bytes] = []
+    real = net.transmit
+
+    def capture(a: tuple[str, int], b: tuple[str, int], d: bytes) -> bool:
+        if (a, b) == (L_EP, G_EP):
+            captured.append(d)
+        return real(a, b, d)
+
+    net.transmit = capture  # type: ignore[method-assign]
+    for _ in range(3):  # three datagrams a few seconds apart: 3 s, 6 s and 9 s old later on
+        net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+        net.run(3.0)
+    net.run(40)  # the client falls silent for longer than resync_after
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))  # then speaks once
+    net.run(0.1)
+    net.run(31)
+    clock = mux.legacy.peers[pid("16.1")].last_t20
+    attacker = ("198.51.100.7", 9999)
+    delivered = mux.legacy.stats.delivered_packets
+    for data in captured[:3]:
+        mux.on_datagram(data, attacker, 0, net.now)
+    assert mux.legacy.stats.resyncs == 1 and mux.legacy.stats.delivered_packets == delivered + 3
+    peer = mux.legacy.peers[pid("16.1")]
+    assert peer.last_t20 == clock
+    assert all(p is None or p.addr != attacker for p in peer.paths)
+    sent: list[tuple[str, int]] = []
+    net.transmit = lambda a, b, d: sent.append(b) or True  # type: ignore[method-assign]
+    mux.legacy.send_packet(pid("16.1"), udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000),
+                           net.now)
+    assert L_EP in sent and attacker not in sent, sent
+
+
+def test_legacy_a_peer_whose_clock_stepped_back_is_delivered_and_keeps_its_paths() -> None:
+    """A C node whose clock steps back by 60 s after 31 s of silence: its datagrams are
+    delivered from the first on; they learn nothing until its clock passes the newest
+    timestamp seen before, and its known path carries its traffic meanwhile."""
+    net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(31)
+    peer = mux.legacy.peers[pid("16.1")]
+    clock = peer.last_t20
+    start_legacy(net, lc, {pid("1.1"), pid("1.2")}, forwarders=(pid("1.1"), pid("1.2")),
+                 gateway=pid("1.1"), wall_offset=WALL - 60)
+    delivered = len(g.tun)
+    for _ in range(5):
+        net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+        net.run(1.0)
+    assert len(g.tun) == delivered + 5 and peer.last_t20 == clock
+    sent: list[tuple[str, int]] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: sent.append(b) or real(a, b, d)  # type: ignore[method-assign]
+    mux.legacy.send_packet(pid("16.1"), udp_packet("10.17.1.1", "10.17.16.1", sport=80, dport=4000),
+                           net.now)
+    assert L_EP in sent
+    for _ in range(30):  # its clock passes the old newest timestamp: it learns again
+        net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+        net.run(1.0)
+    assert len(g.tun) == delivered + 35 and peer.last_t20 != clock
+
+
 def test_mux_refuses_v2_datagrams_of_a_legacy_peer() -> None:
     """The default engine knows legacy peers' keys (for routing); a v2 node sealing with such a
     key (it is on every 6.1.2 node relaying for that peer) is dropped, not delivered."""

@@ -19,7 +19,9 @@ Outside (UDP -> TUN or relay), :meth:`LegacyEngine.try_datagram`, in this order:
      source must be that address), type DATA, ``len`` fits the datagram and the MTU;
   3. the (src, dst) time/seq window (:mod:`alpaca.core.legacy.replay`);
   4. only now learn the UDP source under (src, pi) (6.1.2 learned *before* the replay check);
-     an authentic duplicate may fill an empty or stale slot, never overwrite a fresh one;
+     an authentic duplicate may fill an empty or stale slot, never overwrite a fresh one; a
+     datagram stamped 10 s or more behind the sender's newest timestamp (a resync, or an old
+     capture new to a restarted window) learns nothing and leaves the peer's clock;
   5. dst == self: decrypt, undo si/di, deliver; otherwise TTL - 1 and dispatch as a relay.
 
 Dispatch (``server_send``): upstream (``dst < src``) with forwarders: once to each forwarder's
@@ -51,7 +53,7 @@ from alpaca.core.legacy.header import (
     with_hop_word,
 )
 from alpaca.core.legacy.peers import LegacyPeer, LegacySettings, LegacyStats
-from alpaca.core.legacy.replay import LegacyWindow, Verdict
+from alpaca.core.legacy.replay import MAX_DELAY, LegacyWindow, Verdict, t20_delta
 from alpaca.core.output import Output
 from alpaca.core.settings import Addr
 
@@ -311,14 +313,17 @@ class LegacyEngine:
         if window is None:
             window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
         verdict = window.check(h.t20, h.seq, now)
+        # Possibly an old capture (the window restarted, or the rest of the capture after
+        # it, new to the restarted window): delivered or relayed, but learns nothing.
+        behind = peer.last_t20 is not None and t20_delta(h.t20, peer.last_t20) <= -MAX_DELAY
         if not verdict.accepted:
             self._count_rejected(verdict)
-            if verdict is Verdict.DUPLICATE:
+            if verdict is Verdict.DUPLICATE and not behind:
                 peer.learn(h.pi, port, addr, h.t20, first_copy=False)
             return True
-        if verdict is Verdict.RESYNC:  # possibly an old capture: deliver, learn nothing
+        if verdict is Verdict.RESYNC:
             self.stats.resyncs += 1
-        else:
+        elif not behind:
             peer.learn(h.pi, port, addr, h.t20, first_copy=True)
             peer.last_t20 = h.t20
         peer.last_seen_at = now
