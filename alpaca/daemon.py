@@ -407,7 +407,8 @@ class Daemon:
 #: that changes one logs that it needs a restart. A reload applies the rest: the secrets file
 #: (with the host routes to the peers' addresses), local_routes, gateway (the moved default
 #: route follows it), forwarders, dup (its queue bound too), padding, probing and path timers,
-#: ttl, inner_source_check, protocols and realtime_priority. The replay window sizes each flow when it starts.
+#: ttl, inner_source_check, protocols and realtime_priority. The replay window sizes each flow
+#: when it starts.
 RESTART_KEYS = (
     "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen", "replay_window",
     "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
