@@ -21,7 +21,8 @@ from typing import Any
 
 @dataclass(order=True, slots=True)
 class DelayedCopy:
-    """One scheduled copy. ``path`` is the engine's path object (for per-path counters)."""
+    """One scheduled copy. ``path`` is the engine's path object it goes out on, ``acct`` the
+    one whose path index it carries (for per-path counters)."""
 
     due_at: float
     seq: int
@@ -29,6 +30,7 @@ class DelayedCopy:
     addr: tuple[str, int] = field(compare=False)
     data: bytes = field(compare=False)
     path: Any = field(compare=False, default=None)
+    acct: Any = field(compare=False, default=None)
 
 
 class DupSendScheduler:
@@ -46,13 +48,14 @@ class DupSendScheduler:
         return len(self._heap)
 
     def schedule(
-        self, due_at: float, port: int, addr: tuple[str, int], data: bytes, path: Any = None
+        self, due_at: float, port: int, addr: tuple[str, int], data: bytes, path: Any = None,
+        acct: Any = None,
     ) -> bool:
         """Queue a copy; False (and counted) if the heap is at its bound."""
         if len(self._heap) >= self.limit:
             self.dropped += 1
             return False
-        heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path))
+        heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path, acct))
         self.scheduled += 1
         return True
 

@@ -190,9 +190,27 @@ class Engine:
         return peer
 
     def send_packet(self, peer: Peer, packet: bytes, now: float, csum_partial: bool = False) -> None:
-        """Seal a checked TUN packet for ``peer`` and send it (with delayed copies)."""
+        """Seal a checked TUN packet for ``peer`` and send it (with delayed copies). A packet
+        with nowhere to go is dropped before it is sealed: it uses no counter, so the peer
+        does not count it as lost on the way."""
         s = self.settings
+        plan = peer.plan
+        if plan is None or plan[0] != self.generation.value:
+            targets_now = routing.targets(self.settings, self.peers, self.self_id, peer.peer_id, None, None)
+            ips = {t[0].ip for t in targets_now[0]} | {t[0].ip for t in targets_now[1]}
+            plan = peer.plan = (self.generation.value, *targets_now, ips)
+        targets, spare, link_ips = plan[1], plan[2], plan[3]
         inner = ippkt.ADDRS.unpack_from(packet, 12)  # route_packet checked it is IPv4
+        # The loop check only when a link goes to the inner packet's own source or destination.
+        if inner[0] in link_ips or inner[1] in link_ips:
+            targets = [t for t in targets if t[0].ip not in inner]
+            spare = [t for t in spare if t[0].ip not in inner]
+            if not targets:
+                self.stats.drop(DropReason.LOOP)
+                return
+        if not targets:
+            self.stats.drop(DropReason.NO_PATH)
+            return
         flags = _CSUM_PARTIAL if csum_partial else 0
         copies = self._copies_for(packet)
         peer.tx_packets += 1
@@ -201,16 +219,8 @@ class Engine:
         if s.pad_small and len(packet) + OVERHEAD <= 500:
             packet, padded = pad(packet, self.random_bytes)
             flags |= padded
-        plan = peer.plan
-        if plan is None or plan[0] != self.generation.value:
-            targets_now = routing.targets(self.settings, self.peers, self.self_id, peer.peer_id, None, None)
-            ips = {t[0].ip for t in targets_now[0]} | {t[0].ip for t in targets_now[1]}
-            plan = peer.plan = (self.generation.value, *targets_now, ips)
-        targets, spare, link_ips = plan[1], plan[2], plan[3]
-        datagram = self.seal(peer, PacketType.DATA, flags, packet, s.ttl, targets[0][1] if targets else 0)
-        # The loop check only when a link goes to the inner packet's own source or destination.
-        check = inner if inner[0] in link_ips or inner[1] in link_ips else None
-        self._send_all(datagram, targets, spare, check, now, s.ttl, copies, True)
+        datagram = self.seal(peer, PacketType.DATA, flags, packet, s.ttl, targets[0][1])
+        self._send_all(datagram, targets, spare, now, s.ttl, copies, True)
 
     def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
         if self.resolver is None:
@@ -255,28 +265,18 @@ class Engine:
 
     # ----------------------------------------------------------------- dispatch
     def _send_all(
-        self, datagram: bytes, targets: list[Target], spare: list[Target], inner: tuple[int, int] | None,
-        now: float, ttl: int, copies: int, is_data: bool,
+        self, datagram: bytes, targets: list[Target], spare: list[Target], now: float, ttl: int,
+        copies: int, is_data: bool,
     ) -> int:
-        """Send one datagram to every target, then schedule ``copies`` delayed copies.
-
-        ``inner`` (our own packets only) enables the loop check: never send to an address that
-        is the inner packet's own source or destination.
-        """
-        if inner is not None and targets:
-            targets = [t for t in targets if t[0].ip not in inner]
-            if not targets:
-                self.stats.drop(DropReason.LOOP)
-                return 0
-            spare = [t for t in spare if t[0].ip not in inner]
-        if not targets:
-            self.stats.drop(DropReason.NO_PATH)
-            return 0
+        """Send one datagram to every target (at least one), then schedule ``copies`` delayed
+        copies; return how many went out. A DATA datagram sent counts on its target's
+        accounting path (data_sent, which the peer's probe replies measure loss against)."""
         sent = 0
         for link, stamp, acct in targets:
             same = datagram[2] == ttl and datagram[3] == stamp
-            sent += self._send(link, datagram if same else with_hop_fields(datagram, ttl, stamp))
-            if is_data:
+            ok = self._send(link, datagram if same else with_hop_fields(datagram, ttl, stamp))
+            sent += ok
+            if is_data and ok:
                 acct.data_sent += 1
         if copies:
             self._schedule_copies(datagram, ttl, targets, spare, copies, now)
@@ -305,11 +305,11 @@ class Engine:
         turn = self._copy_turn
         self._copy_turn = turn + copies
         for i in range(1, copies + 1):
-            link, stamp, _ = pool[(turn + i) % len(pool)]
+            link, stamp, acct = pool[(turn + i) % len(pool)]
             assert link.addr is not None
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
-            if not self.dup.schedule(due, link.port, link.addr, data, link):
+            if not self.dup.schedule(due, link.port, link.addr, data, link, acct):
                 self.stats.drop(DropReason.DUP_QUEUE_FULL)
                 return
 
@@ -376,7 +376,7 @@ class Engine:
             peer.last_active_at = now
         if relay is None:
             self._deliver(peer, ptype, flags, pi, epoch, counter, plaintext, port, addr, now)
-        elif self._send_all(data, relay[0], relay[1], None, now, ttl - 1, 0, False):
+        elif self._send_all(data, relay[0], relay[1], now, ttl - 1, 0, False):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
 
@@ -548,6 +548,7 @@ class Engine:
         """Send due delayed copies; probe and evaluate paths when their tick is due."""
         for copy in self.dup.pop_due(now):
             if self._send(copy.path, copy.data):
+                copy.acct.data_sent += 1  # the peer counts it under the path index it carries
                 self.stats.dup_copies_sent += 1
                 peer = self.peers.get(copy.path.peer)
                 if peer is not None:

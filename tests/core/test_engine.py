@@ -359,14 +359,19 @@ def test_engine_learned_path_is_forgotten_after_its_lifetime() -> None:
     assert c_at_s.paths.learned == {}
 
 
-def test_engine_probes_measure_rtt_and_per_path_data_loss() -> None:
+@pytest.mark.parametrize("copies", [0, 1], ids=["no copies", "a delayed copy of each"])
+def test_engine_probes_measure_rtt_and_per_path_data_loss(copies: int) -> None:
+    """20 % loss on the path, with or without delayed copies on it (the peer counts every
+    copy it receives under the path index, so every copy sent counts as sent)."""
     net = EngineNet(seed=3)
     s = net.add("S", "1.1", [S_EP])
     c = net.add("C", "16.1", [UP1], static=False)
     ab, _ = net.link(UP1, S_EP, delay=0.02)
     ab.loss = 0.2  # client -> server only
     net.start(s)
-    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    policy = DupPolicy.ALL if copies else DupPolicy.NONE
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"), dup_policy=policy, dup_copies=copies,
+              dup_delay=0.01)
     net.run(2.0)
     ping(net, c, "8.8.8.8", n=2000, gap=0.002)
     net.run(12.0)  # ~20 probes: with 20 % loss, some must go unanswered
@@ -412,6 +417,23 @@ def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
     lossless_from = net.now
     net.run(2 * loss_horizon(s) + 2.0)
     assert eng(s).lost_packets(c.peer_id) - lost == net.never_arrived(c, s, since, lossless_from) > 0
+
+
+def test_engine_a_packet_dropped_before_it_is_sent_is_not_counted_lost_by_the_peer() -> None:
+    """A TUN packet with nowhere to go (the loop check: its destination is the address of
+    every link to its peer) is dropped before it is sealed: it uses no counter, so the peer,
+    on a lossless path, counts nothing lost."""
+    net, s, c = two_path_pair()
+    net.run(2 * loss_horizon(s))
+    lost = eng(s).lost_packets(c.peer_id)
+    for _ in range(100):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), S_EP[0]))
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+        net.run(0.01)
+    net.run(2 * loss_horizon(s) + 2.0)
+    assert drops(c, "loop") == 100 and len(s.tun) == 100
+    assert eng(s).lost_packets(c.peer_id) == lost
+    assert eng(c).peers[s.peer_id].tx_packets == 100
 
 
 def loss_horizon(node: Node) -> float:
