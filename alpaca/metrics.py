@@ -61,7 +61,7 @@ RTT_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0,
 )
 #: Every value ``Path.reason`` can take (a closed set; documented for the state_info metric).
-PATH_REASONS = ("new", "answering", "timeout")
+PATH_REASONS = ("new", "answering", "unanswered", "timeout")
 PEER_PATH = ("peer", "path")
 #: Concurrent HTTP connections the metrics server serves (more wait in the accept queue).
 MAX_CONNECTIONS = 16

@@ -12,7 +12,10 @@ stamp on packets sent over it. Three kinds:
 
 Path index layout (4 bits): ``fslot << 2 | port`` where fslot 0 means "direct" and 1-3 the
 origin's forwarder. Liveness: a path is up while it has delivered an authentic packet or a
-probe reply within ``path_timeout`` seconds. Owned by the Engine; not thread-safe.
+probe reply within ``path_timeout`` seconds. A path whose probes have gone unanswered for
+``path_timeout`` seconds is not *answering*: it may still be up (the peer's datagrams arrive on
+it), but it is the last choice to send on, so a path that fails in our direction only is left
+(:func:`send_order`). Owned by the Engine; not thread-safe.
 """
 
 from __future__ import annotations
@@ -60,11 +63,11 @@ class Path:
     """
 
     __slots__ = (
-        "addr", "challenged_at", "changes", "confirmed", "data_lost", "data_sent", "ip", "kind",
-        "last_ok_at", "name", "peer",
+        "addr", "answering", "challenged_at", "changes", "confirmed", "data_lost", "data_sent", "ip",
+        "kind", "last_ok_at", "name", "peer",
         "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
         "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
-        "rx_packets", "srtt", "tx_bytes", "tx_packets", "up", "via",
+        "rx_packets", "srtt", "tx_bytes", "tx_packets", "unanswered_since", "up", "via",
     )
 
     def __init__(
@@ -83,6 +86,9 @@ class Path:
         self.reason = "new"
         self.changes = 0
         self.last_ok_at = NEVER
+        #: when the oldest probe sent since the last answer left (inf: none waiting)
+        self.unanswered_since = math.inf
+        self.answering = True
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.rtt_last: float | None = None
@@ -121,15 +127,39 @@ class Path:
         self.peer_data_rx = peer_rx
         self.probe_data_mark = (self.data_sent, peer_rx)
 
+    def on_probe_sent(self, now: float) -> None:
+        if self.unanswered_since == math.inf:
+            self.unanswered_since = now
+
+    def on_probe_answered(self) -> None:
+        self.unanswered_since = math.inf
+
+    def check_answers(self, now: float, timeout: float) -> bool:
+        """Update ``answering`` (no probe unanswered for ``timeout`` seconds); True if it
+        changed."""
+        answering = now - self.unanswered_since < timeout
+        if answering == self.answering:
+            return False
+        self.answering = answering
+        if self.up:
+            self.reason = "answering" if answering else "unanswered"
+        return True
+
     def evaluate(self, now: float, timeout: float) -> bool:
         """Update ``up`` from ``last_ok_at`` (and ``confirmed``); True if the state changed."""
         up = self.confirmed and now - self.last_ok_at < timeout
         if up == self.up:
             return False
         self.up = up
-        self.reason = "answering" if up else "timeout"
+        self.reason = ("answering" if self.answering else "unanswered") if up else "timeout"
         self.changes += 1
         return True
+
+
+def send_order(path: Path) -> tuple[bool, float]:
+    """Sort key of the links to one peer, best first: answering ones, then by smoothed RTT
+    (unmeasured last)."""
+    return (not path.answering, path.srtt if path.srtt is not None else math.inf)
 
 
 def port_label(ports: tuple[str, ...], port: int) -> str:
@@ -305,10 +335,10 @@ class PeerPaths:
         return [p for p in self.links() if p.up]
 
     def best_link(self) -> Path | None:
-        """The up link with the lowest smoothed RTT; else the first link of any state."""
+        """The first up link in :func:`send_order`; else the first link of any state."""
         live = self.live_links()
         if live:
-            return min(live, key=lambda p: p.srtt if p.srtt is not None else math.inf)
+            return min(live, key=send_order)
         links = self.links()
         return links[0] if links else None
 

@@ -8,8 +8,9 @@ packets it has received with that path index. That gives, per path: RTT (smoothe
 probe loss (sent - answered), and data loss (our sent count against the peer's received count).
 
 Every tick (at most 0.25 s apart) each path is re-evaluated: it is down once nothing authentic
-has arrived on it for ``path_timeout`` seconds, and learned paths silent for ``path_lifetime``
-are forgotten. Owned by the Engine; not thread-safe.
+has arrived on it for ``path_timeout`` seconds, it is not answering (sent on last) once a
+probe on it has waited that long with no answer since, and learned paths silent for
+``path_lifetime`` are forgotten. Owned by the Engine; not thread-safe.
 
 Payloads: PROBE = u32 probe id; PROBE_REPLY = u32 probe id + u32 the prober's epoch (echoed
 from the PROBE's header) + u64 DATA count (big-endian).
@@ -118,6 +119,7 @@ class Prober:
         probe_id = self._new_probe_id()
         datagram = self.engine.seal(peer, PacketType.PROBE, 0, PROBE.pack(probe_id))
         path.probes_sent += 1
+        path.on_probe_sent(now)
         self.engine.stats.probes_sent += 1
         if len(self.outstanding) >= MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
@@ -184,11 +186,15 @@ class Prober:
         if filed is None:  # replaced or expired meanwhile, or a one-off challenge path
             return
         path = filed
+        best = peer.paths.best_link()
         path.on_rtt(now - sent_at)
         path.probes_answered += 1
+        path.on_probe_answered()
         path.last_ok_at = now
         if not path.up:
             self.engine.path_answered(path, now)
+        elif peer.paths.best_link() is not best:  # the RTT order changed: new send targets
+            self.engine.generation.bump()
         path.on_data_report(data_rx)
         self.engine.stats.probe_replies_received += 1
 
@@ -202,6 +208,11 @@ class Prober:
                     log.info("path %s peer=%s path=%s addr=%s reason=%s",
                              "up" if path.up else "down", format_peer_id(peer.peer_id),
                              path.name, path.addr, path.reason)
+                if path.check_answers(now, s.path_timeout):
+                    self.engine.generation.bump()
+                    log.info("path %s peer=%s path=%s addr=%s", "answering again" if path.answering
+                             else "not answering probes (sent last)", format_peer_id(peer.peer_id),
+                             path.name, path.addr)
             for waiting in peer.paths.unconfirmed():  # a lost probe is sent again
                 if now - waiting.last_ok_at < s.path_timeout:
                     self.probe_unconfirmed(peer, waiting, now)

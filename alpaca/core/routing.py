@@ -3,7 +3,8 @@
 Rules (dst and src are the packet's header ids, not the hop's):
 
 * ``dst < src`` (upstream) and forwarders configured -> each forwarder, on its best live link
-  (a2 for our own packets, b3 for relayed ones);
+  (answering probes, then the lowest smoothed RTT: :func:`alpaca.core.paths.send_order`;
+  a2 for our own packets, b3 for relayed ones);
 * otherwise -> every live link of ``dst`` (a1, b2, and all downstream traffic), or every
   known link when none is live yet;
 * ``dst`` with no link at all (a client never heard from) -> the upstream way: forwarders,
@@ -17,7 +18,7 @@ caches the result for its own packets per path generation; nothing here keeps st
 
 from __future__ import annotations
 
-from alpaca.core.paths import Path
+from alpaca.core.paths import Path, send_order
 from alpaca.core.peers import Peer
 from alpaca.core.settings import Addr, EngineSettings
 
@@ -79,13 +80,9 @@ def forwarder_targets(
                 stamp = pi if pi is not None else (link.pi if via is None else via.pi)
                 unknown.append((link, stamp, via or link))
             continue
-        best = min(links, key=_rtt_order)
+        best = min(links, key=send_order)
         stamp = pi if pi is not None else (best.pi if via is None else via.pi)
         live.append((best, stamp, via or best))
         spare.extend((p, stamp, via or p) for p in links if p is not best)
     return (live or unknown), spare
 
-
-def _rtt_order(path: Path) -> float:
-    """Sort key: smoothed RTT, unmeasured last."""
-    return path.srtt if path.srtt is not None else float("inf")

@@ -350,6 +350,72 @@ def test_engine_failover_loses_nothing_when_one_path_dies_mid_transfer() -> None
     assert len(s.tun) - before == 200
 
 
+def two_uplinks_to_a_forwarder() -> tuple[EngineNet, Node, Node, tuple[object, object]]:
+    """Client 16.1 with uplinks of 5 ms and 20 ms to forwarder 1.2, gateway 1.1 behind it,
+    after 3 s of probes; returns the fast uplink's two directions too."""
+    net = EngineNet(seed=1)
+    s = net.add("S", "1.1", [S_EP])
+    f = net.add("F", "1.2", [F1_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    fast = net.link(UP1, F1_EP, delay=0.005)
+    net.link(UP2, F1_EP, delay=0.020)
+    net.link(F1_EP, S_EP, delay=0.005)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(3.0)
+    return net, s, c, fast
+
+
+def data_ports(node: Node) -> list[int]:
+    """The local port of every DATA datagram ``node`` sends from now on."""
+    ports: list[int] = []
+    out = eng(node).out
+    send = out.send
+
+    def spy(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if data[0] & 0x0F == PacketType.DATA:
+            ports.append(port)
+        return send(port, addr, data)
+
+    out.send = spy  # type: ignore[method-assign]
+    return ports
+
+
+def test_engine_a_forwarder_link_dead_in_our_direction_only_is_left_within_the_path_timeout() -> None:
+    """The fast uplink fails towards the forwarder only: the forwarder's probes still arrive
+    on it (so it stays up), but ours go unanswered, and after path_timeout the client sends
+    on the other uplink (it went on sending into the dead direction for a minute)."""
+    net, s, c, fast = two_uplinks_to_a_forwarder()
+    fast[0].up = False  # type: ignore[attr-defined]
+    before = len(s.tun)
+    ports = data_ports(c)
+    for _ in range(100):
+        ping(net, c, "8.8.8.8", gap=0.1)
+    link = eng(c).peers[pid("1.2")].paths.static[0]
+    assert link.up and not link.answering and link.reason == "unanswered"
+    # Left at most a probe interval plus the timeout plus a tick (0.25 s) after the break.
+    left_after = eng(c).settings.probe_interval + eng(c).settings.path_timeout + 0.25
+    assert ports[-55:] == [1] * 55 and len(s.tun) - before >= 100 - 10 * left_after
+    fast[0].up = True  # type: ignore[attr-defined]
+    net.run(2.0)
+    ping(net, c, "8.8.8.8")
+    assert link.answering and link.reason == "answering" and ports[-1] == 0
+
+
+def test_engine_the_forwarder_link_follows_the_rtt_order() -> None:
+    """The fast uplink becomes the slow one (still up): the client moves its traffic to the
+    other uplink, though no path went up or down."""
+    net, _s, c, fast = two_uplinks_to_a_forwarder()
+    ports = data_ports(c)
+    ping(net, c, "8.8.8.8")
+    assert ports == [0]
+    fast[0].delay = 0.150  # type: ignore[attr-defined]
+    net.run(30.0)
+    ping(net, c, "8.8.8.8")
+    assert ports[-1] == 1
+
+
 def test_engine_learned_path_is_forgotten_after_its_lifetime() -> None:
     net, s, c = two_path_pair()
     c_at_s = eng(s).peers[c.peer_id]
