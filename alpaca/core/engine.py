@@ -276,7 +276,7 @@ class Engine:
             same = datagram[2] == ttl and datagram[3] == stamp
             ok = self._send(link, datagram if same else with_hop_fields(datagram, ttl, stamp))
             sent += ok
-            if is_data and ok:
+            if is_data and ok and acct is not None:
                 acct.data_sent += 1
         if copies:
             self._schedule_copies(datagram, ttl, targets, spare, copies, now)
@@ -548,7 +548,8 @@ class Engine:
         """Send due delayed copies; probe and evaluate paths when their tick is due."""
         for copy in self.dup.pop_due(now):
             if self._send(copy.path, copy.data):
-                copy.acct.data_sent += 1  # the peer counts it under the path index it carries
+                if copy.acct is not None:  # the peer counts it under the path index it carries
+                    copy.acct.data_sent += 1
                 self.stats.dup_copies_sent += 1
                 peer = self.peers.get(copy.path.peer)
                 if peer is not None:

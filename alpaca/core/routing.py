@@ -12,7 +12,8 @@ Rules (dst and src are the packet's header ids, not the hop's):
 * split horizon: never back to the address (IP and port) the packet came from. The original
   compared the IP only, which cut off clients behind one NAT address from each other.
 
-A target is (link to send on, path index to stamp, path that accounts DATA sent). The engine
+A target is (link to send on, path index to stamp, path that accounts DATA sent, or None
+where no probe reports that path index's receive count). The engine
 caches the result for its own packets per path generation; nothing here keeps state.
 """
 
@@ -22,7 +23,7 @@ from alpaca.core.paths import Path, send_order
 from alpaca.core.peers import Peer
 from alpaca.core.settings import Addr, EngineSettings
 
-Target = tuple[Path, int, Path]
+Target = tuple[Path, int, Path | None]
 
 
 def targets(
@@ -76,13 +77,23 @@ def forwarder_targets(
         via = dst_peer.paths.via.get(i + 1) if dst_peer is not None else None
         links = peer.paths.live_links()
         if not links:
-            for link in peer.paths.links():
-                stamp = pi if pi is not None else (link.pi if via is None else via.pi)
-                unknown.append((link, stamp, via or link))
+            unknown.extend(_through(i, fwd, dst, via, link, pi) for link in peer.paths.links())
             continue
         best = min(links, key=send_order)
-        stamp = pi if pi is not None else (best.pi if via is None else via.pi)
-        live.append((best, stamp, via or best))
-        spare.extend((p, stamp, via or p) for p in links if p is not best)
+        live.append(_through(i, fwd, dst, via, best, pi))
+        spare.extend(_through(i, fwd, dst, via, p, pi) for p in links if p is not best)
     return (live or unknown), spare
+
+
+def _through(i: int, fwd: int, dst: int, via: Path | None, link: Path, pi: int | None) -> Target:
+    """The target "to dst through forwarder i on ``link``". Our own packets are stamped with
+    forwarder i's path index, (i+1) << 2 | local port (the VIA path's, where dst has one),
+    so that dst files each forwarder's copies under a path of its own; a relay keeps the
+    index it received. DATA counts on the VIA path, whose probes measure its loss, or on the
+    link when the forwarder is dst itself; otherwise on none (nothing reports it)."""
+    if fwd == dst:
+        return (link, link.pi if pi is None else pi, link)
+    if via is not None:
+        return (link, via.pi if pi is None else pi, via)
+    return (link, (i + 1) << 2 | link.port if pi is None else pi, None)
 

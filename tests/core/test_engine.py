@@ -416,6 +416,40 @@ def test_engine_the_forwarder_link_follows_the_rtt_order() -> None:
     assert ports[-1] == 1
 
 
+def test_engine_client_to_client_through_two_forwarders_keeps_a_path_per_forwarder() -> None:
+    """16.2 -> 16.1 goes upstream through forwarders 1.2 and 1.3 (one uplink reaches both).
+    Each forwarder's copies carry its own path index, so 16.1 keeps one path per forwarder
+    (they shared one slot whose address flipped with every race, and the reply traffic had
+    one path), and no forwarder link counts the relayed DATA as lost (it counted all)."""
+    net = EngineNet(seed=5)
+    s = net.add("S", "1.1", [S_EP])
+    fwds = [net.add("F1", "1.2", [F1_EP]), net.add("F2", "1.3", [F2_EP])]
+    c1, c2 = net.add("C1", "16.1", [UP1], static=False), net.add("C2", "16.2", [UP2], static=False)
+    for up in (UP1, UP2):
+        for f_ep in (F1_EP, F2_EP):
+            net.link(up, f_ep, delay=0.01, jitter=0.01)
+    for f_ep in (F1_EP, F2_EP):
+        net.link(f_ep, S_EP, delay=0.01)
+    for node in (s, *fwds):
+        net.start(node)
+    for c in (c1, c2):
+        net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"), pid("1.3")), gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c2, tunnel_ip(c1.peer_id), n=20, gap=0.02)  # the first round trip verifies the flow
+    net.run(0.5)
+    at_c1 = eng(c1).peers[c2.peer_id].paths
+    addrs = {k: p.addr for k, p in at_c1.learned.items()}
+    before = len(c1.tun)
+    ping(net, c2, tunnel_ip(c1.peer_id), n=300, gap=0.02)
+    net.run(5.0)
+    assert len(c1.tun) - before == 300
+    assert {k: p.addr for k, p in at_c1.learned.items()} == addrs
+    assert sorted(addrs.values()) == [F1_EP, F2_EP]
+    assert sorted(p.addr for p in at_c1.live_links()) == [F1_EP, F2_EP]
+    for f in fwds:
+        assert all(link.data_lost == 0 for link in eng(c2).peers[f.peer_id].paths.links())
+
+
 def test_engine_learned_path_is_forgotten_after_its_lifetime() -> None:
     net, s, c = two_path_pair()
     c_at_s = eng(s).peers[c.peer_id]
