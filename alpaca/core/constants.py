@@ -38,8 +38,8 @@ class Flag(IntFlag):
     NONE = 0
     #: The plaintext ends with padding and a 2-byte big-endian pad length.
     PADDED = 0x01
-    #: This datagram is a delayed extra copy (duplicate-send); informative only.
-    DELAYED_COPY = 0x02
+    # 0x02 is reserved: sent as 0, ignored on receive. (A delayed copy is byte-identical to
+    # its original outside the hop bytes, so no authenticated bit can mark it.)
     #: The inner TCP/UDP checksum field holds only the pseudo-header sum (TUN offload):
     #: the receiver completes it, or hands the packet to its kernel as CHECKSUM_PARTIAL.
     CSUM_PARTIAL = 0x04
