@@ -186,15 +186,16 @@ class Prober:
         if filed is None:  # replaced or expired meanwhile, or a one-off challenge path
             return
         path = filed
-        best = peer.paths.best_link()
+        paths = peer.paths
+        best = paths.best_link() if len(paths.static) + len(paths.learned) > 1 else None
         path.on_rtt(now - sent_at)
         path.probes_answered += 1
         path.on_probe_answered()
         path.last_ok_at = now
         if not path.up:
             self.engine.path_answered(path, now)
-        elif peer.paths.best_link() is not best:  # the RTT order changed: new send targets
-            self.engine.generation.bump()
+        elif best is not None and paths.best_link() is not best:  # the RTT order changed:
+            self.engine.generation.bump()                           # new send targets
         path.on_data_report(data_rx)
         self.engine.stats.probe_replies_received += 1
 
