@@ -112,14 +112,17 @@ class Engine:
 
         Unchanged peers keep their paths, counters and replay windows; removed peers and
         their flows are forgotten, except our send counter towards them (a nonce is never
-        reused within a run); a peer whose key changed loses its replay state.
+        reused within a run) and each flow's top as the floor of the next one (added back
+        with the same key, a peer must not take a replay of what it sent before). A flow
+        whose pair key changed (the bigger id's key: crypto.KeyRing) starts over.
         """
         old = self.settings.peers
-        changed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
+        rekeyed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
         removed = set(old) - set(settings.peers)
-        for key in [k for k in self.flows if k[0] in changed | removed or k[1] in changed | removed]:
-            self.relayed.retire(key[0], self.flows.pop(key), to_us=key[1] == self.self_id)
-        self.relayed.forget_peers(changed | removed)
+        for key in [k for k in self.flows if max(k) in rekeyed or k[0] in removed or k[1] in removed]:
+            self.relayed.drop(key, self.flows.pop(key), to_us=key[1] == self.self_id,
+                              keep_floor=max(key) not in rekeyed)
+        self.relayed.forget_pairs(rekeyed)
         for peer_id in removed:  # a removed peer's series end; added back, it starts over
             self.relayed.retired.pop(peer_id, None)
             gone = self.peers.pop(peer_id, None)
@@ -341,6 +344,8 @@ class Engine:
             self.flows[(src, dst)] = flow
             if dst != self.self_id:
                 self.relayed.admit((src, dst), flow, self.flows, now)
+            else:
+                self.relayed.inherit((src, dst), flow)
         elif epoch > flow.epoch:
             flow.epoch = epoch
             flow.floor = -1
@@ -434,7 +439,7 @@ class Engine:
         flow = self.flows.get((peer_id, self.self_id))
         if flow is not None and not flow.verified:
             flow.verified = True
-            flow.floor = counter
+            flow.floor = max(flow.floor, counter)
             flow.challenged = NO_CHALLENGES  # not needed any more: 10,000 peers, 2 MB
 
     def link_to(self, peer: Peer, pi: int, port: int, addr: Addr) -> Path:

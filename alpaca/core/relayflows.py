@@ -8,7 +8,9 @@ one is (a datagram of an epoch older than a forgotten flow's is still ``old_epoc
 a forgotten flow leaves behind is small: its top counter as the next flow's floor (a replay
 of anything it carried is still refused, only a copy reordered across the forgetting is
 lost) and its replay counts, so the exported counters never go backwards. Flows towards us
-are never forgotten: their endpoint is this node.
+are never forgotten while their peer is configured: their endpoint is this node. A reload
+that removes a peer leaves the same floor of each of its flows (towards us too), as long as
+the pair key is unchanged.
 
 Not thread-safe: owned by the engine, called from its greenlet.
 """
@@ -50,17 +52,36 @@ class RelayFlows:
         floor = self.floors.get(key)
         return floor is not None and floor[0] > epoch
 
-    def admit(self, key: FlowKey, flow: Flow, flows: dict[FlowKey, Flow], now: float) -> None:
-        """A relayed flow was just made: give it its predecessor's floor (same epoch; one of
-        an earlier epoch is dropped, the sender started anew), make room."""
+    def inherit(self, key: FlowKey, flow: Flow) -> None:
+        """A flow was just made: give it its predecessor's floor (same epoch; one of an
+        earlier epoch is dropped, the sender started anew)."""
         floor = self.floors.get(key)
         if floor is not None and floor[0] <= flow.epoch:
             del self.floors[key]
             if floor[0] == flow.epoch:
                 flow.floor = floor[1]
+
+    def admit(self, key: FlowKey, flow: Flow, flows: dict[FlowKey, Flow], now: float) -> None:
+        """A relayed flow was just made: give it its predecessor's floor, make room."""
+        self.inherit(key, flow)
         self.keys[key] = now
         while len(self.keys) > self.max_flows:
             self._forget(next(iter(self.keys)), flows)
+
+    def drop(self, key: FlowKey, flow: Flow, *, to_us: bool, keep_floor: bool) -> None:
+        """The engine dropped ``key``'s flow (a reload removed or re-keyed a peer): keep its
+        counts and, while its pair key still opens its datagrams, its top as the next flow's
+        floor (a peer removed and added back must not take a replay of what it sent)."""
+        self.retire(key[0], flow, to_us=to_us)
+        self.keys.pop(key, None)
+        self.floors.pop(key, None)
+        if keep_floor:
+            self._keep_floor(key, flow)
+
+    def _keep_floor(self, key: FlowKey, flow: Flow) -> None:
+        self.floors[key] = (flow.epoch, max(flow.floor, flow.window.top))
+        while len(self.floors) > self.max_floors:
+            del self.floors[next(iter(self.floors))]
 
     def touch(self, key: FlowKey, now: float) -> None:
         """``key``'s flow just carried a new datagram: it expires and is evicted last (O(1))."""
@@ -91,11 +112,11 @@ class RelayFlows:
             count += 1
         return count
 
-    def forget_peers(self, peer_ids: set[int]) -> None:
-        """Peers removed or re-keyed (their flows already dropped): drop their floors too."""
-        for table in (self.keys, self.floors):
-            for key in [k for k in table if k[0] in peer_ids or k[1] in peer_ids]:
-                del table[key]
+    def forget_pairs(self, rekeyed: set[int]) -> None:
+        """Pairs whose key (the bigger id's) a reload changed: their floors go (the old
+        key's datagrams no longer open)."""
+        for key in [k for k in self.floors if max(k) in rekeyed]:
+            del self.floors[key]
 
     def _forget(self, key: FlowKey, flows: dict[FlowKey, Flow]) -> None:
         del self.keys[key]
@@ -105,6 +126,4 @@ class RelayFlows:
         self.forgotten += 1
         self.retire(key[0], flow)
         self.floors.pop(key, None)
-        self.floors[key] = (flow.epoch, max(flow.floor, flow.window.top))
-        while len(self.floors) > self.max_floors:
-            del self.floors[next(iter(self.floors))]
+        self._keep_floor(key, flow)

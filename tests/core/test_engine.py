@@ -866,6 +866,51 @@ def test_engine_peer_removed_and_added_back_by_reload_never_reuses_a_nonce() -> 
     assert len(c.tun) == 70 and drops(c, "too_old") == 0  # C's window goes on, too
 
 
+@pytest.mark.parametrize("change", ["rekeyed smaller id", "removed and added back"])
+def test_engine_reload_never_delivers_a_packet_twice(change: str) -> None:
+    """1.1 streams to 16.1 on a 5 ms and a 300 ms path (every packet on both). 16.1 reloads
+    just before the reply to one of its probes comes back on the slow path: with 1.1's key
+    changed (the pair key is 16.1's: the flow is kept) or 1.1 removed and added back (the
+    new flow starts from the old one's top). The late reply verifies nothing below what was
+    delivered, and the slow copies of packets delivered before the reload stay duplicates
+    (15 of them were written to the TUN device a second time)."""
+    net = EngineNet(seed=7)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, S_EP, delay=0.005)
+    net.link(UP2, S_EP, delay=0.3)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    net.run(3.0)
+
+    def slow_reply_due() -> float | None:
+        for at, _, _, dst, data in net._events:
+            reply = data[0] & 0x0F == PacketType.PROBE_REPLY
+            if dst == UP2 and reply and HEADER.unpack_from(data)[4] == s.peer_id:
+                return at
+        return None
+
+    for seq in range(1000):
+        net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id), payload=b"%08d" % seq + b"x" * 28))
+        due = slow_reply_due()
+        if due is not None and due - net.now <= 0.02:
+            net.run(due - net.now - 0.001)
+            break
+        net.run(0.02)
+    engine, full = eng(c), eng(c).settings
+    unverified = drops(c, "unverified")
+    if change == "removed and added back":
+        engine.reload(replace(full, peers={k: v for k, v in full.peers.items() if k != s.peer_id}))
+        engine.reload(full)
+    else:
+        rekeyed = replace(full.peers[s.peer_id], key=bytes(32))
+        engine.reload(replace(full, peers={**full.peers, s.peer_id: rekeyed}))
+    net.run(1.0)
+    assert len(c.tun) > 20 and len(set(c.tun)) == len(c.tun)
+    if change == "rekeyed smaller id":
+        assert drops(c, "unverified") == unverified  # the flow went on
+
+
 def test_engine_static_address_pinned_where_the_peer_was_learned_keeps_one_path() -> None:
     """The operator writes a client's (already learned) address into the secrets: the static
     path takes the endpoint over; no second path to it, now or after the old one expires."""

@@ -97,14 +97,25 @@ def test_relay_forgets_silent_flows_and_counts_stay_monotonic() -> None:
     assert engine.stats.drop_counts()["too_old"] == 1
 
 
-def test_relay_flows_of_a_removed_peer_leave_nothing_behind() -> None:
-    engine, _ = relay()
-    engine.on_datagram(datagram(SERVERS[0], 1), CLIENT_ADDR, 0, 1.0)
-    engine.on_timer(2.0 + engine.settings.path_lifetime)
-    assert (CLIENT, SERVERS[0]) in engine.relayed.floors
-    peers = {k: v for k, v in engine.settings.peers.items() if k != SERVERS[0]}
+def test_relay_flows_of_a_removed_peer_leave_their_floor_until_its_key_changes() -> None:
+    """A peer removed by a reload leaves no flow, only the floor of each (~200 B, bounded):
+    added back with the same key, a replay of what was relayed is not carried again; added
+    back with another key, the floor goes (the old datagrams do not open any more)."""
+    engine, wire = relay()
+    old = datagram(SERVERS[0], 1)
+    engine.on_datagram(old, CLIENT_ADDR, 0, 1.0)
+    engine.on_datagram(datagram(SERVERS[1], 1), CLIENT_ADDR, 0, 1.0)
+    full = engine.settings
+    peers = {k: v for k, v in full.peers.items() if k != SERVERS[0]}
     engine.reload(EngineSettings(RELAY, NET, GROUP, peers))
-    assert not engine.relayed.floors and not engine.relayed.keys
+    assert relayed_flows(engine) == 1 and list(engine.relayed.keys) == [(CLIENT, SERVERS[1])]
+    assert list(engine.relayed.floors) == [(CLIENT, SERVERS[0])]
+    engine.reload(full)
+    carried = len(wire.sent)
+    engine.on_datagram(old, CLIENT_ADDR, 0, 2.0)
+    assert len(wire.sent) == carried and engine.stats.drop_counts()["too_old"] == 1
+    engine.reload(EngineSettings(RELAY, NET, GROUP, {**full.peers, CLIENT: PeerSpec(CLIENT, bytes(32))}))
+    assert not engine.relayed.floors and relayed_flows(engine) == 0
 
 
 def test_replay_window_ring_is_flat_whatever_the_counters() -> None:
