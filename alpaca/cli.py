@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
@@ -74,9 +75,14 @@ class EarlySignals:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the tunnel until it is stopped (SIGINT/SIGTERM)."""
     early = EarlySignals()
-    config, secrets = load_all(args)
+    config = load_config(resolve_config_path(args.config))
     setup_logging(config.log_level, args.timestamps)
-    config.engine_settings(secrets)  # cross-checks the two files before touching the host
+    try:
+        secrets = load_secrets(config.secret_file, config.id)
+        config.engine_settings(secrets)  # cross-checks the two files before touching the host
+    except AlpacaError:
+        _undo_crashed_run(config.control_socket, f"{config.path}: control_socket")
+        raise
     try:
         daemon = importlib.import_module("alpaca.daemon")  # lazily: the CLI works without it
     except ModuleNotFoundError as exc:
@@ -86,6 +92,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     result: int = daemon.run(config, secrets, lambda: early.reload_asked)
     return result
+
+
+def _undo_crashed_run(control_socket: Path, owner: str) -> list[str] | None:
+    """Undo what a crashed run of this node left on the host (a start that stops on a
+    broken file must not leave a client without its default route); None if nothing was
+    left, else the steps that failed."""
+    from alpaca.system import journal  # lazily: pyroute2 and nft only where needed
+
+    try:
+        failures = journal.undo_left_behind(control_socket, f"{owner} {control_socket}")
+    except AlpacaError as exc:  # the node runs: its journal is its own
+        logging.getLogger(PROG).warning("host changes of a previous run left as they are: %s", exc)
+        return None
+    if failures is not None:
+        logging.getLogger(PROG).warning("undid the host changes of a previous run failed=%d",
+                                        len(failures))
+    return failures
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Undo the host changes a crashed run left (its journal), without starting the tunnel."""
+    if args.cleanup_socket is not None:
+        sock = Path(args.cleanup_socket)
+    else:
+        sock = load_config(resolve_config_path(args.config)).control_socket
+    failures = _undo_crashed_run(sock, "control socket")
+    if failures is None:
+        print(f"{PROG}: nothing to undo for {sock}")
+        return EXIT_OK
+    for failure in failures:
+        print(f"{PROG}: {failure}", file=sys.stderr)
+    if failures:
+        return EXIT_ERROR
+    print(f"{PROG}: undid the host changes a previous run of {sock} left")
+    return EXIT_OK
+
+
+def _configure_cleanup(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--control-socket", dest="cleanup_socket", metavar="PATH", default=None,
+        help="the node's control socket (default: control_socket from the config); "
+             "for a config that no longer loads",
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -120,6 +169,8 @@ def cmd_version(args: argparse.Namespace) -> int:
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("run", "run the tunnel (the default without a command)", cmd_run),
     Subcommand("check", "validate config and secrets, show what run would do", cmd_check),
+    Subcommand("cleanup", "undo the host changes a crashed run left, without starting",
+               cmd_cleanup, _configure_cleanup),
     Subcommand("genkey", "print a new random key for the secrets file", cmd_genkey),
     Subcommand("version", "print the version", cmd_version),
     Subcommand("show", show.HELP, show.cmd_show, show.configure),

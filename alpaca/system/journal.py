@@ -357,6 +357,27 @@ def recover(path: str | Path) -> list[str] | None:
         return journal.undo_all()
 
 
+def undo_left_behind(control_socket: Path, owner: str) -> list[str] | None:
+    """Undo the journal a crashed run of the daemon with this control socket left, holding
+    that daemon's instance lock meanwhile (for a start that stops on a broken config or
+    secrets file, and for ``alpaca-tunnel cleanup``).
+
+    Returns:
+        As :func:`recover`.
+
+    Raises:
+        SystemSetupError: the daemon runs (it holds the lock), or the lock cannot be made.
+    """
+    path = control_socket.with_name(control_socket.name + SUFFIX)
+    if not path.exists():
+        return None
+    fd = instance.hold(instance.lock_path(control_socket), owner, wait=0.0)
+    try:
+        return recover(path)
+    finally:
+        os.close(fd)
+
+
 def _set_aside(path: Path, why: str, error: object) -> str:
     """Move a journal we must not undo out of the way (a new run would overwrite it), keeping
     it for a person; return the failure line."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.conftest import Lab, ns_run, rss_kib
+from tests.security.conftest import ALPACA, Lab, ns_run, rss_kib
 
 pytestmark = pytest.mark.netns
 
@@ -59,6 +59,39 @@ def test_faults_kill9_and_restart_resumes_traffic_and_leaves_hosts_clean(tmp_pat
             assert d.stop() == 0, d.text()[-2000:]
         for n in ("c", "f", "s"):
             assert host_state(lab, n) == clean[n], n
+
+
+def test_faults_kill9_then_a_broken_file_still_restores_the_host(tmp_path: Path) -> None:
+    """The client is killed with -9 (its default route moved into the tunnel), then:
+    restarted with a broken secrets file, it stops with the error and undoes the crashed
+    run's host changes first; with a config that no longer loads, `cleanup
+    --control-socket` does it."""
+    with Lab(tmp_path) as lab:
+        clean = host_state(lab, "c")
+        lab.start_all()
+        lab.wait_tunnel()
+        client = lab.daemons["c"]
+        secrets = Path(client.config["secret_file"])
+        good = secrets.read_text()
+        for broken in ("secrets", "config"):
+            client.kill9()
+            assert host_state(lab, "c") != clean
+            if broken == "secrets":
+                secrets.write_text(good.replace(lab.keys["1.1"], lab.keys["1.1"][:-2]))
+                done = ns_run(lab.ns["c"], ALPACA, "-c", str(client.config_path), "run", check=False)
+                assert done.returncode == 2 and "peer_key" in done.stderr, done.stderr
+                assert "undid the host changes of a previous run" in done.stdout
+            else:
+                client.config_path.write_text("{")
+                sock = client.config["control_socket"]
+                done = ns_run(lab.ns["c"], ALPACA, "cleanup", "--control-socket", sock, check=False)
+                assert done.returncode == 0 and "undid the host changes" in done.stdout, done.stderr
+            assert host_state(lab, "c") == clean, broken
+            assert not Path(client.config["control_socket"] + ".journal").exists()
+            if broken == "secrets":
+                secrets.write_text(good)
+                client.start()
+                lab.wait_tunnel()
 
 
 def test_faults_flapping_path_with_duplicate_send_loses_no_ping(tmp_path: Path) -> None:
