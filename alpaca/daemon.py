@@ -10,8 +10,10 @@ server and the control socket -> wait for a signal.
 
 Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, undo every host
 change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
-post_down hooks. SIGHUP (and any change to the secrets file) reloads the secrets file and the
-config without dropping learned paths, and moves a client's host routes to the peers'
+post_down hooks (the down hooks only if the post_up hooks ran: a start that failed before
+them must not undo what another instance's hooks made).
+SIGHUP (and any change to the secrets file) reloads the secrets file and the config without
+dropping learned paths, and moves a client's host routes to the peers'
 new addresses, local_routes and gateway (journaled like the start's); a changed key that only a
 restart applies is logged (RESTART_KEYS). Reloads run one at a time in their own greenlet and
 look hostnames up on the hub, so traffic flows while one waits for a name server.
@@ -117,6 +119,8 @@ class Daemon:
         self._start_signals: list[Any] = []
         #: the instance lock's descriptor (alpaca.system.instance), held until stop() ends
         self._lock: int | None = None
+        #: the post_up hooks ran: only then do the down hooks (a failed start runs none)
+        self._hooks_up = False
         #: systemd's Type=notify (READY, RELOADING, STOPPING); sends nothing without systemd
         self.notify = Notifier.from_environment()
 
@@ -147,6 +151,7 @@ class Daemon:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
         self.applied = apply(host_plan(cfg, self.secrets), self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
+        self._hooks_up = True
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
@@ -391,12 +396,14 @@ class Daemon:
         failures = self.journal.undo_all()
         if failures:
             self.exit_code = 1
-        run_hooks("pre_down", self.config.pre_down_cmds)
+        if self._hooks_up:
+            run_hooks("pre_down", self.config.pre_down_cmds)
         if self.plane is not None:
             self.plane.close()
         elif self.tun is not None:
             self.tun.close()
-        run_hooks("post_down", self.config.post_down_cmds)
+        if self._hooks_up:
+            run_hooks("post_down", self.config.post_down_cmds)
         self._cancel_start_signals()
         os.close(self._lock)
         self._lock = None
