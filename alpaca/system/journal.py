@@ -183,7 +183,7 @@ class Journal:
         if kind not in UNDO:
             raise ValueError(f"unknown undo step {kind!r}")
         step: Step = {"kind": kind, **params}
-        if step in self.steps:
+        if any(_bare(s) == step for s in self.steps):  # also one kept from a failed undo
             return
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
@@ -355,6 +355,11 @@ def recover(path: str | Path) -> list[str] | None:
                                                     f"({journal.netns_id}), not undone here")]
         log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
         return journal.undo_all()
+
+
+def _bare(step: Step) -> Step:
+    """``step`` without the retry marks a failed undo adds to it."""
+    return {k: v for k, v in step.items() if k not in ("tries", "failed_since")}
 
 
 def undo_left_behind(control_socket: Path, owner: str) -> list[str] | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -48,12 +49,23 @@ def table_name(tun: str) -> str:
     return f"alpaca_{tun}"
 
 
+#: Where the tools live on Debian and others, searched after $PATH (a cron-like PATH of
+#: /usr/bin:/bin lacks them: an undo must not then take iptables for absent).
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def _tool(name: str) -> str | None:
+    """The absolute path of the command ``name``, or None."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN]))
+
+
 def _run(
     argv: list[str], netns: str | None, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
+    argv = [_tool(argv[0]) or argv[0], *argv[1:]]
     if netns is not None:
         check_netns(netns)
-        argv = ["ip", "netns", "exec", netns, *argv]
+        argv = [_tool("ip") or "ip", "netns", "exec", netns, *argv]
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -66,7 +78,7 @@ def _run(
 
 
 def require_nft() -> None:
-    if shutil.which("nft") is None:
+    if _tool("nft") is None:
         raise SystemSetupError("nft not found", None, "apt-get install nftables")
 
 
@@ -130,7 +142,7 @@ def remove_table(tun: str, netns: str | None = None) -> None:
 
 
 def _has_iptables() -> bool:
-    return shutil.which("iptables") is not None
+    return _tool("iptables") is not None
 
 
 def forward_blocked_chain(netns: str | None = None) -> str | None:

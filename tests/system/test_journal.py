@@ -313,6 +313,18 @@ def test_journal_step_that_keeps_failing_is_given_up(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_journal_a_step_kept_from_a_failed_undo_is_not_recorded_twice(tmp_path: Path) -> None:
+    """The run that takes over a journal whose undo failed records its own change again:
+    the kept step (with its retry marks) stands for it, no second copy is added."""
+    path = tmp_path / "j"
+    step = {"kind": "nft_table", "tun": "alpaca0"}
+    path.write_text(json.dumps({"version": 1, "netns": None,
+                                "steps": [{**step, "tries": 1, "failed_since": time.time()}]}))
+    journal = jr.Journal.load(path)
+    journal.record("nft_table", tun="alpaca0")
+    assert len(jr.Journal.load(path).steps) == 1
+
+
 def test_journal_malformed_steps_are_reported_and_dropped(tmp_path: Path) -> None:
     path = tmp_path / "j"
     path.write_text(json.dumps({"version": 1, "netns": None,

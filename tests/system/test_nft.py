@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from alpaca.system import link, nft
@@ -94,3 +96,13 @@ def test_nft_docker_drop_policy_gets_our_accepts(docker_user: bool, tmp_path: ob
         assert not ping(a, "198.51.100.2")
         assert link.remove_stale_link("alpaca0", router)  # the daemon closes its TUN
         assert snapshot(router) == before
+
+
+def test_nft_tools_are_found_outside_a_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PATH=/usr/bin:/bin (cron-like), nft and iptables in /usr/sbin are still found:
+    an undo must not take iptables for absent and drop its step with the rules in place."""
+    if shutil.which("iptables", path="/usr/sbin:/sbin") is None:
+        pytest.skip("iptables is not installed in /usr/sbin or /sbin")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert nft._has_iptables() and nft._tool("nft") is not None
+    nft.require_nft()
