@@ -219,19 +219,22 @@ class KeyRing:
             del self._trusted[(pair << 32) | oldest]
 
     def replace_keys(self, keys: Mapping[int, bytes]) -> None:
-        """Install reloaded secrets; keep cached ciphers only of pairs whose key is unchanged.
+        """Install reloaded secrets; keep cached ciphers only of pairs whose key is unchanged
+        and whose two ids are both still known (a removed smaller id leaves nothing behind).
 
         Raises:
             ValueError: as :meth:`__init__`; the ring is then left unchanged.
         """
         new = self._checked(keys)
         changed = {p for p in self._keys.keys() | new.keys() if self._keys.get(p) != new.get(p)}
+        gone = self._keys.keys() - new.keys()
         self._keys = new
         if not changed:
             return
 
         def stale(slot: int) -> bool:
-            return max(slot >> 48, (slot >> 32) & 0xFFFF) in changed
+            src, dst = slot >> 48, (slot >> 32) & 0xFFFF
+            return max(src, dst) in changed or src in gone or dst in gone
 
         self._trusted = {s: c for s, c in self._trusted.items() if not stale(s)}
         self._pending = {s: c for s, c in self._pending.items() if not stale(s)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,16 @@ class DupSendScheduler:
         while self._heap and self._heap[0].due_at <= now:
             due.append(heapq.heappop(self._heap))
         return due
+
+    def cancel(self, stale: Callable[[DelayedCopy], bool]) -> int:
+        """Drop the pending copies ``stale`` selects (a reload moved, removed or re-keyed their
+        peer); returns how many."""
+        kept = [copy for copy in self._heap if not stale(copy)]
+        cancelled = len(self._heap) - len(kept)
+        if cancelled:
+            heapq.heapify(kept)
+            self._heap = kept
+        return cancelled
 
     def clear(self) -> None:
         """Drop every pending copy (shutdown)."""

@@ -44,7 +44,7 @@ from alpaca.core.constants import (
 )
 from alpaca.core.crypto import KeyRing
 from alpaca.core.drops import DropReason
-from alpaca.core.dupsend import DupSendScheduler
+from alpaca.core.dupsend import DelayedCopy, DupSendScheduler
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.ids import RESERVED_IDS, format_peer_id
 from alpaca.core.output import Output, RouteResolver
@@ -114,7 +114,9 @@ class Engine:
         their flows are forgotten, except our send counter towards them (a nonce is never
         reused within a run) and each flow's top as the floor of the next one (added back
         with the same key, a peer must not take a replay of what it sent before). A flow
-        whose pair key changed (the bigger id's key: crypto.KeyRing) starts over.
+        whose pair key changed (the bigger id's key: crypto.KeyRing) starts over. Delayed
+        copies still queued for a peer that moved or left, or sealed by us under a replaced
+        pair key, are cancelled.
         """
         old = self.settings.peers
         rekeyed = {p for p, spec in old.items() if p in settings.peers and settings.peers[p].key != spec.key}
@@ -132,6 +134,7 @@ class Engine:
         self.dup.limit = settings.dup_queue_max
         self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})
         self._apply_peers(settings)
+        self._cancel_stale_copies(rekeyed, removed)
         self.routes.flush()
         self.generation.bump()
         self.prober.next_probe_at = self.prober.next_tick_at = 0.0  # learn new peers' links now
@@ -156,6 +159,17 @@ class Engine:
         for peer in self.peers.values():
             wants_via = peer.peer_id == settings.gateway and settings.forwarders
             peer.set_via_paths(settings.forwarders if wants_via else (), names)
+
+    def _cancel_stale_copies(self, rekeyed: set[int], removed: set[int]) -> None:
+        links = {id(link) for peer in self.peers.values() for link in peer.paths.links()}
+        me = self.self_id
+
+        def stale(copy: DelayedCopy) -> bool:
+            src, dst = HEADER.unpack_from(copy.data)[4:6]
+            return (id(copy.path) not in links or src in removed or dst in removed
+                    or (src == me and max(src, dst) in rekeyed))
+
+        self.dup.cancel(stale)
 
     def flush_routes(self) -> None:
         """The host's routes, rules or addresses changed: forget cached route answers."""

@@ -67,7 +67,8 @@ class Path:
         "kind", "last_ok_at", "name", "peer",
         "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
         "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
-        "rx_packets", "srtt", "tx_bytes", "tx_packets", "unanswered_since", "up", "via",
+        "rx_packets", "silent_probes", "srtt", "tx_bytes", "tx_packets", "unanswered_since", "up",
+        "via",
     )
 
     def __init__(
@@ -94,6 +95,9 @@ class Path:
         self.rtt_last: float | None = None
         self.rtt_samples = array("d")  # 8 bytes a sample (a list of floats: 32)
         self.probes_sent = self.probes_answered = 0
+        #: probes sent to this address (not carried from a path it replaces) while it has
+        #: never answered nor been up; -1 once it has (the prober's dormancy)
+        self.silent_probes = 0
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.rx_first = self.rx_duplicates = 0
         self.data_sent = 0
@@ -128,11 +132,14 @@ class Path:
         self.probe_data_mark = (self.data_sent, peer_rx)
 
     def on_probe_sent(self, now: float) -> None:
+        if self.silent_probes >= 0:
+            self.silent_probes += 1
         if self.unanswered_since == math.inf:
             self.unanswered_since = now
 
     def on_probe_answered(self) -> None:
         self.unanswered_since = math.inf
+        self.silent_probes = -1
 
     def check_answers(self, now: float, timeout: float) -> bool:
         """Update ``answering`` (no probe unanswered for ``timeout`` seconds); True if it
@@ -151,6 +158,8 @@ class Path:
         if up == self.up:
             return False
         self.up = up
+        if up:
+            self.silent_probes = -1
         self.reason = ("answering" if self.answering else "unanswered") if up else "timeout"
         self.changes += 1
         return True

@@ -90,9 +90,9 @@ class Prober:
         )
 
     def _is_dormant(self, path: Path) -> bool:
-        """Never answered after DORMANT_AFTER probes, and this is not one of its rounds."""
-        return (path.changes == 0 and path.probes_sent >= DORMANT_AFTER
-                and self._round % DORMANT_EVERY != 0)
+        """Never up nor answering at its address after DORMANT_AFTER probes there, and this is
+        not one of its rounds."""
+        return path.silent_probes >= DORMANT_AFTER and self._round % DORMANT_EVERY != 0
 
     def _probe_peer(self, peer: Peer, now: float) -> None:
         for link in peer.paths.links():

@@ -311,6 +311,20 @@ def test_keyring_replace_keys_drops_changed_and_removed() -> None:
     assert r.cached_ciphers == 0
 
 
+def test_keyring_replace_keys_drops_the_ciphers_of_a_removed_smaller_id() -> None:
+    """1.1 leaves the secrets: its pair with 1.2 is under 1.2's key (unchanged), yet nothing
+    of 1.1 is kept (the ring held one cipher per reload-removed peer and epoch before)."""
+    keys = {CLIENT: PAIR_KEY, OTHER: bytes(range(32)), GATEWAY: bytes(32)}
+    r = KeyRing(GROUP, keys)
+    to_gateway = r.cipher(OTHER, GATEWAY, EPOCH)
+    kept = r.cipher(OTHER, CLIENT, EPOCH)
+    r.replace_keys({CLIENT: PAIR_KEY, OTHER: bytes(range(32))})
+    assert r.cached_ciphers == 1 and r.cipher(OTHER, CLIENT, EPOCH) is kept
+    r.replace_keys(keys)  # added back: a cipher made afresh, from the same key
+    again = r.cipher(OTHER, GATEWAY, EPOCH)
+    assert again is not to_gateway and again is not None
+
+
 def test_keyring_replace_keys_rejects_bad_key_and_keeps_old() -> None:
     r = ring()
     with pytest.raises(ValueError):
