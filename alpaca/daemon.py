@@ -145,7 +145,7 @@ class Daemon:
         journal_mod.recover_orphans(self.journal.path)
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
-        link.remove_stale_link(cfg.tun_name)
+        link.check_name_free(cfg.tun_name)
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)

@@ -2,7 +2,7 @@
 
 Modules (one netlink/OS concept each; every function takes ``netns: str | None``):
     netlink   errors, idempotence, PROTO_ALPACA (97), raw bulk route messages
-    link      TUN mtu/address/up, stale device removal
+    link      TUN mtu/address/up, the check that no other device has its name
     routes    uplink discovery, default route move/restore, host routes
     chnroute  bulk CIDR list load/remove
     nft       our nftables table (NAT, forward, MSS) and Docker's FORWARD DROP

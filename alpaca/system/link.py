@@ -1,12 +1,14 @@
-"""The TUN link: MTU, the tunnel /16 address, up. Also removal of a stale device.
+"""The TUN link: MTU, the tunnel /16 address, up. Also the check that its name is free.
 
 The daemon creates the device itself by opening /dev/net/tun (TUNSETIFF, non-persistent, so the
 kernel deletes it when the process exits, even after kill -9). These helpers only configure it.
-Before creating it, the daemon calls :func:`remove_stale_link`: a *persistent* device of the
-same name (left by another tool) would otherwise be attached to and outlive us. A TUN device
-some running program has open is never removed: the kernel turns a TUN device's carrier on
-when a descriptor attaches (and off when the last one detaches), and a program that turned
-the carrier off itself (TUNSETCARRIER) is found by its descriptor in /proc (:func:`tun_holders`).
+Before creating it, the daemon calls :func:`check_name_free`: it would otherwise attach to a
+*persistent* device of the same name (``ip tuntap add``, another VPN) and configure a device
+that outlives us, or share one another program has open. Neither is ours, so neither is
+removed: the start stops with an error. A TUN device is held open when its carrier is on (the
+kernel turns it on when a descriptor attaches, off when the last one detaches) or, for a
+program that turned the carrier off itself (TUNSETCARRIER), when a descriptor in /proc shows
+it (:func:`tun_holders`).
 Callers: the control greenlet at set-up.
 """
 
@@ -17,6 +19,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from pyroute2 import IPRoute
 
 from alpaca.errors import SystemSetupError
 from alpaca.system import sysctl
-from alpaca.system.netlink import OK_ADD, OK_DEL, errno_text, iproute, nl_call
+from alpaca.system.netlink import OK_ADD, errno_text, iproute, nl_call
 
 log = logging.getLogger(__name__)
 
@@ -80,45 +83,66 @@ def configure_tun(
     return index
 
 
-def remove_stale_link(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> bool:
-    """Delete a leftover TUN device named ``ifname`` if one exists.
+def check_name_free(
+    ifname: str, netns: str | None = None, ipr: IPRoute | None = None, *, wait: float = 2.0,
+) -> None:
+    """Make sure no device is named ``ifname`` before the daemon creates its TUN device.
 
-    Returns:
-        True if a device was deleted.
+    Nothing is ever deleted. A TUN device of an earlier run of ours is not persistent: the
+    kernel deletes it when its last descriptor closes, so one that is still there without a
+    holder is being deleted, and is waited for (up to ``wait`` seconds).
 
     Raises:
-        SystemSetupError: a device of another kind has that name (a veth, a bridge,
-            ``wg0``...): it is not ours to delete.
+        SystemSetupError: the name is taken by a device of another kind, by a persistent TUN
+            device (``ip tuntap add``, another VPN), or by a TUN device a running program has
+            open. Each error names the device and says to choose another ``tun_name``.
     """
+    deadline = time.monotonic() + wait
     with iproute(netns, ipr) as nl:
-        index = link_index(ifname, ipr=nl)
-        if index is None:
-            return False
-        links = nl_call(f"reading device {ifname}", nl.get_links, index, ok=(errno.ENODEV,)) or ()
-        if not links:
-            return False
-        kind = link_kind(links[0])
-        if kind != "tun":
-            raise SystemSetupError(
-                f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
-                "choose another tun_name: only a TUN device left by an earlier run is removed")
-        carrier = bool(links[0].get_attr("IFLA_CARRIER"))  # a descriptor is attached
-        holders = [] if carrier else tun_holders(ifname)
-        if carrier or holders:
-            who = f" (pid {', '.join(map(str, holders))})" if holders else ""
-            raise SystemSetupError(
-                f"device {ifname} is a TUN device another running program has open{who}", None,
-                "choose another tun_name, or stop that program (see `ip -d link show "
-                f"{ifname}`): only a TUN device nobody has open is removed")
-        nl_call(
-            f"deleting stale device {ifname}",
-            nl.link,
-            "del",
-            index=index,
-            ok=(*OK_DEL, errno.ENODEV),
-        )
-    log.info("stale device removed dev=%s", ifname)
-    return True
+        while True:
+            found = _tun_in_the_way(ifname, nl)
+            if found is None:
+                return
+            if found == "dying" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            break
+    if found == "persistent":
+        raise SystemSetupError(
+            f"device {ifname} is a persistent TUN device (made by `ip tuntap add` or another "
+            "program); it is not ours to delete", None,
+            f"choose another tun_name, or delete it with `ip link del {ifname}` if nothing uses it")
+    holders = tun_holders(ifname)
+    who = f" (pid {', '.join(map(str, holders))})" if holders else ""
+    raise SystemSetupError(
+        f"device {ifname} is a TUN device another running program has open{who}", None,
+        f"choose another tun_name, or stop that program (see `ip -d link show {ifname}`)")
+
+
+def _tun_in_the_way(ifname: str, nl: IPRoute) -> str | None:
+    """None if no device is named ``ifname``; else "persistent", "held" (a program has it
+    open) or "dying" (a non-persistent TUN device nobody has open: the kernel is deleting it).
+
+    Raises:
+        SystemSetupError: the device is not a TUN device.
+    """
+    index = link_index(ifname, ipr=nl)
+    links = nl_call(f"reading device {ifname}", nl.get_links, index,
+                    ok=(errno.ENODEV,)) if index is not None else None
+    if not links:
+        return None
+    kind = link_kind(links[0])
+    if kind != "tun":
+        raise SystemSetupError(
+            f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
+            "choose another tun_name: that device is not ours")
+    info = links[0].get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is not None and data.get_attr("IFLA_TUN_PERSIST"):
+        return "persistent"
+    if links[0].get_attr("IFLA_CARRIER") or tun_holders(ifname):  # see the module docstring
+        return "held"
+    return "dying"
 
 
 def routed_bridges(netns: str | None = None, ipr: IPRoute | None = None) -> list[str]:

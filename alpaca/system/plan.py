@@ -6,7 +6,7 @@ another program puts back into ``main``.
 
 ``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
 :class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
-:func:`alpaca.system.link.remove_stale_link`, creates the TUN device, then :func:`apply`; on
+:func:`alpaca.system.link.check_name_free`, creates the TUN device, then :func:`apply`; on
 exit it calls ``journal.undo_all()``.
 
 Order (client): wait for the uplink (nothing changed yet if there is none), ip_forward, TUN,

@@ -222,6 +222,24 @@ def test_host_strict_hook_failure_stops_startup(lab: Lab) -> None:
     assert not node.journal_path.exists()
 
 
+@pytest.mark.netns
+def test_host_a_persistent_tun_device_of_our_name_is_refused_and_kept(lab: Lab) -> None:
+    """Someone's persistent TUN device has our tun_name: the start stops with an error naming
+    it and the key, and the device is still there afterwards (it used to be deleted)."""
+    ns = lab.ns("server")
+    node = lab.node("server", ns, "1.1", "server")
+    node.write_secrets([Peer("1.1").line()])
+    nsexec(ns, "ip", "tuntap", "add", "dev", TUN, "mode", "tun")
+    before = host_state(ns)
+    lab.start(node, wait=False)
+    assert node.proc is not None
+    assert node.proc.wait(20) == 1, node.log_tail()
+    assert f"device {TUN} is a persistent TUN device" in node.log() and "tun_name" in node.log()
+    assert_same(before, host_state(ns))
+    assert "persist on" in nsexec(ns, "ip", "-d", "link", "show", TUN).stdout
+    nsexec(ns, "ip", "link", "del", TUN)
+
+
 UNIT = REPO / "config" / "alpaca-tunnel.service"
 
 
@@ -248,7 +266,7 @@ def test_service_unit_verifies(tmp_path: Path) -> None:
 @pytest.mark.netns
 def test_host_second_instance_of_a_node_leaves_the_first_alone(lab: Lab) -> None:
     """The same node started again by hand while it runs: refused before it touches anything
-    (no journal recovery, no stale-device removal), and the first keeps working."""
+    (no journal recovery, no check of its device name), and the first keeps working."""
     topo = build_simple(lab)
     before = host_state(topo.client.ns)
     start(topo)

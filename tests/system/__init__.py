@@ -81,6 +81,11 @@ def add_tun(ns: str, name: str = "alpaca0") -> None:
     nsexec(ns, "ip", "tuntap", "add", "dev", name, "mode", "tun")
 
 
+def del_tun(ns: str, name: str = "alpaca0") -> None:
+    """Delete the TUN of :func:`add_tun`, as the kernel does with the daemon's when it exits."""
+    nsexec(ns, "ip", "link", "del", name)
+
+
 def run_python(ns: str, code: str, check: bool = True) -> str:
     """Run ``code`` with our interpreter inside ``ns`` (as the daemon would run there)."""
     env = f"PYTHONPATH={ROOT}"

@@ -16,7 +16,7 @@ from alpaca.system import instance, link, nsid, sysctl
 from alpaca.system import journal as jr
 from alpaca.system.plan import HostPlanInput, Mode, apply, keep_default_moved, plan
 from tests.helpers import netns, nsexec
-from tests.system import PYTHON, ROOT, add_tun, client_ns, run_python, snapshot
+from tests.system import PYTHON, ROOT, add_tun, client_ns, del_tun, run_python, snapshot
 
 APPLY_AND_CRASH = """
 import os, signal
@@ -96,7 +96,7 @@ def test_journal_recover_after_kill9_restores_namespace_byte_for_byte(mode: str,
             assert "alpaca-tunnel:alpaca0" in nsexec(ns, "iptables", "-S").stdout
         assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
         assert not path.exists()
-        link.remove_stale_link("alpaca0", ns)  # the kernel deletes the daemon's TUN with it
+        del_tun(ns)  # the kernel deletes the daemon's TUN with it
         assert snapshot(ns) == before
 
 
@@ -117,7 +117,7 @@ def test_journal_covers_routes_changed_by_a_reload(tmp_path: Path) -> None:
         assert "default via 10.17.1.2 dev alpaca0 proto 97" in table, table
         assert "10.17.1.1" not in table, table
         assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
-        link.remove_stale_link("alpaca0", ns)
+        del_tun(ns)
         assert snapshot(ns) == before
 
 
@@ -266,7 +266,7 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
         ours = nsexec(ns, "ip", "route", "show", "table", str(table)).stdout
         assert "default via 10.17.1.1 dev alpaca0 proto 97" in ours
         assert journal.undo_all() == []
-        link.remove_stale_link("alpaca0", ns)
+        del_tun(ns)
         after = snapshot(ns)
         moved_back = "default via 192.0.2.77 dev up0 metric 50 \n"
         assert moved_back in after["routes4"]
@@ -557,7 +557,7 @@ def test_journal_route_table_main_moves_a_default_of_metric_zero(tmp_path: Path)
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
         assert "default via 10.17.1.1 dev alpaca0 proto 97" in main and "192.0.2.254" not in main
         assert journal.undo_all() == []
-        link.remove_stale_link("alpaca0", ns)
+        del_tun(ns)
         assert snapshot(ns) == before
 
 

@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from alpaca.system import link, nft
+from alpaca.system import nft
 from alpaca.system.journal import Journal
 from alpaca.system.plan import HostPlanInput, Mode, apply, plan
 from tests.helpers import netns, nsexec, veth
-from tests.system import snapshot
+from tests.system import del_tun, snapshot
 
 NET = "10.17.0.0/16"
 
@@ -94,7 +94,7 @@ def test_nft_docker_drop_policy_gets_our_accepts(docker_user: bool, tmp_path: ob
         assert journal.undo_all() == []
         assert "alpaca-tunnel" not in nsexec(router, "iptables", "-S").stdout
         assert not ping(a, "198.51.100.2")
-        assert link.remove_stale_link("alpaca0", router)  # the daemon closes its TUN
+        del_tun(router)  # the daemon closes its TUN
         assert snapshot(router) == before
 
 

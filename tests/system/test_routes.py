@@ -116,12 +116,16 @@ def test_link_configure_tun_is_idempotent() -> None:
         assert ",UP" in shown
 
 
-def test_link_remove_stale_link() -> None:
+def test_link_check_name_free_leaves_a_persistent_tun_device_alone() -> None:
+    """A persistent TUN device is someone's (``ip tuntap add``, another VPN): it used to be
+    deleted at start, and was gone after we exited."""
     with netns() as ns:
+        link.check_name_free("alpaca0", ns)
         nsexec(ns, "ip", "tuntap", "add", "dev", "alpaca0", "mode", "tun")
-        assert link.remove_stale_link("alpaca0", ns)
-        assert link.link_index("alpaca0", ns) is None
-        assert not link.remove_stale_link("alpaca0", ns)
+        wanted = r"alpaca0 is a persistent TUN device.*tun_name.*ip link del alpaca0"
+        with pytest.raises(SystemSetupError, match=wanted):
+            link.check_name_free("alpaca0", ns)
+        assert link.link_index("alpaca0", ns) is not None
 
 
 HOLD_TUN = """
@@ -136,7 +140,7 @@ time.sleep(60)
 
 
 @pytest.mark.parametrize("carrier", ["carrier-on", "carrier-off"])
-def test_link_remove_stale_link_leaves_a_tun_device_another_program_has_open(carrier: str) -> None:
+def test_link_check_name_free_leaves_a_tun_device_another_program_has_open(carrier: str) -> None:
     """A non-persistent TUN exists only while its program runs: it is that program's, in use,
     also when that program turned the device's carrier off."""
     with netns() as ns:
@@ -148,21 +152,23 @@ def test_link_remove_stale_link_leaves_a_tun_device_another_program_has_open(car
                 carrier_on = nl.get_links(ifname="alpaca0")[0].get_attr("IFLA_CARRIER")
             assert carrier_on == (carrier == "carrier-on")
             with pytest.raises(SystemSetupError, match=r"another running program has open.*tun_name"):
-                link.remove_stale_link("alpaca0", ns)
+                link.check_name_free("alpaca0", ns, wait=0.2)
             assert link.link_index("alpaca0", ns) is not None
             if carrier == "carrier-off":
                 assert link.tun_holders("alpaca0") == [holder.pid]
         finally:
             holder.kill()
             holder.wait()
+        link.check_name_free("alpaca0", ns)  # its program gone, the kernel deleted it
+        assert link.link_index("alpaca0", ns) is None
 
 
-def test_link_remove_stale_link_leaves_a_device_of_another_kind() -> None:
+def test_link_check_name_free_leaves_a_device_of_another_kind() -> None:
     with netns() as ns:
         nsexec(ns, "ip", "link", "add", "alpaca0", "type", "veth", "peer", "name", "other0")
         wanted = r"alpaca0 exists and is not a TUN device \(kind veth\).*tun_name"
         with pytest.raises(SystemSetupError, match=wanted):
-            link.remove_stale_link("alpaca0", ns)
+            link.check_name_free("alpaca0", ns)
         assert link.link_index("alpaca0", ns) is not None
         assert link.link_index("other0", ns) is not None
 
