@@ -83,12 +83,17 @@ def add(
     return len(messages)
 
 
-def remove(table: int = RT_TABLE_DEFAULT, netns: str | None = None) -> int:
-    """Delete every IPv4 route with our proto in ``table`` (idempotent, journal-free).
+def remove(
+    table: int = RT_TABLE_DEFAULT, netns: str | None = None, keep: Iterable[str] = (),
+) -> int:
+    """Delete every IPv4 route with our proto in ``table`` (idempotent, journal-free), except
+    those to a prefix in ``keep`` (CIDR strings; another running daemon's routes in the
+    table; malformed entries are ignored).
 
     Returns:
         How many routes were deleted.
     """
+    kept = _networks(keep)
     flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK
     with netlink.RtnlSocket(netns) as rt:
         by_seq: dict[int, ipaddress.IPv4Network] = {}
@@ -97,14 +102,27 @@ def remove(table: int = RT_TABLE_DEFAULT, netns: str | None = None) -> int:
             _family, _dst_len, proto, _scope, _rtype = netlink.route_fields(payload)
             if proto != PROTO_ALPACA or netlink.route_table(payload) != table:
                 continue
+            net = _dst_of(payload)
+            if net in kept:
+                continue
             seq = rt.next_seq()
-            by_seq[seq] = net = _dst_of(payload)
+            by_seq[seq] = net
             messages.append(netlink.encode_route(netlink.RTM_DELROUTE, flags, seq, net, table))
         results = rt.request_many(messages)
     _raise_first(results, by_seq, OK_DEL, f"table {table}", "deleting")
     if messages:
         log.info("routes removed count=%d proto=%d table=%d", len(messages), PROTO_ALPACA, table)
     return len(messages)
+
+
+def _networks(cidrs: Iterable[str]) -> set[ipaddress.IPv4Network]:
+    found = set()
+    for cidr in cidrs:
+        try:
+            found.add(ipaddress.IPv4Network(cidr, strict=False))
+        except ValueError:
+            continue
+    return found
 
 
 def _dst_of(payload: bytes) -> ipaddress.IPv4Network:

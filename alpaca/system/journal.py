@@ -21,8 +21,9 @@ Invariants:
       for a person (``<name>.other-netns-<time>``); one beside it is left alone.
     * Daemons sharing a namespace and a journal directory share what they both changed: a step
       another running daemon's journal also holds (ip_forward, a chnroute table, a host route)
-      is left in place for it, and a sysctl step takes over its original value, so the last
-      one to stop restores the host's. ip_forward stays on, though, when a routed bridge
+      is left in place for it, a chnroute's removal spares the routes it keeps in that table
+      (its host routes, its moved default), and a sysctl step takes over its original value,
+      so the last one to stop restores the host's. ip_forward stays on, though, when a routed bridge
       (Docker's, libvirt's) appeared meanwhile: its containers need it. Undo, recovery and
       those sysctl records run one at a time per directory (:func:`_directory_lock`), so two
       daemons stopping at once cannot each leave a shared step to the other.
@@ -134,7 +135,7 @@ def _undo_default_route(step: Step, netns: str | None) -> None:
 
 
 def _undo_chnroute(step: Step, netns: str | None) -> None:
-    chnroute.remove(step["table"], netns)
+    chnroute.remove(step["table"], netns, keep=step.get("keep", ()))
 
 
 def _undo_nft_table(step: Step, netns: str | None) -> None:
@@ -450,14 +451,13 @@ def _not_shared(step: Step, peers: list[Journal]) -> Step | None:
     """``step`` less what a running peer's journal also undoes (None: all of it is shared and
     stays in place for that peer). Shared: a sysctl key, a chnroute table, host routes."""
     kind = step["kind"]
+    if kind == "chnroute":
+        return _chnroute_not_shared(step, peers)
     theirs = [s for peer in peers for s in peer.steps if s.get("kind") == kind]
     if not theirs:
         return step
     if kind == "sysctl" and any(s.get("key") == step["key"] for s in theirs):
         log.info("sysctl left for another running daemon key=%s", step["key"])
-        return None
-    if kind == "chnroute" and any(s.get("table") == step["table"] for s in theirs):
-        log.info("chnroute left for another running daemon table=%s", step["table"])
         return None
     if kind == "routes":
         shared = {d for s in theirs if s.get("table") == step["table"] and isinstance(s.get("dsts"), list)
@@ -465,3 +465,20 @@ def _not_shared(step: Step, peers: list[Journal]) -> Step | None:
         dsts = [d for d in step["dsts"] if d not in shared]
         return {**step, "dsts": dsts} if dsts else None
     return step
+
+
+def _chnroute_not_shared(step: Step, peers: list[Journal]) -> Step | None:
+    """A chnroute step less what running peers keep in its table: None if one loaded a
+    chnroute there too; else the step with ``keep``, the prefixes of their host routes and
+    moved default route in that table (removing the chnroute deletes every route of ours
+    in the table but those)."""
+    table = step["table"]
+    theirs = [s for peer in peers for s in peer.steps if s.get("table") == table]
+    if any(s.get("kind") == "chnroute" for s in theirs):
+        log.info("chnroute left for another running daemon table=%s", table)
+        return None
+    keep = [d for s in theirs if s.get("kind") == "routes" and isinstance(s.get("dsts"), list)
+            for d in s["dsts"] if isinstance(d, str)]
+    if any(s.get("kind") == "default_route" for s in theirs):
+        keep.append("0.0.0.0/0")
+    return {**step, "keep": keep} if keep else step

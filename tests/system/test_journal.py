@@ -14,7 +14,7 @@ import pytest
 from alpaca.errors import SystemSetupError
 from alpaca.system import instance, link, nsid, sysctl
 from alpaca.system import journal as jr
-from alpaca.system.plan import HostPlanInput, Mode, apply, keep_default_moved, plan
+from alpaca.system.plan import ChnrouteInput, HostPlanInput, Mode, apply, keep_default_moved, plan
 from tests.helpers import netns, nsexec
 from tests.system import PYTHON, ROOT, add_tun, client_ns, del_tun, run_python, snapshot
 
@@ -626,3 +626,42 @@ def test_journal_second_daemon_inherits_the_bridges_seen_before_the_first(tmp_pa
             assert journal.undo_all() == []
             os.close(lock)
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+
+
+@pytest.mark.netns
+def test_journal_undoing_a_chnroute_leaves_the_routes_of_another_daemon_in_its_table(
+        tmp_path: Path) -> None:
+    """Daemon a (alpaca0, a server) loads chnroute into table 253, where daemon b (alpaca1, a
+    client) keeps its default route and its host routes. a stops: b's routes stay (they went
+    with a's chnroute, every route of ours in the table); b stops: the host is as before."""
+    data = chn_file(tmp_path)
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns, "alpaca0")
+        add_tun(ns, "alpaca1")
+        inputs = {
+            "a": HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408,
+                               chnroute=ChnrouteInput(str(data))),
+            "b": HostPlanInput(Mode.CLIENT, "alpaca1", "10.18.0.0/16", "10.18.16.1", 1408,
+                               gateway_ip="10.18.1.1", peer_addresses=("203.0.113.7",)),
+        }
+        journals, locks = {}, {}
+        for name, inp in inputs.items():
+            journals[name] = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+            locks[name] = instance.hold(jr.lock_of(journals[name].path), "test")
+            apply(plan(inp), journals[name], ns)
+        try:
+            assert journals["a"].undo_all() == []
+            os.close(locks.pop("a"))
+            table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+            assert "default via 10.18.1.1 dev alpaca1 proto 97" in table, table
+            assert "203.0.113.7 via 192.0.2.254 dev up0 proto 97" in table, table
+            assert "1.0.0.0/24" not in table, table
+            assert journals["b"].undo_all() == []
+        finally:
+            for fd in locks.values():
+                os.close(fd)
+        del_tun(ns, "alpaca0")
+        del_tun(ns, "alpaca1")
+        assert snapshot(ns) == before
