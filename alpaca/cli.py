@@ -80,6 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         secrets = load_secrets(config.secret_file, config.id)
         config.engine_settings(secrets)  # cross-checks the two files before touching the host
+        if config.chnroute is not None:  # read again when loaded: a broken file touches nothing
+            read_chnroute(config.chnroute.data)
     except AlpacaError:
         _undo_crashed_run(config.control_socket, f"{config.path}: control_socket")
         raise

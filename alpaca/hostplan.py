@@ -26,7 +26,8 @@ def host_plan_input(config: Config, secrets: Secrets) -> HostPlanInput:
                                      if p.address and p.peer_id != config.id})),
         local_routes=tuple(str(n) for n in config.local_routes),
         chnroute=None if chn is None else ChnrouteInput(
-            str(chn.data), None if chn.gateway is None else str(chn.gateway), chn.table),
+            str(chn.data), None if chn.gateway is None else str(chn.gateway), chn.table,
+            f"{config.path}: chnroute.gateway"),
         route_table=config.route_table,
         txqueuelen=config.tun_txqueuelen,
     )

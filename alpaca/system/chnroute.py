@@ -3,11 +3,13 @@
 File format (as the original's ``route_data_cidr.txt``): one ``a.b.c.d/len`` per line; ``#``
 starts a comment; blank lines are ignored; prefix length 0 is skipped (as the original skips
 lengths below 1, so a stray ``0.0.0.0/0`` cannot swallow the tunnel's default). Bad lines are
-reported with their line numbers, all at once.
+reported with their line numbers, all at once; a prefix with host bits set is one (the parser
+is ``check``'s, :func:`alpaca.config.read_chnroute`).
 
 Loading sends hand-encoded RTM_NEWROUTE messages, about 1,400 per ``sendto`` (64 KiB), through
 :class:`~alpaca.system.netlink.RtnlSocket`; removal dumps the routes once and deletes every route
-of the table that carries our proto, so it also cleans up after a crash without any journal.
+of the table that carries our proto (but those another running daemon keeps there), so it also
+cleans up after a crash without any journal.
 Callers: the control greenlet, at set-up and teardown.
 """
 
@@ -20,37 +22,21 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from alpaca.configreader import read_chnroute_text
-from alpaca.errors import ConfigError
+from alpaca.config import read_chnroute
 from alpaca.system import netlink
 from alpaca.system.netlink import OK_ADD, OK_DEL, PROTO_ALPACA, RT_TABLE_DEFAULT
 
 log = logging.getLogger(__name__)
 
 
-def parse(text: str, source: str = "chnroute") -> list[ipaddress.IPv4Network]:
-    """Parse a CIDR list; raise one ConfigError naming every bad line (``file:line: ...``)."""
-    nets: list[ipaddress.IPv4Network] = []
-    problems: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            net = ipaddress.IPv4Network(line, strict=False)
-        except ValueError as exc:
-            problems.append(f"{source}:{number}: {line!r} is not an IPv4 CIDR ({exc})")
-            continue
-        if net.prefixlen:
-            nets.append(net)
-    if problems:
-        raise ConfigError(problems)
-    return nets
-
-
 def load_file(path: str | Path) -> list[ipaddress.IPv4Network]:
-    """Read (at most CHNROUTE_MAX_BYTES, UTF-8) and parse a chnroute data file."""
-    return parse(read_chnroute_text(Path(path)), str(path))
+    """Read and check a chnroute data file: :func:`alpaca.config.read_chnroute` (the parser
+    ``check`` and the start-up use too, so the three agree on what a file holds).
+
+    Raises:
+        ConfigError: the file or one located line per bad prefix.
+    """
+    return list(read_chnroute(Path(path)))
 
 
 def add(

@@ -17,11 +17,13 @@ Order (server): ip_forward, TUN, [uplink and chnroute], NAT/forward/MSS table, D
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from alpaca.errors import SystemSetupError
 from alpaca.system import chnroute, link, nft, routes, sysctl
 from alpaca.system.journal import Journal
 from alpaca.system.netlink import PROTO_ALPACA, RT_TABLE_DEFAULT
@@ -45,11 +47,13 @@ class ChnrouteInput:
         data: path of the CIDR list file.
         gateway: next hop; None means the uplink's gateway and device (the original's "default").
         table: routing table id (253 = "default").
+        gateway_key: how errors name the gateway's setting (``<config>: chnroute.gateway``).
     """
 
     data: str
     gateway: str | None = None
     table: int = RT_TABLE_DEFAULT
+    gateway_key: str = "chnroute.gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class LoadChnroute(Op):
     data: str
     gateway: str | None
     table: int
+    gateway_key: str = "chnroute.gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +195,7 @@ def plan(inp: HostPlanInput) -> list[Op]:
                 c.data,
                 c.gateway,
                 c.table,
+                c.gateway_key,
             )
         )
     if client:
@@ -357,6 +363,17 @@ def _uplink(ctx: _Context) -> routes.Uplink:
     return ctx.uplink
 
 
+def _gateway_error(op: LoadChnroute, exc: SystemSetupError) -> SystemSetupError:
+    """``exc`` of a chnroute load, naming the configured gateway when it is the cause."""
+    code = getattr(exc.cause, "errno", None)
+    if op.gateway is None or code not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+        return exc
+    return SystemSetupError(
+        f"{op.gateway_key}: {op.gateway} is not reachable from this host ({exc.op})", None,
+        "set it to a router on a network this host is directly on, or leave it out to use "
+        "the uplink's gateway")
+
+
 def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
     ns = ctx.netns
     match op:
@@ -374,7 +391,10 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             up = ctx.uplink if op.gateway is None else None
             gateway = op.gateway or _uplink(ctx).gateway
             journal.record("chnroute", table=op.table)
-            chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns)
+            try:
+                chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns)
+            except SystemSetupError as exc:
+                raise _gateway_error(op, exc) from exc
         case AddHostRoutes():
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)

@@ -161,6 +161,32 @@ def test_host_chnroute_loaded_and_removed(lab: Lab) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("broken", ["host bits", "unreachable gateway"])
+def test_host_a_chnroute_that_cannot_load_stops_the_start_with_its_key(lab: Lab, broken: str) -> None:
+    """A prefix with host bits (``check`` refused it, ``run`` took it) and a chnroute.gateway
+    no route reaches (the error named no key): the start stops with the file and line or the
+    key in the error, and the host is as it was."""
+    data = lab.tmp_path / "cn.txt"
+    chn: dict[str, object] = {"data": str(data)}
+    if broken == "host bits":
+        data.write_text("1.0.1.0/24\n1.0.2.9/23\n")
+    else:
+        data.write_text("1.0.1.0/24\n")
+        chn["gateway"] = "203.0.113.99"
+    topo = build_simple(lab, client_config={"chnroute": chn})
+    if broken == "host bits":  # a config error: nothing on the host is touched
+        wanted, code = f'{data}:2: "1.0.2.9/23" has host bits set (did you mean "1.0.2.0/23"?)', 2
+    else:
+        wanted, code = f"{topo.client.config_path}: chnroute.gateway: 203.0.113.99 is not reachable", 1
+    before = host_state(topo.client.ns)
+    lab.start(topo.client, wait=False)
+    assert topo.client.proc is not None
+    assert topo.client.proc.wait(30) == code, topo.client.log_tail()
+    assert wanted in topo.client.log(), topo.client.log_tail()
+    assert_same(before, host_state(topo.client.ns))
+
+
+@pytest.mark.netns
 def test_host_server_behind_forward_drop(lab: Lab) -> None:
     topo = build_simple(lab)
     nsexec(topo.server.ns, "iptables", "-P", "FORWARD", "DROP")

@@ -16,21 +16,18 @@ from tests.system import client_ns, snapshot
 COUNT = 6594  # the size of the original's bundled CN list
 
 
-def test_chnroute_parse_skips_comments_blank_and_zero_length() -> None:
-    text = "# header\n1.0.1.0/24\n\n  1.0.2.0/23  # trailing\n0.0.0.0/0\n"
-    assert chnroute.parse(text) == [
-        ipaddress.IPv4Network("1.0.1.0/24"),
-        ipaddress.IPv4Network("1.0.2.0/23"),
-    ]
-
-
-def test_chnroute_parse_reports_bad_lines_with_numbers() -> None:
+def test_chnroute_load_file_refuses_what_check_refuses(tmp_path: Path) -> None:
+    """The start-up loads the file with check's parser: a prefix with host bits set is an
+    error in both (``run`` used to mask it and go on)."""
+    data = tmp_path / "cn.txt"
+    data.write_text("# header\n1.0.1.0/24\n\n  1.0.2.0/23  # trailing\n0.0.0.0/0\n")
+    assert chnroute.load_file(data) == [ipaddress.IPv4Network("1.0.1.0/24"),
+                                        ipaddress.IPv4Network("1.0.2.0/23")]
+    data.write_text("1.0.1.0/24\nnonsense\n1.2.3.4/24\n")
     with pytest.raises(ConfigError) as info:
-        chnroute.parse("1.0.1.0/24\nnonsense\n1.2.3.4/33\n", "cn.txt")
-    problems = info.value.problems
-    assert len(problems) == 2
-    assert problems[0].startswith("cn.txt:2: 'nonsense'")
-    assert problems[1].startswith("cn.txt:3: '1.2.3.4/33'")
+        chnroute.load_file(data)
+    assert [p.split(": ", 1)[0] for p in info.value.problems] == [f"{data}:2", f"{data}:3"]
+    assert 'did you mean "1.2.3.0/24"' in info.value.problems[1]
 
 
 def test_chnroute_load_file_missing_is_a_config_error(tmp_path: Path) -> None:
