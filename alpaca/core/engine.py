@@ -317,6 +317,9 @@ class Engine:
 
         Without spare links the copies take turns over the links the first copies used, so
         that with two paths each carries half of the copies (not the second one all of them).
+        A copy through the forwarder its original went through is not counted in the VIA
+        path's ``data_sent``: that forwarder's window drops it unless the original was lost
+        before reaching it, so counting it would show every copy as lost.
         """
         pool = spare or used
         turn = self._copy_turn
@@ -324,6 +327,8 @@ class Engine:
         for i in range(1, copies + 1):
             link, stamp, acct = pool[(turn + i) % len(pool)]
             assert link.addr is not None
+            if not spare and acct is not None and acct.via is not None:
+                acct = None  # the forwarder drops it if the original got there: not counted sent
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
             if not self.dup.schedule(due, link.port, link.addr, data, link, acct):
