@@ -33,7 +33,7 @@ from alpaca.metrics import (
     build_registry,
     serve_metrics,
 )
-from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
 UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
@@ -207,6 +207,43 @@ def test_metrics_a_lossy_first_leg_still_shows_through_the_copies() -> None:
     assert 0.02 * sent < lost < 0.09 * sent, (lost, sent)
 
 
+def test_metrics_copies_on_the_other_link_of_the_same_forwarder_are_not_lost() -> None:
+    """Two lossless uplinks to the one forwarder: a copy on the second link reaches the
+    forwarder that passed the original, which drops it; the VIA path showed 50 % loss."""
+    net = EngineNet(seed=1)
+    s = net.add("S", "1.1", [S_EP])
+    f = net.add("F", "1.2", [F1_EP])
+    c = net.add("C", "16.1", [UP1, UP2], static=False)
+    net.link(UP1, F1_EP, delay=0.005)
+    net.link(UP2, F1_EP, delay=0.020)
+    net.link(F1_EP, S_EP, delay=0.005)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=lambda dst, src: "10.17.1.1", forwarders=(pid("1.2"),), gateway=pid("1.1"),
+              dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=0.01)
+    net.run(3.0)
+    [via] = c.engine.peers[s.peer_id].paths.via.values()  # type: ignore[union-attr]
+    for _ in range(300):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+        net.run(0.01)
+    net.run(3.0)
+    assert len(s.tun) == 300 and via.data_sent >= 300
+    assert via.data_lost == 0, (via.data_sent, via.data_lost)
+
+
+def test_metrics_packets_to_a_client_through_the_gateway_are_not_lost_on_its_path() -> None:
+    """16.1 sends to 16.2, which it has no link to, through gateway 1.1 (lossless): the
+    gateway's reports count only DATA addressed to it, so those counted lost on its path."""
+    net, s, c1, c2 = server_and_two_clients()
+    path = c1.engine.peers[s.peer_id].paths.static[0]  # type: ignore[union-attr]
+    sent = path.data_sent
+    for _ in range(50):
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), tunnel_ip(c2.peer_id)))
+    net.run(3.0)
+    assert s.engine is not None and s.engine.stats.forwarded_packets >= 50  # relayed to 16.2
+    assert path.data_sent == sent and path.data_lost == 0
+
+
 def test_metrics_state_info_has_only_the_current_state() -> None:
     sc = scenario()
     sc.net.links[(UP1, F1_EP)].up = sc.net.links[(F1_EP, UP1)].up = False
@@ -327,7 +364,7 @@ def test_metrics_idle_configured_peers_emit_nothing() -> None:
     eng = sc.engine(sc.s)
     samples = scrape(sc.registry(sc.s))
     peers = {dict(labels)["peer"] for (_, labels) in samples if "peer" in dict(labels)}
-    assert peers == {"16.1"}  # the forwarders only relay to it: nothing of their own
+    assert peers == {"1.2", "1.3", "16.1"}  # the forwarders: their probes (they relay to it)
     assert value(samples, "alpaca_peers_configured") == len(eng.peers) == 3 + len(IDLE_PEERS)
     assert len(samples) < 400  # does not grow with configured peers
 

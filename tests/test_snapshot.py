@@ -38,8 +38,8 @@ def test_snapshot_skips_idle_peers_like_the_metrics() -> None:
     sc = scenario()
     snap = snapshot(sc.engine(sc.s), sc.net.now)
     samples = scrape(sc.registry(sc.s))
-    assert [p["peer"] for p in snap["peers"]] == ["16.1"]  # the forwarders only relay to it
-    assert {s["peer"] for s in series(samples, "alpaca_peer_tx_packets_total")} == {"16.1"}
+    assert [p["peer"] for p in snap["peers"]] == ["1.2", "1.3", "16.1"]  # no idle client
+    assert {s["peer"] for s in series(samples, "alpaca_peer_tx_packets_total")} == {"1.2", "1.3", "16.1"}
 
 
 def _check_same_numbers(sc: Scenario, node_name: str) -> None:

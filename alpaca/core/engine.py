@@ -317,9 +317,9 @@ class Engine:
 
         Without spare links the copies take turns over the links the first copies used, so
         that with two paths each carries half of the copies (not the second one all of them).
-        A copy through the forwarder its original went through is not counted in the VIA
-        path's ``data_sent``: that forwarder's window drops it unless the original was lost
-        before reaching it, so counting it would show every copy as lost.
+        A copy through a forwarder is not counted in the VIA path's ``data_sent``: every
+        forwarder had the original (a2), and its window drops the copy unless the original
+        was lost before reaching it, so counting it would show every copy as lost.
         """
         pool = spare or used
         turn = self._copy_turn
@@ -327,7 +327,7 @@ class Engine:
         for i in range(1, copies + 1):
             link, stamp, acct = pool[(turn + i) % len(pool)]
             assert link.addr is not None
-            if not spare and acct is not None and acct.via is not None:
+            if acct is not None and acct.via is not None:
                 acct = None  # the forwarder drops it if the original got there: not counted sent
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
@@ -403,6 +403,8 @@ class Engine:
         elif self._send_all(data, relay[0], relay[1], now, ttl - 1, 0, False):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += n
+            for target in relay[0]:  # relayed to: watched (probed) like a peer we talk to
+                self.peers[target[0].peer].last_active_at = now
 
     def _relay_targets(
         self, src: int, dst: int, ttl: int, pi: int, came_from: Addr,

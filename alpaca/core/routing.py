@@ -44,8 +44,8 @@ def targets(
     if (dst < src or not links) and settings.forwarders:
         chosen, spare = forwarder_targets(settings, peers, dst, pi)
     elif not links and gateway is not None and gateway != dst and gateway in peers:
-        gateway_paths = peers[gateway].paths
-        chosen = [(p, p.pi if pi is None else pi, p)
+        gateway_paths = peers[gateway].paths  # (counted on no path: the gateway's reports
+        chosen = [(p, p.pi if pi is None else pi, None)  # count only DATA addressed to it)
                   for p in gateway_paths.live_links() or gateway_paths.links()]
         spare = []
     else:
