@@ -60,7 +60,9 @@ RTA_DST = 1
 RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTA_NH_ID = 30
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE = 32
@@ -222,7 +224,11 @@ def parse_attrs(data: bytes, offset: int) -> dict[int, bytes]:
 
 def rebuild_route(payload: bytes, *, drop: set[int], oif: int | None, flags_mask: int) -> bytes:
     """A dumped rtmsg payload made fit to send back: attrs in ``drop`` removed, the OIF
-    replaced when ``oif`` is given, rtm_flags masked (the kernel rejects DEAD/LINKDOWN)."""
+    replaced when ``oif`` is given, rtm_flags masked (the kernel rejects DEAD/LINKDOWN). A
+    route through a nexthop object (``nhid``) keeps the id only: the kernel dumps it with
+    the nexthop's gateway and device and refuses them beside the id (EINVAL)."""
+    if has_nexthop_id(payload):
+        drop = drop | {RTA_GATEWAY, RTA_OIF, RTA_MULTIPATH}
     fields = list(_RTMSG.unpack_from(payload))
     fields[8] &= flags_mask
     out = _RTMSG.pack(*fields)
@@ -233,6 +239,11 @@ def rebuild_route(payload: bytes, *, drop: set[int], oif: int | None, flags_mask
             value = struct.pack("=i", oif)
         out += _attr(kind, value)
     return out
+
+
+def has_nexthop_id(payload: bytes) -> bool:
+    """True for a dumped route through a nexthop object (``ip route ... nhid N``)."""
+    return RTA_NH_ID in parse_attrs(payload, _RTMSG.size)
 
 
 def route_table(payload: bytes) -> int:

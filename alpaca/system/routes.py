@@ -251,6 +251,9 @@ def _delete_routes(saved: Sequence[SavedRoute], netns: str | None) -> None:
     with netlink.RtnlSocket(netns) as rt:
         for route in saved:
             payload = bytes.fromhex(route.payload_hex)
+            if netlink.has_nexthop_id(payload):  # as dumped, the kernel refuses it (EINVAL)
+                payload = netlink.rebuild_route(payload, drop={RTA_CACHEINFO}, oif=None,
+                                                flags_mask=_FLAGS_KEEP)
             code = rt.send_raw_route(netlink.RTM_DELROUTE, 0, payload)
             if code and code not in OK_DEL:
                 raise netlink.setup_error(f"deleting route {route.text}", OSError(code, ""), code)

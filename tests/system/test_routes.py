@@ -55,6 +55,27 @@ def test_routes_default_moved_and_restored_byte_for_byte() -> None:
         assert snapshot(ns) == before
 
 
+@pytest.mark.parametrize("table", [253, 254])
+def test_routes_a_default_through_a_nexthop_object_is_moved_and_restored(table: int) -> None:
+    """``default nhid 10`` (FRR, systemd-networkd): the kernel dumps it with the nexthop's
+    gateway and device, and refuses those beside a nexthop id, so the start failed with
+    EINVAL ("deleting route default ..."); it is moved and put back as it was."""
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "route", "flush", "table", "main", "default")
+        nsexec(ns, "ip", "nexthop", "add", "id", "10", "via", "192.0.2.254", "dev", "up0")
+        nsexec(ns, "ip", "route", "add", "default", "nhid", "10", "proto", "static", "metric", "100")
+        link.configure_tun("alpaca0", "10.17.16.1/16", 1408, ns)
+        before = snapshot(ns)
+        saved = routes.move_default_route("10.17.1.1", "alpaca0", table, ns)
+        assert len(saved) == 1
+        moved = nsexec(ns, "ip", "route", "show", "table", "all").stdout
+        assert "nhid 10" not in moved and "default via 10.17.1.1 dev alpaca0" in moved
+        routes.restore_default_route(saved, table, ns)
+        assert snapshot(ns) == before
+        assert "default nhid 10" in nsexec(ns, "ip", "route", "show", "table", "main").stdout
+
+
 def test_routes_default_not_moved_into_a_table_with_a_foreign_default() -> None:
     with netns() as ns:
         client_ns(ns)
