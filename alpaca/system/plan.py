@@ -260,6 +260,7 @@ class _Context:
     done: list[Op] = field(default_factory=list)
     expected: list[routes.ExpectedRoute] = field(default_factory=list)
     host_dsts: tuple[str, ...] = ()
+    host_added: frozenset[str] = frozenset()
     route_table: int = RT_TABLE_DEFAULT
 
 
@@ -273,12 +274,15 @@ class Applied:
         uplink: the way out found at start (client; None for a server without chnroute).
         host_dsts: the destinations routed via the uplink (CIDR strings).
         route_table: the table the host routes and the moved default are in.
+        host_added: those of ``host_dsts`` whose route this run added (not one that was
+            there: a chnroute prefix of the same table, another program's route).
     """
 
     expected: tuple[routes.ExpectedRoute, ...] = ()
     uplink: routes.Uplink | None = None
     host_dsts: tuple[str, ...] = ()
     route_table: int = RT_TABLE_DEFAULT
+    host_added: frozenset[str] = frozenset()
 
     @property
     def moved_default(self) -> routes.ExpectedRoute | None:
@@ -296,15 +300,16 @@ def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
     for op in ops:
         _apply_one(op, journal, ctx)
         ctx.done.append(op)
-    return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table)
+    return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table, ctx.host_added)
 
 
 def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal,
                        netns: str | None = None) -> Applied:
     """Make the host routes of a running client match ``dsts`` (a reload changed a peer's
     address or local_routes): the new ones are journaled and added via the uplink found at
-    start, in the same table; the ones no longer wanted are deleted (their journal step
-    stays: deleting an absent route is a no-op). A server (no uplink) is left as it is.
+    start, in the same table; the ones no longer wanted are deleted if this run added them
+    (their journal step stays: deleting an absent route is a no-op), never a route that was
+    there before (a chnroute prefix of the same table). A server (no uplink) is left as it is.
 
     Returns:
         The new :class:`Applied` (its ``expected`` list follows the change).
@@ -314,14 +319,16 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     up, table = applied.uplink, applied.route_table
     added = tuple(d for d in dsts if d not in applied.host_dsts)
     removed = tuple(d for d in applied.host_dsts if d not in dsts)
+    owned = applied.host_added - set(removed)
     if added:
         journal.record("routes", dsts=list(added), table=table)
-        routes.add_host_routes(added, up.gateway, up.oif, table, netns)
-    if removed:
-        routes.remove_host_routes(removed, table, netns)
+        owned |= set(routes.add_host_routes(added, up.gateway, up.oif, table, netns))
+    ours = [d for d in removed if d in applied.host_added]
+    if ours:
+        routes.remove_host_routes(ours, table, netns)
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
-    return replace(applied, expected=expected, host_dsts=dsts)
+    return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))
 
 
 def keep_default_moved(applied: Applied, journal: Journal, netns: str | None = None) -> int:
@@ -398,7 +405,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
         case AddHostRoutes():
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)
-            routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns)
+            ctx.host_added = frozenset(routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns))
             ctx.expected.extend(routes.ExpectedRoute(str(net), up.gateway, up.dev, op.table)
                                 for net in routes.host_networks(op.dsts))
             ctx.host_dsts, ctx.route_table = op.dsts, op.table

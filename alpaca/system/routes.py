@@ -366,17 +366,19 @@ def add_host_routes(
 ) -> list[str]:
     """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
 
-    An existing route for the same destination is left alone (EEXIST counts as done, and it is
-    not ours to delete later since its proto differs).
+    An existing route for the same destination is left alone (EEXIST counts as done): it may
+    be another program's, or one of our chnroute prefixes, and is not this call's to delete.
 
     Returns:
-        The destinations as CIDR strings, for :func:`remove_host_routes`.
+        The destinations it added, as CIDR strings (those that existed left out): the ones a
+        reload may delete again with :func:`remove_host_routes`.
     """
     nets = host_networks(addrs)
+    added = []
     with iproute(netns, ipr) as nl:
         for net in nets:
             extra = {"gateway": via} if via else {"scope": netlink.RT_SCOPE_LINK}
-            nl_call(
+            done = nl_call(
                 f"adding route {net} via {via or '-'} oif {oif} table {table}",
                 nl.route,
                 "add",
@@ -387,8 +389,11 @@ def add_host_routes(
                 ok=OK_ADD,
                 **extra,
             )
-    log.info("host routes added count=%d via=%s table=%d", len(nets), via, table)
-    return [str(n) for n in nets]
+            if done is not None:
+                added.append(str(net))
+    log.info("host routes added count=%d existed=%d via=%s table=%d", len(added),
+             len(nets) - len(added), via, table)
+    return added
 
 
 def remove_host_routes(

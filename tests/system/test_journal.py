@@ -14,7 +14,15 @@ import pytest
 from alpaca.errors import SystemSetupError
 from alpaca.system import instance, link, nsid, sysctl
 from alpaca.system import journal as jr
-from alpaca.system.plan import ChnrouteInput, HostPlanInput, Mode, apply, keep_default_moved, plan
+from alpaca.system.plan import (
+    ChnrouteInput,
+    HostPlanInput,
+    Mode,
+    apply,
+    keep_default_moved,
+    plan,
+    update_host_routes,
+)
 from tests.helpers import netns, nsexec
 from tests.system import PYTHON, ROOT, add_tun, client_ns, del_tun, run_python, snapshot
 
@@ -664,4 +672,31 @@ def test_journal_undoing_a_chnroute_leaves_the_routes_of_another_daemon_in_its_t
                 os.close(fd)
         del_tun(ns, "alpaca0")
         del_tun(ns, "alpaca1")
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_a_reload_that_drops_a_local_route_keeps_the_chnroute_prefix_it_shadowed(
+        tmp_path: Path) -> None:
+    """local_routes and chnroute both hold 1.0.1.0/24 (table 253): the host route found the
+    chnroute one in place. A reload that drops it from local_routes deleted the chnroute
+    route with it (sending that prefix into the tunnel until a restart); now it stays, and a
+    local route the run added itself is still deleted."""
+    data = tmp_path / "cn.txt"
+    data.write_text("1.0.1.0/24\n1.0.2.0/24\n")
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1", local_routes=("1.0.1.0/24", "198.51.100.0/24"),
+                            chnroute=ChnrouteInput(str(data)))
+        journal = jr.Journal(tmp_path / "j", ns)
+        applied = apply(plan(inp), journal, ns)
+        assert applied.host_added == {"198.51.100.0/24"}
+        applied = update_host_routes(applied, (), journal, ns)
+        table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "1.0.1.0/24 via 192.0.2.254" in table and "198.51.100.0" not in table, table
+        assert journal.undo_all() == []
+        del_tun(ns)
         assert snapshot(ns) == before
