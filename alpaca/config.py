@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import stat
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -33,7 +34,7 @@ from alpaca.configreader import (
     show,
 )
 from alpaca.core import constants as C
-from alpaca.core.ids import format_peer_id, is_digits
+from alpaca.core.ids import digits_value, format_peer_id
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.log import LEVELS
@@ -68,6 +69,8 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,15}")
 #: The TUN device's name also names our nftables table and sits in sysctl keys: no dot (a
 #: sysctl key separator), no @ or + (not in an nft identifier), no leading -.
 _TUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
+#: Names the kernel refuses for a device (they are its settings for every device).
+_RESERVED_DEVICE_NAMES = ("all", "default")
 _PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
 _NET = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
 _MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
@@ -521,6 +524,10 @@ class _Builder:
         value = self.top.data.get("tun_name")
         if value is None:
             return "alpaca0"
+        if value in _RESERVED_DEVICE_NAMES:
+            self.top.fail("tun_name", f'"{value}" names every device in the kernel\'s settings '
+                                      '(net.ipv4.conf.all, .default); choose another name')
+            return "alpaca0"
         if isinstance(value, str) and _TUN_NAME.fullmatch(value):
             return value
         self.top.fail("tun_name", f"{show(value)} is not a TUN device name (1-15 of A-Z a-z 0-9"
@@ -549,9 +556,9 @@ class _Builder:
             else:
                 obj.fail("gateway", f'"{gateway_text}" is not "default" or an IPv4 address')
         data = obj.path("data", "route_data_cidr.txt", self.base)
-        if not data.is_file():
-            what = "is not a file" if data.exists() else "does not exist"
-            obj.fail("data", f"{data} {what} (give a file with one a.b.c.d/len a line)")
+        problem = _not_a_file(data)
+        if problem:
+            obj.fail("data", f"{data} {problem} (give a file with one a.b.c.d/len a line)")
         return ChnrouteConfig(table, gateway, data)
 
     def local_routes(self) -> tuple[IPv4Network, ...]:
@@ -603,11 +610,12 @@ class _Builder:
         obj = JsonObject(value, "metrics", self.problems, self.top.file)
         obj.check_keys(["listen"])
         listen = obj.string("listen", DEFAULT_METRICS_LISTEN)
-        host, _, port = listen.rpartition(":")
-        if not _is_ipv4(host) or not is_digits(port) or not 1 <= int(port) <= 65535:
-            obj.fail("listen", f'"{listen}" is not IPv4:port (e.g. "{DEFAULT_METRICS_LISTEN}")')
+        host, _, port_text = listen.rpartition(":")
+        port = digits_value(port_text, 5)
+        if not _is_ipv4(host) or port is None or not 1 <= port <= 65535:
+            obj.fail("listen", f'{show(listen)} is not IPv4:port (e.g. "{DEFAULT_METRICS_LISTEN}")')
             return MetricsConfig()
-        return MetricsConfig(True, host, int(port))
+        return MetricsConfig(True, host, port)
 
     def control_socket(self, tun_name: str) -> Path:
         path = self.top.path("control_socket", f"{RUN_DIR}/{tun_name}.sock", self.base)
@@ -635,6 +643,18 @@ class _Builder:
             if peer is not None:
                 result[peer] = protocol
         return result
+
+
+def _not_a_file(path: Path) -> str | None:
+    """None if ``path`` is a file, else why not ("does not exist", "is not a file", or the
+    system's reason: a name too long, a directory that may not be searched)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be checked: {exc.strerror or exc}"
+    return None if stat.S_ISREG(mode) else "is not a file"
 
 
 def _is_ipv4(text: str) -> bool:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca.core.ids import check_usable, is_digits, parse_peer_id
+from alpaca.core.ids import check_usable, digits_value, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
 from alpaca.paths import relative_to_config
 
@@ -273,7 +273,10 @@ class JsonObject:
         if value is None:
             value = default
         if isinstance(value, str) and is_digits(value):
-            value = int(value)
+            value = digits_value(value)
+            if value is None:
+                self.fail(key, f"{show(self.data.get(key))} is not a table number (expected 1-4294967295)")
+                return NAMED_TABLES["default"]
         if isinstance(value, int) and not isinstance(value, bool):
             if 1 <= value <= 0xFFFFFFFF:
                 return value
@@ -304,8 +307,9 @@ def table_number(name: str) -> int | None:
             continue
         for line in lines:
             fields = line.split("#", 1)[0].split()
-            if len(fields) == 2 and fields[1] == name and is_digits(fields[0]):
-                return int(fields[0])
+            number = digits_value(fields[0]) if len(fields) == 2 and fields[1] == name else None
+            if number is not None:
+                return number
     return None
 
 

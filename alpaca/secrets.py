@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
-from alpaca.core.ids import check_usable, format_peer_id, is_digits, parse_peer_id
+from alpaca.core.ids import check_usable, digits_value, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
 from alpaca.io.dns import resolve_ipv4
 
@@ -327,7 +327,9 @@ class _Parser:
                 return None
             return 0
         low = 1 if needed else 0
-        if not is_digits(text) or not low <= int(text) <= 65535:
-            self.problem(number, f'peer_port: "{_shown(text)}" is not a port (expected {low}-65535)')
+        port = digits_value(text, 5)
+        if port is None or not low <= port <= 65535:
+            shown = _shown(text) if len(text) <= 60 else f"<{len(text)} characters>"
+            self.problem(number, f'peer_port: "{shown}" is not a port (expected {low}-65535)')
             return None
-        return int(text)
+        return port

@@ -480,6 +480,13 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"route_table": 1.5}, "route_table: 1.5 is not a table name or number"),
         ({"route_table": "unspec"}, 'route_table: table "unspec" is 0 (expected 1-4294967295)'),
         ({"metrics": {"listen": "127.0.0.1:9\u00b2"}}, "metrics.listen: "),
+        # more than 4300 digits in a string: int() refuses them (a traceback before)
+        ({"route_table": "4" * 5000}, 'route_table: "' + "4" * 56 + '... is not a table number'),
+        ({"chnroute": {"data": "a" * 300}}, "cannot be checked: File name too long (give a file"),
+        ({"tun_name": "all"}, 'tun_name: "all" names every device in the kernel\'s settings'),
+        ({"tun_name": "default"}, 'tun_name: "default" names every device'),
+        ({"metrics": {"listen": "127.0.0.1:" + "9" * 5000}},
+         'metrics.listen: "127.0.0.1:' + "9" * 46 + "... is not IPv4:port"),
         ({"protocol": "v3"}, 'protocol: "v3" is not a protocol (expected one of v2, legacy-6.1.2)'),
         ({"peer_protocols": {"1.x": "v2"}}, 'peer_protocols.1.x: "1.x" is not a peer id'),
         ({"peer_protocols": {"1.2": "v9"}}, 'peer_protocols.1.2: "v9" is not a protocol'),

@@ -33,6 +33,12 @@ def problems(path: Path, self_id: int = SELF) -> list[str]:
     return info.value.problems
 
 
+def test_secrets_a_port_of_thousands_of_digits_is_a_located_error(tmp_path: Path) -> None:
+    """int() refuses more than 4300 digits: it was a traceback."""
+    path = write(tmp_path, f"16.1 {KEY16}\n1.2 {KEY16} 10.0.0.1 null {'9' * 5000}\n")
+    assert problems(path) == [f'{path}:2: peer_port: "<5000 characters>" is not a port (expected 1-65535)']
+
+
 def test_secrets_original_sample_loads(tmp_path: Path) -> None:
     path = write(tmp_path, (DATA / "secrets.txt").read_text())
     secrets = load_secrets(path, SELF)

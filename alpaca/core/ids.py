@@ -20,6 +20,12 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def digits_value(text: str, max_digits: int = 20) -> int | None:
+    """``text`` as an int if it is 1 to ``max_digits`` ASCII digits, else None. (``int()``
+    raises on more than 4300 digits, and no field of ours needs more than 20.)"""
+    return int(text) if len(text) <= max_digits and is_digits(text) else None
+
+
 def parse_peer_id(text: str) -> PeerId:
     """Parse ``"A.B"`` (each part 0-255, digits only) into a PeerId.
 

@@ -20,7 +20,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from alpaca.core.ids import is_digits
+from alpaca.core.ids import digits_value
 from alpaca.errors import TunnelError
 
 EPOCH_MAX = 2**32 - 1
@@ -60,12 +60,13 @@ def _read_last(state_file: Path) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise TunnelError(f"epoch file {state_file} is unreadable: {reason} ({fix})") from exc
     value = text.strip()
-    if not is_digits(value) or int(value) > EPOCH_MAX:
+    epoch = digits_value(value)
+    if epoch is None or epoch > EPOCH_MAX:
         raise TunnelError(
             f"epoch file {state_file} is corrupt: {value[:40]!r} is not an epoch "
             f"(0 to {EPOCH_MAX}) ({fix})"
         )
-    return int(value)
+    return epoch
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -61,8 +61,9 @@ _OPEN_HINTS = {
     errno.ENOENT: "load the tun module (modprobe tun), or give the container /dev/net/tun",
     errno.EPERM: "run as root or grant CAP_NET_ADMIN",
     errno.EACCES: "run as root or grant CAP_NET_ADMIN",
-    errno.EBUSY: "another process holds a device of that name; stop it or choose another name",
-    errno.EINVAL: "a non-TUN link of that name exists; delete it or choose another name",
+    errno.EBUSY: "another process holds a device of that name; stop it or choose another tun_name",
+    errno.EINVAL: "the kernel refuses that name, or a device of another kind has it; choose "
+                  "another tun_name",
 }
 
 

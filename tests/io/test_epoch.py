@@ -38,7 +38,7 @@ def test_epoch_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["epoch"]
 
 
-@pytest.mark.parametrize("content", ["", "abc\n", "-5\n", "12.5\n", "1 2\n", str(2**32)])
+@pytest.mark.parametrize("content", ["", "abc\n", "-5\n", "12.5\n", "1 2\n", str(2**32), "9" * 5000])
 def test_epoch_corrupt_file_is_an_error(tmp_path: Path, content: str) -> None:
     state = tmp_path / "epoch"
     state.write_text(content)
