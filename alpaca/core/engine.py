@@ -368,9 +368,15 @@ class Engine:
         elif epoch > flow.epoch:
             flow.epoch = epoch
             flow.floor = -1
+            if dst == self.self_id:  # the old epoch's missing counters can never come now
+                flow.window.close()
             flow.window.reset()
             self.stats.epoch_resets += 1
-        verdict = Verdict.TOO_OLD if counter <= flow.floor else flow.window.accept(counter)
+        if counter > flow.floor:
+            verdict = flow.window.accept(counter)
+        else:  # counted with the window's own (the peer's replay counts)
+            flow.window.too_old += 1
+            verdict = Verdict.TOO_OLD
         peer = self.peers[src]
         ptype = vt & 0x0F
         if verdict is not Verdict.NEW:
@@ -461,6 +467,7 @@ class Engine:
         if flow is not None and not flow.verified:
             flow.verified = True
             flow.floor = max(flow.floor, counter)
+            flow.window.count_loss_from(flow.floor + 1)
             flow.challenged = NO_CHALLENGES  # not needed any more: 10,000 peers, 2 MB
 
     def link_to(self, peer: Peer, pi: int, port: int, addr: Addr) -> Path:

@@ -97,6 +97,7 @@ class RelayFlows:
         counts[1] += window.too_old
         counts[2] += window.late
         if to_us:
+            window.close()  # what never came will not come to this flow
             counts[3] += window.accepted
             counts[4] += window.lost
 

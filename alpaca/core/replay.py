@@ -202,6 +202,19 @@ class ReplayWindow:
             seen += bits.bit_count()
         return seen / (high - low + 1)
 
+    def close(self) -> int:
+        """Count as lost every counter up to the top that never came, at once (the epoch is
+        over: the sender restarted, or the flow is dropped); returns how many."""
+        self._mark, self._mark_at = self._top + 1, -math.inf
+        return self.settle(0.0, 0.0)
+
+    def count_loss_from(self, counter: int) -> None:
+        """Count nothing as lost below ``counter`` and forget what was counted so far: the
+        flow was just proved live from there on (Engine.verify), and what came before (a
+        capture of an earlier run replayed first) was not this run's to lose."""
+        self.lost = 0
+        self._settled = max(self._settled, counter)
+
     def reset(self) -> None:
         """Forget every counter (a new epoch); the cumulative counters are kept."""
         self._ring = array("Q", [0]) * self._blocks

@@ -14,6 +14,7 @@ from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, PacketType
 from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy
+from alpaca.snapshot import replay_by_sender
 from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
@@ -579,6 +580,65 @@ def test_engine_a_copy_still_on_its_way_is_not_counted_lost(slow_delay: float, d
     net.run(2 * loss_horizon(s) + 2.0)
     assert len(s.tun) - before == 500
     assert eng(s).lost_packets(c.peer_id) - lost == net.never_arrived(c, s, since, lossless_from)
+
+
+def test_engine_losses_just_before_a_sender_restart_are_counted() -> None:
+    """30 % lost for 1.5 s, then the client restarts (new epoch): the missing counters of
+    the old epoch can never come, and are counted at once (the window was reset and they
+    were never counted) - all but lost ones above the last that arrived, which nothing
+    tells of."""
+    net = EngineNet(seed=4)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    link, _ = net.link(UP1, S_EP)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    net.run(2 * loss_horizon(s))
+    lost, since = eng(s).lost_packets(c.peer_id), net.now
+    link.loss = 0.3
+    ping(net, c, "8.8.8.8", n=300, gap=0.005)
+    link.loss = 0.0
+    until = net.now
+    net.run(0.1)
+    truth = net.never_arrived(c, s, since, until)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))  # the client restarts
+    net.run(3 * loss_horizon(s))
+    assert truth > 50
+    assert truth - 3 <= eng(s).lost_packets(c.peer_id) - lost <= truth
+
+
+def test_engine_a_capture_replayed_after_a_restart_counts_nothing_lost() -> None:
+    """The server restarts and an attacker replays an old capture first: it set the start
+    of the loss count, and everything the client had sent to the server's previous run
+    (3,000 datagrams) was counted lost once the flow was verified."""
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8", n=1, gap=0.05)
+    old = next(d for _, d in seen if d[0] & 0x0F == PacketType.DATA)
+    ping(net, c, "8.8.8.8", n=3000, gap=0.002)
+    net.start(s)
+    eng(s).on_datagram(old, UP1, 0, net.now)
+    net.run(3 * loss_horizon(s))
+    ping(net, c, "8.8.8.8", n=10, gap=0.05)
+    net.run(3 * loss_horizon(s))
+    assert eng(s).lost_packets(c.peer_id) < 10
+
+
+def test_engine_replays_refused_by_the_floor_count_in_the_peers_too_old() -> None:
+    """Captures replayed after the server restarted are below the verified flow's floor:
+    they count in the sender's too_old (alpaca_replay_rejected_total, show), not only in
+    the drop counter."""
+    net, s, c = two_path_pair()
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8", n=3, gap=0.05)
+    captured = [d for _, d in seen if d[0] & 0x0F == PacketType.DATA]
+    net.start(s)
+    net.run(1.5)
+    too_old = drops(s, "too_old")
+    for data in captured:
+        eng(s).on_datagram(data, UP2, 0, net.now)
+    assert drops(s, "too_old") - too_old == len(captured)
+    assert replay_by_sender(eng(s))[c.peer_id].too_old == len(captured)
 
 
 def single_lossy_path(policy: DupPolicy, copies: int) -> int:

@@ -266,3 +266,23 @@ def test_replay_matches_naive_model(size: int, script: list[tuple[str, int]], st
     assert window.occupancy == pytest.approx(model.occupancy())
     total = window.accepted + window.duplicate + window.too_old
     assert total == sum(1 for kind, _ in script if kind not in ("reset", "settle"))
+
+
+
+def test_replay_close_counts_every_unseen_counter_below_the_top_at_once() -> None:
+    w = ReplayWindow(1024)
+    for counter in (0, 1, 3, 7):
+        w.accept(counter)
+    assert w.close() == 4 and w.lost == 4  # 2, 4, 5 and 6
+    assert w.close() == 0  # counted once
+
+
+def test_replay_count_loss_from_forgets_what_came_before() -> None:
+    w = ReplayWindow(1024)
+    w.accept(0)  # a capture of long ago, replayed first
+    w.accept(5000)
+    assert w.lost > 0
+    w.count_loss_from(5000)
+    assert w.lost == 0
+    w.accept(5002)
+    assert w.close() == 1  # 5001 only
