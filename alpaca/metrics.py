@@ -276,6 +276,9 @@ class EngineCollector:
                      self._rtt_rows(rows()))
 
     def _rtt_rows(self, rows: Iterator[tuple[str, Path]]) -> Iterator[Row]:
+        """The histograms of the paths there are; those of paths gone since the last scrape
+        (a removed peer, a forgotten learned path) are dropped with them."""
+        seen = set()
         for label, path in rows:
             key = (label, path.name)
             hist = self.histograms.get(key)
@@ -283,8 +286,11 @@ class EngineCollector:
                 if not path.rtt_samples:
                     continue  # never measured: no series, as for the srtt gauge
                 hist = self.histograms[key] = RttHistogram()
+            seen.add(key)
             hist.drain(path.rtt_samples)
             yield key, (hist.buckets(), hist.total)
+        for gone in [key for key in self.histograms if key not in seen]:
+            del self.histograms[gone]
 
 
 class NodeInfoCollector:

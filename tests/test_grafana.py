@@ -135,8 +135,11 @@ def test_grafana_overview_shows_what_duplicate_send_buys() -> None:
     joined = " ".join(t["expr"] for t in panel["targets"])
     assert "alpaca_path_data_lost_total" in joined and "alpaca_peer_lost_packets_total" in joined
     for wanted in ("Peers up", "Throughput per peer (inner packets)", "RTT per path (smoothed)",
-                   "First-arrival share per path", "Drops by reason", "Duplicate-send queue"):
+                   "First-arrival share per path", "Drops by reason (expected extra copies left out)",
+                   "Duplicate-send queue"):
         assert wanted in titles
+    drops = " ".join(t["expr"] for t in titles["Drops by reason (expected extra copies left out)"]["targets"])
+    assert 'reason!="duplicate"' in drops
 
 
 def test_grafana_provisioning_points_at_the_uid() -> None:
@@ -166,6 +169,28 @@ def test_grafana_promtool_accepts_the_rules_and_the_example_config() -> None:
     config = subprocess.run(["promtool", "check", "config", str(example)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert config.returncode == 0, config.stdout + config.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_grafana_alert_rules_pass_their_unit_tests() -> None:
+    """tests/data/alerts_test.yml: a gateway down fires AlpacaPeerDown; a roaming client gone,
+    a peer no longer probed and one path of two down do not."""
+    done = subprocess.run(["promtool", "test", "rules", str(ROOT / "tests" / "data" / "alerts_test.yml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_grafana_the_docker_lab_prometheus_config_loads_the_alert_rules(tmp_path: Path) -> None:
+    """docker/prometheus.yml, with alerts.yml beside it as compose.yml mounts it."""
+    shutil.copy(ROOT / "docker" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    done = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 rule files found" in done.stdout + done.stderr
+    assert '"../config/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"' in (
+        ROOT / "docker" / "compose.yml").read_text()
 
 
 def _base(name: str) -> str:

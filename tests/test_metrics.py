@@ -30,6 +30,7 @@ from alpaca.metrics import (
     PATH_REASONS,
     RTT_BUCKETS,
     EngineCollector,
+    Exporter,
     build_registry,
     serve_metrics,
 )
@@ -631,3 +632,20 @@ def test_metrics_a_peer_removed_and_added_back_starts_over_in_every_counter() ->
     assert engine.peers[sc.c.peer_id].rx_packets == 0
     assert (engine.accepted_packets(sc.c.peer_id), engine.lost_packets(sc.c.peer_id)) == (0, 0)
     assert sc.c.peer_id not in engine.relayed.retired  # nothing kept for peers that are gone
+
+
+def test_metrics_the_rtt_histograms_of_a_removed_peer_go_at_the_next_scrape() -> None:
+    """They were kept for the life of the process (one per path ever measured)."""
+    sc = scenario()
+    registry = sc.registry(sc.c)
+    assert isinstance(registry, Exporter)
+    collector = registry.engine_collector
+    scrape(registry)
+    assert {peer for peer, _ in collector.histograms} == {"1.1", "1.2", "1.3"}
+    engine = sc.engine(sc.c)
+    full = engine.settings
+    kept = {k: v for k, v in full.peers.items() if k != sc.f2.peer_id}
+    engine.reload(dataclasses.replace(full, peers=kept))
+    samples = scrape(registry)
+    assert {peer for peer, _ in collector.histograms} == {"1.1", "1.2"}
+    assert all(labels["peer"] != "1.3" for labels in series(samples, "alpaca_path_rtt_sample_seconds_count"))

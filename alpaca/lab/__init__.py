@@ -32,6 +32,9 @@ from alpaca.lab.nodes import LabError
 from alpaca.lab.topology import DEFAULT_TOPOLOGY, METRICS_PORT, NS_PREFIX, Node, Topology, load_topology
 from alpaca.system import instance
 
+#: The alert rules the lab's Prometheus loads (in a checkout of the repository).
+ALERT_RULES = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "alerts.yml"
+
 __all__ = ["DEFAULT_STATE_DIR", "Lab", "LabError", "exclusive"]
 
 log = logging.getLogger(__name__)
@@ -298,6 +301,11 @@ class Lab:
         directory = self.state_dir / "prometheus"
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "prometheus.yml").write_text(render_prometheus(self.topology, interval="2s"))
+        rules = directory / "alerts.yml"
+        if ALERT_RULES.is_file():
+            shutil.copy(ALERT_RULES, rules)
+        else:  # an installed package without the repository's config/
+            rules.write_text("groups: []\n")
         cmd = [binary, f"--config.file={directory / 'prometheus.yml'}",
                f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address={listen}"]
         with open(directory / "prometheus.log", "ab") as out:

@@ -60,6 +60,7 @@ def render_compose(topology: Topology, topology_path: str) -> str:
         f"    image: {PROMETHEUS_IMAGE}",
         "    volumes:",
         '      - "./prometheus.yml:/etc/prometheus/prometheus.yml:ro"',
+        '      - "../config/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"',
         "    ports:",
         '      - "127.0.0.1:9090:9090"',
         "    networks:",
@@ -129,20 +130,25 @@ def _service(topology: Topology, node: Node, topology_path: str) -> list[str]:
 
 
 def render_prometheus(topology: Topology, interval: str = "5s") -> str:
-    """prometheus.yml scraping every daemon on its management address (label ``node``)."""
+    """prometheus.yml scraping every daemon on its management address, with the alert rules
+    (``alerts.yml`` beside it: config/prometheus/alerts.yml) and the job name they expect.
+    Target labels ``lab_node``, ``peer_id`` and ``role`` (not ``node``: the exporter's own
+    ``alpaca_build_info{node}`` would be renamed ``exported_node``)."""
     out = [
         f"# Generated from {topology.source.name} by `alpaca-tunnel lab compose --prometheus-config`.",
         "global:",
         f"  scrape_interval: {interval}",
         f"  evaluation_interval: {interval}",
+        "rule_files:",
+        "  - alerts.yml",
         "scrape_configs:",
-        "  - job_name: alpaca",
+        "  - job_name: alpaca-tunnel",
         "    static_configs:",
     ]
     for node in topology.daemons:
         out += [f'      - targets: ["{topology.management_address(node)}:{METRICS_PORT}"]',
-                "        labels:", f'          node: "{node.name}"', f'          peer_id: "{node.peer_id}"',
-                f'          role: "{node.role.value}"']
+                "        labels:", f'          lab_node: "{node.name}"',
+                f'          peer_id: "{node.peer_id}"', f'          role: "{node.role.value}"']
     return "\n".join(out) + "\n"
 
 

@@ -154,7 +154,10 @@ def test_lab_prometheus_scrapes_every_node(lab: Lab) -> None:
         time.sleep(0.5)
         with urllib.request.urlopen("http://127.0.0.1:19590/api/v1/targets", timeout=5) as response:
             targets = json.load(response)["data"]["activeTargets"]
-    assert sorted(t["labels"]["node"] for t in targets) == sorted(n.name for n in lab.topology.daemons)
+    assert sorted(t["labels"]["lab_node"] for t in targets) == sorted(n.name for n in lab.topology.daemons)
+    with urllib.request.urlopen("http://127.0.0.1:19590/api/v1/rules", timeout=5) as response:
+        groups = json.load(response)["data"]["groups"]
+    assert "AlpacaPeerDown" in {rule["name"] for group in groups for rule in group["rules"]}
     lab.stop_prometheus()
 
 
