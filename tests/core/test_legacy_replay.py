@@ -28,12 +28,14 @@ TABLE = [
     (2.0, T - 7, 3, L),      # 12 -9: late
     (2.0, T - 8, 3, P),      # 13 -10: replay, dropped (6.1.2 accepted and reset the window)
     (2.0, T + 2, 5, D),      # 14 ... so the window was not reset
-    (9.0, T + 100, 0, N),    # 15 jump ahead (no upper bound, as in 6.1.2): window restarts
-    (9.0, T + 2, 6, P),      # 16
-    (38.9, T - 500, 0, P),   # 17 29.9 s since the last accepted packet: still a replay
-    (39.0, T - 500, 0, R),   # 18 30 s of silence: a sender whose clock stepped back resyncs
-    (39.0, T - 500, 0, D),   # 19
-    (39.1, T - 499, 1, N),   # 20
+    (9.0, T + 100, 0, P),    # 15 98 s ahead 7 s later: a capture 6-12 days old (the 20-bit
+    #                               time wraps) or a clock step, not new (6.1.2 took it)
+    (9.0, T + 19, 0, N),     # 16 17 s ahead: within the 7 s passed + 10: window restarts
+    (9.0, T + 9, 6, P),      # 17 -10 from the new second
+    (38.9, T - 500, 0, P),   # 18 29.9 s since the last accepted packet: still a replay
+    (39.0, T - 500, 0, R),   # 19 30 s of silence: a sender whose clock stepped back resyncs
+    (39.0, T - 500, 0, D),   # 20
+    (39.1, T - 499, 1, N),   # 21
 ]
 
 

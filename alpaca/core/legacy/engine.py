@@ -312,26 +312,40 @@ class LegacyEngine:
         window = self.windows.get((h.src, h.dst))
         if window is None:
             window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
+            if peer.last_t20 is not None:  # its clock is known: a capture is as old as it is
+                window.start_at(peer.last_t20, peer.last_seen_at)
         verdict = window.check(h.t20, h.seq, now)
-        # Possibly an old capture (the window restarted, or the rest of the capture after
-        # it, new to the restarted window): delivered or relayed, but learns nothing.
-        behind = peer.last_t20 is not None and t20_delta(h.t20, peer.last_t20) <= -MAX_DELAY
+        telling = self._tells_where(peer, h, now)
         if not verdict.accepted:
             self._count_rejected(verdict)
-            if verdict is Verdict.DUPLICATE and not behind:
+            if verdict is Verdict.DUPLICATE and telling:
                 peer.learn(h.pi, port, addr, h.t20, first_copy=False)
             return True
         if verdict is Verdict.RESYNC:
             self.stats.resyncs += 1
-        elif not behind:
+        elif telling:
             peer.learn(h.pi, port, addr, h.t20, first_copy=True)
             peer.last_t20 = h.t20
-        peer.last_seen_at = now
+            peer.last_seen_at = now
         if h.dst == self.self_id:
             self._deliver(peer, h, plain, data)
         else:
             self._relay(h, plain, data, addr, now)
         return True
+
+    def _tells_where(self, peer: LegacyPeer, h: LegacyHeader, now: float) -> bool:
+        """Whether an accepted datagram may teach its sender's paths and clock: it must be
+        sealed with the sender's own key (src > dst) or be addressed to us (relayed with
+        the bigger dst's key, dst could have forged it), and be stamped where the sender's
+        clock can be: less than MAX_DELAY behind its newest timestamp (a capture after a
+        resync) and no further ahead than the time passed since (a capture 6-12 days old:
+        the 20-bit time wraps). Such a datagram is still delivered or relayed."""
+        if h.src < h.dst and h.dst != self.self_id:
+            return False
+        if peer.last_t20 is None or peer.last_seen_at is None:
+            return True
+        d = t20_delta(h.t20, peer.last_t20)
+        return -MAX_DELAY < d <= now - peer.last_seen_at + MAX_DELAY
 
     def _check_inbound(self, h: LegacyHeader, data: bytes, addr: Addr) -> DropReason | None:
         if h.ptype != TYPE_DATA:

@@ -10,7 +10,9 @@ before. With ``d = t20 - time_now`` (taken modulo 2^20, so the 12-day wrap is a 
 ====================  ==========================================  ===========================
 d                     6.1.2 (``policy.c:flow_filter``)            here
 ====================  ==========================================  ===========================
->= 2                  clear both, window moves to t; accept       same
+>= 2                  clear both, window moves to t; accept       same, unless further ahead
+                                                                  than the time passed here
+                                                                  + 10 s: then as <= -10
 1                     shift (previous <- current); accept         same
 0 / -1                bitmap of current / previous second         same (duplicate = drop)
 -9 .. -2              late: drop                                  same
@@ -81,12 +83,19 @@ class LegacyWindow:
             self.accepted_at = now
         return verdict
 
+    def start_at(self, t20: int, accepted_at: float | None) -> None:
+        """Start a new flow's window at its sender's newest known second ``t20`` (from its
+        other flows), last heard from at ``accepted_at``: a capture of it replayed on this
+        flow is then as old as it is, not new."""
+        self._restart(t20)
+        self.accepted_at = accepted_at
+
     def _classify(self, t20: int, seq: int, now: float) -> Verdict:
         if self.time_now is None:
             self._restart(t20)
             return _mark(self.cur, seq)
         d = t20_delta(t20, self.time_now)
-        if d >= 2:
+        if d >= 2 and not self._too_far_ahead(d, now):
             self._restart(t20)
             return _mark(self.cur, seq)
         if d == 1:
@@ -97,13 +106,19 @@ class LegacyWindow:
             return _mark(self.cur, seq)
         if d == -1:
             return _mark(self.prev, seq)
-        if d > -MAX_DELAY:
+        if -MAX_DELAY < d < 2:
             return Verdict.LATE
         if self.accepted_at is not None and now - self.accepted_at < self.resync_after:
             return Verdict.REPLAY
         self._restart(t20)
         _mark(self.cur, seq)
         return Verdict.RESYNC
+
+    def _too_far_ahead(self, d: int, now: float) -> bool:
+        """``d`` seconds ahead is more than the sender's clock can have moved since we last
+        accepted from it (plus MAX_DELAY): a capture 6 to 12 days old (the 20-bit time
+        wraps), or a clock stepped forward, which is then handled as one stepped back."""
+        return self.accepted_at is not None and d > now - self.accepted_at + MAX_DELAY
 
     def _restart(self, t20: int) -> None:
         self.time_now = t20

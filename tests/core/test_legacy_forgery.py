@@ -1,0 +1,132 @@
+"""Legacy (6.1.2) datagrams built with chosen timestamps and keys, as a C node or an attacker
+holding a capture or one peer's key would send them, against one LegacyEngine."""
+
+from __future__ import annotations
+
+import struct
+
+from alpaca.core.legacy import codec
+from alpaca.core.legacy import header as lh
+from alpaca.core.legacy.engine import LegacyEngine
+from alpaca.core.legacy.peers import LegacyPeerSpec, LegacySettings
+
+GROUP = "caonima"
+NET = 0x0A110000  # 10.17
+KEYS = {0x0101: "ac48f5f6be3cd479c6a3dbd8cfb1dc7f", 0x1001: "1f5c6281e4e3e0db7c57b74d2103e706",
+        0x1002: "d7e27e3d7d3c2ed262076bc6a84e6681"}
+WALL = 1_584_100_000.0
+S, C1, C2 = 0x0101, 0x1001, 0x1002
+C1_EP, C2_EP, ATTACKER = ("10.1.0.1", 6000), ("10.2.0.1", 7000), ("198.51.100.7", 9999)
+DAY = 86400
+
+
+class Out:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self.tun: list[bytes] = []
+
+    def send(self, port: int, addr: tuple[str, int], data: bytes) -> bool:
+        self.sent.append(addr)
+        return True
+
+    def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+        self.tun.append(packet)
+        return True
+
+
+def server() -> tuple[LegacyEngine, Out]:
+    """Server 1.1 with clients 16.1 and 16.2 (no static addresses)."""
+    specs = {p: LegacyPeerSpec(p, codec.key_from_text(k), None) for p, k in KEYS.items()}
+    out = Out()
+    settings = LegacySettings(self_id=S, net=NET, group=GROUP, peers=specs, wall_offset=WALL,
+                              pad=False, dup_syn_dns=False)
+    return LegacyEngine(settings, out, random_bytes=lambda n: bytes(n)), out
+
+
+def ip_udp(src: int, dst: int) -> bytes:
+    payload = b"hello-world-1234"
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 1, 0, 64, 17, 0,
+                       bytes([10, 17, src >> 8, src & 255]), bytes([10, 17, dst >> 8, dst & 255]))
+    return head + struct.pack("!HHHH", 4000, 80, 8 + len(payload), 0) + payload
+
+
+def datagram(src: int, dst: int, at: float, seq: int = 0, key_of: int | None = None) -> bytes:
+    """What ``src`` sends to ``dst`` at ``at`` (seconds from WALL), sealed with the pair key
+    (the bigger id's) unless ``key_of`` names another."""
+    inner = ip_udp(src, dst)
+    h = lh.pack(lh.LegacyHeader(src=src, dst=dst, length=len(inner), t20=int(at + WALL) & 0xFFFFF,
+                                seq=seq, rand=0x123, ttl=15, pi=0, si=True, di=True))
+    pair = codec.Ecb(codec.key_from_text(KEYS[key_of if key_of is not None else max(src, dst)]))
+    return codec.protect(codec.Ecb(codec.group_key(GROUP)), pair, h) + codec.seal_body(pair, h, inner)
+
+
+def reached(srv: LegacyEngine, out: Out, peer: int, now: float) -> list[tuple[str, int]]:
+    """Where a packet of ours to ``peer`` goes."""
+    out.sent.clear()
+    srv.send_packet(peer, ip_udp(S, peer), now)
+    return list(out.sent)
+
+
+def test_legacy_a_capture_a_week_old_is_not_taken_for_a_future_one() -> None:
+    """The 20-bit time wraps every 12 days, so a week-old capture looks 5 days ahead: it was
+    delivered on a live flow, took the client's path, and its clock kept the genuine client
+    from learning its path back (downstream went to the attacker for good)."""
+    srv, out = server()
+    capture = datagram(C1, S, -7 * DAY, 5)
+    for i in range(5):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    srv.on_datagram(capture, ATTACKER, 0, 5.0)
+    assert len(out.tun) == 5 and srv.stats.replays == 1
+    for i in range(6, 60):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    assert len(out.tun) == 59
+    assert reached(srv, out, C1, 60.0) == [C1_EP]
+
+
+def test_legacy_a_peer_back_from_a_long_silence_is_taken() -> None:
+    """The bound on a jump ahead is the time passed here: two hours of silence, two hours on."""
+    srv, out = server()
+    srv.on_datagram(datagram(C1, S, 0.0), C1_EP, 0, 0.0)
+    srv.on_datagram(datagram(C1, S, 7200.0), C2_EP, 0, 7200.0)  # it moved meanwhile
+    assert len(out.tun) == 2
+    assert reached(srv, out, C1, 7201.0) == [C2_EP]
+
+
+def test_legacy_a_client_cannot_steer_the_paths_of_a_smaller_peer() -> None:
+    """16.2 forges "16.1 -> 16.2" with its own key (the pair key is the bigger id's): it is
+    authentic to a relay, and it used to move 16.1's path and clock (stamped 5 days ahead,
+    16.1's own datagrams then looked like replays)."""
+    srv, out = server()
+    srv.on_datagram(datagram(C1, S, 0.0), C1_EP, 0, 0.0)
+    srv.on_datagram(datagram(C2, S, 0.0), C2_EP, 0, 0.0)
+    srv.on_datagram(datagram(C1, C2, 1.0 + 5 * DAY, key_of=C2), ATTACKER, 0, 1.0)
+    assert reached(srv, out, C2, 1.5) == [C2_EP]  # relayed to 16.2, as a C node does
+    for i in range(2, 60):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    assert reached(srv, out, C1, 60.0) == [C1_EP]
+
+
+def test_legacy_an_hour_old_capture_on_a_new_flow_of_a_talking_peer_is_not_relayed() -> None:
+    """Windows are per (src, dst): a flow seen for the first time started empty and took a
+    capture of any age, although the sender's clock was known from its other flows."""
+    srv, out = server()
+    capture = datagram(C2, C1, -3600.0, 3)  # 16.2 -> 16.1 through us, an hour ago
+    srv.on_datagram(datagram(C1, S, 0.0), C1_EP, 0, 0.0)
+    for i in range(1, 40):  # 16.2 talks to us
+        srv.on_datagram(datagram(C2, S, float(i)), C2_EP, 0, float(i))
+    out.sent.clear()
+    srv.on_datagram(capture, ATTACKER, 0, 40.0)
+    assert out.sent == [] and srv.stats.replays == 1
+    srv.on_datagram(datagram(C2, C1, 40.5), C2_EP, 0, 40.5)  # the genuine flow starts
+    assert out.sent == [C1_EP]
+
+
+def test_legacy_an_hour_old_capture_to_us_is_dropped_while_the_peer_talks_to_another() -> None:
+    srv, out = server()
+    capture = datagram(C2, S, -3600.0, 3)
+    srv.on_datagram(datagram(C1, S, 0.0), C1_EP, 0, 0.0)
+    for i in range(1, 40):  # 16.2 talks to 16.1 through us, with its own key
+        srv.on_datagram(datagram(C2, C1, float(i)), C2_EP, 0, float(i))
+    out.tun.clear()
+    srv.on_datagram(capture, ATTACKER, 0, 40.0)
+    assert out.tun == []
