@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from alpaca.config import Config, Mode
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
-from alpaca.core.legacy.codec import key_from_bytes
+from alpaca.core.legacy.codec import key_from_bytes, key_from_text
 from alpaca.core.legacy.header import MTU_MAX
 from alpaca.core.legacy.peers import LegacyPeerSpec, LegacySettings
 from alpaca.core.mux import ProtocolMux
@@ -90,7 +90,9 @@ def split_settings(
     )
     served = legacy | {config.id}
     specs = {
-        p: LegacyPeerSpec(p, key_from_bytes(s.key), s.addr) for p, s in secrets.peers.items() if p in served
+        p: LegacyPeerSpec(p, key_from_text(s.legacy_key.decode()) if s.legacy_key else key_from_bytes(s.key),
+                          s.addr)
+        for p, s in secrets.peers.items() if p in served
     }
     gateway = config.gateway if config.mode is Mode.CLIENT and config.gateway in legacy else None
     return v2, LegacySettings(

@@ -70,6 +70,9 @@ class PeerSecret:
     """The hostname as written, kept for later re-resolution; None for a literal or null."""
     port: int
     """Static UDP port, 1-65535 when an address or hostname is given, else 0."""
+    legacy_key: bytes = field(default=b"", repr=False)
+    """The key's first 16 characters as written (ASCII): what a 6.1.2 node uses as its key,
+    upper-case digits included. Never logged."""
 
     def __repr__(self) -> str:
         return (
@@ -231,7 +234,7 @@ class _Parser:
         port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
         if peer_id is None or key is None or port is None:
             return
-        self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port)
+        self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port, key_text[:16].encode())
 
     def resolve_hostnames(self, previous: Mapping[int, PeerSecret]) -> None:
         """Give each peer named by a hostname its address, all names looked up at once on the

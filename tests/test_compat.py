@@ -67,6 +67,19 @@ def test_compat_split_settings_keep_keys_apart(tmp_path: Path) -> None:
     assert legacy.wall_offset == 100.0
 
 
+def test_compat_a_key_in_upper_case_gives_the_c_nodes_key(tmp_path: Path) -> None:
+    """The C node keys with the first 16 characters as written: from the hex-decoded bytes
+    we made lower-case ones, and every ICV failed without a word."""
+    path = write(tmp_path, mode="client", id="16.1", gateway="1.1", port=0, protocol="legacy-6.1.2")
+    secrets_path = tmp_path / "secrets.txt"
+    secrets_path.write_text(secrets_path.read_text().replace(KEY_S, KEY_S.upper()))
+    config, secrets = load(path)
+    _, legacy = compat.split_settings(config, secrets, 0.0)
+    assert legacy is not None
+    assert legacy.peers[0x0101].key == b"1F5C6281E4E3E0DB"
+    assert legacy.peers[0x1001].key == b"ac48f5f6be3cd479"
+
+
 def test_compat_warning_names_the_peers(tmp_path: Path) -> None:
     config, secrets = load(write(tmp_path, protocol="legacy-6.1.2"))
     warning = compat.legacy_warning(config, secrets)
