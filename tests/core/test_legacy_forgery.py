@@ -4,6 +4,7 @@ holding a capture or one peer's key would send them, against one LegacyEngine.""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from alpaca.core.legacy import codec
 from alpaca.core.legacy import header as lh
@@ -23,10 +24,12 @@ DAY = 86400
 class Out:
     def __init__(self) -> None:
         self.sent: list[tuple[str, int]] = []
+        self.datagrams: list[bytes] = []
         self.tun: list[bytes] = []
 
     def send(self, port: int, addr: tuple[str, int], data: bytes) -> bool:
         self.sent.append(addr)
+        self.datagrams.append(data)
         return True
 
     def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
@@ -130,3 +133,18 @@ def test_legacy_an_hour_old_capture_to_us_is_dropped_while_the_peer_talks_to_ano
     out.tun.clear()
     srv.on_datagram(capture, ATTACKER, 0, 40.0)
     assert out.tun == []
+
+
+def test_legacy_a_reload_after_the_wall_clock_stepped_back_repeats_no_time_seq_pair() -> None:
+    """The daemon gives a reload the wall clock's offset of that moment: 0.3 s less made the
+    sender stamp seconds it had used, from seq 0 again (a receiver drops those as copies)."""
+    srv, out = server()
+    srv.on_datagram(datagram(C1, S, 10.0), C1_EP, 0, 10.0)
+    for now in (10.5, 10.6, 11.1, 11.15):
+        srv.send_packet(C1, ip_udp(S, C1), now)
+    srv.reload(replace(srv.settings, wall_offset=srv.settings.wall_offset - 0.3))
+    for now in (11.2, 11.4):
+        srv.send_packet(C1, ip_udp(S, C1), now)
+    group = codec.Ecb(codec.group_key(GROUP))
+    pairs = [(h.t20, h.seq) for h in (lh.unpack(group.decrypt(d[:16])) for d in out.datagrams)]
+    assert len(pairs) == 6 and len(set(pairs)) == 6, pairs

@@ -37,6 +37,7 @@ Not thread-safe: call only from the hub greenlets of one gevent hub.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from alpaca.core import ippkt, offload
 from alpaca.core.drops import DropReason
@@ -109,7 +110,11 @@ class LegacyEngine:
             self.peers[p] = peer
 
     def reload(self, settings: LegacySettings) -> None:
-        """New keys, peers or forwarders; learned paths stay, a changed key resets its windows."""
+        """New keys, peers or forwarders; learned paths stay, a changed key resets its windows.
+        The clock offset of the start is kept: a wall clock stepped back since must not make
+        us stamp a second we already used (a receiver drops the repeated (t20, seq) pairs);
+        receivers compare our timestamps only with each other."""
+        settings = replace(settings, wall_offset=self.settings.wall_offset)
         old = self.settings.peers
         changed = {p for p, s in old.items() if p not in settings.peers or settings.peers[p].key != s.key}
         for flow in [f for f in self.windows if f[0] in changed or f[1] in changed]:
