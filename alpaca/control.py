@@ -5,8 +5,11 @@ the socket itself 0600: only root talks to it, so the answer may show path addre
 
 Protocol: the client sends one line (``show\\n``), the server answers one JSON document and
 closes. An unknown command gets ``{"error": "..."}``. Everything is bounded: a request line
-is at most :data:`MAX_REQUEST` bytes, a connection lives at most :data:`CONNECTION_TIMEOUT`
-seconds, and at most :data:`MAX_CLIENTS` are served at once.
+is at most :data:`MAX_REQUEST` bytes, each read or write may wait at most
+:data:`CONNECTION_TIMEOUT` seconds, a connection lives at most :data:`CONNECTION_LIFETIME`
+seconds, and at most :data:`MAX_CLIENTS` are served at once. The answer is written in
+chunks of :data:`CHUNK` bytes with a turn for the hub after each (a node of 10,000 peers
+answers 7 MB): the packet path never waits for a whole ``show``.
 
 A socket file left by a crashed run is replaced; a socket some live process still answers on
 is not (that is another daemon with the same path). Served by gevent on the hub: call
@@ -21,7 +24,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +33,14 @@ from gevent import socket
 from gevent.server import StreamServer
 
 from alpaca.errors import TunnelError
+from alpaca.io import hub_turns
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 256
 CONNECTION_TIMEOUT = 2.0
+CONNECTION_LIFETIME = 30.0
+CHUNK = 64 * 1024
 MAX_CLIENTS = 8
 MAX_DRAIN = 64 * 1024
 COMMANDS = ("show",)
@@ -45,7 +51,8 @@ class ControlServer:
 
     Args:
         path: the socket path.
-        snapshot_fn: returns the JSON-safe snapshot (called on the hub, once per ``show``).
+        snapshot_fn: returns the JSON-safe snapshot (called in the connection's greenlet, once
+            per ``show``; it may give the hub turns itself).
     """
 
     def __init__(self, path: Path, snapshot_fn: Callable[[], dict[str, Any]]) -> None:
@@ -110,17 +117,19 @@ class ControlServer:
 
     # ------------------------------------------------------------------ connections
     def _handle(self, conn: socket.socket, _address: object) -> None:
-        with contextlib.closing(conn), gevent.Timeout(CONNECTION_TIMEOUT, False):
+        with contextlib.closing(conn), gevent.Timeout(CONNECTION_LIFETIME, False), hub_turns() as turn:
             conn.settimeout(CONNECTION_TIMEOUT)
             try:
                 line = _read_line(conn)
-                conn.sendall(self._answer(line))
+                for chunk in json_chunks(self._answer(line)):
+                    conn.sendall(chunk)
+                    turn()
                 conn.shutdown(socket.SHUT_WR)
                 _drain(conn)
             except OSError as exc:  # the client went away or stalled: nothing to answer
                 log.debug("control connection failed error=%s", exc)
 
-    def _answer(self, line: bytes | None) -> bytes:
+    def _answer(self, line: bytes | None) -> dict[str, Any]:
         if line is None:
             reply: dict[str, Any] = {"error": f"request longer than {MAX_REQUEST} bytes"}
         else:
@@ -133,7 +142,21 @@ class ControlServer:
                     reply = {"error": f"internal error: {exc!r}"}
             else:
                 reply = {"error": "unknown command", "commands": list(COMMANDS)}
-        return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        return reply
+
+
+def json_chunks(reply: dict[str, Any]) -> Iterator[bytes]:
+    """``reply`` as one line of JSON, in pieces of about CHUNK bytes."""
+    pieces: list[str] = []
+    size = 0
+    for piece in json.JSONEncoder(separators=(",", ":")).iterencode(reply):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= CHUNK:
+            yield "".join(pieces).encode()
+            pieces, size = [], 0
+    pieces.append("\n")
+    yield "".join(pieces).encode()
 
 
 def _read_line(conn: socket.socket) -> bytes | None:

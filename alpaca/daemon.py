@@ -24,7 +24,6 @@ Greenlet contract: everything runs on the main thread's hub; no OS threads, no m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -40,12 +39,13 @@ from gevent.pool import Group
 
 from alpaca import __version__, compat
 from alpaca.config import Config, load_config
-from alpaca.control import ControlServer
+from alpaca.control import ControlServer, json_chunks
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
 from alpaca.hostplan import host_plan, host_plan_input
+from alpaca.io import hub_turns
 from alpaca.io.clock import monotonic, wall
 from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
@@ -228,9 +228,12 @@ class Daemon:
         self._closers.append(control.stop)
 
     def snapshot(self) -> dict[str, Any]:
-        """The state ``alpaca-tunnel show`` prints (the same numbers as /metrics)."""
+        """The state ``alpaca-tunnel show`` prints (the same numbers as /metrics), built with
+        turns for the hub (call it from a greenlet, not the hub)."""
         assert self.engine is not None
-        return snapshot(self.engine, monotonic(), started_at=self.started_mono, version=__version__)
+        with hub_turns() as turn:
+            return snapshot(self.engine, monotonic(), started_at=self.started_mono,
+                            version=__version__, pause=turn)
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
@@ -366,8 +369,15 @@ class Daemon:
         log.info("scheduling policy=%s priority=%d", "SCHED_RR" if priority else "normal", priority)
 
     def dump_state(self) -> None:
+        """SIGUSR1: log the snapshot as one line, encoded with turns for the hub."""
         if self.engine is not None:
-            log.info("state %s", json.dumps(self.snapshot(), sort_keys=True))
+            state = self.snapshot()
+            with hub_turns() as turn:
+                parts = []
+                for chunk in json_chunks(state):
+                    parts.append(chunk)
+                    turn()
+            log.info("state %s", b"".join(parts).decode().rstrip("\n"))
 
     # ------------------------------------------------------------------ stop
     def wait(self) -> int:

@@ -41,6 +41,7 @@ from alpaca.core.paths import Path
 from alpaca.core.peers import Peer
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
+from alpaca.io import hub_turns
 from alpaca.snapshot import (
     NO_REPLAYS,
     ReplayCounts,
@@ -361,10 +362,8 @@ class _Scrape:
         return self._body(gzip)
 
     def _body(self, gzip: bool) -> Iterator[bytes]:
-        hub = gevent.get_hub()
-        turn = hub.loop.idle()
         packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-        try:
+        with hub_turns() as turn:
             work, started = 0.0, time.perf_counter()
             for text in render_text(self.exporter.families()):
                 data = text.encode()
@@ -372,13 +371,11 @@ class _Scrape:
                 work += time.perf_counter() - started
                 if chunk:
                     yield chunk
-                hub.wait(turn)
+                turn()
                 started = time.perf_counter()
             if packer:
                 yield packer.flush()
             self.exporter.engine_collector.last_duration = work + time.perf_counter() - started
-        finally:
-            turn.close()
 
 
 class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types

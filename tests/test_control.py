@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket as std_socket
@@ -165,3 +166,27 @@ def test_control_a_failing_snapshot_is_an_error_reply(sock_path: Path) -> None:
         assert json.loads(_ask(sock_path, b"show\n"))["error"].startswith("internal error")
     finally:
         server.stop()
+
+
+def test_control_a_large_answer_is_written_in_chunks_with_turns_for_the_hub(
+        sock_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node of 10,000 peers answers 7 MB: written at once, the packet path waited for the
+    whole encoding (0.3-0.45 s); now each CHUNK is followed by a turn of the hub."""
+    turns: list[int] = []
+    real = control.hub_turns
+
+    @contextlib.contextmanager
+    def counting() -> Iterator[Any]:
+        with real() as turn:
+            yield lambda: (turns.append(1), turn())
+
+    monkeypatch.setattr(control, "hub_turns", counting)
+    big = {"peers": [{"peer": f"{i >> 8}.{i & 255}", "paths": ["x" * 100] * 5} for i in range(4000)]}
+    server = ControlServer(sock_path, lambda: big)
+    server.start()
+    try:
+        answer = _ask(sock_path, b"show\n")
+    finally:
+        server.stop()
+    assert json.loads(answer) == big
+    assert len(turns) >= len(answer) // control.CHUNK >= 30

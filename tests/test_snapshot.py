@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
+from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
-from alpaca.snapshot import percent, snapshot
-from tests.enginenet import EngineNet
+from alpaca.core.settings import EngineSettings, PeerSpec
+from alpaca.io.fakes import MemoryOutput
+from alpaca.snapshot import PEERS_PER_TURN, percent, snapshot
+from tests.enginenet import NET, EngineNet
 from tests.test_metrics import F1_EP, IDLE_PEERS, S_EP, Scenario, scenario, scrape, series, value
 
 
@@ -125,3 +129,18 @@ def test_snapshot_of_a_fresh_node() -> None:
     snap = snapshot(eng, 0.0)
     assert snap["peers"] == [] and snap["peers_configured"] == 1 and snap["node"] == format_peer_id(s.peer_id)
     assert percent(1, 0) is None
+
+
+def test_snapshot_gives_the_hub_a_turn_every_so_many_peers() -> None:
+    """10,000 peers took 0.45 s in one go: ``pause`` is called every PEERS_PER_TURN peers, and
+    the answer is the same."""
+    ids = range(0x0201, 0x0201 + 1000)
+    peers = {p: PeerSpec(p, os.urandom(32), (f"192.0.2.{p & 255}", 4000)) for p in ids}
+    engine = Engine(EngineSettings(self_id=0x0101, net=NET, group="g", peers=peers), MemoryOutput(), epoch=5,
+                    random_bytes=os.urandom)
+    for peer in engine.peers.values():
+        peer.tx_packets, peer.last_active_at = 5, 1.0
+    calls: list[int] = []
+    paused = snapshot(engine, 2.0, pause=lambda: calls.append(1))
+    assert len(calls) == 1000 // PEERS_PER_TURN
+    assert paused == snapshot(engine, 2.0) and len(paused["peers"]) == 1000

@@ -11,7 +11,8 @@ that hub. Nothing here monkey-patches, and nothing starts an OS thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gevent.hub import get_hub
@@ -21,7 +22,7 @@ from alpaca.core.settings import Addr
 if TYPE_CHECKING:
     from alpaca.io.readahead import ReadAhead
 
-__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket"]
+__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket", "hub_turns"]
 
 #: An inner packet and whether its TCP/UDP checksum is partial (alpaca.core.offload).
 TunPacket = tuple[bytes, bool]
@@ -112,3 +113,16 @@ class ReadWaiter:
         if watcher is None:
             return
         self._hub.cancel_waits_close_and_then((watcher,), DriverClosed, then)
+
+
+@contextlib.contextmanager
+def hub_turns() -> Iterator[Callable[[], None]]:
+    """A function that gives the hub a turn, for long work done in a greenlet (a scrape, a
+    ``show`` of 10,000 peers): it waits on an idle watcher, so every pending fd (the packet
+    path's included) runs first. Call it only from a greenlet, never from the hub itself."""
+    hub = get_hub()
+    turn = hub.loop.idle()
+    try:
+        yield lambda: hub.wait(turn)
+    finally:
+        turn.close()
