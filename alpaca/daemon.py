@@ -36,6 +36,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from gevent.pool import Group
+from pyroute2.netlink.exceptions import NetlinkError
 
 from alpaca import __version__, compat
 from alpaca.config import Config, load_config
@@ -245,11 +246,11 @@ class Daemon:
         if self.applied.expected and not self._stopping:
             try:
                 reconcile(self.applied.expected)
-            except AlpacaError as exc:
+            except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
                 log.warning("could not restore a route: %s", exc)
             try:  # whatever reconcile managed: a default back in main must not take the traffic
                 moved = keep_default_moved(self.applied, self.journal)
-            except AlpacaError as exc:
+            except (AlpacaError, OSError, NetlinkError) as exc:
                 log.warning("could not move a default route out of table main again: %s", exc)
                 return
             if moved:

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class KernelResolver:
-    """Callable ``(dst, src) -> gateway | None`` backed by RTM_GETROUTE."""
+    """Callable ``(dst, src) -> gateway | None`` backed by RTM_GETROUTE. Never raises: a
+    failed lookup is None (counted in ``errors``), so a packet has no route rather than the
+    reader that asked losing its greenlet."""
 
     def __init__(self) -> None:
         self._ipr: Any = None
@@ -34,6 +36,10 @@ class KernelResolver:
                 answer = self._ipr.route("get", **query)
             except NetlinkError:
                 continue
+            except OSError as exc:  # the socket itself (ENOBUFS...): a new one next time; the
+                log.warning("route lookup failed, reopening netlink error=%s", exc)  # packet
+                self.close()                                                    # has no route
+                break
             for msg in answer:
                 gateway = msg.get_attr("RTA_GATEWAY")
                 return str(gateway) if gateway else None

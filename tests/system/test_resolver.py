@@ -1,0 +1,61 @@
+"""KernelResolver: the host's gateway for a destination, and never an exception."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from alpaca.system import resolver
+from alpaca.system.resolver import KernelResolver
+from tests.helpers import netns, nsexec
+from tests.system import client_ns, run_python
+
+ASK = """
+from alpaca.system.resolver import KernelResolver
+ask = KernelResolver()
+for dst, src in [("8.8.8.8", "10.17.16.1"), ("192.0.2.77", "10.17.16.1"), ("10.17.1.1", "10.17.16.1"),
+                 ("203.0.113.9", "10.17.16.1")]:
+    print(dst, ask(dst, src))
+print("errors", ask.errors)
+"""
+
+
+@pytest.mark.netns
+def test_resolver_answers_the_gateway_of_the_route() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "link", "set", "alpaca0", "up")
+        nsexec(ns, "ip", "addr", "add", "10.17.16.1/16", "dev", "alpaca0")
+        nsexec(ns, "ip", "route", "add", "8.8.8.0/24", "via", "10.17.1.1", "dev", "alpaca0")
+        nsexec(ns, "ip", "route", "add", "unreachable", "203.0.113.0/24")
+        lines = run_python(ns, ASK).splitlines()
+    assert lines == ["8.8.8.8 10.17.1.1", "192.0.2.77 None", "10.17.1.1 None", "203.0.113.9 None",
+                     "errors 1"]  # on a link: no gateway; unreachable: an error, counted
+
+
+class _BrokenSocket:
+    """A netlink socket whose requests fail as a full socket buffer does."""
+
+    opened = 0
+
+    def __init__(self) -> None:
+        type(self).opened += 1
+        self.closed = False
+
+    def route(self, *_args: object, **_kwargs: object) -> list[object]:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_resolver_a_failing_socket_is_no_route_and_is_reopened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError from the netlink socket went up into the packet path and ended the TUN
+    reader's greenlet (the daemon stopped): now the packet has no route, and the next
+    lookup opens a new socket."""
+    monkeypatch.setattr(resolver, "IPRoute", _BrokenSocket)
+    ask = KernelResolver()
+    assert ask("8.8.8.8", "10.17.16.1") is None
+    assert ask("8.8.8.8", "10.17.16.1") is None
+    assert ask.errors == 2 and _BrokenSocket.opened == 2
