@@ -52,8 +52,10 @@ bench: deps venv
 soak: deps venv
 	$(BIN)/pytest -m slow tests/security/test_soak.py $(PYTEST_ARGS)
 
+# Long property runs and coverage-guided fuzzing of the config and secrets parsers (atheris).
 fuzz: venv
-	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py $(PYTEST_ARGS)
+	$(BIN)/pip install -q atheris
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest tests/core/test_fuzz.py tests/core/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 # Installs into a private virtualenv and copies its launcher (not a symlink: the launcher's
 # own path decides where the config is read from, see README "Run") to $(PREFIX)/bin. The

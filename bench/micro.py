@@ -91,9 +91,21 @@ def rows(number: int, repeat: int) -> list[tuple[str, float]]:
         out.append((f"receive path {size} B",
                     per_op_us(Receiver(ring, stream), number, repeat)))
     out.append(forged_epoch_row(ring, max(number // 20, 100), repeat))
+    out.append(timer_arm_row(number, repeat))
     if importlib.util.find_spec("Crypto") is not None:
         out.append(pycryptodome_row(number, repeat))
     return out
+
+
+def timer_arm_row(number: int, repeat: int) -> tuple[str, float]:
+    """DeadlineTimer.arm() with the deadline moving earlier and later (after every batch)."""
+    from alpaca.io.clock import monotonic
+    from alpaca.io.timer import DeadlineTimer
+
+    timer = DeadlineTimer(lambda now: None)  # not started: arm() alone
+    base, step = monotonic() + 60.0, iter(range(10**9))
+    return ("timer arm (deadline moving)",
+            per_op_us(lambda: timer.arm(base + (next(step) % 7) * 0.001), number, repeat))
 
 
 def forged_epoch_row(ring: KeyRing, number: int, repeat: int) -> tuple[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,14 @@ def test_resolve_config_path_default_uses_executable() -> None:
     assert resolve_config_path(None, exe) == Path("/usr/local/etc/alpaca-tunnel.d/config.json")
 
 
-def test_resolve_config_path_without_injection_uses_argv0() -> None:
-    expected = default_config_path(executable_path())
-    assert resolve_config_path(None) == expected
+def test_resolve_config_path_without_injection_uses_argv0(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program started as <dir>/alpaca-tunnel reads <dir>/alpaca-tunnel.d/config.json."""
+    program = tmp_path / "bin" / "alpaca-tunnel"
+    program.parent.mkdir()
+    program.write_text("")
+    monkeypatch.setattr(sys, "argv", [str(program), "show"])
+    assert resolve_config_path(None) == tmp_path / "bin" / "alpaca-tunnel.d" / "config.json"
 
 
 def test_executable_path_resolves_symlinks(tmp_path: Path) -> None:

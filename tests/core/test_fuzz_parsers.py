@@ -159,6 +159,7 @@ atheris.Fuzz()
 """
 
 
+@pytest.mark.slow  # `make fuzz` installs atheris and runs it
 def test_fuzz_atheris_config_and_secrets(tmp_path: Path) -> None:
     """Coverage-guided, 3000 runs over both parsers, when atheris is installed.
 

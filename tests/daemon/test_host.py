@@ -385,6 +385,7 @@ def test_host_uplink_moved_to_another_subnet_sends_nothing_outside_the_tunnel(la
     assert f"dev {TUN}" in nsexec(client.ns, "ip", "route", "get", INET).stdout
 
 
+@pytest.mark.netns
 def test_tun_device_deleted_under_the_daemon_stops_it_with_a_clear_line(lab: Lab) -> None:
     """An expected failure (the TUN device gone) stops the daemon with one line naming the
     task and the cause, no traceback, its host changes undone, exit code 1."""
@@ -400,6 +401,7 @@ def test_tun_device_deleted_under_the_daemon_stops_it_with_a_clear_line(lab: Lab
     assert host_state(topo.server.ns) == before
 
 
+@pytest.mark.netns
 def test_the_service_manager_hears_ready_reloading_and_stopping(
     lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,16 +68,16 @@ def test_tunnel_forwarder_killed_mid_transfer(lab: Lab) -> None:
         time.sleep(2.0)
         before = nft_counter(topo.fwd2.ns, "atd_count"), nft_counter(topo.fwd3.ns, "atd_count")
         lab.kill(topo.fwd2)
-        killed_at = time.monotonic()
+        time.sleep(1.5)
+        settled = nft_counter(topo.fwd3.ns, "atd_count")
         n_sent, sha_sent, n_got, sha_got = transfer.result()
         after_fwd3 = nft_counter(topo.fwd3.ns, "atd_count")
     finally:
         transfer.close()
     print(f"sent {n_sent} bytes, {transfer.elapsed:.1f} s; datagrams at 1.2/1.3 before the kill: "
-          f"{before}; at 1.3 after: {after_fwd3}")
+          f"{before}; at 1.3 1.5 s after: {settled}, at the end: {after_fwd3}")
     assert before[0] > 1000 and before[1] > 1000, "both forwarders carried the stream"
-    assert time.monotonic() - killed_at > 3, "the stream went on after the kill"
-    assert after_fwd3 - before[1] > 1000, "forwarder 1.3 carried the rest"
+    assert after_fwd3 - settled > 1000, "the stream went on through 1.3 from 1.5 s after the kill"
     assert n_got == n_sent and sha_got == sha_sent
     assert n_sent > 1_000_000
     assert topo.client.alive and topo.server.alive

@@ -1,8 +1,7 @@
-"""DeadlineTimer: firing, re-arming in both directions, disarming, errors, cost of arm()."""
+"""DeadlineTimer: firing, re-arming in both directions, disarming, errors."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import gevent
@@ -134,20 +133,13 @@ def test_timer_start_is_idempotent_and_stop_leaves_no_greenlet() -> None:
     assert live_greenlets() == []
 
 
-def test_timer_arm_cost(timer: DeadlineTimer, rec: Recorder) -> None:
-    # Measured, not asserted: arm() runs after every packet batch.
+def test_timer_armed_again_and_again_never_fires_early(timer: DeadlineTimer, rec: Recorder) -> None:
+    """arm() runs after every packet batch, with the deadline moving earlier and later:
+    100,000 of them, all 60 s ahead, with the greenlet running between, fire nothing."""
     base = monotonic() + 60.0
-    n = 100_000
-    t0 = time.perf_counter()
-    for i in range(n):
-        timer.arm(base + (i % 7) * 0.001)  # earlier and later, as the engine's deadline moves
-    per_call = (time.perf_counter() - t0) / n * 1e6
-    print(f"\nDeadlineTimer.arm: {per_call:.3f} us/call over {n} calls (mixed earlier/later)")
-    t0 = time.perf_counter()
-    for i in range(n):
-        timer.arm(base + i * 1e-6)  # always later: the cheapest, most common case
+    for i in range(100_000):
+        timer.arm(base + (i % 7) * 0.001)
         if i % 32 == 0:
             gevent.sleep(0)  # let the greenlet run, as between real batches
-    per_call = (time.perf_counter() - t0) / n * 1e6
-    print(f"DeadlineTimer.arm: {per_call:.3f} us/call with a yield every 32 calls (always later)")
+    gevent.sleep(0.01)
     assert rec.fired == []

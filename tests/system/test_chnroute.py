@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 from pathlib import Path
 
 import pytest
@@ -51,19 +50,14 @@ def test_chnroute_6594_prefixes_loaded_and_removed(tmp_path: Path) -> None:
         oif = link.link_index("up0", ns)
         assert oif is not None
         nets = chnroute.load_file(data)
-        start = time.perf_counter()
         assert chnroute.add(nets, "192.0.2.254", oif, 253, ns) == COUNT
-        loaded = time.perf_counter() - start
         chnroute.add(nets[:10], "192.0.2.254", oif, 253, ns)  # EEXIST is done
         shown = nsexec(ns, "ip", "route", "show", "table", "253", "proto", "97").stdout
         assert len(shown.splitlines()) == COUNT
         assert "1.0.0.0/24 via 192.0.2.254 dev up0" in shown
-        start = time.perf_counter()
-        assert chnroute.remove(253, ns) == COUNT
-        removed = time.perf_counter() - start
+        assert chnroute.remove(253, ns) == COUNT  # (how long it takes: bench/chnroute.py)
         assert chnroute.remove(253, ns) == 0
         assert snapshot(ns) == before
-        assert loaded < 5 and removed < 5, (loaded, removed)  # generous; the bench prints figures
 
 
 @pytest.mark.netns
