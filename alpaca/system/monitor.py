@@ -159,9 +159,11 @@ def reconcile(
                 log.warning("route device missing dst=%s dev=%s", route.dst, route.dev)
                 continue
             try:
-                routes.add_route(route, oif[0], ipr)
+                added = routes.add_route(route, oif[0], ipr)
             except AlpacaError as exc:  # e.g. its gateway is no longer on a link: the next go
                 log.warning("could not restore a route: %s", exc)
+                continue
+            if not added:  # another program's route to that prefix serves: nothing to say
                 continue
             restored.append(route)
             log.info(

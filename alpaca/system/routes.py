@@ -108,10 +108,11 @@ class ExpectedRoute:
     table: int = RT_TABLE_DEFAULT
 
 
-def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> None:
-    """Add ``route`` with our proto (EEXIST counts as done)."""
+def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
+    """Add ``route`` with our proto; False if a route to that destination was there already
+    (EEXIST counts as done: another program's route to the same prefix serves as well)."""
     extra = {"gateway": route.gateway} if route.gateway else {"scope": netlink.RT_SCOPE_LINK}
-    nl_call(
+    return nl_call(
         f"adding route {route.dst} via {route.gateway or '-'} dev {route.dev} table {route.table}",
         ipr.route,
         "add",
@@ -121,7 +122,7 @@ def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> None:
         proto=PROTO_ALPACA,
         ok=OK_ADD,
         **extra,
-    )
+    ) is not None
 
 
 def _ifname(ipr: IPRoute, index: int) -> str:

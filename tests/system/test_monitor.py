@@ -95,3 +95,16 @@ def test_monitor_reconcile_puts_back_a_vanished_route(caplog: pytest.LogCaptureF
         assert "route restored dst=203.0.113.7/32 via=192.0.2.254 dev=up0 table=253" in caplog.text
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "203.0.113.7 via 192.0.2.254 dev up0 proto 97" in shown
+
+
+def test_monitor_reconcile_is_quiet_about_another_programs_route_to_the_prefix(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The admin's own route to a peer's address holds the prefix: ours cannot be added
+    (EEXIST), and every route event logged "route restored" for it."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "route", "add", "203.0.113.7", "via", "192.0.2.253", "table", "253")
+        want = [ExpectedRoute("203.0.113.7/32", "192.0.2.254", "up0", 253)]
+        caplog.set_level("INFO", logger="alpaca.system.monitor")
+        assert monitor.reconcile(want, ns) == [] and monitor.reconcile(want, ns) == []
+        assert "route restored" not in caplog.text
