@@ -367,6 +367,9 @@ class _Builder:
             for key, why in OBSOLETE_KEYS.items()
             if key in top.data
         )
+        if mode is not Mode.CLIENT and top.data.get("local_routes"):
+            warnings += (f"{self.path}: local_routes: ignored in {mode.value} mode (they keep "
+                         "prefixes out of a client's tunnel; a server routes nothing into it)",)
         config = Config(
             path=self.path,
             mode=mode,
@@ -434,7 +437,12 @@ class _Builder:
         text = self.top.string("net", "", required=True)
         match = _NET.fullmatch(text)
         if match and 1 <= int(match[1]) <= 255 and int(match[2]) <= 255:
-            return IPv4Network(f"{match[1]}.{match[2]}.0.0/16")
+            net = IPv4Network(f"{match[1]}.{match[2]}.0.0/16")
+            if net.is_loopback or net.is_multicast or net.is_reserved:
+                kind = "loopback" if net.is_loopback else "multicast" if net.is_multicast else "reserved"
+                self.top.fail("net", f'"{text}" is a {kind} network, which no host routes to a '
+                              'device; choose a private one such as "10.17"')
+            return net
         if text:
             self.top.fail("net", f'"{text}" is not a /16 prefix (expected "X.Y" such as "10.17",'
                           " X 1-255, Y 0-255)")

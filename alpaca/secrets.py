@@ -300,6 +300,11 @@ class _Parser:
         except ValueError:
             pass
         else:
+            if parsed.version == 4 and (parsed.is_unspecified or parsed.is_multicast
+                                        or parsed == ipaddress.IPv4Address("255.255.255.255")):
+                self.problem(number, f'peer_ip: "{text}" is not the address of one host (give the '
+                                     "peer's unicast IPv4 address or hostname, or null)")
+                return None, None
             if parsed.version == 4:
                 return str(parsed), None
             self.problem(

@@ -68,7 +68,7 @@ def only(tmp_path: Path, **keys: Any) -> str:
 # --- the original's sample ---------------------------------------------------------------
 
 
-def test_config_original_sample_loads_with_two_warnings(
+def test_config_original_sample_loads_with_three_warnings(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     for item in DATA.iterdir():
@@ -92,10 +92,11 @@ def test_config_original_sample_loads_with_two_warnings(
                                  "192.168.0.0/16")
     )
     assert config.pre_up_cmds == config.post_down_cmds == ()
-    assert len(config.warnings) == 2
+    assert len(config.warnings) == 3
     assert "ack_termination: obsolete key" in config.warnings[0]
     assert "use_dns: obsolete key" in config.warnings[1]
-    assert caplog.text.count("obsolete key") == 2
+    assert "local_routes: ignored in server mode" in config.warnings[2]
+    assert caplog.text.count("obsolete key") == 2 and caplog.text.count("ignored in server mode") == 1
     assert len(read_chnroute(config.chnroute.data)) == 6594
 
 
@@ -483,6 +484,9 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         # more than 4300 digits in a string: int() refuses them (a traceback before)
         ({"route_table": "4" * 5000}, 'route_table: "' + "4" * 56 + '... is not a table number'),
         ({"chnroute": {"data": "a" * 300}}, "cannot be checked: File name too long (give a file"),
+        ({"net": "127.0"}, 'net: "127.0" is a loopback network'),
+        ({"net": "224.0"}, 'net: "224.0" is a multicast network'),
+        ({"net": "255.255"}, 'net: "255.255" is a reserved network'),
         ({"tun_name": "all"}, 'tun_name: "all" names every device in the kernel\'s settings'),
         ({"tun_name": "default"}, 'tun_name: "default" names every device'),
         ({"metrics": {"listen": "127.0.0.1:" + "9" * 5000}},
@@ -536,6 +540,13 @@ def test_config_obsolete_keys_warn(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert len(config.warnings) == 2
     assert all("obsolete key, ignored" in w and "remove it" in w for w in config.warnings)
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+
+
+def test_config_local_routes_of_a_server_warn_that_they_are_ignored(tmp_path: Path) -> None:
+    """The original's sample server config lists local_routes; they were dropped without a word."""
+    config = load(tmp_path, mode="server", local_routes=["10.0.0.0/8"])
+    assert config.warnings == (f"{tmp_path / 'config.json'}: local_routes: ignored in server mode (they"
+                               " keep prefixes out of a client's tunnel; a server routes nothing into it)",)
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -39,6 +39,14 @@ def test_secrets_a_port_of_thousands_of_digits_is_a_located_error(tmp_path: Path
     assert problems(path) == [f'{path}:2: peer_port: "<5000 characters>" is not a port (expected 1-65535)']
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "255.255.255.255", "224.0.0.1"])
+def test_secrets_a_peer_ip_that_is_no_host_is_an_error(tmp_path: Path, address: str) -> None:
+    """They were taken, and got a host route via the uplink."""
+    path = write(tmp_path, f"16.1 {KEY16}\n1.2 {KEY16} {address} null 5000\n")
+    assert problems(path) == [f'{path}:2: peer_ip: "{address}" is not the address of one host (give the '
+                              "peer's unicast IPv4 address or hostname, or null)"]
+
+
 def test_secrets_original_sample_loads(tmp_path: Path) -> None:
     path = write(tmp_path, (DATA / "secrets.txt").read_text())
     secrets = load_secrets(path, SELF)
