@@ -605,10 +605,12 @@ class Engine:
 
     def lost_packets(self, peer_id: int) -> int:
         """DATA and probes from ``peer_id`` to us that no path delivered (never seen), over
-        this run (flows a reload dropped included)."""
+        this run (flows a reload dropped included). A flow counts once it is verified: what
+        it counted before is forgotten then (Engine.verify), so it is never shown."""
         flow = self.flows.get((peer_id, self.self_id))
         retired = self.relayed.retired.get(peer_id)
-        return (flow.window.lost if flow is not None else 0) + (retired[4] if retired else 0)
+        lost = flow.window.lost if flow is not None and flow.verified else 0
+        return lost + (retired[4] if retired else 0)
 
     def accepted_packets(self, peer_id: int) -> int:
         """Datagrams (DATA and probes) from ``peer_id`` to us the replay window let in, over

@@ -306,6 +306,14 @@ class PeerPaths:
         """Learned paths and candidates that still wait for a probe's answer."""
         return [*(p for p in self.learned.values() if not p.confirmed), *self.candidates.values()]
 
+    def counting(self, path: Path) -> Path:
+        """The path whose DATA count a probe on ``path`` reports: a candidate's slot (the
+        slot moves to the candidate's address when it is confirmed), else ``path`` itself."""
+        key = (path.pi, path.port)
+        if self.candidates.get(key) is path:
+            return self.learned.get(key) or path
+        return path
+
     def confirm(self, path: Path) -> Path | None:
         """A probe sent to ``path``'s address was answered from the peer: ``path`` is
         confirmed. A slot's candidate moves the slot's path to its address (confirmed, with

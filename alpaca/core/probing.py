@@ -60,8 +60,9 @@ class Prober:
         self.engine = engine
         self.next_tick_at = 0.0
         self.next_probe_at = 0.0
-        #: probe id -> (path, when sent, the address it went to, the path's data_sent then)
-        self.outstanding: dict[int, tuple[Path, float, Addr | None, int]] = {}
+        #: probe id -> (path, when sent, the address it went to, the path whose DATA the
+        #: reply reports and its data_sent then)
+        self.outstanding: dict[int, tuple[Path, float, Addr | None, Path, int]] = {}
         self._next_id = 1
         self._round = 0
 
@@ -123,7 +124,8 @@ class Prober:
         self.engine.stats.probes_sent += 1
         if len(self.outstanding) >= MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
-        self.outstanding[probe_id] = (path, now, link.addr, path.data_sent)
+        counted = peer.paths.counting(path)
+        self.outstanding[probe_id] = (path, now, link.addr, counted, counted.data_sent)
         self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, path.pi))
 
     def _forget_unanswered(self, before: float) -> None:
@@ -179,14 +181,12 @@ class Prober:
             return
         del self.outstanding[probe_id]
         self.engine.verify(peer.peer_id, counter)
-        path, sent_at, sent_to, data_sent = entry
+        path, sent_at, sent_to, counted, data_sent = entry
         if path.via is None and path.addr != sent_to:  # it moved since: the answer proves nothing
             return                                      # about where it is now
         filed = peer.paths.confirm(path)
         if filed is None:  # replaced or expired meanwhile, or a one-off challenge path
             return
-        if filed is not path:  # a candidate taken into its slot: the slot's count goes on
-            data_sent = filed.data_sent
         path = filed
         paths = peer.paths
         best = paths.best_link() if len(paths.static) + len(paths.learned) > 1 else None
@@ -198,7 +198,8 @@ class Prober:
             self.engine.path_answered(path, now)
         elif best is not None and paths.best_link() is not best:  # the RTT order changed:
             self.engine.generation.bump()                           # new send targets
-        path.on_data_report(data_rx, data_sent)
+        if path is counted:  # (else the slot was replaced meanwhile: the next reply tells)
+            path.on_data_report(data_rx, data_sent)
         self.engine.stats.probe_replies_received += 1
 
     def _evaluate(self, now: float) -> None:

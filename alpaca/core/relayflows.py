@@ -97,9 +97,10 @@ class RelayFlows:
         counts[1] += window.too_old
         counts[2] += window.late
         if to_us:
-            window.close()  # what never came will not come to this flow
             counts[3] += window.accepted
-            counts[4] += window.lost
+            if flow.verified:  # (an unverified flow's count is not this run's to show)
+                window.close()  # what never came will not come to this flow
+                counts[4] += window.lost
 
     def expire(self, flows: dict[FlowKey, Flow], now: float, idle: float) -> int:
         """Forget relayed flows silent for ``idle`` seconds (the oldest first, so only those

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from dataclasses import replace
@@ -644,6 +645,30 @@ def test_engine_replays_refused_by_the_floor_count_in_the_peers_too_old() -> Non
         eng(s).on_datagram(data, UP2, 0, net.now)
     assert drops(s, "too_old") - too_old == len(captured)
     assert replay_by_sender(eng(s))[c.peer_id].too_old == len(captured)
+
+
+def test_engine_lost_packets_never_go_backwards_when_a_flow_is_verified() -> None:
+    """The server restarts while its datagrams cannot reach the client: the client's flow
+    stays unverified, and what it counted lost was shown, then dropped to 0 at verification
+    (a Prometheus counter going backwards is a counter reset)."""
+    net, s, c = two_path_pair()
+    for ep in (UP1, UP2):
+        net.links[(S_EP, ep)].up = False
+        net.links[(ep, S_EP)].loss = 0.3
+    net.start(s)
+    samples = []
+    for _ in range(40):
+        ping(net, c, "8.8.8.8", n=10, gap=0.01)
+        net.run(0.5)
+        samples.append(eng(s).lost_packets(c.peer_id))
+    for ep in (UP1, UP2):
+        net.links[(S_EP, ep)].up = True
+        net.links[(ep, S_EP)].loss = 0.0
+    for _ in range(10):
+        net.run(0.5)
+        samples.append(eng(s).lost_packets(c.peer_id))
+    assert eng(s).flows[(c.peer_id, s.peer_id)].verified
+    assert all(a <= b for a, b in itertools.pairwise(samples)), samples
 
 
 def single_lossy_path(policy: DupPolicy, copies: int) -> int:
