@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import heapq
 import json
+import math
 import os
 import select
 import signal
@@ -90,6 +92,17 @@ def link_packets(ns: str, dev: str) -> int:
         return 0
     stats = json.loads(out)[0]["stats64"]
     return int(stats["rx"]["packets"]) + int(stats["tx"]["packets"])
+
+
+def tcp_segments(ns: str) -> int:
+    """TCP segments sent + received in ``ns`` (/proc/net/snmp OutSegs + InSegs): counted per
+    segment whatever the TUN devices batch (with offload one TUN read carries up to 45)."""
+    out = nsrun(ns, "cat", "/proc/net/snmp", check=False)
+    rows = [line.split() for line in out.splitlines() if line.startswith("Tcp:")]
+    if len(rows) < 2:
+        return 0
+    fields = dict(zip(rows[0][1:], rows[1][1:], strict=False))
+    return int(fields.get("OutSegs", 0)) + int(fields.get("InSegs", 0))
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
@@ -213,26 +226,48 @@ def ping_rtts(ns: str, dst: str, count: int, interval: float = 0.01, timeout: fl
     return rtts, loss
 
 
+@dataclasses.dataclass
+class PingRecord:
+    """What a background ping saw: the RTTs (ms) of the answered pings, and how many it sent."""
+
+    rtts: list[float] = dataclasses.field(default_factory=list)
+    sent: int = 0
+
+
 @contextlib.contextmanager
-def background_ping(lab: Lab, ns: str, dst: str, interval: float = 0.01) -> Iterator[list[float]]:
-    """Ping ``dst`` every ``interval`` seconds while the block runs; yields the RTT list (ms)."""
+def background_ping(lab: Lab, ns: str, dst: str, interval: float = 0.01) -> Iterator[PingRecord]:
+    """Ping ``dst`` every ``interval`` seconds while the block runs; yields its record."""
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-i", str(interval), "-W", "1", dst],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
-    rtts: list[float] = []
+    record = PingRecord()
     try:
-        yield rtts
+        yield record
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=10)
-        rtts.extend(float(part.split("=")[1]) for line in out.splitlines() for part in line.split()
-                    if part.startswith("time="))
+        record.rtts.extend(float(part.split("=")[1]) for line in out.splitlines() for part in line.split()
+                           if part.startswith("time="))
+        for line in out.splitlines():
+            if "packets transmitted" in line:
+                record.sent = int(line.split()[0])
 
 
-def summarize_rtts(rtts: Sequence[float]) -> dict[str, float]:
-    return {"p50": percentile(rtts, 50), "p99": percentile(rtts, 99),
-            "mean": statistics.fmean(rtts) if rtts else float("nan"), "n": len(rtts)}
+def summarize_rtts(rtts: Sequence[float], sent: int | None = None) -> dict[str, float | int | None]:
+    """p50/p99/mean of ``rtts`` (ms). Given ``sent``, the pings that got no answer count as
+    infinitely late in the percentiles (a row that drops pings must not look faster for it;
+    a p99 that falls on one is None), and ``lost`` says how many, the last one sent (still on
+    its way when ping stopped) not counted."""
+    lost = max(0, sent - len(rtts) - 1) if sent is not None else 0
+    values = [*rtts, *([math.inf] * lost)]
+
+    def finite(q: float) -> float | None:
+        value = percentile(values, q)
+        return None if math.isinf(value) else value
+
+    return {"p50": finite(50), "p99": finite(99), "mean": statistics.fmean(rtts) if rtts else float("nan"),
+            "n": len(rtts), "lost": lost}
 
 
 # delay relay -----------------------------------------------------------------------------------
