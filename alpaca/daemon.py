@@ -207,11 +207,14 @@ class Daemon:
         self._closers.append(monitor.close)
         self._spawn("the route monitor", monitor.run, self._on_routes_changed)
         try:
-            watch = FileWatch(self.secrets.path).open()
+            watch = FileWatch(self.secrets.path).open(seen=self.secrets.identity)
         except OSError as exc:
             log.warning("not watching the secrets file path=%s error=%s", self.secrets.path, exc)
             return
         self._closers.append(watch.close)
+        if watch.catch_up():  # written while we started (hooks, the uplink, name lookups)
+            log.info("the secrets file changed during start-up; reloading path=%s", self.secrets.path)
+            self.reload()
         self._spawn("the secrets file watch", watch.run, self.reload)
 
     def _start_observability(self) -> None:

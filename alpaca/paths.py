@@ -12,6 +12,7 @@ Pure functions; the only input from the process is :func:`executable_path`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -66,3 +67,17 @@ def relative_to_config(config_path: Path, value: str) -> Path:
     if candidate.is_absolute():
         return candidate
     return config_path.parent / candidate
+
+
+#: What changes when a file's content is replaced: (device, inode, size, mtime, ctime), or
+#: None when it is absent.
+FileIdentity = tuple[int, int, int, int, int] | None
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """The identity of the file behind ``path`` (symlinks followed); None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

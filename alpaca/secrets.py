@@ -32,6 +32,7 @@ from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
 from alpaca.core.ids import check_usable, digits_value, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
 from alpaca.io.dns import resolve_ipv4
+from alpaca.paths import FileIdentity, file_identity
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class Secrets:
     """The file they were read from."""
     warnings: tuple[str, ...] = ()
     """Non-fatal findings (also logged at WARNING), e.g. a hostname that did not resolve."""
+    identity: FileIdentity = None
+    """The file's identity just before it was read (alpaca.paths.file_identity): a change
+    made after that, while the daemon was starting, is seen as a change."""
 
 
 def load_secrets(path: Path, self_id: int, previous: Secrets | None = None) -> Secrets:
@@ -114,6 +118,7 @@ def load_secrets(path: Path, self_id: int, previous: Secrets | None = None) -> S
     Raises:
         ConfigError: with one located line per problem (every problem, not the first only).
     """
+    identity = file_identity(path)
     text = read_text_file(path, "the secrets file", SECRETS_MAX_BYTES,
                           "point secret_file at the secrets file (one line per peer)")
     warnings: list[str] = []
@@ -132,7 +137,7 @@ def load_secrets(path: Path, self_id: int, previous: Secrets | None = None) -> S
     warnings.extend(parser.warnings)
     for warning in warnings:
         log.warning("%s", warning)
-    return Secrets(peers=parser.peers, path=path, warnings=tuple(warnings))
+    return Secrets(peers=parser.peers, path=path, warnings=tuple(warnings), identity=identity)
 
 
 def _check_mode(path: Path, warnings: list[str]) -> None:

@@ -1,47 +1,46 @@
 """FileWatch: notice when a file's content changes, however it is replaced.
 
-inotify on *directories* (IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_MOVED_FROM):
+inotify on *directories* (IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE, IN_MOVED_FROM,
+and IN_MOVE_SELF / IN_DELETE_SELF: a directory swapped by renames is watched again by path):
 the directory of the path as configured, and the directory of the file it resolves to. So a
 save in place, a save by rename (``sed -i``, editors, config management) and a swap of a
 symlink on the way (a Kubernetes secret volume renames ``..data`` to a new directory, then
 deletes the old one) are all seen; the original watched IN_MODIFY on the file only and missed
-the last two. After a burst of events settles (``debounce``), the file's identity (device,
-inode, size, mtime, ctime, following symlinks) is compared with the last one seen: an event
-about any other file of those directories calls nothing. Not seen: retargeting a symlink to a
-*directory* on the configured path (``ln -sfn v2 /etc/alpaca`` when /etc/alpaca is itself a
-link) changes nothing in the directories watched; a SIGHUP reloads then.
+the last two. Only events that name the file (or the first step of its symlink) count: a file
+being written in place is read once it is closed, even when another file of its directory is
+saved meanwhile. After a burst of events settles (``debounce``), the file's identity (device,
+inode, size, mtime, ctime, following symlinks) is compared with the last one seen. Not seen:
+retargeting a symlink to a *directory* on the configured path (``ln -sfn v2 /etc/alpaca``
+when /etc/alpaca is itself a link) changes nothing in the directories watched; a SIGHUP
+reloads then.
 Greenlet contract: ``run`` is one greenlet's loop; it waits on the inotify fd with gevent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import gevent
 from gevent.socket import wait_read
 
+from alpaca.paths import FileIdentity, file_identity
+
 log = logging.getLogger(__name__)
 
 IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x08, 0x40, 0x80
-IN_CREATE, IN_DELETE = 0x100, 0x200
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+IN_Q_OVERFLOW = 0x4000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
-MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 
-Identity = tuple[int, int, int, int, int] | None
-
-
-def identity(path: Path) -> Identity:
-    """What changes when the file behind ``path`` (symlinks followed) changes; None if absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class FileWatch:
@@ -54,9 +53,11 @@ class FileWatch:
         self._libc: ctypes.CDLL | None = None
         #: directory -> watch descriptor: the configured one, and the resolved file's
         self._watches: dict[Path, int] = {}
-        self._seen: Identity = None
+        self._seen: FileIdentity = None
 
-    def open(self) -> FileWatch:
+    def open(self, seen: FileIdentity | None = None) -> FileWatch:
+        """Start watching. ``seen``: the identity of the file as its content was last read
+        (by default: now); a file that changed since is reported by the first ``run`` turn."""
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
@@ -69,8 +70,17 @@ class FileWatch:
             self.close()
             raise
         self._follow()
-        self._seen = identity(self.path)
+        self._seen = file_identity(self.path) if seen is None else seen
         return self
+
+    def catch_up(self) -> bool:
+        """Whether the file changed since ``seen`` (given to :meth:`open`); if so, its current
+        identity becomes the one seen (the caller reloads it now)."""
+        now = file_identity(self.path)
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
 
     def _watch(self, directory: Path) -> None:
         assert self._libc is not None
@@ -83,11 +93,14 @@ class FileWatch:
     def _follow(self) -> None:
         """Watch the configured directory again (it may have been re-created: its old watch is
         gone) and the directory the path resolves to now, and no longer the one before."""
-        self._watches.pop(self.path.parent, None)
+        before = self._watches.pop(self.path.parent, None)
         try:
             self._watch(self.path.parent)  # the same inode gives the same descriptor back
         except OSError as exc:
             log.debug("not watching %s: %s", self.path.parent, exc)
+        if before is not None and self._watches.get(self.path.parent) != before:
+            assert self._libc is not None  # a directory moved away: no longer ours to watch
+            self._libc.inotify_rm_watch(self._fd, before)
         try:
             target = self.path.resolve().parent
         except (OSError, RuntimeError):  # RuntimeError: a symlink loop
@@ -104,14 +117,43 @@ class FileWatch:
             except OSError as exc:  # e.g. the link points nowhere yet: the configured dir tells
                 log.debug("not watching %s: %s", target, exc)
 
+    def _names(self) -> set[tuple[int, str]]:
+        """(watch descriptor, name) of the events that concern the file: its own name in the
+        configured directory, the first step of its symlink there (a Kubernetes ``..data``),
+        and its name in the directory it resolves to."""
+        names = set()
+        configured = self._watches.get(self.path.parent)
+        if configured is not None:
+            names.add((configured, self.path.name))
+            with contextlib.suppress(OSError, IndexError):  # not a symlink
+                names.add((configured, Path(os.readlink(self.path)).parts[0]))
+        try:
+            resolved = self.path.resolve()
+        except (OSError, RuntimeError):
+            return names
+        wd = self._watches.get(resolved.parent)
+        if wd is not None:
+            names.add((wd, resolved.name))
+        return names
+
     def _drain(self) -> bool:
-        """Read every pending event; whether there was any."""
-        seen = False
+        """Read every pending event; whether one concerns the file (an event of another file
+        of these directories does not: a secrets file still being written in place, seen
+        after the config beside it was saved, is read when it is closed), or a watched
+        directory itself moved or went (it is watched again by path)."""
+        wanted, relevant = self._names(), False
         while True:
             try:
-                seen = bool(os.read(self._fd, 65536)) or seen
+                data = os.read(self._fd, 65536)
             except BlockingIOError:
-                return seen
+                return relevant
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                name = data[offset + _EVENT.size:offset + _EVENT.size + length].split(b"\0", 1)[0]
+                offset += _EVENT.size + length
+                self_or_overflow = mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF)
+                relevant = relevant or bool(self_or_overflow) or (wd, os.fsdecode(name)) in wanted
 
     def run(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` once per burst of changes to the file (forever)."""
@@ -122,7 +164,7 @@ class FileWatch:
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
-            now = identity(self.path)
+            now = file_identity(self.path)
             if now != self._seen:
                 self._seen = now
                 on_change()

@@ -187,6 +187,24 @@ def test_host_a_chnroute_that_cannot_load_stops_the_start_with_its_key(lab: Lab,
 
 
 @pytest.mark.netns
+def test_host_a_secrets_change_during_start_up_is_applied(lab: Lab) -> None:
+    """A pre_up hook adds a peer to the secrets file (as config management might while the
+    daemon waits for hooks, the uplink, name servers): the file was read before, and the
+    watch, opened after, took the new file as the one read. Now the start reloads it."""
+    ns = lab.ns("server")
+    added = Peer("16.9").line()
+    secrets = lab.tmp_path / "server" / "secrets.txt"
+    node = lab.node("server", ns, "1.1", "server", pre_up_cmds=[f"echo '{added}' >> {secrets}"])
+    node.write_secrets([Peer("1.1").line(), Peer("16.1").line()])
+    lab.start(node)
+    deadline = time.monotonic() + 10
+    while "reloaded peers=3" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "the secrets file changed during start-up; reloading" in node.log(), node.log_tail()
+    assert "reloaded peers=3" in node.log(), node.log_tail()
+
+
+@pytest.mark.netns
 def test_host_server_behind_forward_drop(lab: Lab) -> None:
     topo = build_simple(lab)
     nsexec(topo.server.ns, "iptables", "-P", "FORWARD", "DROP")

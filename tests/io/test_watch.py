@@ -12,6 +12,7 @@ import gevent
 import pytest
 
 from alpaca.io.watch import FileWatch
+from alpaca.paths import file_identity
 
 DEBOUNCE = 0.05
 
@@ -171,3 +172,60 @@ def test_watch_a_directory_reached_through_a_symlink(tmp_path: Path) -> None:
         assert calls.after(lambda: _rename_over(real / "secrets.txt", "plain again\n")) == 1
     finally:
         calls.close()
+
+
+def test_watch_a_file_being_written_in_place_is_read_once_closed(watched: tuple[Path, Calls]) -> None:
+    """The secrets file is truncated and half written (still open) when the config beside it
+    is saved: that event used to read the half file (a reload dropped the peers not written
+    yet); only closing the file counts."""
+    path, calls = watched
+    writer = path.open("w")
+    try:
+        writer.write("one\n")
+        writer.flush()
+        assert calls.after(lambda: (path.parent / "config.json").write_text("{}")) == 0
+        assert calls.after(lambda: (path.parent / "alpaca0.sock").touch()) == 0
+        writer.write("two\n")
+    finally:
+        assert calls.after(writer.close) == 1
+
+
+def test_watch_the_directory_swapped_by_renames(tmp_path: Path) -> None:
+    """mv conf conf.bak; mv conf.new conf: the watch stayed on the old directory and no
+    change was seen again (or one in conf.bak was taken for the file's)."""
+    conf, new = tmp_path / "conf", tmp_path / "conf.new"
+    for directory in (conf, new):
+        directory.mkdir()
+        (directory / "secrets.txt").write_text(directory.name)
+    path = conf / "secrets.txt"
+    calls = Calls(path)
+    try:
+        def swap() -> None:
+            conf.rename(tmp_path / "conf.bak")
+            new.rename(conf)
+        assert calls.after(swap) == 1
+        assert calls.after(lambda: path.write_text("in place\n")) == 1
+        assert calls.after(lambda: _rename_over(path, "by rename\n")) == 1
+        assert calls.after(lambda: (tmp_path / "conf.bak" / "secrets.txt").write_text("old\n")) == 0
+    finally:
+        calls.close()
+
+
+def test_watch_a_change_made_before_the_watch_opened_is_caught_up(tmp_path: Path) -> None:
+    """The daemon reads the secrets file, then runs hooks and waits for the uplink before it
+    opens the watch: a change meanwhile was never applied (the watch took the new file as
+    the one read)."""
+    path = tmp_path / "secrets.txt"
+    path.write_text("one\n")
+    read = file_identity(path)
+    path.write_text("one\ntwo\n")
+    watch = FileWatch(path).open(seen=read)
+    try:
+        assert watch.catch_up() and not watch.catch_up()
+    finally:
+        watch.close()
+    untouched = FileWatch(path).open(seen=file_identity(path))
+    try:
+        assert not untouched.catch_up()
+    finally:
+        untouched.close()
