@@ -119,7 +119,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         sock = Path(args.cleanup_socket)
     else:
         sock = load_config(resolve_config_path(args.config)).control_socket
-    failures = _undo_crashed_run(sock, "control socket")
+    from alpaca.system import journal  # lazily: pyroute2 and nft only where needed
+
+    try:
+        failures = journal.undo_left_behind(sock, f"control socket {sock}")
+    except AlpacaError as exc:  # the node runs: its journal is its own, nothing is done
+        print(f"{PROG}: nothing done: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if failures is None:
         print(f"{PROG}: nothing to undo for {sock}")
         return EXIT_OK
@@ -144,6 +150,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     config, secrets = load_all(args)
     config.engine_settings(secrets)
     prefixes = len(read_chnroute(config.chnroute.data)) if config.chnroute else 0
+    from alpaca.io.epoch import check_state_file  # lazily, like the daemon
+
+    check_state_file(config.state_file)  # run refuses a corrupt one: so does check
     print("\n".join(describe_settings(config, secrets)))
     print()
     print("\n".join(describe_host_changes(config, secrets, prefixes)))

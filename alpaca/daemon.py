@@ -317,8 +317,14 @@ class Daemon:
     def _reload(self) -> None:
         try:
             loaded = load_config(self.config.path)
-            for key in restart_keys_changed(self.config, loaded):  # first: they explain what follows
+            changed = restart_keys_changed(self.config, loaded)
+            for key in changed:  # first: they explain what follows
                 log.warning("config key changed but needs a restart key=%s", CONFIG_KEY.get(key, key))
+            other_node = [key for key in ("mode", "id") if key in changed]
+            if other_node:  # the gateway, forwarders and secrets of that file are another node's
+                log.error("reload refused: %s changed, the config describes another node; restart "
+                          "to apply it (the running configuration is kept)", " and ".join(other_node))
+                return
             config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
             secrets = load_secrets(config.secret_file, config.id, self.secrets)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
@@ -454,6 +460,10 @@ def run(config: Config, secrets: Secrets, reload_asked: Callable[[], bool] = lam
     try:
         daemon.start()
         return daemon.wait()
+    except StartInterrupted as exc:  # a stop asked for: as clean as one after the start
+        daemon.stop()
+        log.info("%s", exc)
+        return 0
     except BaseException:  # also a start-up signal whose interrupt lands just after start()
         daemon.stop()
         raise

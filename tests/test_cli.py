@@ -62,6 +62,19 @@ def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out.rstrip().endswith("alpaca-tunnel: config OK")
 
 
+def test_cli_check_refuses_a_corrupt_epoch_file_as_run_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """check said "config OK" for a state file that run refuses to start with."""
+    state = tmp_path / "alpaca0.epoch"
+    state.write_text("not a number\n")
+    path = client_setup(tmp_path, state_file=str(state))
+    assert cli.main(["-c", str(path), "check"]) == 1
+    err = capsys.readouterr().err
+    assert f"epoch file {state} is corrupt" in err
+    state.write_text("1700000000\n")
+    assert cli.main(["-c", str(path), "check"]) == 0
+
+
 def test_cli_check_original_sample_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

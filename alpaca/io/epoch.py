@@ -47,6 +47,21 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
     return epoch
 
 
+def check_state_file(state_file: Path) -> int:
+    """What ``check`` can tell without writing: the last epoch recorded (0: none yet).
+
+    Raises:
+        TunnelError: as :func:`next_epoch` for a file that is unreadable or corrupt, or whose
+            existing directory this process may not write.
+    """
+    last = _read_last(state_file)
+    directory = state_file.parent
+    if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+        raise TunnelError(f"epoch file {state_file}: its directory is not writable; make it "
+                          "writable or set another state_file")
+    return last
+
+
 def _read_last(state_file: Path) -> int:
     fix = (
         "restore it, or write into it a number larger than any epoch used before "

@@ -403,16 +403,23 @@ def test_reload_a_changed_restart_key_is_logged_and_not_half_applied(lab: Lab) -
         time.sleep(0.1)
     assert "config key changed but needs a restart key=net" in topo.server.log()
 
-    # Renumbered in both files: the reload names the restart key before the secrets, which are
-    # checked against the running id, are refused for lacking it.
+    # Renumbered in both files, or turned into a client without a gateway: another node,
+    # whose gateway, forwarders and secrets would be applied to this one (a client's gateway
+    # was dropped that way): refused whole, after the restart keys are named.
     server, client = topo.peers["1.1"], topo.peers["16.1"]
     topo.server.write_secrets([server.line().replace("1.1 ", "1.2 ", 1), client.line()])
     topo.server.write_config(id="1.2")
     topo.server.signal(signal.SIGHUP)
-    while "reload failed" not in topo.server.log():
+    while "reload refused" not in topo.server.log():
         assert time.monotonic() < deadline + 10, topo.server.log_tail()
         time.sleep(0.1)
     log = topo.server.log()
-    assert log.index("needs a restart key=id") < log.index("reload failed")
+    assert log.index("needs a restart key=id") < log.index("reload refused: id changed")
+    topo.client.write_config(mode="server", gateway=None)
+    topo.client.signal(signal.SIGHUP)
+    while "reload refused" not in topo.client.log():
+        assert time.monotonic() < deadline + 20, topo.client.log_tail()
+        time.sleep(0.1)
+    assert "reload refused: mode changed, the config describes another node" in topo.client.log()
     sent, received, out = ping(topo.client.ns, SERVER_IP, "-c", "10", "-i", "0.1", "-W", "1")
     assert (sent, received) == (10, 10), out
