@@ -213,3 +213,24 @@ def server_and_two_clients(
         net.start(c, gateway=pid("1.1"), **client)
     net.run(2.0)
     return net, s, c1, c2
+
+
+FWD_A, FWD_B = ("10.0.0.2", 5000), ("10.0.9.2", 5001)
+
+
+def forwarder_on_two_ports(resolver: object, seed: int = 3) -> tuple[EngineNet, Node, Node, Node]:
+    """Server 1.1, forwarder 1.2 with two ports (FWD_A, FWD_B) that both reach the server
+    (10 ms, 4 ms jitter), client 16.1 behind FWD_A; all started (the client with ``resolver``
+    and forwarder 1.2), then run for 2 s."""
+    net = EngineNet(seed=seed)
+    s = net.add("S", "1.1", [SERVER_EP])
+    f = net.add("F", "1.2", [FWD_A, FWD_B])
+    c = net.add("C", "16.1", [CLIENT1_EP], static=False)
+    net.link(CLIENT1_EP, FWD_A, delay=0.005)
+    net.link(FWD_A, SERVER_EP, delay=0.010, jitter=0.004)
+    net.link(FWD_B, SERVER_EP, delay=0.010, jitter=0.004)
+    net.start(s)
+    net.start(f)
+    net.start(c, resolver=resolver, forwarders=(pid("1.2"),), gateway=pid("1.1"))
+    net.run(2.0)
+    return net, s, f, c

@@ -34,7 +34,15 @@ from alpaca.metrics import (
     build_registry,
     serve_metrics,
 )
-from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
+from tests.enginenet import (
+    EngineNet,
+    Node,
+    forwarder_on_two_ports,
+    ipv4,
+    pid,
+    server_and_two_clients,
+    tunnel_ip,
+)
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
 UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
@@ -249,18 +257,7 @@ def test_metrics_a_slot_moving_between_a_forwarders_two_ports_shows_no_data_loss
     """The forwarder relays from either of its ports, so the server's slot for the client
     moves to a candidate address now and then: the data in flight at each move was counted
     lost (87 of 3,000 on a lossless network); now only the link's reordering shows."""
-    net = EngineNet(seed=3)
-    fa, fb = ("10.0.0.2", 5000), ("10.0.9.2", 5001)
-    s = net.add("S", "1.1", [S_EP])
-    f = net.add("F", "1.2", [fa, fb])
-    c = net.add("C", "16.1", [UP1], static=False)
-    net.link(UP1, fa, delay=0.005)
-    net.link(fa, S_EP, delay=0.010, jitter=0.004)
-    net.link(fb, S_EP, delay=0.010, jitter=0.004)
-    net.start(s)
-    net.start(f)
-    net.start(c, resolver=lambda dst, src: "10.17.1.1", forwarders=(pid("1.2"),), gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, _f, c = forwarder_on_two_ports(lambda dst, src: "10.17.1.1")
     for _ in range(3000):
         net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
         net.run(0.002)

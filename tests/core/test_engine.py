@@ -16,7 +16,15 @@ from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy
 from alpaca.snapshot import replay_by_sender
-from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
+from tests.enginenet import (
+    EngineNet,
+    Node,
+    forwarder_on_two_ports,
+    ipv4,
+    pid,
+    server_and_two_clients,
+    tunnel_ip,
+)
 
 S_EP, F1_EP, F2_EP = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
 UP1, UP2 = ("10.1.0.1", 6000), ("10.2.0.1", 6000)
@@ -1093,18 +1101,7 @@ def test_engine_relayed_copies_from_two_forwarder_ports_keep_the_path_up() -> No
     """A forwarder relays a client's packets to the server on both of its links (same path
     index, two source addresses). The server's path for the client stays up throughout, and
     the second address is probed at most every CHALLENGE_INTERVAL, not per packet."""
-    net = EngineNet(seed=3)
-    fa, fb = ("10.0.0.2", 5000), ("10.0.9.2", 5001)
-    s = net.add("S", "1.1", [S_EP])
-    f = net.add("F", "1.2", [fa, fb])
-    c = net.add("C", "16.1", [UP1], static=False)
-    net.link(UP1, fa, delay=0.005)
-    net.link(fa, S_EP, delay=0.010, jitter=0.004)
-    net.link(fb, S_EP, delay=0.010, jitter=0.004)
-    net.start(s)
-    net.start(f)
-    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"))
-    net.run(2.0)
+    net, s, f, c = forwarder_on_two_ports(gateway_resolver())
     paths = eng(s).peers[c.peer_id].paths
 
     def probes_to_client() -> int:  # all but those to the forwarder (it relays to the server)

@@ -97,7 +97,8 @@ def test_reload_copies_queued_for_a_moved_or_removed_peer_are_not_sent() -> None
     assert len(c.tun) == 10
 
 
-def test_reload_keeps_copies_for_the_peers_it_leaves_alone() -> None:
+def _copies_queued() -> tuple[EngineNet, Node, Node]:
+    """1.1 has just sent 4 packets to 16.1, each with two copies 50 ms apart still queued."""
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])
     c = net.add("C", "16.1", [UP1])
@@ -107,6 +108,11 @@ def test_reload_keeps_copies_for_the_peers_it_leaves_alone() -> None:
     net.run(2.0)
     for _ in range(4):
         net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
+    return net, s, c
+
+
+def test_reload_keeps_copies_for_the_peers_it_leaves_alone() -> None:
+    net, s, c = _copies_queued()
     eng(s).reload(eng(s).settings)
     assert len(eng(s).dup) == 8
     net.run(0.5)
@@ -114,15 +120,7 @@ def test_reload_keeps_copies_for_the_peers_it_leaves_alone() -> None:
 
 
 def test_reload_copies_sealed_under_a_replaced_key_are_not_sent() -> None:
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c = net.add("C", "16.1", [UP1])
-    net.link(UP1, S_EP)
-    net.start(s, dup_policy=DupPolicy.ALL, dup_copies=2, dup_delay=0.05)
-    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
-    net.run(2.0)
-    for _ in range(4):
-        net.inject_tun(s, ipv4("10.17.1.1", tunnel_ip(c.peer_id)))
+    _net, s, c = _copies_queued()
     engine = eng(s)
     peers = dict(engine.settings.peers)
     peers[c.peer_id] = replace(peers[c.peer_id], key=bytes(range(32)))  # the pair key: 16.1's
