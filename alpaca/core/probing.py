@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from alpaca.core.constants import PacketType
 from alpaca.core.drops import DropReason
@@ -53,6 +53,19 @@ DORMANT_AFTER = 5
 DORMANT_EVERY = 10
 
 
+class Outstanding(NamedTuple):
+    """A probe waiting for its reply."""
+
+    path: Path
+    sent_at: float
+    #: the address it went to (a path that moved since learns nothing from the reply)
+    sent_to: Addr | None
+    #: the path whose DATA count the reply reports (PeerPaths.counting), and its data_sent
+    #: when the probe left
+    counted: Path
+    data_sent: int
+
+
 class Prober:
     """Sends probes, answers them, and keeps path states current."""
 
@@ -60,9 +73,7 @@ class Prober:
         self.engine = engine
         self.next_tick_at = 0.0
         self.next_probe_at = 0.0
-        #: probe id -> (path, when sent, the address it went to, the path whose DATA the
-        #: reply reports and its data_sent then)
-        self.outstanding: dict[int, tuple[Path, float, Addr | None, Path, int]] = {}
+        self.outstanding: dict[int, Outstanding] = {}
         self._next_id = 1
         self._round = 0
 
@@ -125,11 +136,11 @@ class Prober:
         if len(self.outstanding) >= MAX_OUTSTANDING:
             del self.outstanding[next(iter(self.outstanding))]
         counted = peer.paths.counting(path)
-        self.outstanding[probe_id] = (path, now, link.addr, counted, counted.data_sent)
+        self.outstanding[probe_id] = Outstanding(path, now, link.addr, counted, counted.data_sent)
         self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, path.pi))
 
     def _forget_unanswered(self, before: float) -> None:
-        stale = [pid for pid, entry in self.outstanding.items() if entry[1] < before]
+        stale = [pid for pid, entry in self.outstanding.items() if entry.sent_at < before]
         for pid in stale:
             del self.outstanding[pid]
 
@@ -176,7 +187,7 @@ class Prober:
             return
         probe_id, echoed_epoch, data_rx = REPLY.unpack(payload)
         entry = self.outstanding.get(probe_id)
-        if entry is None or entry[0].peer != peer.peer_id or echoed_epoch != self.engine.epoch:
+        if entry is None or entry.path.peer != peer.peer_id or echoed_epoch != self.engine.epoch:
             self.engine.stats.drop(DropReason.UNKNOWN_PROBE)
             return
         del self.outstanding[probe_id]

@@ -27,7 +27,8 @@ Counters (plain ints, cumulative across :meth:`reset`):
   loss shows within one to two horizons. The unset bits of a block being recycled and the
   blocks a big jump skips count as well, for counters no settle has covered yet. A counter
   that arrives after it was counted (later than the horizon) is still accepted, and stays
-  counted in ``lost`` as well as in ``late``.
+  counted in ``lost`` as well as in ``late``. :meth:`close` counts the rest at once when the
+  epoch ends; :meth:`count_loss_from` forgets what was counted before the flow was verified.
 
 Not thread-safe: call only from the engine's greenlet.
 """
