@@ -57,7 +57,7 @@ class FileWatch:
 
     def open(self, seen: FileIdentity | None = None) -> FileWatch:
         """Start watching. ``seen``: the identity of the file as its content was last read
-        (by default: now); a file that changed since is reported by the first ``run`` turn."""
+        (by default: now); :meth:`catch_up` tells whether it changed since."""
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
@@ -74,8 +74,9 @@ class FileWatch:
         return self
 
     def catch_up(self) -> bool:
-        """Whether the file changed since ``seen`` (given to :meth:`open`); if so, its current
-        identity becomes the one seen (the caller reloads it now)."""
+        """Whether the file changed since it was last seen (``seen`` given to :meth:`open`, or
+        the last change :meth:`run` reported); if so, its current identity becomes the one seen
+        (the caller reloads it now)."""
         now = file_identity(self.path)
         if now == self._seen:
             return False
@@ -164,9 +165,7 @@ class FileWatch:
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
-            now = file_identity(self.path)
-            if now != self._seen:
-                self._seen = now
+            if self.catch_up():
                 on_change()
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ from alpaca.core.legacy.header import (
     with_hop_word,
 )
 from alpaca.core.legacy.peers import LegacyPeer, LegacySettings, LegacyStats
-from alpaca.core.legacy.replay import MAX_DELAY, LegacyWindow, Verdict, t20_delta
+from alpaca.core.legacy.replay import MAX_DELAY, LegacyWindow, Verdict, t20_delta, within_reach
 from alpaca.core.output import Output
 from alpaca.core.settings import Addr
 
@@ -350,7 +350,7 @@ class LegacyEngine:
         if peer.last_t20 is None or peer.last_seen_at is None:
             return True
         d = t20_delta(h.t20, peer.last_t20)
-        return -MAX_DELAY < d <= now - peer.last_seen_at + MAX_DELAY
+        return d > -MAX_DELAY and within_reach(d, now - peer.last_seen_at)
 
     def _check_inbound(self, h: LegacyHeader, data: bytes, addr: Addr) -> DropReason | None:
         if h.ptype != TYPE_DATA:

@@ -57,6 +57,12 @@ class Verdict(Enum):
         return self is Verdict.NEW or self is Verdict.RESYNC
 
 
+def within_reach(ahead: int, elapsed: float) -> bool:
+    """Whether a sender's clock can be ``ahead`` seconds past a timestamp of it we took
+    ``elapsed`` seconds ago (plus MAX_DELAY of slack)."""
+    return ahead <= elapsed + MAX_DELAY
+
+
 def t20_delta(t20: int, base: int) -> int:
     """``t20 - base`` as a signed number in [-2^19, 2^19)."""
     return (t20 - base + (T20_MOD >> 1)) % T20_MOD - (T20_MOD >> 1)
@@ -116,9 +122,9 @@ class LegacyWindow:
 
     def _too_far_ahead(self, d: int, now: float) -> bool:
         """``d`` seconds ahead is more than the sender's clock can have moved since we last
-        accepted from it (plus MAX_DELAY): a capture 6 to 12 days old (the 20-bit time
-        wraps), or a clock stepped forward, which is then handled as one stepped back."""
-        return self.accepted_at is not None and d > now - self.accepted_at + MAX_DELAY
+        accepted from it: a capture 6 to 12 days old (the 20-bit time wraps), or a clock
+        stepped forward, which is then handled as one stepped back."""
+        return self.accepted_at is not None and not within_reach(d, now - self.accepted_at)
 
     def _restart(self, t20: int) -> None:
         self.time_now = t20
