@@ -30,7 +30,7 @@ def write_node(directory: Path, name: str, config: dict[str, object]) -> Path:
     base: dict[str, object] = {
         "group": "all-legacy", "net": "10.17", "mtu": 1400, "log_level": "info",
         "secret_file": str(secrets), "tun_name": "alg0", "metrics": False,
-        "control_socket": f"/tmp/all-{os.getpid()}-{name}.sock",
+        "control_socket": str(directory / "control.sock"),
         "state_file": str(directory / "epoch"),
     }
     base.update(config)

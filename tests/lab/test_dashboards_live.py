@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,8 @@ INET = "198.18.0.1"
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus package")
-def test_dashboards_every_query_returns_series_from_the_live_lab() -> None:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def test_dashboards_every_query_returns_series_from_the_live_lab(lab_state: Callable[[], Path]) -> None:
+    state = lab_state()
     lab = Lab(load_topology(), state)
     try:
         lab.up(prometheus=True)

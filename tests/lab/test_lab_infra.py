@@ -12,10 +12,9 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,8 +48,8 @@ print(len(rtts), rtts[len(rtts) // 2] if rtts else -1)
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def lab(lab_state: Callable[[], Path]) -> Iterator[Lab]:
+    state = lab_state()
     built = Lab(load_topology(), state)
     try:
         built.up(daemons=False)
@@ -86,8 +85,8 @@ def test_lab_up_twice_is_idempotent(lab: Lab) -> None:
     assert out.stdout.count("172.16.12.2") == 1
 
 
-def test_lab_down_cleans_up_after_sigkill() -> None:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def test_lab_down_cleans_up_after_sigkill(lab_state: Callable[[], Path]) -> None:
+    state = lab_state()
     cmd = [sys.executable, "-m", "alpaca", "lab", "up", "--no-daemons", "--state-dir", str(state)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -166,8 +165,9 @@ def _lab_cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_lab_down_without_its_topology_file_still_removes_everything(tmp_path: Path) -> None:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def test_lab_down_without_its_topology_file_still_removes_everything(
+        tmp_path: Path, lab_state: Callable[[], Path]) -> None:
+    state = lab_state()
     topo = tmp_path / "topo.json"
     topo.write_text(load_topology().source.read_text())
     try:
@@ -180,8 +180,8 @@ def test_lab_down_without_its_topology_file_still_removes_everything(tmp_path: P
     assert netns.list_namespaces() == [] and netns.root_links() == []
 
 
-def test_lab_commands_that_change_the_lab_run_one_at_a_time() -> None:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def test_lab_commands_that_change_the_lab_run_one_at_a_time(lab_state: Callable[[], Path]) -> None:
+    state = lab_state()
     try:
         with exclusive(state):
             second = _lab_cli(state, "up", "--no-daemons")
@@ -193,8 +193,9 @@ def test_lab_commands_that_change_the_lab_run_one_at_a_time() -> None:
         _lab_cli(state, "down")
 
 
-def test_lab_start_without_a_lab_or_of_a_plain_host_is_a_clear_error(lab: Lab) -> None:
-    empty = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def test_lab_start_without_a_lab_or_of_a_plain_host_is_a_clear_error(
+        lab: Lab, lab_state: Callable[[], Path]) -> None:
+    empty = lab_state()
     no_lab = _lab_cli(empty, "start", "c161")
     assert no_lab.returncode != 0 and "no lab is up" in no_lab.stderr and "Traceback" not in no_lab.stderr
     host = _lab_cli(lab.state_dir, "start", "inet")

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,15 +26,14 @@ pytestmark = pytest.mark.netns
 INET = "198.18.0.1"
 
 
-def _build(topology_data: dict[str, Any] | None = None) -> Lab:
-    state = Path(tempfile.mkdtemp(prefix="alp-", dir="/tmp"))
+def _build(state: Path, topology_data: dict[str, Any] | None = None) -> Lab:
     topo = load_topology() if topology_data is None else parse_topology(topology_data, state / "topo.json")
     return Lab(topo, state)
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    built = _build()
+def lab(lab_state: Callable[[], Path]) -> Iterator[Lab]:
+    built = _build(lab_state())
     try:
         built.up()
         yield built
@@ -159,8 +157,8 @@ def _two_clients() -> dict[str, Any]:
     return data
 
 
-def test_scenario_p2p_between_two_clients() -> None:
-    lab = _build(_two_clients())
+def test_scenario_p2p_between_two_clients(lab_state: Callable[[], Path]) -> None:
+    lab = _build(lab_state(), _two_clients())
     try:
         lab.up()
         # Packets of a new client-to-client session are dropped by design until each side has
