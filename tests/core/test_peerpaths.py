@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alpaca.core.paths import Generation, PeerPaths
+from alpaca.core.paths import Generation, Path, PathKind, PeerPaths
 
 A, B, C = ("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.3", 4000)
 
@@ -54,3 +54,34 @@ def test_candidates_expire_and_leave_their_counts_on_the_slot() -> None:
     a.last_ok_at = 100.0
     assert pp.expire(70.0, 60.0) == [] and not pp.candidates and pp.match(0, B) is None
     assert a.tx_packets == 4
+
+
+def _reports(*reports: tuple[int, int]) -> list[int]:
+    """data_lost of a fresh path after each (our data_sent, the peer's count) report."""
+    path = Path(0x1001, PathKind.STATIC, 0, 0, A, "p0")
+    lost = []
+    for sent, peer_rx in reports:
+        path.on_data_report(peer_rx, sent)
+        lost.append(path.data_lost)
+    return lost
+
+
+def test_data_loss_counts_a_shortfall_that_lasts_to_the_next_report() -> None:
+    assert _reports((100, 95), (200, 195), (300, 300)) == [0, 5, 5]  # lost 5, counted one late
+    assert _reports((100, 90), (200, 180), (300, 270)) == [0, 10, 20]  # 10 % lost, steadily
+
+
+def test_data_loss_forgives_data_reordered_across_a_probe() -> None:
+    assert _reports((100, 98), (200, 200)) == [0, 0]  # 2 behind the probe, arrived after it
+    assert _reports((100, 102), (200, 198), (300, 300)) == [0, 0, 0]  # 2 overtook the probe
+
+
+def test_data_loss_surplus_is_carried_at_most_one_report() -> None:
+    """Duplicates counted by the peer (a replay, say) cannot hide more loss than one
+    report's worth of data sent."""
+    assert _reports((100, 400), (200, 400), (300, 400), (400, 400)) == [0, 0, 0, 100]
+
+
+def test_data_loss_restarts_with_the_peer_and_ignores_overtaken_replies() -> None:
+    assert _reports((100, 90), (200, 5), (300, 100), (400, 200)) == [0, 0, 0, 5]
+    assert _reports((100, 100), (50, 20), (200, 200)) == [0, 0, 0]
