@@ -43,6 +43,7 @@ from alpaca.config import Config, load_config
 from alpaca.control import ControlServer, json_chunks
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
+from alpaca.core.stats import EngineStats
 from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
 from alpaca.hostplan import host_plan, host_plan_input
@@ -221,7 +222,8 @@ class Daemon:
         cfg = self.config
         if cfg.metrics.enabled:
             registry = build_registry(lambda: self.engine, monotonic, version=__version__,
-                                      start_time=self.started_at, node=format_peer_id(cfg.id))
+                                      start_time=self.started_at, node=format_peer_id(cfg.id),
+                                      stats_ref=self._node_stats)
             try:
                 server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
             except TunnelError as exc:
@@ -237,7 +239,12 @@ class Daemon:
         assert self.engine is not None
         with hub_turns() as turn:
             return snapshot(self.engine, monotonic(), started_at=self.started_mono,
-                            version=__version__, pause=turn)
+                            version=__version__, pause=turn, stats=self._node_stats())
+
+    def _node_stats(self) -> EngineStats:
+        """Node-wide counters: the default engine's, plus the legacy engine's when one runs."""
+        assert self.engine is not None
+        return self.engine.stats if self.mux is None else self.mux.stats
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:

@@ -39,6 +39,7 @@ from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path
 from alpaca.core.peers import Peer
+from alpaca.core.stats import EngineStats
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.io import hub_turns
@@ -132,11 +133,16 @@ class EngineCollector:
         engine_ref: returns the current engine, or None (not started yet, or stopped): then
             only node-level metrics that need no engine are emitted.
         clock: monotonic seconds, the engine's clock (for ages such as "last active").
+        stats_ref: the node-wide counters (drops, relayed, reloads) to export, when more than
+            the engine counts them (a ProtocolMux adds the legacy engine's); default: the
+            engine's own.
     """
 
-    def __init__(self, engine_ref: Callable[[], Engine | None], clock: Callable[[], float]) -> None:
+    def __init__(self, engine_ref: Callable[[], Engine | None], clock: Callable[[], float],
+                 stats_ref: Callable[[], EngineStats] | None = None) -> None:
         self.engine_ref = engine_ref
         self.clock = clock
+        self.stats_ref = stats_ref
         self.histograms: dict[tuple[str, str], RttHistogram] = {}
         #: seconds of work the previous scrape took (set by whoever ran it)
         self.last_duration = 0.0
@@ -168,7 +174,7 @@ class EngineCollector:
 
     # ------------------------------------------------------------------ node
     def _node_families(self, engine: Engine) -> Iterator[Family]:
-        stats = engine.stats
+        stats = engine.stats if self.stats_ref is None else self.stats_ref()
         yield Family("alpaca_packets_dropped", "counter",
                      "Packets dropped, by reason (every reason, zeros included).", ("reason",),
                      [((reason,), count) for reason, count in stats.drop_counts().items()])
@@ -330,17 +336,18 @@ class Exporter(CollectorRegistry):
 
 def build_registry(
     engine_ref: Callable[[], Engine | None], clock: Callable[[], float], *,
-    version: str, start_time: float, node: str,
+    version: str, start_time: float, node: str, stats_ref: Callable[[], EngineStats] | None = None,
 ) -> Exporter:
     """A fresh registry (never the global one) with the engine and node collectors.
 
     Args:
-        engine_ref / clock: see :class:`EngineCollector`.
+        engine_ref / clock / stats_ref: see :class:`EngineCollector`.
         version: the daemon's version (``alpaca_build_info{version}``).
         start_time: Unix seconds the daemon started (``alpaca_start_time_seconds``).
         node: this node's name (``alpaca_build_info{node}``), e.g. its peer id "1.1".
     """
-    return Exporter(NodeInfoCollector(version, start_time, node), EngineCollector(engine_ref, clock))
+    return Exporter(NodeInfoCollector(version, start_time, node),
+                    EngineCollector(engine_ref, clock, stats_ref))
 
 
 class _Scrape:

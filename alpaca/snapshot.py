@@ -21,6 +21,7 @@ from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path, port_label
 from alpaca.core.peers import Peer
+from alpaca.core.stats import EngineStats
 
 
 class ReplayCounts(NamedTuple):
@@ -174,7 +175,7 @@ PEERS_PER_TURN = 250
 
 def snapshot(
     engine: Engine, now: float, *, started_at: float | None = None, version: str | None = None,
-    pause: Callable[[], None] | None = None,
+    pause: Callable[[], None] | None = None, stats: EngineStats | None = None,
 ) -> dict[str, Any]:
     """The whole node as a JSON-safe dict.
 
@@ -184,6 +185,8 @@ def snapshot(
         version: the daemon's version, shown as is.
         pause: called after every PEERS_PER_TURN peers (the daemon gives the hub a turn, so
             the packet path does not wait for a large node's whole snapshot).
+        stats: the node-wide counters to show, when more than the engine counts them (a
+            ProtocolMux adds the legacy engine's); default: the engine's own.
     """
     replay = replay_by_sender(engine)
     peers = active_peers(engine)
@@ -192,7 +195,7 @@ def snapshot(
         views.append(peer_view(engine, peer, replay.get(peer.peer_id, ReplayCounts()), now))
         if pause is not None and i % PEERS_PER_TURN == 0:
             pause()
-    stats = engine.stats
+    stats = engine.stats if stats is None else stats
     return {
         "node": format_peer_id(engine.self_id),
         "version": version,

@@ -147,3 +147,22 @@ def test_compat_peer_protocols_naming_no_peer_of_the_secrets_builds_nothing(tmp_
     config, secrets = load(write(tmp_path, peer_protocols={"16.9": "legacy-6.1.2"}))
     assert compat.legacy_peer_ids(config, secrets) == frozenset()
     assert compat.split_settings(config, secrets, 0.0)[1] is None
+
+
+def test_compat_metrics_export_the_legacy_engines_node_counters(tmp_path: Path) -> None:
+    """The exporter given the mux's stats (as the daemon gives it) counts both engines'
+    drops; given none, only the default engine's."""
+    from alpaca.metrics import build_registry
+    from tests.test_metrics import scrape, value
+
+    with running_node(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}) as (_, engine, _, mux):
+        assert mux is not None
+        mux.legacy.stats.drop(DropReason.LEGACY)  # e.g. a legacy send past its sequence limit
+        mux.legacy.stats.drop(DropReason.DUPLICATE)
+        engine.stats.drop(DropReason.DUPLICATE)
+        both = scrape(build_registry(lambda: engine, lambda: 0.0, version="x", start_time=0,
+                                     node="1.1", stats_ref=lambda: mux.stats))
+        alone = scrape(build_registry(lambda: engine, lambda: 0.0, version="x", start_time=0, node="1.1"))
+    assert value(both, "alpaca_packets_dropped_total", reason="legacy") == 1
+    assert value(both, "alpaca_packets_dropped_total", reason="duplicate") == 2
+    assert value(alone, "alpaca_packets_dropped_total", reason="duplicate") == 1

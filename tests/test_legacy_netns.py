@@ -79,6 +79,11 @@ def test_legacy_netns_two_daemons_ping(tmp_path: Path) -> None:
             assert ping.returncode == 0, ping.stdout + (tmp_path / "c.log").read_text()
             back = nsexec(ns_s, "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.17.16.1", check=False)
             assert back.returncode == 0, back.stdout + (tmp_path / "s.log").read_text()
+            # The server's only peer is legacy: every datagram it sent, the legacy engine sent,
+            # and the node's counters include that engine's.
+            show = subprocess.run([ALPACA, "-c", str(server), "show", "--json"],
+                                  capture_output=True, text=True, check=True)
+            assert json.loads(show.stdout)["sent_datagrams"] >= 5, show.stdout
         finally:
             for proc in reversed(procs):
                 stop(proc)
