@@ -66,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 ("stop", "stop a node's daemon (SIGTERM, then SIGKILL)", cmd_stop),
                                 ("reload", "send SIGHUP to a node's daemon", cmd_reload)):
         add(name, text, handler).add_argument("node")
-    add("demo", "build the lab, show traffic, loss and failover figures, tear down", cmd_demo)
+    add("demo", "build the lab, show traffic, loss and duplicate-send figures, tear down", cmd_demo)
     comp = add("compose", "print docker/compose.yml for a topology", cmd_compose)
     comp.add_argument("--topology", type=Path)
     comp.add_argument("--prometheus-config", action="store_true", help="print docker/prometheus.yml instead")
