@@ -21,7 +21,8 @@ class DropReason(IntEnum):
     TTL_EXPIRED = 10     #: a relay received it with TTL 0
     NO_ROUTE = 11        #: TUN packet whose destination maps to no peer
     NO_PATH = 12         #: peer known, but no path to send on
-    LOOP = 13            #: the packet would re-enter the tunnel (next hop = inner address)
+    LOOP = 13            #: the packet would re-enter the tunnel (next hop = inner address),
+    #: or a datagram came from a tunnel address (it came through a tunnel)
     SPOOFED_SOURCE = 14  #: inner source is another peer's (tunnel address or routed back via it)
     FOREIGN_SOURCE = 15  #: TUN packet with a tunnel source address that is not ours
     NOT_IPV4 = 16        #: only IPv4 is carried

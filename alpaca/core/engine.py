@@ -90,6 +90,9 @@ class Engine:
         self.stats = EngineStats()
         self.self_id = settings.self_id
         self.self_ip = settings.net | settings.self_id
+        #: dotted prefix of the tunnel network ("10.17."): a datagram from an address in it
+        #: came through a tunnel (ours, or a peer's), never from where a peer is
+        self.net_prefix = f"{settings.net >> 24}.{(settings.net >> 16) & 0xFF}."
         self.keys = KeyRing(settings.group, {p.peer_id: p.key for p in settings.peers.values()})
         self.generation = Generation()
         self.peers: dict[int, Peer] = {}
@@ -341,6 +344,11 @@ class Engine:
         n = len(data)
         if n < OVERHEAD or n > MAX_DATAGRAM:
             self.stats.drop(DropReason.MALFORMED)
+            return
+        if addr[0].startswith(self.net_prefix):
+            # Sent through a tunnel: where the host routes a peer's address into ours (its
+            # host route gone, a new uplink not yet routed), taking it as a path would loop.
+            self.stats.drop(DropReason.LOOP)
             return
         vt, flags, ttl, pi, src, dst, epoch, counter = HEADER.unpack_from(data)
         reason = self._precheck(vt, pi, src, dst, epoch)

@@ -816,6 +816,23 @@ def test_engine_replayed_datagram_from_another_address_is_dropped_and_learns_not
     assert state_of(eng(s))[0] == before[0]
 
 
+def test_engine_datagram_from_inside_the_tunnel_network_is_a_loop_and_learns_nothing() -> None:
+    """An authentic, fresh datagram whose UDP source is a tunnel address came through a
+    tunnel (the host routes the peer's address into it): dropped as a loop, no path learned,
+    its counter not used up, so the same datagram over the real uplink is delivered."""
+    net, s, c = two_path_pair()
+    for uplink in (UP1, UP2):
+        net.links[(uplink, S_EP)].up = False
+    seen = capture(net, c)
+    ping(net, c, "8.8.8.8")
+    data = next(d for addr, d in seen if d[0] & 0x0F == PacketType.DATA)
+    before, delivered = state_of(eng(s)), len(s.tun)
+    eng(s).on_datagram(data, (tunnel_ip(c.peer_id), 4000), 0, net.now)
+    assert drops(s, "loop") == 1 and len(s.tun) == delivered and state_of(eng(s)) == before
+    eng(s).on_datagram(data, UP1, 0, net.now)
+    assert len(s.tun) == delivered + 1
+
+
 def test_engine_client_cannot_impersonate_another_client() -> None:
     net, s, c1, c2 = server_and_two_clients()
     before = state_of(eng(s))
