@@ -47,7 +47,7 @@ from alpaca.core.stats import EngineStats
 from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
 from alpaca.hostplan import host_plan, host_plan_input
-from alpaca.io import hub_turns
+from alpaca.io import hub_turns, preflight
 from alpaca.io.clock import monotonic, wall
 from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
@@ -145,6 +145,7 @@ class Daemon:
         if failures:  # the steps that failed again stay: this run's stop tries them once more
             self.journal = journal_mod.resume(self.journal.path)
         journal_mod.recover_orphans(self.journal.path)
+        self._check_ports_free()
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
         link.check_name_free(cfg.tun_name)
@@ -180,6 +181,19 @@ class Daemon:
                  self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
                                                 for p in ports), __version__)
         self.notify.send("READY=1", f"STATUS=node {format_peer_id(cfg.id)} up on {self.tun.name}")
+
+    def _check_ports_free(self) -> None:
+        """Stop before the host is touched if a port this node will listen on is taken."""
+        cfg = self.config
+        for p in cfg.ports:
+            preflight.check_udp_port(p.name, p.address, p.port, p.interface)
+        if cfg.metrics.enabled:
+            host, port = cfg.metrics.host, cfg.metrics.port
+            exc = preflight.tcp_port_taken(host, port)
+            if exc is not None:
+                raise TunnelError(
+                    f"{cfg.path}: metrics.listen: cannot serve metrics on {host}:{port}:"
+                    f" {exc.strerror or exc} (choose a free port, or set \"metrics\": false)")
 
     def _catch_stop_during_start(self) -> None:
         """Until start() is done, SIGTERM/SIGINT raise StartInterrupted in the starting

@@ -289,6 +289,7 @@ class Journal:
         failures: list[str] = []
         kept: list[Step] = []
         peers = self._live_peers()
+        undone = bool(self.steps)
         for step in reversed(self.steps):
             kind = str(step.get("kind", "?"))
             try:
@@ -307,7 +308,8 @@ class Journal:
         elif self.owns_file:
             self.path.unlink(missing_ok=True)
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
-        log.info("host changes undone journal=%s failed=%d", self.path, len(failures))
+        if failures or kept or undone:
+            log.info("host changes undone journal=%s failed=%d", self.path, len(failures))
         return failures
 
     def _keep_step(self, step: Step, kept: list[Step], exc: Exception) -> None:

@@ -19,6 +19,7 @@ from alpaca.config import read_chnroute
 from tests.daemon.conftest import (
     ALPACA,
     INET,
+    PORT,
     REPO,
     TUN,
     Lab,
@@ -184,6 +185,45 @@ def test_host_a_chnroute_that_cannot_load_stops_the_start_with_its_key(lab: Lab,
     assert topo.client.proc.wait(30) == code, topo.client.log_tail()
     assert wanted in topo.client.log(), topo.client.log_tail()
     assert_same(before, host_state(topo.client.ns))
+
+
+_HOLD = """
+import socket, sys, time
+kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
+s = socket.socket(socket.AF_INET, kind)
+s.bind((sys.argv[2], int(sys.argv[3])))
+if kind == socket.SOCK_STREAM:
+    s.listen()
+print("bound", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("held", ["udp", "metrics"])
+def test_host_a_port_held_by_another_process_stops_the_start_before_the_host_is_touched(
+        lab: Lab, held: str) -> None:
+    """The server's UDP port, or the client's metrics port, is another process's: the start
+    stops with the error before it takes an epoch (the state file is not written) or changes
+    anything on the host; it used to set the host up, fail, and undo it all."""
+    topo = build_simple(lab)
+    node = topo.server if held == "udp" else topo.client
+    address, port = ("0.0.0.0", PORT) if held == "udp" else node.config["metrics"]["listen"].split(":")
+    holder = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-c", _HOLD, held, address,
+                               str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+        before = host_state(node.ns)
+        lab.start(node, wait=False)
+        assert node.proc is not None
+        assert node.proc.wait(30) == 1, node.log_tail()
+    finally:
+        holder.kill()
+        holder.wait()
+    wanted = f"binding UDP port default to 0.0.0.0:{PORT}" if held == "udp" else "metrics.listen: cannot"
+    assert wanted in node.log() and "Address already in use" in node.log(), node.log_tail()
+    assert not Path(node.config["state_file"]).exists(), "an epoch was taken"
+    assert_same(before, host_state(node.ns))
 
 
 @pytest.mark.netns
