@@ -5,9 +5,11 @@ the socket itself 0600: only root talks to it, so the answer may show path addre
 
 Protocol: the client sends one line (``show\\n``), the server answers one JSON document and
 closes. An unknown command gets ``{"error": "..."}``. Everything is bounded: a request line
-is at most :data:`MAX_REQUEST` bytes, each read or write may wait at most
-:data:`CONNECTION_TIMEOUT` seconds, a connection lives at most :data:`CONNECTION_LIFETIME`
-seconds, and at most :data:`MAX_CLIENTS` are served at once. The answer is written in
+is at most :data:`MAX_REQUEST` bytes and must arrive within :data:`REQUEST_DEADLINE` seconds
+of accept (a client that trickles it is closed, counted, and reported now and then), each
+write, and each read after the request, may wait at most :data:`CONNECTION_TIMEOUT` seconds,
+a connection lives at most :data:`CONNECTION_LIFETIME` seconds, and at most
+:data:`MAX_CLIENTS` are served at once. The answer is written in
 chunks of :data:`CHUNK` bytes with a turn for the hub after each (a node of 10,000 peers
 answers 7 MB): the packet path never waits for a whole ``show``.
 
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +37,15 @@ from gevent.server import StreamServer
 
 from alpaca.errors import TunnelError
 from alpaca.io import hub_turns
+from alpaca.slowclients import SlowClients
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 256
+#: Seconds from accept to the end of the request line, at most (``show`` sends it at once).
+#: A pool of :data:`MAX_CLIENTS` slow clients keeps a ``show`` out that long, no longer.
+REQUEST_DEADLINE = 2.0
+#: Seconds one write, or one read after the request, may wait for the client.
 CONNECTION_TIMEOUT = 2.0
 CONNECTION_LIFETIME = 30.0
 CHUNK = 64 * 1024
@@ -60,6 +68,8 @@ class ControlServer:
         self.snapshot_fn = snapshot_fn
         self._server: StreamServer | None = None
         self._inode: int | None = None
+        #: connections closed because their request line came too late
+        self.slow = SlowClients()
 
     def start(self) -> None:
         """Create the directory and socket and start accepting.
@@ -118,16 +128,44 @@ class ControlServer:
     # ------------------------------------------------------------------ connections
     def _handle(self, conn: socket.socket, _address: object) -> None:
         with contextlib.closing(conn), gevent.Timeout(CONNECTION_LIFETIME, False), hub_turns() as turn:
-            conn.settimeout(CONNECTION_TIMEOUT)
             try:
-                line = _read_line(conn)
+                line = self._read_request(conn)
+                conn.settimeout(CONNECTION_TIMEOUT)
                 for chunk in json_chunks(self._answer(line)):
                     conn.sendall(chunk)
                     turn()
                 conn.shutdown(socket.SHUT_WR)
-                _drain(conn)
+                with gevent.Timeout(CONNECTION_TIMEOUT, False):  # a trickle must not keep it
+                    _drain(conn)
             except OSError as exc:  # the client went away or stalled: nothing to answer
                 log.debug("control connection failed error=%s", exc)
+
+    def _read_request(self, conn: socket.socket) -> bytes | None:
+        """The request line (see :func:`_read_line`), read within :data:`REQUEST_DEADLINE`
+        seconds of accept whatever the pace of its bytes.
+
+        Raises:
+            TimeoutError: the line was not complete by then (counted in ``slow``).
+        """
+        conn.settimeout(None)  # the deadline bounds the whole read, not each recv
+        timer = gevent.Timeout(REQUEST_DEADLINE)
+        timer.start()
+        try:
+            return _read_line(conn)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._request_late()
+            raise TimeoutError(f"no request line within {REQUEST_DEADLINE:g} s") from None
+        finally:
+            timer.close()
+
+    def _request_late(self) -> None:
+        count = self.slow.closed(time.monotonic())
+        if count:
+            log.warning("control connections closed: no request line in time count=%d total=%d "
+                        "deadline_s=%g (reported at most every %g s)",
+                        count, self.slow.total, REQUEST_DEADLINE, self.slow.interval)
 
     def _answer(self, line: bytes | None) -> dict[str, Any]:
         if line is None:

@@ -31,7 +31,7 @@ from operator import attrgetter
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
@@ -43,6 +43,7 @@ from alpaca.core.stats import EngineStats
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.io import hub_turns
+from alpaca.slowclients import SlowClients
 from alpaca.snapshot import (
     NO_REPLAYS,
     ReplayCounts,
@@ -66,9 +67,15 @@ RTT_BUCKETS: tuple[float, ...] = (
 PATH_REASONS = ("new", "answering", "unanswered", "timeout")
 PEER_PATH = ("peer", "path")
 #: Concurrent HTTP connections the metrics server serves (more wait in the accept queue).
+#: Slow clients hold a place for :data:`REQUEST_DEADLINE` seconds at most, so a pool full of
+#: them keeps a scrape out that long; a larger pool would only ask them to open more.
 MAX_CONNECTIONS = 16
-#: Seconds a connection may wait for the client's next bytes (an idle keep-alive connection
-#: is closed after this): idle connections must not hold the pool while Prometheus waits.
+#: Seconds a connection has to send a whole request (the request line and the headers),
+#: counted from accept, or on a keep-alive connection from the end of the previous answer (an
+#: idle one is closed then). Writing the answer is not counted. Prometheus sends its request
+#: at once; a client that trickles it (a slowloris) must not hold the pool while Prometheus waits.
+REQUEST_DEADLINE = 3.0
+#: Seconds one read or write may wait for the client (a client that stops reading the answer).
 READ_TIMEOUT = 5.0
 #: Seconds one connection may live at most, however it trickles its bytes.
 CONNECTION_LIFETIME = 30.0
@@ -386,14 +393,21 @@ class _Scrape:
 
 
 class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types
-    """gevent's handler, with every read bounded by :data:`READ_TIMEOUT` and the connection by
-    :data:`CONNECTION_LIFETIME`; a connection that runs out is closed without a word logged."""
+    """gevent's handler, bounded: each request (line and headers) must arrive within
+    :data:`REQUEST_DEADLINE` seconds, each read or write waits at most :data:`READ_TIMEOUT`,
+    and the connection lives at most :data:`CONNECTION_LIFETIME`. A connection that runs out
+    is closed without a word logged; one whose first request came too late is counted in
+    ``slow`` (reported now and then). A request body is never read (none is expected)."""
 
     read_timeout = READ_TIMEOUT
+    request_deadline = REQUEST_DEADLINE
     lifetime = CONNECTION_LIFETIME
+    slow = SlowClients()  # each server has its own (serve_metrics)
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
+        self._answered = 0
+        self._request_timer: gevent.Timeout | None = None
         deadline = gevent.Timeout(self.lifetime)
         deadline.start()
         try:
@@ -401,30 +415,76 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         except (TimeoutError, ConnectionError):
             pass  # idle or gone: gevent's handle() has closed the socket
         except gevent.Timeout as exc:
-            if exc is not deadline:
+            if exc is self._request_timer:
+                self._request_late()
+            elif exc is not deadline:
                 raise
         finally:
             deadline.close()
 
+    def handle_one_request(self) -> Any:
+        """One request, its line and headers read within ``request_deadline`` seconds of the
+        start (accept, or the end of the previous answer)."""
+        self._request_timer = timer = gevent.Timeout(self.request_deadline)
+        timer.start()
+        try:
+            result = super().handle_one_request()
+        finally:
+            timer.close()
+        self._answered += 1
+        return result
+
+    def read_request(self, raw_requestline: str) -> Any:
+        """The headers; the request is in, so its deadline stops (the answer has none)."""
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            if self._request_timer is not None:
+                self._request_timer.close()
+
+    def get_environ(self) -> dict[str, Any]:
+        """gevent's environ, without the request body: a body would be read after the answer
+        (to reach the next request) with no deadline, so the connection closes instead."""
+        environ: dict[str, Any] = super().get_environ()
+        if self.content_length or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            self.close_connection = True
+            self.wsgi_input = environ["wsgi.input"] = Input(self.rfile, 0)
+        return environ
+
+    def _request_late(self) -> None:
+        if self._answered:
+            return  # a keep-alive connection gone idle: the normal end of one
+        count = self.slow.closed(time.monotonic())
+        if count:
+            log.warning("metrics connections closed: no complete request in time count=%d "
+                        "total=%d deadline_s=%g (reported at most every %g s)",
+                        count, self.slow.total, self.request_deadline, self.slow.interval)
+
 
 def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586, *,
                   read_timeout: float = READ_TIMEOUT,
+                  request_deadline: float = REQUEST_DEADLINE,
                   lifetime: float = CONNECTION_LIFETIME) -> WSGIServer:
     """Serve ``registry`` over HTTP from the gevent hub (no thread); returns the started server.
 
     The access log is off; server errors go to this module's logger. At most
-    :data:`MAX_CONNECTIONS` connections are served at once; each is closed once it waits
-    ``read_timeout`` seconds for the client or has lived ``lifetime`` seconds, so idle or
-    slow clients cannot keep a scrape out. ``port`` 0 picks a free port
-    (``server.server_port``). Stop it with ``server.stop()``.
+    :data:`MAX_CONNECTIONS` connections are served at once; each is closed once it has not
+    sent a whole request within ``request_deadline`` seconds (of accept, or of the previous
+    answer), once one read or write waits ``read_timeout`` seconds, or once it has lived
+    ``lifetime`` seconds, so idle or slow clients cannot keep a scrape out. Connections closed
+    for a late first request are counted in ``server.slow_clients`` (a :class:`SlowClients`).
+    ``port`` 0 picks a free port (``server.server_port``). Stop it with ``server.stop()``.
     """
+    slow = SlowClients()
     handler = type("MetricsHandler", (_BoundedHandler,),
-                   {"read_timeout": read_timeout, "lifetime": lifetime})
+                   {"read_timeout": read_timeout, "request_deadline": request_deadline,
+                    "lifetime": lifetime, "slow": slow})
     # SERVER_NAME given: otherwise gevent asks reverse DNS for it (socket.getfqdn), which on a
     # host without a reachable resolver blocks start-up for the resolver's 10 s timeout.
     server = WSGIServer((host, port), _Scrape(registry), log=None, error_log=log,
                         spawn=MAX_CONNECTIONS, handler_class=handler,
                         environ={"SERVER_NAME": host})
+    server.slow_clients = slow
     try:
         server.start()
     except OSError as exc:

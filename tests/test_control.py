@@ -89,10 +89,10 @@ def test_control_request_line_is_bounded(served: Served, sock_path: Path) -> Non
     assert too_long["error"].startswith("request longer")
 
 
-def test_control_silent_client_is_dropped_after_the_timeout(
+def test_control_silent_client_is_dropped_after_the_request_deadline(
     monkeypatch: pytest.MonkeyPatch, sock_path: Path
 ) -> None:
-    monkeypatch.setattr(control, "CONNECTION_TIMEOUT", 0.3)
+    monkeypatch.setattr(control, "REQUEST_DEADLINE", 0.3)
     server = ControlServer(sock_path, lambda: {"ok": True})
     server.start()
     try:
@@ -100,6 +100,67 @@ def test_control_silent_client_is_dropped_after_the_timeout(
         reply = gevent.spawn(_ask, sock_path, b"", close_write=False).get(timeout=5)
         assert reply == b"" and time.monotonic() - started < 2.0
         assert json.loads(_ask(sock_path, b"show\n")) == {"ok": True}  # still serving
+    finally:
+        server.stop()
+
+
+def _trickle(path: Path, *, request: bytes = b"", gap: float = 0.25, give_up: float = 12.0) -> float | None:
+    """A client that sends ``request``, then one space every ``gap`` seconds (each read is
+    quick), never a newline and never EOF. Returns the seconds until the server closed the
+    connection, or None if it had not after ``give_up`` seconds."""
+    started = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(path))
+        try:
+            conn.sendall(request)
+            while time.monotonic() - started < give_up:
+                conn.sendall(b" ")
+                gevent.sleep(gap)
+        except OSError:  # EPIPE: the server closed it
+            return time.monotonic() - started
+    return None
+
+
+def test_control_trickling_clients_do_not_keep_show_out(
+        served: Served, sock_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """MAX_CLIENTS clients send a byte every 0.25 s and never end their line: each recv was
+    quick, so they held the pool for CONNECTION_LIFETIME (30 s) and ``show`` timed out. Now
+    the line has REQUEST_DEADLINE in all; the closes are counted and logged once."""
+    server, expected = served
+    slow = [gevent.spawn(_trickle, sock_path) for _ in range(control.MAX_CLIENTS)]
+    try:
+        gevent.sleep(0.3)  # every place of the pool is taken
+        assert json.loads(gevent.spawn(_ask, sock_path, b"show\n").get(timeout=15)) == expected
+        assert None not in [greenlet.get(timeout=15) for greenlet in slow]  # all cut
+        assert server.slow.total == control.MAX_CLIENTS
+        reports = [r for r in caplog.records if "no request line in time" in r.getMessage()]
+        assert len(reports) == 1, [r.getMessage() for r in reports]
+    finally:
+        gevent.killall(slow)
+
+
+def test_control_a_client_that_trickles_after_its_answer_is_closed(served: Served, sock_path: Path) -> None:
+    """After the answer the server reads what the client still sends (so its close sends no
+    reset); a client that trickles bytes then held its place until CONNECTION_LIFETIME."""
+    server, _ = served
+    cut = gevent.spawn(_trickle, sock_path, request=b"show\n").get(timeout=15)
+    assert cut is not None
+    assert server.slow.total == 0  # its request was in time
+
+
+def test_control_the_deadline_is_for_the_request_not_the_answer(
+        monkeypatch: pytest.MonkeyPatch, sock_path: Path) -> None:
+    monkeypatch.setattr(control, "REQUEST_DEADLINE", 0.2)
+
+    def slow_snapshot() -> dict[str, Any]:
+        gevent.sleep(0.6)  # a large node's snapshot gives the hub turns
+        return {"ok": True}
+
+    server = ControlServer(sock_path, slow_snapshot)
+    server.start()
+    try:
+        assert json.loads(_ask(sock_path, b"show\n")) == {"ok": True}
+        assert server.slow.total == 0
     finally:
         server.stop()
 

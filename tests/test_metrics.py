@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import ipaddress
@@ -414,8 +415,8 @@ def test_metrics_registry_is_private() -> None:
 
 
 # --------------------------------------------------------------------------- HTTP
-def _http_get(port: int, path: str = "/metrics") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+def _http_get(port: int, path: str = "/metrics", timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
         chunks = []
         while chunk := conn.recv(65536):
@@ -491,6 +492,98 @@ def test_serve_metrics_a_trickling_client_is_cut_at_the_lifetime() -> None:
             assert _closed_by_peer(conn)
         assert time.monotonic() - started < 2.0
     finally:
+        server.stop()
+
+
+def _trickle_headers(port: int, gap: float = 0.5, give_up: float = 12.0) -> float | None:
+    """A slowloris: the request line, then a header line every ``gap`` seconds (each read
+    is quick) and never the end of the headers. Returns the seconds until the server closed
+    the connection, or None if it had not after ``give_up`` seconds."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        try:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            while time.monotonic() - started < give_up:
+                gevent.sleep(gap)
+                conn.sendall(b"X-Slow: a\r\n")
+        except OSError:  # the server closed it: our next bytes met a reset
+            return time.monotonic() - started
+    return None
+
+
+def test_serve_metrics_trickling_clients_do_not_keep_a_scrape_out(caplog: pytest.LogCaptureFixture) -> None:
+    """MAX_CONNECTIONS clients send a header line every 0.5 s, each well within READ_TIMEOUT:
+    they held the whole pool for CONNECTION_LIFETIME (30 s) and Prometheus' scrape timed out.
+    Now each has REQUEST_DEADLINE for its whole request; their closes are logged once."""
+    sc = scenario()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0)  # the defaults, as the daemon runs it
+    slow = [gevent.spawn(_trickle_headers, server.server_port) for _ in range(MAX_CONNECTIONS)]
+    try:
+        gevent.sleep(0.3)  # every place of the pool is taken
+        reply = gevent.spawn(_http_get, server.server_port, timeout=10).get(timeout=15)
+        assert reply.startswith(b"HTTP/1.1 200") and b"alpaca_peer_tx_packets_total" in reply
+        assert None not in [greenlet.get(timeout=15) for greenlet in slow]  # all cut
+        assert server.slow_clients.total == MAX_CONNECTIONS
+        reports = [r for r in caplog.records if "no complete request in time" in r.getMessage()]
+        assert len(reports) == 1, [r.getMessage() for r in reports]
+    finally:
+        gevent.killall(slow)
+        server.stop()
+
+
+def _read_to_end(conn: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):  # unread bytes of ours make the close a reset
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_serve_metrics_the_deadline_is_for_the_request_not_the_answer() -> None:
+    """An answer that takes longer than the request deadline (a large scrape with turns for
+    the hub) is written whole; the keep-alive connection then waits the deadline for the
+    next request, and closes uncounted (an idle keep-alive connection is no slow client)."""
+    engine = many_peers(20)
+
+    def slow_engine() -> Engine:
+        gevent.sleep(0.6)  # read while the answer is being written
+        return engine
+
+    registry = build_registry(slow_engine, lambda: 2.0, version="v", start_time=0.0, node="1")
+    server = serve_metrics(registry, "127.0.0.1", 0, request_deadline=0.2)
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = gevent.spawn(_read_to_end, conn).get(timeout=10)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head
+        assert body.endswith(b"\r\n0\r\n\r\n") and b"alpaca_path_up" in body
+        assert server.slow_clients.total == 0
+    finally:
+        server.stop()
+
+
+def test_serve_metrics_a_request_body_is_not_waited_for() -> None:
+    """A request announcing a large body that it trickles: the body was read after the answer
+    (to reach a next request) with no deadline, so the connection stayed for 30 s. The
+    endpoint needs no body: it answers and closes."""
+    sc = scenario()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0)
+    conn = socket.create_connection(("127.0.0.1", server.server_port), timeout=8)
+
+    def trickle_body() -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(60):
+                gevent.sleep(0.5)
+                conn.sendall(b"a")
+
+    body = gevent.spawn(trickle_body)
+    try:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        gevent.spawn(_read_to_end, conn).get(timeout=15)  # ended (EOF or reset), not timed out
+    finally:
+        body.kill()
+        conn.close()
         server.stop()
 
 
