@@ -63,12 +63,14 @@ from alpaca.system.monitor import RouteMonitor, reconcile
 from alpaca.system.plan import (
     Applied,
     apply,
+    follow_uplink,
     host_route_dsts,
     keep_default_moved,
     update_default_route,
     update_host_routes,
 )
 from alpaca.system.resolver import KernelResolver
+from alpaca.system.routes import find_default_route
 from alpaca.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -268,6 +270,7 @@ class Daemon:
             self.engine.flush_routes()
         self._follow_port_devices()
         if self.applied.expected and not self._stopping:
+            self._follow_uplink()
             try:
                 reconcile(self.applied.expected)
             except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
@@ -280,6 +283,26 @@ class Daemon:
             if moved:
                 log.warning("a default route reappeared in table main; moved it again (back on "
                             "exit) count=%d", moved)
+
+    def _follow_uplink(self) -> None:
+        """A client: a default route of another way out appeared in table main (a DHCP lease
+        on another network; keep_default_moved moves it out after this): the host routes to
+        the peers go via it from now on, or the tunnel's own UDP would find no way out."""
+        if self.applied.moved_default is None or self.tun is None:
+            return
+        before = self.applied.uplink
+        try:
+            uplink = find_default_route()
+            if uplink is None or uplink.dev == self.tun.name:
+                return
+            self.applied = follow_uplink(self.applied, uplink)
+        except (AlpacaError, OSError, NetlinkError) as exc:
+            log.warning("could not route the peers via the new uplink: %s", exc)
+            return
+        if self.applied.uplink is not before and before is not None:
+            log.warning("the uplink changed; peers are routed via the new one gateway=%s dev=%s "
+                        "(was gateway=%s dev=%s)", uplink.gateway or "-", uplink.dev,
+                        before.gateway or "-", before.dev)
 
     def _follow_port_devices(self) -> None:
         """Ports bound to an interface that was deleted and created again bind to the new one

@@ -2,7 +2,8 @@
 :class:`Op`; :func:`apply` performs them in order, journaling each undo step first;
 :func:`update_host_routes` and :func:`update_default_route` follow a reload's new peer
 addresses, local_routes and gateway; :func:`keep_default_moved` answers a default route that
-another program puts back into ``main``.
+another program puts back into ``main``, and :func:`follow_uplink` moves the host routes to
+the way out such a route names when it is a new one.
 
 ``alpaca-tunnel check`` prints ``op.description`` for each op; the daemon maps its Config to
 :class:`HostPlanInput`, calls :func:`alpaca.system.journal.recover` on its journal path,
@@ -329,6 +330,28 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))
+
+
+def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = None) -> Applied:
+    """A running client's way out changed: the host's network manager put a default route
+    with another gateway or device into ``main`` (a DHCP lease on another network). Route
+    the host routes via ``uplink`` from now on, so the tunnel's own UDP leaves by it: our
+    routes are deleted and added again via it (the journal's step for them undoes either),
+    a route to the same destination that was not ours stays. A node without a moved default,
+    or the same uplink, is left as it is.
+
+    Returns:
+        The new :class:`Applied` (its ``uplink``, ``expected`` and ``host_added`` follow).
+    """
+    old = applied.uplink
+    if applied.moved_default is None or old is None or (uplink.gateway, uplink.dev) == (old.gateway, old.dev):
+        return applied
+    table, dsts = applied.route_table, applied.host_dsts
+    routes.remove_host_routes(sorted(applied.host_added), table, netns)
+    added = routes.add_host_routes(dsts, uplink.gateway, uplink.oif, table, netns) if dsts else []
+    expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
+        routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
+    return replace(applied, uplink=uplink, expected=expected, host_added=frozenset(added))
 
 
 def keep_default_moved(applied: Applied, journal: Journal, netns: str | None = None) -> int:

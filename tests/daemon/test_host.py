@@ -187,6 +187,36 @@ def test_host_a_chnroute_that_cannot_load_stops_the_start_with_its_key(lab: Lab,
     assert_same(before, host_state(topo.client.ns))
 
 
+@pytest.mark.netns
+def test_host_a_client_follows_its_uplink_onto_another_network(lab: Lab) -> None:
+    """A DHCP lease on another network (new address, new gateway) while the tunnel runs: the
+    host route to the server follows the new gateway and the tunnel carries traffic again,
+    with no reload (it used to stay dead until a restart); on exit the new default is back
+    in main."""
+    topo = build_simple(lab)
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(topo.client.ns, INET)
+    c = topo.client.ns
+    nsexec(topo.server.ns, "ip", "addr", "add", "192.168.60.1/24", "dev", "cli")
+    nsexec(c, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")
+    nsexec(c, "ip", "addr", "add", "192.168.60.2/24", "dev", "eth0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.60.1", "dev", "eth0")  # as dhclient does
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        host = [r.get("gateway") for r in table_routes(c, "253") if r["dst"] == "192.168.50.1"]
+        main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
+        if host == ["192.168.60.1"] and not main:
+            break
+        time.sleep(0.2)
+    assert host == ["192.168.60.1"] and not main, (table_routes(c, "253"), main, topo.client.log_tail())
+    assert "the uplink changed" in topo.client.log()
+    wait_ping(c, INET, timeout=10)  # through the tunnel: main has no default
+    assert nsexec(c, "ip", "route", "show", "default", "table", "main").stdout == ""
+    assert lab.stop(topo.client) == 0
+    assert "default via 192.168.60.1 dev eth0" in nsexec(c, "ip", "route", "show", "table", "main").stdout
+
+
 _HOLD = """
 import socket, sys, time
 kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
