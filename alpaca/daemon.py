@@ -62,6 +62,7 @@ from alpaca.system import journal as journal_mod
 from alpaca.system.monitor import RouteMonitor, reconcile
 from alpaca.system.plan import (
     Applied,
+    ConfigureTun,
     apply,
     follow_uplink,
     host_route_dsts,
@@ -110,6 +111,8 @@ class Daemon:
         self.exit_code = 0
         self.engine: Engine | None = None
         self.mux: compat.ProtocolMux | None = None
+        #: how start configured the TUN device (address, MTU), to put a flushed address back
+        self._tun_op: ConfigureTun | None = None
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.ports: list[UdpPort] = []
@@ -154,7 +157,9 @@ class Daemon:
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
-        self.applied = apply(host_plan(cfg, self.secrets), self.journal)
+        ops = host_plan(cfg, self.secrets)
+        self._tun_op = next((op for op in ops if isinstance(op, ConfigureTun)), None)
+        self.applied = apply(ops, self.journal)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         self._hooks_up = True
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
@@ -269,6 +274,7 @@ class Daemon:
         if self.engine is not None:
             self.engine.flush_routes()
         self._follow_port_devices()
+        self._keep_tun_address()
         if self.applied.expected and not self._stopping:
             self._follow_uplink()
             try:
@@ -283,6 +289,23 @@ class Daemon:
             if moved:
                 log.warning("a default route reappeared in table main; moved it again (back on "
                             "exit) count=%d", moved)
+
+    def _keep_tun_address(self) -> None:
+        """Someone flushed the TUN device's address (the kernel then dropped every route
+        through it, the tunnel's default included): put it back as at start, so that
+        reconcile can restore the routes."""
+        op = self._tun_op
+        if op is None or self._stopping:
+            return
+        try:
+            if not link.lacks_address(op.tun, op.address_cidr):
+                return
+            link.configure_tun(op.tun, op.address_cidr, op.mtu, txqueuelen=op.txqueuelen)
+        except (AlpacaError, OSError, NetlinkError) as exc:
+            log.warning("could not put the tunnel device's address back: %s", exc)
+            return
+        log.warning("the tunnel device lost its address; put it back dev=%s addr=%s",
+                    op.tun, op.address_cidr)
 
     def _follow_uplink(self) -> None:
         """A client: a default route of another way out appeared in table main (a DHCP lease

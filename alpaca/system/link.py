@@ -39,6 +39,26 @@ def link_index(ifname: str, netns: str | None = None, ipr: IPRoute | None = None
         return int(found[0]) if found else None
 
 
+def lacks_address(ifname: str, address_cidr: str, netns: str | None = None,
+                  ipr: IPRoute | None = None) -> bool:
+    """Whether ``ifname`` exists without ``address_cidr`` (someone flushed or deleted it: the
+    kernel then dropped every route through the device). A device that is gone: False
+    (nothing to put back on it).
+
+    Raises:
+        SystemSetupError: a netlink failure (operation spelled out).
+    """
+    iface = ipaddress.ip_interface(address_cidr)
+    with iproute(netns, ipr) as nl:
+        index = link_index(ifname, ipr=nl)
+        if index is None:
+            return False
+        addrs = nl_call(f"listing the addresses of {ifname}", nl.get_addr, family=socket.AF_INET,
+                        index=index) or ()
+        return not any(a.get_attr("IFA_ADDRESS") == str(iface.ip)
+                       and a["prefixlen"] == iface.network.prefixlen for a in addrs)
+
+
 def configure_tun(
     ifname: str,
     address_cidr: str,

@@ -217,6 +217,29 @@ def test_host_a_client_follows_its_uplink_onto_another_network(lab: Lab) -> None
     assert "default via 192.168.60.1 dev eth0" in nsexec(c, "ip", "route", "show", "table", "main").stdout
 
 
+@pytest.mark.netns
+def test_host_a_flushed_tunnel_address_is_put_back_with_its_routes(lab: Lab) -> None:
+    """``ip addr flush`` on the TUN device (the kernel drops every route through it, the
+    tunnel's default too): the daemon puts the address back and the routes follow, so the
+    tunnel carries traffic again (it used to stay without a route while show said all up)."""
+    topo = build_simple(lab)
+    lab.start(topo.server)
+    lab.start(topo.client)
+    c = topo.client.ns
+    wait_ping(c, INET)
+    nsexec(c, "ip", "addr", "flush", "dev", TUN)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        addr = nsexec(c, "ip", "-br", "addr", "show", "dev", TUN).stdout
+        default = [r for r in table_routes(c, "253") if r["dst"] == "default"]
+        if "10.17.16.1/16" in addr and default:
+            break
+        time.sleep(0.2)
+    assert "10.17.16.1/16" in addr and default, (addr, table_routes(c, "253"), topo.client.log_tail())
+    assert "the tunnel device lost its address" in topo.client.log()
+    wait_ping(c, INET, timeout=10)
+
+
 _HOLD = """
 import socket, sys, time
 kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
