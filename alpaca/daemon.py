@@ -71,7 +71,7 @@ from alpaca.system.plan import (
     update_host_routes,
 )
 from alpaca.system.resolver import KernelResolver
-from alpaca.system.routes import find_default_route
+from alpaca.system.routes import ExpectedRoute, find_default_route
 from alpaca.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ class Daemon:
         self.mux: compat.ProtocolMux | None = None
         #: how start configured the TUN device (address, MTU), to put a flushed address back
         self._tun_op: ConfigureTun | None = None
+        #: our routes whose place another program's route holds, each warned about once
+        self._displaced: set[ExpectedRoute] = set()
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.ports: list[UdpPort] = []
@@ -278,7 +280,7 @@ class Daemon:
         if self.applied.expected and not self._stopping:
             self._follow_uplink()
             try:
-                reconcile(self.applied.expected)
+                reconcile(self.applied.expected, displaced=self._displaced)
             except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
                 log.warning("could not restore a route: %s", exc)
             try:  # whatever reconcile managed: a default back in main must not take the traffic

@@ -141,10 +141,16 @@ class RouteMonitor:
 
 
 def reconcile(
-    expected_routes: Iterable[routes.ExpectedRoute], netns: str | None = None
+    expected_routes: Iterable[routes.ExpectedRoute], netns: str | None = None,
+    displaced: set[routes.ExpectedRoute] | None = None,
 ) -> list[routes.ExpectedRoute]:
     """Put back any of our routes that disappeared (an interface flap, another tool). A route
     that cannot be put back now is logged and the others are still tried.
+
+    Args:
+        displaced: the caller's record of our default routes whose place another program's
+            route holds (traffic then bypasses the tunnel): each is warned about once, when
+            it is found, and forgotten when ours is back.
 
     Returns:
         The routes that were re-added.
@@ -153,6 +159,8 @@ def reconcile(
     with netlink.iproute(netns) as ipr:
         for route in expected_routes:
             if routes.route_present(route.dst, route.table, ipr=ipr):
+                if displaced is not None:
+                    displaced.discard(route)
                 continue
             oif = ipr.link_lookup(ifname=route.dev)
             if not oif:
@@ -163,8 +171,11 @@ def reconcile(
             except AlpacaError as exc:  # e.g. its gateway is no longer on a link: the next go
                 log.warning("could not restore a route: %s", exc)
                 continue
-            if not added:  # another program's route to that prefix serves: nothing to say
+            if not added:  # another program's route to that prefix serves
+                _displaced(route, displaced)
                 continue
+            if displaced is not None:
+                displaced.discard(route)
             restored.append(route)
             log.info(
                 "route restored dst=%s via=%s dev=%s table=%d",
@@ -174,3 +185,14 @@ def reconcile(
                 route.table,
             )
     return restored
+
+
+def _displaced(route: routes.ExpectedRoute, displaced: set[routes.ExpectedRoute] | None) -> None:
+    """Another program's route holds ``route``'s place. For a host route that is as good
+    (it was there before us, say); for the default, traffic leaves outside the tunnel."""
+    if route.dst != "0.0.0.0/0" or displaced is None or route in displaced:
+        return
+    displaced.add(route)
+    log.warning("another program's default route holds table %d, where the tunnel's was: traffic "
+                "bypasses the tunnel until that route is deleted (ip route del default table %d)",
+                route.table, route.table)

@@ -240,6 +240,35 @@ def test_host_a_flushed_tunnel_address_is_put_back_with_its_routes(lab: Lab) -> 
     wait_ping(c, INET, timeout=10)
 
 
+@pytest.mark.netns
+def test_host_a_default_route_of_another_program_in_our_table_is_warned_about_once(lab: Lab) -> None:
+    """Another program replaces the tunnel's default route in its table: traffic bypasses
+    the tunnel, which is said once (it was silent), however many route events follow; once
+    that route is deleted, the tunnel's is back."""
+    topo = build_simple(lab)
+    lab.start(topo.server)
+    lab.start(topo.client)
+    c = topo.client.ns
+    wait_ping(c, INET)
+    nsexec(c, "ip", "route", "replace", "default", "via", "192.168.50.1", "dev", "eth0", "table", "253")
+    for i in range(3):  # more route events: one warning all the same
+        time.sleep(1.2)
+        nsexec(c, "ip", "route", "add", f"203.0.113.{i}/32", "via", "192.168.50.1")
+    warning = "another program's default route holds table 253"
+    deadline = time.monotonic() + 5
+    while warning not in topo.client.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert topo.client.log().count(warning) == 1, topo.client.log_tail()
+    nsexec(c, "ip", "route", "del", "default", "table", "253")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        default = [r for r in table_routes(c, "253") if r["dst"] == "default"]
+        if default and default[0].get("dev") == TUN:
+            break
+        time.sleep(0.2)
+    assert default and default[0].get("dev") == TUN, table_routes(c, "253")
+
+
 _HOLD = """
 import socket, sys, time
 kind = socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM
