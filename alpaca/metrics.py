@@ -75,9 +75,14 @@ MAX_CONNECTIONS = 16
 #: idle one is closed then). Writing the answer is not counted. Prometheus sends its request
 #: at once; a client that trickles it (a slowloris) must not hold the pool while Prometheus waits.
 REQUEST_DEADLINE = 3.0
+#: environ key set by the handler on a connection's last answer (it outlived the lifetime)
+LAST_ANSWER = "alpaca.last_answer"
 #: Seconds one read or write may wait for the client (a client that stops reading the answer).
 READ_TIMEOUT = 5.0
-#: Seconds one connection may live at most, however it trickles its bytes.
+#: Seconds one request and its answer may take at most, however the client trickles its
+#: bytes; also how long a connection is kept alive: the first answer after it says
+#: ``Connection: close`` (an answer is never cut: Prometheus scraping every 2 s keeps its
+#: connection, and a cut answer is a failed scrape).
 CONNECTION_LIFETIME = 30.0
 
 #: (metric name without _total, help, Path attribute): per-path counters.
@@ -372,6 +377,8 @@ class _Scrape:
             return iter([b""])
         gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
         headers = [("Content-Type", CONTENT_TYPE)] + ([("Content-Encoding", "gzip")] if gzip else [])
+        if environ.get(LAST_ANSWER):
+            headers.append(("Connection", "close"))
         start_response("200 OK", headers)
         return self._body(gzip)
 
@@ -395,8 +402,9 @@ class _Scrape:
 class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types
     """gevent's handler, bounded: each request (line and headers) must arrive within
     :data:`REQUEST_DEADLINE` seconds, each read or write waits at most :data:`READ_TIMEOUT`,
-    and the connection lives at most :data:`CONNECTION_LIFETIME`. A connection that runs out
-    is closed without a word logged; one whose first request came too late is counted in
+    a request and its answer take at most :data:`CONNECTION_LIFETIME`, and the first answer
+    after that much time since accept closes the connection. A connection that runs out is
+    closed without a word logged; one whose first request came too late is counted in
     ``slow`` (reported now and then). A request body is never read (none is expected)."""
 
     read_timeout = READ_TIMEOUT
@@ -407,9 +415,9 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
         self._answered = 0
+        self._accepted_at = time.monotonic()
         self._request_timer: gevent.Timeout | None = None
-        deadline = gevent.Timeout(self.lifetime)
-        deadline.start()
+        self._answer_timer: gevent.Timeout | None = None
         try:
             super().handle()
         except (TimeoutError, ConnectionError):
@@ -417,20 +425,21 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         except gevent.Timeout as exc:
             if exc is self._request_timer:
                 self._request_late()
-            elif exc is not deadline:
+            elif exc is not self._answer_timer:
                 raise
-        finally:
-            deadline.close()
 
     def handle_one_request(self) -> Any:
         """One request, its line and headers read within ``request_deadline`` seconds of the
         start (accept, or the end of the previous answer)."""
         self._request_timer = timer = gevent.Timeout(self.request_deadline)
+        self._answer_timer = whole = gevent.Timeout(self.lifetime)
         timer.start()
+        whole.start()
         try:
             result = super().handle_one_request()
         finally:
             timer.close()
+            whole.close()
         self._answered += 1
         return result
 
@@ -449,6 +458,8 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         if self.content_length or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
             self.close_connection = True
             self.wsgi_input = environ["wsgi.input"] = Input(self.rfile, 0)
+        if time.monotonic() - self._accepted_at >= self.lifetime:
+            environ[LAST_ANSWER] = True  # the app says Connection: close; gevent closes after it
         return environ
 
     def _request_late(self) -> None:

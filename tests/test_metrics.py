@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import http.client
 import ipaddress
 import re
 import threading
@@ -493,6 +494,39 @@ def test_serve_metrics_a_trickling_client_is_cut_at_the_lifetime() -> None:
         assert time.monotonic() - started < 2.0
     finally:
         server.stop()
+
+
+def test_serve_metrics_a_kept_alive_connection_is_closed_between_answers_never_in_one() -> None:
+    """Prometheus scraping more often than the idle limit keeps its connection: at the
+    lifetime the connection used to be cut wherever it was (mid-answer: a failed scrape,
+    a traceback); now every answer is whole and the first after the lifetime says
+    Connection: close (a client then opens a new one). The client is http.client in an OS
+    thread (the stdlib's keep-alive), the server on this thread's hub."""
+    sc = scenario()
+    server = serve_metrics(sc.registry(sc.c), "127.0.0.1", 0, lifetime=1.0)
+
+    def scrape_for(seconds: float) -> tuple[int, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+        answers = closes = 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200 and b"alpaca_epoch " in body and body.endswith(b"\n")
+            answers += 1
+            if response.getheader("Connection") == "close":
+                closes += 1
+                conn.close()
+            time.sleep(0.1)
+        conn.close()
+        return answers, closes
+
+    try:
+        answers, closes = gevent.get_hub().threadpool.spawn(scrape_for, 3.5).get(timeout=20)
+    finally:
+        server.stop()
+    assert answers >= 10 and 2 <= closes <= 4, (answers, closes)
 
 
 def _trickle_headers(port: int, gap: float = 0.5, give_up: float = 12.0) -> float | None:
