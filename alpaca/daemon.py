@@ -51,6 +51,7 @@ from alpaca.io import hub_turns, preflight
 from alpaca.io.clock import monotonic, wall
 from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
+from alpaca.io.rename import HostnameFollower
 from alpaca.io.tun import TunDevice
 from alpaca.io.udp import UdpPort
 from alpaca.io.watch import FileWatch
@@ -227,6 +228,7 @@ class Daemon:
 
     def _start_monitors(self) -> None:
         self._spawn("the reloader", self._reloader)
+        self._spawn("the hostname lookups", HostnameFollower.of(self).run)
         monitor = RouteMonitor().open()
         self._closers.append(monitor.close)
         self._spawn("the route monitor", monitor.run, self._on_routes_changed)

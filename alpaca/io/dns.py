@@ -35,25 +35,35 @@ def resolve_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
     ``channel`` goes to the c-ares channel (``servers``, ``udp_port``: tests point them at a
     name server of their own). Call from any greenlet; it waits cooperatively.
     """
+    found = lookup_ipv4(hostnames, deadline, **channel)
+    return {name: addresses[0] if addresses else None for name, addresses in found.items()}
+
+
+def lookup_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
+                **channel: object) -> dict[str, tuple[str, ...]]:
+    """Look up every name at once; return name -> all its IPv4 addresses in the resolver's
+    order (no repeats), or ``()`` for a name that did not resolve (no such name, no answer
+    before ``deadline`` seconds). ``channel`` and the greenlet contract: as :func:`resolve_ipv4`.
+    """
     names = sorted(set(hostnames))
-    found: dict[str, str | None] = dict.fromkeys(names)
+    found: dict[str, tuple[str, ...]] = dict.fromkeys(names, ())
     if not names:
         return found
     resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
     pool = Pool(CONCURRENCY)
     try:
         with gevent.Timeout(deadline, False):
-            for name, address in pool.imap_unordered(lambda n: (n, _first(resolver, n)), names):
-                found[name] = address
+            for name, addresses in pool.imap_unordered(lambda n: (n, _addresses(resolver, n)), names):
+                found[name] = addresses
     finally:
         pool.kill()
         resolver.close()
     return found
 
 
-def _first(resolver: Resolver, name: str) -> str | None:
+def _addresses(resolver: Resolver, name: str) -> tuple[str, ...]:
     try:
         infos = resolver.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError):  # gaierror is an OSError
-        return None
-    return next((str(info[4][0]) for info in infos), None)
+        return ()
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
