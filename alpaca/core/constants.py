@@ -47,9 +47,8 @@ class Flag(IntFlag):
 
 # --- Implementation defaults ---------------------------------------------------------------
 DEFAULT_TTL = 15
-#: TUN transmit queue, packets. The kernel's 500 let one bulk TCP flow add 8-9 ms (p50, 22 ms
-#: p99) to every other flow's RTT here; 64 kept it at 3-5 ms for 10-35 % less single-flow
-#: throughput (docs/performance.md).
+#: TUN transmit queue, packets. With TUN read-ahead on, 64, 256 and the kernel's 500 measured
+#: alike (docs/performance.md, "Latency under load"); 64 bounds the queue without it.
 DEFAULT_TUN_TXQUEUELEN = 64
 #: Receive buffer of each UDP socket, KiB as the kernel accounts it (it doubles the value
 #: asked for). Where the receiver's part of a saturating flow's standing queue forms
