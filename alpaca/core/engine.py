@@ -90,8 +90,7 @@ class Engine:
         self.stats = EngineStats()
         self.self_id = settings.self_id
         self.self_ip = settings.net | settings.self_id
-        #: dotted prefix of the tunnel network ("10.17."): a datagram from an address in it
-        #: came through a tunnel (ours, or a peer's), never from where a peer is
+        #: dotted prefix of the tunnel network ("10.17."), for :meth:`from_tunnel_address`
         self.net_prefix = f"{settings.net >> 24}.{(settings.net >> 16) & 0xFF}."
         self.keys = KeyRing(settings.group, {p.peer_id: p.key for p in settings.peers.values()})
         self.generation = Generation()
@@ -345,9 +344,7 @@ class Engine:
         if n < OVERHEAD or n > MAX_DATAGRAM:
             self.stats.drop(DropReason.MALFORMED)
             return
-        if addr[0].startswith(self.net_prefix):
-            # Sent through a tunnel: where the host routes a peer's address into ours (its
-            # host route gone, a new uplink not yet routed), taking it as a path would loop.
+        if addr[0].startswith(self.net_prefix) and self.from_tunnel_address(addr[0]):
             self.stats.drop(DropReason.LOOP)
             return
         vt, flags, ttl, pi, src, dst, epoch, counter = HEADER.unpack_from(data)
@@ -467,6 +464,18 @@ class Engine:
             recent[(port, addr)] = now
             self.prober.challenge(peer, link, now)
         flow.challenged = recent
+
+    def from_tunnel_address(self, ip: str) -> bool:
+        """Whether ``ip`` (dotted quad, in the tunnel network: the caller tests
+        :attr:`net_prefix` first) is the tunnel address of this node or of a peer: a datagram
+        from there was sent through a tunnel, where the host routes a peer's address into
+        ours (its host route gone, a new uplink not yet routed); taking it as a path would
+        loop. Other addresses of the /16 may be a LAN the host routes by a longer prefix."""
+        parts = ip.split(".")
+        if len(parts) != 4 or not (parts[2].isdigit() and parts[3].isdigit()):
+            return False
+        host = int(parts[2]) << 8 | int(parts[3])
+        return host == self.self_id or host in self.peers
 
     def verify(self, peer_id: int, counter: int) -> None:
         """``peer_id`` answered a probe of this run at ``counter``: trust its flow towards us

@@ -62,7 +62,12 @@ class ProtocolMux:
             self.v2.send_packet(peer, packet, now, csum_partial)
 
     def on_datagram(self, data: bytes, addr: Addr, port: int, now: float) -> None:
-        """Demultiplex one datagram by the rule in the module docstring."""
+        """Demultiplex one datagram by the rule in the module docstring (one from a tunnel
+        address goes to the default engine, which drops it as a loop: no engine learns it)."""
+        v2 = self.v2
+        if addr[0].startswith(v2.net_prefix) and v2.from_tunnel_address(addr[0]):
+            v2.on_datagram(data, addr, port, now)
+            return
         if not self.is_v2_shaped(data) and self.legacy.try_datagram(data, addr, port, now):
             return
         if self.names_legacy_peer(data):

@@ -833,6 +833,24 @@ def test_engine_datagram_from_inside_the_tunnel_network_is_a_loop_and_learns_not
     assert len(s.tun) == delivered + 1
 
 
+def test_engine_an_underlay_address_in_the_tunnel_network_that_is_no_tunnel_address_works() -> None:
+    """A LAN inside the tunnel's /16 (10.17.200.0/24 with net 10.17, routed by its longer
+    prefix) is where peers may really be: only the tunnel addresses of the node and its
+    peers are loops."""
+    lan = ("10.17.200.5", 6000)
+    net = EngineNet(seed=7)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [lan], static=False)
+    net.link(lan, S_EP)
+    net.start(s)
+    net.start(c, resolver=gateway_resolver(), gateway=pid("1.1"))
+    net.run(2.0)
+    delivered = len(s.tun)
+    ping(net, c, "8.8.8.8")
+    assert len(s.tun) == delivered + 1 and drops(s, "loop") == 0
+    assert [p.addr for p in eng(s).peers[c.peer_id].paths.links()] == [lan]
+
+
 def test_engine_client_cannot_impersonate_another_client() -> None:
     net, s, c1, c2 = server_and_two_clients()
     before = state_of(eng(s))

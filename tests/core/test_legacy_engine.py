@@ -297,6 +297,24 @@ def test_mux_unclaimed_legacy_datagram_goes_to_the_default_engine() -> None:
     assert sum(mux.legacy.stats.drops) == 0 and g.tun == []
 
 
+def test_mux_a_legacy_datagram_from_a_tunnel_address_is_a_loop_and_teaches_nothing() -> None:
+    """A legacy peer's datagram that came through a tunnel (from its tunnel address) goes to
+    the default engine, which drops it as a loop: the legacy engine learns no path from it
+    and uses none of its sequence, so the same datagram from the real address is delivered."""
+    net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    captured: list[bytes] = []
+    real = net.transmit
+    net.transmit = lambda a, b, d: (b == G_EP and captured.append(d)) or real(a, b, d)  # type: ignore[method-assign]
+    net.links[(L_EP, G_EP)].up = net.links[(L_EP, R_EP)].up = False
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    assert captured and g.tun == []
+    mux.on_datagram(captured[0], ("10.17.16.1", 4000), 0, net.now)
+    assert mux.v2.stats.drop_counts()["loop"] == 1 and g.tun == []
+    mux.on_datagram(captured[0], L_EP, 0, net.now)
+    assert len(g.tun) == 1
+
+
 def test_mux_next_deadline_is_the_earlier_one() -> None:
     net, g, _r, lc, _v, mux, _relay, client = build_gateway()
     net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1"))  # DNS: one copy 100 ms later
