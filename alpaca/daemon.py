@@ -72,7 +72,7 @@ from alpaca.system.plan import (
     update_host_routes,
 )
 from alpaca.system.resolver import KernelResolver
-from alpaca.system.routes import ExpectedRoute, find_default_route
+from alpaca.system.routes import ExpectedRoute, Uplink, uplink_of
 from alpaca.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class Daemon:
         self._tun_op: ConfigureTun | None = None
         #: our routes whose place another program's route holds, each warned about once
         self._displaced: set[ExpectedRoute] = set()
+        #: a new uplink that could not be followed yet (plan.follow_uplink failed)
+        self._uplink_pending: Uplink | None = None
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.ports: list[UdpPort] = []
@@ -274,13 +276,13 @@ class Daemon:
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
         """Routes, rules or addresses changed: forget cached answers, put back our routes,
-        move a default route that reappeared in main out of the way again."""
+        move a default route that reappeared in main out of the way again, and follow the
+        way out it names if that is a new one."""
         if self.engine is not None:
             self.engine.flush_routes()
         self._follow_port_devices()
         self._keep_tun_address()
         if self.applied.expected and not self._stopping:
-            self._follow_uplink()
             try:
                 reconcile(self.applied.expected, displaced=self._displaced)
             except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
@@ -292,7 +294,9 @@ class Daemon:
                 return
             if moved:
                 log.warning("a default route reappeared in table main; moved it again (back on "
-                            "exit) count=%d", moved)
+                            "exit) count=%d", len(moved))
+            ways = [u for u in map(uplink_of, moved) if u is not None and u.dev != self.config.tun_name]
+            self._follow_uplink(min(ways, key=lambda u: u.metric, default=self._uplink_pending))
 
     def _keep_tun_address(self) -> None:
         """Someone flushed the TUN device's address (the kernel then dropped every route
@@ -311,22 +315,23 @@ class Daemon:
         log.warning("the tunnel device lost its address; put it back dev=%s addr=%s",
                     op.tun, op.address_cidr)
 
-    def _follow_uplink(self) -> None:
-        """A client: a default route of another way out appeared in table main (a DHCP lease
-        on another network; keep_default_moved moves it out after this): the host routes to
-        the peers go via it from now on, or the tunnel's own UDP would find no way out."""
-        if self.applied.moved_default is None or self.tun is None:
-            return
+    def _follow_uplink(self, uplink: Uplink | None) -> None:
+        """A client: ``uplink`` is the way out a default route that reappeared in table main
+        named (a DHCP lease, maybe on another network): the host routes to the peers go via
+        it from now on if plan.follow_uplink says so, or the tunnel's own UDP would find no
+        way out. One that could not be followed is tried again at the next route event."""
         before = self.applied.uplink
+        if uplink is None or before is None:
+            return
         try:
-            uplink = find_default_route()
-            if uplink is None or uplink.dev == self.tun.name:
-                return
             self.applied = follow_uplink(self.applied, uplink)
         except (AlpacaError, OSError, NetlinkError) as exc:
-            log.warning("could not route the peers via the new uplink: %s", exc)
+            self._uplink_pending = uplink
+            log.warning("could not route the peers via the new uplink (tried again at the next "
+                        "route change): %s", exc)
             return
-        if self.applied.uplink is not before and before is not None:
+        self._uplink_pending = None
+        if self.applied.uplink is not before:
             log.warning("the uplink changed; peers are routed via the new one gateway=%s dev=%s "
                         "(was gateway=%s dev=%s)", uplink.gateway or "-", uplink.dev,
                         before.gateway or "-", before.dev)

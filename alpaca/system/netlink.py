@@ -260,6 +260,24 @@ def route_oif(payload: bytes) -> int:
     return int(struct.unpack("=i", value[:4])[0]) if value else 0
 
 
+def route_gateway(payload: bytes) -> str | None:
+    """RTA_GATEWAY of an IPv4 route message, None when absent."""
+    value = parse_attrs(payload, _RTMSG.size).get(RTA_GATEWAY)
+    return str(ipaddress.IPv4Address(value[:4])) if value else None
+
+
+def route_metric(payload: bytes) -> int:
+    """RTA_PRIORITY of a route message, 0 when absent."""
+    value = parse_attrs(payload, _RTMSG.size).get(RTA_PRIORITY)
+    return int(struct.unpack("=I", value[:4])[0]) if value else 0
+
+
+def route_nexthops_elsewhere(payload: bytes) -> bool:
+    """True for a route through several next hops (RTA_MULTIPATH) or a nexthop object."""
+    attrs = parse_attrs(payload, _RTMSG.size)
+    return RTA_MULTIPATH in attrs or RTA_NH_ID in attrs
+
+
 def route_fields(payload: bytes) -> tuple[int, int, int, int, int]:
     """(family, dst_len, proto, scope, type) of a route message payload."""
     family, dst_len, _src_len, _tos, _table, proto, scope, rtype, _flags = _RTMSG.unpack_from(payload)

@@ -333,43 +333,52 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
 
 
 def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = None) -> Applied:
-    """A running client's way out changed: the host's network manager put a default route
-    with another gateway or device into ``main`` (a DHCP lease on another network). Route
-    the host routes via ``uplink`` from now on, so the tunnel's own UDP leaves by it: our
-    routes are deleted and added again via it (the journal's step for them undoes either),
-    a route to the same destination that was not ours stays. A node without a moved default,
-    or the same uplink, is left as it is.
+    """A running client's way out may have changed: the host's network manager put a default
+    route with another gateway or device into ``main`` (a DHCP lease on another network).
+    Follow it when it is no worse than the uplink in use (its metric not higher), or when the
+    one in use no longer works (:func:`routes.uplink_works`): a backup link renewing its lease
+    does not take the peers from a working primary. Our host routes are replaced in place
+    (the journal's step for them undoes either); one to a destination that another
+    program's route held at start is added if that route is gone. A node without a moved
+    default, or the same uplink, is left as it is.
 
     Returns:
         The new :class:`Applied` (its ``uplink``, ``expected`` and ``host_added`` follow).
+    Raises:
+        SystemSetupError: a netlink failure; nothing is forgotten (call again).
     """
     old = applied.uplink
-    if applied.moved_default is None or old is None or (uplink.gateway, uplink.dev) == (old.gateway, old.dev):
+    if applied.moved_default is None or old is None or uplink == old:
         return applied
-    table, dsts = applied.route_table, applied.host_dsts
-    routes.remove_host_routes(sorted(applied.host_added), table, netns)
-    added = routes.add_host_routes(dsts, uplink.gateway, uplink.oif, table, netns) if dsts else []
+    if uplink.metric > old.metric and routes.uplink_works(old, netns):
+        return applied
+    table, dsts, ours = applied.route_table, applied.host_dsts, applied.host_added
+    routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
+    others = [d for d in dsts if d not in ours]
+    added = routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns) if others else []
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
         routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
-    return replace(applied, uplink=uplink, expected=expected, host_added=frozenset(added))
+    return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added))
 
 
-def keep_default_moved(applied: Applied, journal: Journal, netns: str | None = None) -> int:
+def keep_default_moved(applied: Applied, journal: Journal,
+                       netns: str | None = None) -> list[routes.SavedRoute]:
     """A running client: move any IPv4 default route that appeared in ``main`` since the start
     (a DHCP client renewing its lease puts one back) out of the way again, journaled like the
     first move, so the tunnel keeps the default and the route comes back on exit.
 
     Returns:
-        How many routes were moved (0 for a node without a moved default).
+        The routes moved (none for a node without a moved default): the way out they name
+        may be a new one (:func:`follow_uplink`).
     """
     default = applied.moved_default
     if default is None or default.gateway is None:
-        return 0
+        return []
     saved = routes.save_default_routes(netns)
     if saved:
         journal.record("default_route", saved=[s.to_json() for s in saved], table=default.table)
         routes.move_default_route(default.gateway, default.dev, default.table, netns, saved)
-    return len(saved)
+    return saved
 
 
 def update_default_route(applied: Applied, gateway_ip: str | None, netns: str | None = None) -> Applied:

@@ -62,11 +62,13 @@ class Uplink:
         gateway: next-hop address, or None for a point-to-point device.
         oif: output interface index.
         dev: output interface name (re-resolved after a restart, indexes can change).
+        metric: the route's priority (lower wins).
     """
 
     gateway: str | None
     oif: int
     dev: str
+    metric: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,8 @@ def _ifname(ipr: IPRoute, index: int) -> str:
 
 
 def find_default_route(netns: str | None = None, ipr: IPRoute | None = None) -> Uplink | None:
-    """The lowest-metric IPv4 default route of table main, or None if there is none."""
+    """The lowest-metric IPv4 default route of table main, or None if there is none (ours,
+    which is there with route_table main, is left out)."""
     with iproute(netns, ipr) as nl:
         routes = (
             nl_call(
@@ -145,15 +148,41 @@ def find_default_route(netns: str | None = None, ipr: IPRoute | None = None) -> 
             )
             or ()
         )
-        defaults = [r for r in routes if r["dst_len"] == 0 and r["type"] == 1]
+        defaults = [r for r in routes if r["dst_len"] == 0 and r["type"] == 1 and r["proto"] != PROTO_ALPACA]
         if not defaults:
             return None
         best = min(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
-        oif = best.get_attr("RTA_OIF") or 0
+        oif, metric = best.get_attr("RTA_OIF") or 0, best.get_attr("RTA_PRIORITY") or 0
         if not oif and best.get_attr("RTA_MULTIPATH"):
-            nexthop = best.get_attr("RTA_MULTIPATH")[0]
-            return Uplink(nexthop.get_attr("RTA_GATEWAY"), nexthop["oif"], _ifname(nl, nexthop["oif"]))
-        return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif))
+            hop = best.get_attr("RTA_MULTIPATH")[0]
+            return Uplink(hop.get_attr("RTA_GATEWAY"), hop["oif"], _ifname(nl, hop["oif"]), metric)
+        return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif), metric)
+
+
+def uplink_of(saved: SavedRoute) -> Uplink | None:
+    """The way out a saved default route names (gateway, device, metric), or None for one
+    through several next hops or a nexthop object (not followed)."""
+    payload = bytes.fromhex(saved.payload_hex)
+    oif = netlink.route_oif(payload)
+    if not oif or netlink.route_nexthops_elsewhere(payload):
+        return None
+    return Uplink(netlink.route_gateway(payload), oif, saved.dev, netlink.route_metric(payload))
+
+
+def uplink_works(uplink: Uplink, netns: str | None = None) -> bool:
+    """Whether ``uplink`` is still a way out: its device is there under the same index, and
+    its gateway (if any) is inside a network of an address of that device (a route lookup
+    says nothing here: with the device given, the kernel takes any address as on-link)."""
+    with iproute(netns) as nl:
+        if nl.link_lookup(ifname=uplink.dev) != [uplink.oif]:
+            return False
+        if uplink.gateway is None:
+            return True
+        gateway = ipaddress.IPv4Address(uplink.gateway)
+        addrs = nl_call(f"listing the addresses of {uplink.dev}", nl.get_addr,
+                        family=socket.AF_INET, index=uplink.oif) or ()
+        return any(gateway in ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}",
+                                                    strict=False) for a in addrs)
 
 
 def wait_default_route(timeout: float = 30.0, interval: float = 3.0, netns: str | None = None) -> Uplink:
@@ -364,11 +393,14 @@ def add_host_routes(
     table: int = RT_TABLE_DEFAULT,
     netns: str | None = None,
     ipr: IPRoute | None = None,
+    *,
+    replace: bool = False,
 ) -> list[str]:
     """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
 
     An existing route for the same destination is left alone (EEXIST counts as done): it may
     be another program's, or one of our chnroute prefixes, and is not this call's to delete.
+    With ``replace`` (for routes known to be ours) an existing one is replaced in place.
 
     Returns:
         The destinations it added, as CIDR strings (those that existed left out): the ones a
@@ -379,21 +411,22 @@ def add_host_routes(
     with iproute(netns, ipr) as nl:
         for net in nets:
             extra = {"gateway": via} if via else {"scope": netlink.RT_SCOPE_LINK}
+            verb, doing = ("replace", "replacing") if replace else ("add", "adding")
             done = nl_call(
-                f"adding route {net} via {via or '-'} oif {oif} table {table}",
+                f"{doing} route {net} via {via or '-'} oif {oif} table {table}",
                 nl.route,
-                "add",
+                verb,
                 dst=str(net),
                 oif=oif,
                 table=table,
                 proto=PROTO_ALPACA,
-                ok=OK_ADD,
+                ok=() if replace else OK_ADD,
                 **extra,
             )
             if done is not None:
                 added.append(str(net))
-    log.info("host routes added count=%d existed=%d via=%s table=%d", len(added),
-             len(nets) - len(added), via, table)
+    log.info("host routes %s count=%d existed=%d via=%s table=%d", "replaced" if replace else "added",
+             len(added), len(nets) - len(added), via, table)
     return added
 
 

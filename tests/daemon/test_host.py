@@ -209,12 +209,46 @@ def test_host_a_client_follows_its_uplink_onto_another_network(lab: Lab) -> None
         if host == ["192.168.60.1"] and not main:
             break
         time.sleep(0.2)
-    assert host == ["192.168.60.1"] and not main, (table_routes(c, "253"), main, topo.client.log_tail())
+    assert host == ["192.168.60.1"] and not main, (table_routes(c, "253"), main, topo.client.log())
     assert "the uplink changed" in topo.client.log()
     wait_ping(c, INET, timeout=10)  # through the tunnel: main has no default
     assert nsexec(c, "ip", "route", "show", "default", "table", "main").stdout == ""
     assert lab.stop(topo.client) == 0
     assert "default via 192.168.60.1 dev eth0" in nsexec(c, "ip", "route", "show", "table", "main").stdout
+
+
+def _host_route_gateway(ns: str, dst: str, timeout: float = 10.0, want: str | None = None) -> object:
+    """The gateway of our host route to ``dst`` in table 253 (once it is ``want``, if given),
+    after the default routes of main were moved out of the way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gateways = [r.get("gateway") for r in table_routes(ns, "253") if r["dst"] == dst]
+        main = nsexec(ns, "ip", "route", "show", "default", "table", "main").stdout
+        if ((want is None or gateways == [want]) and not main) or time.monotonic() > deadline:
+            return gateways[0] if len(gateways) == 1 else gateways
+        time.sleep(0.2)
+
+
+@pytest.mark.netns
+def test_host_a_backup_uplink_renewing_its_lease_does_not_take_the_peers(lab: Lab) -> None:
+    """A second uplink (metric 600) renews its lease while the primary works: the host
+    routes stay on the primary. Once the primary has lost its address, the backup's next
+    renewal takes them, and the tunnel carries traffic over it."""
+    topo = build_simple(lab)
+    c = topo.client.ns
+    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(c, INET)
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
+    time.sleep(2.5)  # the route event is handled (at most 1 s later) and the default moved
+    assert _host_route_gateway(c, "192.168.50.1") == "192.168.50.1", topo.client.log_tail()
+    assert "the uplink changed" not in topo.client.log()
+    nsexec(c, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")  # the primary is gone
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
+    assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
+        (table_routes(c, "253"), topo.client.log_tail())
+    wait_ping(c, INET, timeout=10)
 
 
 @pytest.mark.netns

@@ -266,9 +266,9 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
                             gateway_ip="10.17.1.1", route_table=table)
         journal = jr.Journal(path, ns)
         applied = apply(plan(inp), journal, ns)
-        assert keep_default_moved(applied, journal, ns) == 0
+        assert keep_default_moved(applied, journal, ns) == []
         nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.77", "dev", "up0", "metric", "50")
-        assert keep_default_moved(applied, journal, ns) == 1
+        assert len(keep_default_moved(applied, journal, ns)) == 1
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
         assert "192.0.2.77" not in main
         ours = nsexec(ns, "ip", "route", "show", "table", str(table)).stdout

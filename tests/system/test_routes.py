@@ -35,6 +35,31 @@ def test_routes_find_default_route_picks_lowest_metric() -> None:
         assert uplink.oif == link.link_index("up0", ns)
 
 
+def test_routes_find_default_route_leaves_ours_out() -> None:
+    """With route_table main our default (proto alpaca, metric 0) is in main: the way out
+    is the other one, with its metric."""
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "link", "set", "alpaca0", "up")
+        nsexec(ns, "ip", "route", "add", "default", "dev", "alpaca0", "proto", str(netlink.PROTO_ALPACA))
+        uplink = routes.find_default_route(ns)
+        assert uplink is not None
+        assert (uplink.gateway, uplink.dev, uplink.metric) == ("192.0.2.254", "up0", 100)
+
+
+def test_routes_a_saved_default_names_its_way_out_and_whether_it_still_works() -> None:
+    with netns() as ns:
+        client_ns(ns)
+        ways = [routes.uplink_of(saved) for saved in routes.save_default_routes(ns)]
+        index = link.link_index("up0", ns)
+        assert ways == [routes.Uplink("192.0.2.254", index, "up0", 100),
+                        routes.Uplink("192.0.2.253", index, "up0", 200)]
+        assert ways[0] is not None and routes.uplink_works(ways[0], ns)
+        nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")  # the gateway is off-link now
+        assert not routes.uplink_works(ways[0], ns)
+        assert not routes.uplink_works(routes.Uplink("192.0.2.254", index + 100, "up0"), ns)
+
+
 def test_routes_wait_default_route_gives_up_with_clear_error() -> None:
     with netns() as ns, pytest.raises(SystemSetupError, match=r"none after 0\.2 s"):
         routes.wait_default_route(timeout=0.2, interval=0.1, netns=ns)
