@@ -372,14 +372,13 @@ class _Scrape:
         self.exporter = exporter
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        last = [("Connection", "close")] if environ.get(LAST_ANSWER) else []
         if environ.get("PATH_INFO") == "/favicon.ico":
-            start_response("200 OK", [])
+            start_response("200 OK", last)
             return iter([b""])
         gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
         headers = [("Content-Type", CONTENT_TYPE)] + ([("Content-Encoding", "gzip")] if gzip else [])
-        if environ.get(LAST_ANSWER):
-            headers.append(("Connection", "close"))
-        start_response("200 OK", headers)
+        start_response("200 OK", headers + last)
         return self._body(gzip)
 
     def _body(self, gzip: bool) -> Iterator[bytes]:
@@ -461,6 +460,15 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         if time.monotonic() - self._accepted_at >= self.lifetime:
             environ[LAST_ANSWER] = True  # the app says Connection: close; gevent closes after it
         return environ
+
+    def handle_error(self, t: Any, v: Any, tb: Any) -> None:
+        """An answer cut by its timer or by the client (a write that timed out, a reset)
+        closes the connection without a word (gevent's own would print a traceback for each:
+        a log any client could flood); anything else is gevent's (logged, a 500 if possible)."""
+        if isinstance(v, (gevent.Timeout, TimeoutError, ConnectionError)):
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
 
     def _request_late(self) -> None:
         if self._answered:

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gevent
@@ -19,6 +20,7 @@ from gevent import socket
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from alpaca import metrics as metrics_module
 from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
@@ -527,6 +529,34 @@ def test_serve_metrics_a_kept_alive_connection_is_closed_between_answers_never_i
     finally:
         server.stop()
     assert answers >= 10 and 2 <= closes <= 4, (answers, closes)
+
+
+def test_serve_metrics_an_answer_cut_at_the_lifetime_closes_without_a_traceback(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer that outlives the lifetime (a slow scrape, a client reading just within
+    each write's timeout) is cut and its connection closed, with nothing printed: gevent
+    printed a traceback for each one, a log any client could flood."""
+
+    def slow_body(self: object, gzip: bool) -> Iterator[bytes]:
+        yield b"# first\n"
+        gevent.sleep(1.0)
+        yield b"# second\n"
+
+    monkeypatch.setattr(metrics_module._Scrape, "_body", slow_body)
+    registry = build_registry(lambda: None, lambda: 0.0, version="x", start_time=0.0, node="1.1")
+    server = serve_metrics(registry, "127.0.0.1", 0, lifetime=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := conn.recv(65536):
+                got += chunk
+        assert b"# first" in got and b"# second" not in got
+        gevent.sleep(0.1)
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Timeout" not in err, err
 
 
 def _trickle_headers(port: int, gap: float = 0.5, give_up: float = 12.0) -> float | None:

@@ -283,6 +283,16 @@ def test_mux_stats_add_both_engines() -> None:
     assert mux.legacy_peers == {pid("1.2"), pid("16.1")}
 
 
+def test_mux_stats_count_one_reload_once() -> None:
+    """A reload reloads both engines (Daemon._reload: engine.reload, then compat's
+    reload_legacy): the node-wide count rises by one, not two."""
+    net, g, _r, lc, _v = gateway_net()
+    mux = start_mux(net, g, {lc.peer_id})
+    mux.v2.reload(mux.v2.settings)
+    mux.legacy.reload(legacy_settings(net, g, {lc.peer_id}))
+    assert mux.stats.reloads == 1
+
+
 def test_mux_unclaimed_legacy_datagram_goes_to_the_default_engine() -> None:
     net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
     captured: list[bytes] = []
