@@ -121,9 +121,10 @@ class Path:
         if len(self.rtt_samples) < RTT_SAMPLES_MAX:  # drained by the metrics histogram
             self.rtt_samples.append(sample)
 
-    def on_data_report(self, peer_rx: int, sent: int) -> None:
+    def on_data_report(self, peer_rx: int, sent: int, sent_after: int) -> None:
         """A probe reply says the peer had received ``peer_rx`` of our DATA on this path index
-        when the probe reached it; ``sent`` is our ``data_sent`` when that probe left.
+        when the probe reached it; ``sent`` is our ``data_sent`` when that probe left, and
+        ``sent_after`` how much more we sent before its reply came back.
 
         Both counts stop at the probe, which travels behind the data it follows, so data in
         flight is in neither (measured against ``data_sent`` at the reply, it was counted
@@ -132,10 +133,10 @@ class Path:
         one; data sent after it but overtaking it is received before it is counted sent. So
         the shortfall (sent minus received, not yet counted lost) is carried from report to
         report, and as much of it as lasts from one report to the next is counted lost. A
-        surplus is carried too, at most one report's worth of data sent (duplicates cannot
-        hide more loss than that). Counts cannot tell which packets are missing, so a link
-        that reorders still shows a little loss: 1-3 of 5,000 with 10 ms of jitter, where
-        counting each report's shortfall at once gave 8-14. Real loss is counted one report
+        surplus is carried too, at most ``sent_after`` (what can have overtaken the probe;
+        duplicates cannot hide more loss than that). Counts cannot tell which packets are
+        missing, so a link that reorders still shows a little loss: 0-2 of 5,000 with 10 ms
+        of jitter, where counting each report's shortfall at once gave 8-14. Real loss is counted one report
         late, and the shortfall of the last report is left uncounted when the path goes.
         """
         sent_before, rx_before, short_before = self.probe_data_mark
@@ -148,7 +149,7 @@ class Path:
         short = short_before + (sent - sent_before) - (peer_rx - rx_before)
         lost = max(0, min(short_before, short))
         self.data_lost += lost
-        self.probe_data_mark = (sent, peer_rx, max(short - lost, sent_before - sent))
+        self.probe_data_mark = (sent, peer_rx, max(short - lost, -sent_after))
 
     def on_probe_sent(self, now: float) -> None:
         if self.silent_probes >= 0:

@@ -210,7 +210,7 @@ class Prober:
         elif best is not None and paths.best_link() is not best:  # the RTT order changed:
             self.engine.generation.bump()                           # new send targets
         if path is counted:  # (else the slot was replaced meanwhile: the next reply tells)
-            path.on_data_report(data_rx, data_sent)
+            path.on_data_report(data_rx, data_sent, path.data_sent - data_sent)
         self.engine.stats.probe_replies_received += 1
 
     def _evaluate(self, now: float) -> None:

@@ -56,12 +56,13 @@ def test_candidates_expire_and_leave_their_counts_on_the_slot() -> None:
     assert a.tx_packets == 4
 
 
-def _reports(*reports: tuple[int, int]) -> list[int]:
-    """data_lost of a fresh path after each (our data_sent, the peer's count) report."""
+def _reports(*reports: tuple[int, ...]) -> list[int]:
+    """data_lost of a fresh path after each (our data_sent when the probe left, the peer's
+    count[, what we sent before the reply came: 10 if not given]) report."""
     path = Path(0x1001, PathKind.STATIC, 0, 0, A, "p0")
     lost = []
-    for sent, peer_rx in reports:
-        path.on_data_report(peer_rx, sent)
+    for sent, peer_rx, *after in reports:
+        path.on_data_report(peer_rx, sent, after[0] if after else 10)
         lost.append(path.data_lost)
     return lost
 
@@ -74,12 +75,14 @@ def test_data_loss_counts_a_shortfall_that_lasts_to_the_next_report() -> None:
 def test_data_loss_forgives_data_reordered_across_a_probe() -> None:
     assert _reports((100, 98), (200, 200)) == [0, 0]  # 2 behind the probe, arrived after it
     assert _reports((100, 102), (200, 198), (300, 300)) == [0, 0, 0]  # 2 overtook the probe
+    # traffic starting just after a probe left: 5 overtook it, though nothing was sent before
+    assert _reports((0, 5, 50), (100, 100), (200, 200)) == [0, 0, 0]
 
 
-def test_data_loss_surplus_is_carried_at_most_one_report() -> None:
-    """Duplicates counted by the peer (a replay, say) cannot hide more loss than one
-    report's worth of data sent."""
-    assert _reports((100, 400), (200, 400), (300, 400), (400, 400)) == [0, 0, 0, 100]
+def test_data_loss_surplus_is_carried_at_most_what_can_have_overtaken_the_probe() -> None:
+    """Duplicates counted by the peer (a replay, say) cannot hide more loss than what we
+    sent while the probe was out (10 here)."""
+    assert _reports((100, 400), (200, 400), (300, 400), (400, 400)) == [0, 0, 90, 190]
 
 
 def test_data_loss_restarts_with_the_peer_and_ignores_overtaken_replies() -> None:
