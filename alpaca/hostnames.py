@@ -23,6 +23,7 @@ Times are monotonic seconds, passed in. Pure: call from anywhere; no state is sh
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -70,6 +71,20 @@ def after_lookup(last: Lookup, now: float, addresses: tuple[str, ...], is_up: bo
     else:
         retry = min(last.retry * 2, RETRY_MAX)
     return Lookup(last.hostname, now, addresses, retry)
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def one_host(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """The answers that can be a peer's address: not 0.0.0.0, multicast or the broadcast
+    address (the rule of a ``peer_ip`` written as an address)."""
+    usable = []
+    for text in addresses:
+        address = ipaddress.IPv4Address(text)
+        if not (address.is_unspecified or address.is_multicast or address == _BROADCAST):
+            usable.append(text)
+    return tuple(usable)
 
 
 def moved_to(in_use: str | None, addresses: tuple[str, ...]) -> str | None:

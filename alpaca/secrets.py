@@ -31,7 +31,8 @@ from pathlib import Path
 from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
 from alpaca.core.ids import check_usable, digits_value, format_peer_id, is_digits, parse_peer_id
 from alpaca.errors import ConfigError
-from alpaca.io.dns import resolve_ipv4
+from alpaca.hostnames import moved_to, one_host
+from alpaca.io.dns import lookup_ipv4
 from alpaca.paths import FileIdentity, file_identity
 
 log = logging.getLogger(__name__)
@@ -243,14 +244,19 @@ class _Parser:
 
     def resolve_hostnames(self, previous: Mapping[int, PeerSecret]) -> None:
         """Give each peer named by a hostname its address, all names looked up at once on the
-        hub. One that does not resolve keeps its address from ``previous`` if it was named the
-        same there, else has no static address until a reload finds one (a warning either way)."""
+        hub: the address it had in ``previous`` (named the same) while the name still lists
+        it (a name with several addresses does not flip at each reload), else the first
+        answer. One that does not resolve keeps its address from ``previous``, else has no
+        static address until a reload finds one (a warning either way)."""
         named = {pid: peer for pid, peer in self.peers.items() if peer.hostname is not None}
-        found = resolve_ipv4(peer.hostname for peer in named.values() if peer.hostname)
+        found = lookup_ipv4(peer.hostname for peer in named.values() if peer.hostname)
         for peer_id, peer in named.items():
-            address = found.get(peer.hostname or "")
+            before = previous.get(peer_id)
+            in_use = before.address if before is not None and before.hostname == peer.hostname else None
+            answers = one_host(found.get(peer.hostname or "", ()))
+            address = in_use if in_use in answers else moved_to(in_use, answers)
             if address is None:
-                address = self._last_address(peer, previous.get(peer_id))
+                address = self._last_address(peer, before)
             self.peers[peer_id] = replace(peer, address=address)
 
     def _last_address(self, peer: PeerSecret, before: PeerSecret | None) -> str | None:

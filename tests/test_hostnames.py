@@ -14,6 +14,7 @@ from alpaca.hostnames import (
     due_at,
     is_failure_news,
     moved_to,
+    one_host,
 )
 
 NAME = "gw.example.test"
@@ -99,3 +100,8 @@ def test_hostnames_book_starts_a_renamed_peer_over_and_forgets_a_removed_one() -
     book.follow({1: ("renamed.test", None)}, 31.0)
     assert book.lookups == {1: Lookup("renamed.test", 31.0, (), RETRY_MIN)}
     assert NameBook().next_due_at(lambda p: True) is None
+
+
+def test_answers_that_are_no_host_address_are_left_out() -> None:
+    assert one_host(("0.0.0.0", "224.0.0.1", "255.255.255.255", "192.0.2.1", "127.0.0.1")) == (
+        "192.0.2.1", "127.0.0.1")

@@ -124,11 +124,11 @@ def names_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hostnames the secrets loader asks a resolver for (none resolves), as it asks."""
     asked: list[str] = []
 
-    def recording_resolve(names: Iterable[str]) -> dict[str, str | None]:
+    def recording_resolve(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
         asked.extend(names)
         return {}
 
-    monkeypatch.setattr(secrets_mod, "resolve_ipv4", recording_resolve)
+    monkeypatch.setattr(secrets_mod, "lookup_ipv4", recording_resolve)
     return asked
 
 
@@ -434,3 +434,23 @@ def test_secrets_key_inside_a_longer_column_is_never_echoed(tmp_path: Path) -> N
     assert "16.1,<32 hex digits: not shown>,192.168.7.11,null,10001" in shown
     assert "https://h.example/?k=<32 hex digits: not shown>" in shown
     assert '"<6 hex digits: not shown>x" is not a port' in shown
+
+
+def test_secrets_a_name_with_several_addresses_keeps_the_one_in_use_across_reloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round-robin name answers in another order at each reload: the peer keeps the
+    address it has while the name lists it (it used to take the first answer each time);
+    answers that cannot be a host's address (0.0.0.0, multicast, broadcast) are skipped."""
+    answers = {"gw.example": ("0.0.0.0", "224.0.0.1", "192.0.2.2", "192.0.2.1")}
+    monkeypatch.setattr(secrets_mod, "lookup_ipv4", lambda names: {n: answers.get(n, ()) for n in names})
+    path = write(tmp_path, f"1.1 {KEY16} gw.example null 5000\n16.1 {KEY32}\n")
+    gw = parse_peer_id("1.1")
+    first = load_secrets(path, parse_peer_id("16.1"))
+    assert first.peers[gw].address == "192.0.2.2"
+    answers["gw.example"] = ("192.0.2.1", "192.0.2.2")
+    again = load_secrets(path, parse_peer_id("16.1"), previous=first)
+    assert again.peers[gw].address == "192.0.2.2"
+    answers["gw.example"] = ("192.0.2.9",)
+    moved = load_secrets(path, parse_peer_id("16.1"), previous=again)
+    assert moved.peers[gw].address == "192.0.2.9"

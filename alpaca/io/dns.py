@@ -5,7 +5,7 @@ the name server takes: 5 s per try with glibc's defaults when it does not answer
 default resolver would run it in an OS thread instead. The c-ares resolver
 (``gevent.resolver.ares``) sends and waits on the hub, so the dataplane carries packets while
 a reload waits for names. It reads /etc/hosts and /etc/resolv.conf (name servers, search,
-ndots) afresh for each :func:`resolve_ipv4` call, and not the modules of nsswitch.conf.
+ndots) afresh for each :func:`lookup_ipv4` call, and not the modules of nsswitch.conf.
 """
 
 from __future__ import annotations
@@ -21,29 +21,20 @@ from gevent.resolver.ares import Resolver
 TRY_TIMEOUT = 2.0
 #: Tries per name server.
 TRIES = 2
-#: Seconds one :func:`resolve_ipv4` call takes at most, however many names it is given.
+#: Seconds one :func:`lookup_ipv4` call takes at most, however many names it is given.
 DEADLINE = 10.0
 #: Names looked up at once.
 CONCURRENCY = 64
-
-
-def resolve_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
-                 **channel: object) -> dict[str, str | None]:
-    """Look up every name at once; return name -> its first IPv4 address, or None for a name
-    that did not resolve (no such name, no answer before ``deadline`` seconds).
-
-    ``channel`` goes to the c-ares channel (``servers``, ``udp_port``: tests point them at a
-    name server of their own). Call from any greenlet; it waits cooperatively.
-    """
-    found = lookup_ipv4(hostnames, deadline, **channel)
-    return {name: addresses[0] if addresses else None for name, addresses in found.items()}
 
 
 def lookup_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
                 **channel: object) -> dict[str, tuple[str, ...]]:
     """Look up every name at once; return name -> all its IPv4 addresses in the resolver's
     order (no repeats), or ``()`` for a name that did not resolve (no such name, no answer
-    before ``deadline`` seconds). ``channel`` and the greenlet contract: as :func:`resolve_ipv4`.
+    before ``deadline`` seconds).
+
+    ``channel`` goes to the c-ares channel (``servers``, ``udp_port``: tests point them at a
+    name server of their own). Call from any greenlet; it waits cooperatively.
     """
     names = sorted(set(hostnames))
     found: dict[str, tuple[str, ...]] = dict.fromkeys(names, ())

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 import gevent
 
 from alpaca.core.ids import format_peer_id
-from alpaca.hostnames import Lookup, NameBook, after_lookup, is_failure_news, moved_to
+from alpaca.hostnames import Lookup, NameBook, after_lookup, is_failure_news, moved_to, one_host
 from alpaca.io import dns
 from alpaca.io.clock import monotonic
 from alpaca.secrets import Secrets
@@ -129,7 +129,7 @@ class HostnameFollower:
             current = named.get(peer_id)
             if last is None or current is None or current[0] != last.hostname:
                 continue  # renamed or removed while we waited: follow() starts it over
-            new = after_lookup(last, now, tuple(found.get(last.hostname, ())), self.is_up(peer_id))
+            new = after_lookup(last, now, one_host(tuple(found.get(last.hostname, ()))), self.is_up(peer_id))
             self.book.lookups[peer_id] = new
             moved |= self._report(peer_id, last, new, current[1])
         if moved:

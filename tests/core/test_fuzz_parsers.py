@@ -1,7 +1,7 @@
 """Fuzz the config loader and the secrets parser: any input gives a Config or a ConfigError.
 
 Never another exception, and never a traceback through ``alpaca-tunnel check`` (exit 0 or 2).
-Hostnames in generated secrets are never resolved (``resolve_ipv4`` is replaced), so the
+Hostnames in generated secrets are never resolved (``lookup_ipv4`` is replaced), so the
 tests touch no network. ``HYPOTHESIS_PROFILE=long`` runs many more examples. An atheris
 run (coverage-guided, bounded) is added when atheris is installed.
 """
@@ -61,7 +61,7 @@ lines = st.lists(st.one_of(st.lists(tokens, max_size=6).map(" ".join), st.text(m
 
 @pytest.fixture(autouse=True)
 def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(secrets_mod, "resolve_ipv4", lambda names: {})
+    monkeypatch.setattr(secrets_mod, "lookup_ipv4", lambda names: {})
 
 
 def _write(directory: Path, name: str, text: str | bytes) -> Path:
@@ -143,7 +143,7 @@ with atheris.instrument_imports():
     from alpaca.config import load_config
     from alpaca.errors import ConfigError
     from alpaca.secrets import load_secrets
-secrets_mod.resolve_ipv4 = lambda names: {}
+secrets_mod.lookup_ipv4 = lambda names: {}
 config, secrets = Path(sys.argv[1]) / "config.json", Path(sys.argv[1]) / "secrets.txt"
 
 def one(data):

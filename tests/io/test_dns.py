@@ -11,7 +11,7 @@ import gevent
 import pytest
 from gevent import socket
 
-from alpaca.io.dns import resolve_ipv4
+from alpaca.io.dns import lookup_ipv4
 
 ANSWERS = {"peer-a.example": "192.0.2.10", "peer-b.example": "192.0.2.11"}
 
@@ -88,26 +88,26 @@ def _ticks_during(call: object) -> tuple[object, int, float]:
 def test_dns_names_are_looked_up_at_once_and_the_hub_runs_meanwhile(name_server: int) -> None:
     names = ["peer-a.example", "peer-b.example", "gone.example", "peer-a.example"]
     found, ticks, seconds = _ticks_during(
-        lambda: resolve_ipv4(names, servers=["127.0.0.1"], udp_port=name_server))
-    assert found == {"peer-a.example": "192.0.2.10", "peer-b.example": "192.0.2.11",
-                     "gone.example": None}
+        lambda: lookup_ipv4(names, servers=["127.0.0.1"], udp_port=name_server))
+    assert found == {"peer-a.example": ("192.0.2.10",), "peer-b.example": ("192.0.2.11",),
+                     "gone.example": ()}
     assert seconds < 0.9, "three names answered after 0.3 s each, looked up together"
     assert ticks >= 0.5 * seconds / 0.01, "the hub ran other greenlets while waiting"
 
 
 def test_dns_a_silent_server_costs_the_deadline_not_the_hub(silent_server: int) -> None:
     found, ticks, seconds = _ticks_during(
-        lambda: resolve_ipv4(["peer-a.example"], deadline=1.0, servers=["127.0.0.1"],
+        lambda: lookup_ipv4(["peer-a.example"], deadline=1.0, servers=["127.0.0.1"],
                              udp_port=silent_server))
-    assert found == {"peer-a.example": None}
+    assert found == {"peer-a.example": ()}
     assert 0.9 < seconds < 2.0
     assert ticks >= 0.5 * seconds / 0.01
 
 
 def test_dns_hosts_file_and_literals_need_no_server(silent_server: int) -> None:
-    found = resolve_ipv4(["localhost", "127.0.0.1"], servers=["127.0.0.1"], udp_port=silent_server)
-    assert found == {"localhost": "127.0.0.1", "127.0.0.1": "127.0.0.1"}
+    found = lookup_ipv4(["localhost", "127.0.0.1"], servers=["127.0.0.1"], udp_port=silent_server)
+    assert found == {"localhost": ("127.0.0.1",), "127.0.0.1": ("127.0.0.1",)}
 
 
 def test_dns_nothing_to_look_up_is_an_empty_answer() -> None:
-    assert resolve_ipv4([]) == {}
+    assert lookup_ipv4([]) == {}
