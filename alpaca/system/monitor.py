@@ -53,6 +53,9 @@ GROUPS = (
 
 #: Message types that count as a change (new/del link, addr, route, rule).
 CHANGE_TYPES = frozenset({16, 17, 20, 21, 24, 25, 32, 33})
+#: Seconds between two calls when a default route was added to table main (bounds the CPU
+#: another program re-adding one in a loop can take).
+URGENT_DEBOUNCE = 0.05
 
 
 class RouteMonitor:
@@ -67,6 +70,9 @@ class RouteMonitor:
         self.netns = netns
         self.groups = groups
         self.changes = 0
+        #: a default route was added to table main since the last :meth:`run` call (it takes
+        #: traffic out of the tunnel: handled at once, not after the debounce)
+        self.default_added = False
         self._sock: socket.socket | None = None
 
     def open(self) -> RouteMonitor:
@@ -120,23 +126,29 @@ class RouteMonitor:
                     raise
                 seen += 1
                 continue
-            seen += sum(1 for kind, *_ in netlink.iter_messages(data) if kind in CHANGE_TYPES)
+            for kind, _flags, _seq, payload in netlink.iter_messages(data):
+                if kind in CHANGE_TYPES:
+                    seen += 1
+                    self.default_added |= kind == netlink.RTM_NEWROUTE and _default_in_main(payload)
         self.changes += seen
         return seen
 
     def run(self, on_change: Callable[[], None], debounce: float = 1.0) -> None:
         """Loop forever (kill the greenlet to stop): wait, drain, and call ``on_change`` at most
-        once per ``debounce`` seconds when something changed."""
+        once per ``debounce`` seconds when something changed; when a default route was added
+        to table main (a DHCP client's: traffic leaves outside the tunnel until it is moved),
+        at most :data:`URGENT_DEBOUNCE` seconds after the previous call."""
         last_call = float("-inf")
         while True:
             wait_read(self.fileno)
             if not self.drain():
                 continue
-            delay = last_call + debounce - time.monotonic()
+            delay = last_call + (URGENT_DEBOUNCE if self.default_added else debounce) - time.monotonic()
             if delay > 0:
                 gevent.sleep(delay)
                 self.drain()
             last_call = time.monotonic()
+            self.default_added = False
             on_change()
 
 
@@ -196,3 +208,11 @@ def _displaced(route: routes.ExpectedRoute, displaced: set[routes.ExpectedRoute]
     log.warning("another program's default route holds table %d, where the tunnel's was: traffic "
                 "bypasses the tunnel until that route is deleted (ip route del default table %d)",
                 route.table, route.table)
+
+
+def _default_in_main(payload: bytes) -> bool:
+    """Whether a route message is an IPv4 default route of table main."""
+    if len(payload) < 12:
+        return False
+    family, dst_len, _proto, _scope, _type = netlink.route_fields(payload)
+    return family == socket.AF_INET and dst_len == 0 and netlink.route_table(payload) == netlink.RT_TABLE_MAIN

@@ -75,6 +75,29 @@ def test_monitor_debounces_bursts() -> None:
                 worker.kill()
 
 
+def test_monitor_a_default_route_added_to_main_is_not_debounced() -> None:
+    """A DHCP renew: an address change, then a default route in main. The default takes
+    traffic out of the tunnel until it is moved, so it is handled within the urgent
+    debounce, not the 1 s one (it stayed up to 1 s)."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "route", "flush", "table", "main", "default")
+        calls: list[float] = []
+        with monitor.RouteMonitor(ns) as mon:
+            worker = gevent.spawn(mon.run, lambda: calls.append(time.monotonic()), 1.0)
+            try:
+                gevent.sleep(0.05)
+                nsexec(ns, "ip", "addr", "change", "192.0.2.1/24", "dev", "up0", "valid_lft", "3600",
+                       "preferred_lft", "3600")
+                assert wait_for(lambda: len(calls) == 1)
+                added = time.monotonic()
+                nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0")
+                assert wait_for(lambda: len(calls) == 2, timeout=2.0)
+                assert calls[1] - added < 0.5, calls[1] - added
+            finally:
+                worker.kill()
+
+
 def test_monitor_fileno_is_nonblocking_drain() -> None:
     with netns() as ns, monitor.RouteMonitor(ns) as mon:
         start = time.monotonic()
