@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socket
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, MutableSequence
@@ -75,6 +76,12 @@ MAX_CONNECTIONS = 16
 #: idle one is closed then). Writing the answer is not counted. Prometheus sends its request
 #: at once; a client that trickles it (a slowloris) must not hold the pool while Prometheus waits.
 REQUEST_DEADLINE = 3.0
+#: The answer to a request that cannot be parsed (then the connection closes).
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+#: What is read, at most, of a request body after the answer (bytes, seconds): enough for
+#: the client to see the answer whole before the close.
+DRAIN_BYTES = 1 << 20
+DRAIN_SECONDS = 2.0
 #: environ key set by the handler on a connection's last answer (it outlived the lifetime)
 LAST_ANSWER = "alpaca.last_answer"
 #: Seconds one read or write may wait for the client (a client that stops reading the answer).
@@ -373,7 +380,7 @@ class _Scrape:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
         last = [("Connection", "close")] if environ.get(LAST_ANSWER) else []
-        if environ.get("PATH_INFO") == "/favicon.ico":
+        if environ.get("PATH_INFO") == "/favicon.ico" or environ.get("REQUEST_METHOD") == "HEAD":
             start_response("200 OK", last)
             return iter([b""])
         gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
@@ -434,13 +441,32 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         self._answer_timer = whole = gevent.Timeout(self.lifetime)
         timer.start()
         whole.start()
+        self._unread_body = False
         try:
             result = super().handle_one_request()
         finally:
             timer.close()
             whole.close()
         self._answered += 1
+        if self._unread_body:
+            self._drain()
         return result
+
+    def _drain(self) -> None:
+        """After the answer to a request with a body (never read): say we are done, then read
+        what the client still sends until it closes (at most DRAIN_BYTES, DRAIN_SECONDS), so
+        the close sends no reset that could destroy the answer before it is read."""
+        sock = self.socket
+        if sock is None:
+            return
+        left = DRAIN_BYTES
+        with gevent.Timeout(DRAIN_SECONDS, False):
+            try:
+                sock.shutdown(socket.SHUT_WR)
+                while left > 0 and (chunk := sock.recv(min(left, 65536))):
+                    left -= len(chunk)
+            except OSError:
+                pass
 
     def read_request(self, raw_requestline: str) -> Any:
         """The headers; the request is in, so its deadline stops (the answer has none)."""
@@ -455,11 +481,20 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         (to reach the next request) with no deadline, so the connection closes instead."""
         environ: dict[str, Any] = super().get_environ()
         if self.content_length or environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-            self.close_connection = True
+            self.close_connection = self._unread_body = True
             self.wsgi_input = environ["wsgi.input"] = Input(self.rfile, 0)
+        if self.request_version != "HTTP/1.1":
+            self.close_connection = True  # an HTTP/1.0 answer ends only where the connection does
         if time.monotonic() - self._accepted_at >= self.lifetime:
             environ[LAST_ANSWER] = True  # the app says Connection: close; gevent closes after it
         return environ
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        """A request that cannot be parsed (a port scan, a TLS hello, too many headers) gets a
+        400, and one whose client is gone a quiet close: never a log line or a traceback each
+        (gevent logs every one, a log any client could flood)."""
+        self.close_connection = True
+        return None if isinstance(ex, OSError) else ("400", _BAD_REQUEST)
 
     def handle_error(self, t: Any, v: Any, tb: Any) -> None:
         """An answer cut by its timer or by the client (a write that timed out, a reset)

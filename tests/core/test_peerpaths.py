@@ -88,3 +88,6 @@ def test_data_loss_surplus_is_carried_at_most_what_can_have_overtaken_the_probe(
 def test_data_loss_restarts_with_the_peer_and_ignores_overtaken_replies() -> None:
     assert _reports((100, 90), (200, 5), (300, 100), (400, 200)) == [0, 0, 0, 5]
     assert _reports((100, 100), (50, 20), (200, 200)) == [0, 0, 0]
+    # two probes that left with the same count (a slot's and its candidate's), answered in
+    # reverse order: the older answer is no restart, and the 10 lost are counted
+    assert _reports((100, 100), (200, 190), (200, 185), (300, 290), (400, 390)) == [0, 0, 0, 10, 10]
