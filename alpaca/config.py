@@ -495,11 +495,10 @@ class _Builder:
                 continue
             if any(entry.name == other.name for other in result):
                 top.fail(f"{where}.name", f'"{entry.name}" is used twice (names must be unique)')
-            elif entry.port and any(
-                (entry.address, entry.port, entry.interface) == (o.address, o.port, o.interface)
-                for o in result
-            ):
-                top.fail(where, f"{entry.address}:{entry.port} is given twice")
+            elif entry.port and (clash := next((o for o in result if _overlap(entry, o)), None)):
+                top.fail(where, f"{_where(entry)} overlaps port {clash.name} ({_where(clash)}): two "
+                         "sockets cannot share a port unless their addresses differ (neither "
+                         "0.0.0.0) or both are bound to different interfaces")
             result.append(entry)
         return tuple(result)
 
@@ -663,6 +662,17 @@ def _not_a_file(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot be checked: {exc.strerror or exc}"
     return None if stat.S_ISREG(mode) else "is not a file"
+
+
+def _overlap(a: PortConfig, b: PortConfig) -> bool:
+    """Whether the kernel refuses to bind ``a`` beside ``b`` (the same UDP port, addresses
+    equal or one the wildcard, devices equal or one unbound)."""
+    return (a.port == b.port and (a.address == b.address or "0.0.0.0" in (a.address, b.address))
+            and (a.interface == b.interface or None in (a.interface, b.interface)))
+
+
+def _where(port: PortConfig) -> str:
+    return f"{port.address}:{port.port}" + (f" on {port.interface}" if port.interface else "")
 
 
 def _is_ipv4(text: str) -> bool:

@@ -78,6 +78,8 @@ from alpaca.system.sdnotify import Notifier
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 2.0
+#: Seconds between two log lines about default routes moved out of main again (counted).
+MOVED_LOG_INTERVAL = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -118,6 +120,8 @@ class Daemon:
         self._displaced: set[ExpectedRoute] = set()
         #: a new uplink that could not be followed yet (plan.follow_uplink failed)
         self._uplink_pending: Uplink | None = None
+        self._moved_unlogged = 0
+        self._moved_logged_at = float("-inf")
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.ports: list[UdpPort] = []
@@ -293,27 +297,38 @@ class Daemon:
                 log.warning("could not move a default route out of table main again: %s", exc)
                 return
             if moved:
-                log.warning("a default route reappeared in table main; moved it again (back on "
-                            "exit) count=%d", len(moved))
+                self._report_moved(len(moved))
             ways = [u for u in map(uplink_of, moved) if u is not None and u.dev != self.config.tun_name]
             self._follow_uplink(min(ways, key=lambda u: u.metric, default=self._uplink_pending))
 
+    def _report_moved(self, count: int) -> None:
+        """Log default routes moved out of main again, at most once per MOVED_LOG_INTERVAL
+        seconds (a DHCP client re-adding one in a loop must not flood the log)."""
+        self._moved_unlogged += count
+        now = monotonic()
+        if now - self._moved_logged_at < MOVED_LOG_INTERVAL:
+            return
+        log.warning("a default route reappeared in table main; moved it again (back on exit) "
+                    "count=%d", self._moved_unlogged)
+        self._moved_logged_at, self._moved_unlogged = now, 0
+
     def _keep_tun_address(self) -> None:
         """Someone flushed the TUN device's address (the kernel then dropped every route
-        through it, the tunnel's default included): put it back as at start, so that
-        reconcile can restore the routes."""
+        through it, the tunnel's default included), set it down, or changed its MTU: set it
+        up again as at start, so that reconcile can restore the routes."""
         op = self._tun_op
         if op is None or self._stopping:
             return
         try:
-            if not link.lacks_address(op.tun, op.address_cidr):
+            change = link.differs_from(op.tun, op.address_cidr, op.mtu)
+            if change is None:
                 return
             link.configure_tun(op.tun, op.address_cidr, op.mtu, txqueuelen=op.txqueuelen)
         except (AlpacaError, OSError, NetlinkError) as exc:
-            log.warning("could not put the tunnel device's address back: %s", exc)
+            log.warning("could not set the tunnel device up again: %s", exc)
             return
-        log.warning("the tunnel device lost its address; put it back dev=%s addr=%s",
-                    op.tun, op.address_cidr)
+        log.warning("the tunnel device was changed (%s); set it up again dev=%s addr=%s mtu=%d",
+                    change, op.tun, op.address_cidr, op.mtu)
 
     def _follow_uplink(self, uplink: Uplink | None) -> None:
         """A client: ``uplink`` is the way out a default route that reappeared in table main

@@ -506,7 +506,11 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"ports": [{"name": "a", "prot": 1}]}, 'ports[0].prot: unknown key (did you mean "port"?)'),
         ({"ports": [{"name": "a"}, {"name": "a"}]}, 'ports[1].name: "a" is used twice'),
         ({"ports": [{"name": "a", "port": 7}, {"name": "b", "port": 7}]},
-         "ports[1]: 0.0.0.0:7 is given twice"),
+         "ports[1]: 0.0.0.0:7 overlaps port a (0.0.0.0:7): two sockets cannot share a port"),
+        ({"ports": [{"name": "a", "port": 7}, {"name": "b", "port": 7, "address": "192.0.2.1"}]},
+         "ports[1]: 192.0.2.1:7 overlaps port a (0.0.0.0:7)"),
+        ({"ports": [{"name": "a", "port": 7, "interface": "eth0"}, {"name": "b", "port": 7}]},
+         "ports[1]: 0.0.0.0:7 overlaps port a (0.0.0.0:7 on eth0)"),
         ({"port": 5000, "ports": [{"name": "a"}]}, 'port: give either "port" or "ports"'),
     ],
 )
@@ -514,6 +518,13 @@ def test_config_error(tmp_path: Path, keys: dict[str, Any], expected: str) -> No
     text = only(tmp_path, **keys)
     assert text.startswith(f"{tmp_path / 'config.json'}: ")
     assert expected in text
+
+
+def test_config_ports_that_the_kernel_can_bind_side_by_side_are_accepted(tmp_path: Path) -> None:
+    config = load(tmp_path, ports=[
+        {"name": "a", "port": 7, "interface": "eth0"}, {"name": "b", "port": 7, "interface": "eth1"},
+        {"name": "c", "port": 8, "address": "192.0.2.1"}, {"name": "d", "port": 8, "address": "192.0.2.2"}])
+    assert [p.name for p in config.ports] == ["a", "b", "c", "d"]
 
 
 def test_config_ports_null_means_the_single_port(tmp_path: Path) -> None:

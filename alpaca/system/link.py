@@ -31,6 +31,9 @@ from alpaca.system.netlink import OK_ADD, errno_text, iproute, nl_call
 
 log = logging.getLogger(__name__)
 
+#: the interface flag of a device set up (linux/if.h)
+IFF_UP = 0x1
+
 
 def link_index(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> int | None:
     """The interface index of ``ifname``, or None if there is no such device."""
@@ -39,10 +42,11 @@ def link_index(ifname: str, netns: str | None = None, ipr: IPRoute | None = None
         return int(found[0]) if found else None
 
 
-def lacks_address(ifname: str, address_cidr: str, netns: str | None = None,
-                  ipr: IPRoute | None = None) -> bool:
-    """Whether ``ifname`` exists without ``address_cidr`` (someone flushed or deleted it: the
-    kernel then dropped every route through the device). A device that is gone: False
+def differs_from(ifname: str, address_cidr: str, mtu: int, netns: str | None = None,
+                 ipr: IPRoute | None = None) -> str | None:
+    """How ``ifname`` differs from what :func:`configure_tun` made of it: its address flushed
+    (the kernel then dropped every route through it), the device set down, or another MTU
+    (a packet of our MTU then is dropped), in words; None when it is as configured, or gone
     (nothing to put back on it).
 
     Raises:
@@ -51,12 +55,19 @@ def lacks_address(ifname: str, address_cidr: str, netns: str | None = None,
     iface = ipaddress.ip_interface(address_cidr)
     with iproute(netns, ipr) as nl:
         index = link_index(ifname, ipr=nl)
-        if index is None:
-            return False
+        links = nl_call(f"reading the state of {ifname}", nl.get_links, index) if index else None
+        if not links:
+            return None
+        if not links[0]["flags"] & IFF_UP:
+            return "set down"
+        if links[0].get_attr("IFLA_MTU") != mtu:
+            return f"mtu {links[0].get_attr('IFLA_MTU')}"
         addrs = nl_call(f"listing the addresses of {ifname}", nl.get_addr, family=socket.AF_INET,
                         index=index) or ()
-        return not any(a.get_attr("IFA_ADDRESS") == str(iface.ip)
-                       and a["prefixlen"] == iface.network.prefixlen for a in addrs)
+        if not any(a.get_attr("IFA_ADDRESS") == str(iface.ip) and a["prefixlen"] == iface.network.prefixlen
+                   for a in addrs):
+            return "address gone"
+        return None
 
 
 def configure_tun(

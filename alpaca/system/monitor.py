@@ -22,7 +22,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
-import gevent
 from gevent.socket import wait_read
 
 from alpaca.errors import AlpacaError
@@ -137,19 +136,31 @@ class RouteMonitor:
         """Loop forever (kill the greenlet to stop): wait, drain, and call ``on_change`` at most
         once per ``debounce`` seconds when something changed; when a default route was added
         to table main (a DHCP client's: traffic leaves outside the tunnel until it is moved),
-        at most :data:`URGENT_DEBOUNCE` seconds after the previous call."""
+        at most :data:`URGENT_DEBOUNCE` seconds after the previous call, also when it comes
+        while the debounce is being waited out."""
         last_call = float("-inf")
         while True:
             wait_read(self.fileno)
             if not self.drain():
                 continue
-            delay = last_call + (URGENT_DEBOUNCE if self.default_added else debounce) - time.monotonic()
-            if delay > 0:
-                gevent.sleep(delay)
-                self.drain()
+            self._wait_out(last_call, debounce)
             last_call = time.monotonic()
             self.default_added = False
             on_change()
+
+    def _wait_out(self, last_call: float, debounce: float) -> None:
+        """Until ``debounce`` seconds (URGENT_DEBOUNCE once a default route was added to main)
+        have passed since ``last_call``, reading every notification that comes meanwhile."""
+        while True:
+            span = URGENT_DEBOUNCE if self.default_added else debounce
+            left = last_call + span - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                wait_read(self.fileno, timeout=left)
+            except TimeoutError:
+                return
+            self.drain()
 
 
 def reconcile(
@@ -204,6 +215,8 @@ def _displaced(route: routes.ExpectedRoute, displaced: set[routes.ExpectedRoute]
     (it was there before us, say); for the default, traffic leaves outside the tunnel."""
     if route.dst != "0.0.0.0/0" or displaced is None or route in displaced:
         return
+    if route.table == netlink.RT_TABLE_MAIN:  # route_table main: keep_default_moved, next in
+        return                                # this pass, moves that one out, and ours comes back
     displaced.add(route)
     log.warning("another program's default route holds table %d, where the tunnel's was: traffic "
                 "bypasses the tunnel until that route is deleted (ip route del default table %d)",

@@ -46,6 +46,9 @@ from alpaca.system.netlink import (
 
 log = logging.getLogger(__name__)
 
+#: the interface flag of a device set up (linux/if.h)
+IFF_UP = 0x1
+
 RTA_CACHEINFO = 12
 #: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
 _FLAGS_KEEP = 0x2 | 0x4
@@ -170,11 +173,15 @@ def uplink_of(saved: SavedRoute) -> Uplink | None:
 
 
 def uplink_works(uplink: Uplink, netns: str | None = None) -> bool:
-    """Whether ``uplink`` is still a way out: its device is there under the same index, and
-    its gateway (if any) is inside a network of an address of that device (a route lookup
-    says nothing here: with the device given, the kernel takes any address as on-link)."""
+    """Whether ``uplink`` is still a way out: its device is there under the same index, up
+    with a carrier, and its gateway (if any) is inside a network of an address of that device
+    (a route lookup says nothing here: with the device given, the kernel takes any address
+    as on-link)."""
     with iproute(netns) as nl:
         if nl.link_lookup(ifname=uplink.dev) != [uplink.oif]:
+            return False
+        links = nl_call(f"reading the state of {uplink.dev}", nl.get_links, uplink.oif) or ()
+        if not links or not links[0]["flags"] & IFF_UP or links[0].get_attr("IFLA_CARRIER") == 0:
             return False
         if uplink.gateway is None:
             return True

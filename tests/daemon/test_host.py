@@ -252,26 +252,35 @@ def test_host_a_backup_uplink_renewing_its_lease_does_not_take_the_peers(lab: La
 
 
 @pytest.mark.netns
-def test_host_a_flushed_tunnel_address_is_put_back_with_its_routes(lab: Lab) -> None:
-    """``ip addr flush`` on the TUN device (the kernel drops every route through it, the
-    tunnel's default too): the daemon puts the address back and the routes follow, so the
+@pytest.mark.parametrize("change", ["flush", "down", "mtu"])
+def test_host_a_tunnel_device_changed_by_hand_is_set_up_again_with_its_routes(lab: Lab, change: str) -> None:
+    """``ip addr flush`` on the TUN device, or ``ip link set down`` (the kernel drops every
+    route through it, the tunnel's default too), or another MTU (our packets of 1400 bytes
+    then are dropped): the daemon sets the device up again and the routes follow, so the
     tunnel carries traffic again (it used to stay without a route while show said all up)."""
     topo = build_simple(lab)
     lab.start(topo.server)
     lab.start(topo.client)
     c = topo.client.ns
     wait_ping(c, INET)
-    nsexec(c, "ip", "addr", "flush", "dev", TUN)
+    if change == "flush":
+        nsexec(c, "ip", "addr", "flush", "dev", TUN)
+    elif change == "down":
+        nsexec(c, "ip", "link", "set", TUN, "down")
+    else:
+        nsexec(c, "ip", "link", "set", TUN, "mtu", "1280")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        addr = nsexec(c, "ip", "-br", "addr", "show", "dev", TUN).stdout
+        shown = nsexec(c, "ip", "-d", "addr", "show", "dev", TUN).stdout
         default = [r for r in table_routes(c, "253") if r["dst"] == "default"]
-        if "10.17.16.1/16" in addr and default:
+        if "10.17.16.1/16" in shown and "mtu 1400" in shown and ",UP" in shown and default:
             break
         time.sleep(0.2)
-    assert "10.17.16.1/16" in addr and default, (addr, table_routes(c, "253"), topo.client.log_tail())
-    assert "the tunnel device lost its address" in topo.client.log()
+    assert "10.17.16.1/16" in shown and "mtu 1400" in shown and default, (shown, topo.client.log_tail())
+    assert "the tunnel device was changed" in topo.client.log()
     wait_ping(c, INET, timeout=10)
+    transmitted, received, _ = ping(c, INET, "-c", "3", "-s", "1300", "-i", "0.2", "-W", "2")
+    assert received == transmitted, topo.client.log_tail()
 
 
 @pytest.mark.netns

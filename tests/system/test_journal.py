@@ -252,6 +252,22 @@ def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None
         journal.record("nft_table", tun="alpaca0")
 
 
+def test_journal_keeps_each_devices_latest_saved_default(tmp_path: Path) -> None:
+    """Leases on one device: home, office, home again (and a metric flap). The journal used
+    to keep the first record of a default saved twice, so the undo restored the office's
+    last, which no longer fits (a failed stop), or two defaults of one device; each device's
+    latest saved default is the one restored now, beside another device's."""
+    def route(dev: str, gateway: str) -> dict[str, str]:
+        return {"payload_hex": gateway, "dev": dev, "text": f"default via {gateway} dev {dev}"}
+
+    journal = jr.Journal(tmp_path / "alpaca0.journal")
+    journal.record("default_route", saved=[route("eth0", "home"), route("wlan0", "backup")], table=253)
+    journal.record("default_route", saved=[route("eth0", "office")], table=253)
+    journal.record("default_route", saved=[route("eth0", "home")], table=253)
+    saved = [r["payload_hex"] for step in jr.resume(journal.path).steps for r in step["saved"]]
+    assert saved == ["backup", "home"]
+
+
 @pytest.mark.netns
 @pytest.mark.parametrize("table", [253, 254])
 def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, table: int) -> None:

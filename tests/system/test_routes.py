@@ -55,6 +55,13 @@ def test_routes_a_saved_default_names_its_way_out_and_whether_it_still_works() -
         assert ways == [routes.Uplink("192.0.2.254", index, "up0", 100),
                         routes.Uplink("192.0.2.253", index, "up0", 200)]
         assert ways[0] is not None and routes.uplink_works(ways[0], ns)
+        nsexec(ns, "ip", "link", "set", "up1", "down")  # the carrier is lost
+        assert not routes.uplink_works(ways[0], ns)
+        nsexec(ns, "ip", "link", "set", "up1", "up")
+        assert routes.uplink_works(ways[0], ns)
+        nsexec(ns, "ip", "link", "set", "up0", "down")  # set down by hand
+        assert not routes.uplink_works(ways[0], ns)
+        nsexec(ns, "ip", "link", "set", "up0", "up")
         nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")  # the gateway is off-link now
         assert not routes.uplink_works(ways[0], ns)
         assert not routes.uplink_works(routes.Uplink("192.0.2.254", index + 100, "up0"), ns)
