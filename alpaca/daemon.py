@@ -114,7 +114,7 @@ class Daemon:
         self.exit_code = 0
         self.engine: Engine | None = None
         self.mux: compat.ProtocolMux | None = None
-        #: how start configured the TUN device (address, MTU), to put a flushed address back
+        #: how start configured the TUN device (address, MTU), to set it up again if changed
         self._tun_op: ConfigureTun | None = None
         #: our routes whose place another program's route holds, each warned about once
         self._displaced: set[ExpectedRoute] = set()
