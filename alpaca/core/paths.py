@@ -140,7 +140,7 @@ class Path:
         late, and the shortfall of the last report is left uncounted when the path goes.
         """
         sent_before, rx_before, short_before = self.probe_data_mark
-        if sent < sent_before or (sent == sent_before and peer_rx <= rx_before):
+        if sent < sent_before or (sent == sent_before and peer_rx < rx_before):
             return  # the reply to an older probe (or one that left with it), overtaken
         self.peer_data_rx = peer_rx
         if peer_rx < rx_before:  # the peer restarted: its count starts over

@@ -184,9 +184,11 @@ class Journal:
         if kind not in UNDO:
             raise ValueError(f"unknown undo step {kind!r}")
         step: Step = {"kind": kind, **params}
-        superseding = kind == "default_route" and _supersede_defaults(self.steps, params["saved"])
-        if not superseding and any(_bare(s) == step for s in self.steps):  # also one kept from a
-            return                                                          # failed undo
+        same = [i for i, s in enumerate(self.steps) if _bare(s) == step]  # also one kept from a
+        if same and kind != "default_route":                               # failed undo
+            return
+        for i in reversed(same):  # a default saved again (a roam back to an earlier network):
+            del self.steps[i]     # its undo comes first, then those of the networks between
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
         try:
@@ -359,29 +361,6 @@ def recover(path: str | Path) -> list[str] | None:
                                                     f"({journal.netns_id}), not undone here")]
         log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
         return journal.undo_all()
-
-
-def _supersede_defaults(steps: list[Step], saved: list[dict[str, str]]) -> bool:
-    """A default route is being saved again for a device (a DHCP lease renewed, maybe on
-    another network): the routes older default_route steps saved for that device are dropped
-    from them (a step left with none goes), so the undo restores each device's latest
-    default, not one of an earlier network that no longer fits, or two of one device. Edits
-    ``steps`` in place; True if it dropped anything."""
-    devices = {route.get("dev") for route in saved if route.get("dev")}
-    changed = False
-    for i in reversed(range(len(steps))):
-        step = steps[i]
-        if step.get("kind") != "default_route" or not isinstance(step.get("saved"), list):
-            continue
-        rest = [r for r in step["saved"] if not (isinstance(r, dict) and r.get("dev") in devices)]
-        if len(rest) == len(step["saved"]):
-            continue
-        changed = True
-        if rest:
-            steps[i] = {**step, "saved": rest}
-        else:
-            del steps[i]
-    return changed
 
 
 def _bare(step: Step) -> Step:

@@ -70,6 +70,7 @@ def _reports(*reports: tuple[int, ...]) -> list[int]:
 def test_data_loss_counts_a_shortfall_that_lasts_to_the_next_report() -> None:
     assert _reports((100, 95), (200, 195), (300, 300)) == [0, 5, 5]  # lost 5, counted one late
     assert _reports((100, 90), (200, 180), (300, 270)) == [0, 10, 20]  # 10 % lost, steadily
+    assert _reports((100, 90), (100, 90)) == [0, 10]  # the traffic stopped: the next reply tells
 
 
 def test_data_loss_forgives_data_reordered_across_a_probe() -> None:

@@ -252,20 +252,20 @@ def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None
         journal.record("nft_table", tun="alpaca0")
 
 
-def test_journal_keeps_each_devices_latest_saved_default(tmp_path: Path) -> None:
-    """Leases on one device: home, office, home again (and a metric flap). The journal used
-    to keep the first record of a default saved twice, so the undo restored the office's
-    last, which no longer fits (a failed stop), or two defaults of one device; each device's
-    latest saved default is the one restored now, beside another device's."""
-    def route(dev: str, gateway: str) -> dict[str, str]:
-        return {"payload_hex": gateway, "dev": dev, "text": f"default via {gateway} dev {dev}"}
+def test_journal_undoes_a_default_saved_again_first(tmp_path: Path) -> None:
+    """Leases on one device: home, office, home again. The journal kept the first record of
+    the default saved twice, so the undo restored the office's last, when the home default
+    was not back yet and nothing else was in main: it no longer fits, and the stop failed.
+    Now the home default's undo comes first, then the office's (which main's default then
+    makes a warning, not a failure)."""
+    def route(gateway: str) -> dict[str, str]:
+        return {"payload_hex": gateway, "dev": "eth0", "text": f"default via {gateway} dev eth0"}
 
     journal = jr.Journal(tmp_path / "alpaca0.journal")
-    journal.record("default_route", saved=[route("eth0", "home"), route("wlan0", "backup")], table=253)
-    journal.record("default_route", saved=[route("eth0", "office")], table=253)
-    journal.record("default_route", saved=[route("eth0", "home")], table=253)
-    saved = [r["payload_hex"] for step in jr.resume(journal.path).steps for r in step["saved"]]
-    assert saved == ["backup", "home"]
+    for gateway in ("home", "office", "home"):
+        journal.record("default_route", saved=[route(gateway)], table=253)
+    undo_order = [step["saved"][0]["payload_hex"] for step in reversed(jr.resume(journal.path).steps)]
+    assert undo_order == ["home", "office"]
 
 
 @pytest.mark.netns
