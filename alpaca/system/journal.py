@@ -184,11 +184,9 @@ class Journal:
         if kind not in UNDO:
             raise ValueError(f"unknown undo step {kind!r}")
         step: Step = {"kind": kind, **params}
-        same = [i for i, s in enumerate(self.steps) if _bare(s) == step]  # also one kept from a
-        if same and kind != "default_route":                               # failed undo
+        same = [s for s in self.steps if _bare(s) == step]  # also one kept from a failed undo
+        if same and kind != "default_route":
             return
-        for i in reversed(same):  # a default saved again (a roam back to an earlier network):
-            del self.steps[i]     # its undo comes first, then those of the networks between
         if kind == "sysctl" and any(s["kind"] == "sysctl" and s["key"] == params["key"] for s in self.steps):
             return
         try:
@@ -197,7 +195,9 @@ class Journal:
                 original = self._original_sysctl(params["key"]) if kind == "sysctl" else {}
                 if original:  # a running daemon changed it first: its record is the original
                     step = {"kind": kind, "key": params["key"], **original}
-                self.steps.append(step)
+                # a default saved again (a roam back to an earlier network) moves to the end:
+                # its undo comes first, then those of the networks between
+                self.steps = [s for s in self.steps if not any(s is t for t in same)] + [step]
                 self._write()
         except OSError as exc:
             raise SystemSetupError(
