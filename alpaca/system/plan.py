@@ -353,7 +353,8 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     if uplink.metric > old.metric and routes.uplink_works(old, netns):
         return applied
     table, dsts, ours = applied.route_table, applied.host_dsts, applied.host_added
-    routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
+    if ours:
+        routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
     others = [d for d in dsts if d not in ours]
     added = routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns) if others else []
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
