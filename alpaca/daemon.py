@@ -55,7 +55,7 @@ from alpaca.io.rename import HostnameFollower
 from alpaca.io.tun import TunDevice
 from alpaca.io.udp import UdpPort
 from alpaca.io.watch import FileWatch
-from alpaca.metrics import build_registry, serve_metrics
+from alpaca.metrics import build_registry, listen_error, serve_metrics
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.snapshot import snapshot
 from alpaca.system import instance, link, sched
@@ -207,9 +207,7 @@ class Daemon:
             host, port = cfg.metrics.host, cfg.metrics.port
             exc = preflight.tcp_port_taken(host, port)
             if exc is not None:
-                raise TunnelError(
-                    f"{cfg.path}: metrics.listen: cannot serve metrics on {host}:{port}:"
-                    f" {exc.strerror or exc} (choose a free port, or set \"metrics\": false)")
+                raise TunnelError(f"{cfg.path}: {listen_error(host, port, exc)}")
 
     def _catch_stop_during_start(self) -> None:
         """Until start() is done, SIGTERM/SIGINT raise StartInterrupted in the starting

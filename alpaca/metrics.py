@@ -515,6 +515,13 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
                         count, self.slow.total, self.request_deadline, self.slow.interval)
 
 
+def listen_error(host: str, port: int, exc: OSError) -> TunnelError:
+    """The error of a metrics listener that cannot bind ``host:port`` (at start, or found
+    before it by alpaca.io.preflight), naming the key and the fix."""
+    return TunnelError(f"metrics.listen: cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+                       " (choose a free port and an address of this host, or set \"metrics\": false)")
+
+
 def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586, *,
                   read_timeout: float = READ_TIMEOUT,
                   request_deadline: float = REQUEST_DEADLINE,
@@ -542,9 +549,6 @@ def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586,
     try:
         server.start()
     except OSError as exc:
-        raise TunnelError(
-            f"metrics.listen: cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
-            " (choose a free port and an address of this host, or set \"metrics\": false)"
-        ) from exc
+        raise listen_error(host, port, exc) from exc
     log.info("metrics served url=http://%s:%d/metrics", host, server.server_port)
     return server

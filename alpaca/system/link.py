@@ -27,12 +27,9 @@ from pyroute2 import IPRoute
 
 from alpaca.errors import SystemSetupError
 from alpaca.system import sysctl
-from alpaca.system.netlink import OK_ADD, errno_text, iproute, nl_call
+from alpaca.system.netlink import IFF_UP, OK_ADD, errno_text, iproute, nl_call
 
 log = logging.getLogger(__name__)
-
-#: the interface flag of a device set up (linux/if.h)
-IFF_UP = 0x1
 
 
 def link_index(ifname: str, netns: str | None = None, ipr: IPRoute | None = None) -> int | None:

@@ -63,6 +63,8 @@ RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
 RTA_NH_ID = 30
+#: the interface flag of a device set up (linux/if.h)
+IFF_UP = 0x1
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE = 32

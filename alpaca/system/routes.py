@@ -35,6 +35,7 @@ from pyroute2 import IPRoute
 from alpaca.errors import SystemSetupError
 from alpaca.system import netlink
 from alpaca.system.netlink import (
+    IFF_UP,
     OK_ADD,
     OK_DEL,
     PROTO_ALPACA,
@@ -45,9 +46,6 @@ from alpaca.system.netlink import (
 )
 
 log = logging.getLogger(__name__)
-
-#: the interface flag of a device set up (linux/if.h)
-IFF_UP = 0x1
 
 RTA_CACHEINFO = 12
 #: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
