@@ -45,15 +45,20 @@ def add(
     oif: int,
     table: int = RT_TABLE_DEFAULT,
     netns: str | None = None,
-) -> int:
-    """Add ``nets`` via ``gateway``/``oif`` to ``table`` in bulk; existing ones count as done.
+    *,
+    replace: bool = False,
+) -> list[ipaddress.IPv4Network]:
+    """Add ``nets`` via ``gateway``/``oif`` to ``table`` in bulk. An existing route to the same
+    prefix counts as done and is left alone (another program's); with ``replace`` (for routes
+    known to be ours: the uplink moved) each is replaced in place, or added if it is gone.
 
     Returns:
-        The number of routes requested.
+        The prefixes whose route this call added or replaced (those that existed left out).
     Raises:
         SystemSetupError: the first real failure, with the prefix named.
     """
-    flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
+    flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | netlink.NLM_F_CREATE
+    flags |= netlink.NLM_F_REPLACE if replace else netlink.NLM_F_EXCL
     with netlink.RtnlSocket(netns) as rt:
         by_seq: dict[int, ipaddress.IPv4Network] = {}
         messages = []
@@ -64,9 +69,12 @@ def add(
                 netlink.encode_route(netlink.RTM_NEWROUTE, flags, seq, net, table, gateway=gateway, oif=oif)
             )
         results = rt.request_many(messages)
-    _raise_first(results, by_seq, OK_ADD, f"via {gateway or '-'} oif {oif} table {table}", "adding")
-    log.info("chnroute loaded count=%d via=%s table=%d", len(messages), gateway, table)
-    return len(messages)
+    _raise_first(results, by_seq, () if replace else OK_ADD, f"via {gateway or '-'} oif {oif} table {table}",
+                 "replacing" if replace else "adding")
+    done = [by_seq[seq] for seq, code in sorted(results.items()) if not code]
+    log.info("chnroute %s count=%d existed=%d via=%s table=%d", "replaced" if replace else "loaded",
+             len(done), len(messages) - len(done), gateway, table)
+    return done
 
 
 def remove(

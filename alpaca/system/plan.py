@@ -263,6 +263,22 @@ class _Context:
     host_dsts: tuple[str, ...] = ()
     host_added: frozenset[str] = frozenset()
     route_table: int = RT_TABLE_DEFAULT
+    chnroute: UplinkPrefixes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkPrefixes:
+    """chnroute prefixes routed via the uplink's gateway and device (``chnroute.gateway``
+    left out): they follow the uplink when it moves.
+
+    Attributes:
+        nets: the prefixes whose route this run added (those another program's route held at
+            start left out).
+        table: their routing table.
+    """
+
+    nets: tuple[ipaddress.IPv4Network, ...]
+    table: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +293,8 @@ class Applied:
         route_table: the table the host routes and the moved default are in.
         host_added: those of ``host_dsts`` whose route this run added (not one that was
             there: a chnroute prefix of the same table, another program's route).
+        chnroute: the chnroute prefixes that follow the uplink (None: no chnroute, or one
+            via a configured gateway).
     """
 
     expected: tuple[routes.ExpectedRoute, ...] = ()
@@ -284,6 +302,7 @@ class Applied:
     host_dsts: tuple[str, ...] = ()
     route_table: int = RT_TABLE_DEFAULT
     host_added: frozenset[str] = frozenset()
+    chnroute: UplinkPrefixes | None = None
 
     @property
     def moved_default(self) -> routes.ExpectedRoute | None:
@@ -301,7 +320,8 @@ def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
     for op in ops:
         _apply_one(op, journal, ctx)
         ctx.done.append(op)
-    return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table, ctx.host_added)
+    return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table, ctx.host_added,
+                   ctx.chnroute)
 
 
 def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal,
@@ -339,8 +359,9 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     one in use no longer works (:func:`routes.uplink_works`): a backup link renewing its lease
     does not take the peers from a working primary. Our host routes are replaced in place
     (the journal's step for them undoes either); one to a destination that another
-    program's route held at start is added if that route is gone. A node without a moved
-    default, or the same uplink, is left as it is.
+    program's route held at start is added if that route is gone. The chnroute prefixes
+    loaded via the uplink follow it too (the kernel flushed those whose gateway left with
+    the old network). A node without a moved default, or the same uplink, is left as it is.
 
     Returns:
         The new :class:`Applied` (its ``uplink``, ``expected`` and ``host_added`` follow).
@@ -357,6 +378,9 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
         routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
     others = [d for d in dsts if d not in ours]
     added = routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns) if others else []
+    chn = applied.chnroute
+    if chn is not None and chn.nets:
+        chnroute.add(chn.nets, uplink.gateway, uplink.oif, chn.table, netns, replace=True)
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
         routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
     return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added))
@@ -432,9 +456,11 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             gateway = op.gateway or _uplink(ctx).gateway
             journal.record("chnroute", table=op.table)
             try:
-                chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns)
+                added = chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns)
             except SystemSetupError as exc:
                 raise _gateway_error(op, exc) from exc
+            if up is not None:
+                ctx.chnroute = UplinkPrefixes(tuple(added), op.table)
         case AddHostRoutes():
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)

@@ -217,6 +217,36 @@ def test_host_a_client_follows_its_uplink_onto_another_network(lab: Lab) -> None
     assert "default via 192.168.60.1 dev eth0" in nsexec(c, "ip", "route", "show", "table", "main").stdout
 
 
+@pytest.mark.netns
+def test_host_chnroute_follows_the_uplink_onto_another_network(lab: Lab) -> None:
+    """chnroute via the uplink (no chnroute.gateway): when a DHCP lease moves the uplink to
+    another network, the kernel flushes the prefixes' routes with the old gateway; they are
+    routed via the new one (they went through the tunnel until a restart), and removed on
+    exit."""
+    topo = build_simple(lab, client_config={"chnroute": {"data": str(CHNROUTE)}})
+    expected = {ipaddress.IPv4Network(n) for n in read_chnroute(CHNROUTE)}
+    start(topo)
+    c = topo.client.ns
+    nsexec(topo.server.ns, "ip", "addr", "add", "192.168.60.1/24", "dev", "cli")
+    nsexec(c, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")
+    nsexec(c, "ip", "addr", "add", "192.168.60.2/24", "dev", "eth0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.60.1", "dev", "eth0")
+    deadline = time.monotonic() + 10
+    while True:
+        via = {ipaddress.IPv4Network(str(r["dst"])): r.get("gateway") for r in table_routes(c, "253")
+               if r["dst"] != "default" and str(r.get("protocol")) == "97"}
+        chn = {net: gateway for net, gateway in via.items() if net in expected}
+        if (set(chn) == expected and set(chn.values()) == {"192.168.60.1"}) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(chn) == len(expected), (len(chn), topo.client.log_tail())
+    assert set(chn.values()) == {"192.168.60.1"}, topo.client.log_tail()
+    assert "via 192.168.60.1 dev eth0" in nsexec(c, "ip", "route", "get", "1.0.1.1").stdout
+    wait_ping(c, INET, timeout=10)  # INET is no chnroute prefix: through the tunnel
+    assert lab.stop(topo.client) == 0
+    assert not table_routes(c, "253")
+
+
 def _host_route_gateway(ns: str, dst: str, timeout: float = 10.0, want: str | None = None) -> object:
     """The gateway of our host route to ``dst`` in table 253 (once it is ``want``, if given),
     after the default routes of main were moved out of the way."""

@@ -50,8 +50,8 @@ def test_chnroute_6594_prefixes_loaded_and_removed(tmp_path: Path) -> None:
         oif = link.link_index("up0", ns)
         assert oif is not None
         nets = chnroute.load_file(data)
-        assert chnroute.add(nets, "192.0.2.254", oif, 253, ns) == COUNT
-        chnroute.add(nets[:10], "192.0.2.254", oif, 253, ns)  # EEXIST is done
+        assert chnroute.add(nets, "192.0.2.254", oif, 253, ns) == nets
+        assert chnroute.add(nets[:10], "192.0.2.254", oif, 253, ns) == []  # EEXIST is done
         shown = nsexec(ns, "ip", "route", "show", "table", "253", "proto", "97").stdout
         assert len(shown.splitlines()) == COUNT
         assert "1.0.0.0/24 via 192.0.2.254 dev up0" in shown
@@ -96,3 +96,26 @@ def test_chnroute_via_an_uplink_without_gateway_is_removed() -> None:
         assert "1.0.0.0/24 dev up0 proto 97 scope link" in shown
         assert chnroute.remove(253, ns) == 50
         assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_chnroute_replace_moves_only_the_given_prefixes_to_the_new_gateway() -> None:
+    """The uplink moved: the prefixes this run added are replaced in place (or added again
+    where the kernel flushed them); a route another program had at start is not given."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "addr", "add", "192.0.3.1/24", "dev", "up0")
+        oif = link.link_index("up0", ns)
+        assert oif is not None
+        nsexec(ns, "ip", "route", "add", "1.0.9.0/24", "via", "192.0.2.200", "table", "253")
+        nets = [ipaddress.IPv4Network(f"1.0.{i}.0/24") for i in range(10)]
+        ours = chnroute.add(nets, "192.0.2.254", oif, 253, ns)
+        assert ours == nets[:9]
+        nsexec(ns, "ip", "route", "del", "1.0.0.0/24", "table", "253")  # as the kernel flushes
+        assert chnroute.add(ours, "192.0.3.254", oif, 253, ns, replace=True) == ours
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert shown.count("via 192.0.3.254 dev up0 proto 97") == 9, shown
+        assert "1.0.0.0/24 via 192.0.3.254" in shown
+        assert "1.0.9.0/24 via 192.0.2.200 dev up0" in shown
+        assert "192.0.2.254" not in shown
+        assert chnroute.remove(253, ns) == 9
