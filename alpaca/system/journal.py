@@ -16,6 +16,9 @@ Invariants:
       that failed on the host's state (a device gone) stays in the file; the next start
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
+    * A default route saved again moves its step to the end (its undo runs first); one saved
+      for a way out (device, gateway) an earlier step holds, at another metric, leaves
+      that step: only the latest comes back.
     * A journal is undone only in the network namespace it was written in (``netns_id``, see
       :mod:`alpaca.system.nsid`). Another namespace's journal at our own path is moved aside
       for a person (``<name>.other-netns-<time>``); one beside it is left alone.
@@ -46,6 +49,7 @@ import fcntl
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,7 +201,10 @@ class Journal:
                     step = {"kind": kind, "key": params["key"], **original}
                 # a default saved again (a roam back to an earlier network) moves to the end:
                 # its undo comes first, then those of the networks between
-                self.steps = [s for s in self.steps if not any(s is t for t in same)] + [step]
+                kept = [s for s in self.steps if not any(s is t for t in same)]
+                if kind == "default_route":
+                    kept = _without_ways_of(kept, params["saved"])
+                self.steps = [*kept, step]
                 self._write()
         except OSError as exc:
             raise SystemSetupError(
@@ -361,6 +368,31 @@ def recover(path: str | Path) -> list[str] | None:
                                                     f"({journal.netns_id}), not undone here")]
         log.warning("recovering from a previous run journal=%s steps=%d", path, len(journal.steps))
         return journal.undo_all()
+
+
+def _way_of(item: Any) -> tuple[str, str | None] | None:
+    """The way out (device, gateway) a saved default route names; None for one that names
+    several, or an entry that cannot be read."""
+    try:
+        up = routes.uplink_of(routes.SavedRoute.from_json(item))
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return None
+    return None if up is None else (up.dev, up.gateway)
+
+
+def _without_ways_of(steps: list[Step], saved: list[Any]) -> list[Step]:
+    """``steps`` less the saved default routes of earlier ``default_route`` steps that name a
+    way out ``saved`` names too: the network manager re-added its route with another metric
+    (a metric flap), and only the latest must come back on exit, not both. The earlier
+    steps stay (their undo also deletes our default)."""
+    ways = {way for way in map(_way_of, saved) if way is not None}
+    if not ways:
+        return steps
+    return [
+        {**s, "saved": [i for i in s["saved"] if _way_of(i) not in ways]}
+        if s.get("kind") == "default_route" and isinstance(s.get("saved"), list) else s
+        for s in steps
+    ]
 
 
 def _bare(step: Step) -> Step:
