@@ -65,9 +65,11 @@ from alpaca.system.plan import (
     Applied,
     ConfigureTun,
     apply,
+    fail_over,
     follow_uplink,
     host_route_dsts,
     keep_default_moved,
+    note_ways,
     update_default_route,
     update_host_routes,
 )
@@ -277,14 +279,15 @@ class Daemon:
 
     # ------------------------------------------------------------------ events
     def _on_routes_changed(self) -> None:
-        """Routes, rules or addresses changed: forget cached answers, put back our routes,
-        move a default route that reappeared in main out of the way again, and follow the
-        way out it names if that is a new one."""
+        """Routes, rules, addresses or links changed: forget cached answers, leave an uplink
+        that stopped working, put back our routes, move a default route that reappeared in
+        main out of the way again, and follow the way out it names if that is a new one."""
         if self.engine is not None:
             self.engine.flush_routes()
         self._follow_port_devices()
         self._keep_tun_address()
         if self.applied.expected and not self._stopping:
+            self._fail_over()
             try:
                 reconcile(self.applied.expected, displaced=self._displaced)
             except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
@@ -296,6 +299,7 @@ class Daemon:
                 return
             if moved:
                 self._report_moved(len(moved))
+                self.applied = note_ways(self.applied, moved, self.config.tun_name)
             ways = [u for u in map(uplink_of, moved) if u is not None and u.dev != self.config.tun_name]
             self._follow_uplink(min(ways, key=lambda u: u.metric, default=self._uplink_pending))
 
@@ -328,6 +332,26 @@ class Daemon:
         log.warning("the tunnel device was changed (%s); set it up again dev=%s addr=%s mtu=%d",
                     change, op.tun, op.address_cidr, op.mtu)
 
+    def _fail_over(self) -> None:
+        """A client whose uplink stopped working: the peers are routed via the best saved way
+        out that works (plan.fail_over), logged like a new uplink; a failure is logged and
+        tried again at the next route event."""
+        before = self.applied.uplink
+        try:
+            self.applied = fail_over(self.applied)
+        except (AlpacaError, OSError, NetlinkError) as exc:
+            log.warning("could not route the peers via another uplink (tried again at the next "
+                        "route change): %s", exc)
+            return
+        self._log_uplink_change(before)
+
+    def _log_uplink_change(self, before: Uplink | None) -> None:
+        after = self.applied.uplink
+        if after is not before and after is not None and before is not None:
+            log.warning("the uplink changed; peers are routed via the new one gateway=%s dev=%s "
+                        "(was gateway=%s dev=%s)", after.gateway or "-", after.dev,
+                        before.gateway or "-", before.dev)
+
     def _follow_uplink(self, uplink: Uplink | None) -> None:
         """A client: ``uplink`` is the way out a default route that reappeared in table main
         named (a DHCP lease, maybe on another network): the host routes to the peers go via
@@ -344,10 +368,7 @@ class Daemon:
                         "route change): %s", exc)
             return
         self._uplink_pending = None
-        if self.applied.uplink is not before:
-            log.warning("the uplink changed; peers are routed via the new one gateway=%s dev=%s "
-                        "(was gateway=%s dev=%s)", uplink.gateway or "-", uplink.dev,
-                        before.gateway or "-", before.dev)
+        self._log_uplink_change(before)
 
     def _follow_port_devices(self) -> None:
         """Ports bound to an interface that was deleted and created again bind to the new one

@@ -17,8 +17,8 @@ Invariants:
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
     * A default route saved again moves its step to the end (its undo runs first); one saved
-      for a way out (device, gateway) an earlier step holds, at another metric, leaves
-      that step: only the latest comes back.
+      for a way out (device, gateway) an earlier step holds, of the same proto at another
+      metric, leaves that step: only the latest comes back.
     * A journal is undone only in the network namespace it was written in (``netns_id``, see
       :mod:`alpaca.system.nsid`). Another namespace's journal at our own path is moved aside
       for a person (``<name>.other-netns-<time>``); one beside it is left alone.
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca.errors import AlpacaError, SystemSetupError
-from alpaca.system import chnroute, instance, link, nft, nsid, routes, sysctl
+from alpaca.system import chnroute, instance, link, netlink, nft, nsid, routes, sysctl
 
 log = logging.getLogger(__name__)
 
@@ -370,20 +370,23 @@ def recover(path: str | Path) -> list[str] | None:
         return journal.undo_all()
 
 
-def _way_of(item: Any) -> tuple[str, str | None] | None:
-    """The way out (device, gateway) a saved default route names; None for one that names
-    several, or an entry that cannot be read."""
+def _way_of(item: Any) -> tuple[str, str | None, int] | None:
+    """The way out (device, gateway) a saved default route names, and who put it there (its
+    proto); None for one that names several ways, or an entry that cannot be read."""
     try:
+        payload = bytes.fromhex(item["payload_hex"])
         up = routes.uplink_of(routes.SavedRoute.from_json(item))
+        proto = netlink.route_fields(payload)[2]
     except (ValueError, KeyError, TypeError, AttributeError, struct.error):
         return None
-    return None if up is None else (up.dev, up.gateway)
+    return None if up is None else (up.dev, up.gateway, proto)
 
 
 def _without_ways_of(steps: list[Step], saved: list[Any]) -> list[Step]:
     """``steps`` less the saved default routes of earlier ``default_route`` steps that name a
-    way out ``saved`` names too: the network manager re-added its route with another metric
-    (a metric flap), and only the latest must come back on exit, not both. The earlier
+    way out ``saved`` names too, put there by the same program (proto): it re-added its route
+    with another metric (a metric flap), and only the latest must come back on exit, not
+    both. One of another program (a DHCP client's beside a static route) stays. The earlier
     steps stay (their undo also deletes our default)."""
     ways = {way for way in map(_way_of, saved) if way is not None}
     if not ways:

@@ -264,6 +264,7 @@ class _Context:
     host_added: frozenset[str] = frozenset()
     route_table: int = RT_TABLE_DEFAULT
     chnroute: UplinkPrefixes | None = None
+    ways: tuple[routes.Uplink, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +296,8 @@ class Applied:
             there: a chnroute prefix of the same table, another program's route).
         chnroute: the chnroute prefixes that follow the uplink (None: no chnroute, or one
             via a configured gateway).
+        ways: the ways out named by the default routes moved out of main, at start and
+            since (the latest per device and gateway), for :func:`fail_over`.
     """
 
     expected: tuple[routes.ExpectedRoute, ...] = ()
@@ -303,6 +306,7 @@ class Applied:
     route_table: int = RT_TABLE_DEFAULT
     host_added: frozenset[str] = frozenset()
     chnroute: UplinkPrefixes | None = None
+    ways: tuple[routes.Uplink, ...] = ()
 
     @property
     def moved_default(self) -> routes.ExpectedRoute | None:
@@ -321,7 +325,7 @@ def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
         _apply_one(op, journal, ctx)
         ctx.done.append(op)
     return Applied(tuple(ctx.expected), ctx.uplink, ctx.host_dsts, ctx.route_table, ctx.host_added,
-                   ctx.chnroute)
+                   ctx.chnroute, ctx.ways)
 
 
 def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal,
@@ -384,6 +388,46 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
         routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
     return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added))
+
+
+def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> Applied:
+    """Remember the ways out that ``saved`` (default routes just moved out of main) name, for
+    :func:`fail_over`: one through ``tun`` (the tunnel's own) is left out, and one via the same
+    device and gateway as a known one replaces it (its metric may have changed)."""
+    ways = _with_ways(applied.ways, saved, tun)
+    return applied if ways == applied.ways else replace(applied, ways=ways)
+
+
+def _with_ways(known: tuple[routes.Uplink, ...], saved: list[routes.SavedRoute],
+               tun: str) -> tuple[routes.Uplink, ...]:
+    new = [u for u in map(routes.uplink_of, saved) if u is not None and u.dev != tun]
+    names = {(u.dev, u.gateway) for u in new}
+    return (*(u for u in known if (u.dev, u.gateway) not in names), *new)
+
+
+def fail_over(applied: Applied, netns: str | None = None) -> Applied:
+    """A running client's uplink may have stopped working (lost its device, carrier or
+    network: :func:`routes.uplink_works`) without a default route coming back into main to
+    name another (a backup link's default was moved out at start, and its DHCP client may
+    not renew for hours): the host routes follow the working way out of lowest metric among
+    those the moved default routes named (:attr:`Applied.ways`), and so go back to a better
+    one once it works again. Nothing is looked up for a node that knows one way out.
+
+    Returns:
+        The new :class:`Applied` (see :func:`follow_uplink`).
+    Raises:
+        SystemSetupError: a netlink failure (call again).
+    """
+    current = applied.uplink
+    if current is None or applied.moved_default is None:
+        return applied
+    others = [u for u in applied.ways if (u.dev, u.gateway) != (current.dev, current.gateway)]
+    if not others:
+        return applied
+    for way in sorted((current, *others), key=lambda u: u.metric):  # stable: current first
+        if routes.uplink_works(way, netns):
+            return applied if way is current else follow_uplink(applied, way, netns)
+    return applied
 
 
 def keep_default_moved(applied: Applied, journal: Journal,
@@ -473,6 +517,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             journal.record("default_route", saved=[s.to_json() for s in saved], table=op.table)
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
             ctx.route_table = op.table
+            ctx.ways = _with_ways((), saved, op.tun)
             if not routes.table_looked_up(op.table, ns):
                 log.warning("route_table %d: no ip rule looks this table up, so no traffic enters "
                             "the tunnel; add one (ip rule add ... lookup %d) or use route_table "

@@ -282,6 +282,35 @@ def test_host_a_backup_uplink_renewing_its_lease_does_not_take_the_peers(lab: La
 
 
 @pytest.mark.netns
+def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fails(lab: Lab) -> None:
+    """Two uplinks at start (the backup at metric 600), both defaults moved out of main. The
+    primary goes down and no default route comes back into main (the backup's DHCP client
+    may not renew for hours): the host routes move to the backup, and the tunnel carries
+    traffic over it (it stayed dead). Once the primary is up again, they go back to it. On
+    exit both defaults are in main again."""
+    topo = build_simple(lab)
+    c = topo.client.ns
+    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(c, INET)
+    assert _host_route_gateway(c, "192.168.50.1") == "192.168.50.1", topo.client.log_tail()
+    nsexec(c, "ip", "link", "set", "eth0", "down")
+    assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
+        (table_routes(c, "253"), topo.client.log_tail())
+    assert "the uplink changed" in topo.client.log()
+    wait_ping(c, INET, timeout=10)
+    nsexec(c, "ip", "link", "set", "eth0", "up")
+    assert _host_route_gateway(c, "192.168.50.1", want="192.168.50.1") == "192.168.50.1", \
+        (table_routes(c, "253"), topo.client.log_tail())
+    wait_ping(c, INET, timeout=10)
+    assert lab.stop(topo.client) == 0
+    main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
+    assert "default via 192.168.50.1 dev eth0" in main and "via 192.168.52.1 dev wlan0" in main, main
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize("change", ["flush", "down", "mtu"])
 def test_host_a_tunnel_device_changed_by_hand_is_set_up_again_with_its_routes(lab: Lab, change: str) -> None:
     """``ip addr flush`` on the TUN device, or ``ip link set down`` (the kernel drops every

@@ -302,7 +302,8 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
 def test_journal_a_default_moved_again_at_another_metric_comes_back_once(tmp_path: Path) -> None:
     """The network manager re-adds its default route with another metric (a metric flap):
     moved again, and on exit only the latest comes back (both did: two defaults via one
-    gateway); the other default of that device, via another gateway, comes back as well."""
+    gateway of one program); the other default of that device, via another gateway, and a
+    default another program (proto dhcp) added beside them come back as well."""
     with netns() as ns:
         client_ns(ns, tun=False)
         add_tun(ns)
@@ -310,12 +311,17 @@ def test_journal_a_default_moved_again_at_another_metric_comes_back_once(tmp_pat
                             gateway_ip="10.17.1.1")
         journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
         applied = apply(plan(inp), journal, ns)
-        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0", "metric", "600")
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0",
+               "proto", "static", "metric", "600")
+        assert len(keep_default_moved(applied, journal, ns)) == 1
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.253", "dev", "up0",
+               "proto", "dhcp", "metric", "50")  # another program's, beside the static one
         assert len(keep_default_moved(applied, journal, ns)) == 1
         assert journal.undo_all() == []
         main = nsexec(ns, "ip", "route", "show", "default", "table", "main").stdout.splitlines()
         assert sorted(main) == ["default via 192.0.2.253 dev up0 metric 200 ",
-                                "default via 192.0.2.254 dev up0 metric 600 "], main
+                                "default via 192.0.2.253 dev up0 proto dhcp metric 50 ",
+                                "default via 192.0.2.254 dev up0 proto static metric 600 "], main
         del_tun(ns)
 
 

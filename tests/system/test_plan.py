@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import struct
+
 import pytest
 
+from alpaca.system import netlink, routes
 from alpaca.system import plan as p
 
 
@@ -92,3 +97,35 @@ def test_plan_every_op_has_a_description() -> None:
 def test_plan_rejects_inconsistent_input(kw: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         p.plan(client(**kw))
+
+
+def _saved(dev: str, gateway: str, oif: int, metric: int) -> routes.SavedRoute:
+    """A default route of table main as the kernel dumps it (rtmsg and attributes)."""
+    body = netlink._RTMSG.pack(socket.AF_INET, 0, 0, 0, 254, 3, 0, 1, 0)
+    attrs = (netlink._attr(netlink.RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
+             + netlink._attr(netlink.RTA_OIF, struct.pack("=i", oif))
+             + netlink._attr(netlink.RTA_PRIORITY, struct.pack("=I", metric)))
+    return routes.SavedRoute((body + attrs).hex(), dev, f"default via {gateway} dev {dev}")
+
+
+def test_note_ways_keeps_the_latest_per_device_and_gateway_and_not_the_tunnel() -> None:
+    """fail_over looks at the ways out the moved defaults named: a backup renewing its lease
+    at another metric replaces its entry; the tunnel's own device is never a way out."""
+    applied = p.Applied(uplink=routes.Uplink("192.168.50.1", 2, "eth0", 0))
+    applied = p.note_ways(applied, [_saved("eth0", "192.168.50.1", 2, 0),
+                                    _saved("wlan0", "192.168.52.1", 3, 600)], "alpaca0")
+    assert [(u.dev, u.metric) for u in applied.ways] == [("eth0", 0), ("wlan0", 600)]
+    applied = p.note_ways(applied, [_saved("wlan0", "192.168.52.1", 3, 700),
+                                    _saved("alpaca0", "10.17.1.1", 9, 0)], "alpaca0")
+    assert [(u.dev, u.metric) for u in applied.ways] == [("eth0", 0), ("wlan0", 700)]
+    assert p.note_ways(applied, [_saved("wlan0", "192.168.52.1", 3, 700)], "alpaca0") is applied
+
+
+def test_fail_over_looks_nothing_up_for_a_single_uplink() -> None:
+    """No other way known (or no moved default): no netlink call (none is possible here)."""
+    one = routes.Uplink("192.168.50.1", 2, "eth0", 0)
+    default = routes.ExpectedRoute(p.DEFAULT_DST, "10.17.1.1", "alpaca0")
+    applied = p.Applied(expected=(default,), uplink=one, ways=(one,))
+    assert p.fail_over(applied, netns="absent-namespace") is applied
+    server = p.Applied(uplink=one, ways=(one, routes.Uplink("192.168.52.1", 3, "wlan0", 600)))
+    assert p.fail_over(server, netns="absent-namespace") is server
