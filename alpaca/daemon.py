@@ -1,8 +1,9 @@
 """The daemon: set the host up, run the dataplane, serve metrics and control, tear down.
 
 Start-up order (the original's, made reversible): recover a journal left by a crashed run (and
-those of crashed runs of this namespace with another control socket) ->
-take a new session epoch (persisted before any packet is sealed) -> pre_up hooks -> open the
+those of crashed runs of this namespace with another control socket) -> check that the UDP
+and metrics ports are free and no other device has tun_name (a refused start changes nothing and
+runs no hook) -> take a new session epoch (persisted before any packet is sealed) -> pre_up hooks -> open the
 TUN device -> host changes (plan/apply with a write-ahead undo journal: ip_forward, TUN
 address and MTU, chnroute, host routes, default route or NAT) -> post_up hooks -> bind the UDP
 ports -> start the engine's greenlets, the route monitor, the secrets watcher, the metrics
@@ -162,9 +163,9 @@ class Daemon:
             self.journal = journal_mod.resume(self.journal.path)
         journal_mod.recover_orphans(self.journal.path)
         self._check_ports_free()
+        link.check_name_free(cfg.tun_name)  # before the hooks: a refused start runs none
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
-        link.check_name_free(cfg.tun_name)
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)

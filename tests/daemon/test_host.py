@@ -493,9 +493,11 @@ def test_host_strict_hook_failure_stops_startup(lab: Lab) -> None:
 @pytest.mark.netns
 def test_host_a_persistent_tun_device_of_our_name_is_refused_and_kept(lab: Lab) -> None:
     """Someone's persistent TUN device has our tun_name: the start stops with an error naming
-    it and the key, and the device is still there afterwards (it used to be deleted)."""
+    it and the key, before any hook runs (a pre_up hook's change had no down hook to undo
+    it), and the device is still there afterwards (it used to be deleted)."""
     ns = lab.ns("server")
-    node = lab.node("server", ns, "1.1", "server")
+    hooked = lab.tmp_path / "pre_up.ran"
+    node = lab.node("server", ns, "1.1", "server", pre_up_cmds=[f"touch {hooked}"])
     node.write_secrets([Peer("1.1").line()])
     nsexec(ns, "ip", "tuntap", "add", "dev", TUN, "mode", "tun")
     before = host_state(ns)
@@ -505,6 +507,7 @@ def test_host_a_persistent_tun_device_of_our_name_is_refused_and_kept(lab: Lab) 
     assert f"device {TUN} is a persistent TUN device" in node.log() and "tun_name" in node.log()
     assert_same(before, host_state(ns))
     assert "persist on" in nsexec(ns, "ip", "-d", "link", "show", TUN).stdout
+    assert not hooked.exists()
     nsexec(ns, "ip", "link", "del", TUN)
 
 
