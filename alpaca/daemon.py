@@ -66,10 +66,10 @@ from alpaca.system.plan import (
     Applied,
     ConfigureTun,
     apply,
-    fail_over,
     follow_uplink,
     host_route_dsts,
     keep_default_moved,
+    next_way,
     note_ways,
     update_default_route,
     update_host_routes,
@@ -83,6 +83,10 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 2.0
 #: Seconds between two log lines about default routes moved out of main again (counted).
 MOVED_LOG_INTERVAL = 10.0
+#: Seconds an uplink must have stopped working before the peers move to a backup link: a
+#: DHCP client moving the uplink to another network deletes the old address first and adds
+#: the new default a moment later (the peers would go over the backup and back).
+FAIL_OVER_HOLD = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -123,6 +127,10 @@ class Daemon:
         self._displaced: set[ExpectedRoute] = set()
         #: a new uplink that could not be followed yet (plan.follow_uplink failed)
         self._uplink_pending: Uplink | None = None
+        #: when the uplink in use was first seen not working (monotonic s), None while it works
+        self._uplink_dead_since: float | None = None
+        #: the greenlet that looks again once FAIL_OVER_HOLD has passed, if one is waiting
+        self._fail_over_check: Any = None
         self._moved_unlogged = 0
         self._moved_logged_at = float("-inf")
         self.plane: Dataplane | None = None
@@ -334,17 +342,45 @@ class Daemon:
                     change, op.tun, op.address_cidr, op.mtu)
 
     def _fail_over(self) -> None:
-        """A client whose uplink stopped working: the peers are routed via the best saved way
-        out that works (plan.fail_over), logged like a new uplink; a failure is logged and
+        """A client whose uplink stopped working for FAIL_OVER_HOLD seconds: the peers are
+        routed via the best saved way out that works (plan.next_way); a better one that
+        works again takes them at once. Logged like a new uplink; a failure is logged and
         tried again at the next route event."""
+        if self._stopping:
+            return
         before = self.applied.uplink
         try:
-            self.applied = fail_over(self.applied)
+            way, works = next_way(self.applied)
+            if works:
+                self._uplink_dead_since = None
+            if way is None or (not works and self._hold_fail_over()):
+                return
+            self.applied = follow_uplink(self.applied, way)
         except (AlpacaError, OSError, NetlinkError) as exc:
             log.warning("could not route the peers via another uplink (tried again at the next "
                         "route change): %s", exc)
             return
+        self._uplink_dead_since = None
         self._log_uplink_change(before)
+
+    def _hold_fail_over(self) -> bool:
+        """True while the uplink in use has not been dead for FAIL_OVER_HOLD seconds yet (a
+        check is then due when they have passed)."""
+        now = monotonic()
+        if self._uplink_dead_since is None:
+            self._uplink_dead_since = now
+        wait = self._uplink_dead_since + FAIL_OVER_HOLD - now
+        if wait <= 0:
+            return False
+        if self._fail_over_check is None:
+            self._fail_over_check = gevent.spawn_later(wait, self._check_fail_over)
+            self._fail_over_check.name = "the uplink check"
+            self.group.add(self._fail_over_check)
+        return True
+
+    def _check_fail_over(self) -> None:
+        self._fail_over_check = None
+        self._fail_over()
 
     def _log_uplink_change(self, before: Uplink | None) -> None:
         after = self.applied.uplink

@@ -66,6 +66,8 @@ RTA_TABLE = 15
 RTA_NH_ID = 30
 #: the interface flag of a device set up (linux/if.h)
 IFF_UP = 0x1
+#: rtm_flags / rtnh_flags: the gateway is on the link, whatever the addresses say
+RTNH_F_ONLINK = 0x4
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 SO_SNDBUFFORCE = 32
@@ -273,6 +275,11 @@ def route_metric(payload: bytes) -> int:
     """RTA_PRIORITY of a route message, 0 when absent."""
     value = parse_attrs(payload, _RTMSG.size).get(RTA_PRIORITY)
     return int(struct.unpack("=I", value[:4])[0]) if value else 0
+
+
+def route_flags(payload: bytes) -> int:
+    """rtm_flags of a route message (RTNH_F_ONLINK, ...)."""
+    return int(_RTMSG.unpack_from(payload)[8])
 
 
 def route_nexthops_elsewhere(payload: bytes) -> bool:

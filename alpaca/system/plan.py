@@ -297,7 +297,8 @@ class Applied:
         chnroute: the chnroute prefixes that follow the uplink (None: no chnroute, or one
             via a configured gateway).
         ways: the ways out named by the default routes moved out of main, at start and
-            since (the latest per device and gateway), for :func:`fail_over`.
+            since (the latest per device and gateway), and the uplink found at start, for
+            :func:`next_way`.
     """
 
     expected: tuple[routes.ExpectedRoute, ...] = ()
@@ -392,7 +393,7 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
 
 def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> Applied:
     """Remember the ways out that ``saved`` (default routes just moved out of main) name, for
-    :func:`fail_over`: one through ``tun`` (the tunnel's own) is left out, and one via the same
+    :func:`next_way`: one through ``tun`` (the tunnel's own) is left out, and one via the same
     device and gateway as a known one replaces it (its metric may have changed)."""
     ways = _with_ways(applied.ways, saved, tun)
     return applied if ways == applied.ways else replace(applied, ways=ways)
@@ -405,29 +406,35 @@ def _with_ways(known: tuple[routes.Uplink, ...], saved: list[routes.SavedRoute],
     return (*(u for u in known if (u.dev, u.gateway) not in names), *new)
 
 
-def fail_over(applied: Applied, netns: str | None = None) -> Applied:
-    """A running client's uplink may have stopped working (lost its device, carrier or
-    network: :func:`routes.uplink_works`) without a default route coming back into main to
-    name another (a backup link's default was moved out at start, and its DHCP client may
-    not renew for hours): the host routes follow the working way out of lowest metric among
-    those the moved default routes named (:attr:`Applied.ways`), and so go back to a better
-    one once it works again. Nothing is looked up for a node that knows one way out.
+def next_way(applied: Applied, netns: str | None = None) -> tuple[routes.Uplink | None, bool]:
+    """Where a running client's host routes should go instead of the uplink in use, if
+    anywhere: the working way out of lowest metric among those the moved default routes
+    named (:attr:`Applied.ways`), when it is not the one in use. The one in use may have
+    stopped working (lost its device, carrier or network: :func:`routes.uplink_works`)
+    without a default route coming back into main to name another (a backup link's default
+    was moved out at start, and its DHCP client may not renew for hours), or a better one
+    may work again. Nothing is looked up for a node that knows one way out.
 
     Returns:
-        The new :class:`Applied` (see :func:`follow_uplink`).
+        (the way to follow with :func:`follow_uplink`, or None; whether the one in use works).
     Raises:
         SystemSetupError: a netlink failure (call again).
     """
     current = applied.uplink
     if current is None or applied.moved_default is None:
-        return applied
+        return None, True
     others = [u for u in applied.ways if (u.dev, u.gateway) != (current.dev, current.gateway)]
     if not others:
-        return applied
+        return None, True
+    current_works = False
     for way in sorted((current, *others), key=lambda u: u.metric):  # stable: current first
-        if routes.uplink_works(way, netns):
-            return applied if way is current else follow_uplink(applied, way, netns)
-    return applied
+        if way is current:
+            current_works = routes.uplink_works(current, netns)
+            if current_works:
+                return None, True
+        elif routes.uplink_works(way, netns):
+            return way, current_works
+    return None, current_works
 
 
 def keep_default_moved(applied: Applied, journal: Journal,
@@ -518,6 +525,9 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             routes.move_default_route(op.gateway_ip, op.tun, op.table, ns, saved)
             ctx.route_table = op.table
             ctx.ways = _with_ways((), saved, op.tun)
+            start = ctx.uplink  # a multipath default names no single way: keep its first hop
+            if start is not None and all((u.dev, u.gateway) != (start.dev, start.gateway) for u in ctx.ways):
+                ctx.ways = (start, *ctx.ways)
             if not routes.table_looked_up(op.table, ns):
                 log.warning("route_table %d: no ip rule looks this table up, so no traffic enters "
                             "the tunnel; add one (ip rule add ... lookup %d) or use route_table "

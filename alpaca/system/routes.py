@@ -41,6 +41,7 @@ from alpaca.system.netlink import (
     PROTO_ALPACA,
     RT_TABLE_DEFAULT,
     RT_TABLE_MAIN,
+    RTNH_F_ONLINK,
     iproute,
     nl_call,
 )
@@ -64,12 +65,15 @@ class Uplink:
         oif: output interface index.
         dev: output interface name (re-resolved after a restart, indexes can change).
         metric: the route's priority (lower wins).
+        onlink: the route says its gateway is on the link (``onlink``), whatever the
+            device's addresses.
     """
 
     gateway: str | None
     oif: int
     dev: str
     metric: int = 0
+    onlink: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +160,10 @@ def find_default_route(netns: str | None = None, ipr: IPRoute | None = None) -> 
         oif, metric = best.get_attr("RTA_OIF") or 0, best.get_attr("RTA_PRIORITY") or 0
         if not oif and best.get_attr("RTA_MULTIPATH"):
             hop = best.get_attr("RTA_MULTIPATH")[0]
-            return Uplink(hop.get_attr("RTA_GATEWAY"), hop["oif"], _ifname(nl, hop["oif"]), metric)
-        return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif), metric)
+            return Uplink(hop.get_attr("RTA_GATEWAY"), hop["oif"], _ifname(nl, hop["oif"]), metric,
+                          bool(hop["flags"] & RTNH_F_ONLINK))
+        return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif), metric,
+                      bool(best["flags"] & RTNH_F_ONLINK))
 
 
 def uplink_of(saved: SavedRoute) -> Uplink | None:
@@ -167,14 +173,17 @@ def uplink_of(saved: SavedRoute) -> Uplink | None:
     oif = netlink.route_oif(payload)
     if not oif or netlink.route_nexthops_elsewhere(payload):
         return None
-    return Uplink(netlink.route_gateway(payload), oif, saved.dev, netlink.route_metric(payload))
+    return Uplink(netlink.route_gateway(payload), oif, saved.dev, netlink.route_metric(payload),
+                  bool(netlink.route_flags(payload) & RTNH_F_ONLINK))
 
 
 def uplink_works(uplink: Uplink, netns: str | None = None) -> bool:
     """Whether ``uplink`` is still a way out: its device is there under the same index, up
-    with a carrier, and its gateway (if any) is inside a network of an address of that device
-    (a route lookup says nothing here: with the device given, the kernel takes any address
-    as on-link)."""
+    with a carrier, and its gateway (if any) is on the link: the device has an IPv4 address,
+    and the route said ``onlink``, or the gateway is inside a network of an address of that
+    device, or a route of table main without a gateway covers it on that device (a /32
+    address with ``GW dev eth0 scope link``, as cloud VMs are set up). A route lookup says
+    nothing here: with the device given, the kernel takes any address as on-link."""
     with iproute(netns) as nl:
         if nl.link_lookup(ifname=uplink.dev) != [uplink.oif]:
             return False
@@ -186,8 +195,27 @@ def uplink_works(uplink: Uplink, netns: str | None = None) -> bool:
         gateway = ipaddress.IPv4Address(uplink.gateway)
         addrs = nl_call(f"listing the addresses of {uplink.dev}", nl.get_addr,
                         family=socket.AF_INET, index=uplink.oif) or ()
-        return any(gateway in ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}",
-                                                    strict=False) for a in addrs)
+        if not addrs:  # its lease is gone
+            return False
+        nets = (ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+                for a in addrs)
+        if uplink.onlink or any(gateway in net for net in nets):
+            return True
+        return _link_route_covers(nl, gateway, uplink.oif)
+
+
+def _link_route_covers(nl: IPRoute, address: ipaddress.IPv4Address, oif: int) -> bool:
+    """Whether a route of table main without a gateway sends ``address`` out of ``oif``."""
+    dump = nl_call("listing routes of table main", nl.route, "dump", table=RT_TABLE_MAIN,
+                   family=socket.AF_INET) or ()
+    for route in dump:
+        if (route.get_attr("RTA_OIF") != oif or route.get_attr("RTA_GATEWAY") or route["type"] != 1
+                or not route["dst_len"]):
+            continue
+        dst = route.get_attr("RTA_DST") or "0.0.0.0"
+        if address in ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False):
+            return True
+    return False
 
 
 def wait_default_route(timeout: float = 30.0, interval: float = 3.0, netns: str | None = None) -> Uplink:
@@ -322,12 +350,13 @@ def restore_default_route(
 
     Every saved route is tried, also after one fails (its device may be gone: a dock
     unplugged), so the others still come back; then the first failure is raised. A saved
-    route that no longer fits (its gateway unreachable, its device gone) while main already
-    holds a default route of another program (a DHCP client gave the uplink a new one) is
-    not restored, with a warning: the host has its way out back.
+    route that no longer fits (its gateway unreachable, its device gone or down) while main
+    holds another default route once the others are back (a DHCP client gave the uplink a
+    new one; a backup link's saved beside it) is not restored, with a warning: the host has
+    its way out back.
     """
     failed: list[SystemSetupError] = []
-    others = save_default_routes(netns)
+    unfit: list[SystemSetupError] = []
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
         if table == RT_TABLE_MAIN:  # ours first: a saved one of the same metric would clash
             _delete_tunnel_default(ipr, table)
@@ -341,12 +370,14 @@ def restore_default_route(
             code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
             if code and code not in OK_ADD:
                 error = netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
-                if others and code in _NO_LONGER_FITS:
-                    log.warning("saved default route not restored: main has another default error=%s", error)
-                    continue
-                failed.append(error)
+                (unfit if code in _NO_LONGER_FITS else failed).append(error)
         if table != RT_TABLE_MAIN:
             _delete_tunnel_default(ipr, table)
+    if unfit and save_default_routes(netns):
+        for error in unfit:
+            log.warning("saved default route not restored: main has another default error=%s", error)
+    else:
+        failed.extend(unfit)
     if failed:
         raise failed[0]
     log.info("default route restored table=%d restored=%d", table, len(saved))

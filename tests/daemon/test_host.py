@@ -311,6 +311,55 @@ def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fa
 
 
 @pytest.mark.netns
+def test_host_a_client_stopped_while_on_its_backup_uplink_restores_what_fits(lab: Lab) -> None:
+    """Stopped while the primary is down and the peers go over the backup: the backup's
+    default comes back, the primary's (no longer fits: its device is down) is warned about,
+    and the stop succeeds with nothing left in the journal (it exited 1, and the next start
+    tried the step again)."""
+    topo = build_simple(lab)
+    c = topo.client.ns
+    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(c, INET)
+    nsexec(c, "ip", "link", "set", "eth0", "down")
+    assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
+        (table_routes(c, "253"), topo.client.log_tail())
+    assert lab.stop(topo.client) == 0, topo.client.log_tail()
+    main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
+    assert main == "default via 192.168.52.1 dev wlan0 metric 600 \n", main
+    assert "saved default route not restored" in topo.client.log()
+    assert not topo.client.journal_path.exists()
+    assert not table_routes(c, "253")
+
+
+@pytest.mark.netns
+def test_host_a_roam_with_a_backup_uplink_moves_the_peers_once(lab: Lab) -> None:
+    """A DHCP lease on another network (the old address deleted, the new default a moment
+    later) on a client with a backup link: the peers follow the new default, and never go
+    over the backup meanwhile (the uplink was dead for a moment only)."""
+    topo = build_simple(lab)
+    c = topo.client.ns
+    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
+    lab.start(topo.server)
+    lab.start(topo.client)
+    wait_ping(c, INET)
+    nsexec(topo.server.ns, "ip", "addr", "add", "192.168.60.1/24", "dev", "cli")
+    nsexec(c, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")
+    time.sleep(1.5)  # the route event of the deletion is handled (at most 1 s later)
+    nsexec(c, "ip", "addr", "add", "192.168.60.2/24", "dev", "eth0")
+    nsexec(c, "ip", "route", "add", "default", "via", "192.168.60.1", "dev", "eth0")
+    assert _host_route_gateway(c, "192.168.50.1", want="192.168.60.1") == "192.168.60.1", \
+        (table_routes(c, "253"), topo.client.log_tail())
+    time.sleep(3.5)  # past the hold: a pending check must find the new uplink working
+    assert _host_route_gateway(c, "192.168.50.1") == "192.168.60.1"
+    assert topo.client.log().count("the uplink changed") == 1, topo.client.log_tail()
+    wait_ping(c, INET, timeout=10)
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize("change", ["flush", "down", "mtu"])
 def test_host_a_tunnel_device_changed_by_hand_is_set_up_again_with_its_routes(lab: Lab, change: str) -> None:
     """``ip addr flush`` on the TUN device, or ``ip link set down`` (the kernel drops every

@@ -325,6 +325,31 @@ def test_journal_a_default_moved_again_at_another_metric_comes_back_once(tmp_pat
         del_tun(ns)
 
 
+@pytest.mark.netns
+def test_journal_a_multipath_uplink_is_a_way_out_to_come_back_to(tmp_path: Path) -> None:
+    """A multipath default names no single way out; its first hop, the uplink in use, is
+    one of the ways the host routes may go back to after a fail-over (they stayed on the
+    backup for good), beside the backup's."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "route", "del", "default", "table", "main")
+        nsexec(ns, "ip", "route", "del", "default", "table", "main")
+        nsexec(ns, "ip", "addr", "add", "192.0.2.2/24", "dev", "up1")
+        nsexec(ns, "ip", "route", "add", "default", "nexthop", "via", "192.0.2.254", "dev", "up0",
+               "nexthop", "via", "192.0.2.253", "dev", "up1")
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.252", "dev", "up1", "metric", "600")
+        add_tun(ns)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1")
+        journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
+        applied = apply(plan(inp), journal, ns)
+        assert [(u.dev, u.gateway, u.metric) for u in applied.ways] == [
+            ("up0", "192.0.2.254", 0), ("up1", "192.0.2.252", 600)]
+        assert applied.uplink == applied.ways[0]
+        assert journal.undo_all() == []
+        del_tun(ns)
+
+
 @pytest.mark.parametrize("text", ['{"version": 1, "netns": null, "steps": null}',
                                   '{"version": 1, "netns": null, "steps": [{"kind": "sysc',
                                   '{"version": 1, "netns": 7, "steps": []}',

@@ -109,7 +109,7 @@ def _saved(dev: str, gateway: str, oif: int, metric: int) -> routes.SavedRoute:
 
 
 def test_note_ways_keeps_the_latest_per_device_and_gateway_and_not_the_tunnel() -> None:
-    """fail_over looks at the ways out the moved defaults named: a backup renewing its lease
+    """next_way looks at the ways out the moved defaults named: a backup renewing its lease
     at another metric replaces its entry; the tunnel's own device is never a way out."""
     applied = p.Applied(uplink=routes.Uplink("192.168.50.1", 2, "eth0", 0))
     applied = p.note_ways(applied, [_saved("eth0", "192.168.50.1", 2, 0),
@@ -121,11 +121,11 @@ def test_note_ways_keeps_the_latest_per_device_and_gateway_and_not_the_tunnel() 
     assert p.note_ways(applied, [_saved("wlan0", "192.168.52.1", 3, 700)], "alpaca0") is applied
 
 
-def test_fail_over_looks_nothing_up_for_a_single_uplink() -> None:
+def test_next_way_looks_nothing_up_for_a_single_uplink() -> None:
     """No other way known (or no moved default): no netlink call (none is possible here)."""
     one = routes.Uplink("192.168.50.1", 2, "eth0", 0)
     default = routes.ExpectedRoute(p.DEFAULT_DST, "10.17.1.1", "alpaca0")
     applied = p.Applied(expected=(default,), uplink=one, ways=(one,))
-    assert p.fail_over(applied, netns="absent-namespace") is applied
+    assert p.next_way(applied, netns="absent-namespace") == (None, True)
     server = p.Applied(uplink=one, ways=(one, routes.Uplink("192.168.52.1", 3, "wlan0", 600)))
-    assert p.fail_over(server, netns="absent-namespace") is server
+    assert p.next_way(server, netns="absent-namespace") == (None, True)

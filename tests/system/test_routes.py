@@ -52,7 +52,7 @@ def test_routes_a_saved_default_names_its_way_out_and_whether_it_still_works() -
         client_ns(ns)
         ways = [routes.uplink_of(saved) for saved in routes.save_default_routes(ns)]
         index = link.link_index("up0", ns)
-        assert ways == [routes.Uplink("192.0.2.254", index, "up0", 100),
+        assert ways == [routes.Uplink("192.0.2.254", index, "up0", 100, onlink=True),
                         routes.Uplink("192.0.2.253", index, "up0", 200)]
         assert ways[0] is not None and routes.uplink_works(ways[0], ns)
         nsexec(ns, "ip", "link", "set", "up1", "down")  # the carrier is lost
@@ -65,6 +65,31 @@ def test_routes_a_saved_default_names_its_way_out_and_whether_it_still_works() -
         nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")  # the gateway is off-link now
         assert not routes.uplink_works(ways[0], ns)
         assert not routes.uplink_works(routes.Uplink("192.0.2.254", index + 100, "up0"), ns)
+
+
+def test_routes_an_uplink_whose_gateway_is_on_the_link_by_a_route_works() -> None:
+    """A /32 address with ``GW dev eth0 scope link`` (cloud VMs), or a gateway outside the
+    device's networks with ``onlink``: the uplink works (it was taken for dead, and the peers
+    moved to a backup link); without the route, or once the device has no address, not."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")
+        nsexec(ns, "ip", "addr", "add", "192.0.2.1/32", "dev", "up0")
+        index = link.link_index("up0", ns)
+        assert index is not None
+        cloud = routes.Uplink("203.0.113.1", index, "up0")
+        assert not routes.uplink_works(cloud, ns)
+        nsexec(ns, "ip", "route", "add", "203.0.113.1", "dev", "up0", "scope", "link")
+        assert routes.uplink_works(cloud, ns)
+        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.1", "dev", "up0", "onlink",
+               "metric", "700")
+        way = routes.Uplink("198.51.100.1", index, "up0", 700, onlink=True)
+        assert routes.find_default_route(ns) == way  # (deleting the /24 flushed the others)
+        assert [routes.uplink_of(saved) for saved in routes.save_default_routes(ns)] == [way]
+        assert routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700, onlink=True), ns)
+        assert not routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700), ns)
+        nsexec(ns, "ip", "addr", "flush", "dev", "up0")
+        assert not routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700, onlink=True), ns)
 
 
 def test_routes_wait_default_route_gives_up_with_clear_error() -> None:
