@@ -311,11 +311,11 @@ def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fa
 
 
 @pytest.mark.netns
-def test_host_a_client_stopped_while_on_its_backup_uplink_restores_what_fits(lab: Lab) -> None:
+def test_host_a_client_stopped_while_on_its_backup_uplink_keeps_the_primarys_default(lab: Lab) -> None:
     """Stopped while the primary is down and the peers go over the backup: the backup's
-    default comes back, the primary's (no longer fits: its device is down) is warned about,
-    and the stop succeeds with nothing left in the journal (it exited 1, and the next start
-    tried the step again)."""
+    default comes back and the tunnel's goes; the primary's cannot be added while its device
+    is down, so the stop reports it and the journal keeps it (as for a dock unplugged), and
+    the next start puts it back once the device is up."""
     topo = build_simple(lab)
     c = topo.client.ns
     lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
@@ -326,12 +326,17 @@ def test_host_a_client_stopped_while_on_its_backup_uplink_restores_what_fits(lab
     nsexec(c, "ip", "link", "set", "eth0", "down")
     assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
         (table_routes(c, "253"), topo.client.log_tail())
-    assert lab.stop(topo.client) == 0, topo.client.log_tail()
+    assert lab.stop(topo.client) == 1, topo.client.log_tail()
     main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
     assert main == "default via 192.168.52.1 dev wlan0 metric 600 \n", main
-    assert "saved default route not restored" in topo.client.log()
-    assert not topo.client.journal_path.exists()
+    assert "restoring route default dev eth0" in topo.client.log()
     assert not table_routes(c, "253")
+    nsexec(c, "ip", "link", "set", "eth0", "up")
+    lab.start(topo.client)
+    assert lab.stop(topo.client) == 0, topo.client.log_tail()
+    main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
+    assert "default via 192.168.50.1 dev eth0" in main and "via 192.168.52.1 dev wlan0" in main, main
+    assert not topo.client.journal_path.exists()
 
 
 @pytest.mark.netns
