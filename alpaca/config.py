@@ -179,6 +179,10 @@ class Config:
     """Receive buffer of each UDP socket, KiB (default 208, capped by net.core.rmem_max): the
     receiver's part of a saturating flow's standing queue forms here, so it bounds part of the
     latency a bulk flow adds to everything else; larger buffers trade latency for throughput."""
+    udp_priority_lane: bool = True
+    """Small datagrams (at most 296 bytes of UDP payload: pings, ACKs, DNS, probes) arrive on
+    a second socket of each port, read first, instead of waiting behind the bulk standing in
+    the receive buffer (alpaca.io.udp). Default on."""
     tun_offload: bool = True
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""
@@ -328,7 +332,7 @@ TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
     "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "tun_read_ahead_kib",
-    "udp_rcvbuf_kib", "realtime_priority", "ports", "ttl",
+    "udp_rcvbuf_kib", "udp_priority_lane", "realtime_priority", "ports", "ttl",
     "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
     "replay_window", "inner_source_check", "metrics", "control_socket", "state_file",
     "strict_hooks", "route_table", "protocol", "peer_protocols",
@@ -393,6 +397,7 @@ class _Builder:
             tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
             tun_offload=top.boolean("tun_offload", True),
             udp_rcvbuf_kib=top.integer("udp_rcvbuf_kib", C.DEFAULT_UDP_RCVBUF_KIB, 16, 1 << 20),
+            udp_priority_lane=top.boolean("udp_priority_lane", True),
             tun_read_ahead_kib=top.integer(
                 "tun_read_ahead_kib", C.DEFAULT_TUN_READ_AHEAD_KIB, 0, 1 << 16
             ),

@@ -183,7 +183,8 @@ class Daemon:
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         self._hooks_up = True
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
-        ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf) for p in cfg.ports]
+        ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf,
+                              priority_lane=cfg.udp_priority_lane) for p in cfg.ports]
         self._closers.extend(port.close for port in ports)
         self.ports = ports
         resolver = KernelResolver()
@@ -585,7 +586,8 @@ class Daemon:
 #: when it starts.
 RESTART_KEYS = (
     "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen", "replay_window",
-    "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "metrics", "control_socket",
+    "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "udp_priority_lane", "metrics",
+    "control_socket",
     "state_file", "secret_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",
 )

@@ -83,6 +83,13 @@ class DatagramPort(Protocol):
         lone: int = 0,
     ) -> None: ...
 
+    @property
+    def priority_lane(self) -> bool: ...
+
+    def priority_loop(
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32,
+    ) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -97,9 +104,12 @@ class ReadWaiter:
     or reused fd number.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, priority: int = 0) -> None:
+        """``priority``: the watcher's (libev: -2..2); of the fds ready at one poll, those of
+        higher priority run first."""
         self._hub: Any = get_hub()
         self._watcher: Any = self._hub.loop.io(fd, 1)
+        self._watcher.priority = priority
 
     def wait(self) -> None:
         """Block this greenlet until the fd is readable. Raises DriverClosed once closed."""

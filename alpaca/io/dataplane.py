@@ -178,6 +178,10 @@ class Dataplane:
             greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch,
                                          lone=SMALL_DATAGRAM))
             greenlets[-1].name = f"the reader of port {port.name}"
+            if port.priority_lane:
+                greenlets.append(group.spawn(port.priority_loop, self._port_handler(index),
+                                             batch=self.batch))
+                greenlets[-1].name = f"the priority reader of port {port.name}"
         timer = self.timer.start()
         timer.name = "the engine's timer"
         group.add(timer)

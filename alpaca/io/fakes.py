@@ -238,6 +238,14 @@ class MemoryPort:
     ) -> None:
         read_loop(self._inbox.wait, self.recv_batch, handler, batch=batch, lone=lone)
 
+    #: one queue for every datagram (UdpPort's priority lane is the kernel's)
+    priority_lane = False
+
+    def priority_loop(
+        self, handler: Callable[[list[tuple[bytes, Addr]]], None], *, batch: int = 32,
+    ) -> None:
+        return
+
     def close(self) -> None:
         self._inbox.close()
         if self._network is not None and self._network.ports.get(self._local) is self:

@@ -1,4 +1,4 @@
-"""UdpPort: the outside, one non-blocking IPv4 UDP socket.
+"""UdpPort: the outside, one non-blocking IPv4 UDP port (a socket, and one more for small datagrams).
 
 Reads follow MACHINE.md: one wake-up drains until EAGAIN but at most ``batch`` datagrams,
 then yields. Socket buffers are bounded (1 MiB each by default): large buffers under a flood
@@ -17,12 +17,25 @@ runs of equal-sized datagrams in one ``sendmsg``; the receiver still sees separa
 datagrams. Support is probed once at open(); without it, or when a GSO send fails for a
 GSO-specific reason, it falls back to one ``sendto`` per datagram.
 
-Greenlet contract: one greenlet runs :meth:`UdpPort.read_loop`; ``send``/``send_many`` may be
-called from any greenlet of the same hub.
+Priority lane: under a saturating flow the receiver's socket buffer holds a standing queue of
+bulk datagrams (docs/performance.md, "Latency under load"), and a ping, an ACK, a DNS query or
+a probe waits behind all of it. So the port binds a second socket to the same address and
+port (``SO_REUSEPORT``) and the kernel steers each datagram with a classic BPF program
+(``SO_ATTACH_REUSEPORT_CBPF``, Linux 4.5+): UDP payloads of at most :data:`PRIORITY_BYTES`
+go to the second socket, the rest to the first. Its reader runs at a higher watcher priority,
+so a small datagram waits for at most one batch of bulk. Sends leave by the first socket
+only (the same address and port: the peer sees one path). Where the kernel refuses the
+program the port runs with one socket, as before.
+
+Greenlet contract: one greenlet runs :meth:`UdpPort.read_loop`, another
+:meth:`UdpPort.priority_loop` when :attr:`UdpPort.priority_lane`; ``send``/``send_many`` may
+be called from any greenlet of the same hub.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import socket as _stdsocket
 import struct
@@ -82,15 +95,24 @@ _BIND_HINTS = {
 #: standing queue (the sender's TUN ring holds the rest; docs/performance.md, "Latency under
 #: load").
 RCVBUF = 104 << 10
+#: UDP payloads of at most this many bytes go to the priority lane: an inner packet of up to
+#: 256 bytes (alpaca.io.dataplane.SMALL_PACKET) plus the tunnel's 40 bytes of header and tag.
+PRIORITY_BYTES = 296
+SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_LD_W_LEN, _BPF_JGE_K, _BPF_RET_K = 0x80, 0x35, 0x06
+_SOCK_FILTER = struct.Struct("=HBBI")
 
 
 class UdpPort:
     """A bound UDP socket. Create with :meth:`open`."""
 
     def __init__(self, name: str, sock: Any, *, gso: bool, gro: bool = False,
-                 interface: str | None = None) -> None:
+                 interface: str | None = None, lane: Any = None) -> None:
         self._name = name
         self._sock = sock
+        #: the priority lane's socket (receive only), or None
+        self._lane = lane
+        self._lane_waiter = None if lane is None else ReadWaiter(lane.fileno(), priority=1)
         self._interface = interface
         self._local: Addr = sock.getsockname()
         self._gso = gso
@@ -112,6 +134,7 @@ class UdpPort:
         rcvbuf: int = RCVBUF,
         sndbuf: int = 1 << 20,
         gso: bool = True,
+        priority_lane: bool = True,
     ) -> UdpPort:
         """Bind a UDP socket to ``address:port`` (port 0: the kernel picks one).
 
@@ -121,6 +144,7 @@ class UdpPort:
             rcvbuf / sndbuf: socket buffer sizes in bytes (the kernel doubles them and caps
                 them at net.core.rmem_max / wmem_max). See RCVBUF for the receive default.
             gso: use UDP GSO in send_many when the kernel supports it.
+            priority_lane: steer small datagrams to a second socket (see the module docstring).
 
         Raises TunnelError naming the address, the port and the fix.
         """
@@ -137,14 +161,16 @@ class UdpPort:
                 sock.setsockopt(
                     _stdsocket.SOL_SOCKET, _stdsocket.SO_BINDTODEVICE, interface.encode()
                 )
-            sock.bind((address, port))
+            sock.bind((address, port))  # without SO_REUSEPORT: a port in use is refused
         except OSError as exc:
             sock.close()
             hint = _BIND_HINTS.get(exc.errno or 0, "")
             text = f"binding UDP port {name} to {where}: {exc.strerror or exc}"
             raise TunnelError(f"{text} ({hint})" if hint else text) from exc
+        lane = _open_lane(sock, interface, rcvbuf) if priority_lane else None
         offload = gso and _gso_supported(sock)
-        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock), interface=interface)
+        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock), interface=interface,
+                   lane=lane)
 
     @property
     def name(self) -> str:
@@ -155,6 +181,11 @@ class UdpPort:
     def local_addr(self) -> Addr:
         """The bound (ip, port); the kernel's choice when opened with port 0."""
         return self._local
+
+    @property
+    def priority_lane(self) -> bool:
+        """True when small datagrams arrive on their own socket (:meth:`priority_loop`)."""
+        return self._lane is not None
 
     @property
     def gso(self) -> bool:
@@ -185,7 +216,8 @@ class UdpPort:
         except OSError:
             pass  # ENODEV: the bound index names no device any more
         try:
-            sock.setsockopt(level, option, name)
+            for each in (sock, self._lane) if self._lane is not None else (sock,):
+                each.setsockopt(level, option, name)
         except OSError:
             return "missing"
         return "rebound"
@@ -205,7 +237,17 @@ class UdpPort:
             return out
         if self._gro:
             return self._recv_gro(limit, out)
-        recvfrom = self._recvfrom
+        return self._recv_plain(self._recvfrom, limit, out)
+
+    def _recv_lane(self, limit: int) -> list[tuple[bytes, Addr]]:
+        """recv_batch of the priority lane."""
+        out: list[tuple[bytes, Addr]] = []
+        if self._closed or self._lane is None:
+            return out
+        return self._recv_plain(self._lane.recvfrom, limit, out)
+
+    def _recv_plain(self, recvfrom: Callable[[int], tuple[bytes, Addr]], limit: int,
+                    out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
         for _ in range(limit):
             try:
                 out.append(recvfrom(MAX_DATAGRAM))
@@ -293,11 +335,21 @@ class UdpPort:
         """
         read_loop(self._waiter.wait, self.recv_batch, handler, batch=batch, lone=lone)
 
+    def priority_loop(self, handler: Callable[[list[tuple[bytes, Addr]]], None], *,
+                      batch: int = 32) -> None:
+        """:meth:`read_loop` of the priority lane (small datagrams; each wake-up's first is
+        handled at once). Returns at once for a port without one."""
+        if self._lane_waiter is not None:
+            read_loop(self._lane_waiter.wait, self._recv_lane, handler, batch=batch,
+                      lone=PRIORITY_BYTES)
+
     def close(self) -> None:
-        """Close the socket. Idempotent; a greenlet in read_loop returns."""
+        """Close the sockets. Idempotent; greenlets in read_loop and priority_loop return."""
         if self._closed:
             return
         self._closed = True
+        if self._lane_waiter is not None:
+            self._lane_waiter.close_then(self._lane.close)
         self._waiter.close_then(self._sock.close)
 
     def __repr__(self) -> str:
@@ -332,6 +384,50 @@ def _run_end(datas: Sequence[bytes], i: int) -> int:
     if j < n and j - i < cap and 0 < len(datas[j]) < size:
         j += 1
     return j
+
+
+def _open_lane(sock: Any, interface: str | None, rcvbuf: int) -> Any:
+    """The priority lane of the bound ``sock``: a second socket on its address and port (with
+    a receive buffer of ``rcvbuf`` bytes asked for, as the first: a flood of small packets
+    finds as much room as before), and the steering program; None where the kernel refuses
+    either (the port then works with ``sock`` alone, which no other socket may share).
+
+    ``sock`` was bound without SO_REUSEPORT, so the bind refused a port any other socket
+    held (a group of SO_REUSEPORT sockets included); the option is set afterwards, for the
+    lane only. (A process of the same user that binds the port with SO_REUSEPORT later could
+    still join the group; the daemon's start checks the port is free first.)"""
+    level, reuse = _stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT
+    lane = _stdsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
+    lane.setblocking(False)
+    try:
+        sock.setsockopt(level, reuse, 1)
+        lane.setsockopt(level, _stdsocket.SO_RCVBUF, rcvbuf)
+        lane.setsockopt(level, reuse, 1)
+        if interface:
+            lane.setsockopt(level, _stdsocket.SO_BINDTODEVICE, interface.encode())
+        lane.bind(sock.getsockname())
+        _attach_steering(sock, PRIORITY_BYTES)
+    except OSError:
+        lane.close()
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, reuse, 0)
+        return None
+    return lane
+
+
+def _attach_steering(sock: Any, small: int) -> None:
+    """Steer the datagrams of ``sock``'s SO_REUSEPORT group: a UDP payload shorter than
+    ``small + 1`` bytes to the group's second socket (index 1), any other to the first.
+    (The program sees the payload's length as ``len``; the kernel copies the program.)"""
+    program = [
+        (_BPF_LD_W_LEN, 0, 0, 0),
+        (_BPF_JGE_K, 0, 1, small + 1),  # len > small: the next instruction, else skip it
+        (_BPF_RET_K, 0, 0, 0),
+        (_BPF_RET_K, 0, 0, 1),
+    ]
+    code = ctypes.create_string_buffer(b"".join(_SOCK_FILTER.pack(*i) for i in program))
+    fprog = struct.pack("HL", len(program), ctypes.addressof(code))
+    sock.setsockopt(_stdsocket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def _gso_supported(sock: Any) -> bool:

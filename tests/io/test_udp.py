@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
@@ -23,8 +23,9 @@ IP_RECVERR = 11  # linux/in.h; not exported by the socket module
 
 @pytest.fixture
 def pair() -> Iterator[tuple[UdpPort, UdpPort]]:
-    a = UdpPort.open("a", "127.0.0.1", 0)
-    b = UdpPort.open("b", "127.0.0.1", 0)
+    """Two ports of one socket each (the priority lane has tests of its own)."""
+    a = UdpPort.open("a", "127.0.0.1", 0, priority_lane=False)
+    b = UdpPort.open("b", "127.0.0.1", 0, priority_lane=False)
     try:
         yield a, b
     finally:
@@ -39,6 +40,97 @@ def recv_n(port: UdpPort, n: int, timeout: float = 2.0) -> list[tuple[bytes, tup
             port.wait_readable()
             got.extend(port.recv_batch(64))
     return got
+
+
+def receive_both(port: UdpPort, n: int, timeout: float = 2.0) -> list[tuple[str, bytes]]:
+    """The next ``n`` datagrams ``port`` hands out, each tagged with the loop that did
+    ("bulk": read_loop, "lane": priority_loop), in the order they were handled."""
+    got: list[tuple[str, bytes]] = []
+
+    def tagged(tag: str) -> Callable[[list[tuple[bytes, tuple[str, int]]]], None]:
+        return lambda batch: got.extend((tag, data) for data, _ in batch)
+
+    loops = [gevent.spawn(port.read_loop, tagged("bulk"), batch=8),
+             gevent.spawn(port.priority_loop, tagged("lane"), batch=8)]
+    try:
+        with gevent.Timeout(timeout):
+            while len(got) < n:
+                gevent.sleep(0.001)
+    finally:
+        gevent.killall(loops)
+    return got
+
+
+def test_udp_small_datagrams_arrive_on_the_priority_lane() -> None:
+    """UDP payloads of up to 296 bytes come out of priority_loop, longer ones out of
+    read_loop; a reply goes back from the one address and port (the peer sees one path)."""
+    port = UdpPort.open("p", "127.0.0.1", 0)
+    peer = UdpPort.open("peer", "127.0.0.1", 0, priority_lane=False)
+    try:
+        assert port.priority_lane and not peer.priority_lane
+        for size in (1, 296, 297, 1400):
+            assert peer.send(port.local_addr, b"x" * size)
+        got = receive_both(port, 4)
+        assert sorted((tag, len(data)) for tag, data in got) == [
+            ("bulk", 297), ("bulk", 1400), ("lane", 1), ("lane", 296)]
+        assert port.send(peer.local_addr, b"reply")
+        assert recv_n(peer, 1) == [(b"reply", port.local_addr)]
+    finally:
+        port.close()
+        peer.close()
+
+
+def test_udp_a_small_datagram_does_not_wait_behind_the_bulk_queued_before_it() -> None:
+    """300 bulk datagrams stand in the receive buffer, then a ping-sized one arrives: it is
+    handled within the first batches, not after the 300 (it was, with one socket)."""
+    for lane in (True, False):
+        port = UdpPort.open("p", "127.0.0.1", 0, rcvbuf=4 << 20, priority_lane=lane)
+        peer = UdpPort.open("peer", "127.0.0.1", 0, priority_lane=False)
+        try:
+            assert peer.send_many(port.local_addr, [b"b" * 1200] * 300) == 300
+            assert peer.send(port.local_addr, b"ping")
+            got = receive_both(port, 301, timeout=5)
+            where = [data for _, data in got].index(b"ping")
+            assert (where < 20) if lane else (where == 300), (lane, where)
+        finally:
+            port.close()
+            peer.close()
+
+
+def test_udp_a_port_with_a_lane_is_still_refused_when_in_use() -> None:
+    """The port is bound before SO_REUSEPORT is set: a socket holding it (with or without
+    SO_REUSEPORT) makes the bind fail, and a plain socket cannot take the lane's port."""
+    taker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    taker.bind(("127.0.0.1", 0))
+    port = UdpPort.open("p", "127.0.0.1", 0)
+    try:
+        with pytest.raises(TunnelError, match="in use"):
+            UdpPort.open("second", "127.0.0.1", taker.getsockname()[1])
+        with pytest.raises(TunnelError, match="in use"):
+            UdpPort.open("third", "127.0.0.1", port.local_addr[1])
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with pytest.raises(OSError) as err:
+            plain.bind(port.local_addr)
+        plain.close()
+        assert err.value.errno == errno.EADDRINUSE
+    finally:
+        taker.close()
+        port.close()
+
+
+def test_udp_close_wakes_both_loops_and_releases_both_sockets() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    port = UdpPort.open("p", "127.0.0.1", 0)
+    assert len(os.listdir("/proc/self/fd")) == before + 2
+    loops = [gevent.spawn(port.read_loop, lambda batch: None),
+             gevent.spawn(port.priority_loop, lambda batch: None)]
+    gevent.sleep(0.01)
+    port.close()
+    gevent.joinall(loops, timeout=2)
+    assert all(loop.dead and loop.successful() for loop in loops)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert live_greenlets() == []
 
 
 def test_udp_open_port_zero_reports_kernel_choice(pair: tuple[UdpPort, UdpPort]) -> None:
@@ -198,8 +290,11 @@ def test_udp_bind_to_interface_lo_works() -> None:
         pytest.skip("SO_BINDTODEVICE needs CAP_NET_RAW")
     port = UdpPort.open("p", "127.0.0.1", 0, "lo")
     try:
+        assert port.priority_lane
+        assert port.send(port.local_addr, b"self" * 100)
         assert port.send(port.local_addr, b"self")
-        assert recv_n(port, 1) == [(b"self", port.local_addr)]
+        assert recv_n(port, 1) == [(b"self" * 100, port.local_addr)]
+        assert receive_both(port, 1) == [("lane", b"self")]
     finally:
         port.close()
 
