@@ -180,7 +180,7 @@ class Config:
     receiver's part of a saturating flow's standing queue forms here, so it bounds part of the
     latency a bulk flow adds to everything else; larger buffers trade latency for throughput."""
     udp_priority_lane: bool = True
-    """Small datagrams (at most 296 bytes of UDP payload: pings, ACKs, DNS, probes) arrive on
+    """Small datagrams (at most 292 bytes of UDP payload: pings, ACKs, DNS, probes) arrive on
     a second socket of each port, read first, instead of waiting behind the bulk standing in
     the receive buffer (alpaca.io.udp). Default on."""
     tun_offload: bool = True

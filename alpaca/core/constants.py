@@ -12,6 +12,13 @@ PROTOCOL_VERSION = 2
 HEADER_LEN = 20
 TAG_LEN = 16
 OVERHEAD = HEADER_LEN + TAG_LEN
+#: Small first (alpaca.io.dataplane, alpaca.io.readahead): packets of at most this many bytes
+#: (pings, TCP ACKs, DNS, voice) are handled before the bulk, so they do not wait behind a
+#: batch of full segments (a TUN read or UDP GRO receive can hold 45 of them).
+SMALL_PACKET = 256
+#: The same bound for a tunnel datagram (UDP payload): also what takes the priority lane
+#: (alpaca.io.udp).
+SMALL_DATAGRAM = SMALL_PACKET + OVERHEAD
 #: Largest UDP payload we send: 1500 (Ethernet) - 20 (IPv4) - 8 (UDP).
 MAX_DATAGRAM = 1472
 #: Largest inner packet: the datagram minus our overhead.

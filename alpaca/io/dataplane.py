@@ -43,7 +43,7 @@ from typing import Any, Protocol
 import gevent
 from gevent.pool import Group
 
-from alpaca.core.constants import DEFAULT_TUN_READ_AHEAD_KIB, OVERHEAD
+from alpaca.core.constants import DEFAULT_TUN_READ_AHEAD_KIB, SMALL_DATAGRAM, SMALL_PACKET
 from alpaca.core.drops import DropReason
 from alpaca.core.settings import Addr
 from alpaca.core.stats import EngineStats
@@ -55,11 +55,8 @@ from alpaca.io.timer import DeadlineTimer
 #: The timer fires this much after the engine's deadline, so that one wake-up sends every
 #: delayed copy due within it as one batch (GSO) instead of a wake-up and a sendto per copy.
 TIMER_SLACK = 0.001
-#: Small first: within one batch, packets of at most this many bytes (pings, TCP ACKs, DNS,
-#: voice) are handled before the bulk, so they do not wait behind a batch of full segments
-#: (a TUN read or UDP GRO receive can hold 45 of them). Order within each class is kept.
-SMALL_PACKET = 256
-SMALL_DATAGRAM = SMALL_PACKET + OVERHEAD
+# Small first: within one batch, packets of at most SMALL_PACKET bytes (datagrams of at most
+# SMALL_DATAGRAM) are handled before the bulk. Order within each class is kept.
 #: Read-ahead: most small packets held (the bulk bound is the ``read_ahead`` argument).
 READ_AHEAD_SMALL = 256
 

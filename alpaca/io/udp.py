@@ -21,11 +21,17 @@ Priority lane: under a saturating flow the receiver's socket buffer holds a stan
 bulk datagrams (docs/performance.md, "Latency under load"), and a ping, an ACK, a DNS query or
 a probe waits behind all of it. So the port binds a second socket to the same address and
 port (``SO_REUSEPORT``) and the kernel steers each datagram with a classic BPF program
-(``SO_ATTACH_REUSEPORT_CBPF``, Linux 4.5+): UDP payloads of at most :data:`PRIORITY_BYTES`
-go to the second socket, the rest to the first. Its reader runs at a higher watcher priority,
-so a small datagram waits for at most one batch of bulk. Sends leave by the first socket
-only (the same address and port: the peer sees one path). Where the kernel refuses the
-program the port runs with one socket, as before.
+(``SO_ATTACH_REUSEPORT_CBPF``; used from Linux 5.0): UDP payloads of at most
+:data:`PRIORITY_BYTES` go to the second socket, the rest to the first. Its reader runs at a
+higher watcher priority, so a small datagram waits for at most one batch of bulk. Sends leave
+by the first socket only (the same address and port: the peer sees one path). Where the
+kernel refuses the program the port runs with one socket, as before. The program sees what
+the kernel delivers: small datagrams that a sender's GSO or this host's GRO coalesced into
+one larger packet count as one large one and take the first socket. Both sockets ask for
+UDP GRO: the kernel picks the socket for GRO by the flow's hash alone, and one without it
+would turn GRO off for the flows hashed to it. Rebinding the port to a re-created interface
+takes it out of its group: the port then drops its lane (:meth:`UdpPort.rebind_device`) and
+runs on one socket until the daemon restarts.
 
 Greenlet contract: one greenlet runs :meth:`UdpPort.read_loop`, another
 :meth:`UdpPort.priority_loop` when :attr:`UdpPort.priority_lane`; ``send``/``send_many`` may
@@ -37,11 +43,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import os
 import socket as _stdsocket
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from alpaca.core.constants import SMALL_DATAGRAM
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
 from alpaca.io import ReadWaiter
@@ -96,8 +104,11 @@ _BIND_HINTS = {
 #: load").
 RCVBUF = 104 << 10
 #: UDP payloads of at most this many bytes go to the priority lane: an inner packet of up to
-#: 256 bytes (alpaca.io.dataplane.SMALL_PACKET) plus the tunnel's 40 bytes of header and tag.
-PRIORITY_BYTES = 296
+#: SMALL_PACKET bytes and the tunnel's header and tag (alpaca.core.constants).
+PRIORITY_BYTES = SMALL_DATAGRAM
+#: The oldest kernel the lane is opened on: before 4.14 joining a socket that set
+#: SO_REUSEPORT after its bind could dereference a missing group; 5.0 brought UDP_GRO.
+LANE_KERNEL = (5, 0)
 SO_ATTACH_REUSEPORT_CBPF = 51
 _BPF_LD_W_LEN, _BPF_JGE_K, _BPF_RET_K = 0x80, 0x35, 0x06
 _SOCK_FILTER = struct.Struct("=HBBI")
@@ -167,10 +178,10 @@ class UdpPort:
             hint = _BIND_HINTS.get(exc.errno or 0, "")
             text = f"binding UDP port {name} to {where}: {exc.strerror or exc}"
             raise TunnelError(f"{text} ({hint})" if hint else text) from exc
-        lane = _open_lane(sock, interface, rcvbuf) if priority_lane else None
         offload = gso and _gso_supported(sock)
-        return cls(name, sock, gso=offload, gro=offload and _enable_gro(sock), interface=interface,
-                   lane=lane)
+        gro = offload and _enable_gro(sock)
+        lane = _open_lane(sock, interface, rcvbuf, gro) if priority_lane and _lane_kernel() else None
+        return cls(name, sock, gso=offload, gro=gro, interface=interface, lane=lane)
 
     @property
     def name(self) -> str:
@@ -216,11 +227,25 @@ class UdpPort:
         except OSError:
             pass  # ENODEV: the bound index names no device any more
         try:
-            for each in (sock, self._lane) if self._lane is not None else (sock,):
-                each.setsockopt(level, option, name)
+            sock.setsockopt(level, option, name)
         except OSError:
             return "missing"
+        self._drop_lane()
         return "rebound"
+
+    def _drop_lane(self) -> None:
+        """Rebinding took the first socket out of its group (the kernel rehashes it), so the
+        lane would take every datagram: close it (priority_loop returns), and the port runs
+        on its first socket alone, which no other socket may share again. (A new lane cannot
+        join it while the old one is open, and the old one closes only once its reader has
+        been woken.)"""
+        lane, waiter = self._lane, self._lane_waiter
+        if lane is None or waiter is None:
+            return
+        self._lane = self._lane_waiter = None
+        waiter.close_then(lane.close)
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 0)
 
     def fileno(self) -> int:
         """The socket's fd (-1 once closed)."""
@@ -236,15 +261,18 @@ class UdpPort:
         if self._closed:
             return out
         if self._gro:
-            return self._recv_gro(limit, out)
+            return self._recv_gro(limit, out, self._sock.recvmsg)
         return self._recv_plain(self._recvfrom, limit, out)
 
     def _recv_lane(self, limit: int) -> list[tuple[bytes, Addr]]:
         """recv_batch of the priority lane."""
         out: list[tuple[bytes, Addr]] = []
-        if self._closed or self._lane is None:
+        lane = self._lane
+        if self._closed or lane is None:  # (a dropped lane's reader reads nothing more)
             return out
-        return self._recv_plain(self._lane.recvfrom, limit, out)
+        if self._gro:
+            return self._recv_gro(limit, out, lane.recvmsg)
+        return self._recv_plain(lane.recvfrom, limit, out)
 
     def _recv_plain(self, recvfrom: Callable[[int], tuple[bytes, Addr]], limit: int,
                     out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
@@ -266,13 +294,13 @@ class UdpPort:
             f"{exc.strerror or exc}; restart the daemon"
         ) from exc
 
-    def _recv_gro(self, limit: int, out: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
+    def _recv_gro(self, limit: int, out: list[tuple[bytes, Addr]],
+                  recvmsg: Callable[..., Any]) -> list[tuple[bytes, Addr]]:
         """recv_batch with UDP GRO: one recvmsg may return a run of coalesced datagrams from
         one sender, all of the size the UDP_GRO control message gives (the last may be
         shorter); they are split back into datagrams. ``limit`` bounds the reads, and no read
         starts once ``limit`` datagrams are in: a batch holds at most limit - 1 + 64 of them,
         so a small packet never waits behind more than one batch of bulk (see dataplane)."""
-        recvmsg = self._sock.recvmsg
         for _ in range(limit):
             if len(out) >= limit:
                 break
@@ -338,10 +366,11 @@ class UdpPort:
     def priority_loop(self, handler: Callable[[list[tuple[bytes, Addr]]], None], *,
                       batch: int = 32) -> None:
         """:meth:`read_loop` of the priority lane (small datagrams; each wake-up's first is
-        handled at once). Returns at once for a port without one."""
-        if self._lane_waiter is not None:
-            read_loop(self._lane_waiter.wait, self._recv_lane, handler, batch=batch,
-                      lone=PRIORITY_BYTES)
+        handled at once). Returns when the port closes or drops its lane, at once for a port
+        without one."""
+        waiter = self._lane_waiter
+        if waiter is not None:
+            read_loop(waiter.wait, self._recv_lane, handler, batch=batch, lone=PRIORITY_BYTES)
 
     def close(self) -> None:
         """Close the sockets. Idempotent; greenlets in read_loop and priority_loop return."""
@@ -386,18 +415,31 @@ def _run_end(datas: Sequence[bytes], i: int) -> int:
     return j
 
 
-def _open_lane(sock: Any, interface: str | None, rcvbuf: int) -> Any:
+def _lane_kernel(release: str | None = None) -> bool:
+    """Whether the running kernel (``release``: as uname gives it) is LANE_KERNEL or newer."""
+    parts = (release or os.uname().release).split(".")[:2]
+    try:
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= LANE_KERNEL
+    except (ValueError, IndexError):
+        return False
+
+
+def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:
     """The priority lane of the bound ``sock``: a second socket on its address and port (with
     a receive buffer of ``rcvbuf`` bytes asked for, as the first: a flood of small packets
-    finds as much room as before), and the steering program; None where the kernel refuses
-    either (the port then works with ``sock`` alone, which no other socket may share).
+    finds as much room as before; UDP GRO if ``gro``), and the steering program; None where
+    the kernel refuses any of it or no descriptor is left (the port then works with ``sock``
+    alone, which no other socket may share).
 
     ``sock`` was bound without SO_REUSEPORT, so the bind refused a port any other socket
     held (a group of SO_REUSEPORT sockets included); the option is set afterwards, for the
     lane only. (A process of the same user that binds the port with SO_REUSEPORT later could
     still join the group; the daemon's start checks the port is free first.)"""
     level, reuse = _stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT
-    lane = _stdsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
+    try:
+        lane = _stdsocket.socket(_stdsocket.AF_INET, _stdsocket.SOCK_DGRAM)
+    except OSError:  # EMFILE, ENFILE
+        return None
     lane.setblocking(False)
     try:
         sock.setsockopt(level, reuse, 1)
@@ -406,6 +448,8 @@ def _open_lane(sock: Any, interface: str | None, rcvbuf: int) -> Any:
         if interface:
             lane.setsockopt(level, _stdsocket.SO_BINDTODEVICE, interface.encode())
         lane.bind(sock.getsockname())
+        if gro:
+            lane.setsockopt(SOL_UDP, UDP_GRO, 1)
         _attach_steering(sock, PRIORITY_BYTES)
     except OSError:
         lane.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import socket
 import sys
 import time
@@ -13,8 +14,9 @@ from collections.abc import Callable, Iterator
 import gevent
 import pytest
 
+from alpaca.core.constants import OVERHEAD, SMALL_PACKET
 from alpaca.errors import TunnelError
-from alpaca.io.udp import UdpPort
+from alpaca.io.udp import PRIORITY_BYTES, UdpPort, _lane_kernel
 from tests.helpers import netns, nsexec
 from tests.io import live_greenlets
 
@@ -62,17 +64,19 @@ def receive_both(port: UdpPort, n: int, timeout: float = 2.0) -> list[tuple[str,
 
 
 def test_udp_small_datagrams_arrive_on_the_priority_lane() -> None:
-    """UDP payloads of up to 296 bytes come out of priority_loop, longer ones out of
-    read_loop; a reply goes back from the one address and port (the peer sees one path)."""
+    """UDP payloads of up to PRIORITY_BYTES (the dataplane's small datagram) come out of
+    priority_loop, longer ones out of read_loop; a reply goes back from the one address and
+    port (the peer sees one path)."""
     port = UdpPort.open("p", "127.0.0.1", 0)
     peer = UdpPort.open("peer", "127.0.0.1", 0, priority_lane=False)
     try:
         assert port.priority_lane and not peer.priority_lane
-        for size in (1, 296, 297, 1400):
+        assert PRIORITY_BYTES == SMALL_PACKET + OVERHEAD
+        for size in (1, PRIORITY_BYTES, PRIORITY_BYTES + 1, 1400):
             assert peer.send(port.local_addr, b"x" * size)
         got = receive_both(port, 4)
         assert sorted((tag, len(data)) for tag, data in got) == [
-            ("bulk", 297), ("bulk", 1400), ("lane", 1), ("lane", 296)]
+            ("bulk", PRIORITY_BYTES + 1), ("bulk", 1400), ("lane", 1), ("lane", PRIORITY_BYTES)]
         assert port.send(peer.local_addr, b"reply")
         assert recv_n(peer, 1) == [(b"reply", port.local_addr)]
     finally:
@@ -116,6 +120,68 @@ def test_udp_a_port_with_a_lane_is_still_refused_when_in_use() -> None:
         assert err.value.errno == errno.EADDRINUSE
     finally:
         taker.close()
+        port.close()
+
+
+def test_udp_rebinding_to_a_recreated_interface_drops_the_lane() -> None:
+    """Rebinding takes the socket out of its SO_REUSEPORT group (the kernel rehashes it): the
+    lane then took every datagram, GRO and priority gone. The port drops its lane instead:
+    priority_loop returns, the lane's socket is closed, every datagram arrives on read_loop,
+    and the port is exclusive again."""
+    if os.geteuid() != 0:
+        pytest.skip("SO_BINDTODEVICE needs CAP_NET_RAW")
+    port = UdpPort.open("p", "127.0.0.1", 0, "lo")
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+        own = socket.socket(fileno=os.dup(port.fileno()))
+        own.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"")  # as if lo's index had died
+        own.close()
+        lane = gevent.spawn(port.priority_loop, lambda batch: None)
+        gevent.sleep(0.01)
+        assert port.rebind_device() == "rebound"
+        lane.join(timeout=2)
+        assert lane.dead and lane.successful() and not port.priority_lane
+        assert len(os.listdir("/proc/self/fd")) == fds - 1
+        for size in (10, 1400, 20):
+            peer.sendto(b"x" * size, port.local_addr)
+        assert sorted(len(data) for data, _ in recv_n(port, 3)) == [10, 20, 1400]
+        taker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taker.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        with pytest.raises(OSError):
+            taker.bind(port.local_addr)
+        taker.close()
+    finally:
+        peer.close()
+        port.close()
+
+
+def test_udp_lane_only_on_kernels_that_have_what_it_needs() -> None:
+    assert not _lane_kernel("4.19.0-27-amd64") and not _lane_kernel("4.9.0")
+    assert _lane_kernel("5.0.0") and _lane_kernel("6.1.0-41-amd64") and _lane_kernel("6.18.3+")
+    assert not _lane_kernel("not-a-release")
+
+
+def test_udp_a_port_without_a_descriptor_for_its_lane_works_on_one_socket() -> None:
+    """No descriptor left for the lane (EMFILE): the port opens with one socket (it raised an
+    OSError out of open)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lowest_free = probe.fileno()
+    probe.close()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 1, hard))  # the port's socket only
+    try:
+        port = UdpPort.open("p", "127.0.0.1", 0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert not port.priority_lane
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.sendto(b"small", port.local_addr)
+        peer.close()
+        assert recv_n(port, 1)[0][0] == b"small"
+    finally:
         port.close()
 
 
