@@ -281,13 +281,10 @@ def test_host_a_backup_uplink_renewing_its_lease_does_not_take_the_peers(lab: La
     wait_ping(c, INET, timeout=10)
 
 
-@pytest.mark.netns
-def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fails(lab: Lab) -> None:
-    """Two uplinks at start (the backup at metric 600), both defaults moved out of main. The
-    primary goes down and no default route comes back into main (the backup's DHCP client
-    may not renew for hours): the host routes move to the backup, and the tunnel carries
-    traffic over it (it stayed dead). Once the primary is up again, they go back to it. On
-    exit both defaults are in main again."""
+def _with_backup_uplink(lab: Lab) -> Simple:
+    """The simple topology whose client has a backup uplink at start: wlan0 (192.168.52.2,
+    gateway 192.168.52.1 on the server) with a default route of metric 600; both daemons
+    running and the tunnel carrying traffic."""
     topo = build_simple(lab)
     c = topo.client.ns
     lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
@@ -295,6 +292,18 @@ def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fa
     lab.start(topo.server)
     lab.start(topo.client)
     wait_ping(c, INET)
+    return topo
+
+
+@pytest.mark.netns
+def test_host_a_backup_uplink_known_at_start_takes_the_peers_when_the_primary_fails(lab: Lab) -> None:
+    """Two uplinks at start (the backup at metric 600), both defaults moved out of main. The
+    primary goes down and no default route comes back into main (the backup's DHCP client
+    may not renew for hours): the host routes move to the backup, and the tunnel carries
+    traffic over it (it stayed dead). Once the primary is up again, they go back to it. On
+    exit both defaults are in main again."""
+    topo = _with_backup_uplink(lab)
+    c = topo.client.ns
     assert _host_route_gateway(c, "192.168.50.1") == "192.168.50.1", topo.client.log_tail()
     nsexec(c, "ip", "link", "set", "eth0", "down")
     assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
@@ -316,13 +325,8 @@ def test_host_a_client_stopped_while_on_its_backup_uplink_keeps_the_primarys_def
     default comes back and the tunnel's goes; the primary's cannot be added while its device
     is down, so the stop reports it and the journal keeps it (as for a dock unplugged), and
     the next start puts it back once the device is up."""
-    topo = build_simple(lab)
+    topo = _with_backup_uplink(lab)
     c = topo.client.ns
-    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
-    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
-    lab.start(topo.server)
-    lab.start(topo.client)
-    wait_ping(c, INET)
     nsexec(c, "ip", "link", "set", "eth0", "down")
     assert _host_route_gateway(c, "192.168.50.1", want="192.168.52.1") == "192.168.52.1", \
         (table_routes(c, "253"), topo.client.log_tail())
@@ -344,13 +348,8 @@ def test_host_a_roam_with_a_backup_uplink_moves_the_peers_once(lab: Lab) -> None
     """A DHCP lease on another network (the old address deleted, the new default a moment
     later) on a client with a backup link: the peers follow the new default, and never go
     over the backup meanwhile (the uplink was dead for a moment only)."""
-    topo = build_simple(lab)
+    topo = _with_backup_uplink(lab)
     c = topo.client.ns
-    lab.link(topo.server.ns, "192.168.52.1/24", c, "192.168.52.2/24", "cli2", "wlan0")
-    nsexec(c, "ip", "route", "add", "default", "via", "192.168.52.1", "dev", "wlan0", "metric", "600")
-    lab.start(topo.server)
-    lab.start(topo.client)
-    wait_ping(c, INET)
     nsexec(topo.server.ns, "ip", "addr", "add", "192.168.60.1/24", "dev", "cli")
     nsexec(c, "ip", "addr", "del", "192.168.50.2/24", "dev", "eth0")
     time.sleep(1.5)  # the route event of the deletion is handled (at most 1 s later)
