@@ -2,12 +2,12 @@
 
 Start-up order (the original's, made reversible): recover a journal left by a crashed run (and
 those of crashed runs of this namespace with another control socket) -> check that the UDP
-and metrics ports are free and no other device has tun_name (a refused start changes nothing and
-runs no hook) -> take a new session epoch (persisted before any packet is sealed) -> pre_up hooks -> open the
-TUN device -> host changes (plan/apply with a write-ahead undo journal: ip_forward, TUN
-address and MTU, chnroute, host routes, default route or NAT) -> post_up hooks -> bind the UDP
-ports -> start the engine's greenlets, the route monitor, the secrets watcher, the metrics
-server and the control socket -> wait for a signal.
+and metrics ports are free and no other device has tun_name (a refused start changes nothing
+and runs no hook) -> take a new session epoch (persisted before any packet is sealed) ->
+pre_up hooks -> open the TUN device -> host changes (plan/apply with a write-ahead undo
+journal: ip_forward, TUN address and MTU, chnroute, host routes, default route or NAT) ->
+post_up hooks -> bind the UDP ports -> start the engine's greenlets, the route monitor, the
+secrets watcher, the metrics server and the control socket -> wait for a signal.
 
 Stop (SIGTERM/SIGINT, or a fatal error in any greenlet): kill the greenlets, undo every host
 change from the journal, pre_down hooks, close the TUN device (the kernel removes it),
@@ -73,9 +73,10 @@ from alpaca.system.plan import (
     note_ways,
     update_default_route,
     update_host_routes,
+    ways_of,
 )
 from alpaca.system.resolver import KernelResolver
-from alpaca.system.routes import ExpectedRoute, Uplink, uplink_of
+from alpaca.system.routes import ExpectedRoute, Uplink
 from alpaca.system.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class Daemon:
             if moved:
                 self._report_moved(len(moved))
                 self.applied = note_ways(self.applied, moved, self.config.tun_name)
-            ways = [u for u in map(uplink_of, moved) if u is not None and u.dev != self.config.tun_name]
+            ways = ways_of(moved, self.config.tun_name)
             self._follow_uplink(min(ways, key=lambda u: u.metric, default=self._uplink_pending))
 
     def _report_moved(self, count: int) -> None:
@@ -351,10 +352,10 @@ class Daemon:
             return
         before = self.applied.uplink
         try:
-            way, works = next_way(self.applied)
-            if works:
+            way, dead = next_way(self.applied)
+            if not dead:
                 self._uplink_dead_since = None
-            if way is None or (not works and self._hold_fail_over()):
+            if way is None or (dead and self._hold_fail_over()):
                 return
             self.applied = follow_uplink(self.applied, way)
         except (AlpacaError, OSError, NetlinkError) as exc:

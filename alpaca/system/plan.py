@@ -399,9 +399,15 @@ def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> App
     return applied if ways == applied.ways else replace(applied, ways=ways)
 
 
+def ways_of(saved: list[routes.SavedRoute], tun: str) -> list[routes.Uplink]:
+    """The ways out ``saved`` default routes name, but one through ``tun`` (ours) and those
+    through several next hops."""
+    return [u for u in map(routes.uplink_of, saved) if u is not None and u.dev != tun]
+
+
 def _with_ways(known: tuple[routes.Uplink, ...], saved: list[routes.SavedRoute],
                tun: str) -> tuple[routes.Uplink, ...]:
-    new = [u for u in map(routes.uplink_of, saved) if u is not None and u.dev != tun]
+    new = ways_of(saved, tun)
     names = {(u.dev, u.gateway) for u in new}
     return (*(u for u in known if (u.dev, u.gateway) not in names), *new)
 
@@ -416,25 +422,26 @@ def next_way(applied: Applied, netns: str | None = None) -> tuple[routes.Uplink 
     may work again. Nothing is looked up for a node that knows one way out.
 
     Returns:
-        (the way to follow with :func:`follow_uplink`, or None; whether the one in use works).
+        (the way to follow with :func:`follow_uplink`, or None; whether the one in use was
+        found dead: a move away from a dead uplink may wait, a move to a better one need not).
     Raises:
         SystemSetupError: a netlink failure (call again).
     """
     current = applied.uplink
     if current is None or applied.moved_default is None:
-        return None, True
+        return None, False
     others = [u for u in applied.ways if (u.dev, u.gateway) != (current.dev, current.gateway)]
     if not others:
-        return None, True
-    current_works = False
+        return None, False
+    dead = False
     for way in sorted((current, *others), key=lambda u: u.metric):  # stable: current first
         if way is current:
-            current_works = routes.uplink_works(current, netns)
-            if current_works:
-                return None, True
+            if routes.uplink_works(current, netns):
+                return None, False
+            dead = True
         elif routes.uplink_works(way, netns):
-            return way, current_works
-    return None, current_works
+            return way, dead
+    return None, dead
 
 
 def keep_default_moved(applied: Applied, journal: Journal,

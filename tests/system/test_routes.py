@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from alpaca.errors import SystemSetupError
-from alpaca.system import link, netlink, routes
+from alpaca.system import link, netlink, plan, routes
 from tests.helpers import netns, nsexec
 from tests.system import client_ns, snapshot
 
@@ -90,6 +90,32 @@ def test_routes_an_uplink_whose_gateway_is_on_the_link_by_a_route_works() -> Non
         assert not routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700), ns)
         nsexec(ns, "ip", "addr", "flush", "dev", "up0")
         assert not routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700, onlink=True), ns)
+
+
+def test_routes_next_way_fails_over_from_a_dead_uplink_and_back_to_a_better_one_at_once() -> None:
+    """plan.next_way: from a dead uplink to the working backup (dead: the daemon waits out its
+    hold first); back to the primary once it works again, without a hold (it is better, and
+    the backup in use is not dead); nothing while the way in use is the best that works."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
+        for dev in ("up2", "up3"):
+            nsexec(ns, "ip", "link", "set", dev, "up")
+        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
+        up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
+        assert up0 is not None and up2 is not None
+        primary = routes.Uplink("192.0.2.253", up0, "up0", 200)
+        backup = routes.Uplink("198.51.100.254", up2, "up2", 600)
+        default = routes.ExpectedRoute(plan.DEFAULT_DST, "10.17.1.1", "alpaca0")
+        on_primary = plan.Applied(expected=(default,), uplink=primary, ways=(primary, backup))
+        on_backup = plan.Applied(expected=(default,), uplink=backup, ways=(primary, backup))
+        assert plan.next_way(on_primary, ns) == (None, False)
+        assert plan.next_way(on_backup, ns) == (primary, False)
+        nsexec(ns, "ip", "link", "set", "up1", "down")  # the primary's carrier is lost
+        assert plan.next_way(on_primary, ns) == (backup, True)
+        assert plan.next_way(on_backup, ns) == (None, False)
+        nsexec(ns, "ip", "link", "set", "up3", "down")
+        assert plan.next_way(on_primary, ns) == (None, True)
 
 
 def test_routes_wait_default_route_gives_up_with_clear_error() -> None:
