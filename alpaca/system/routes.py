@@ -351,14 +351,14 @@ def restore_default_route(
     Every saved route is tried, also after one fails (its device may be gone: a dock
     unplugged), so the others still come back; then the first failure is raised. A saved
     route that no longer fits (its gateway unreachable, its device gone) while main already
-    holds a default route of another program (a DHCP client gave the uplink a new one) is
-    not restored, with a warning: the host has its way out back. One that no longer fits
-    while main holds none but those restored here (a dock unplugged, an uplink down while
-    the backup carried the peers) is a failure: the journal keeps it, and a later start
-    restores it once its device is back.
+    holds another default route through the same device (a DHCP client gave the uplink a
+    new one, or a later step of the journal put that one back) is not restored, with a
+    warning: its device has its way out back. One whose device has no default in main (a
+    dock unplugged, an uplink down while a backup carried the peers) is a failure: the
+    journal keeps it, and a later start restores it once its device is back.
     """
     failed: list[SystemSetupError] = []
-    others = save_default_routes(netns)
+    others = {route.dev for route in save_default_routes(netns)}
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
         if table == RT_TABLE_MAIN:  # ours first: a saved one of the same metric would clash
             _delete_tunnel_default(ipr, table)
@@ -372,8 +372,9 @@ def restore_default_route(
             code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
             if code and code not in OK_ADD:
                 error = netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
-                if others and code in _NO_LONGER_FITS:
-                    log.warning("saved default route not restored: main has another default error=%s", error)
+                if route.dev in others and code in _NO_LONGER_FITS:
+                    log.warning("saved default route not restored: main has another default through "
+                                "its device error=%s", error)
                     continue
                 failed.append(error)
         if table != RT_TABLE_MAIN:

@@ -593,6 +593,38 @@ def test_journal_two_daemons_in_one_namespace_share_ip_forward(tmp_path: Path) -
 
 
 @pytest.mark.netns
+def test_journal_a_default_whose_device_has_none_back_is_kept_across_steps(tmp_path: Path) -> None:
+    """Two uplinks, the backup's lease renewed while the tunnel ran (a second step), and the
+    primary unplugged at stop (a dock): the backup's default comes back (the later step's
+    undo), and the primary's, which cannot, is kept for the next start: its device has no
+    default back (it was dropped as if the backup's were the primary's new one)."""
+    path = tmp_path / "run" / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns)
+        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
+        for dev in ("up2", "up3"):
+            nsexec(ns, "ip", "link", "set", dev, "up")
+        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
+        backup = ("default", "via", "198.51.100.254", "dev", "up2", "metric", "600")
+        nsexec(ns, "ip", "route", "add", *backup)
+        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                            gateway_ip="10.17.1.1")
+        journal = jr.Journal(path, ns)
+        applied = apply(plan(inp), journal, ns)
+        nsexec(ns, "ip", "route", "add", *backup)  # the backup's DHCP client renews its lease
+        assert len(keep_default_moved(applied, journal, ns)) == 1
+        nsexec(ns, "ip", "link", "del", "up0")
+        failures = journal.undo_all()
+        assert len(failures) == 1 and "default dev up0" in failures[0], failures
+        main = nsexec(ns, "ip", "route", "show", "default", "table", "main").stdout
+        assert main == "default via 198.51.100.254 dev up2 metric 600 \n", main
+        add_uplink0(ns)
+        assert jr.recover(path) == []
+        main = nsexec(ns, "ip", "route", "show", "default", "table", "main").stdout
+        assert "via 192.0.2.254 dev up0" in main and "via 198.51.100.254 dev up2" in main, main
+
+
+@pytest.mark.netns
 def test_journal_saved_default_that_no_longer_fits_is_not_kept(tmp_path: Path) -> None:
     """While the tunnel ran, the uplink moved to another subnet and a DHCP client put a new
     default into main: the saved default (gateway 192.0.2.254) cannot come back, and the

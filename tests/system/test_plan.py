@@ -126,6 +126,6 @@ def test_next_way_looks_nothing_up_for_a_single_uplink() -> None:
     one = routes.Uplink("192.168.50.1", 2, "eth0", 0)
     default = routes.ExpectedRoute(p.DEFAULT_DST, "10.17.1.1", "alpaca0")
     applied = p.Applied(expected=(default,), uplink=one, ways=(one,))
-    assert p.next_way(applied, netns="absent-namespace") == (None, True)
+    assert p.next_way(applied, netns="absent-namespace") == (None, False)
     server = p.Applied(uplink=one, ways=(one, routes.Uplink("192.168.52.1", 3, "wlan0", 600)))
-    assert p.next_way(server, netns="absent-namespace") == (None, True)
+    assert p.next_way(server, netns="absent-namespace") == (None, False)
