@@ -76,6 +76,21 @@ def client_ns(ns: str, tun: bool = True) -> None:
         add_tun(ns)
 
 
+#: the default route of :func:`add_backup_uplink`'s link, as ``ip route`` arguments
+BACKUP_DEFAULT = ("default", "via", "198.51.100.254", "dev", "up2", "metric", "600")
+
+
+def add_backup_uplink(ns: str, default: bool = True) -> None:
+    """A second uplink ``up2`` 198.51.100.1/24 beside :func:`client_ns`'s, with its default
+    route (gateway 198.51.100.254, metric 600) unless ``default`` is False."""
+    nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
+    for dev in ("up2", "up3"):
+        nsexec(ns, "ip", "link", "set", dev, "up")
+    nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
+    if default:
+        nsexec(ns, "ip", "route", "add", *BACKUP_DEFAULT)
+
+
 def add_tun(ns: str, name: str = "alpaca0") -> None:
     """A persistent TUN standing in for the one the daemon opens."""
     nsexec(ns, "ip", "tuntap", "add", "dev", name, "mode", "tun")

@@ -24,7 +24,17 @@ from alpaca.system.plan import (
     update_host_routes,
 )
 from tests.helpers import netns, nsexec
-from tests.system import PYTHON, ROOT, add_tun, client_ns, del_tun, run_python, snapshot
+from tests.system import (
+    BACKUP_DEFAULT,
+    PYTHON,
+    ROOT,
+    add_backup_uplink,
+    add_tun,
+    client_ns,
+    del_tun,
+    run_python,
+    snapshot,
+)
 
 APPLY_AND_CRASH = """
 import os, signal
@@ -219,11 +229,7 @@ def test_journal_restores_every_default_it_can_and_keeps_the_rest(tmp_path: Path
     path = tmp_path / "run" / "alpaca0.journal"
     with netns() as ns:
         client_ns(ns)
-        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
-        for dev in ("up2", "up3"):
-            nsexec(ns, "ip", "link", "set", dev, "up")
-        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
-        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "up2", "metric", "600")
+        add_backup_uplink(ns)
         inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
                             gateway_ip="10.17.1.1")
         journal = jr.Journal(path, ns)
@@ -601,17 +607,12 @@ def test_journal_a_default_whose_device_has_none_back_is_kept_across_steps(tmp_p
     path = tmp_path / "run" / "alpaca0.journal"
     with netns() as ns:
         client_ns(ns)
-        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
-        for dev in ("up2", "up3"):
-            nsexec(ns, "ip", "link", "set", dev, "up")
-        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
-        backup = ("default", "via", "198.51.100.254", "dev", "up2", "metric", "600")
-        nsexec(ns, "ip", "route", "add", *backup)
+        add_backup_uplink(ns)
         inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
                             gateway_ip="10.17.1.1")
         journal = jr.Journal(path, ns)
         applied = apply(plan(inp), journal, ns)
-        nsexec(ns, "ip", "route", "add", *backup)  # the backup's DHCP client renews its lease
+        nsexec(ns, "ip", "route", "add", *BACKUP_DEFAULT)  # the backup's DHCP client renews its lease
         assert len(keep_default_moved(applied, journal, ns)) == 1
         nsexec(ns, "ip", "link", "del", "up0")
         failures = journal.undo_all()

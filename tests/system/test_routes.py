@@ -10,7 +10,7 @@ import pytest
 from alpaca.errors import SystemSetupError
 from alpaca.system import link, netlink, plan, routes
 from tests.helpers import netns, nsexec
-from tests.system import client_ns, snapshot
+from tests.system import add_backup_uplink, client_ns, snapshot
 
 pytestmark = pytest.mark.netns
 
@@ -98,10 +98,7 @@ def test_routes_next_way_fails_over_from_a_dead_uplink_and_back_to_a_better_one_
     the backup in use is not dead); nothing while the way in use is the best that works."""
     with netns() as ns:
         client_ns(ns, tun=False)
-        nsexec(ns, "ip", "link", "add", "up2", "type", "veth", "peer", "name", "up3")
-        for dev in ("up2", "up3"):
-            nsexec(ns, "ip", "link", "set", dev, "up")
-        nsexec(ns, "ip", "addr", "add", "198.51.100.1/24", "dev", "up2")
+        add_backup_uplink(ns, default=False)
         up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
         assert up0 is not None and up2 is not None
         primary = routes.Uplink("192.0.2.253", up0, "up0", 200)
