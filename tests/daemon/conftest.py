@@ -69,6 +69,9 @@ class Node:
     run_dir: Path
     config: dict[str, Any]
     proc: subprocess.Popen[bytes] | None = None
+    #: "started" lines in the log before the running process was started (the log is kept
+    #: across restarts, so an earlier run's line must not count as this one's)
+    starts_before: int = 0
 
     @property
     def config_path(self) -> Path:
@@ -160,6 +163,7 @@ class Lab:
     def start(self, node: Node, *, wait: bool = True, wrap: tuple[str, ...] = ()) -> Node:
         """Start ``node``'s daemon (behind the command prefix ``wrap``, e.g. ``chrt``; it must
         exec, keeping the pid); with ``wait``, return once its TUN device is up."""
+        node.starts_before = node.log().count("started node=")
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the process below
         try:
             node.proc = subprocess.Popen(
@@ -179,7 +183,8 @@ class Lab:
             if node.proc.poll() is not None:
                 pytest.fail(f"{node.name} exited with {node.proc.returncode}:\n{node.log_tail()}")
             done = nsexec(node.ns, "ip", "link", "show", TUN, check=False)
-            if done.returncode == 0 and ",UP" in done.stdout and "started node=" in node.log():
+            started = node.log().count("started node=") > node.starts_before
+            if done.returncode == 0 and ",UP" in done.stdout and started:
                 return
             time.sleep(0.1)
         pytest.fail(f"{node.name}: {TUN} not up after {timeout:g} s:\n{node.log_tail()}")
