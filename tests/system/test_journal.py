@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,12 @@ RECOVER = """
 from alpaca.system.journal import recover
 print("recovered", recover({path!r}))
 """
+
+
+def client_input(**kw: Any) -> HostPlanInput:
+    """The client these tests set up: alpaca0, 10.17.16.1 in 10.17.0.0/16, gateway 10.17.1.1."""
+    return HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                         gateway_ip="10.17.1.1", **kw)
 
 
 def crash_run(ns: str, path: Path, mode: str, data: Path) -> str:
@@ -230,8 +237,7 @@ def test_journal_restores_every_default_it_can_and_keeps_the_rest(tmp_path: Path
     with netns() as ns:
         client_ns(ns)
         add_backup_uplink(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1")
+        inp = client_input()
         journal = jr.Journal(path, ns)
         apply(plan(inp), journal, ns)
         assert "default via" not in nsexec(ns, "ip", "route", "show", "table", "main").stdout
@@ -284,8 +290,7 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
         client_ns(ns, tun=False)
         before = snapshot(ns)
         add_tun(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1", route_table=table)
+        inp = client_input(route_table=table)
         journal = jr.Journal(path, ns)
         applied = apply(plan(inp), journal, ns)
         assert keep_default_moved(applied, journal, ns) == []
@@ -313,8 +318,7 @@ def test_journal_a_default_moved_again_at_another_metric_comes_back_once(tmp_pat
     with netns() as ns:
         client_ns(ns, tun=False)
         add_tun(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1")
+        inp = client_input()
         journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
         applied = apply(plan(inp), journal, ns)
         nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0",
@@ -345,8 +349,7 @@ def test_journal_a_multipath_uplink_is_a_way_out_to_come_back_to(tmp_path: Path)
                "nexthop", "via", "192.0.2.253", "dev", "up1")
         nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.252", "dev", "up1", "metric", "600")
         add_tun(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1")
+        inp = client_input()
         journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
         applied = apply(plan(inp), journal, ns)
         assert [(u.dev, u.gateway, u.metric) for u in applied.ways] == [
@@ -608,8 +611,7 @@ def test_journal_a_default_whose_device_has_none_back_is_kept_across_steps(tmp_p
     with netns() as ns:
         client_ns(ns)
         add_backup_uplink(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1")
+        inp = client_input()
         journal = jr.Journal(path, ns)
         applied = apply(plan(inp), journal, ns)
         nsexec(ns, "ip", "route", "add", *BACKUP_DEFAULT)  # the backup's DHCP client renews its lease
@@ -633,8 +635,7 @@ def test_journal_saved_default_that_no_longer_fits_is_not_kept(tmp_path: Path) -
     path = tmp_path / "alpaca0.journal"
     with netns() as ns:
         client_ns(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1")
+        inp = client_input()
         journal = jr.Journal(path, ns)
         apply(plan(inp), journal, ns)
         nsexec(ns, "ip", "addr", "del", "192.0.2.1/24", "dev", "up0")
@@ -659,8 +660,7 @@ def test_journal_route_table_main_moves_a_default_of_metric_zero(tmp_path: Path)
         nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0")
         before = snapshot(ns)
         add_tun(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1", route_table=254)
+        inp = client_input(route_table=254)
         journal = jr.Journal(tmp_path / "j", ns)
         apply(plan(inp), journal, ns)
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
@@ -675,8 +675,7 @@ def test_journal_route_table_nobody_looks_up_is_named_in_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """route_table 100 without an ip rule for it: the tunnel would carry nothing, and the log
     says so; with the administrator's rule in place, nothing is said."""
-    inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                        gateway_ip="10.17.1.1", route_table=100)
+    inp = client_input(route_table=100)
     for ruled in (False, True):
         caplog.clear()
         with netns() as ns:
@@ -789,9 +788,8 @@ def test_journal_a_reload_that_drops_a_local_route_keeps_the_chnroute_prefix_it_
         client_ns(ns, tun=False)
         before = snapshot(ns)
         add_tun(ns)
-        inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
-                            gateway_ip="10.17.1.1", local_routes=("1.0.1.0/24", "198.51.100.0/24"),
-                            chnroute=ChnrouteInput(str(data)))
+        inp = client_input(local_routes=("1.0.1.0/24", "198.51.100.0/24"),
+                             chnroute=ChnrouteInput(str(data)))
         journal = jr.Journal(tmp_path / "j", ns)
         applied = apply(plan(inp), journal, ns)
         assert applied.host_added == {"198.51.100.0/24"}
