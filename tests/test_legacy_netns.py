@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -84,9 +83,7 @@ def test_legacy_netns_two_daemons_ping(tmp_path: Path) -> None:
             # and the node's counters include that engine's.
             show = subprocess.run([ALPACA, "-c", str(server), "show", "--json"],
                                   capture_output=True, text=True, check=True)
-            # (as many as the pings answered: a first ping may go before the client is heard)
-            answered = sum(int(re.search(r"(\d+) received", out.stdout).group(1)) for out in (ping, back))
-            assert json.loads(show.stdout)["sent_datagrams"] >= answered >= 2, show.stdout
+            assert json.loads(show.stdout)["sent_datagrams"] >= 5, show.stdout
         finally:
             for proc in reversed(procs):
                 stop(proc)
