@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import gevent
 from gevent.hub import get_hub
 
 from alpaca.io import DriverClosed
@@ -115,29 +114,34 @@ def read_loop(
     finds the fd empty. On an idle tunnel that is every ping and every DNS query: the EAGAIN
     read and the batch bookkeeping happen after the packet has left.
 
-    Without ``ahead``: up to ``batch`` packets per wake-up, handed out whole. With it: up to
-    READ_ROUNDS reads per round go into ``ahead`` (none while it is full), then up to
-    ``batch`` small and BULK_BATCHES * ``batch`` bulk packets are handed out. The loop waits
-    for the fd only when ``ahead`` is empty, and otherwise yields on a zero timer, which fires
-    after the event loop has polled the other fds: ``gevent.sleep(0)`` would let this greenlet
-    run again before the loop polls (for up to 50 rounds), so a busy reader would starve the
-    other direction (measured: 5-20 ms for a ping reply behind a bulk transfer); an idle
+    Without ``ahead``: up to ``batch`` packets per wake-up, handed out whole; after a full
+    batch the loop yields and reads on. With it: up to READ_ROUNDS reads per round go into
+    ``ahead`` (none while it is full), then up to ``batch`` small and BULK_BATCHES * ``batch``
+    bulk packets are handed out; the loop waits for the fd only when ``ahead`` is empty.
+    Either loop yields on a zero timer, which fires after the event loop has polled the other
+    fds: ``gevent.sleep(0)`` would let this greenlet run again before the loop polls (for 50
+    rounds or the 5 ms switch interval, whichever is longer), so a busy reader would starve
+    the other direction (measured: 5-20 ms for a ping reply behind a bulk transfer); an idle
     watcher would starve this one while another fd is readable on every round (a steady
     inbound stream).
     """
+    turn = get_hub().loop.timer(0.0)  # one per loop: fires after the round's polling
     try:
         if ahead is None:
-            _plain_loop(wait, read, handler, batch, lone)
+            _plain_loop(wait, read, handler, batch, lone, turn)
         else:
-            _ahead_loop(wait, read, handler, batch, ahead, lone)
+            _ahead_loop(wait, read, handler, batch, ahead, lone, turn)
     except DriverClosed:
         return
+    finally:
+        turn.close()
 
 
 def _plain_loop(
     wait: Callable[[], None], read: Callable[[int], list[T]], handler: Callable[[list[T]], None],
-    batch: int, lone: int,
+    batch: int, lone: int, turn: Any,
 ) -> None:
+    hub = get_hub()
     while True:
         wait()
         items = read(1)
@@ -149,35 +153,31 @@ def _plain_loop(
         if items:
             handler(items)
         if len(items) >= batch:
-            gevent.sleep(0)
+            hub.wait(turn)
 
 
 def _ahead_loop(
     wait: Callable[[], None], read: Callable[[int], list[T]], handler: Callable[[list[T]], None],
-    batch: int, ahead: ReadAhead, lone: int,
+    batch: int, ahead: ReadAhead, lone: int, turn: Any,
 ) -> None:
     hub = get_hub()
-    turn = hub.loop.timer(0.0)  # one per loop: after this round's polling
-    try:
-        while True:
-            if not ahead:
-                wait()
-                items = read(1)
-                if len(items) == 1 and len(items[0][0]) <= lone:
-                    handler(items)
-                else:
-                    ahead.add(items)
-            for _ in range(READ_ROUNDS):
-                if ahead.full:
-                    break
-                items = read(batch)
+    while True:
+        if not ahead:
+            wait()
+            items = read(1)
+            if len(items) == 1 and len(items[0][0]) <= lone:
+                handler(items)
+            else:
                 ahead.add(items)
-                if len(items) < batch:
-                    break
-            chunk = ahead.take(batch, batch * BULK_BATCHES)
-            if chunk:
-                handler(chunk)
-            if ahead:
-                hub.wait(turn)
-    finally:
-        turn.close()
+        for _ in range(READ_ROUNDS):
+            if ahead.full:
+                break
+            items = read(batch)
+            ahead.add(items)
+            if len(items) < batch:
+                break
+        chunk = ahead.take(batch, batch * BULK_BATCHES)
+        if chunk:
+            handler(chunk)
+        if ahead:
+            hub.wait(turn)

@@ -128,10 +128,12 @@ def test_read_ahead_stops_reading_while_full() -> None:
     assert tun.reads <= 2 * (40 // 5) + 2
 
 
-def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
-    """gevent.sleep(0) would run the busy loop again up to 50 times before the event loop
-    polls; the read-ahead loop yields until the loop is idle, so a 1 ms timer fires within a
-    few rounds of about 0.3 ms each."""
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_a_busy_read_loop_lets_timers_and_other_fds_run(read_ahead: bool) -> None:
+    """gevent.sleep(0) would run the busy loop again for 50 rounds or 5 ms (the switch
+    interval), whichever is longer, before the event loop polls; the loops yield on a zero
+    timer, so a 1 ms timer fires within a few rounds of about 0.3 ms each. (Without read-ahead
+    this is every UDP port's loop: a bulk receive must not hold back the TUN reader.)"""
     tun = MemoryTun("ra")
     fill(tun, 5_000, small_at_end=False)  # more than 50 rounds take
     rounds = 0
@@ -143,8 +145,8 @@ def test_a_busy_read_ahead_loop_lets_timers_and_other_fds_run() -> None:
         while time.perf_counter() < end:
             pass
 
-    loop = gevent.spawn(tun.read_loop, busy, batch=4,
-                        ahead=ReadAhead(small=100, bulk_bytes=1 << 30, small_limit=64))
+    ahead = ReadAhead(small=100, bulk_bytes=1 << 30, small_limit=64) if read_ahead else None
+    loop = gevent.spawn(tun.read_loop, busy, batch=4, ahead=ahead)
     gevent.sleep(0)
     start = rounds
     gevent.sleep(0.001)
