@@ -183,6 +183,11 @@ class Config:
     """Small datagrams (at most 292 bytes of UDP payload: pings, ACKs, DNS, probes) arrive on
     a second socket of each port, read first, instead of waiting behind the bulk standing in
     the receive buffer (alpaca.io.udp). Default on."""
+    tun_priority_lane: bool = True
+    """Small packets (at most 256 bytes: pings, ACKs, DNS) the host sends into the TUN device
+    go to a second queue of it, read first, instead of waiting behind the bulk in the
+    device's ring (alpaca.io.tun; needs Linux 4.16 and CAP_BPF or CAP_SYS_ADMIN, else one
+    queue). Default on."""
     tun_offload: bool = True
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""
@@ -332,6 +337,7 @@ TOP_KEYS = [
     "mode", "group", "net", "id", "gateway", "forwarders", "port", "mtu", "log_level",
     "secret_file", "chnroute", "local_routes", "pre_up_cmds", "post_up_cmds", "pre_down_cmds",
     "post_down_cmds", "tun_name", "tun_txqueuelen", "tun_offload", "tun_read_ahead_kib",
+    "tun_priority_lane",
     "udp_rcvbuf_kib", "udp_priority_lane", "realtime_priority", "ports", "ttl",
     "probe_interval_ms", "path_timeout_ms", "path_lifetime_s", "dup", "pad_small_packets",
     "replay_window", "inner_source_check", "metrics", "control_socket", "state_file",
@@ -396,6 +402,7 @@ class _Builder:
             tun_name=tun_name,
             tun_txqueuelen=top.integer("tun_txqueuelen", C.DEFAULT_TUN_TXQUEUELEN, 2, 100_000),
             tun_offload=top.boolean("tun_offload", True),
+            tun_priority_lane=top.boolean("tun_priority_lane", True),
             udp_rcvbuf_kib=top.integer("udp_rcvbuf_kib", C.DEFAULT_UDP_RCVBUF_KIB, 16, 1 << 20),
             udp_priority_lane=top.boolean("udp_priority_lane", True),
             tun_read_ahead_kib=top.integer(

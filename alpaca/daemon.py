@@ -175,9 +175,13 @@ class Daemon:
         link.check_name_free(cfg.tun_name)  # before the hooks: a refused start runs none
         epoch = next_epoch(cfg.state_file, wall())
         run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
-        self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload)
+        self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload, priority_lane=cfg.tun_priority_lane)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
+        if self.tun.lane_problem:
+            log.info("no priority lane on the TUN device (small packets share its queue): %s;"
+                     " set tun_priority_lane false to silence this tun=%s", self.tun.lane_problem,
+                     self.tun.name)
         ops = host_plan(cfg, self.secrets)
         self._tun_op = next((op for op in ops if isinstance(op, ConfigureTun)), None)
         self.applied = apply(ops, self.journal)
@@ -587,7 +591,8 @@ class Daemon:
 #: when it starts.
 RESTART_KEYS = (
     "tun_name", "ports", "mode", "net", "id", "mtu", "group", "tun_txqueuelen", "replay_window",
-    "tun_offload", "tun_read_ahead_kib", "udp_rcvbuf_kib", "udp_priority_lane", "metrics",
+    "tun_offload", "tun_read_ahead_kib", "tun_priority_lane", "udp_rcvbuf_kib", "udp_priority_lane",
+    "metrics",
     "control_socket",
     "state_file", "secret_file", "route_table", "chnroute", "pre_up_cmds", "post_up_cmds",
     "pre_down_cmds", "post_down_cmds", "strict_hooks", "log_level",

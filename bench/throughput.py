@@ -78,6 +78,8 @@ class Scenario:
     read_ahead_kib: int = 128
     #: alpaca-tunnel's udp_priority_lane (small datagrams on a socket of their own).
     lane: bool = True
+    #: alpaca-tunnel's tun_priority_lane (small packets on a TUN queue of their own).
+    tun_lane: bool = True
     #: SCHED_RR priority of the tunnel processes (0: normal scheduling): alpaca-tunnel's
     #: realtime_priority; ``chrt -r`` for the reference forwarder and wireguard-go.
     realtime: int = 0
@@ -98,6 +100,7 @@ SCENARIOS = [
     Scenario("alpaca-1path-ra0", "alpaca", read_ahead_kib=0, note="tun_read_ahead_kib 0 (off)"),
     Scenario("alpaca-1path-ra1024", "alpaca", read_ahead_kib=1024, note="tun_read_ahead_kib 1024"),
     Scenario("alpaca-1path-nolane", "alpaca", lane=False, note="udp_priority_lane false"),
+    Scenario("alpaca-1path-notunlane", "alpaca", tun_lane=False, note="tun_priority_lane false"),
     Scenario("reference-rt", "reference", realtime=10, note="chrt -r 10"),
     Scenario("wireguard-go-rt", "wireguard", realtime=10, note="chrt -r 10"),
     Scenario("alpaca-1path-rt", "alpaca", realtime=10, note="realtime_priority 10"),
@@ -113,8 +116,8 @@ SCENARIOS = [
     Scenario("alpaca-2path-dup-lossy", "alpaca", paths=2, dup=True, lossy=True),
 ]
 QUICK = ["raw-veth", "reference", "wireguard-go", "alpaca-1path", "alpaca-1path-nooffload",
-         "alpaca-1path-ra0", "alpaca-1path-nolane", "reference-rt", "alpaca-1path-rt",
-         "alpaca-2path-dup",
+         "alpaca-1path-ra0", "alpaca-1path-nolane", "alpaca-1path-notunlane", "reference-rt",
+         "alpaca-1path-rt", "alpaca-2path-dup",
          "wireguard-go-lossy", "alpaca-2path-dup-lossy"]
 
 
@@ -268,7 +271,7 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
             "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload, "udp_rcvbuf_kib": sc.rcvbuf_kib,
             "tun_read_ahead_kib": sc.read_ahead_kib, "realtime_priority": sc.realtime,
-            "udp_priority_lane": sc.lane,
+            "udp_priority_lane": sc.lane, "tun_priority_lane": sc.tun_lane,
         }
         if side == "server":
             config.update(id="1.1", port=ALPACA_PORT)

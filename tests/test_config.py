@@ -207,16 +207,17 @@ def test_config_offload_and_receive_buffer_are_read_and_bounded(tmp_path: Path) 
     config = load(tmp_path)
     assert config.tun_offload is True and config.udp_rcvbuf_kib == 208
     assert config.tun_read_ahead_kib == 128 and config.realtime_priority == 0
-    assert config.udp_priority_lane is True
+    assert config.udp_priority_lane is True and config.tun_priority_lane is True
     config = load(tmp_path, tun_offload=False, udp_rcvbuf_kib=2048, tun_read_ahead_kib=1024,
-                  realtime_priority=10, udp_priority_lane=False)
+                  realtime_priority=10, udp_priority_lane=False, tun_priority_lane=False)
     assert config.tun_offload is False and config.udp_rcvbuf_kib == 2048
     assert config.tun_read_ahead_kib == 1024 and config.realtime_priority == 10
-    assert config.udp_priority_lane is False
+    assert config.udp_priority_lane is False and config.tun_priority_lane is False
     found = problems(tmp_path, tun_offload="yes", udp_rcvbuf_kib=8, tun_read_ahead_kib=-1,
-                     realtime_priority=100, udp_priority_lane=1)
+                     realtime_priority=100, udp_priority_lane=1, tun_priority_lane="on")
     assert any("tun_offload" in p for p in found) and any("udp_rcvbuf_kib" in p for p in found)
     assert any("udp_priority_lane" in p for p in found), found
+    assert any("tun_priority_lane" in p for p in found), found
     assert any("tun_read_ahead_kib" in p for p in found)
     assert any("realtime_priority: 100 is above the maximum 99" in p for p in found), found
 

@@ -12,6 +12,7 @@ that hub. Nothing here monkey-patches, and nothing starts an OS thread.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,10 +23,21 @@ from alpaca.core.settings import Addr
 if TYPE_CHECKING:
     from alpaca.io.readahead import ReadAhead
 
-__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket", "hub_turns"]
+__all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket", "hub_turns",
+           "kernel_at_least"]
 
 #: An inner packet and whether its TCP/UDP checksum is partial (alpaca.core.offload).
 TunPacket = tuple[bytes, bool]
+
+
+def kernel_at_least(version: tuple[int, int], release: str | None = None) -> bool:
+    """Whether the running kernel (``release``: as uname gives it) is ``version`` or newer;
+    False for a release that does not parse."""
+    parts = (release or os.uname().release).split(".")[:2]
+    try:
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= version
+    except (ValueError, IndexError):
+        return False
 
 
 class DriverClosed(Exception):
@@ -57,6 +69,11 @@ class PacketDevice(Protocol):
         self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32,
         ahead: ReadAhead | None = None, lone: int = 0,
     ) -> None: ...
+
+    @property
+    def priority_lane(self) -> bool: ...
+
+    def priority_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None: ...
 
     def close(self) -> None: ...
 

@@ -171,6 +171,9 @@ class Dataplane:
         greenlets = [group.spawn(self.tun.read_loop, self._on_tun_batch, batch=self.batch,
                                  ahead=ahead, lone=SMALL_PACKET)]
         greenlets[0].name = f"the reader of TUN device {self.tun.name}"
+        if self.tun.priority_lane:
+            greenlets.append(group.spawn(self.tun.priority_loop, self._on_tun_batch, batch=self.batch))
+            greenlets[-1].name = f"the priority reader of TUN device {self.tun.name}"
         for index, port in enumerate(self.ports):
             greenlets.append(group.spawn(port.read_loop, self._port_handler(index), batch=self.batch,
                                          lone=SMALL_DATAGRAM))

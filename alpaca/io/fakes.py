@@ -152,6 +152,12 @@ class MemoryTun:
     ) -> None:
         read_loop(self._inbox.wait, self.read_batch, handler, batch=batch, ahead=ahead, lone=lone)
 
+    #: one queue for every packet (TunDevice's priority lane is the kernel's)
+    priority_lane = False
+
+    def priority_loop(self, handler: Callable[[list[TunPacket]], None], *, batch: int = 32) -> None:
+        return
+
     def close(self) -> None:
         self._inbox.close()
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import os
 import socket as _stdsocket
 import struct
 from collections.abc import Callable, Sequence
@@ -52,7 +51,7 @@ from typing import Any
 from alpaca.core.constants import SMALL_DATAGRAM
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
-from alpaca.io import ReadWaiter
+from alpaca.io import ReadWaiter, kernel_at_least
 from alpaca.io.readahead import read_loop
 
 #: Largest datagram recv_batch returns whole; longer ones are truncated (and fail to verify).
@@ -180,7 +179,9 @@ class UdpPort:
             raise TunnelError(f"{text} ({hint})" if hint else text) from exc
         offload = gso and _gso_supported(sock)
         gro = offload and _enable_gro(sock)
-        lane = _open_lane(sock, interface, rcvbuf, gro) if priority_lane and _lane_kernel() else None
+        lane = None
+        if priority_lane and kernel_at_least(LANE_KERNEL):
+            lane = _open_lane(sock, interface, rcvbuf, gro)
         return cls(name, sock, gso=offload, gro=gro, interface=interface, lane=lane)
 
     @property
@@ -413,15 +414,6 @@ def _run_end(datas: Sequence[bytes], i: int) -> int:
     if j < n and j - i < cap and 0 < len(datas[j]) < size:
         j += 1
     return j
-
-
-def _lane_kernel(release: str | None = None) -> bool:
-    """Whether the running kernel (``release``: as uname gives it) is LANE_KERNEL or newer."""
-    parts = (release or os.uname().release).split(".")[:2]
-    try:
-        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= LANE_KERNEL
-    except (ValueError, IndexError):
-        return False
 
 
 def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:

@@ -146,3 +146,78 @@ def test_tun_close_ends_read_loop_and_leaves_no_greenlet() -> None:
 def test_tun_name_too_long_is_an_error() -> None:
     with pytest.raises(TunnelError, match="1 to 15 bytes"):
         TunDevice.open("x" * 16)
+
+
+LANE = r"""
+import json, socket, subprocess, sys, gevent
+from alpaca.io import ebpf
+from alpaca.io.tun import TunDevice
+
+mode = sys.argv[1]
+if mode == "refused":
+    def refuse(program):
+        raise PermissionError(1, "Operation not permitted")
+    ebpf.load_socket_filter = refuse
+dev = TunDevice.open("alpaca-test0", priority_lane=mode != "off")
+r = {"lane": dev.priority_lane, "problem": dev.lane_problem}
+subprocess.run(["ip", "addr", "add", "10.99.0.1/24", "dev", dev.name], check=True)
+subprocess.run(["ip", "link", "set", dev.name, "up"], check=True)
+r["queues"] = sorted(q for q in subprocess.run(
+    ["ls", f"/sys/class/net/{dev.name}/queues"], capture_output=True, text=True).stdout.split()
+    if q.startswith("tx"))
+# 60 bulk packets stand in the device's ring, then three small ones: the largest that goes
+# to the lane (256 bytes: 228 of UDP payload), the smallest that does not (257), and one more
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(60):
+    sock.sendto(b"b" * 1200, ("10.99.0.2", 9))
+for size in (228, 229, 10):
+    sock.sendto(b"s" * size, ("10.99.0.2", 9))
+order = []
+def handle(source):
+    def on_batch(packets):
+        order.extend((source, len(p)) for p, _ in packets if p[9] == 17)
+    return on_batch
+loops = [gevent.spawn(dev.read_loop, handle("main"), batch=8)]
+loops.append(gevent.spawn(dev.priority_loop, handle("lane"), batch=8))
+with gevent.Timeout(5):
+    while len(order) < 63:
+        gevent.sleep(0.01)
+r["small"] = [(where, i) for i, (where, size) in enumerate(order) if size < 1000]
+dev.close()
+gevent.joinall(loops, timeout=2)
+r["loops_ended"] = all(g.successful() for g in loops)
+r["link_gone"] = subprocess.run(["ip", "link", "show", "alpaca-test0"],
+                                capture_output=True).returncode != 0
+print(json.dumps(r))
+"""
+
+
+def run_lane(mode: str) -> dict[str, object]:
+    with netns("atl") as ns:
+        out = nsexec(ns, sys.executable, "-c", LANE, mode, timeout=60).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_tun_lane_takes_small_packets_ahead_of_the_bulk_queued_before_them() -> None:
+    r = run_lane("on")
+    assert r["lane"] is True and r["problem"] is None
+    assert r["queues"] == ["tx-0", "tx-1"]
+    # 256 bytes and the 38-byte one on the lane, handled first; 257 bytes with the bulk
+    assert r["small"] == [["lane", 0], ["lane", 1], ["main", 62]], r["small"]
+    assert r["loops_ended"] is True and r["link_gone"] is True
+
+
+def test_tun_without_the_lane_small_packets_wait_behind_the_bulk() -> None:
+    r = run_lane("off")
+    assert r["lane"] is False and r["problem"] is None and r["queues"] == ["tx-0"]
+    assert r["small"] == [["main", 60], ["main", 61], ["main", 62]], r["small"]
+    assert r["loops_ended"] is True and r["link_gone"] is True
+
+
+def test_tun_lane_refused_by_the_kernel_runs_on_one_queue_and_says_why() -> None:
+    r = run_lane("refused")
+    assert r["lane"] is False
+    assert "loading the steering program: Operation not permitted (needs CAP_BPF" in str(r["problem"])
+    assert r["small"] == [["main", 60], ["main", 61], ["main", 62]], r["small"]
+    assert r["loops_ended"] is True and r["link_gone"] is True

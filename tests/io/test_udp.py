@@ -16,7 +16,8 @@ import pytest
 
 from alpaca.core.constants import OVERHEAD, SMALL_PACKET
 from alpaca.errors import TunnelError
-from alpaca.io.udp import PRIORITY_BYTES, UdpPort, _lane_kernel
+from alpaca.io import kernel_at_least
+from alpaca.io.udp import LANE_KERNEL, PRIORITY_BYTES, UdpPort
 from tests.helpers import netns, nsexec
 from tests.io import live_greenlets
 
@@ -158,9 +159,12 @@ def test_udp_rebinding_to_a_recreated_interface_drops_the_lane() -> None:
 
 
 def test_udp_lane_only_on_kernels_that_have_what_it_needs() -> None:
-    assert not _lane_kernel("4.19.0-27-amd64") and not _lane_kernel("4.9.0")
-    assert _lane_kernel("5.0.0") and _lane_kernel("6.1.0-41-amd64") and _lane_kernel("6.18.3+")
-    assert not _lane_kernel("not-a-release")
+    def lane(release: str) -> bool:
+        return kernel_at_least(LANE_KERNEL, release)
+
+    assert not lane("4.19.0-27-amd64") and not lane("4.9.0")
+    assert lane("5.0.0") and lane("6.1.0-41-amd64") and lane("6.18.3+")
+    assert not lane("not-a-release")
 
 
 def test_udp_a_port_without_a_descriptor_for_its_lane_works_on_one_socket() -> None:
