@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,11 +34,8 @@ TunPacket = tuple[bytes, bool]
 def kernel_at_least(version: tuple[int, int], release: str | None = None) -> bool:
     """Whether the running kernel (``release``: as uname gives it) is ``version`` or newer;
     False for a release that does not parse."""
-    parts = (release or os.uname().release).split(".")[:2]
-    try:
-        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= version
-    except (ValueError, IndexError):
-        return False
+    match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return match is not None and (int(match[1]), int(match[2])) >= version
 
 
 class DriverClosed(Exception):

@@ -6,9 +6,9 @@ packet by its length. The kernel runs it on every packet the host sends into the
 queues. It is six instructions of type ``BPF_PROG_TYPE_SOCKET_FILTER`` reading
 ``__sk_buff.len`` (the whole IP packet; a TCP super-packet counts as large).
 
-Loading needs ``CAP_BPF`` or ``CAP_SYS_ADMIN`` (root has both; a container often has
-neither): :func:`load_socket_filter` raises OSError with the kernel's errno, and the caller
-runs without the lane.
+Loading needs ``CAP_BPF`` (Linux 5.8+) or ``CAP_SYS_ADMIN`` (root has both; the shipped
+systemd unit grants ``CAP_BPF``; a container often has neither): :func:`load_socket_filter`
+raises OSError with the kernel's errno, and the caller runs without the lane.
 """
 
 from __future__ import annotations
@@ -18,10 +18,15 @@ import errno
 import os
 import platform
 import struct
+import sys
 
-#: bpf(2) syscall numbers of the architectures we run on.
-_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "armv6l": 386, "i686": 357,
-                "riscv64": 280, "ppc64le": 361, "s390x": 351}
+#: bpf(2) syscall numbers by (uname machine, bits of this process's pointers): a 32-bit
+#: userland on a 64-bit kernel uses the 32-bit table. Little-endian only (the instruction's
+#: register nibbles are the other way round on big-endian), and only where the TUN ioctl
+#: numbers (alpaca.io.tun) have the generic encoding.
+_BPF_SYSCALL = {("x86_64", 64): 321, ("x86_64", 32): 357, ("i686", 32): 357,
+                ("aarch64", 64): 280, ("aarch64", 32): 386, ("armv7l", 32): 386,
+                ("armv6l", 32): 386, ("riscv64", 64): 280}
 BPF_PROG_LOAD = 5
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 _LDX_W_MEM, _JGT_K, _MOV64_K, _EXIT = 0x61, 0x25, 0xB7, 0x95
@@ -52,9 +57,10 @@ def size_steering(small_bytes: int, small_queue: int) -> bytes:
 def load_socket_filter(program: bytes) -> int:
     """Load ``program`` (eBPF instructions) as a socket filter; return its fd (the caller
     closes it once attached). Raises OSError (ENOSYS on an architecture not listed here)."""
-    number = _BPF_SYSCALL.get(platform.machine())
+    where = (platform.machine(), struct.calcsize("P") * 8)
+    number = _BPF_SYSCALL.get(where) if sys.byteorder == "little" else None
     if number is None:
-        raise OSError(errno.ENOSYS, f"no bpf syscall number for {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"no bpf syscall number known for {where[0]} ({where[1]}-bit)")
     insns = ctypes.create_string_buffer(program, len(program))
     license_ = ctypes.create_string_buffer(b"GPL")
     attr = ctypes.create_string_buffer(_ATTR_SIZE)

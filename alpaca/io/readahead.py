@@ -118,14 +118,15 @@ def read_loop(
     batch the loop yields and reads on. With it: up to READ_ROUNDS reads per round go into
     ``ahead`` (none while it is full), then up to ``batch`` small and BULK_BATCHES * ``batch``
     bulk packets are handed out; the loop waits for the fd only when ``ahead`` is empty.
-    Either loop yields on a zero timer, which fires after the event loop has polled the other
-    fds: ``gevent.sleep(0)`` would let this greenlet run again before the loop polls (for 50
-    rounds or the 5 ms switch interval, whichever is longer), so a busy reader would starve
-    the other direction (measured: 5-20 ms for a ping reply behind a bulk transfer); an idle
-    watcher would starve this one while another fd is readable on every round (a steady
-    inbound stream).
+    Either loop yields on a zero timer of a lower watcher priority, which fires after the
+    event loop has polled and run the readers of the fds it found ready: ``gevent.sleep(0)``
+    would let this greenlet run again before the loop polls (for 50 rounds or the 5 ms switch
+    interval, whichever is longer), so a busy reader would starve the other direction
+    (measured: 5-20 ms for a ping reply behind a bulk transfer); an idle watcher would starve
+    this one while another fd is readable on every round (a steady inbound stream).
     """
-    turn = get_hub().loop.timer(0.0)  # one per loop: fires after the round's polling
+    turn = get_hub().loop.timer(0.0)  # one per loop: fires after the round's polling,
+    turn.priority = -1  # and after the fds found ready in it (libev runs a priority LIFO)
     try:
         if ahead is None:
             _plain_loop(wait, read, handler, batch, lone, turn)
@@ -142,8 +143,10 @@ def _plain_loop(
     batch: int, lone: int, turn: Any,
 ) -> None:
     hub = get_hub()
+    full = False
     while True:
-        wait()
+        if not full:  # (after a full batch's turn the loop reads on without waiting)
+            wait()
         items = read(1)
         if len(items) == 1 and len(items[0][0]) <= lone:
             handler(items)
@@ -152,7 +155,8 @@ def _plain_loop(
             items += read(batch - len(items))
         if items:
             handler(items)
-        if len(items) >= batch:
+        full = len(items) >= batch
+        if full:
             hub.wait(turn)
 
 

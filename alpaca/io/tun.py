@@ -27,10 +27,13 @@ queue, and an eBPF program (:func:`alpaca.io.ebpf.size_steering`, ``TUNSETSTEERI
 Linux 4.16+) puts every packet of at most :data:`LANE_BYTES` into the second queue's ring;
 its reader runs at a higher watcher priority (the program belongs to the device and goes
 with it). Each queue's ring is ``txqueuelen`` packets long. Writes go through the first fd.
-Where the kernel refuses (no ``CAP_BPF`` or ``CAP_SYS_ADMIN``, an older kernel, no
-descriptor left) the device runs on one queue, as without the lane, and
-:attr:`TunDevice.lane_problem` says why. Small packets can overtake the bulk ahead of them in
-the ring, as they do in the read-ahead's lanes.
+The program is loaded before the device is created: where the kernel refuses (no
+``CAP_BPF`` or ``CAP_SYS_ADMIN``, an older kernel) the device is created as without the lane,
+and :attr:`TunDevice.lane_problem` says why (also when no descriptor is left for the second
+queue: the device then runs on one). alpaca.system.link gives a multi-queue device one root
+qdisc before it comes up (the kernel's ``mq`` would create one per possible queue: 256).
+Small packets can overtake the bulk ahead of them in the ring, as they do in the read-ahead's
+lanes.
 
 Greenlet contract: one greenlet runs :meth:`TunDevice.read_loop`, another
 :meth:`TunDevice.priority_loop` when :attr:`TunDevice.priority_lane`;
@@ -123,22 +126,24 @@ class TunDevice:
         raw = name.encode()
         if not raw or len(raw) >= IFNAMSIZ:
             raise TunnelError(f"TUN device name {name!r} must be 1 to {IFNAMSIZ - 1} bytes long")
-        lane_problem = None
-        if priority_lane and not kernel_at_least(LANE_KERNEL):
-            priority_lane, lane_problem = False, f"Linux {LANE_KERNEL[0]}.{LANE_KERNEL[1]} or newer needed"
-        flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if priority_lane else 0)
-        if offload:
-            fd, final = _open_fd(name, flags | IFF_VNET_HDR)
-            try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
-                flags |= IFF_VNET_HDR
-            except OSError:
-                os.close(fd)
-        if not flags & IFF_VNET_HDR:
-            fd, final = _open_fd(name, flags)
-        lane_fd = None
-        if priority_lane:  # (a queue attaches with the flags of the device)
-            lane_fd, lane_problem = _open_lane(fd, final, flags)
+        program, lane_problem = _steering_program() if priority_lane else (None, None)
+        try:
+            flags = IFF_TUN | IFF_NO_PI | (IFF_MULTI_QUEUE if program is not None else 0)
+            if offload:
+                fd, final = _open_fd(name, flags | IFF_VNET_HDR)
+                try:
+                    fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+                    flags |= IFF_VNET_HDR
+                except OSError:
+                    os.close(fd)
+            if not flags & IFF_VNET_HDR:
+                fd, final = _open_fd(name, flags)
+            lane_fd = None
+            if program is not None:
+                lane_fd, lane_problem = _open_lane(fd, final, flags, program)
+        finally:
+            if program is not None:
+                os.close(program)  # an attached program is held by the device
         return cls(fd, final, offload=bool(flags & IFF_VNET_HDR), lane_fd=lane_fd,
                    lane_problem=lane_problem)
 
@@ -271,9 +276,10 @@ class TunDevice:
             read_loop(waiter.wait, self._read_lane, handler, batch=batch, lone=LANE_BYTES)
 
     def close(self) -> None:
-        """Close the fd (the kernel then deletes the device). Idempotent.
+        """Close the fds (the kernel then deletes the device). Idempotent.
 
-        A greenlet inside :meth:`read_loop` returns instead of reading a closed fd.
+        Greenlets inside :meth:`read_loop` and :meth:`priority_loop` return instead of
+        reading a closed fd.
         """
         if self._closed:
             return
@@ -310,26 +316,31 @@ def _open_fd(name: str, flags: int) -> tuple[int, str]:
     return fd, _IFREQ.unpack(ifr)[0].rstrip(b"\0").decode()
 
 
-def _open_lane(fd: int, name: str, flags: int) -> tuple[int | None, str | None]:
+def _steering_program() -> tuple[int | None, str | None]:
+    """The lane's steering program, loaded: (fd, None), or (None, why not). Loaded before the
+    device is created, so that a refusal leaves an ordinary single-queue device."""
+    if not kernel_at_least(LANE_KERNEL):
+        return None, f"Linux {LANE_KERNEL[0]}.{LANE_KERNEL[1]} or newer needed"
+    try:
+        return ebpf.load_socket_filter(ebpf.size_steering(LANE_BYTES, LANE_QUEUE)), None
+    except OSError as exc:
+        hint = " (needs CAP_BPF, Linux 5.8+, or CAP_SYS_ADMIN)" if exc.errno == errno.EPERM else ""
+        return None, f"loading the steering program: {exc.strerror or exc}{hint}"
+
+
+def _open_lane(fd: int, name: str, flags: int, program: int) -> tuple[int | None, str | None]:
     """Attach the lane's queue to the multi-queue device ``name`` (open on ``fd``) and steer
-    small packets to it: (lane fd, None), or (None, why not) with one queue left."""
+    small packets to it with ``program``: (lane fd, None), or (None, why not) with the device
+    left on one queue."""
     try:
         lane, _ = _open_fd(name, flags)
     except TunnelError as exc:
         return None, str(exc)
     try:
-        program = ebpf.load_socket_filter(ebpf.size_steering(LANE_BYTES, LANE_QUEUE))
-    except OSError as exc:
-        os.close(lane)
-        hint = " (needs CAP_BPF or CAP_SYS_ADMIN)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
-        return None, f"loading the steering program: {exc.strerror or exc}{hint}"
-    try:
         fcntl.ioctl(fd, TUNSETSTEERINGEBPF, struct.pack("i", program))
     except OSError as exc:
         os.close(lane)
         return None, f"attaching the steering program: {exc.strerror or exc}"
-    finally:
-        os.close(program)  # the device holds its own reference
     return lane, None
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import TC_H_ROOT
 
 from alpaca.errors import SystemSetupError
 from alpaca.system import sysctl
@@ -96,6 +98,7 @@ def configure_tun(
         if txqueuelen is not None:
             nl_call(f"setting txqueuelen {txqueuelen} on {ifname}", nl.link, "set", index=index,
                     txqlen=txqueuelen)
+        _one_root_qdisc(nl, ifname, index)
         nl_call(
             f"adding address {iface.with_prefixlen} to {ifname}",
             nl.addr,
@@ -109,6 +112,24 @@ def configure_tun(
         nl_call(f"setting {ifname} up", nl.link, "set", index=index, state="up")
     log.info("tun configured dev=%s addr=%s mtu=%d", ifname, iface.with_prefixlen, mtu)
     return index
+
+
+def _one_root_qdisc(nl: IPRoute, ifname: str, index: int) -> None:
+    """Give a multi-queue device (the TUN device with its priority lane) one root qdisc
+    before it comes up. Otherwise the kernel attaches ``mq`` with a child qdisc for each of
+    the 256 queues a multi-queue TUN device has room for: 0.85 MiB of kernel memory at 64
+    packets per queue, 3.5 MiB at 500 (measured; 0.23 with one root). A TUN device never
+    holds packets back in its qdisc (a full ring drops), so one ``pfifo_fast`` serves all
+    queues; each packet keeps the queue the steering program chose. A refusal is a warning:
+    the device works with the kernel's qdiscs."""
+    queues = nl.get_links(index)[0].get_attr("IFLA_NUM_TX_QUEUES") or 1
+    if queues <= 1:
+        return
+    try:
+        nl.tc("replace", "pfifo_fast", index, 0, parent=TC_H_ROOT)
+    except NetlinkError as exc:
+        log.warning("could not give %s one root qdisc (%s); the kernel's per-queue qdiscs stay",
+                    ifname, errno_text(exc.code))
 
 
 def check_name_free(

@@ -574,7 +574,7 @@ def test_service_unit_verifies(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     text = UNIT.read_text()
     assert "ExecStart=/usr/local/bin/alpaca-tunnel -c /usr/local/etc/alpaca-tunnel.d/config.json run" in text
-    for line in ("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_SYS_NICE",
+    for line in ("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_SYS_NICE CAP_BPF",
                  "DeviceAllow=/dev/net/tun rw", "RuntimeDirectory=alpaca-tunnel",
                  "StateDirectory=alpaca-tunnel", "Restart=on-failure", "NoNewPrivileges=yes"):
         assert line in text.splitlines()

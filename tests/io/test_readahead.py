@@ -8,8 +8,9 @@ import time
 import gevent
 import pytest
 
+from alpaca.io import DriverClosed
 from alpaca.io.fakes import MemoryTun
-from alpaca.io.readahead import BULK_BATCHES, READ_ROUNDS, ReadAhead
+from alpaca.io.readahead import BULK_BATCHES, READ_ROUNDS, ReadAhead, read_loop
 
 
 def item(size: int, tag: int) -> tuple[bytes, int]:
@@ -153,6 +154,56 @@ def test_a_busy_read_loop_lets_timers_and_other_fds_run(read_ahead: bool) -> Non
     woke_after = rounds - start
     loop.kill()
     assert 1 <= woke_after <= 20, woke_after
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_a_busy_read_loop_lets_a_ready_fd_go_before_its_next_batch(read_ahead: bool) -> None:
+    """The yield's zero timer runs after the fds that the same poll found ready (at the same
+    priority libev would run the timer first: two bulk batches before the other reader)."""
+    tun = MemoryTun("ra")
+    fill(tun, 400, small_at_end=False)
+    order: list[str] = []
+    r, w = os.pipe()
+    os.write(w, b"x")
+    hub = gevent.get_hub()
+
+    def other_direction() -> None:
+        hub.wait(hub.loop.io(r, 1))
+        order.append("io")
+
+    ahead = ReadAhead(small=100, bulk_bytes=1 << 30, small_limit=64) if read_ahead else None
+    loop = gevent.spawn(tun.read_loop, lambda chunk: order.append("bulk"), batch=4, ahead=ahead)
+    other = gevent.spawn(other_direction)
+    try:
+        gevent.sleep(0.01)
+        assert order[:3] == ["bulk", "io", "bulk"], order[:5]
+    finally:
+        loop.kill()
+        other.kill()
+        os.close(r)
+        os.close(w)
+
+
+def test_after_a_full_batch_the_loop_reads_on_without_waiting_for_the_fd_again() -> None:
+    """Waiting on the fd after the turn would cost another round of the event loop per full
+    batch; the loop waits only when a read came back short."""
+    source = [item(1200, i) for i in range(40)]
+    waits, batches = 0, []
+
+    def wait() -> None:
+        nonlocal waits
+        waits += 1
+        if not source:
+            raise DriverClosed
+
+    def read(limit: int) -> list[tuple[bytes, int]]:
+        taken = source[:limit]
+        del source[:limit]
+        return taken
+
+    read_loop(wait, read, batches.append, batch=4)
+    assert [len(b) for b in batches] == [4] * 10
+    assert waits == 2  # the first, and the one that found the source empty
 
 
 def test_a_read_ahead_loop_goes_on_while_another_fd_is_readable_on_every_round() -> None:

@@ -165,6 +165,8 @@ subprocess.run(["ip", "link", "set", dev.name, "up"], check=True)
 r["queues"] = sorted(q for q in subprocess.run(
     ["ls", f"/sys/class/net/{dev.name}/queues"], capture_output=True, text=True).stdout.split()
     if q.startswith("tx"))
+details = subprocess.run(["ip", "-d", "link", "show", dev.name], capture_output=True, text=True).stdout
+r["room"] = int(details.split("numtxqueues ")[1].split()[0])
 # 60 bulk packets stand in the device's ring, then three small ones: the largest that goes
 # to the lane (256 bytes: 228 of UDP payload), the smallest that does not (257), and one more
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -202,7 +204,7 @@ def run_lane(mode: str) -> dict[str, object]:
 def test_tun_lane_takes_small_packets_ahead_of_the_bulk_queued_before_them() -> None:
     r = run_lane("on")
     assert r["lane"] is True and r["problem"] is None
-    assert r["queues"] == ["tx-0", "tx-1"]
+    assert r["queues"] == ["tx-0", "tx-1"] and r["room"] == 256
     # 256 bytes and the 38-byte one on the lane, handled first; 257 bytes with the bulk
     assert r["small"] == [["lane", 0], ["lane", 1], ["main", 62]], r["small"]
     assert r["loops_ended"] is True and r["link_gone"] is True
@@ -210,14 +212,14 @@ def test_tun_lane_takes_small_packets_ahead_of_the_bulk_queued_before_them() -> 
 
 def test_tun_without_the_lane_small_packets_wait_behind_the_bulk() -> None:
     r = run_lane("off")
-    assert r["lane"] is False and r["problem"] is None and r["queues"] == ["tx-0"]
+    assert r["lane"] is False and r["problem"] is None and r["queues"] == ["tx-0"] and r["room"] == 1
     assert r["small"] == [["main", 60], ["main", 61], ["main", 62]], r["small"]
     assert r["loops_ended"] is True and r["link_gone"] is True
 
 
 def test_tun_lane_refused_by_the_kernel_runs_on_one_queue_and_says_why() -> None:
     r = run_lane("refused")
-    assert r["lane"] is False
+    assert r["lane"] is False and r["queues"] == ["tx-0"] and r["room"] == 1  # as without a lane
     assert "loading the steering program: Operation not permitted (needs CAP_BPF" in str(r["problem"])
     assert r["small"] == [["main", 60], ["main", 61], ["main", 62]], r["small"]
     assert r["loops_ended"] is True and r["link_gone"] is True

@@ -163,8 +163,9 @@ def test_udp_lane_only_on_kernels_that_have_what_it_needs() -> None:
         return kernel_at_least(LANE_KERNEL, release)
 
     assert not lane("4.19.0-27-amd64") and not lane("4.9.0")
-    assert lane("5.0.0") and lane("6.1.0-41-amd64") and lane("6.18.3+")
+    assert lane("5.0.0") and lane("6.1.0-41-amd64") and lane("6.18.3+") and lane("5.0-rc2")
     assert not lane("not-a-release")
+    assert not kernel_at_least((4, 16), "4.1-rc6")  # (not 4.16)
 
 
 def test_udp_a_port_without_a_descriptor_for_its_lane_works_on_one_socket() -> None:

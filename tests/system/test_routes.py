@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -215,6 +216,20 @@ def test_link_configure_tun_is_idempotent() -> None:
         assert shown.count("inet 10.17.16.1/16") == 1
         assert "mtu 1408" in shown
         assert ",UP" in shown
+
+
+def test_link_configure_tun_gives_a_multi_queue_device_one_root_qdisc() -> None:
+    """Not mq with a child for each of the 256 queues a multi-queue TUN device has room for
+    (0.85 MiB of kernel memory); a single-queue device keeps the kernel's default."""
+    with netns() as ns:
+        nsexec(ns, "ip", "tuntap", "add", "dev", "alpaca0", "mode", "tun", "multi_queue")
+        nsexec(ns, "ip", "tuntap", "add", "dev", "alpaca1", "mode", "tun")
+        for dev, address in (("alpaca0", "10.17.16.1/16"), ("alpaca1", "10.18.16.1/16")):
+            link.configure_tun(dev, address, 1408, ns, txqueuelen=64)
+        shown = nsexec(ns, "tc", "qdisc", "show", "dev", "alpaca0").stdout.splitlines()
+        assert len(shown) == 1 and shown[0].startswith("qdisc pfifo_fast") and " root " in shown[0]
+        default = Path("/proc/sys/net/core/default_qdisc").read_text().strip()
+        assert nsexec(ns, "tc", "qdisc", "show", "dev", "alpaca1").stdout.startswith(f"qdisc {default}")
 
 
 def test_link_check_name_free_leaves_a_persistent_tun_device_alone() -> None:
