@@ -25,6 +25,7 @@ Greenlet contract: everything runs on the main thread's hub; no OS threads, no m
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -99,6 +100,17 @@ def journal_path(config: Config) -> Path:
     """Where the undo journal lives: beside the control socket, which is unique per daemon
     (two daemons in two namespaces share one filesystem), on a tmpfs under /run by default."""
     return config.control_socket.with_name(config.control_socket.name + ".journal")
+
+
+def _freeze_start_up_heap() -> None:
+    """Collect once, then move every object alive after start-up (modules, pyroute2, the
+    registry, the engine's tables) out of the cyclic GC's reach (``gc.freeze``). Otherwise the
+    first full collection came with the first traffic and held the hub for 27-37 ms (measured
+    with gc.callbacks in both bench daemons); later full collections only scan what came
+    after. The packet path allocates almost no tracked containers: no collection at all ran
+    during an 8 s saturating transfer."""
+    gc.collect()
+    gc.freeze()
 
 
 class Daemon:
@@ -210,6 +222,7 @@ class Daemon:
         for signum in STOP_SIGNALS:  # before the start-up ones go: no instant of default action
             gevent.signal_handler(signum, self.stop_soon)
         self._cancel_start_signals()
+        _freeze_start_up_heap()
         log.info("started node=%s tun=%s epoch=%d ports=%s version=%s", format_peer_id(cfg.id),
                  self.tun.name, epoch, ",".join(f"{p.name}={p.local_addr[0]}:{p.local_addr[1]}"
                                                 for p in ports), __version__)
