@@ -186,8 +186,8 @@ class Config:
     tun_priority_lane: bool = True
     """Small packets (at most 256 bytes: pings, ACKs, DNS) the host sends into the TUN device
     go to a second queue of it, read first, instead of waiting behind the bulk in the
-    device's ring (alpaca.io.tun; needs Linux 4.16, and CAP_BPF (5.8+) or CAP_SYS_ADMIN,
-    else one queue). Default on."""
+    device's ring (alpaca.io.tun; needs Linux 4.16, and usually CAP_BPF (5.8+) or
+    CAP_SYS_ADMIN, else one queue). Default on."""
     tun_offload: bool = True
     """Checksum and TCP segmentation offload on the TUN device (IFF_VNET_HDR): 64 KiB TCP
     super-packets are read and written in one syscall. Default on; off for troubleshooting."""

@@ -1,8 +1,8 @@
 """Dataplane: one Engine driven by greenlets over a TUN device and UDP ports.
 
 Inside: one greenlet reads the TUN device (batches of at most ``batch`` packets per wake-up)
-and hands each packet to ``engine.on_tun_packet``, and another its priority lane's queue
-when it has one. Outside: one greenlet per UDP port (and one per priority lane) does the
+and hands each packet to ``engine.on_tun_packet``, and another reads its priority lane's
+queue when it has one. Outside: one greenlet per UDP port (and one per priority lane) does the
 same with ``engine.on_datagram``. Time: one DeadlineTimer re-armed to
 ``engine.next_deadline()`` after every batch and every timer run; delayed copies and probes
 never get a greenlet of their own.

@@ -6,9 +6,11 @@ packet by its length. The kernel runs it on every packet the host sends into the
 queues. It is six instructions of type ``BPF_PROG_TYPE_SOCKET_FILTER`` reading
 ``__sk_buff.len`` (the whole IP packet; a TCP super-packet counts as large).
 
-Loading needs ``CAP_BPF`` (Linux 5.8+) or ``CAP_SYS_ADMIN`` (root has both; the shipped
-systemd unit grants ``CAP_BPF``; a container often has neither): :func:`load_socket_filter`
-raises OSError with the kernel's errno, and the caller runs without the lane.
+Loading usually needs ``CAP_BPF`` (Linux 5.8+) or ``CAP_SYS_ADMIN`` (root has both; the shipped
+systemd unit grants ``CAP_BPF``; a container often has neither; without them only where
+``kernel.unprivileged_bpf_disabled`` is 0 and no seccomp filter blocks bpf(2)):
+:func:`load_socket_filter` raises OSError with the kernel's errno, and the caller runs without
+the lane.
 """
 
 from __future__ import annotations

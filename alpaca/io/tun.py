@@ -27,13 +27,13 @@ queue, and an eBPF program (:func:`alpaca.io.ebpf.size_steering`, ``TUNSETSTEERI
 Linux 4.16+) puts every packet of at most :data:`LANE_BYTES` into the second queue's ring;
 its reader runs at a higher watcher priority (the program belongs to the device and goes
 with it). Each queue's ring is ``txqueuelen`` packets long. Writes go through the first fd.
-The program is loaded before the device is created: where the kernel refuses (no
-``CAP_BPF`` or ``CAP_SYS_ADMIN``, an older kernel) the device is created as without the lane,
-and :attr:`TunDevice.lane_problem` says why (also when no descriptor is left for the second
-queue: the device then runs on one). alpaca.system.link gives a multi-queue device one root
-qdisc before it comes up (the kernel's ``mq`` would create one per possible queue: 256).
-Small packets can overtake the bulk ahead of them in the ring, as they do in the read-ahead's
-lanes.
+The program is loaded before the device is created: where the kernel refuses (no ``CAP_BPF`` or
+``CAP_SYS_ADMIN``, an older kernel) the device is created as without the lane, and
+:attr:`TunDevice.lane_problem` says why (also when the second queue cannot be attached or
+steered, e.g. no descriptor left: the device then stays multi-queue and runs on one).
+alpaca.system.link gives a multi-queue device one root qdisc before it comes up (the kernel's
+``mq`` would create one per possible queue: 256). Small packets can overtake the bulk ahead of
+them in the ring, as they do in the read-ahead's lanes.
 
 Greenlet contract: one greenlet runs :meth:`TunDevice.read_loop`, another
 :meth:`TunDevice.priority_loop` when :attr:`TunDevice.priority_lane`;

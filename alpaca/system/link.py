@@ -122,9 +122,12 @@ def _one_root_qdisc(nl: IPRoute, ifname: str, index: int) -> None:
     holds packets back in its qdisc (a full ring drops), so one ``pfifo_fast`` serves all
     queues; each packet keeps the queue the steering program chose. A refusal is a warning:
     the device works with the kernel's qdiscs."""
-    queues = nl.get_links(index)[0].get_attr("IFLA_NUM_TX_QUEUES") or 1
-    if queues <= 1:
+    links = nl_call(f"reading {ifname}", nl.get_links, index)
+    if not links or (links[0].get_attr("IFLA_NUM_TX_QUEUES") or 1) <= 1:
         return
+    qdiscs = nl_call(f"reading the qdiscs of {ifname}", nl.get_qdiscs, index=index) or ()
+    if [q.get_attr("TCA_KIND") for q in qdiscs if q["parent"] == TC_H_ROOT] == ["pfifo_fast"]:
+        return  # done before (a repair calls configure_tun again; pfifo_fast cannot "change")
     try:
         nl.tc("replace", "pfifo_fast", index, 0, parent=TC_H_ROOT)
     except NetlinkError as exc:
