@@ -16,6 +16,7 @@ from alpaca.errors import SystemSetupError
 from alpaca.system import instance, link, nsid, sysctl
 from alpaca.system import journal as jr
 from alpaca.system.plan import (
+    Applied,
     ChnrouteInput,
     HostPlanInput,
     Mode,
@@ -84,6 +85,15 @@ def client_input(**kw: Any) -> HostPlanInput:
     """The client these tests set up: alpaca0, 10.17.16.1 in 10.17.0.0/16, gateway 10.17.1.1."""
     return HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
                          gateway_ip="10.17.1.1", **kw)
+
+
+def started_with_backup(ns: str, path: Path) -> tuple[jr.Journal, Applied]:
+    """The client started in ``ns`` with two uplinks (up0 and the backup), its host changes
+    journalled at ``path``: (journal, what apply did)."""
+    client_ns(ns)
+    add_backup_uplink(ns)
+    journal = jr.Journal(path, ns)
+    return journal, apply(plan(client_input()), journal, ns)
 
 
 def crash_run(ns: str, path: Path, mode: str, data: Path) -> str:
@@ -235,11 +245,7 @@ def test_journal_restores_every_default_it_can_and_keeps_the_rest(tmp_path: Path
     second uplink's default back, and keeps up0's for the next start, which restores it."""
     path = tmp_path / "run" / "alpaca0.journal"
     with netns() as ns:
-        client_ns(ns)
-        add_backup_uplink(ns)
-        inp = client_input()
-        journal = jr.Journal(path, ns)
-        apply(plan(inp), journal, ns)
+        journal, _ = started_with_backup(ns, path)
         assert "default via" not in nsexec(ns, "ip", "route", "show", "table", "main").stdout
         nsexec(ns, "ip", "link", "del", "up0")
         failures = journal.undo_all()
@@ -609,11 +615,7 @@ def test_journal_a_default_whose_device_has_none_back_is_kept_across_steps(tmp_p
     default back (it was dropped as if the backup's were the primary's new one)."""
     path = tmp_path / "run" / "alpaca0.journal"
     with netns() as ns:
-        client_ns(ns)
-        add_backup_uplink(ns)
-        inp = client_input()
-        journal = jr.Journal(path, ns)
-        applied = apply(plan(inp), journal, ns)
+        journal, applied = started_with_backup(ns, path)
         nsexec(ns, "ip", "route", "add", *BACKUP_DEFAULT)  # the backup's DHCP client renews its lease
         assert len(keep_default_moved(applied, journal, ns)) == 1
         nsexec(ns, "ip", "link", "del", "up0")
