@@ -38,6 +38,13 @@ PREFIX = "alb-"
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Seconds between the pings of every measurement. Not 10 ms: iputils ping spins
+#: (``sched_yield`` and a non-blocking ``recvmsg`` in a loop) until its next send whenever no
+#: ping is in flight and the next send is at most one 100 Hz tick (10 ms) away. At a 10 ms
+#: interval that is after every answer that took 1 ms or more: through a saturated tunnel the
+#: probe itself took 2.1-2.4 s of CPU in 8 s, a quarter of one of the machine's two CPUs,
+#: taken from the tunnel it measured. At 20 ms it spins only for answers later than 10 ms.
+PING_INTERVAL = 0.02
 
 
 class BenchError(RuntimeError):
@@ -212,7 +219,7 @@ class Lab:
 
 
 # measurements --------------------------------------------------------------------------------
-def ping_rtts(ns: str, dst: str, count: int, interval: float = 0.01, timeout: float = 120.0,
+def ping_rtts(ns: str, dst: str, count: int, interval: float = PING_INTERVAL, timeout: float = 120.0,
               size: int = 56) -> tuple[list[float], float]:
     """(RTTs in ms of the answered pings, loss %) of ``ping -c count -i interval``."""
     out = nsrun(ns, "ping", "-n", "-c", str(count), "-i", str(interval),
@@ -235,7 +242,7 @@ class PingRecord:
 
 
 @contextlib.contextmanager
-def background_ping(lab: Lab, ns: str, dst: str, interval: float = 0.01) -> Iterator[PingRecord]:
+def background_ping(lab: Lab, ns: str, dst: str, interval: float = PING_INTERVAL) -> Iterator[PingRecord]:
     """Ping ``dst`` every ``interval`` seconds while the block runs; yields its record."""
     proc = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-i", str(interval), "-W", "1", dst],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
