@@ -12,6 +12,9 @@ It forwards every datagram arriving on ``--listen`` to ``--to`` from a socket of
 client address (so each client address and port stays a distinct path), and every answer back
 to that client, each datagram held in a heap until it is ``--delay-ms`` old. One process,
 ``select`` only, queue bounded by ``--max-queue`` datagrams (more are dropped).
+
+``python bench/netns.py scrape --url URL --interval 1`` fetches a metrics endpoint as
+Prometheus would, once a second, and logs each scrape's duration and size.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -336,7 +340,42 @@ def relay_main(argv: Sequence[str]) -> int:
                 by_fd[fd].sendto(data, to)
 
 
+# metrics scraper ---------------------------------------------------------------------------------
+def scrape_main(argv: Sequence[str]) -> int:
+    """Fetch ``--url`` every ``--interval`` seconds until SIGTERM, as Prometheus would; one line
+    per scrape on stdout: ``scrape <ms> <bytes>``, or ``failed <reason>``."""
+    parser = argparse.ArgumentParser(prog="netns.py scrape")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--interval", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(args.url, timeout=5) as response:
+                size = len(response.read())
+            print(f"scrape {(time.monotonic() - t0) * 1000:.2f} {size}", flush=True)
+        except OSError as exc:
+            print(f"failed {exc}", flush=True)
+        time.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
+
+
+def scrape_summary(log: Path) -> dict[str, Any]:
+    """Count, median and maximum duration (ms) and size of the scrapes a scraper logged."""
+    ms, sizes, failed = [], [], 0
+    with contextlib.suppress(OSError):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if parts[:1] == ["scrape"] and len(parts) == 3:
+                ms.append(float(parts[1]))
+                sizes.append(int(parts[2]))
+            elif parts[:1] == ["failed"]:
+                failed += 1
+    return {"scrapes": len(ms), "failed": failed, "ms_p50": percentile(ms, 50) if ms else None,
+            "ms_max": max(ms, default=None), "bytes": max(sizes, default=None)}
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "relay":
-        sys.exit(relay_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] in ("relay", "scrape"):
+        sys.exit((relay_main if sys.argv[1] == "relay" else scrape_main)(sys.argv[2:]))
     print(__doc__)

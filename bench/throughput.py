@@ -56,6 +56,7 @@ CLIENT_NS, SERVER_NS = "alb-c", "alb-s"
 SERVER_ANY = "10.201.9.1"
 RELAY_PORT_ALPACA, RELAY_PORT_WG = 20000, 20001
 ALPACA_PORT, WG_PORT, REF_PORT = 10001, 51820, 30000
+METRICS_PORT = 9586  # in each namespace's own loopback
 LOSS_PCT, DELAY_MS = 5, 20
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,6 +84,9 @@ class Scenario:
     #: SCHED_RR priority of the tunnel processes (0: normal scheduling): alpaca-tunnel's
     #: realtime_priority; ``chrt -r`` for the reference forwarder and wireguard-go.
     realtime: int = 0
+    #: alpaca-tunnel's metrics endpoint on, and scraped once a second in both namespaces for
+    #: the whole row (a monitored gateway; Prometheus' default interval is 15 s).
+    scrape: bool = False
 
 
 SCENARIOS = [
@@ -101,6 +105,7 @@ SCENARIOS = [
     Scenario("alpaca-1path-ra1024", "alpaca", read_ahead_kib=1024, note="tun_read_ahead_kib 1024"),
     Scenario("alpaca-1path-nolane", "alpaca", lane=False, note="udp_priority_lane false"),
     Scenario("alpaca-1path-notunlane", "alpaca", tun_lane=False, note="tun_priority_lane false"),
+    Scenario("alpaca-1path-scraped", "alpaca", scrape=True, note="metrics on, scraped every second"),
     Scenario("reference-rt", "reference", realtime=10, note="chrt -r 10"),
     Scenario("wireguard-go-rt", "wireguard", realtime=10, note="chrt -r 10"),
     Scenario("alpaca-1path-rt", "alpaca", realtime=10, note="realtime_priority 10"),
@@ -266,7 +271,8 @@ def start_alpaca(lab: Lab, sc: Scenario, use_netem: bool) -> Setup:
         directory.mkdir(exist_ok=True)
         config: dict[str, Any] = {
             "mode": side, "group": "alb-bench", "net": "10.17", "mtu": 1400, "log_level": "warning",
-            "secret_file": str(directory / "secrets.txt"), "tun_name": "alb0", "metrics": False,
+            "secret_file": str(directory / "secrets.txt"), "tun_name": "alb0",
+            "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"} if sc.scrape else False,
             "control_socket": str(directory / "control.sock"), "state_file": str(directory / "epoch"),
             "probe_interval_ms": 500, "path_timeout_ms": 2000, "dup": dup,
             "tun_txqueuelen": sc.txqueuelen, "tun_offload": sc.offload, "udp_rcvbuf_kib": sc.rcvbuf_kib,
@@ -381,7 +387,15 @@ def run_row(sc: Scenario, workdir: Path, quick: bool, use_netem: bool, wg_proble
             raise BenchError(f"{exc}\n{json.dumps(logs, indent=1)}") from None
         if sc.paths == 2:
             time.sleep(1.5)  # let the second path's probes come back
+        scrapers = [lab.spawn(ns, [sys.executable, str(Path(__file__).resolve().parent / "netns.py"),
+                                   "scrape", "--url", f"http://127.0.0.1:{METRICS_PORT}/metrics"],
+                              f"scrape-{ns}") for ns in ((SERVER_NS, CLIENT_NS) if sc.scrape else ())]
         row = measure(lab, sc, setup, quick)
+        for proc in scrapers:
+            lab.stop(proc)
+        if scrapers:
+            row["scrape"] = {ns: netns.scrape_summary(rowdir / f"scrape-{ns}.log")
+                             for ns in (SERVER_NS, CLIENT_NS)}
         if profile and sc.kind == "alpaca" and not sc.lossy:
             row["profile"] = profile_daemon(lab, sc, setup, rowdir)
         return row
