@@ -387,15 +387,15 @@ def run_row(sc: Scenario, workdir: Path, quick: bool, use_netem: bool, wg_proble
             raise BenchError(f"{exc}\n{json.dumps(logs, indent=1)}") from None
         if sc.paths == 2:
             time.sleep(1.5)  # let the second path's probes come back
+        scraped = (SERVER_NS, CLIENT_NS) if sc.scrape else ()
         scrapers = [lab.spawn(ns, [sys.executable, str(Path(__file__).resolve().parent / "netns.py"),
                                    "scrape", "--url", f"http://127.0.0.1:{METRICS_PORT}/metrics"],
-                              f"scrape-{ns}") for ns in ((SERVER_NS, CLIENT_NS) if sc.scrape else ())]
+                              f"scrape-{ns}") for ns in scraped]
         row = measure(lab, sc, setup, quick)
         for proc in scrapers:
             lab.stop(proc)
-        if scrapers:
-            row["scrape"] = {ns: netns.scrape_summary(rowdir / f"scrape-{ns}.log")
-                             for ns in (SERVER_NS, CLIENT_NS)}
+        if scraped:
+            row["scrape"] = {ns: netns.scrape_summary(rowdir / f"scrape-{ns}.log") for ns in scraped}
         if profile and sc.kind == "alpaca" and not sc.lossy:
             row["profile"] = profile_daemon(lab, sc, setup, rowdir)
         return row
