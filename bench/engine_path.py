@@ -83,6 +83,8 @@ def main() -> None:
             datagrams.append(cs.last)
         server.on_datagram(datagrams[0], ("10.9.0.1", 6000), 0, 1.0)  # the flow, not yet verified:
         server.verify(pid("16.1"), 0)  # as if the client had answered the server's challenge
+        for path in server.peers[pid("16.1")].paths.learned.values():  # and its probe: the
+            path.confirmed = path.up = True  # learned path carries traffic (no probing per packet)
         it = iter(datagrams[1:])
         t = per_packet(lambda s=server, i=it: s.on_datagram(next(i), ("10.9.0.1", 6000), 0, 1.0))
         if ss.written != N:

@@ -8,7 +8,7 @@ Every row builds its own namespaces (``alb-c`` client, ``alb-s`` server), joined
 on its loopback, reachable over both). MTU 1400 inside every tunnel. Per row:
 
 * TCP Mbit/s of one stream (``iperf3 -t T -J``) and of four (``-P 4``), client -> server;
-* ping RTT p50/p99 idle and during the single-stream transfer (``ping -i 0.01``);
+* ping RTT p50/p99 idle and during the single-stream transfer (``ping -i 0.02``: netns.PING_INTERVAL);
 * CPU seconds per GB: utime + stime of the tunnel processes of both ends during the
   single-stream transfer, divided by the GB iperf3 sent;
 * packets/s through the client's tunnel device (rx + tx) during that transfer, as the kernel
@@ -22,7 +22,7 @@ two cores no longer delays them; their ratios are to reference-rt and wireguard-
 Lossy rows (``-lossy``): 5 % random loss on each path in each direction (nftables ``numgen``
 drop at the receiving side) and 20 ms delay each way (``tc netem`` when the kernel has it,
 else the userspace relay of bench/netns.py in the server namespace); TCP with ``-C cubic``;
-plus the residual end-to-end loss of ``ping -c 500 -i 0.01``.
+plus the residual end-to-end loss of ``ping -c 500 -i 0.02``.
 
 ``--profile`` also samples the client daemon with py-spy during a transfer of the
 alpaca-1path and alpaca-2path-dup rows and prints the functions where the time goes.
