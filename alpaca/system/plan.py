@@ -337,8 +337,14 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     (their journal step stays: deleting an absent route is a no-op), never a route that was
     there before (a chnroute prefix of the same table). A server (no uplink) is left as it is.
 
+    All or nothing: on a failure the routes this call added are deleted again and those it
+    deleted are added back, so the host matches the :class:`Applied` the caller keeps (a
+    route left behind would be one no later reload deletes; the journal would only at exit).
+
     Returns:
         The new :class:`Applied` (its ``expected`` list follows the change).
+    Raises:
+        SystemSetupError: the first failure, after the undo.
     """
     if applied.uplink is None or dsts == applied.host_dsts:
         return applied
@@ -346,15 +352,34 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     added = tuple(d for d in dsts if d not in applied.host_dsts)
     removed = tuple(d for d in applied.host_dsts if d not in dsts)
     owned = applied.host_added - set(removed)
-    if added:
-        journal.record("routes", dsts=list(added), table=table)
-        owned |= set(routes.add_host_routes(added, up.gateway, up.oif, table, netns))
-    ours = [d for d in removed if d in applied.host_added]
-    if ours:
-        routes.remove_host_routes(ours, table, netns)
+    added_now: list[str] = []
+    removed_now: list[str] = []
+    try:
+        if added:
+            journal.record("routes", dsts=list(added), table=table)
+            owned |= set(routes.add_host_routes(added, up.gateway, up.oif, table, netns, done=added_now))
+        ours = [d for d in removed if d in applied.host_added]
+        if ours:
+            routes.remove_host_routes(ours, table, netns, done=removed_now)
+    except Exception:
+        _undo_host_routes(added_now, removed_now, up, table, netns)
+        raise
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))
+
+
+def _undo_host_routes(added: list[str], removed: list[str], up: routes.Uplink, table: int,
+                      netns: str | None) -> None:
+    """Best effort: delete the host routes just ``added``, add back those just ``removed``
+    (a failure here is logged: the journal still deletes ours at exit)."""
+    try:
+        if added:
+            routes.remove_host_routes(added, table, netns)
+        if removed:
+            routes.add_host_routes(removed, up.gateway, up.oif, table, netns)
+    except Exception as exc:  # the first failure is the one the caller reports
+        log.warning("could not undo a partial change of the host routes table=%d: %s", table, exc)
 
 
 def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = None) -> Applied:
@@ -371,7 +396,9 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     Returns:
         The new :class:`Applied` (its ``uplink``, ``expected`` and ``host_added`` follow).
     Raises:
-        SystemSetupError: a netlink failure; nothing is forgotten (call again).
+        SystemSetupError: a netlink failure; nothing is forgotten (call again): a route this
+            call added where another program's had been is deleted again first, since the
+            ``Applied`` the caller keeps does not count it as ours.
     """
     old = applied.uplink
     if applied.moved_default is None or old is None or uplink == old:
@@ -379,13 +406,19 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     if uplink.metric > old.metric and routes.uplink_works(old, netns):
         return applied
     table, dsts, ours = applied.route_table, applied.host_dsts, applied.host_added
-    if ours:
-        routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
-    others = [d for d in dsts if d not in ours]
-    added = routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns) if others else []
-    chn = applied.chnroute
-    if chn is not None and chn.nets:
-        chnroute.add(chn.nets, uplink.gateway, uplink.oif, chn.table, netns, replace=True)
+    added: list[str] = []
+    try:
+        if ours:
+            routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True)
+        others = [d for d in dsts if d not in ours]
+        if others:
+            routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns, done=added)
+        chn = applied.chnroute
+        if chn is not None and chn.nets:
+            chnroute.add(chn.nets, uplink.gateway, uplink.oif, chn.table, netns, replace=True)
+    except Exception:
+        _undo_host_routes(added, [], uplink, table, netns)
+        raise
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
         routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
     return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added))

@@ -432,6 +432,7 @@ def add_host_routes(
     ipr: IPRoute | None = None,
     *,
     replace: bool = False,
+    done: list[str] | None = None,
 ) -> list[str]:
     """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
 
@@ -439,17 +440,24 @@ def add_host_routes(
     be another program's, or one of our chnroute prefixes, and is not this call's to delete.
     With ``replace`` (for routes known to be ours) an existing one is replaced in place.
 
+    Args:
+        done: each destination added is appended here as soon as the kernel took it, so a
+            caller still knows which routes are its own when a later one fails.
+
     Returns:
         The destinations it added, as CIDR strings (those that existed left out): the ones a
         reload may delete again with :func:`remove_host_routes`.
+    Raises:
+        SystemSetupError: the first failure (the routes before it stay, listed in ``done``).
     """
     nets = host_networks(addrs)
-    added = []
+    added = [] if done is None else done
+    before = len(added)
     with iproute(netns, ipr) as nl:
         for net in nets:
             extra = {"gateway": via} if via else {"scope": netlink.RT_SCOPE_LINK}
             verb, doing = ("replace", "replacing") if replace else ("add", "adding")
-            done = nl_call(
+            reply = nl_call(
                 f"{doing} route {net} via {via or '-'} oif {oif} table {table}",
                 nl.route,
                 verb,
@@ -460,11 +468,11 @@ def add_host_routes(
                 ok=() if replace else OK_ADD,
                 **extra,
             )
-            if done is not None:
+            if reply is not None:
                 added.append(str(net))
     log.info("host routes %s count=%d existed=%d via=%s table=%d", "replaced" if replace else "added",
-             len(added), len(nets) - len(added), via, table)
-    return added
+             len(added) - before, len(nets) - len(added) + before, via, table)
+    return added[before:]
 
 
 def remove_host_routes(
@@ -472,8 +480,16 @@ def remove_host_routes(
     table: int = RT_TABLE_DEFAULT,
     netns: str | None = None,
     ipr: IPRoute | None = None,
+    *,
+    done: list[str] | None = None,
 ) -> None:
-    """Delete our routes to ``dsts`` from ``table`` (only ours: the delete matches our proto)."""
+    """Delete our routes to ``dsts`` from ``table`` (only ours: the delete matches our proto).
+
+    Args:
+        done: each destination is appended here once its route is gone.
+    Raises:
+        SystemSetupError: the first failure (the routes before it are gone, listed in ``done``).
+    """
     with iproute(netns, ipr) as nl:
         for dst in dsts:
             nl_call(
@@ -486,6 +502,8 @@ def remove_host_routes(
                 scope=netlink.RT_SCOPE_NOWHERE,  # any scope: with or without a gateway
                 ok=OK_DEL,
             )
+            if done is not None:
+                done.append(dst)
 
 
 def route_present(dst: str, table: int, netns: str | None = None, ipr: IPRoute | None = None) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from alpaca.errors import SystemSetupError
-from alpaca.system import instance, link, nsid, sysctl
+from alpaca.system import instance, link, nsid, routes, sysctl
 from alpaca.system import journal as jr
 from alpaca.system.plan import (
     Applied,
@@ -798,6 +798,53 @@ def test_journal_a_reload_that_drops_a_local_route_keeps_the_chnroute_prefix_it_
         applied = update_host_routes(applied, (), journal, ns)
         table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "1.0.1.0/24 via 192.0.2.254" in table and "198.51.100.0" not in table, table
+        assert journal.undo_all() == []
+        del_tun(ns)
+        assert snapshot(ns) == before
+
+
+def refuse_route(monkeypatch: pytest.MonkeyPatch, op_prefix: str) -> None:
+    """The kernel refuses the one route operation whose description starts with
+    ``op_prefix`` (``adding route 203.0.113.0/24``) with ENOBUFS; every other one is real."""
+    real = routes.nl_call
+
+    def call(op: str, *args: Any, **kw: Any) -> Any:
+        if op.startswith(op_prefix):
+            raise SystemSetupError(op, OSError(105, "No buffer space available"))
+        return real(op, *args, **kw)
+
+    monkeypatch.setattr(routes, "nl_call", call)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("refused", ["adding route 203.0.113.0/24", "deleting route 198.51.100.0/24"])
+def test_journal_a_reload_whose_host_routes_fail_part_way_leaves_them_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
+    """A reload adds two host routes and drops one; the kernel refuses the second add (or the
+    delete). The routes added before it used to stay without being counted as ours: a later
+    reload that no longer wanted them left them (traffic to them bypassing the tunnel) until
+    exit. Now the change is undone, the host matches the Applied the daemon keeps, and the
+    same reload again makes the whole change."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        journal = jr.Journal(tmp_path / "j", ns)
+        applied = apply(plan(client_input(local_routes=("198.51.100.0/24",))), journal, ns)
+        wanted = ("198.18.0.0/15", "203.0.113.0/24")
+        table_before = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        with monkeypatch.context() as patch:
+            refuse_route(patch, refused)
+            with pytest.raises(SystemSetupError, match="No buffer space"):
+                update_host_routes(applied, wanted, journal, ns)
+        assert nsexec(ns, "ip", "route", "show", "table", "253").stdout == table_before
+        applied = update_host_routes(applied, wanted, journal, ns)
+        table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "198.18.0.0/15 via 192.0.2.254" in table and "203.0.113.0/24 via 192.0.2.254" in table
+        assert "198.51.100.0" not in table, table
+        assert applied.host_added == {"198.18.0.0/15", "203.0.113.0/24"}
+        applied = update_host_routes(applied, (), journal, ns)
+        assert "198.18.0.0" not in nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert journal.undo_all() == []
         del_tun(ns)
         assert snapshot(ns) == before
