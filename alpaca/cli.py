@@ -23,12 +23,12 @@ from pathlib import Path
 
 from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
-from alpaca.core.ids import format_peer_id
+from alpaca.core.ids import format_peer_id, quoted
 from alpaca.errors import AlpacaError, ConfigError
 from alpaca.hostplan import host_plan
 from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
-from alpaca.paths import resolve_config_path
+from alpaca.paths import resolve_config_path, socket_path_fault
 from alpaca.secrets import Secrets, load_secrets
 
 PROG = "alpaca-tunnel"
@@ -117,6 +117,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     """Undo the host changes a crashed run left (its journal), without starting the tunnel."""
     if args.cleanup_socket is not None:
         sock = Path(args.cleanup_socket)
+        fault = socket_path_fault(sock)
+        if fault:
+            print(f"{PROG}: --control-socket {quoted(args.cleanup_socket)} {fault}", file=sys.stderr)
+            return EXIT_CONFIG
     else:
         sock = load_config(resolve_config_path(args.config)).control_socket
     from alpaca.system import journal  # lazily: pyroute2 and nft only where needed

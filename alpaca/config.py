@@ -38,6 +38,7 @@ from alpaca.core.ids import digits_value, format_peer_id
 from alpaca.core.settings import DupPolicy, EngineSettings, PeerSpec
 from alpaca.errors import ConfigError
 from alpaca.log import LEVELS
+from alpaca.paths import socket_path_fault
 from alpaca.secrets import Secrets
 from alpaca.system import sched
 
@@ -72,7 +73,8 @@ _TUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 #: Names the kernel refuses for a device (they are its settings for every device).
 _RESERVED_DEVICE_NAMES = ("all", "default")
 _PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
-_NET = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})")
+_BROADCAST = IPv4Address("255.255.255.255")
+_NET = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 _MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
 
 
@@ -436,7 +438,7 @@ class _Builder:
             return Mode(text.lower())
         except ValueError:
             if text:
-                self.top.fail("mode", f'"{text}" is not a mode (expected "server" or "client")')
+                self.top.fail("mode", f'{show(text)} is not a mode (expected "server" or "client")')
             return Mode.SERVER
 
     def group(self) -> str:
@@ -452,12 +454,12 @@ class _Builder:
             net = IPv4Network(f"{match[1]}.{match[2]}.0.0/16")
             if net.is_loopback or net.is_multicast or net.is_reserved:
                 kind = "loopback" if net.is_loopback else "multicast" if net.is_multicast else "reserved"
-                self.top.fail("net", f'"{text}" is a {kind} network, which no host routes to a '
+                self.top.fail("net", f'{show(text)} is a {kind} network, which no host routes to a '
                               'device; choose a private one such as "10.17"')
             return net
         if text:
-            self.top.fail("net", f'"{text}" is not a /16 prefix (expected "X.Y" such as "10.17",'
-                          " X 1-255, Y 0-255)")
+            self.top.fail("net", f'{show(text)} is not a /16 prefix (expected "X.Y" such as "10.17",'
+                          " X 1-255, Y 0-255, no leading zeros)")
         return IPv4Network("10.17.0.0/16")
 
     def own_id(self) -> int:
@@ -506,7 +508,7 @@ class _Builder:
             if entry is None:
                 continue
             if any(entry.name == other.name for other in result):
-                top.fail(f"{where}.name", f'"{entry.name}" is used twice (names must be unique)')
+                top.fail(f"{where}.name", f"{show(entry.name)} is used twice (names must be unique)")
             elif entry.port and (clash := next((o for o in result if _overlap(entry, o)), None)):
                 top.fail(where, f"{_where(entry)} overlaps port {clash.name} ({_where(clash)}): two "
                          "sockets cannot share a port unless their addresses differ (neither "
@@ -522,10 +524,11 @@ class _Builder:
         obj.check_keys(["name", "address", "port", "interface"])
         name = obj.string("name", "", required=True)
         if name and not _PORT_NAME.fullmatch(name):
-            obj.fail("name", f'"{name}" is not a port name (1-15 of a-z 0-9 _ -)')
+            obj.fail("name", f"{show(name)} is not a port name (1-15 of a-z 0-9 _ -)")
         address = obj.string("address", "0.0.0.0")
-        if not _is_ipv4(address):
-            obj.fail("address", f'"{address}" is not an IPv4 address')
+        fault = _address_fault(address, wildcard=True)
+        if fault:
+            obj.fail("address", f"{show(address)} {fault}")
         port = obj.integer("port", 0, 0, 65535)
         return PortConfig(name, address, port, self.ifname(obj, "interface"))
 
@@ -544,7 +547,7 @@ class _Builder:
         if value is None:
             return "alpaca0"
         if value in _RESERVED_DEVICE_NAMES:
-            self.top.fail("tun_name", f'"{value}" names every device in the kernel\'s settings '
+            self.top.fail("tun_name", f'{show(value)} names every device in the kernel\'s settings '
                                       '(net.ipv4.conf.all, .default); choose another name')
             return "alpaca0"
         if isinstance(value, str) and _TUN_NAME.fullmatch(value):
@@ -557,7 +560,7 @@ class _Builder:
         text = self.top.string("log_level", "info")
         if text.lower() not in LEVELS:
             names = ", ".join(LEVELS)
-            self.top.fail("log_level", f'"{text}" is not a level (expected one of {names})')
+            self.top.fail("log_level", f"{show(text)} is not a level (expected one of {names})")
             return logging.INFO
         return LEVELS[text.lower()]
 
@@ -570,10 +573,12 @@ class _Builder:
         gateway_text = obj.string("gateway", "default")
         gateway = None
         if gateway_text != "default":
-            if _is_ipv4(gateway_text):
+            fault = _address_fault(gateway_text, wildcard=False)
+            if fault is None:
                 gateway = IPv4Address(gateway_text)
             else:
-                obj.fail("gateway", f'"{gateway_text}" is not "default" or an IPv4 address')
+                obj.fail("gateway", f'{show(gateway_text)} {fault} (give "default" or the address'
+                         " of the router on the way out)")
         data = obj.path("data", "route_data_cidr.txt", self.base)
         problem = _not_a_file(data)
         if problem:
@@ -602,7 +607,7 @@ class _Builder:
         try:
             policy = DupPolicy(text)
         except ValueError:
-            obj.fail("policy", f'"{text}" is not a policy (expected "none", "syn_dns" or "all")')
+            obj.fail("policy", f'{show(text)} is not a policy (expected "none", "syn_dns" or "all")')
             policy = DupPolicy.SYN_DNS
         return DupConfig(
             policy=policy,
@@ -634,6 +639,11 @@ class _Builder:
         if not _is_ipv4(host) or port is None or not 1 <= port <= 65535:
             obj.fail("listen", f'{show(listen)} is not IPv4:port (e.g. "{DEFAULT_METRICS_LISTEN}")')
             return MetricsConfig()
+        fault = _address_fault(host, wildcard=True)
+        if fault:
+            obj.fail("listen", f"{show(host)} {fault} (listen on 127.0.0.1, 0.0.0.0 or an address"
+                     " of this host)")
+            return MetricsConfig()
         return MetricsConfig(True, host, port)
 
     def control_socket(self, tun_name: str) -> Path:
@@ -641,6 +651,9 @@ class _Builder:
         if len(str(path).encode()) > _MAX_UNIX_PATH:
             self.top.fail("control_socket", f"{path} is longer than {_MAX_UNIX_PATH} bytes"
                           " (the limit of a unix socket path; choose a shorter one)")
+        fault = socket_path_fault(path)
+        if fault:
+            self.top.fail("control_socket", f"{show(str(path))} {fault}")
         return path
 
     def protocol(self, obj: JsonObject, key: str, value: object) -> str:
@@ -655,11 +668,13 @@ class _Builder:
         obj = self.top.child("peer_protocols")
         if obj is None:
             return {}
-        result = {}
+        result: dict[int, str] = {}
         for key, value in obj.data.items():
             peer = obj.peer_id(key, key)
             protocol = self.protocol(obj, key, value)
-            if peer is not None:
+            if peer is not None and peer in result:
+                obj.fail(key, f"{format_peer_id(peer)} is listed twice (keep one entry per peer)")
+            elif peer is not None:
                 result[peer] = protocol
         return result
 
@@ -687,6 +702,19 @@ def _where(port: PortConfig) -> str:
     return f"{port.address}:{port.port}" + (f" on {port.interface}" if port.interface else "")
 
 
+def _address_fault(text: str, *, wildcard: bool) -> str | None:
+    """What makes ``text`` unusable as a unicast IPv4 address (0.0.0.0 allowed with
+    ``wildcard``: a socket bound to every address); None when it is usable."""
+    if not _is_ipv4(text):
+        return "is not an IPv4 address"
+    address = IPv4Address(text)
+    if address.is_multicast or address == _BROADCAST:
+        return "is a multicast or broadcast address, not one of a host"
+    if address.is_unspecified and not wildcard:
+        return "is the unspecified address, not one of a host"
+    return None
+
+
 def _is_ipv4(text: str) -> bool:
     try:
         IPv4Address(text)
@@ -706,8 +734,8 @@ def _network(item: object) -> IPv4Network | str:
     try:
         loose = IPv4Network(item, strict=False)
     except ValueError:
-        return f'"{item}" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")'
-    return f'"{item}" has host bits set (did you mean "{loose}"?)'
+        return f'{show(item)} is not an IPv4 address or prefix (e.g. "10.0.0.0/8")'
+    return f'{show(item)} has host bits set (did you mean "{loose}"?)'
 
 
 def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
@@ -719,7 +747,7 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
     Raises:
         ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix.
     """
-    lines = read_chnroute_text(path).splitlines()
+    lines = read_chnroute_text(path).split("\n")  # not splitlines: \f or \x1c is no line end
     problems: list[str] = []
     result = []
     for number, line in enumerate(lines, start=1):

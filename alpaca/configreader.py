@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca.core.ids import check_usable, digits_value, is_digits, parse_peer_id
+from alpaca.core.ids import check_usable, digits_value, is_digits, parse_peer_id, printable, quoted
 from alpaca.errors import ConfigError
 from alpaca.paths import relative_to_config
 
@@ -35,6 +35,8 @@ CHNROUTE_MAX_BYTES = 8 * MIB
 #: The longest JSON integer converted, digits. The largest value of any key has 10 digits;
 #: a longer one is kept as a :class:`HugeInteger` and reported where it stands.
 JSON_INT_MAX_DIGITS = 100
+#: Unknown keys listed per object; a file of thousands gets a count for the rest.
+MAX_UNKNOWN_SHOWN = 20
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
@@ -81,6 +83,8 @@ def json_integer(text: str) -> int | HugeInteger:
 def show(value: object) -> str:
     if isinstance(value, HugeInteger):
         return str(value)
+    if isinstance(value, str):
+        return quoted(value)
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -158,6 +162,7 @@ class JsonObject:
         self.file = file
 
     def loc(self, key: str) -> str:
+        key = printable(key)
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, text: str) -> None:
@@ -167,12 +172,14 @@ class JsonObject:
         return self.data.get(key) is not None
 
     def check_keys(self, valid: list[str]) -> None:
-        for key in self.data:
-            if key in valid:
-                continue
+        unknown = [key for key in self.data if key not in valid]
+        for key in unknown[:MAX_UNKNOWN_SHOWN]:
             near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
             hint = f'did you mean "{near[0]}"?' if near else "valid keys: " + ", ".join(valid)
             self.fail(key, f"unknown key ({hint})")
+        if len(unknown) > MAX_UNKNOWN_SHOWN:
+            self.problems.append(f"{self.file}: {self.where or 'the top level'}: "
+                                 f"{len(unknown) - MAX_UNKNOWN_SHOWN} more unknown keys not listed")
 
     def string(self, key: str, default: str, *, required: bool = False) -> str:
         value = self.data.get(key)
@@ -288,10 +295,10 @@ class JsonObject:
             if number is not None and 1 <= number <= 0xFFFFFFFF:
                 return number
             if number is not None:
-                self.fail(key, f'table "{value}" is {number} (expected 1-4294967295)')
+                self.fail(key, f"table {show(value)} is {number} (expected 1-4294967295)")
                 return NAMED_TABLES["default"]
             files = ", ".join(str(f) for f in RT_TABLES_FILES)
-            self.fail(key, f'unknown table name "{value}" (use a number, or add it to {files})')
+            self.fail(key, f"unknown table name {show(value)} (use a number, or add it to {files})")
         else:
             self.fail(key, f"{show(value)} is not a table name or number")
         return NAMED_TABLES["default"]
@@ -302,7 +309,7 @@ def table_number(name: str) -> int | None:
         return NAMED_TABLES[name]
     for path in RT_TABLES_FILES:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").split("\n")
         except OSError:
             continue
         for line in lines:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -81,3 +82,18 @@ def file_identity(path: Path) -> FileIdentity:
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def socket_path_fault(path: Path) -> str | None:
+    """What makes ``path`` unusable as the control socket (a directory such as ``/``, a file
+    that is not a socket: the journal and the lock go beside it, named after it); None if
+    usable (absent, or a socket)."""
+    if not path.name:
+        return "names no file (give a path such as /run/alpaca-tunnel/alpaca0.sock)"
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None  # absent (created at start), or a directory we cannot look into: said then
+    if not stat.S_ISSOCK(mode):
+        return "exists and is not a socket (remove it or choose another path)"
+    return None

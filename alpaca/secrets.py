@@ -29,7 +29,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
-from alpaca.core.ids import check_usable, digits_value, format_peer_id, is_digits, parse_peer_id
+from alpaca.core.ids import (
+    check_usable,
+    digits_value,
+    format_peer_id,
+    is_digits,
+    parse_peer_id,
+    printable,
+)
 from alpaca.errors import ConfigError
 from alpaca.hostnames import moved_to, one_host
 from alpaca.io.dns import lookup_ipv4
@@ -125,7 +132,7 @@ def load_secrets(path: Path, self_id: int, previous: Secrets | None = None) -> S
     warnings: list[str] = []
     _check_mode(path, warnings)
     parser = _Parser(str(path))
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # \f or \x1c is no line end
         parser.parse_line(number, line)
     if self_id not in parser.lines:
         parser.problems.append(
@@ -167,7 +174,7 @@ def _shown(text: str) -> str:
     digits inside it that may be part of a key are left out (:func:`_masked`)."""
     if _may_be_key(text):
         return f"<{len(text)} characters, perhaps a key: not shown>"
-    return _masked(text)
+    return printable(_masked(text))
 
 
 def _masked(text: str) -> str:
@@ -313,14 +320,14 @@ class _Parser:
         else:
             if parsed.version == 4 and (parsed.is_unspecified or parsed.is_multicast
                                         or parsed == ipaddress.IPv4Address("255.255.255.255")):
-                self.problem(number, f'peer_ip: "{text}" is not the address of one host (give the '
+                self.problem(number, f'peer_ip: "{_shown(text)}" is not the address of one host (give the '
                                      "peer's unicast IPv4 address or hostname, or null)")
                 return None, None
             if parsed.version == 4:
                 return str(parsed), None
             self.problem(
                 number,
-                f'peer_ip: "{text}" is an IPv6 address (the underlay is IPv4 only;'
+                f'peer_ip: "{_shown(text)}" is an IPv6 address (the underlay is IPv4 only;'
                 " give an IPv4 address or hostname, or null)",
             )
             return None, None
@@ -346,9 +353,10 @@ class _Parser:
                 return None
             return 0
         low = 1 if needed else 0
-        port = digits_value(text, 5)
+        port = digits_value(text.lstrip("0") or "0", 5)  # leading zeros: "08080" is 8080
         if port is None or not low <= port <= 65535:
-            shown = _shown(text) if len(text) <= 60 else f"<{len(text)} characters>"
+            shown = (text if is_digits(text) and len(text) <= 12 else
+                     _shown(text) if len(text) <= 60 else f"<{len(text)} characters>")
             self.problem(number, f'peer_port: "{shown}" is not a port (expected {low}-65535)')
             return None
         return port

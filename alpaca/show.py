@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from alpaca.core.ids import printable
 from alpaca.errors import AlpacaError
 
 PROG = "alpaca-tunnel"
@@ -110,13 +111,20 @@ def show(socket_path: Path, as_json: bool) -> int:
         print(f"{PROG}: permission denied on {socket_path} (the control socket is root only)",
               file=sys.stderr)
         return EXIT_ERROR
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         print(f"{PROG}: no usable answer on {socket_path}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if "error" in reply:
-        print(f"{PROG}: the daemon says: {reply['error']}", file=sys.stderr)
+        print(f"{PROG}: the daemon says: {printable(str(reply['error']), 300)}", file=sys.stderr)
         return EXIT_ERROR
-    print(json.dumps(reply, indent=2) if as_json else render(reply))
+    try:
+        text = json.dumps(reply, indent=2) if as_json else render(reply)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        print(f"{PROG}: the daemon's answer on {socket_path} is not laid out as this version"
+              f" expects ({type(exc).__name__}: {printable(str(exc))}); is the daemon of another"
+              " version? restart it after an upgrade", file=sys.stderr)
+        return EXIT_ERROR
+    print(text)
     return EXIT_OK
 
 

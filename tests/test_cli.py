@@ -297,3 +297,14 @@ def test_cli_output_into_a_closed_pipe_exits_like_sigpipe(monkeypatch: pytest.Mo
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert cli.main(["genkey"]) == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sock", ["", "/", ".", "/tmp"])
+def test_cli_cleanup_of_a_path_that_is_no_socket_is_refused(
+        sock: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # The journal and the lock are named after the socket's file: "/" and "." name none
+    # (a traceback before), "/tmp" is a directory.
+    assert cli.main(["cleanup", "--control-socket", sock]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alpaca-tunnel: --control-socket ")
+    assert "names no file" in err or "exists and is not a socket" in err

@@ -32,6 +32,7 @@ from alpaca.secrets import load_secrets
 from alpaca.system import chnroute
 
 DATA = Path(__file__).parent / "data" / "original-sample"
+CN = str(DATA / "route_data_cidr.txt")
 KEY = "1f5c6281e4e3e0db7c57b74d2103e706"
 BASE: dict[str, Any] = {
     "mode": "client",
@@ -486,7 +487,7 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"route_table": "unspec"}, 'route_table: table "unspec" is 0 (expected 1-4294967295)'),
         ({"metrics": {"listen": "127.0.0.1:9\u00b2"}}, "metrics.listen: "),
         # more than 4300 digits in a string: int() refuses them (a traceback before)
-        ({"route_table": "4" * 5000}, 'route_table: "' + "4" * 56 + '... is not a table number'),
+        ({"route_table": "4" * 5000}, 'route_table: "' + "4" * 55 + '..." is not a table number'),
         ({"chnroute": {"data": "a" * 300}}, "cannot be checked: File name too long (give a file"),
         ({"net": "127.0"}, 'net: "127.0" is a loopback network'),
         ({"net": "224.0"}, 'net: "224.0" is a multicast network'),
@@ -494,7 +495,7 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"tun_name": "all"}, 'tun_name: "all" names every device in the kernel\'s settings'),
         ({"tun_name": "default"}, 'tun_name: "default" names every device'),
         ({"metrics": {"listen": "127.0.0.1:" + "9" * 5000}},
-         'metrics.listen: "127.0.0.1:' + "9" * 46 + "... is not IPv4:port"),
+         'metrics.listen: "127.0.0.1:' + "9" * 45 + '..." is not IPv4:port'),
         ({"protocol": "v3"}, 'protocol: "v3" is not a protocol (expected one of v2, legacy-6.1.2)'),
         ({"peer_protocols": {"1.x": "v2"}}, 'peer_protocols.1.x: "1.x" is not a peer id'),
         ({"peer_protocols": {"1.2": "v9"}}, 'peer_protocols.1.2: "v9" is not a protocol'),
@@ -516,6 +517,28 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"ports": [{"name": "a", "port": 7, "interface": "eth0"}, {"name": "b", "port": 7}]},
          "ports[1]: 0.0.0.0:7 overlaps port a (0.0.0.0:7 on eth0)"),
         ({"port": 5000, "ports": [{"name": "a"}]}, 'port: give either "port" or "ports"'),
+        # leading zeros: ipaddress refuses them (a traceback before)
+        ({"net": "10.017"}, 'net: "10.017" is not a /16 prefix'),
+        ({"net": "01.1"}, 'net: "01.1" is not a /16 prefix'),
+        # the same peer spelt twice: the last one won silently before
+        ({"peer_protocols": {"1.1": "v2", "01.001": "legacy-6.1.2"}},
+         "peer_protocols.01.001: 1.1 is listed twice"),
+        # addresses of no single host: accepted before
+        ({"chnroute": {"gateway": "0.0.0.0", "data": CN}},
+         'chnroute.gateway: "0.0.0.0" is the unspecified'),
+        ({"chnroute": {"gateway": "224.0.0.1", "data": CN}},
+         'chnroute.gateway: "224.0.0.1" is a multicast'),
+        ({"chnroute": {"gateway": "255.255.255.255", "data": CN}},
+         "is a multicast or broadcast address"),
+        ({"metrics": {"listen": "224.0.0.1:9586"}}, 'metrics.listen: "224.0.0.1" is a multicast'),
+        ({"ports": [{"name": "a", "address": "255.255.255.255"}]},
+         'ports[0].address: "255.255.255.255" is a multicast or broadcast address'),
+        # nothing beside it can be named after it (a traceback in cleanup before)
+        ({"control_socket": "/"}, 'control_socket: "/" names no file'),
+        ({"control_socket": "/tmp"}, 'control_socket: "/tmp" exists and is not a socket'),
+        # a control character reaches the message escaped, never as itself
+        ({"mode": "client\u001b[2J"}, 'mode: "client\\u001b[2J" is not a mode'),
+        ({"dup": {"policy": "x" * 1000}}, 'dup.policy: "' + "x" * 55 + '..." is not a policy'),
     ],
 )
 def test_config_error(tmp_path: Path, keys: dict[str, Any], expected: str) -> None:
@@ -645,6 +668,21 @@ def test_read_chnroute_errors(tmp_path: Path) -> None:
     assert [p.split(": ")[0] for p in info.value.problems] == [f"{path}:2", f"{path}:3"]
     with pytest.raises(ConfigError, match="cannot read the chnroute data"):
         read_chnroute(tmp_path / "absent.txt")
+
+
+def test_read_chnroute_lines_end_at_newlines_only(tmp_path: Path) -> None:
+    # A form feed in a comment ended the line before: "page 2" became a bad prefix.
+    path = tmp_path / "cn.txt"
+    path.write_text("# list \f page 2\n1.0.1.0/24\r\nnope\n")
+    with pytest.raises(ConfigError) as info:
+        read_chnroute(path)
+    assert info.value.problems == [f'{path}:3: "nope" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")']
+
+
+def test_config_unknown_keys_are_listed_up_to_twenty(tmp_path: Path) -> None:
+    found = problems(tmp_path, **{f"junk{i}": 1 for i in range(1000)})
+    assert len(found) == 21
+    assert found[-1].endswith(": the top level: 980 more unknown keys not listed")
 
 
 def test_read_chnroute_larger_than_the_limit_is_refused(tmp_path: Path) -> None:

@@ -454,3 +454,22 @@ def test_secrets_a_name_with_several_addresses_keeps_the_one_in_use_across_reloa
     answers["gw.example"] = ("192.0.2.9",)
     moved = load_secrets(path, parse_peer_id("16.1"), previous=again)
     assert moved.peers[gw].address == "192.0.2.9"
+
+
+def test_secrets_lines_end_at_newlines_only(tmp_path: Path) -> None:
+    # A line separator, form feed or \x1c inside a comment ended the line before: the rest
+    # of the comment was read as a peer and every later line number was off by one.
+    path = write(tmp_path, f"# Ivan\u2028s laptop\f moved\x1c\n16.1 {KEY16}\r\n1.2 {KEY16}\n3.3 bad\n")
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:4: peer_key of peer 3.3:")
+
+
+def test_secrets_a_port_with_leading_zeros_is_its_value(tmp_path: Path) -> None:
+    path = write(tmp_path, f"16.1 {KEY16}\n1.2 {KEY16} 10.0.0.1 null 000080\n")
+    assert load_secrets(path, SELF).peers[parse_peer_id("1.2")].port == 80
+
+
+def test_secrets_a_control_character_reaches_the_message_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, f"16.1 {KEY16}\n\x1b]0;x\x07\x1b[2J {KEY16}\n")
+    found = problems(path)
+    assert "\x1b" not in found[0] and "\\u001b]0;x\\u0007\\u001b[2J" in found[0]

@@ -138,3 +138,42 @@ def test_show_cli_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture
     missing = tmp_path / "gone.sock"
     assert main(["show", "--socket", str(missing)]) == 1
     assert f"no daemon is running (no control socket at {missing})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("answer", [{"peers": [{}]}, {"peers": 5}, {"drops": [1, 2]},
+                                    {"forwarders": [1, 2]}, {"uptime_s": "abc"}])
+def test_show_an_answer_of_another_layout_is_an_error_not_a_traceback(
+        tmp_path: Path, answer: dict[str, object]) -> None:
+    path = tmp_path / "other.sock"
+    server = ControlServer(path, lambda: answer)
+    server.start()
+    try:
+        done = run_client(path, "table")
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert "is not laid out as this version expects" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_show_an_answer_nested_too_deep_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    from gevent import socket as gevent_socket
+    from gevent.server import StreamServer
+
+    def answer(conn: std_socket.socket, _addr: object) -> None:
+        conn.recv(100)
+        conn.sendall(b"[" * 100_000 + b"]" * 100_000)
+        conn.close()
+
+    path = tmp_path / "deep.sock"
+    listener = gevent_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    server = StreamServer(listener, answer)
+    server.start()
+    try:
+        done = run_client(path, "table")
+    finally:
+        server.stop()
+    assert done.returncode == 1
+    assert "no usable answer" in done.stderr and "Traceback" not in done.stderr

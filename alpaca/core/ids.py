@@ -7,12 +7,27 @@ downstream (sent directly on every live path).
 
 from __future__ import annotations
 
+import json
 from typing import NewType
 
 PeerId = NewType("PeerId", int)
 
 #: 0.0 means "no id", 0.1 and 255.255 are reserved (original secrets.txt header).
 RESERVED_IDS = frozenset({0, 1, 0xFFFF})
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """``text`` in double quotes for a message, at most ``limit`` characters: characters that
+    do not print (controls, line and paragraph separators) escaped, so no escape sequence of a
+    file reaches a terminal or the log."""
+    shown = "".join(c if c.isprintable() else f"\\u{ord(c):04x}"
+                    for c in json.dumps(text[:limit], ensure_ascii=False))
+    return shown if len(text) <= limit and len(shown) <= limit else shown[:limit - 4] + '..."'
+
+
+def printable(text: str, limit: int = 60) -> str:
+    """:func:`quoted` without the quotes: for a key or a line of a file in a message."""
+    return quoted(text, limit)[1:-1]
 
 
 def is_digits(text: str) -> bool:
@@ -35,10 +50,10 @@ def parse_peer_id(text: str) -> PeerId:
     """
     parts = text.split(".") if isinstance(text, str) else []
     if len(parts) != 2 or not all(is_digits(p) and len(p) <= 3 for p in parts):
-        raise ValueError(f'"{text}" is not a peer id (expected "A.B", each 0-255)')
+        raise ValueError(f'{quoted(text)} is not a peer id (expected "A.B", each 0-255)')
     high, low = int(parts[0]), int(parts[1])
     if high > 255 or low > 255:
-        raise ValueError(f'"{text}" is not a peer id (expected "A.B", each 0-255)')
+        raise ValueError(f'{quoted(text)} is not a peer id (expected "A.B", each 0-255)')
     return PeerId(high * 256 + low)
 
 

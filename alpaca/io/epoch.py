@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from alpaca.core.ids import digits_value
 from alpaca.errors import TunnelError
 
 EPOCH_MAX = 2**32 - 1
+#: The most of the state file read, bytes: an epoch is at most 10 digits and a newline.
+_READ_MAX = 64
 
 
 def next_epoch(state_file: Path, wall_now: float) -> int:
@@ -68,13 +71,15 @@ def _read_last(state_file: Path) -> int:
         "(for example the current Unix time plus 86400)"
     )
     try:
-        text = state_file.read_text(encoding="ascii")
+        data = _read_regular(state_file)
     except (FileNotFoundError, NotADirectoryError):
         return 0  # never written (the write then reports a directory that is not one)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TunnelError(f"epoch file {state_file} is unreadable: {reason} ({fix})") from exc
-    value = text.strip()
+    except OSError as exc:
+        raise TunnelError(f"epoch file {state_file} is unreadable: {exc.strerror or exc} ({fix})") from exc
+    if data is None:
+        raise TunnelError(f"epoch file {state_file} is not a regular file (a directory, device or"
+                          " pipe); set state_file in the config to a file of its own")
+    value = data.decode("ascii", "replace").strip()
     epoch = digits_value(value)
     if epoch is None or epoch > EPOCH_MAX:
         raise TunnelError(
@@ -82,6 +87,22 @@ def _read_last(state_file: Path) -> int:
             f"(0 to {EPOCH_MAX}) ({fix})"
         )
     return epoch
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The first :data:`_READ_MAX` bytes of ``path``; None if it is not a regular file (opened
+    without blocking, so a FIFO or a device is refused instead of waited on or read forever).
+
+    Raises:
+        OSError: it cannot be opened (FileNotFoundError: it does not exist).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _READ_MAX)
+    finally:
+        os.close(fd)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from alpaca.errors import TunnelError
-from alpaca.io.epoch import EPOCH_MAX, next_epoch
+from alpaca.io.epoch import EPOCH_MAX, check_state_file, next_epoch
 
 
 def test_epoch_missing_file_starts_at_wall_clock(tmp_path: Path) -> None:
@@ -52,16 +53,23 @@ def test_epoch_corrupt_file_is_an_error(tmp_path: Path, content: str) -> None:
 def test_epoch_binary_file_is_an_error(tmp_path: Path) -> None:
     state = tmp_path / "epoch"
     state.write_bytes(b"\xff\xfe")
-    with pytest.raises(TunnelError, match="unreadable"):
+    with pytest.raises(TunnelError, match="corrupt"):
         next_epoch(state, 1000.0)
 
 
-def test_epoch_unreadable_path_is_an_error(tmp_path: Path) -> None:
-    state = tmp_path / "epoch"
-    state.mkdir()
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_epoch_state_file_that_is_no_regular_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    # A directory, a FIFO without a writer (a blocking read would wait forever) and
+    # /dev/zero (a read to the end would fill memory): each refused, naming state_file.
+    state = Path("/dev/zero") if kind == "device" else tmp_path / "epoch"
+    if kind == "directory":
+        state.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(state)
     with pytest.raises(TunnelError) as err:
-        next_epoch(state, 1000.0)
-    assert str(state) in str(err.value)
+        check_state_file(state)
+    assert f"epoch file {state} is not a regular file" in str(err.value)
+    assert "set state_file" in str(err.value)
 
 
 def test_epoch_directory_that_is_a_file_refuses_to_start(tmp_path: Path) -> None:
