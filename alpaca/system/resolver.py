@@ -26,24 +26,42 @@ class KernelResolver:
 
     def __init__(self) -> None:
         self._ipr: Any = None
+        self._failing = False  # the last lookup failed on the socket: logged once, not again
         self.errors = 0
 
     def __call__(self, dst: str, src: str) -> str | None:
-        if self._ipr is None:
-            self._ipr = IPRoute()
+        try:
+            if self._ipr is None:
+                self._ipr = IPRoute()  # may fail too (EMFILE, ENOBUFS): no route, retried
+            routes = self._routes(dst, src)
+        except OSError as exc:  # the socket itself: a new one at the next lookup
+            self.close()
+            if not self._failing:
+                log.warning("route lookup failed, reopening netlink at the next one error=%s", exc)
+            self._failing = True
+            routes = None
+        else:
+            self._failing = False
+        if not routes:
+            self.errors += 1
+            return None
+        gateway = routes[0].get_attr("RTA_GATEWAY")
+        return str(gateway) if gateway else None
+
+    def _routes(self, dst: str, src: str) -> list[Any] | None:
+        """The kernel's routes to ``dst`` as sent from ``src``, else from anywhere; None when
+        neither is routed.
+
+        Raises:
+            OSError: the netlink socket failed.
+        """
         for query in ({"dst": dst, "src": src}, {"dst": dst}):
             try:
-                answer = self._ipr.route("get", **query)
+                routes = self._ipr.route("get", **query)
             except NetlinkError:
                 continue
-            except OSError as exc:  # the socket itself (ENOBUFS...): a new one next time; the
-                log.warning("route lookup failed, reopening netlink error=%s", exc)  # packet
-                self.close()                                                    # has no route
-                break
-            for msg in answer:
-                gateway = msg.get_attr("RTA_GATEWAY")
-                return str(gateway) if gateway else None
-        self.errors += 1
+            if routes:
+                return list(routes)
         return None
 
     def close(self) -> None:

@@ -59,3 +59,23 @@ def test_resolver_a_failing_socket_is_no_route_and_is_reopened(monkeypatch: pyte
     assert ask("8.8.8.8", "10.17.16.1") is None
     assert ask("8.8.8.8", "10.17.16.1") is None
     assert ask.errors == 2 and _BrokenSocket.opened == 2
+
+
+class _NoSocket:
+    """Opening a netlink socket fails, as it does when the process is out of descriptors."""
+
+    def __init__(self) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_resolver_a_socket_that_cannot_be_opened_is_no_route(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening the socket again after a failure raised into the reader's greenlet (the
+    daemon stopped); now the packet has no route, and the warning is logged once while
+    the failures last."""
+    monkeypatch.setattr(resolver, "IPRoute", _NoSocket)
+    ask = KernelResolver()
+    with caplog.at_level("WARNING", logger=resolver.__name__):
+        answers = [ask(f"198.51.100.{i}", "10.17.16.1") for i in range(5)]
+    assert answers == [None] * 5 and ask.errors == 5
+    assert len(caplog.records) == 1 and "Too many open files" in caplog.records[0].getMessage()
