@@ -12,7 +12,9 @@ saved meanwhile. After a burst of events settles (``debounce``), the file's iden
 inode, size, mtime, ctime, following symlinks) is compared with the last one seen. Not seen:
 retargeting a symlink to a *directory* on the configured path (``ln -sfn v2 /etc/alpaca``
 when /etc/alpaca is itself a link) changes nothing in the directories watched; a SIGHUP
-reloads then.
+reloads then. While the configured directory is gone (deleted, to come back later), nothing
+can be watched there: the watch looks again every ``debounce`` until it is back, and catches
+up with the file then.
 Greenlet contract: ``run`` is one greenlet's loop; it waits on the inotify fd with gevent.
 """
 
@@ -54,6 +56,7 @@ class FileWatch:
         #: directory -> watch descriptor: the configured one, and the resolved file's
         self._watches: dict[Path, int] = {}
         self._seen: FileIdentity = None
+        self._blind = False  # the configured directory could not be watched (logged once)
 
     def open(self, seen: FileIdentity | None = None) -> FileWatch:
         """Start watching. ``seen``: the identity of the file as its content was last read
@@ -98,7 +101,14 @@ class FileWatch:
         try:
             self._watch(self.path.parent)  # the same inode gives the same descriptor back
         except OSError as exc:
-            log.debug("not watching %s: %s", self.path.parent, exc)
+            if not self._blind:
+                log.warning("cannot watch %s: %s; looking again every %.1f s (a SIGHUP reloads"
+                            " meanwhile)", self.path.parent, exc, self.debounce)
+            self._blind = True
+        else:
+            if self._blind:
+                log.info("watching %s again", self.path.parent)
+            self._blind = False
         if before is not None and self._watches.get(self.path.parent) != before:
             assert self._libc is not None  # a directory moved away: no longer ours to watch
             self._libc.inotify_rm_watch(self._fd, before)
@@ -159,9 +169,13 @@ class FileWatch:
     def run(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` once per burst of changes to the file (forever)."""
         while True:
-            wait_read(self._fd)
-            if not self._drain():
-                continue
+            try:  # blind: no event will come from the directory's return, so look again
+                wait_read(self._fd, timeout=self.debounce if self._blind else None)
+            except TimeoutError:
+                pass
+            else:
+                if not self._drain():
+                    continue
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
