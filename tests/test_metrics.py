@@ -83,7 +83,7 @@ class Scenario:
                               start_time=1_700_000_000.0, node=format_peer_id(node.peer_id))
 
 
-def scenario(loss: float = 0.1, seed: int = 5, **client: object) -> Scenario:
+def scenario(loss: float = 0.1, seed: int = 6, **client: object) -> Scenario:
     """A star with a lossy first uplink; 2 s of probing, then traffic both ways."""
     net = EngineNet(seed=seed)
     s = net.add("S", "1.1", [S_EP])

@@ -394,13 +394,17 @@ class Engine:
             return
         if dst != self.self_id:
             self.relayed.touch((src, dst), now)
-        if dst != self.self_id and src < dst:
-            # Relayed and sealed with the pair key, which is dst's own secret (the bigger id's):
-            # dst could have made it. Carried on, but it says nothing about where src is.
+        if dst != self.self_id and (src < dst or not self._proved_here(src)):
+            # Relayed: carried on, but it says nothing about where src is. Sealed with the pair
+            # key, which is dst's own secret when src < dst (the bigger id's): dst could have
+            # made it; and from a sender not proved to this node in this run, it may be a
+            # capture (new to a relay that restarted, or that never carried the pair).
             path = peer.paths.match(port, addr)
             if path is not None:
                 path.rx_packets += 1
                 path.rx_bytes += n
+            if src > dst:  # a client through us, not proved to us: its answer proves it
+                self._challenge(flow, peer, self.link_to(peer, pi, port, addr), counter, now)
         else:
             path = peer.paths.learn(pi, port, addr, now)
             if not path.up:
@@ -456,14 +460,28 @@ class Engine:
             self.prober.on_reply(peer, plaintext, counter, now)
         else:
             self.stats.drop(DropReason.UNVERIFIED)
-        if flow.verified:
-            return
+        if not flow.verified:
+            self._challenge(flow, peer, link, counter, now)
+
+    def _challenge(self, flow: Flow, peer: Peer, link: Path, counter: int, now: float) -> None:
+        """Probe ``peer`` on ``link`` unless that link of this flow was challenged in the last
+        CHALLENGE_INTERVAL seconds or MAX_CHALLENGES others were (twice as many for a datagram
+        that raised the window's top: the sender's own, never a replay's)."""
         recent = {k: t for k, t in flow.challenged.items() if now - t < CHALLENGE_INTERVAL}
         limit = 2 * MAX_CHALLENGES if counter == flow.window.top else MAX_CHALLENGES
-        if (port, addr) not in recent and len(recent) < limit:
-            recent[(port, addr)] = now
+        assert link.addr is not None  # link_to: where the datagram came from
+        key = (link.port, link.addr)
+        if key not in recent and len(recent) < limit:
+            recent[key] = now
             self.prober.challenge(peer, link, now)
         flow.challenged = recent
+
+    def _proved_here(self, src: int) -> bool:
+        """Whether ``src`` proved itself live to this node in this run: its own flow to us is
+        verified (it answered our challenge). Only then does a datagram it sends through us
+        tell where it is."""
+        own = self.flows.get((src, self.self_id))
+        return own is not None and own.verified
 
     def from_tunnel_address(self, ip: str) -> bool:
         """Whether ``ip`` (dotted quad, in the tunnel network: the caller tests

@@ -15,7 +15,7 @@ import pytest
 
 from alpaca.core.constants import PacketType
 from alpaca.core.engine import MAX_CHALLENGES
-from alpaca.core.header import HEADER
+from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.probing import CHALLENGE_INTERVAL
 from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
 from tests.security.conftest import (
@@ -31,7 +31,17 @@ from tests.security.conftest import (
     sniffing,
     udp_socket,
 )
-from tests.security.test_forgery import GW, S_EP, UP1, UP2, capture_into, data_from, network, relay_network
+from tests.security.test_forgery import (
+    GW,
+    S_EP,
+    UP1,
+    UP2,
+    capture_into,
+    data_from,
+    network,
+    relay_network,
+    spy_on,
+)
 
 ATTACKER = ("10.66.0.1", 4444)
 REPLAY_REASONS = {"duplicate", "too_old", "old_epoch"}
@@ -129,6 +139,48 @@ def test_replay_through_a_forwarder_is_relayed_at_most_once_and_never_delivered_
     assert len(s.tun) == delivered
     # Sent straight to the server from the forwarder's address.
     assert replay(net, s, data, ("10.0.0.2", 5000)) == {"duplicate": 1}
+
+
+@pytest.mark.parametrize("how", ["relay restarted", "another server holding the key"])
+def test_replay_to_a_relay_that_never_carried_it_teaches_no_path_and_gets_no_traffic(how: str) -> None:
+    """A capture of 16.1 -> 1.1 is new to a relay with no window for the pair: a forwarder
+    that restarted since, or another server holding 16.1's key. It is relayed once (the
+    server drops it), but the relay filed the attacker's address as 16.1's path before and,
+    with no live path of 16.1 there, sent 16.1's traffic to it. Now a relay learns from what
+    it relays only once the sender has answered its own challenge in this run."""
+    net, s, f, c = relay_network()
+    seen = capture_into(f)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.1)
+    captured = data_from(seen, c.peer_id)
+    relay = f
+    if how == "relay restarted":
+        net.start(f)
+    else:
+        relay = net.add("S3", "1.3", [("10.0.0.3", 5000)])
+        net.link(("10.0.0.3", 5000), S_EP)
+        net.start(relay)
+    to_attacker = spy_on(relay, ATTACKER)
+    eng(relay).on_datagram(with_hop_fields(captured, 15, 13), ATTACKER, 0, net.now)
+    assert eng(relay).peers[c.peer_id].paths.match(0, ATTACKER) is None
+    # Traffic for 16.1 through the relay (its own, and relayed from the server).
+    net.inject_tun(relay, ipv4(tunnel_ip(relay.peer_id), tunnel_ip(c.peer_id)))
+    server = eng(s)
+    server.on_tun_packet(ipv4(GW, tunnel_ip(c.peer_id)), net.now)
+    net.run(0.5)
+    assert PacketType.DATA not in to_attacker and len(to_attacker) <= MAX_CHALLENGES
+
+
+def test_a_restarted_forwarder_relays_both_ways_again_once_the_client_answered() -> None:
+    net, s, f, c = relay_network()
+    net.start(f)  # restart: no window, no path, the client not proved to it
+    net.run(1.0)
+    assert eng(f).peers[c.peer_id].paths.live_links()
+    for _ in range(5):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+        net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+        net.run(0.1)
+    assert len(s.tun) >= 5 and len(c.tun) >= 5
 
 
 def test_replay_cannot_keep_a_dead_path_up_and_defeat_failover() -> None:
