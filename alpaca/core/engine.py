@@ -406,6 +406,8 @@ class Engine:
             if src > dst:  # a client through us, not proved to us: its answer proves it
                 self._challenge(flow, peer, self.link_to(peer, pi, port, addr), counter, now)
         else:
+            if flow.challenged:  # a relayed flow whose sender has proved itself since
+                flow.challenged = NO_CHALLENGES
             path = peer.paths.learn(pi, port, addr, now)
             if not path.up:
                 self._fresh_on_down_path(peer, path, now)

@@ -373,3 +373,18 @@ def test_replay_after_the_receiver_restarted_is_never_delivered(tmp_path: Path) 
         refused = sum(drops2.get(k, 0) for k in ("unverified", "too_old"))
         assert refused >= 2 * len(captured), drops2
         plain.close()
+
+
+def test_a_relayed_flow_forgets_its_challenges_once_the_sender_proved_itself() -> None:
+    # 10,000 clients through a forwarder: the challenge table of each relayed flow goes once
+    # its sender answered (verified flows share one empty mapping).
+    net, s, f, c = relay_network()
+    net.start(f)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.01)
+    relayed = eng(f).flows[(c.peer_id, s.peer_id)]
+    assert relayed.challenged  # the client was challenged from what the forwarder relayed
+    net.run(1.0)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    net.run(0.1)
+    assert not relayed.challenged
