@@ -106,9 +106,29 @@ def _directory_lock(directory: Path) -> Iterator[None]:
 
 
 def _undo_sysctl(step: Step, netns: str | None) -> None:
-    if step["key"] == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
+    key = step["key"]
+    if key == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
         return
-    sysctl.write(step["key"], step["value"], netns)
+    toggled = key == sysctl.IP_FORWARD and sysctl.read(key, netns) != str(step["value"])
+    sysctl.write(key, step["value"], netns)
+    if toggled:
+        _restore_side_settings(step, netns)
+
+
+def _restore_side_settings(step: Step, netns: str | None) -> None:
+    """Put back what turning ip_forward back reset besides itself, as it was before the
+    tunnel started (accept_redirects, the forwarding of devices set on their own), for the
+    devices still there. Best effort: ip_forward itself is back, a failure is a warning."""
+    before = step.get("side_settings")
+    if not isinstance(before, dict):
+        return  # a journal of an earlier version
+    now = sysctl.forward_side_settings(netns)
+    for key, value in before.items():
+        if key in now and now[key] != str(value):
+            try:
+                sysctl.write_path(key, str(value), netns)
+            except (SystemSetupError, ValueError) as exc:
+                log.warning("could not put %s back to %s after ip_forward: %s", key, value, exc)
 
 
 def _forwarding_still_needed(step: Step, netns: str | None) -> bool:
@@ -182,6 +202,9 @@ class Journal:
     def record(self, kind: str, **params: Any) -> None:
         """Add an undo step and persist the journal (call BEFORE making the change).
 
+        A callable parameter is called under the directory's lock: a sysctl's value is read
+        there, so a daemon stopping meanwhile has either put its original back or not begun.
+
         Raises:
             SystemSetupError: the file could not be written (then make no change).
         """
@@ -199,13 +222,17 @@ class Journal:
                 original = self._original_sysctl(params["key"]) if kind == "sysctl" else {}
                 if original:  # a running daemon changed it first: its record is the original
                     step = {"kind": kind, "key": params["key"], **original}
+                else:
+                    step = {"kind": kind, **{name: value() if callable(value) else value
+                                             for name, value in params.items()}}
                 # a default saved again (a roam back to an earlier network) moves to the end:
                 # its undo comes first, then those of the networks between
                 kept = [s for s in self.steps if not any(s is t for t in same)]
                 if kind == "default_route":
                     kept = _without_ways_of(kept, params["saved"])
-                self.steps = [*kept, step]
-                self._write()
+                steps = [*kept, step]
+                self._write(steps)  # in memory only once on disk: a failed write is retried
+                self.steps = steps
         except OSError as exc:
             raise SystemSetupError(
                 f"writing the undo journal {self.path}: {exc.strerror or exc}", None,
@@ -218,19 +245,27 @@ class Journal:
         for peer in self._live_peers():
             for step in peer.steps:
                 if step.get("kind") == "sysctl" and step.get("key") == key and "value" in step:
-                    return {name: step[name] for name in ("value", "routed_bridges") if name in step}
+                    return {name: step[name] for name in ("value", "routed_bridges", "side_settings")
+                            if name in step}
         return {}
 
-    def _write(self) -> None:
+    def _write(self, steps: list[Step]) -> None:
+        """Replace the file with one holding ``steps`` (fsync'ed, then renamed over it).
+
+        Raises:
+            OSError: the old file is left as it was.
+        """
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.netns_id is None:
             self.netns_id = nsid.of(self.netns)
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = json.dumps({"version": VERSION, "netns": self.netns, "netns_id": self.netns_id,
-                           "steps": self.steps}, indent=1)
+                           "steps": steps}, indent=1).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data.encode())
+            view = memoryview(data)
+            while view:  # a write cut short (a file system nearly full) goes on, or raises
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -309,12 +344,13 @@ class Journal:
             except (AlpacaError, OSError) as exc:  # the host's state: may work later
                 failures.append(f"undo {kind}: {exc}")
                 self._keep_step(step, kept, exc)
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:  # malformed: never will
+            except (KeyError, ValueError, TypeError, AttributeError, struct.error) as exc:  # malformed
                 failures.append(f"undo {kind}: a malformed step ({type(exc).__name__}: {exc})")
                 log.error("undo step failed step=%s journal=%s error=malformed %s", kind, self.path, exc)
         self.steps = kept
-        if kept and self._keep():
-            log.warning("undo steps kept for the next start journal=%s steps=%d", self.path, len(kept))
+        if kept:  # rewritten with just those; else the old file stays: every step is retried
+            if self._keep():
+                log.warning("undo steps kept for the next start journal=%s steps=%d", self.path, len(kept))
         elif self.owns_file:
             self.path.unlink(missing_ok=True)
             self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
@@ -337,9 +373,10 @@ class Journal:
         kept.insert(0, {**step, "tries": tries, "failed_since": first})
 
     def _keep(self) -> bool:
-        """Rewrite the file with the remaining steps; False if that is not possible."""
+        """Rewrite the file with the remaining steps; False if that is not possible (the old
+        file, with every step, stays)."""
         try:
-            self._write()
+            self._write(self.steps)
         except OSError as exc:
             log.error("could not keep the failed undo steps journal=%s error=%s", self.path, exc)
             return False

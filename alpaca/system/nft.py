@@ -145,6 +145,21 @@ def _has_iptables() -> bool:
     return _tool("iptables") is not None
 
 
+def _iptables(args: list[str], netns: str | None) -> subprocess.CompletedProcess[str]:
+    """Run ``iptables -w <args>`` (waiting for the xtables lock another program holds: Docker
+    does). Exit 1 is an answer (no such chain, no such rule) and is returned.
+
+    Raises:
+        SystemSetupError: any other failure (2: bad arguments, 4: a resource problem).
+    """
+    done = _run(["iptables", "-w", *args], netns, check=False)
+    if done.returncode not in (0, 1):
+        detail = " / ".join(done.stderr.strip().splitlines())
+        raise SystemSetupError(f"running iptables {shlex.join(args)}: exit {done.returncode}: {detail}",
+                               None, "retried at the next start, or run `alpaca-tunnel cleanup`")
+    return done
+
+
 def forward_blocked_chain(netns: str | None = None) -> str | None:
     """The iptables chain to put our accepts in, or None when nothing blocks forwarding.
 
@@ -152,9 +167,9 @@ def forward_blocked_chain(netns: str | None = None) -> str | None:
     """
     if not _has_iptables():
         return None
-    if _run(["iptables", "-S", "DOCKER-USER"], netns, check=False).returncode == 0:
+    if _iptables(["-S", "DOCKER-USER"], netns).returncode == 0:
         return "DOCKER-USER"
-    out = _run(["iptables", "-S", "FORWARD"], netns, check=False).stdout
+    out = _iptables(["-S", "FORWARD"], netns).stdout
     return "FORWARD" if "-P FORWARD DROP" in out.splitlines() else None
 
 
@@ -174,32 +189,34 @@ def add_forward_accepts(tun: str, net: str, netns: str | None = None) -> str | N
     if chain is None:
         return None
     for spec in _accept_specs(tun, net):
-        if _run(["iptables", "-C", chain, *spec], netns, check=False).returncode != 0:
-            _run(["iptables", "-I", chain, "1", *spec], netns)
+        if _iptables(["-C", chain, *spec], netns).returncode != 0:
+            _run(["iptables", "-w", "-I", chain, "1", *spec], netns)
     log.info("iptables forward accepts added chain=%s net=%s dev=%s", chain, net, tun)
     return chain
 
 
 def remove_forward_accepts(tun: str, netns: str | None = None) -> int:
-    """Delete every rule tagged ``alpaca-tunnel:<tun>`` from DOCKER-USER and FORWARD.
+    """Delete every rule tagged ``alpaca-tunnel:<tun>`` from DOCKER-USER and FORWARD (a chain
+    that does not exist, or a rule gone meanwhile, is done).
 
     Returns:
         The number of rules deleted.
+    Raises:
+        SystemSetupError: iptables failed otherwise (the journal keeps the step to retry).
     """
     if not _has_iptables():
         return 0
     removed = 0
     tag = f"{COMMENT_PREFIX}{tun}"
     for chain in IPTABLES_CHAINS:
-        listing = _run(["iptables", "-S", chain], netns, check=False)
+        listing = _iptables(["-S", chain], netns)
         if listing.returncode:
             continue
         for line in listing.stdout.splitlines():
             words = shlex.split(line)
             if len(words) < 2 or words[0] != "-A" or tag not in words:
                 continue
-            _run(["iptables", "-D", *words[1:]], netns, check=False)
-            removed += 1
+            removed += _iptables(["-D", *words[1:]], netns).returncode == 0
     if removed:
         log.info("iptables forward accepts removed count=%d dev=%s", removed, tun)
     return removed

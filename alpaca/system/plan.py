@@ -536,8 +536,11 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             if ctx.uplink is None:
                 ctx.uplink = routes.wait_default_route(op.timeout, netns=ns)
         case SetSysctl():
-            bridges = {"routed_bridges": link.routed_bridges(ns)} if op.key == sysctl.IP_FORWARD else {}
-            journal.record("sysctl", key=op.key, value=sysctl.read(op.key, ns), **bridges)
+            key = op.key  # read under the journal's lock: a daemon stopping meanwhile restores first
+            forward = {"routed_bridges": lambda: link.routed_bridges(ns),
+                       "side_settings": lambda: sysctl.forward_side_settings(ns)}
+            journal.record("sysctl", key=key, value=lambda: sysctl.read(key, ns),
+                           **(forward if key == sysctl.IP_FORWARD else {}))
             sysctl.write(op.key, op.value, ns)
         case ConfigureTun():
             link.configure_tun(op.tun, op.address_cidr, op.mtu, ns, txqueuelen=op.txqueuelen)

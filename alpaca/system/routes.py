@@ -135,7 +135,7 @@ def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
 def _ifname(ipr: IPRoute, index: int) -> str:
     if not index:
         return ""
-    links = ipr.get_links(index)
+    links = nl_call(f"reading link {index}", ipr.get_links, index, ok=(errno.ENODEV,))  # gone since
     return str(links[0].get_attr("IFLA_IFNAME")) if links else ""
 
 

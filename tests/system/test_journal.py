@@ -20,6 +20,7 @@ from alpaca.system.plan import (
     ChnrouteInput,
     HostPlanInput,
     Mode,
+    SetSysctl,
     apply,
     keep_default_moved,
     plan,
@@ -168,6 +169,28 @@ def test_journal_ip_forward_restores_original_value_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.netns
+def test_journal_ip_forward_turned_back_off_puts_back_what_it_reset(tmp_path: Path) -> None:
+    """Writing ip_forward resets conf/all/accept_redirects and every device's forwarding: a
+    hardened host (accept_redirects=0) accepted ICMP redirects after the tunnel stopped, and
+    a device forwarding on its own stopped forwarding. Both come back now."""
+    def value(key: str) -> str:
+        return nsexec(ns, "cat", f"/proc/sys/net/ipv4/conf/{key}").stdout.strip()
+
+    with netns() as ns:
+        nsexec(ns, "ip", "link", "add", "dum.1", "type", "veth", "peer", "name", "dum2")
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=0",
+               "net/ipv4/conf/dum.1/forwarding=1")
+        journal = jr.Journal(tmp_path / "j", ns)
+        inp = HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1400)
+        apply([op for op in plan(inp) if isinstance(op, SetSysctl)], journal, ns)
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+        assert journal.undo_all() == []
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        assert (value("all/accept_redirects"), value("dum.1/forwarding"), value("default/forwarding")) \
+            == ("0", "1", "0")
+
+
+@pytest.mark.netns
 def test_journal_undo_steps_are_idempotent_on_an_untouched_namespace(tmp_path: Path) -> None:
     with netns() as ns:
         client_ns(ns, tun=False)
@@ -268,6 +291,97 @@ def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None
     journal = jr.Journal(tmp_path / "run" / "alpaca0.journal")
     with pytest.raises(SystemSetupError, match=r"writing the undo journal .*control_socket"):
         journal.record("nft_table", tun="alpaca0")
+
+
+def _enospc_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next rename of a journal fails as on a full file system; later ones work."""
+    real, failed = os.replace, []
+
+    def replace(src: Any, dst: Any) -> None:
+        if not failed:
+            failed.append(dst)
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(jr.os, "replace", replace)
+
+
+def test_journal_a_record_that_could_not_be_written_is_written_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step stayed in memory after the failed write, so the same record at the next
+    reload wrote nothing, and the route it stood for was never in the file."""
+    journal = jr.Journal(tmp_path / "j")
+    journal.record("nft_table", tun="alpaca0")
+    _enospc_once(monkeypatch)
+    with pytest.raises(SystemSetupError, match="No space left"):
+        journal.record("routes", dsts=["192.0.2.1/32"], table=253)
+    journal.record("routes", dsts=["192.0.2.1/32"], table=253)
+    assert [s["kind"] for s in jr.Journal.load(journal.path).steps] == ["nft_table", "routes"]
+
+
+def test_journal_whose_kept_steps_cannot_be_written_stays_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An undo step failed and the file could not be rewritten with it: the file was deleted,
+    and with it the step. Now the old file stays, every step in it for the next start."""
+    journal = jr.Journal(tmp_path / "j")
+    journal.record("nft_table", tun="alpaca0")
+    journal.record("routes", dsts=["192.0.2.1/32"], table=253)
+
+    def refuse(_step: Any, _netns: str | None) -> None:
+        raise SystemSetupError("deleting route 192.0.2.1/32", None, "retry")
+
+    monkeypatch.setitem(jr.UNDO, "nft_table", lambda _step, _netns: None)
+    monkeypatch.setitem(jr.UNDO, "routes", refuse)
+    _enospc_once(monkeypatch)
+    assert len(journal.undo_all()) == 1
+    assert [s["kind"] for s in jr.Journal.load(journal.path).steps] == ["nft_table", "routes"]
+
+
+def test_journal_written_in_short_writes_is_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.write
+    monkeypatch.setattr(jr.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    journal = jr.Journal(tmp_path / "j")
+    for table in range(20):
+        journal.record("routes", dsts=["192.0.2.1/32"], table=100 + table)
+    assert len(jr.Journal.load(journal.path).steps) == 20
+
+
+@pytest.mark.netns
+def test_journal_a_saved_route_cut_short_is_malformed_and_the_rest_is_undone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """struct.error from the cut route escaped: no step after it ran, and every start failed."""
+    ran: list[str] = []
+    monkeypatch.setitem(jr.UNDO, "nft_table", lambda _step, _netns: ran.append("nft_table"))
+    with netns() as ns:
+        path = tmp_path / "j"
+        path.write_text(json.dumps({"version": 1, "netns": ns, "steps": [
+            {"kind": "nft_table", "tun": "alpaca0"},
+            {"kind": "default_route", "saved": [{"payload_hex": "0200", "dev": "lo", "text": "x"}],
+             "table": 253}]}))
+        failures = jr.recover(path)
+    assert failures is not None and len(failures) == 1 and "malformed" in failures[0]
+    assert ran == ["nft_table"] and not path.exists()
+
+
+def test_journal_a_sysctl_original_is_read_under_the_directory_lock(tmp_path: Path) -> None:
+    """Read before the lock, a daemon starting while another stopped took the value the
+    stopping one was about to restore (1) for the original: ip_forward stayed on after both."""
+    import fcntl
+
+    def locked() -> bool:
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    seen: list[bool] = []
+    journal = jr.Journal(tmp_path / "j")
+    journal.record("sysctl", key="net.ipv4.ip_forward", value=lambda: seen.append(locked()) or "0")
+    assert seen == [True] and jr.Journal.load(journal.path).steps[0]["value"] == "0"
 
 
 def test_journal_undoes_a_default_saved_again_first(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
+from alpaca.errors import SystemSetupError
 from alpaca.system import nft
 from alpaca.system.journal import Journal
 from alpaca.system.plan import HostPlanInput, Mode, apply, plan
@@ -106,3 +108,39 @@ def test_nft_tools_are_found_outside_a_short_path(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert nft._has_iptables() and nft._tool("nft") is not None
     nft.require_nft()
+
+
+def _iptables_answering(monkeypatch: pytest.MonkeyPatch, codes: dict[str, int]) -> list[list[str]]:
+    """iptables as a fake: exit ``codes[option]`` (-S lists one rule of ours); the calls made."""
+    calls: list[list[str]] = []
+    rule = '-A DOCKER-USER -s 10.17.0.0/16 -m comment --comment "alpaca-tunnel:alpaca0" -j ACCEPT'
+
+    def run(argv: list[str], netns: str | None, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        code = codes.get(argv[2], 0)
+        out = rule if argv[2] == "-S" and argv[3] == "DOCKER-USER" and code == 0 else ""
+        err = "Another app is currently holding the xtables lock" if code == 4 else ""
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    monkeypatch.setattr(nft, "_has_iptables", lambda: True)
+    monkeypatch.setattr(nft, "_run", run)
+    return calls
+
+
+@pytest.mark.parametrize("failing", ["-S", "-D"])
+def test_nft_forward_accepts_not_removed_are_an_error_the_journal_keeps(
+        monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The xtables lock held by Docker (exit 4) counted as removed: the journal step went and
+    the ACCEPT rules stayed. Now it is an error (the step is kept), and -w waits for the lock."""
+    calls = _iptables_answering(monkeypatch, {failing: 4})
+    with pytest.raises(SystemSetupError, match="exit 4: Another app"):
+        nft.remove_forward_accepts("alpaca0")
+    assert all(argv[:2] == ["iptables", "-w"] for argv in calls)
+
+
+def test_nft_forward_accepts_of_a_chain_or_rule_gone_are_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    _iptables_answering(monkeypatch, {"-D": 1})
+    assert nft.remove_forward_accepts("alpaca0") == 0
+    _iptables_answering(monkeypatch, {})
+    assert nft.remove_forward_accepts("alpaca0") == 1
