@@ -327,13 +327,20 @@ def repoint_default_route(
 ) -> None:
     """Point our default route in ``table`` at another gateway, in one step (``replace``: no
     moment without a default). The undo step of :func:`move_default_route` still holds: it
-    deletes our default by table and proto, whatever its gateway."""
+    deletes our default by table and proto, whatever its gateway.
+
+    Raises:
+        SystemSetupError: our default is gone and another program's holds its place: it is
+            left alone (a replace would take it over, and the undo would then delete it).
+    """
     with iproute(netns) as ipr:
         oif = link_index_or_fail(ipr, tun_ifname)
+        ours = route_present("0.0.0.0/0", table, netns, ipr)
         nl_call(
-            f"pointing route default via {tunnel_gw_ip} dev {tun_ifname} table {table}",
+            f"pointing route default via {tunnel_gw_ip} dev {tun_ifname} table {table}"
+            + ("" if ours else " (ours is gone: another program's default holds its place?)"),
             ipr.route,
-            "replace",
+            "replace" if ours else "add",
             dst="0.0.0.0/0",
             gateway=tunnel_gw_ip,
             oif=oif,

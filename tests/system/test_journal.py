@@ -24,6 +24,7 @@ from alpaca.system.plan import (
     apply,
     keep_default_moved,
     plan,
+    update_default_route,
     update_host_routes,
 )
 from tests.helpers import netns, nsexec
@@ -188,6 +189,24 @@ def test_journal_ip_forward_turned_back_off_puts_back_what_it_reset(tmp_path: Pa
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
         assert (value("all/accept_redirects"), value("dum.1/forwarding"), value("default/forwarding")) \
             == ("0", "1", "0")
+
+
+@pytest.mark.netns
+def test_journal_a_reload_repointing_a_displaced_default_leaves_the_other_one_alone(tmp_path: Path) -> None:
+    """Our default gone from the table and another program's in its place: a reload that
+    changed the gateway replaced theirs with ours, and the undo at exit then deleted it."""
+    with netns() as ns:
+        client_ns(ns)
+        journal = jr.Journal(tmp_path / "j", ns)
+        applied = apply(plan(client_input()), journal, ns)
+        nsexec(ns, "ip", "route", "del", "default", "table", "253")
+        nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "up0", "table", "253",
+               "proto", "static")
+        with pytest.raises(SystemSetupError, match="another program's default"):
+            update_default_route(applied, "10.17.1.2", ns)
+        assert journal.undo_all() == []
+        table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "default via 192.0.2.254 dev up0 proto static" in table
 
 
 @pytest.mark.netns
