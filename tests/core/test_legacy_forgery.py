@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 from dataclasses import replace
 
+import pytest
+
 from alpaca.core.legacy import codec
 from alpaca.core.legacy import header as lh
 from alpaca.core.legacy.engine import LegacyEngine
@@ -148,3 +150,56 @@ def test_legacy_a_reload_after_the_wall_clock_stepped_back_repeats_no_time_seq_p
     group = codec.Ecb(codec.group_key(GROUP))
     pairs = [(h.t20, h.seq) for h in (lh.unpack(group.decrypt(d[:16])) for d in out.datagrams)]
     assert len(pairs) == 6 and len(set(pairs)) == 6, pairs
+
+
+def test_legacy_a_capture_replayed_on_a_silent_flow_does_not_lock_the_sender_out() -> None:
+    """The capture restarted the window an hour back; the sender's own next datagrams were
+    then "too far ahead" and dropped as replays for as long as the attacker kept replaying
+    (and for 30 s after), and after 60 s the server took the client for dead. Now a datagram
+    on the sender's known clock restarts the window there."""
+    srv, out = server()
+    for i in range(5):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    for k in range(120):  # the flow silent 31 s, then a recording an hour old, at its pace
+        now = 35.0 + k
+        srv.on_datagram(datagram(C1, S, -3600.0 + k), ATTACKER, 0, now)
+        before = len(out.tun)
+        srv.on_datagram(datagram(C1, S, now, 1), C1_EP, 0, now + 0.5)
+        assert len(out.tun) == before + 1, f"the sender's own datagram dropped at {now}"
+    assert srv.stats.resyncs == 1 and srv.stats.replays == 119  # the capture: once, then refused
+    assert reached(srv, out, C1, 155.0) == [C1_EP] and srv.stats.dead_peer == 0
+
+
+@pytest.mark.parametrize("step", [60.0, -3600.0])
+def test_legacy_a_sender_whose_clock_stepped_is_followed_there(step: float) -> None:
+    """A C router that syncs its clock after the tunnel started (the C node takes any
+    timestamp): its timestamps were out of reach of its known clock for good, so its path
+    was never refreshed and, after 60 s, nothing was sent to it again (until our restart).
+    Now its clock moves once the new timeline kept in step for resync_after (30 s) while
+    nothing came on the old one for as long."""
+    srv, out = server()
+    for i in range(10):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    delivered = 0
+    for i in range(10, 120):
+        before = len(out.tun)
+        srv.on_datagram(datagram(C1, S, i + step), C1_EP, 0, float(i))
+        delivered += len(out.tun) > before
+        if i == 75:
+            assert reached(srv, out, C1, i + 0.5) == [C1_EP]
+    assert delivered >= 120 - 41  # refused for resync_after, then delivered
+    assert reached(srv, out, C1, 120.0) == [C1_EP] and srv.stats.dead_peer == 0
+    assert srv.peers[C1].last_t20 == int(119 + step + WALL) & 0xFFFFF
+
+
+def test_legacy_a_capture_replayed_while_the_sender_talks_never_moves_its_clock() -> None:
+    srv, out = server()
+    for i in range(5):
+        srv.on_datagram(datagram(C1, S, float(i)), C1_EP, 0, float(i))
+    for k in range(200):
+        now = 35.0 + k
+        srv.on_datagram(datagram(C1, S, -3600.0 + k), ATTACKER, 0, now)
+        if k % 10 == 0:  # the sender itself, now and then
+            srv.on_datagram(datagram(C1, S, now, 1), C1_EP, 0, now + 0.5)
+    assert srv.peers[C1].last_t20 == int(225 + WALL) & 0xFFFFF
+    assert reached(srv, out, C1, 235.0) == [C1_EP]

@@ -319,8 +319,10 @@ class LegacyEngine:
             window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
             if peer.last_t20 is not None:  # its clock is known: a capture is as old as it is
                 window.start_at(peer.last_t20, peer.last_seen_at)
-        verdict = window.check(h.t20, h.seq, now)
         telling = self._tells_where(peer, h, now)
+        verdict = window.check(h.t20, h.seq, now, on_its_clock=telling)
+        if verdict.accepted and not telling and self._clock_stepped(peer, h, now):
+            telling = True
         if not verdict.accepted:
             self._count_rejected(verdict)
             if verdict is Verdict.DUPLICATE and telling:
@@ -332,11 +334,28 @@ class LegacyEngine:
             peer.learn(h.pi, port, addr, h.t20, first_copy=True)
             peer.last_t20 = h.t20
             peer.last_seen_at = now
+            peer.new_clock = None
         if h.dst == self.self_id:
             self._deliver(peer, h, plain, data)
         else:
             self._relay(h, plain, data, addr, now)
         return True
+
+    def _clock_stepped(self, peer: LegacyPeer, h: LegacyHeader, now: float) -> bool:
+        """Whether an accepted datagram away from its sender's known clock shows that clock
+        stepped (a C node's NTP sync; the C node takes any timestamp): its timeline has kept
+        in step with ours for ``resync_after`` seconds while nothing came on the known one for
+        as long. Then the sender's clock moves there. (A capture replayed at its pace on a
+        flow silent that long, from a sender silent that long, passes too.)"""
+        if h.src < h.dst and h.dst != self.self_id:
+            return False  # sealed with dst's key: dst could have made it
+        start = peer.new_clock
+        if start is None or abs(t20_delta(h.t20, start[0]) - (now - start[1])) > MAX_DELAY:
+            peer.new_clock = (h.t20, now)  # a timeline begins, or another one
+            return False
+        after = self.settings.resync_after
+        quiet = peer.last_seen_at is None or now - peer.last_seen_at >= after
+        return quiet and now - start[1] >= after
 
     def _tells_where(self, peer: LegacyPeer, h: LegacyHeader, now: float) -> bool:
         """Whether an accepted datagram may teach its sender's paths and clock: it must be

@@ -80,10 +80,14 @@ class LegacyPath:
 
 
 class LegacyPeer:
-    """Per-peer state: 16 path slots, the newest peer timestamp, traffic counters."""
+    """Per-peer state: 16 path slots, the newest peer timestamp, traffic counters.
 
-    __slots__ = ("last_seen_at", "last_t20", "paths", "peer_id", "rx_bytes", "rx_packets",
-                 "tx_bytes", "tx_packets")
+    ``new_clock``: (t20, when) of the first datagram on a timeline away from ``last_t20`` (a
+    clock stepped, or a capture replayed on a silent flow), followed while it keeps in step.
+    """
+
+    __slots__ = ("last_seen_at", "last_t20", "new_clock", "paths", "peer_id", "rx_bytes",
+                 "rx_packets", "tx_bytes", "tx_packets")
 
     def __init__(self, peer_id: int, addr: Addr | None) -> None:
         self.peer_id = peer_id
@@ -92,6 +96,7 @@ class LegacyPeer:
             self.paths[0] = LegacyPath(0, addr, None, True)
         self.last_t20: int | None = None
         self.last_seen_at: float | None = None
+        self.new_clock: tuple[int, float] | None = None
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
 
     def is_stale(self, path: LegacyPath) -> bool:

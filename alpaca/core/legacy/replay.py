@@ -19,7 +19,9 @@ d                     6.1.2 (``policy.c:flow_filter``)            here
 <= -10                "replay": accept up to 9 per 30 s, and      drop, unless nothing was
                       each one *resets the window* to t           accepted for ``resync_after``
                                                                   seconds (a sender whose
-                                                                  clock stepped back)
+                                                                  clock stepped back), or
+                                                                  it is on the sender's
+                                                                  known clock: restart
 seq > 16000           never recorded: always accepted             seq >= 16384 dropped
 ====================  ==========================================  ===========================
 
@@ -80,11 +82,17 @@ class LegacyWindow:
         self.prev = bytearray(SEQ_BITS // 8)
         self.accepted_at: float | None = None
 
-    def check(self, t20: int, seq: int, now: float) -> Verdict:
-        """Check (t20, seq) and, if it is accepted, record it. ``now``: monotonic seconds."""
+    def check(self, t20: int, seq: int, now: float, *, on_its_clock: bool = False) -> Verdict:
+        """Check (t20, seq) and, if it is accepted, record it. ``now``: monotonic seconds.
+
+        ``on_its_clock``: t20 is where the sender's clock is known to be (the engine's test).
+        Such a datagram that this window calls a replay or too far ahead restarts it there:
+        the window was moved by a capture replayed on a silent flow, and the sender's own
+        traffic must not be locked out by it.
+        """
         if seq >= SEQ_BITS:
             return Verdict.BAD_SEQ
-        verdict = self._classify(t20, seq, now)
+        verdict = self._classify(t20, seq, now, on_its_clock)
         if verdict.accepted:
             self.accepted_at = now
         return verdict
@@ -96,7 +104,7 @@ class LegacyWindow:
         self._restart(t20)
         self.accepted_at = accepted_at
 
-    def _classify(self, t20: int, seq: int, now: float) -> Verdict:
+    def _classify(self, t20: int, seq: int, now: float, on_its_clock: bool) -> Verdict:
         if self.time_now is None:
             self._restart(t20)
             return _mark(self.cur, seq)
@@ -114,6 +122,9 @@ class LegacyWindow:
             return _mark(self.prev, seq)
         if -MAX_DELAY < d < 2:
             return Verdict.LATE
+        if on_its_clock:
+            self._restart(t20)
+            return _mark(self.cur, seq)
         if self.accepted_at is not None and now - self.accepted_at < self.resync_after:
             return Verdict.REPLAY
         self._restart(t20)
