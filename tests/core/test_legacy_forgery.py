@@ -203,3 +203,28 @@ def test_legacy_a_capture_replayed_while_the_sender_talks_never_moves_its_clock(
             srv.on_datagram(datagram(C1, S, now, 1), C1_EP, 0, now + 0.5)
     assert srv.peers[C1].last_t20 == int(225 + WALL) & 0xFFFFF
     assert reached(srv, out, C1, 235.0) == [C1_EP]
+
+
+def test_legacy_a_holder_of_our_key_cannot_add_a_path_to_another_server() -> None:
+    """Server 1.2 holds client 16.1's key (every smaller peer and relay of 16.1 does), so it
+    can seal "1.1 -> 16.1". With path index 5 that filed 1.2's chosen address as a path of
+    1.1, and 16.1 sent its traffic for 1.1 there too (sealed with the key 1.2 holds)."""
+    s1, s2, me = 0x0101, 0x0102, 0x1001
+    s1_ep = ("192.0.2.1", 5000)
+    keys = {s1: KEYS[s1], s2: "0123456789abcdef0123456789abcdef", me: KEYS[me]}
+    addrs = {s1: s1_ep, s2: ("192.0.2.2", 5000), me: None}
+    specs = {p: LegacyPeerSpec(p, codec.key_from_text(k), addrs[p]) for p, k in keys.items()}
+    out = Out()
+    node = LegacyEngine(LegacySettings(self_id=me, net=NET, group=GROUP, peers=specs, wall_offset=WALL,
+                                       pad=False, dup_syn_dns=False), out, random_bytes=lambda n: bytes(n))
+    for at, pi in enumerate((5, 0), start=1):
+        inner = ip_udp(s1, me)
+        h = lh.pack(lh.LegacyHeader(src=s1, dst=me, length=len(inner), t20=int(at + WALL) & 0xFFFFF,
+                                    seq=0, rand=7, ttl=15, pi=pi, si=True, di=True))
+        ours = codec.Ecb(codec.key_from_text(keys[me]))
+        forged = codec.protect(codec.Ecb(codec.group_key(GROUP)), ours, h) + codec.seal_body(ours, h, inner)
+        node.on_datagram(forged, ATTACKER, 0, float(at))
+    out.sent.clear()
+    node.send_packet(s1, ip_udp(me, s1), 7.0)
+    assert out.sent == [s1_ep]
+    assert len(out.tun) == 2  # both delivered: only what they taught is refused

@@ -363,8 +363,11 @@ class LegacyEngine:
         the bigger dst's key, dst could have forged it), and be stamped where the sender's
         clock can be: less than MAX_DELAY behind its newest timestamp (a capture after a
         resync) and no further ahead than the time passed since (a capture 6-12 days old:
-        the 20-bit time wraps). Such a datagram is still delivered or relayed."""
-        if h.src < h.dst and h.dst != self.self_id:
+        the 20-bit time wraps). Such a datagram is still delivered or relayed. A smaller
+        peer's datagram to us is sealed with our own key, which every smaller peer and relay
+        of ours holds: it teaches path 0 only (6.1.2 sends those with path index 0), so none of
+        them can add an address of its choice to another server's paths."""
+        if h.src < h.dst and (h.dst != self.self_id or h.pi != 0):
             return False
         if peer.last_t20 is None or peer.last_seen_at is None:
             return True
