@@ -134,8 +134,12 @@ def reload_legacy(
 
     The first legacy peer builds the mux and puts it in front of the running ``engine``; once
     the last legacy peer is gone, the legacy engine serves nobody (no key of a removed peer
-    stays in use). Learned legacy paths stay across reloads.
+    stays in use). Learned legacy paths stay across reloads; the paths ``engine`` learned to
+    a peer that turned legacy are forgotten (it would go on probing them).
     """
+    before = set(mux.legacy.settings.peers) if mux is not None else set()
+    if legacy is not None:
+        engine.forget_paths(set(legacy.peers) - before - {legacy.self_id})
     if mux is None:
         return None if legacy is None else attach(plane, engine, legacy, config, secrets, random_bytes)
     if legacy is None:

@@ -131,10 +131,12 @@ def test_compat_reload_builds_the_mux_for_a_first_legacy_peer_and_empties_it_for
         assert mux is None and plane.engine is engine
         cfg, secrets = load(write(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}))
         v2, legacy = compat.split_settings(cfg, secrets, 0.0)
+        engine.peers[0x1002].paths.learn(0, 0, ("192.0.2.9", 5000), 1.0)  # 16.2 spoke v2 before
         engine.reload(v2)
         mux = compat.reload_legacy(plane, engine, None, legacy, cfg, secrets, os.urandom)
         assert mux is not None and plane.engine is mux and mux.v2 is engine
         assert mux.legacy.serves(0x1002) and not mux.legacy.serves(0x1001)
+        assert not engine.peers[0x1002].paths.links()  # the default engine probes it no more
 
         cfg, secrets = load(write(tmp_path))  # 16.2 speaks v2 again
         v2, legacy = compat.split_settings(cfg, secrets, 0.0)

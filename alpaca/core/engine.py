@@ -142,6 +142,19 @@ class Engine:
         self.prober.next_probe_at = self.prober.next_tick_at = 0.0  # learn new peers' links now
         self.stats.reloads += 1
 
+    def forget_paths(self, peer_ids: set[int]) -> None:
+        """Forget the paths learned to ``peer_ids`` and the delayed copies queued for them
+        (another engine serves them now: a reload turned them legacy), so that nothing is
+        sent or probed there. Their send counters stay (a nonce is never reused)."""
+        for peer_id in peer_ids & set(self.peers):
+            old = self.peers[peer_id]
+            fresh = Peer(peer_id, self.settings.ports, old.addr, self.generation)
+            fresh.next_counter = old.next_counter
+            self.peers[peer_id] = fresh
+        self._cancel_stale_copies(set(), set())
+        self.routes.flush()
+        self.generation.bump()
+
     def _apply_peers(self, settings: EngineSettings) -> None:
         self._copy_policy = DupPolicy.NONE if settings.dup_copies == 0 else settings.dup_policy
         for known in self.peers.values():

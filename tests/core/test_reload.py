@@ -127,3 +127,33 @@ def test_reload_copies_sealed_under_a_replaced_key_are_not_sent() -> None:
     engine.reload(replace(engine.settings, peers=peers))
     queued = [HEADER.unpack_from(copy.data)[5] for copy in engine.dup._heap]
     assert queued == []
+
+
+def test_reload_paths_forgotten_for_a_peer_another_engine_serves_now() -> None:
+    """A reload that turns 16.1 legacy gives the default engine 16.1 without an address, but
+    its learned path stayed: the server went on probing 16.1 there in its own protocol for a
+    minute. forget_paths (compat.reload_legacy calls it) drops it; the send counter stays."""
+    from tests.enginenet import CLIENT1_EP, SERVER_EP, server_and_two_clients
+
+    net, s, c1, _ = server_and_two_clients()
+    c1_id = c1.peer_id
+    server = eng(s)
+    c1.engine = None  # a 6.1.2 node now: it sends and answers nothing of ours
+    net.run(0.5)  # what it sent before is in
+    assert server.peers[c1_id].paths.links()
+    counter = server.peers[c1_id].next_counter
+    server.reload(replace(server.settings, peers={
+        p: PeerSpec(p, spec.key, None) if p == c1_id else spec for p, spec in server.settings.peers.items()}))
+    server.forget_paths({c1_id})
+    assert not server.peers[c1_id].paths.links() and server.peers[c1_id].next_counter == counter
+    sent: list[int] = []
+    transmit = net.transmit
+
+    def spy(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if (src, dst) == (SERVER_EP, CLIENT1_EP):
+            sent.append(HEADER.unpack_from(data)[0] & 0x0F)
+        return transmit(src, dst, data)
+
+    net.transmit = spy  # type: ignore[method-assign]
+    net.run(60.0)
+    assert sent == []
