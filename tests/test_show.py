@@ -8,6 +8,7 @@ import socket as std_socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gevent import subprocess
@@ -22,6 +23,15 @@ CLIENT = (
     "import sys; from pathlib import Path; from alpaca.show import show; "
     "sys.exit(show(Path(sys.argv[1]), sys.argv[2] == 'json'))"
 )
+
+
+def answered_by(server: Any, path: Path) -> subprocess.CompletedProcess[str]:
+    """``show`` (table) run against ``server`` (started here, stopped after) at ``path``."""
+    server.start()
+    try:
+        return run_client(path, "table")
+    finally:
+        server.stop()
 
 
 def run_client(path: Path, mode: str) -> subprocess.CompletedProcess[str]:
@@ -145,12 +155,7 @@ def test_show_cli_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_show_an_answer_of_another_layout_is_an_error_not_a_traceback(
         tmp_path: Path, answer: dict[str, object]) -> None:
     path = tmp_path / "other.sock"
-    server = ControlServer(path, lambda: answer)
-    server.start()
-    try:
-        done = run_client(path, "table")
-    finally:
-        server.stop()
+    done = answered_by(ControlServer(path, lambda: answer), path)
     assert done.returncode == 1
     assert "is not laid out as this version expects" in done.stderr
     assert "Traceback" not in done.stderr
@@ -169,11 +174,6 @@ def test_show_an_answer_nested_too_deep_is_an_error_not_a_traceback(tmp_path: Pa
     listener = gevent_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
-    server = StreamServer(listener, answer)
-    server.start()
-    try:
-        done = run_client(path, "table")
-    finally:
-        server.stop()
+    done = answered_by(StreamServer(listener, answer), path)
     assert done.returncode == 1
     assert "no usable answer" in done.stderr and "Traceback" not in done.stderr

@@ -137,44 +137,45 @@ def test_watch_a_symlink_loop_is_no_error_and_a_fix_is_seen(watched: tuple[Path,
     assert calls.after(lambda: _rename_over(path, "fixed\n")) == 1
 
 
-def test_watch_the_directory_deleted_and_created_again(tmp_path: Path) -> None:
+@pytest.fixture
+def in_conf(tmp_path: Path) -> Iterator[tuple[Path, Path, Calls]]:
+    """(directory, file in it, its watch): a directory that the tests delete."""
     conf = tmp_path / "conf"
     conf.mkdir()
     path = conf / "secrets.txt"
     path.write_text("one\n")
     calls = Calls(path)
     try:
-        def recreate() -> None:
-            shutil.rmtree(conf)
-            conf.mkdir()
-            path.write_text("two\n")
-        assert calls.after(recreate) == 1
-        assert calls.after(lambda: path.write_text("three\n")) == 1
+        yield conf, path, calls
     finally:
         calls.close()
+
+
+def test_watch_the_directory_deleted_and_created_again(in_conf: tuple[Path, Path, Calls]) -> None:
+    conf, path, calls = in_conf
+
+    def recreate() -> None:
+        shutil.rmtree(conf)
+        conf.mkdir()
+        path.write_text("two\n")
+    assert calls.after(recreate) == 1
+    assert calls.after(lambda: path.write_text("three\n")) == 1
 
 
 def test_watch_the_directory_gone_for_a_while_is_watched_again_on_its_return(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        in_conf: tuple[Path, Path, Calls], caplog: pytest.LogCaptureFixture) -> None:
     # Gone for longer than the debounce: the watch found nothing to watch and, waiting on an
     # inotify fd without watches, never saw the directory nor the file again.
-    conf = tmp_path / "conf"
-    conf.mkdir()
-    path = conf / "secrets.txt"
-    path.write_text("one\n")
-    calls = Calls(path)
-    try:
-        with caplog.at_level("WARNING", logger="alpaca.io.watch"):
-            assert calls.after(lambda: shutil.rmtree(conf)) == 1
-        assert [r.getMessage() for r in caplog.records if "cannot watch" in r.getMessage()]
+    conf, path, calls = in_conf
+    with caplog.at_level("WARNING", logger="alpaca.io.watch"):
+        assert calls.after(lambda: shutil.rmtree(conf)) == 1
+    assert [r.getMessage() for r in caplog.records if "cannot watch" in r.getMessage()]
 
-        def come_back() -> None:
-            conf.mkdir()
-            path.write_text("two\n")
-        assert calls.after(come_back) == 1
-        assert calls.after(lambda: path.write_text("three\n")) == 1
-    finally:
-        calls.close()
+    def come_back() -> None:
+        conf.mkdir()
+        path.write_text("two\n")
+    assert calls.after(come_back) == 1
+    assert calls.after(lambda: path.write_text("three\n")) == 1
 
 
 def test_watch_a_directory_reached_through_a_symlink(tmp_path: Path) -> None:

@@ -385,21 +385,10 @@ def test_journal_a_saved_route_cut_short_is_malformed_and_the_rest_is_undone(
 def test_journal_a_sysctl_original_is_read_under_the_directory_lock(tmp_path: Path) -> None:
     """Read before the lock, a daemon starting while another stopped took the value the
     stopping one was about to restore (1) for the original: ip_forward stayed on after both."""
-    import fcntl
-
-    def locked() -> bool:
-        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     seen: list[bool] = []
     journal = jr.Journal(tmp_path / "j")
-    journal.record("sysctl", key="net.ipv4.ip_forward", value=lambda: seen.append(locked()) or "0")
+    journal.record("sysctl", key="net.ipv4.ip_forward",
+                   value=lambda: seen.append(instance.is_held(tmp_path)) or "0")
     assert seen == [True] and jr.Journal.load(journal.path).steps[0]["value"] == "0"
 
 
