@@ -114,7 +114,7 @@ PEER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("alpaca_peer_tx_bytes", "Bytes of inner packets originated here towards the peer.", "tx_bytes"),
     ("alpaca_peer_rx_packets", "Inner packets from the peer written to the TUN device.", "rx_packets"),
     ("alpaca_peer_rx_bytes", "Bytes of inner packets from the peer written to the TUN device.", "rx_bytes"),
-    ("alpaca_dup_copies_sent", "Delayed extra copies sent towards the peer (duplicate-send).", "dup_copies"),
+    ("alpaca_dup_copies_sent", "Delayed extra copies (duplicate-send) sent towards the peer, on any link.", "dup_copies"),
 )
 
 

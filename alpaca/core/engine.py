@@ -634,7 +634,7 @@ class Engine:
                 if copy.acct is not None:  # the peer counts it under the path index it carries
                     copy.acct.data_sent += 1
                 self.stats.dup_copies_sent += 1
-                peer = self.peers.get(copy.path.peer)
+                peer = self.peers.get(HEADER.unpack_from(copy.data)[5])  # its destination
                 if peer is not None:
                     peer.dup_copies += 1
         self.prober.on_timer(now)
