@@ -37,6 +37,7 @@ from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path
@@ -208,7 +209,7 @@ class EngineCollector:
             ("alpaca_route_cache_flushes", "Route cache flushes (route, rule or address changes).",
              engine.routes.flushes),
             ("alpaca_dup_queue_dropped", "Delayed copies refused because the queue was full.",
-             engine.dup.dropped),
+             stats.drops[DropReason.DUP_QUEUE_FULL]),  # both engines' queues under a mux
             ("alpaca_epoch_resets", "Replay windows reset because a peer restarted (new epoch).",
              stats.epoch_resets),
         ):

@@ -161,6 +161,7 @@ def test_compat_metrics_export_the_legacy_engines_node_counters(tmp_path: Path) 
         assert mux is not None
         mux.legacy.stats.drop(DropReason.LEGACY)  # e.g. a legacy send past its sequence limit
         mux.legacy.stats.drop(DropReason.DUPLICATE)
+        mux.legacy.stats.drop(DropReason.DUP_QUEUE_FULL)  # the legacy engine's own queue
         engine.stats.drop(DropReason.DUPLICATE)
         both = scrape(build_registry(lambda: engine, lambda: 0.0, version="x", start_time=0,
                                      node="1.1", stats_ref=lambda: mux.stats))
@@ -168,3 +169,4 @@ def test_compat_metrics_export_the_legacy_engines_node_counters(tmp_path: Path) 
     assert value(both, "alpaca_packets_dropped_total", reason="legacy") == 1
     assert value(both, "alpaca_packets_dropped_total", reason="duplicate") == 2
     assert value(alone, "alpaca_packets_dropped_total", reason="duplicate") == 1
+    assert value(both, "alpaca_dup_queue_dropped_total") == 1  # it showed the default engine's only
