@@ -245,9 +245,13 @@ class Daemon:
         greenlet (at its next wait, e.g. for the uplink), so run() undoes what was done."""
         starter = gevent.getcurrent()
 
+        def deliver() -> None:  # decided when it lands: not inside stop(), whose undo it would cut
+            if not self._stopping and not starter.dead:
+                starter.throw(StartInterrupted(
+                    "stopped by a signal during start-up; the host changes made so far are undone"))
+
         def interrupt() -> None:
-            gevent.kill(starter, StartInterrupted(
-                "stopped by a signal during start-up; the host changes made so far are undone"))
+            gevent.get_hub().loop.run_callback(deliver)
 
         self._start_signals = [gevent.signal_handler(s, interrupt) for s in STOP_SIGNALS]
 
@@ -526,8 +530,11 @@ class Daemon:
                          ",".join(sorted(new - old)) or "-", ",".join(sorted(old - new)) or "-")
                 self.applied = applied
             self.applied = update_default_route(self.applied, inp.gateway_ip)
-        except AlpacaError as exc:
-            log.warning("reload could not update the host's routes, keeping the old ones: %s", exc)
+        except AlpacaError as exc:  # each step is all or nothing: say which one stayed old
+            routes_done = self.applied.host_dsts == host_route_dsts(inp)
+            which = ("the default route stays on the old gateway" if routes_done
+                     else "the routes to the peers and local_routes stay as they were")
+            log.warning("reload could not update the host's routes (%s): %s", which, exc)
 
     def _apply_scheduling(self, config: Config) -> None:
         """Put the process under ``config``'s realtime_priority when it differs from the one
@@ -569,8 +576,9 @@ class Daemon:
         self._stopping = True
         self.notify.send("STOPPING=1")
         if self._start_signals:  # stopped during start: a second signal must not cut the undo short
-            self._cancel_start_signals()
-            self._start_signals = [gevent.signal_handler(s, self.stop_soon) for s in STOP_SIGNALS]
+            stop_soon = [gevent.signal_handler(s, self.stop_soon) for s in STOP_SIGNALS]
+            self._cancel_start_signals()  # after: no instant of the default action (death)
+            self._start_signals = stop_soon
         if self._lock is None:  # start() failed before the lock: the host is another's to undo
             self._cancel_start_signals()
             return
@@ -629,8 +637,12 @@ def run(config: Config, secrets: Secrets, reload_asked: Callable[[], bool] = lam
         return daemon.wait()
     except StartInterrupted as exc:  # a stop asked for: as clean as one after the start
         daemon.stop()
-        log.info("%s", exc)
-        return 0
+        if daemon.exit_code:
+            log.warning("stopped by a signal during start-up; some host changes could not be undone"
+                        " (see above): `alpaca-tunnel cleanup` retries")
+        else:
+            log.info("%s", exc)
+        return daemon.exit_code
     except BaseException:  # also a start-up signal whose interrupt lands just after start()
         daemon.stop()
         raise

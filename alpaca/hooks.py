@@ -99,6 +99,18 @@ class _Tail:
         return bytes(self.kept).decode(errors="replace").strip()
 
 
+def _kill_once_started(starting: gevent.Greenlet) -> None:
+    """Wait until ``starting`` (a Popen being made) is done, then kill what it started: the
+    shell must not go on after a stop that came while it was being started."""
+    while not starting.ready():
+        try:
+            starting.join()
+        except BaseException:  # a second stop: this wait is short (an exec)
+            continue
+    if starting.successful():
+        _kill_group(starting.value)
+
+
 def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
     """Run ``command`` through ``/bin/sh -c``; return (exit code, the tail of its output).
 
@@ -107,18 +119,21 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
     that :class:`_Tail` drains; the last OUTPUT_TAIL characters are returned, and what a
     background process writes later is read slowly and dropped. A shell still
     running after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
-    So is one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on.
+    So is one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on,
+    also while it is being started (gevent's Popen waits for the exec).
     """
     limit = HOOK_TIMEOUT if timeout is None else timeout
     read_end, write_end = os.pipe()
+    starting = gevent.spawn(subprocess.Popen, ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                            stdout=write_end, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=write_end,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    except BaseException:
+        proc = starting.get()
+    except BaseException:  # it failed to start, or a stop came while it did
+        _kill_once_started(starting)
         os.close(read_end)
         raise
     finally:
-        os.close(write_end)
+        os.close(write_end)  # once the child has its copy
     tail = _Tail(read_end)
     try:
         code = proc.wait(limit)

@@ -92,3 +92,15 @@ def test_hook_whose_wait_is_interrupted_is_killed_with_its_children(tmp_path: Pa
     assert not alive(pid), "the hook's child survived the interrupt"
     time.sleep(1.5)
     assert not marker.exists()
+
+
+def test_hooks_a_stop_while_the_hook_is_being_started_kills_it(tmp_path: Path) -> None:
+    """gevent's Popen waits for the exec; a stop landing there left run_one without the
+    process to kill: the hook went on after the daemon had undone its changes."""
+    marker = tmp_path / "ran"
+    stop = StartInterrupted("stopped by a signal during start-up")  # as the daemon's handler throws
+    gevent.spawn(gevent.kill, gevent.getcurrent(), stop)  # runs at the first wait: the start
+    with pytest.raises(StartInterrupted):
+        run_one(f"sleep 0.5; touch {marker}")
+    gevent.sleep(1.0)
+    assert not marker.exists()
