@@ -106,6 +106,8 @@ class Engine:
         #: re-added in this run (same epoch, maybe the same key), a peer goes on from there,
         #: never reusing a nonce
         self._retired_counters: dict[int, int] = {}
+        #: the peers' static addresses: a datagram relayed from one came through a relay of ours
+        self._static_addrs: frozenset[Addr] = frozenset()
         self._apply_peers(settings)
 
     # ----------------------------------------------------------------- configuration
@@ -157,6 +159,7 @@ class Engine:
 
     def _apply_peers(self, settings: EngineSettings) -> None:
         self._copy_policy = DupPolicy.NONE if settings.dup_copies == 0 else settings.dup_policy
+        self._static_addrs = frozenset(p.addr for p in settings.peers.values() if p.addr is not None)
         for known in self.peers.values():
             known.tx_cipher = None  # the key may have changed: seal() asks the ring again
         for spec in settings.peers.values():
@@ -407,7 +410,7 @@ class Engine:
             return
         if dst != self.self_id:
             self.relayed.touch((src, dst), now)
-        if dst != self.self_id and (src < dst or not self._proved_here(src)):
+        if dst != self.self_id and (src < dst or not self._learns_through(src, addr)):
             # Relayed: carried on, but it says nothing about where src is. Sealed with the pair
             # key, which is dst's own secret when src < dst (the bigger id's): dst could have
             # made it; and from a sender not proved to this node in this run, it may be a
@@ -491,10 +494,14 @@ class Engine:
             self.prober.challenge(peer, link, now)
         flow.challenged = recent
 
-    def _proved_here(self, src: int) -> bool:
-        """Whether ``src`` proved itself live to this node in this run: its own flow to us is
-        verified (it answered our challenge). Only then does a datagram it sends through us
-        tell where it is."""
+    def _learns_through(self, src: int, addr: Addr) -> bool:
+        """Whether a datagram of ``src`` relayed through us from ``addr`` may tell where src
+        is: src proved itself live to this node in this run (its own flow to us is verified:
+        it answered our challenge), or ``addr`` is a peer's static address (a relay before
+        us, as in a chain of forwarders whose client does not know this one: a capture
+        replayed from there sends src's traffic to that relay, which has src's own paths)."""
+        if addr in self._static_addrs:
+            return True
         own = self.flows.get((src, self.self_id))
         return own is not None and own.verified
 

@@ -188,6 +188,28 @@ def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders()
     assert eng(f2).stats.forwarded_packets >= 3
 
 
+def test_engine_b3_a_second_forwarder_the_client_does_not_know_relays_both_ways() -> None:
+    """16.1 lists only its forwarder 1.2, which passes on to 1.3: 1.3 cannot challenge 16.1
+    (16.1 drops what an unknown peer sends), so it learns 16.1's path from what 1.2 relays to
+    it, 1.2 being a peer at its static address. The server's challenge and answers to 16.1
+    go back that way."""
+    net, s, f1, f2, c = relay_chain(f2_reaches_server=True)
+    net.start(s)
+    net.start(f2)
+    net.start(f1, forwarders=(pid("1.3"),))
+    unknown = pid("1.3")
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"),
+              peers={p: spec for p, spec in net.settings(c).peers.items() if p != unknown})
+    net.run(3.0)
+    ping(net, c, "8.8.8.8", n=3, gap=0.1)
+    assert len(s.tun) == 3
+    for _ in range(3):
+        net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+        net.run(0.1)
+    assert len(c.tun) == 3
+    assert {p.addr for p in eng(f2).peers[c.peer_id].paths.links()} == {F1_EP}
+
+
 def test_engine_p2p_between_two_clients_through_the_server() -> None:
     net, _s, c1, c2 = server_and_two_clients(forwarders=(pid("1.1"),))
     ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)  # 16.1 never heard of 16.2: it challenges it
