@@ -53,21 +53,46 @@ table inet alpaca_lab_mgmt {
 """
 
 
+#: What stops a lab command: Ctrl-C, ``kill``, the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """SIGINT is remembered, not acted on, until the block ends (then KeyboardInterrupt);
-    outside the main thread nothing changes."""
+    """SIGINT, SIGTERM and SIGHUP are remembered, not acted on, until the block ends (then
+    KeyboardInterrupt); outside the main thread nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    previous = {s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if caught:
         raise KeyboardInterrupt
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt as SIGINT does, so that what a lab command
+    does in ``finally`` (the demo's teardown) runs: by default they ended the process there
+    and then, its namespaces and daemons left running. Outside the main thread: nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS if s != signal.SIGINT}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

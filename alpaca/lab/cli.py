@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alpaca.errors import AlpacaError
-from alpaca.lab import DEFAULT_STATE_DIR, Lab, LabError, exclusive, impair, netns
+from alpaca.lab import DEFAULT_STATE_DIR, Lab, LabError, exclusive, impair, netns, stop_signals_interrupt
 from alpaca.lab.topology import DEFAULT_TOPOLOGY, IMPAIR_LIMITS, NS_PREFIX, Impairment, load_topology
 
 Handler = Callable[[argparse.Namespace], int]
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     handler: Handler = args.lab_handler
     if args.lab_command not in CHANGING:
         return handler(args)
-    with exclusive(args.state_dir):
+    with stop_signals_interrupt(), exclusive(args.state_dir):
         return handler(args)
 
 
