@@ -9,13 +9,20 @@ PYTEST_ARGS ?=
 
 all: test
 
-# System packages the lab and the netns tests use. Skipped when already present.
+# System packages the lab and the netns tests use. Skipped when already present. Their
+# services are not started by the install (a policy-rc.d says no while it runs, unless the
+# host has one), and Prometheus's own is disabled: the lab runs its Prometheus on loopback,
+# and the package's would listen on every interface.
 .deps.stamp:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
-	    echo "installing:$$missing"; \
+	    echo "installing:$$missing"; policy=/usr/sbin/policy-rc.d; own=""; \
+	    if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod 755 $$policy && own=1; fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    rc=$$?; [ -z "$$own" ] || rm -f $$policy; \
+	    case "$$missing " in *" prometheus "*) deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true;; esac; \
+	    [ $$rc = 0 ] || exit $$rc; \
 	  fi; \
 	else echo "not root or no apt-get: skipping system packages ($(APT_PKGS))"; fi
 	@touch $@

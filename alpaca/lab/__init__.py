@@ -247,20 +247,35 @@ class Lab:
             return self._down()
 
     def _down(self) -> list[str]:
-        self.stop_prometheus()
-        for node in self.topology.daemons:
+        recorded = (self.state_dir / "lab.json").exists()  # else: no lab's files to remove here
+        if recorded:
+            self.stop_prometheus()
+            for node in self.topology.daemons:
+                with contextlib.suppress(Exception):
+                    nodes.stop_daemon(self.state_dir, node.name, grace=3.0)
             with contextlib.suppress(Exception):
-                nodes.stop_daemon(self.state_dir, node.name, grace=3.0)
-        with contextlib.suppress(Exception):
-            impair.clear_all(self.topology, self.state_dir)
-        removed = netns.remove_leftovers()
-        for name in ("lab.json", "secrets.txt", "impair.json"):
-            (self.state_dir / name).unlink(missing_ok=True)
-        for name in ("nodes", "relays", "prometheus"):
-            shutil.rmtree(self.state_dir / name, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.state_dir.rmdir()
+                impair.clear_all(self.topology, self.state_dir)
+        removed = netns.remove_named(*self.created_names())
+        if recorded:
+            for name in ("lab.json", "secrets.txt", "impair.json"):
+                (self.state_dir / name).unlink(missing_ok=True)
+            for name in ("nodes", "relays", "prometheus"):
+                shutil.rmtree(self.state_dir / name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.state_dir.rmdir()
         return removed
+
+    def created_names(self) -> tuple[list[str], list[str]]:
+        """(namespaces, root-namespace links) that ``up`` creates for this topology, the
+        temporary names of veth pairs being moved included."""
+        topo = self.topology
+        links = [netns.MGMT_BRIDGE]
+        tags = [f"l{i}" for i in range(len(topo.links))]
+        for node in topo.daemons:
+            links.append(f"{NS_PREFIX}m{node.name}")
+            tags.append(f"m{node.name}"[:8])
+        links += [f"{NS_PREFIX}{tag}{side}" for tag in tags for side in "ab"]
+        return [n.namespace for n in topo.nodes], links
 
     # --- inspection ---------------------------------------------------------------------
 

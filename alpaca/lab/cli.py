@@ -47,7 +47,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--prometheus", action="store_true", help="also run prometheus on 127.0.0.1:9090")
     up.add_argument("--no-daemons", dest="daemons", action="store_false",
                     help="build namespaces and links only")
-    add("down", "stop every lab process, delete every alp-* namespace and the state", cmd_down)
+    down = add("down", "stop every lab process, delete the lab's namespaces and links and the state",
+               cmd_down)
+    down.add_argument("--all", action="store_true",
+                      help=f"also every {NS_PREFIX}* namespace and link, whatever made it (a lab"
+                           " whose topology file is gone)")
     add("status", "show nodes, daemons and impairments", cmd_status)
     ex = add("exec", "run a command in a node's namespace", cmd_exec)
     ex.add_argument("node")
@@ -120,10 +124,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     try:
         lab = _lab(args)
-    except AlpacaError as exc:  # the recorded topology is gone or broken: remove by name
-        print(f"{exc}; removing every {NS_PREFIX}* namespace and link by name", file=sys.stderr)
+    except AlpacaError as exc:  # the recorded topology is gone or broken
+        hint = "" if args.all else f" (`lab down --all` removes every {NS_PREFIX}* namespace and link)"
+        print(f"{exc}; removing those of the default topology{hint}", file=sys.stderr)
         lab = Lab(load_topology(DEFAULT_TOPOLOGY), args.state_dir)
     removed = lab.down()
+    if args.all:
+        removed += netns.remove_leftovers()
     print(f"removed: {', '.join(removed) if removed else 'nothing (no lab found)'}")
     return 0
 

@@ -23,7 +23,7 @@ import os
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from alpaca.lab import netns, nodes
+from alpaca.lab import LabError, netns, nodes
 from alpaca.lab.topology import METRICS_PORT, Node, Role, Topology
 
 IMAGE = "alpaca-tunnel:lab"
@@ -86,8 +86,8 @@ def render_compose(topology: Topology, topology_path: str) -> str:
     for link in topology.links:
         subnet = link.a.address.network
         if any(str(ep.address.ip) == docker_gateway(subnet) for ep in link.endpoints):
-            raise ValueError(f"link {link.name}: {docker_gateway(subnet)} is Docker's gateway address;"
-                             " use another address in the topology")
+            raise LabError(f"link {link.name}: {docker_gateway(subnet)} is Docker's gateway address;"
+                           " use another address in the topology")
         out += _network(f"l-{link.name}", subnet, docker_gateway(subnet))
     out += _network("mgmt", topology.management, str(topology.management_root_address.ip))
     out += ["", "volumes:", "  lab-keys: {}", ""]

@@ -161,7 +161,7 @@ def run_demo(state_dir: Path = DEFAULT_STATE_DIR) -> int:
     lab = Lab(load_topology(), state_dir)
     demo = Demo(lab)
     started = time.monotonic()
-    if netns.list_namespaces() or (state_dir / "lab.json").exists():
+    if set(lab.created_names()[0]) & set(netns.list_namespaces()) or (state_dir / "lab.json").exists():
         print("[0] a lab is up (an earlier run's?): tearing it down first", flush=True)
         lab.down()
     try:

@@ -1,9 +1,11 @@
 """Network namespaces, veth pairs and the management bridge, created idempotently with ``ip``.
 
 Every name starts with ``alp-`` (namespaces, and the root-namespace side of links while they
-are being moved), so :func:`remove_leftovers` finds what a crashed lab left behind without
-its state file. Callers: :mod:`alpaca.lab.cli`, :mod:`alpaca.lab.demo` and the lab tests, as
-root. Nothing here touches interfaces or namespaces without the prefix.
+are being moved). A lab removes the names its topology gives (:func:`remove_named`), never
+another program's ``alp-`` namespace; :func:`remove_leftovers` (``lab down --all``) removes
+every ``alp-*`` name, for a lab whose topology file is gone. Callers: :mod:`alpaca.lab.cli`,
+:mod:`alpaca.lab.demo` and the lab tests, as root. Nothing here touches interfaces or
+namespaces without the prefix.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ MGMT_IFNAME = "mgmt"
 
 def run(args: Sequence[str], *, check: bool = True, timeout: float = 30.0,
         input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure raise SystemSetupError naming the command and its stderr."""
+    """Run a command; on failure raise SystemSetupError naming the command and its stderr.
+
+    The command runs in a process group of its own: a Ctrl-C in the terminal reaches the lab
+    command (which finishes a teardown first), not an ``ip netns del`` half-way.
+    """
     try:
         result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                                input=input_text, check=False)
+                                input=input_text, check=False, process_group=0)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SystemSetupError(f"running {' '.join(args)}", exc) from exc
     if check and result.returncode != 0:
@@ -170,6 +176,23 @@ def root_links(prefix: str = NS_PREFIX) -> list[str]:
             if name.startswith(prefix):
                 names.append(name)
     return names
+
+
+def remove_named(namespaces: Sequence[str], links: Sequence[str]) -> list[str]:
+    """Delete those of ``namespaces`` and of the root-namespace ``links`` that exist (each
+    named ``alp-*``); returns their names."""
+    present = set(list_namespaces())
+    removed = []
+    for ns in namespaces:
+        if ns in present:
+            delete_namespace(ns)
+            removed.append(ns)
+    present_links = set(root_links())
+    for ifname in links:
+        if ifname in present_links and ifname.startswith(NS_PREFIX):
+            run(["ip", "link", "del", "dev", ifname], check=False)
+            removed.append(ifname)
+    return removed
 
 
 def remove_leftovers(prefix: str = NS_PREFIX) -> list[str]:

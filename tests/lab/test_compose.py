@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,15 @@ def test_compose_grafana_finds_the_dashboards_and_prometheus() -> None:
     source = (DOCKER / "grafana-datasource.yml").read_text()
     assert "url: http://prometheus:9090" in source and "\n  prometheus:\n" in compose
     assert "datasources/prometheus.yml" in compose
+
+
+def test_compose_a_link_at_dockers_gateway_address_is_a_clear_error(tmp_path: Path) -> None:
+    """It was a ValueError: a traceback and "this is a bug"."""
+    text = DEFAULT_TOPOLOGY.read_text().replace('"172.16.12.1/24"', '"172.16.12.254/24"')
+    topology = tmp_path / "topology.json"
+    topology.write_text(text)
+    done = subprocess.run([sys.executable, "-m", "alpaca", "lab", "compose", "--topology", str(topology)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "link a: 172.16.12.254 is Docker's gateway address" in done.stderr
+    assert "Traceback" not in done.stderr

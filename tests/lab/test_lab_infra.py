@@ -107,6 +107,35 @@ def test_lab_down_cleans_up_after_sigkill(lab_state: Callable[[], Path]) -> None
     assert not state.exists()
 
 
+def test_lab_down_leaves_what_another_program_named_alp_alone(lab_state: Callable[[], Path]) -> None:
+    """down deleted every alp-* namespace and interface, and killed what ran inside: a
+    user's own "alp-home" namespace went with the lab."""
+    subprocess.run(["ip", "netns", "add", "alp-home"], check=True)
+    subprocess.run(["ip", "link", "add", "alp-wg0", "type", "veth", "peer", "name", "alp-wg1"], check=True)
+    try:
+        lab = Lab(load_topology(), lab_state())
+        lab.up(daemons=False)
+        removed = lab.down()
+        assert "alp-home" not in removed and "alp-home" in netns.list_namespaces()
+        assert {"alp-wg0", "alp-wg1"} <= set(netns.root_links())
+        assert set(removed) >= {n.namespace for n in lab.topology.nodes}
+    finally:
+        subprocess.run(["ip", "netns", "del", "alp-home"], check=False)
+        subprocess.run(["ip", "link", "del", "alp-wg0"], check=False)
+
+
+def test_lab_down_in_a_directory_without_a_lab_record_removes_no_file(lab_state: Callable[[], Path]) -> None:
+    """`lab down --state-dir D` on a directory that never held a lab removed its secrets.txt
+    and its nodes/ and prometheus/ directories."""
+    state = lab_state()
+    for name in ("secrets.txt", "nodes/inventory.txt", "prometheus/rules.yml"):
+        (state / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / name).write_text("mine\n")
+    Lab(load_topology(), state).down()
+    assert sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file()) == [
+        "nodes/inventory.txt", "prometheus/rules.yml", "secrets.txt"]
+
+
 def test_impair_loss_is_in_range(lab: Lab) -> None:
     impair.impair(lab.topology, lab.state_dir, "a", loss_pct=10)
     out = lab.exec("c161", ["ping", "-q", "-c", "200", "-i", "0.005", "-W", "1", "172.16.12.1"], check=False)
@@ -176,7 +205,8 @@ def test_lab_down_without_its_topology_file_still_removes_everything(
     finally:
         down = _lab_cli(state, "down")
     assert down.returncode == 0, down.stderr
-    assert "cannot read the topology" in down.stderr and "by name" in down.stderr
+    assert "cannot read the topology" in down.stderr and "those of the default topology" in down.stderr
+    assert "lab down --all" in down.stderr
     assert netns.list_namespaces() == [] and netns.root_links() == []
 
 
