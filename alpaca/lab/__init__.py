@@ -350,7 +350,7 @@ class Lab:
                f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address={listen}"]
         with open(directory / "prometheus.log", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        (directory / "pid").write_text(f"{proc.pid}\n")
+        nodes.write_pid_file(directory / "pid", proc.pid)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"http://{listen}/-/ready", timeout=1):
@@ -361,11 +361,7 @@ class Lab:
         raise LabError(f"prometheus did not become ready; see {directory / 'prometheus.log'}")
 
     def _prometheus_pid(self) -> int | None:
-        try:
-            pid = int((self.state_dir / "prometheus" / "pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if nodes.is_alive(pid) else None
+        return nodes.read_pid_file(self.state_dir / "prometheus" / "pid")
 
     def stop_prometheus(self) -> None:
         pid = self._prometheus_pid()

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from alpaca.lab import netns
 from alpaca.lab.jsonshape import show_value
-from alpaca.lab.nodes import LabError, write_record
+from alpaca.lab.nodes import LabError, read_pid_file, write_pid_file, write_record
 from alpaca.lab.topology import (
     IMPAIR_LIMITS,
     NS_PREFIX,
@@ -238,16 +238,16 @@ def _start_relay(ns: str, pidfile: Path, port: int, imp: Impairment, state_dir: 
     with open(logfile, "ab") as log_out:
         proc = subprocess.Popen(cmd, stdout=log_out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
-    pidfile.write_text(f"{proc.pid}\n")
+    write_pid_file(pidfile, proc.pid)
 
 
 def _stop_relay(pidfile: Path) -> None:
-    if not pidfile.exists():
-        return
-    with contextlib.suppress(ValueError, ProcessLookupError):
-        os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+    pid = read_pid_file(pidfile)  # None: gone, or the pid is another process's now
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(int(pidfile.read_text().strip()), 0)
+            os.waitpid(pid, 0)
     pidfile.unlink(missing_ok=True)
 
 

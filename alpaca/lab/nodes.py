@@ -158,12 +158,32 @@ def daemon_command(config: Path) -> list[str]:
 
 
 def read_pid(state_dir: Path, name: str) -> int | None:
-    path = node_dir(state_dir, name) / "daemon.pid"
+    return read_pid_file(node_dir(state_dir, name) / "daemon.pid")
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """Record ``pid`` with its start time (so that a pid the kernel gave to another process
+    since is never taken for ours)."""
+    path.write_text(f"{pid} {_started(pid)}\n")
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid recorded at ``path`` if that process still runs: the same pid *and* the same
+    start time (a stale file, after a crash or a reboot, names someone else's process)."""
     try:
-        pid = int(path.read_text().strip())
+        pid_text, started = path.read_text().split()
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    return pid if is_alive(pid) else None
+    return pid if is_alive(pid) and str(_started(pid)) == started else None
+
+
+def _started(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22); None if gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def is_alive(pid: int) -> bool:
@@ -190,7 +210,7 @@ def start_daemon(topology: Topology, node: Node, state_dir: Path) -> int:
         log_out.flush()
         proc = subprocess.Popen(cmd, stdout=log_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    (directory / "daemon.pid").write_text(f"{proc.pid}\n")
+    write_pid_file(directory / "daemon.pid", proc.pid)
     return proc.pid
 
 

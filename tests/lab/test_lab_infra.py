@@ -136,6 +136,22 @@ def test_lab_down_in_a_directory_without_a_lab_record_removes_no_file(lab_state:
         "nodes/inventory.txt", "prometheus/rules.yml", "secrets.txt"]
 
 
+@pytest.mark.parametrize("started", ["", " 1"])  # a file of an older version; another start time
+def test_lab_down_never_signals_a_process_whose_pid_a_stale_file_names(lab: Lab, started: str) -> None:
+    """A daemon or relay gone, its pid given to another process: down killed that one."""
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        for path in (lab.state_dir / "nodes" / "s11" / "daemon.pid", lab.state_dir / "relays" / "a-c161.pid",
+                     lab.state_dir / "prometheus" / "pid"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"{bystander.pid}{started}\n")
+        lab.down()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
 def test_impair_loss_is_in_range(lab: Lab) -> None:
     impair.impair(lab.topology, lab.state_dir, "a", loss_pct=10)
     out = lab.exec("c161", ["ping", "-q", "-c", "200", "-i", "0.005", "-W", "1", "172.16.12.1"], check=False)
