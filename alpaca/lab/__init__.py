@@ -178,9 +178,9 @@ class Lab:
             for ep, node in ((link.a, a), (link.b, b)):
                 netns.ensure_address(node.namespace, ep.ifname, str(ep.address))
         netns.ensure_bridge(netns.MGMT_BRIDGE, str(topo.management_root_address))
-        for node in topo.daemons:
+        for j, node in enumerate(topo.daemons):
             root_side = f"{NS_PREFIX}m{node.name}"
-            netns.ensure_veth(node.namespace, netns.MGMT_IFNAME, None, root_side, tag=f"m{node.name}"[:8])
+            netns.ensure_veth(node.namespace, netns.MGMT_IFNAME, None, root_side, tag=f"t{j}")
             netns.attach_to_bridge(root_side, netns.MGMT_BRIDGE)
             address = f"{topo.management_address(node)}/{topo.management.prefixlen}"
             netns.ensure_address(node.namespace, netns.MGMT_IFNAME, address)
@@ -270,10 +270,10 @@ class Lab:
         temporary names of veth pairs being moved included."""
         topo = self.topology
         links = [netns.MGMT_BRIDGE]
-        tags = [f"l{i}" for i in range(len(topo.links))]
-        for node in topo.daemons:
+        tags = [f"l{i}" for i in range(len(topo.links))]  # as build_network names them
+        for j, node in enumerate(topo.daemons):
             links.append(f"{NS_PREFIX}m{node.name}")
-            tags.append(f"m{node.name}"[:8])
+            tags.append(f"t{j}")
         links += [f"{NS_PREFIX}{tag}{side}" for tag in tags for side in "ab"]
         return [n.namespace for n in topo.nodes], links
 

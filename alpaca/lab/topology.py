@@ -371,6 +371,9 @@ class _Checker:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             self.fail(f"{where}.name", f"{show_value(name)} is not a node name (1-10 of a-z 0-9 -)")
             return None
+        if name == "gmt":  # its management link, alp-m<name>, would be the bridge alp-mgmt
+            self.fail(f"{where}.name", '"gmt" is taken (the management bridge is alp-mgmt)')
+            return None
         role_text = obj.get("role")
         if role_text not in {r.value for r in Role}:
             self.fail(f"{where}.role", f"{show_value(role_text)} is not server|forwarder|client|host")

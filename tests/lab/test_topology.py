@@ -9,7 +9,7 @@ import pytest
 
 from alpaca.config import Mode, load_config
 from alpaca.errors import ConfigError
-from alpaca.lab import nodes
+from alpaca.lab import Lab, nodes
 from alpaca.lab.impair import nft_script
 from alpaca.lab.topology import Impairment, Role, load_topology, parse_topology
 
@@ -75,6 +75,20 @@ def test_topology_overrides_win(tmp_path: Path) -> None:
     assert nodes.render_config(topo, topo.node("c161"), tmp_path)["dup"] == {"policy": "all"}
 
 
+def test_topology_names_the_lab_creates_are_distinct(tmp_path: Path) -> None:
+    """Nodes "x1a" and "x1": building x1 deleted x1a's management link (the temporary names
+    of a veth pair came from a node's name, cut to 8 characters)."""
+    data = json.loads(load_topology().source.read_text())
+    data["nodes"][1]["name"], data["nodes"][2]["name"] = "x1a", "x1"
+    for link in data["links"]:
+        for ep in link["endpoints"]:
+            ep["node"] = {"f12": "x1a", "f13": "x1"}.get(ep["node"], ep["node"])
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    namespaces, links = Lab(load_topology(path), tmp_path).created_names()
+    assert len(set(links)) == len(links) and len(set(namespaces)) == len(namespaces)
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -91,6 +105,7 @@ def test_topology_overrides_win(tmp_path: Path) -> None:
         (lambda d: d["nodes"][3].update(routes=5), "nodes[3].routes: 5 is not a list"),
         (lambda d: d.update(net="abc"), 'net: "abc" is not the first two bytes'),
         (lambda d: d.update(management="172.31.254.0/30"), "management: 172.31.254.0/30 is too small"),
+        (lambda d: d["nodes"][1].update(name="gmt"), 'nodes[1].name: "gmt" is taken'),
     ],
 )
 def test_topology_errors_are_located(tmp_path: Path, change, expected: str) -> None:  # type: ignore[no-untyped-def]
