@@ -41,16 +41,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/run/alpaca-lab")
 PROMETHEUS_LISTEN = "127.0.0.1:9090"
-_MGMT_NFT = """table inet alpaca_lab_mgmt {}
-delete table inet alpaca_lab_mgmt
-table inet alpaca_lab_mgmt {
-  chain forward {
-    type filter hook forward priority 0;
-    iifname "mgmt" drop
-    oifname "mgmt" drop
-  }
-}
-"""
 
 
 #: What stops a lab command: Ctrl-C, ``kill``, the terminal closing.
@@ -184,7 +174,7 @@ class Lab:
             netns.attach_to_bridge(root_side, netns.MGMT_BRIDGE)
             address = f"{topo.management_address(node)}/{topo.management.prefixlen}"
             netns.ensure_address(node.namespace, netns.MGMT_IFNAME, address)
-            netns.exec_in(node.namespace, ["nft", "-f", "-"], input_text=_MGMT_NFT)
+            netns.exec_in(node.namespace, ["nft", "-f", "-"], input_text=netns.MGMT_NFT)
         for node in topo.nodes:
             if node.is_daemon and nodes.read_pid(self.state_dir, node.name) is not None:
                 continue  # its daemon moved the default route into the tunnel: leave them be

@@ -166,7 +166,8 @@ def _rename(current: str, wanted: str) -> None:
 
 
 def prepare_container(topology: Topology, node: Node) -> None:
-    """Interface names and routes of ``node`` inside its container (root, NET_ADMIN)."""
+    """Interface names, routes and the management network's isolation of ``node`` inside its
+    container (root, NET_ADMIN)."""
     by_address = _interfaces()
     wanted = {str(ep.address.ip): ep.ifname for _, ep in topology.endpoints_of(node.name)}
     if node.is_daemon:
@@ -176,6 +177,8 @@ def prepare_container(topology: Topology, node: Node) -> None:
             raise nodes.LabError(f"{node.name}: no interface has {address} (is the compose file"
                                  " generated from this topology?)")
         _rename(by_address[address], ifname)
+    if node.is_daemon:  # as in the netns lab: the tunnel never reaches the management network
+        netns.run(["nft", "-f", "-"], input_text=netns.MGMT_NFT)
     netns.run(["ip", "route", "del", "default"], check=False)
     for route in node.routes:
         netns.run(["ip", "route", "replace", route.to, "via", str(route.via)])

@@ -26,6 +26,17 @@ log = logging.getLogger(__name__)
 
 MGMT_BRIDGE = "alp-mgmt"
 MGMT_IFNAME = "mgmt"
+#: Loaded in every daemon node: nothing is forwarded to or from the management network.
+MGMT_NFT = """table inet alpaca_lab_mgmt {}
+delete table inet alpaca_lab_mgmt
+table inet alpaca_lab_mgmt {
+  chain forward {
+    type filter hook forward priority 0;
+    iifname "mgmt" drop
+    oifname "mgmt" drop
+  }
+}
+"""
 
 
 def run(args: Sequence[str], *, check: bool = True, timeout: float = 30.0,

@@ -74,3 +74,32 @@ def test_compose_a_link_at_dockers_gateway_address_is_a_clear_error(tmp_path: Pa
     assert done.returncode == 1
     assert "link a: 172.16.12.254 is Docker's gateway address" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.netns
+def test_compose_a_node_container_is_set_up_as_the_netns_lab_sets_it_up(tmp_path: Path) -> None:
+    """render-node in a container (here a namespace with the compose file's addresses on
+    interfaces Docker named): the interfaces get the topology's names, the routes its routes,
+    and, as in the netns lab, nothing is forwarded to or from the management network (the
+    compose lab lacked that: the tunnel could reach Prometheus and the Docker host)."""
+    from tests.helpers import netns, nsexec
+
+    topology = load_topology()
+    node = topology.node("s11")
+    wanted = [(ep.ifname, str(ep.address)) for _, ep in topology.endpoints_of("s11")]
+    wanted.append(("mgmt", f"{topology.management_address(node)}/{topology.management.prefixlen}"))
+    with netns() as ns:
+        for i, (_, address) in enumerate(wanted):
+            nsexec(ns, "ip", "link", "add", f"eth{i}", "type", "veth", "peer", "name", f"peer{i}")
+            nsexec(ns, "ip", "addr", "add", address, "dev", f"eth{i}")
+            nsexec(ns, "ip", "link", "set", f"eth{i}", "up")
+            nsexec(ns, "ip", "link", "set", f"peer{i}", "up")
+        done = nsexec(ns, sys.executable, "-m", "alpaca", "lab", "render-node", "s11", "--keys",
+                      str(tmp_path / "keys"), "--dir", str(tmp_path / "s11"), check=False)
+        assert done.returncode == 0, done.stderr
+        names = nsexec(ns, "ip", "-br", "link").stdout
+        assert all(ifname in names for ifname, _ in wanted)
+        assert "default via 198.18.0.1 dev wan" in nsexec(ns, "ip", "route").stdout
+        rules = nsexec(ns, "nft", "list", "table", "inet", "alpaca_lab_mgmt").stdout
+        assert 'iifname "mgmt" drop' in rules and 'oifname "mgmt" drop' in rules
+    assert (tmp_path / "s11" / "config.json").exists()
