@@ -93,6 +93,11 @@ def exclusive(state_dir: Path) -> Iterator[None]:
         LabError: another one runs (its pid is named).
     """
     lock = state_dir.with_name(state_dir.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabError(f"cannot make {lock.parent} for the lab's state: {exc.strerror}; choose"
+                       " another --state-dir") from exc
     fd = instance.try_hold(lock)
     if fd is None:
         raise LabError(f"another lab command (pid {instance.holder(lock)}) is changing the lab in"
