@@ -108,6 +108,9 @@ class Engine:
         self._retired_counters: dict[int, int] = {}
         #: the peers' static addresses: a datagram relayed from one came through a relay of ours
         self._static_addrs: frozenset[Addr] = frozenset()
+        #: address -> the peer whose path there a probe reply confirmed last (checked when
+        #: used; refilled by every reply, cleared when it outgrows the peers' paths)
+        self.peer_at: dict[Addr, int] = {}
         self._apply_peers(settings)
 
     # ----------------------------------------------------------------- configuration
@@ -410,7 +413,7 @@ class Engine:
             return
         if dst != self.self_id:
             self.relayed.touch((src, dst), now)
-        if dst != self.self_id and (src < dst or not self._learns_through(src, addr)):
+        if dst != self.self_id and (src < dst or not self._learns_through(src, port, addr)):
             # Relayed: carried on, but it says nothing about where src is. Sealed with the pair
             # key, which is dst's own secret when src < dst (the bigger id's): dst could have
             # made it; and from a sender not proved to this node in this run, it may be a
@@ -494,16 +497,27 @@ class Engine:
             self.prober.challenge(peer, link, now)
         flow.challenged = recent
 
-    def _learns_through(self, src: int, addr: Addr) -> bool:
+    def _learns_through(self, src: int, port: int, addr: Addr) -> bool:
         """Whether a datagram of ``src`` relayed through us from ``addr`` may tell where src
         is: src proved itself live to this node in this run (its own flow to us is verified:
-        it answered our challenge), or ``addr`` is a peer's static address (a relay before
-        us, as in a chain of forwarders whose client does not know this one: a capture
-        replayed from there sends src's traffic to that relay, which has src's own paths)."""
+        it answered our challenge), or ``addr`` is where another peer is (its static address,
+        or a path of it a probe reply confirmed): a relay before us, as in a chain of
+        forwarders whose client does not know this one. A capture replayed from there sends
+        src's traffic to that relay, which has src's own paths."""
         if addr in self._static_addrs:
             return True
         own = self.flows.get((src, self.self_id))
-        return own is not None and own.verified
+        if own is not None and own.verified:
+            return True
+        relay = self.peers.get(self.peer_at.get(addr, src))
+        path = relay.paths.match(port, addr) if relay is not None and relay.peer_id != src else None
+        return path is not None and path.confirmed
+
+    def path_confirmed(self, peer_id: int, addr: Addr) -> None:
+        """A probe reply confirmed a path of ``peer_id`` at ``addr`` (called by the prober)."""
+        if len(self.peer_at) > 4 * len(self.peers) + 64:
+            self.peer_at.clear()  # stale entries of paths gone: the next replies refill it
+        self.peer_at[addr] = peer_id
 
     def from_tunnel_address(self, ip: str) -> bool:
         """Whether ``ip`` (dotted quad, in the tunnel network: the caller tests

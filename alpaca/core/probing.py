@@ -199,6 +199,8 @@ class Prober:
         if filed is None:  # replaced or expired meanwhile, or a one-off challenge path
             return
         path = filed
+        if path.addr is not None:
+            self.engine.path_confirmed(peer.peer_id, path.addr)
         paths = peer.paths
         best = paths.best_link() if len(paths.static) + len(paths.learned) > 1 else None
         path.on_rtt(now - sent_at)

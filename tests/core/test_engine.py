@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, PacketType
 from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
-from alpaca.core.settings import DupPolicy
+from alpaca.core.settings import DupPolicy, PeerSpec
 from alpaca.snapshot import replay_by_sender
 from tests.enginenet import (
     EngineNet,
@@ -188,17 +188,28 @@ def test_engine_b3_relay_with_forwarders_passes_upstream_to_its_own_forwarders()
     assert eng(f2).stats.forwarded_packets >= 3
 
 
-def test_engine_b3_a_second_forwarder_the_client_does_not_know_relays_both_ways() -> None:
+@pytest.mark.parametrize("f1_at_f2", ["static", "another port", "not in the secrets"])
+def test_engine_b3_a_second_forwarder_the_client_does_not_know_relays_both_ways(f1_at_f2: str) -> None:
     """16.1 lists only its forwarder 1.2, which passes on to 1.3: 1.3 cannot challenge 16.1
-    (16.1 drops what an unknown peer sends), so it learns 16.1's path from what 1.2 relays to
-    it, 1.2 being a peer at its static address. The server's challenge and answers to 16.1
-    go back that way."""
-    net, s, f1, f2, c = relay_chain(f2_reaches_server=True)
+    (16.1 drops what an unknown peer sends), so it learns 16.1's path from what 1.2 relays
+    to it, from where 1.2 is: its static address, or a path of 1.2 a probe reply confirmed
+    (1.2 reaching 1.3 from a port of its own, or without an address in 1.3's secrets). The
+    server's challenge and answers to 16.1 go back that way."""
+    f1_b = ("10.9.0.2", 5001)
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    f1 = net.add("F1", "1.2", [F1_EP, f1_b] if f1_at_f2 == "another port" else [F1_EP])
+    f2 = net.add("F2", "1.3", [F2_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, F1_EP)
+    net.link(f1_b if f1_at_f2 == "another port" else F1_EP, F2_EP)
+    net.link(F2_EP, S_EP)
     net.start(s)
-    net.start(f2)
-    net.start(f1, forwarders=(pid("1.3"),))
-    unknown = pid("1.3")
-    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"),), gateway=pid("1.1"),
+    f1_id, unknown = pid("1.2"), pid("1.3")
+    net.start(f2, peers={p: PeerSpec(p, spec.key, None) if p == f1_id and f1_at_f2 == "not in the secrets"
+                         else spec for p, spec in net.settings(f2).peers.items()})
+    net.start(f1, forwarders=(unknown,))
+    net.start(c, resolver=gateway_resolver(), forwarders=(f1_id,), gateway=pid("1.1"),
               peers={p: spec for p, spec in net.settings(c).peers.items() if p != unknown})
     net.run(3.0)
     ping(net, c, "8.8.8.8", n=3, gap=0.1)
@@ -207,7 +218,8 @@ def test_engine_b3_a_second_forwarder_the_client_does_not_know_relays_both_ways(
         net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
         net.run(0.1)
     assert len(c.tun) == 3
-    assert {p.addr for p in eng(f2).peers[c.peer_id].paths.links()} == {F1_EP}
+    assert {p.addr for p in eng(f2).peers[c.peer_id].paths.links()} == {
+        f1_b if f1_at_f2 == "another port" else F1_EP}
 
 
 def test_engine_p2p_between_two_clients_through_the_server() -> None:
