@@ -145,15 +145,23 @@ def _has_iptables() -> bool:
     return _tool("iptables") is not None
 
 
-def _iptables(args: list[str], netns: str | None) -> subprocess.CompletedProcess[str]:
-    """Run ``iptables -w <args>`` (waiting for the xtables lock another program holds: Docker
-    does). Exit 1 is an answer (no such chain, no such rule) and is returned.
+#: Exit codes of ``iptables -S`` that mean there is nothing of ours: 1 no such chain, 3 no
+#: usable iptables (legacy iptables without its kernel table, on an nftables-only host).
+_LISTED = (0, 1, 3)
+
+
+def _iptables(args: list[str], netns: str | None,
+              ok: tuple[int, ...] = (0, 1)) -> subprocess.CompletedProcess[str]:
+    """Run ``iptables -w 5 <args>`` (waiting up to 5 s for the xtables lock another program
+    holds: Docker does). Exit 1 is an answer (no such chain, no such rule) and is returned,
+    and so is every code in ``ok``.
 
     Raises:
-        SystemSetupError: any other failure (2: bad arguments, 4: a resource problem).
+        SystemSetupError: any other failure (2: bad arguments, 4: the lock or another
+            resource problem).
     """
-    done = _run(["iptables", "-w", *args], netns, check=False)
-    if done.returncode not in (0, 1):
+    done = _run(["iptables", "-w", "5", *args], netns, check=False)
+    if done.returncode not in ok:
         detail = " / ".join(done.stderr.strip().splitlines())
         raise SystemSetupError(f"running iptables {shlex.join(args)}: exit {done.returncode}: {detail}",
                                None, "retried at the next start, or run `alpaca-tunnel cleanup`")
@@ -167,9 +175,9 @@ def forward_blocked_chain(netns: str | None = None) -> str | None:
     """
     if not _has_iptables():
         return None
-    if _iptables(["-S", "DOCKER-USER"], netns).returncode == 0:
+    if _iptables(["-S", "DOCKER-USER"], netns, _LISTED).returncode == 0:
         return "DOCKER-USER"
-    out = _iptables(["-S", "FORWARD"], netns).stdout
+    out = _iptables(["-S", "FORWARD"], netns, _LISTED).stdout
     return "FORWARD" if "-P FORWARD DROP" in out.splitlines() else None
 
 
@@ -190,7 +198,7 @@ def add_forward_accepts(tun: str, net: str, netns: str | None = None) -> str | N
         return None
     for spec in _accept_specs(tun, net):
         if _iptables(["-C", chain, *spec], netns).returncode != 0:
-            _run(["iptables", "-w", "-I", chain, "1", *spec], netns)
+            _run(["iptables", "-w", "5", "-I", chain, "1", *spec], netns)
     log.info("iptables forward accepts added chain=%s net=%s dev=%s", chain, net, tun)
     return chain
 
@@ -209,7 +217,7 @@ def remove_forward_accepts(tun: str, netns: str | None = None) -> int:
     removed = 0
     tag = f"{COMMENT_PREFIX}{tun}"
     for chain in IPTABLES_CHAINS:
-        listing = _iptables(["-S", chain], netns)
+        listing = _iptables(["-S", chain], netns, _LISTED)
         if listing.returncode:
             continue
         for line in listing.stdout.splitlines():

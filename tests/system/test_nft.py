@@ -118,8 +118,8 @@ def _iptables_answering(monkeypatch: pytest.MonkeyPatch, codes: dict[str, int]) 
     def run(argv: list[str], netns: str | None, stdin: str | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
         calls.append(argv)
-        code = codes.get(argv[2], 0)
-        out = rule if argv[2] == "-S" and argv[3] == "DOCKER-USER" and code == 0 else ""
+        code = codes.get(argv[3], 0)
+        out = rule if argv[3] == "-S" and argv[4] == "DOCKER-USER" and code == 0 else ""
         err = "Another app is currently holding the xtables lock" if code == 4 else ""
         return subprocess.CompletedProcess(argv, code, out, err)
 
@@ -136,7 +136,16 @@ def test_nft_forward_accepts_not_removed_are_an_error_the_journal_keeps(
     calls = _iptables_answering(monkeypatch, {failing: 4})
     with pytest.raises(SystemSetupError, match="exit 4: Another app"):
         nft.remove_forward_accepts("alpaca0")
-    assert all(argv[:2] == ["iptables", "-w"] for argv in calls)
+    assert all(argv[:3] == ["iptables", "-w", "5"] for argv in calls)
+
+
+def test_nft_an_iptables_that_cannot_list_its_table_has_nothing_of_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Legacy iptables on a host without its kernel table exits 3: a server started there
+    (nothing blocks forwarding) and its undo step is done, as before -w checked exit codes."""
+    _iptables_answering(monkeypatch, {"-S": 3})
+    assert nft.forward_blocked_chain() is None
+    assert nft.remove_forward_accepts("alpaca0") == 0
 
 
 def test_nft_forward_accepts_of_a_chain_or_rule_gone_are_done(monkeypatch: pytest.MonkeyPatch) -> None:
