@@ -347,8 +347,8 @@ class LegacyEngine:
         in step with ours for ``resync_after`` seconds while nothing came on the known one for
         as long. Then the sender's clock moves there. (A capture replayed at its pace on a
         flow silent that long, from a sender silent that long, passes too.)"""
-        if h.src < h.dst and h.dst != self.self_id:
-            return False  # sealed with dst's key: dst could have made it
+        if not self._may_teach(h):
+            return False
         start = peer.new_clock
         if start is None or abs(t20_delta(h.t20, start[0]) - (now - start[1])) > MAX_DELAY:
             peer.new_clock = (h.t20, now)  # a timeline begins, or another one
@@ -356,6 +356,11 @@ class LegacyEngine:
         after = self.settings.resync_after
         quiet = peer.last_seen_at is None or now - peer.last_seen_at >= after
         return quiet and now - start[1] >= after
+
+    def _may_teach(self, h: LegacyHeader) -> bool:
+        """The key test of :meth:`_tells_where` and :meth:`_clock_stepped`: sealed with the
+        sender's own key (src > dst), or a smaller peer's datagram to us on path 0."""
+        return h.src > h.dst or (h.dst == self.self_id and h.pi == 0)
 
     def _tells_where(self, peer: LegacyPeer, h: LegacyHeader, now: float) -> bool:
         """Whether an accepted datagram may teach its sender's paths and clock: it must be
@@ -367,7 +372,7 @@ class LegacyEngine:
         peer's datagram to us is sealed with our own key, which every smaller peer and relay
         of ours holds: it teaches path 0 only (6.1.2 sends those with path index 0), so none of
         them can add an address of its choice to another server's paths."""
-        if h.src < h.dst and (h.dst != self.self_id or h.pi != 0):
+        if not self._may_teach(h):
             return False
         if peer.last_t20 is None or peer.last_seen_at is None:
             return True
