@@ -99,6 +99,16 @@ class _Tail:
         return bytes(self.kept).decode(errors="replace").strip()
 
 
+def _start_shell(command: str, stdout: int) -> subprocess.Popen[bytes] | OSError:
+    """``/bin/sh -c command`` in a session of its own; the error if it cannot start (returned,
+    not raised: a greenlet that fails would print a traceback of its own)."""
+    try:
+        return subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return exc
+
+
 def _kill_once_started(starting: gevent.Greenlet) -> None:
     """Wait until ``starting`` (a Popen being made) is done, then kill what it started: the
     shell must not go on after a stop that came while it was being started."""
@@ -107,7 +117,7 @@ def _kill_once_started(starting: gevent.Greenlet) -> None:
             starting.join()
         except BaseException:  # a second stop: this wait is short (an exec)
             continue
-    if starting.successful():
+    if starting.successful() and not isinstance(starting.value, OSError):
         _kill_group(starting.value)
 
 
@@ -124,10 +134,11 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
     """
     limit = HOOK_TIMEOUT if timeout is None else timeout
     read_end, write_end = os.pipe()
-    starting = gevent.spawn(subprocess.Popen, ["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
-                            stdout=write_end, stderr=subprocess.STDOUT, start_new_session=True)
+    starting = gevent.spawn(_start_shell, command, write_end)
     try:
         proc = starting.get()
+        if isinstance(proc, OSError):
+            raise proc
     except BaseException:  # it failed to start, or a stop came while it did
         _kill_once_started(starting)
         os.close(read_end)

@@ -10,6 +10,7 @@ from pathlib import Path
 import gevent
 import pytest
 
+from alpaca import hooks
 from alpaca.daemon import StartInterrupted
 from alpaca.hooks import BACKGROUND_READ, OUTPUT_TAIL, HookError, run_hooks, run_one
 
@@ -104,3 +105,14 @@ def test_hooks_a_stop_while_the_hook_is_being_started_kills_it(tmp_path: Path) -
         run_one(f"sleep 0.5; touch {marker}")
     gevent.sleep(1.0)
     assert not marker.exists()
+
+
+def test_hooks_a_shell_that_cannot_start_is_its_error_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # fork refused
+
+    monkeypatch.setattr(hooks.subprocess, "Popen", refuse)
+    with pytest.raises(BlockingIOError):
+        run_one("true")
+    assert "Traceback" not in capfd.readouterr().err
