@@ -208,11 +208,4 @@ def remove_named(namespaces: Sequence[str], links: Sequence[str]) -> list[str]:
 
 def remove_leftovers(prefix: str = NS_PREFIX) -> list[str]:
     """Delete every namespace and root-namespace link named ``prefix*``; returns their names."""
-    removed = []
-    for ns in list_namespaces(prefix):
-        delete_namespace(ns)
-        removed.append(ns)
-    for ifname in root_links(prefix):
-        run(["ip", "link", "del", "dev", ifname], check=False)
-        removed.append(ifname)
-    return removed
+    return remove_named(list_namespaces(prefix), root_links(prefix))

@@ -124,6 +124,20 @@ def test_lab_down_leaves_what_another_program_named_alp_alone(lab_state: Callabl
         subprocess.run(["ip", "link", "del", "alp-wg0"], check=False)
 
 
+def test_lab_down_all_removes_every_alp_name(lab_state: Callable[[], Path]) -> None:
+    """For a lab whose topology file is gone: everything named alp-*, the lab's or not."""
+    subprocess.run(["ip", "netns", "add", "alp-home"], check=True)
+    subprocess.run(["ip", "link", "add", "alp-wg0", "type", "veth", "peer", "name", "alp-wg1"], check=True)
+    try:
+        done = _lab_cli(lab_state(), "down", "--all")
+        assert done.returncode == 0, done.stderr
+        assert "alp-home" in done.stdout and "alp-wg0" in done.stdout
+        assert netns.list_namespaces() == [] and netns.root_links() == []
+    finally:
+        subprocess.run(["ip", "netns", "del", "alp-home"], check=False, capture_output=True)
+        subprocess.run(["ip", "link", "del", "alp-wg0"], check=False, capture_output=True)
+
+
 def test_lab_down_in_a_directory_without_a_lab_record_removes_no_file(lab_state: Callable[[], Path]) -> None:
     """`lab down --state-dir D` on a directory that never held a lab removed its secrets.txt
     and its nodes/ and prometheus/ directories."""
