@@ -705,9 +705,10 @@ def _where(port: PortConfig) -> str:
 def _address_fault(text: str, *, wildcard: bool) -> str | None:
     """What makes ``text`` unusable as a unicast IPv4 address (0.0.0.0 allowed with
     ``wildcard``: a socket bound to every address); None when it is usable."""
-    if not _is_ipv4(text):
+    try:
+        address = IPv4Address(text)
+    except ValueError:
         return "is not an IPv4 address"
-    address = IPv4Address(text)
     if address.is_multicast or address == _BROADCAST:
         return "is a multicast or broadcast address, not one of a host"
     if address.is_unspecified and not wildcard:

@@ -509,8 +509,9 @@ class Engine:
         own = self.flows.get((src, self.self_id))
         if own is not None and own.verified:
             return True
-        relay = self.peers.get(self.peer_at.get(addr, src))
-        path = relay.paths.match(port, addr) if relay is not None and relay.peer_id != src else None
+        relay_id = self.peer_at.get(addr)
+        relay = self.peers.get(relay_id) if relay_id is not None and relay_id != src else None
+        path = relay.paths.match(port, addr) if relay is not None else None
         return path is not None and path.confirmed
 
     def path_confirmed(self, peer_id: int, addr: Addr) -> None:
