@@ -582,12 +582,32 @@ class Daemon:
         if self._lock is None:  # start() failed before the lock: the host is another's to undo
             self._cancel_start_signals()
             return
+        try:
+            self._stop_greenlets()
+        finally:  # whatever went wrong above, the host gets its state back
+            try:
+                self._undo_host()
+            finally:
+                self._cancel_start_signals()
+                os.close(self._lock)
+                self._lock = None
+        log.info("stopped node=%s", format_peer_id(self.config.id))
+
+    def _stop_greenlets(self) -> None:
+        """Kill the daemon's greenlets, then close its sockets, server and watchers; a closer
+        that fails is logged and the next one runs."""
         self.group.kill(timeout=STOP_TIMEOUT)
         for close in reversed(self._closers):
             try:
                 close()
             except (OSError, AlpacaError) as exc:
                 log.warning("error while closing: %s", exc)
+            except Exception as exc:  # a bug in one closer must not keep the others open
+                log.error("error while closing (this is a bug): %r", exc)
+
+    def _undo_host(self) -> None:
+        """Undo the journal's host changes and run the down hooks around the TUN's close; a
+        failed undo step makes the exit code 1."""
         failures = self.journal.undo_all()
         if failures:
             self.exit_code = 1
@@ -599,10 +619,6 @@ class Daemon:
             self.tun.close()
         if self._hooks_up:
             run_hooks("post_down", self.config.post_down_cmds)
-        self._cancel_start_signals()
-        os.close(self._lock)
-        self._lock = None
-        log.info("stopped node=%s", format_peer_id(self.config.id))
 
 
 #: Config keys read only at start (the down hooks: at stop, from the start's config): a reload
