@@ -109,6 +109,25 @@ def remove(
     return len(messages)
 
 
+def held_by_others(
+    nets: Iterable[ipaddress.IPv4Network], table: int, netns: str | None = None,
+) -> set[ipaddress.IPv4Network]:
+    """Those of ``nets`` to which ``table`` holds another program's route and none of ours
+    (one dump): a route of ours that another program replaced. A replace there would take
+    it over, and the undo (which deletes our proto) would then delete it."""
+    wanted = set(nets)
+    ours: set[ipaddress.IPv4Network] = set()
+    others: set[ipaddress.IPv4Network] = set()
+    with netlink.RtnlSocket(netns) as rt:
+        for payload in rt.dump_routes(socket.AF_INET):
+            if netlink.route_table(payload) != table:
+                continue
+            net = _dst_of(payload)
+            if net in wanted:
+                (ours if netlink.route_fields(payload)[2] == PROTO_ALPACA else others).add(net)
+    return others - ours
+
+
 def _networks(cidrs: Iterable[str]) -> set[ipaddress.IPv4Network]:
     found = set()
     for cidr in cidrs:

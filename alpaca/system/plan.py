@@ -388,8 +388,9 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     Follow it when it is no worse than the uplink in use (its metric not higher), or when the
     one in use no longer works (:func:`routes.uplink_works`): a backup link renewing its lease
     does not take the peers from a working primary. Our host routes are replaced in place
-    (the journal's step for them undoes either); one to a destination that another
-    program's route held at start is added if that route is gone. The chnroute prefixes
+    (the journal's step for them undoes either), but one another program's route replaced
+    since (it is that program's now, and no longer counted as ours); one to a destination
+    that another program's route held at start is added if that route is gone. The chnroute prefixes
     loaded via the uplink follow it too (the kernel flushed those whose gateway left with
     the old network). A node without a moved default, or the same uplink, is left as it is.
 
@@ -405,7 +406,9 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
         return applied
     if uplink.metric > old.metric and routes.uplink_works(old, netns):
         return applied
-    table, dsts, ours = applied.route_table, applied.host_dsts, applied.host_added
+    table, dsts = applied.route_table, applied.host_dsts
+    ours = applied.host_added - _taken_over(applied.host_added, table, netns)
+    chn = _chnroute_still_ours(applied.chnroute, netns)
     added: list[str] = []
     try:
         if ours:
@@ -413,7 +416,6 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
         others = [d for d in dsts if d not in ours]
         if others:
             routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns, done=added)
-        chn = applied.chnroute
         if chn is not None and chn.nets:
             chnroute.add(chn.nets, uplink.gateway, uplink.oif, chn.table, netns, replace=True)
     except Exception:
@@ -421,7 +423,29 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
         raise
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
         routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table) for d in dsts)
-    return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added))
+    return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added), chnroute=chn)
+
+
+def _chnroute_still_ours(chn: UplinkPrefixes | None, netns: str | None) -> UplinkPrefixes | None:
+    """``chn`` without the prefixes another program's route took over (:func:`_taken_over`)."""
+    if chn is None or not chn.nets:
+        return chn
+    taken = _taken_over({str(n) for n in chn.nets}, chn.table, netns)
+    return replace(chn, nets=tuple(n for n in chn.nets if str(n) not in taken)) if taken else chn
+
+
+def _taken_over(dsts: frozenset[str] | set[str], table: int, netns: str | None) -> set[str]:
+    """Those of our routes' ``dsts`` (CIDR strings) whose place another program's route took
+    since we added them: they are its now (left alone, with a warning), no longer ours to
+    move or to delete."""
+    if not dsts:
+        return set()
+    nets = {ipaddress.IPv4Network(d, strict=False): d for d in dsts}
+    taken = {nets[n] for n in chnroute.held_by_others(nets, table, netns)}
+    if taken:
+        log.warning("routes of ours replaced by another program's, left to it: %s table=%d",
+                    " ".join(sorted(taken)[:10]) + (" ..." if len(taken) > 10 else ""), table)
+    return taken
 
 
 def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> Applied:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from alpaca.errors import SystemSetupError
-from alpaca.system import link, netlink, plan, routes
+from alpaca.system import chnroute, link, netlink, plan, routes
 from tests.helpers import netns, nsexec
 from tests.system import add_backup_uplink, client_ns, snapshot
 
@@ -296,3 +297,38 @@ def test_link_check_name_free_leaves_a_device_of_another_kind() -> None:
 def test_link_configure_missing_device_fails_clearly() -> None:
     with netns() as ns, pytest.raises(SystemSetupError, match="configuring nope0: No such device"):
         link.configure_tun("nope0", "10.17.16.1/16", 1408, ns)
+
+
+def test_routes_following_the_uplink_leaves_a_route_another_program_took_over() -> None:
+    """plan.follow_uplink replaced our host routes and chnroute prefixes in place: one that
+    another program had replaced since (``ip route replace``) became ours again, and the
+    undo at exit deleted it. It is left to that program, and no longer counted as ours."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        add_backup_uplink(ns, default=False)
+        up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
+        assert up0 is not None and up2 is not None
+        primary = routes.Uplink("192.0.2.254", up0, "up0", 100)
+        backup = routes.Uplink("198.51.100.254", up2, "up2", 50)
+        host = routes.add_host_routes(["203.0.113.7", "203.0.113.8"], primary.gateway, up0, 253, ns)
+        prefixes = [ipaddress.IPv4Network("100.64.1.0/24"), ipaddress.IPv4Network("100.64.2.0/24")]
+        chnroute.add(prefixes, primary.gateway, up0, 253, ns)
+        for dst in ("203.0.113.8", "100.64.2.0/24"):  # another program's now
+            nsexec(ns, "ip", "route", "replace", dst, "via", "192.0.2.253", "dev", "up0", "table", "253",
+                   "proto", "static")
+        default = routes.ExpectedRoute(plan.DEFAULT_DST, "10.17.1.1", "alpaca0")
+        applied = plan.Applied(expected=(default,), uplink=primary, host_dsts=tuple(host), route_table=253,
+                               host_added=frozenset(host), chnroute=plan.UplinkPrefixes(tuple(prefixes), 253))
+        followed = plan.follow_uplink(applied, backup, ns)
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "203.0.113.7 via 198.51.100.254 dev up2 proto 97" in shown
+        assert "100.64.1.0/24 via 198.51.100.254 dev up2 proto 97" in shown
+        assert "203.0.113.8 via 192.0.2.253 dev up0 proto static" in shown
+        assert "100.64.2.0/24 via 192.0.2.253 dev up0 proto static" in shown
+        assert followed.host_added == {"203.0.113.7/32"}
+        assert followed.chnroute == plan.UplinkPrefixes((prefixes[0],), 253)
+        routes.remove_host_routes(sorted(applied.host_added), 253, ns)  # the journal's undo
+        chnroute.remove(253, ns)
+        shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "proto 97" not in shown
+        assert "203.0.113.8 via 192.0.2.253" in shown and "100.64.2.0/24 via 192.0.2.253" in shown
