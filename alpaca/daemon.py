@@ -198,6 +198,10 @@ class Daemon:
         ops = host_plan(cfg, self.secrets)
         self._tun_op = next((op for op in ops if isinstance(op, ConfigureTun)), None)
         self.applied = apply(ops, self.journal)
+        # From now on no change is missed: those made during the rest of the start (a post_up
+        # hook, a DHCP client's default) wait in its socket until the monitor runs.
+        monitor = RouteMonitor().open()
+        self._closers.append(monitor.close)
         run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
         self._hooks_up = True
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
@@ -218,7 +222,7 @@ class Daemon:
             hub.NOT_ERROR = (*hub.NOT_ERROR, AlpacaError)
         for greenlet in self.plane.start(self.group):
             greenlet.link_exception(self._on_fatal)
-        self._start_monitors()
+        self._start_monitors(monitor)
         self._start_observability()
         for signum in STOP_SIGNALS:  # before the start-up ones go: no instant of default action
             gevent.signal_handler(signum, self.stop_soon)
@@ -265,11 +269,11 @@ class Daemon:
         greenlet.name = name
         greenlet.link_exception(self._on_fatal)
 
-    def _start_monitors(self) -> None:
+    def _start_monitors(self, monitor: RouteMonitor) -> None:
+        """Start the reloader, the hostname lookups, ``monitor`` (open since the host plan was
+        applied) and the secrets file's watch."""
         self._spawn("the reloader", self._reloader)
         self._spawn("the hostname lookups", HostnameFollower.of(self).run)
-        monitor = RouteMonitor().open()
-        self._closers.append(monitor.close)
         self._spawn("the route monitor", monitor.run, self._on_routes_changed)
         try:
             watch = FileWatch(self.secrets.path).open(seen=self.secrets.identity)

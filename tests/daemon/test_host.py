@@ -218,6 +218,28 @@ def test_host_a_client_follows_its_uplink_onto_another_network(lab: Lab) -> None
 
 
 @pytest.mark.netns
+def test_host_a_default_route_added_during_start_up_is_moved_too(lab: Lab) -> None:
+    """A default route put into main after the host plan was applied and before the route
+    monitor ran (here by a post_up hook; a DHCP client can do the same) was never seen: the
+    monitor reads only what changes after it opened, so traffic left outside the tunnel
+    until some other route event came."""
+    hook = "ip route add default via 192.168.50.1 dev eth0 metric 50"
+    topo = build_simple(lab, client_config={"post_up_cmds": [hook]})
+    lab.start(topo.server)
+    lab.start(topo.client)
+    c = topo.client.ns
+    deadline = time.monotonic() + 5
+    while nsexec(c, "ip", "route", "show", "default", "table", "main").stdout:
+        assert time.monotonic() < deadline, topo.client.log_tail()
+        time.sleep(0.1)
+    wait_ping(c, INET, timeout=10)
+    assert_through_tunnel(topo)
+    assert lab.stop(topo.client) == 0
+    main = nsexec(c, "ip", "route", "show", "default", "table", "main").stdout
+    assert "default via 192.168.50.1 dev eth0 metric 50" in main, main
+
+
+@pytest.mark.netns
 def test_host_chnroute_follows_the_uplink_onto_another_network(lab: Lab) -> None:
     """chnroute via the uplink (no chnroute.gateway): when a DHCP lease moves the uplink to
     another network, the kernel flushes the prefixes' routes with the old gateway; they are
