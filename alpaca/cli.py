@@ -11,6 +11,7 @@ is a bug: the traceback is printed and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -236,12 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse has printed it
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
-    if args.version:
-        return cmd_version(args)
-    setup_logging(logging.INFO, args.timestamps)
+    if not args.version:
+        setup_logging(logging.INFO, args.timestamps)
     try:
-        handler: Handler = args.handler
-        return handler(args)
+        handler: Handler = cmd_version if args.version else args.handler
+        code = handler(args)
+        sys.stdout.flush()  # here: a full disk is this command's error, not the exit's
+        return code
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{PROG}: {problem}", file=sys.stderr)
@@ -254,10 +256,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout closed early (``| head``): as a program SIGPIPE ended
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return EXIT_SIGPIPE
-    except Exception:
-        traceback.print_exc()
-        print(f"{PROG}: this is a bug; please report it with the traceback above", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            return _bug()
+        print(f"{PROG}: cannot write the output: {os.strerror(exc.errno)}", file=sys.stderr)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the buffered rest goes nowhere
         return EXIT_ERROR
+    except Exception:
+        return _bug()
+
+
+#: errno values of a write to stdout that fails for want of room or a working device
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _bug() -> int:
+    """Print the exception being handled as a bug to report; the exit code."""
+    traceback.print_exc()
+    print(f"{PROG}: this is a bug; please report it with the traceback above", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # --- check output ---------------------------------------------------------------------------

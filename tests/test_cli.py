@@ -299,6 +299,24 @@ def test_cli_output_into_a_closed_pipe_exits_like_sigpipe(monkeypatch: pytest.Mo
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_cli_version_flag_into_a_closed_pipe_exits_like_sigpipe(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-v`` was answered before the error handling: a traceback, exit 1."""
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["-v"]) == 141
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["genkey"], ["-v"], ["version"]])
+def test_cli_output_onto_a_full_disk_is_one_line_not_a_bug(argv: list[str]) -> None:
+    """``genkey > /dev/full`` printed a traceback and "this is a bug"."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "alpaca", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr == "alpaca-tunnel: cannot write the output: No space left on device\n"
+
+
 @pytest.mark.parametrize("sock", ["", "/", ".", "/tmp"])
 def test_cli_cleanup_of_a_path_that_is_no_socket_is_refused(
         sock: str, capsys: pytest.CaptureFixture[str]) -> None:
