@@ -511,6 +511,14 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
             return
         super().handle_error(t, v, tb)
 
+    def process_result(self) -> None:
+        """A HEAD's answer is its headers alone: gevent wrote the chunked encoding's end after
+        them, which a client keeping the connection read as the start of its next answer."""
+        if self.command != "HEAD":
+            super().process_result()
+        elif not self.headers_sent:
+            self.write(b"")  # the headers; the app's iterator holds no body
+
     def _request_late(self) -> None:
         if self._answered:
             return  # a keep-alive connection gone idle: the normal end of one

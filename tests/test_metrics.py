@@ -744,6 +744,34 @@ def test_serve_metrics_http_1_0_and_head() -> None:
         server.stop()
 
 
+def test_serve_metrics_a_head_on_a_kept_connection_leaves_it_usable() -> None:
+    """HTTP/1.1 HEAD got the chunked encoding's end (``0``, a blank line) after its headers:
+    a client keeping the connection (curl -I twice) read them as its next answer."""
+    registry = build_registry(lambda: None, lambda: 0.0, version="x", start_time=0.0, node="1.1")
+    server = serve_metrics(registry, "127.0.0.1", 0)
+    answers: list[tuple[str, int, bytes]] = []
+
+    def client() -> None:  # a thread: http.client blocks, the server runs on this thread's hub
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+        try:
+            for method in ("HEAD", "HEAD", "GET"):
+                conn.request(method, "/metrics")
+                answer = conn.getresponse()
+                answers.append((method, answer.status, answer.read()))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=client)
+    try:
+        thread.start()
+        while thread.is_alive():
+            gevent.sleep(0.02)
+    finally:
+        server.stop()
+    assert [(m, status, b"alpaca_build_info" in body) for m, status, body in answers] == [
+        ("HEAD", 200, False), ("HEAD", 200, False), ("GET", 200, True)]
+
+
 def test_serve_metrics_on_a_busy_port_is_a_clear_error() -> None:
     sc = scenario()
     busy = socket.socket()
