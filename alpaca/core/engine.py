@@ -452,8 +452,8 @@ class Engine:
         copy coming on another path."""
         chosen, spare = routing.targets(self.settings, self.peers, src, dst, came_from, pi)
         if ttl == 1:  # sent on with ttl 0: only dst itself takes that
-            chosen = [t for t in chosen if t[0].peer == dst]
-            spare = [t for t in spare if t[0].peer == dst]
+            chosen = [t for t in chosen if self._reaches_itself(t[0], dst)]
+            spare = [t for t in spare if self._reaches_itself(t[0], dst)]
             if not chosen:
                 self.stats.drop(DropReason.TTL_EXPIRED)
                 return None
@@ -461,6 +461,18 @@ class Engine:
             self.stats.drop(DropReason.NO_PATH)
             return None
         return chosen, spare
+
+    def _reaches_itself(self, link: Path, dst: int) -> bool:
+        """Whether a datagram sent on ``link`` reaches ``dst`` itself, not a relay: the link is
+        not another peer's (a forwarder's), nor a path of dst learned where another peer is
+        (its static address, or a path of it a probe reply confirmed: dst behind a relay)."""
+        addr = link.addr
+        if link.peer != dst or addr is None:
+            return False
+        spec = self.settings.peers.get(dst)
+        if addr in self._static_addrs and (spec is None or addr != spec.addr):
+            return False
+        return self.peer_at.get(addr, dst) == dst
 
     def _on_unverified(
         self, flow: Flow, peer: Peer, ptype: int, pi: int, epoch: int, counter: int, plaintext: bytes,

@@ -407,6 +407,39 @@ def test_forgery_a_copy_the_relay_cannot_send_on_does_not_use_up_the_counter(att
     assert dropped["duplicate"] == 0  # the genuine copies were new to the relay
 
 
+def test_forgery_ttl_1_downstream_to_a_client_behind_two_relays_does_not_use_up_the_counter() -> None:
+    """S(1.1) -> F1(1.3) -> F0(1.2) -> C(16.1): F1 knows C at F0's address only. An attacker
+    who sees S -> F1 injects a copy of each DATA datagram with ttl 1 ahead of it: F1 took C's
+    path at F0 for C itself, sent the copy on with ttl 0 (F0 drops it) and marked the counter,
+    so the genuine copy was a duplicate: nothing reached C."""
+    net = EngineNet(seed=5)
+    f0_ep, f1_ep = ("10.0.0.2", 5000), ("10.0.0.3", 5000)
+    s, f0, f1 = net.add("S", "1.1", [S_EP]), net.add("F0", "1.2", [f0_ep]), net.add("F1", "1.3", [f1_ep])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, f0_ep)
+    net.link(f0_ep, f1_ep)
+    net.link(f1_ep, S_EP)
+    net.start(s)
+    net.start(f1)
+    net.start(f0, forwarders=(f1.peer_id,))
+    net.start(c, forwarders=(f0.peer_id,), gateway=s.peer_id)
+    net.run(3.0)
+    real = net.transmit
+
+    def tap(a: tuple[str, int], b: tuple[str, int], data: bytes) -> bool:
+        if (a, b) == (S_EP, f1_ep) and data[0] & 0x0F == PacketType.DATA:
+            real(a, b, with_hop_fields(data, 1, data[3]))  # the attacker's copy, first
+        return real(a, b, data)
+
+    net.transmit = tap  # type: ignore[method-assign]
+    before = len(c.tun)
+    for _ in range(20):
+        net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+        net.run(0.3)
+    assert len(c.tun) - before == 20
+    assert drops(eng(f1))["ttl_expired"] >= 20 and drops(eng(f1))["duplicate"] == 0
+
+
 @pytest.mark.parametrize("size", [OVERHEAD - 1, OVERHEAD, HEADER_LEN + 17, 200, MAX_DATAGRAM])
 def test_forgery_random_bytes_of_any_size_change_nothing(size: int) -> None:
     net, s, _, _ = network()
