@@ -119,7 +119,7 @@ def show(socket_path: Path, as_json: bool) -> int:
         return EXIT_ERROR
     try:
         text = json.dumps(reply, indent=2) if as_json else render(reply)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         print(f"{PROG}: the daemon's answer on {socket_path} is not laid out as this version"
               f" expects ({type(exc).__name__}: {printable(str(exc))}); is the daemon of another"
               " version? restart it after an upgrade", file=sys.stderr)

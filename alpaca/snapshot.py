@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
 from alpaca.core.ids import format_peer_id
 from alpaca.core.paths import Path, port_label
@@ -210,7 +211,7 @@ def snapshot(
         "forwarded_packets": stats.forwarded_packets,
         "forwarded_bytes": stats.forwarded_bytes,
         "dup_queue_depth": len(engine.dup),
-        "dup_queue_dropped": engine.dup.dropped,
+        "dup_queue_dropped": stats.drops[DropReason.DUP_QUEUE_FULL],  # both engines' under a mux
         "drops": {label: n for label, n in stats.drop_counts().items() if n},
         "peers": views,
     }

@@ -170,3 +170,15 @@ def test_compat_metrics_export_the_legacy_engines_node_counters(tmp_path: Path) 
     assert value(both, "alpaca_packets_dropped_total", reason="duplicate") == 2
     assert value(alone, "alpaca_packets_dropped_total", reason="duplicate") == 1
     assert value(both, "alpaca_dup_queue_dropped_total") == 1  # it showed the default engine's only
+
+
+def test_compat_show_counts_the_legacy_engines_refused_copies_as_the_metric_does(tmp_path: Path) -> None:
+    """``show`` said "0 refused" beside a drop count of dup_queue_full 1 (the default engine's
+    queue only), where the metric counted both engines'."""
+    from alpaca.snapshot import snapshot
+
+    with running_node(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}) as (_, engine, _, mux):
+        assert mux is not None
+        mux.legacy.stats.drop(DropReason.DUP_QUEUE_FULL)
+        snap = snapshot(engine, 0.0, stats=mux.stats)
+    assert snap["dup_queue_dropped"] == snap["drops"]["dup_queue_full"] == 1

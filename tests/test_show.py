@@ -151,7 +151,7 @@ def test_show_cli_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.parametrize("answer", [{"peers": [{}]}, {"peers": 5}, {"drops": [1, 2]},
-                                    {"forwarders": [1, 2]}, {"uptime_s": "abc"}])
+                                    {"forwarders": [1, 2]}, {"uptime_s": "abc"}, {"uptime_s": float("inf")}])
 def test_show_an_answer_of_another_layout_is_an_error_not_a_traceback(
         tmp_path: Path, answer: dict[str, object]) -> None:
     path = tmp_path / "other.sock"
