@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from gevent.server import StreamServer
 
 from alpaca.errors import TunnelError
 from alpaca.io import hub_turns
-from alpaca.slowclients import SlowClients
+from alpaca.slowclients import SlowClientLog, SlowClients
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class ControlServer:
         self._server: StreamServer | None = None
         self._inode: int | None = None
         #: connections closed because their request line came too late
-        self.slow = SlowClients()
+        self.slow = SlowClientLog(_report_slow)
 
     def start(self) -> None:
         """Create the directory and socket and start accepting.
@@ -89,6 +88,7 @@ class ControlServer:
         if self._server is not None:
             self._server.stop(timeout=CONNECTION_TIMEOUT)
             self._server = None
+        self.slow.close()
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
@@ -161,11 +161,7 @@ class ControlServer:
             timer.close()
 
     def _request_late(self) -> None:
-        count = self.slow.closed(time.monotonic())
-        if count:
-            log.warning("control connections closed: no request line in time count=%d total=%d "
-                        "deadline_s=%g (reported at most every %g s)",
-                        count, self.slow.total, REQUEST_DEADLINE, self.slow.interval)
+        self.slow.closed()
 
     def _answer(self, line: bytes | None) -> dict[str, Any]:
         if line is None:
@@ -240,3 +236,9 @@ def _is_answering(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+def _report_slow(count: int, slow: SlowClients) -> None:
+    log.warning("control connections closed: no request line in time count=%d total=%d "
+                "deadline_s=%g (reported at most every %g s)", count, slow.total, REQUEST_DEADLINE,
+                slow.interval)

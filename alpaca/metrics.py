@@ -46,7 +46,7 @@ from alpaca.core.stats import EngineStats
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.io import hub_turns
-from alpaca.slowclients import SlowClients
+from alpaca.slowclients import SlowClientLog, SlowClients
 from alpaca.snapshot import (
     NO_REPLAYS,
     ReplayCounts,
@@ -422,7 +422,7 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
     read_timeout = READ_TIMEOUT
     request_deadline = REQUEST_DEADLINE
     lifetime = CONNECTION_LIFETIME
-    slow = SlowClients()  # each server has its own (serve_metrics)
+    slow = SlowClientLog(lambda count, counter: None)  # each server has its own (serve_metrics)
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
@@ -522,11 +522,7 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
     def _request_late(self) -> None:
         if self._answered:
             return  # a keep-alive connection gone idle: the normal end of one
-        count = self.slow.closed(time.monotonic())
-        if count:
-            log.warning("metrics connections closed: no complete request in time count=%d "
-                        "total=%d deadline_s=%g (reported at most every %g s)",
-                        count, self.slow.total, self.request_deadline, self.slow.interval)
+        self.slow.closed()
 
 
 def listen_error(host: str, port: int, exc: OSError) -> TunnelError:
@@ -547,10 +543,15 @@ def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586,
     sent a whole request within ``request_deadline`` seconds (of accept, or of the previous
     answer), once one read or write waits ``read_timeout`` seconds, or once it has lived
     ``lifetime`` seconds, so idle or slow clients cannot keep a scrape out. Connections closed
-    for a late first request are counted in ``server.slow_clients`` (a :class:`SlowClients`).
+    for a late first request are counted in ``server.slow_clients`` (a :class:`SlowClientLog`).
     ``port`` 0 picks a free port (``server.server_port``). Stop it with ``server.stop()``.
     """
-    slow = SlowClients()
+    def report(count: int, slow: SlowClients) -> None:
+        log.warning("metrics connections closed: no complete request in time count=%d total=%d "
+                    "deadline_s=%g (reported at most every %g s)", count, slow.total, request_deadline,
+                    slow.interval)
+
+    slow = SlowClientLog(report)
     handler = type("MetricsHandler", (_BoundedHandler,),
                    {"read_timeout": read_timeout, "request_deadline": request_deadline,
                     "lifetime": lifetime, "slow": slow})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from alpaca.slowclients import REPORT_INTERVAL, SlowClients
+import gevent
+
+from alpaca.slowclients import REPORT_INTERVAL, SlowClientLog, SlowClients
 
 
 def test_slow_clients_the_first_close_is_reported_at_once() -> None:
@@ -24,3 +26,28 @@ def test_slow_clients_the_next_report_has_every_close_since_the_last() -> None:
     for _ in range(7):
         assert slow.closed(10.0) == 0
     assert slow.closed(REPORT_INTERVAL) == 8
+
+
+def test_slow_client_log_reports_a_burst_in_full_when_no_client_comes_after_it() -> None:
+    """The closes after the first report waited for the next close past the interval: a burst
+    of 50 that then stopped was logged as count=1 (49 never)."""
+    reports: list[tuple[int, int]] = []
+    log = SlowClientLog(lambda count, counter: reports.append((count, counter.total)), interval=0.2)
+    for _ in range(50):
+        log.closed()
+    assert reports == [(1, 1)]
+    gevent.sleep(0.3)
+    assert reports == [(1, 1), (49, 50)]
+    log.closed()  # due again: at once
+    gevent.sleep(0.3)
+    assert reports == [(1, 1), (49, 50), (1, 51)]
+
+
+def test_slow_client_log_close_drops_the_pending_report() -> None:
+    reports: list[int] = []
+    log = SlowClientLog(lambda count, counter: reports.append(count), interval=0.1)
+    log.closed()
+    log.closed()
+    log.close()
+    gevent.sleep(0.2)
+    assert reports == [1]
