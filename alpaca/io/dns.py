@@ -42,11 +42,13 @@ def lookup_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
         return found
     resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
     pool = Pool(CONCURRENCY)
+    answers = pool.imap_unordered(lambda n: (n, _addresses(resolver, n)), names)
     try:
         with gevent.Timeout(deadline, False):
-            for name, addresses in pool.imap_unordered(lambda n: (n, _addresses(resolver, n)), names):
+            for name, addresses in answers:
                 found[name] = addresses
-    finally:
+    finally:  # the feeder first: it would start the names still waiting on the closed resolver
+        answers.kill()
         pool.kill()
         resolver.close()
     return found

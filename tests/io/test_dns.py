@@ -11,7 +11,7 @@ import gevent
 import pytest
 from gevent import socket
 
-from alpaca.io.dns import lookup_ipv4
+from alpaca.io.dns import CONCURRENCY, lookup_ipv4
 
 ANSWERS = {"peer-a.example": "192.0.2.10", "peer-b.example": "192.0.2.11"}
 
@@ -102,6 +102,20 @@ def test_dns_a_silent_server_costs_the_deadline_not_the_hub(silent_server: int) 
     assert found == {"peer-a.example": ()}
     assert 0.9 < seconds < 2.0
     assert ticks >= 0.5 * seconds / 0.01
+
+
+def test_dns_names_past_the_concurrency_start_no_lookup_after_the_deadline(
+        silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more names than CONCURRENCY, the names still waiting were started once the deadline
+    had killed the pool, on the closed resolver: a traceback each (36 of 100)."""
+    failed: list[str] = []
+    monkeypatch.setattr(gevent.get_hub(), "print_exception",
+                        lambda context, kind, value, tb: failed.append(kind.__name__))
+    names = [f"n{i}.example.invalid" for i in range(CONCURRENCY + 36)]
+    found = lookup_ipv4(names, deadline=0.3, servers=["127.0.0.1"], udp_port=silent_server)
+    gevent.sleep(0.2)
+    assert set(found.values()) == {()}
+    assert failed == []
 
 
 def test_dns_hosts_file_and_literals_need_no_server(silent_server: int) -> None:
