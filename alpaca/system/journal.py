@@ -391,6 +391,8 @@ def recover(path: str | Path) -> list[str] | None:
 
     Returns:
         None if there was no journal, else the failures (empty list: fully recovered).
+    Raises:
+        SystemSetupError: such a journal cannot be moved aside.
     """
     path = Path(path)
     if not path.exists():
@@ -463,13 +465,19 @@ def undo_left_behind(control_socket: Path, owner: str) -> list[str] | None:
 
 def _set_aside(path: Path, why: str, error: object) -> str:
     """Move a journal we must not undo out of the way (a new run would overwrite it), keeping
-    it for a person; return the failure line."""
+    it for a person; return the failure line.
+
+    Raises:
+        SystemSetupError: it cannot be moved: a run must not start over it (it would take
+            another namespace's steps for its own, or write over them).
+    """
     aside = path.with_name(f"{path.name}.{why}-{int(time.time())}")
     try:
         os.replace(path, aside)
     except OSError as move_exc:
-        log.error("journal left as is journal=%s error=%s (moving it: %s)", path, error, move_exc)
-        return f"reading {path}: {error}"
+        raise SystemSetupError(f"reading {path}: {error}; moving it to {aside}", move_exc,
+                               "move the journal away by hand, check the host changes it names, "
+                               "then start again") from move_exc
     log.error("journal moved aside journal=%s error=%s: the host changes it recorded were not "
               "undone; check routes, ip rules, nft tables and ip_forward where it was written, "
               "then delete it", aside, error)

@@ -557,6 +557,20 @@ def test_journal_of_a_run_that_made_no_change_leaves_the_file_alone(tmp_path: Pa
     assert path.read_text() == "precious"
 
 
+def test_journal_one_that_cannot_be_moved_aside_stops_the_start(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal not to be undone here whose move aside failed was left at our path: the run
+    took its steps over (resume) and undid them at its stop, or wrote over them."""
+    monkeypatch.setattr(jr.time, "time", lambda: 1000.0)
+    path = tmp_path / "j"
+    path.write_text('{"something": "else"}')
+    (tmp_path / "j.unreadable-1000" / "x").mkdir(parents=True)  # the aside name is taken
+    with pytest.raises(SystemSetupError, match=r"reading .*/j: .*moving it to .*j\.unreadable-1000.*"
+                                               r"move the journal away by hand"):
+        jr.recover(path)
+    assert path.read_text() == '{"something": "else"}'
+
+
 JOURNAL_IN_NS = """
 import sys
 from alpaca.system.journal import Journal
