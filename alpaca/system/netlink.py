@@ -63,6 +63,8 @@ RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
+#: a next hop of another family (``via inet6 fe80::1`` for an IPv4 route, RFC 5549)
+RTA_VIA = 18
 RTA_NH_ID = 30
 #: the interface flag of a device set up (linux/if.h)
 IFF_UP = 0x1
@@ -283,9 +285,10 @@ def route_flags(payload: bytes) -> int:
 
 
 def route_nexthops_elsewhere(payload: bytes) -> bool:
-    """True for a route through several next hops (RTA_MULTIPATH) or a nexthop object."""
+    """True for a route through several next hops (RTA_MULTIPATH), a nexthop object, or a
+    next hop of another family (RTA_VIA)."""
     attrs = parse_attrs(payload, _RTMSG.size)
-    return RTA_MULTIPATH in attrs or RTA_NH_ID in attrs
+    return RTA_MULTIPATH in attrs or RTA_NH_ID in attrs or RTA_VIA in attrs
 
 
 def route_fields(payload: bytes) -> tuple[int, int, int, int, int]:

@@ -158,8 +158,14 @@ def find_default_route(netns: str | None = None, ipr: IPRoute | None = None) -> 
             return None
         best = min(defaults, key=lambda r: r.get_attr("RTA_PRIORITY") or 0)
         oif, metric = best.get_attr("RTA_OIF") or 0, best.get_attr("RTA_PRIORITY") or 0
-        if not oif and best.get_attr("RTA_MULTIPATH"):
-            hop = best.get_attr("RTA_MULTIPATH")[0]
+        hops = best.get_attr("RTA_MULTIPATH") if not oif else None
+        if best.get_attr("RTA_VIA") or (hops and hops[0].get_attr("RTA_VIA")):
+            raise SystemSetupError(
+                "the default route of table main goes via an IPv6 next hop (RFC 5549)", None,
+                "the tunnel's host routes need an IPv4 gateway: give the uplink one (a default "
+                "route via an IPv4 address, at a lower metric)")
+        if hops:
+            hop = hops[0]
             return Uplink(hop.get_attr("RTA_GATEWAY"), hop["oif"], _ifname(nl, hop["oif"]), metric,
                           bool(hop["flags"] & RTNH_F_ONLINK))
         return Uplink(best.get_attr("RTA_GATEWAY"), oif, _ifname(nl, oif), metric,

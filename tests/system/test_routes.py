@@ -332,3 +332,17 @@ def test_routes_following_the_uplink_leaves_a_route_another_program_took_over() 
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "proto 97" not in shown
         assert "203.0.113.8 via 192.0.2.253" in shown and "100.64.2.0/24 via 192.0.2.253" in shown
+
+
+def test_routes_a_default_via_an_ipv6_next_hop_is_a_clear_error_not_an_uplink_without_gateway() -> None:
+    """``default via inet6 fe80::1 dev up0`` (RFC 5549): the next hop is in RTA_VIA, which was
+    not read: the uplink had no gateway, the host routes went ``scope link`` (the peers were
+    looked for on the link) and it always "worked", so nothing failed over."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "route", "flush", "table", "main", "default")
+        nsexec(ns, "ip", "-4", "route", "add", "default", "via", "inet6", "fe80::1", "dev", "up0")
+        with pytest.raises(SystemSetupError, match=r"via an IPv6 next hop.*need an IPv4 gateway"):
+            routes.find_default_route(ns)
+        [saved] = routes.save_default_routes(ns)
+        assert routes.uplink_of(saved) is None  # not a way out to follow
