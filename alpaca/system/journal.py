@@ -239,6 +239,24 @@ class Journal:
                 "it is kept beside control_socket: check that its directory is writable and not full",
             ) from exc
 
+    def narrow(self, kind: str, recorded: dict[str, Any], **params: Any) -> None:
+        """Replace ``params`` of the newest step recorded as ``kind`` with ``recorded``, once
+        the change showed that its undo must do less: host routes that existed already
+        (another running daemon's chnroute prefix in the table, with our proto) are not this
+        run's to delete. A write that fails keeps the wider step (logged)."""
+        wanted = {"kind": kind, **recorded}
+        at = next((i for i in range(len(self.steps) - 1, -1, -1) if _bare(self.steps[i]) == wanted), None)
+        if at is None:
+            return
+        steps = [*self.steps[:at], {**self.steps[at], **params}, *self.steps[at + 1:]]
+        try:
+            with _directory_lock(self.path.parent):
+                self._write(steps)
+        except OSError as exc:
+            log.warning("could not narrow the undo step step=%s journal=%s error=%s", kind, self.path, exc)
+            return
+        self.steps = steps
+
     def _original_sysctl(self, key: str) -> Step:
         """What a running daemon of this namespace recorded for ``key`` before it changed it
         (its ``value`` and ``routed_bridges``), or nothing: then the caller's is the original."""

@@ -914,6 +914,41 @@ def test_journal_undoing_a_chnroute_leaves_the_routes_of_another_daemon_in_its_t
 
 
 @pytest.mark.netns
+def test_journal_a_clients_host_route_to_another_daemons_chnroute_prefix_is_not_deleted_at_its_stop(
+        tmp_path: Path) -> None:
+    """Server a loads chnroute into table 253; client b, in the same table, routes one of its
+    prefixes as a local route (the route was there: EEXIST). b's journal listed it all the
+    same, and b's stop deleted a's route (our proto on both): a never put it back."""
+    data = chn_file(tmp_path)
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        add_tun(ns, "alpaca0")
+        add_tun(ns, "alpaca1")
+        inputs = {
+            "a": HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408,
+                               chnroute=ChnrouteInput(str(data))),
+            "b": HostPlanInput(Mode.CLIENT, "alpaca1", "10.18.0.0/16", "10.18.16.1", 1408,
+                               gateway_ip="10.18.1.1", peer_addresses=("203.0.113.7", "1.0.1.0/24")),
+        }
+        journals, locks = {}, {}
+        for name, inp in inputs.items():
+            journals[name] = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+            locks[name] = instance.hold(jr.lock_of(journals[name].path), "test")
+            apply(plan(inp), journals[name], ns)
+        try:
+            [step] = [s for s in jr.Journal.load(journals["b"].path).steps if s["kind"] == "routes"]
+            assert step["dsts"] == ["203.0.113.7/32"]
+            assert journals["b"].undo_all() == []
+            table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+            assert "1.0.1.0/24 via 192.0.2.254 dev up0 proto 97" in table, table
+            assert "203.0.113.7" not in table, table
+            assert journals["a"].undo_all() == []
+        finally:
+            for fd in locks.values():
+                os.close(fd)
+
+
+@pytest.mark.netns
 def test_journal_a_reload_that_drops_a_local_route_keeps_the_chnroute_prefix_it_shadowed(
         tmp_path: Path) -> None:
     """local_routes and chnroute both hold 1.0.1.0/24 (table 253): the host route found the
