@@ -317,7 +317,7 @@ class Journal:
 
     def is_here(self) -> bool:
         """True if it was written in the namespace it names now (or carries no identity:
-        written before identities, or on a kernel without namespace cookies)."""
+        written before identities)."""
         return self.netns_id is None or nsid.of(self.netns) == self.netns_id
 
     def _live_peers(self) -> list[Journal]:
@@ -505,7 +505,8 @@ def _set_aside(path: Path, why: str, error: object) -> str:
 def recover_orphans(path: str | Path) -> list[str]:
     """Undo the journals that crashed runs of this namespace with another control socket (a
     tun_name changed since) left beside ``path``. Journals of running daemons, of other
-    namespaces, without a namespace identity, or unreadable are left alone.
+    namespaces, without a unique namespace identity (a kernel without cookies:
+    :mod:`alpaca.system.nsid`), or unreadable are left alone.
 
     Returns:
         The failures (each also logged).
@@ -534,7 +535,7 @@ def _recover_orphan(path: Path) -> list[str]:
     except (OSError, ValueError) as exc:
         log.warning("left alone an unreadable journal of another run journal=%s error=%s", path, exc)
         return []
-    if journal.netns_id is None or not journal.is_here():
+    if not nsid.unique(journal.netns_id) or not journal.is_here():
         return []
     log.warning("recovering from a previous run with another control socket journal=%s steps=%d",
                 path, len(journal.steps))

@@ -609,6 +609,28 @@ def test_journal_namespace_identity_is_not_reused() -> None:
     assert None not in identities and len(set(identities)) == 3, identities
 
 
+@pytest.mark.netns
+def test_journal_without_cookies_an_orphan_is_left_alone_and_a_foreign_one_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without namespace cookies (linux < 5.14) the identity is the nsfs inode: it tells two
+    living namespaces apart (a journal of another one is not taken for ours), but a
+    deleted namespace's successor may have it, so an orphan beside ours is not undone."""
+    monkeypatch.setattr(nsid, "SO_NETNS_COOKIE", 4095)  # ENOPROTOOPT, as such a kernel answers
+    with netns() as ns, netns() as other:
+        assert nsid.of(ns) != nsid.of(other) and not nsid.unique(nsid.of(ns))
+        assert nsid.of(ns) == nsid.of(ns) and str(nsid.of(ns)).startswith("ino:")
+        orphan = jr.Journal(tmp_path / "old.sock.journal", ns)
+        orphan.record("sysctl", key=sysctl.IP_FORWARD, value="0")
+        assert jr.recover_orphans(tmp_path / "alpaca0.sock.journal") == []
+        assert orphan.path.exists()
+        foreign = jr.Journal(tmp_path / "alpaca1.sock.journal", other)
+        foreign.record("sysctl", key=sysctl.IP_FORWARD, value="0")
+        found = jr.Journal.load(foreign.path)
+        assert found.is_here()
+        found.netns = ns  # the same file, as a daemon in ns would find it
+        assert not found.is_here()
+
+
 CONCURRENT_STOP = """
 import os, sys, time
 from alpaca.system import instance, journal as jr
@@ -728,9 +750,15 @@ def two_daemons_turn_ip_forward_on(ns: str, tmp_path: Path, after_each: Callable
 
 
 @pytest.mark.netns
-def test_journal_two_daemons_in_one_namespace_share_ip_forward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cookies", [True, False], ids=["cookies", "no cookies (linux < 5.14)"])
+def test_journal_two_daemons_in_one_namespace_share_ip_forward(
+        tmp_path: Path, cookies: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two daemons (two TUNs) of one namespace: the first to stop leaves ip_forward at 1 for
-    the other; the last restores the host's original 0, whichever order they stop in."""
+    the other; the last restores the host's original 0, whichever order they stop in. Without
+    namespace cookies they shared nothing: the first stop turned ip_forward off under the
+    other, whose stop then left it on."""
+    if not cookies:  # getsockopt answers ENOPROTOOPT, as a kernel without the option does
+        monkeypatch.setattr(nsid, "SO_NETNS_COOKIE", 4095)
     for first in (0, 1):
         with netns() as ns:
             journals, locks = two_daemons_turn_ip_forward_on(ns, tmp_path)
