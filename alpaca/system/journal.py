@@ -239,24 +239,6 @@ class Journal:
                 "it is kept beside control_socket: check that its directory is writable and not full",
             ) from exc
 
-    def narrow(self, kind: str, recorded: dict[str, Any], **params: Any) -> None:
-        """Replace ``params`` of the newest step recorded as ``kind`` with ``recorded``, once
-        the change showed that its undo must do less: host routes that existed already
-        (another running daemon's chnroute prefix in the table, with our proto) are not this
-        run's to delete. A write that fails keeps the wider step (logged)."""
-        wanted = {"kind": kind, **recorded}
-        at = next((i for i in range(len(self.steps) - 1, -1, -1) if _bare(self.steps[i]) == wanted), None)
-        if at is None:
-            return
-        steps = [*self.steps[:at], {**self.steps[at], **params}, *self.steps[at + 1:]]
-        try:
-            with _directory_lock(self.path.parent):
-                self._write(steps)
-        except OSError as exc:
-            log.warning("could not narrow the undo step step=%s journal=%s error=%s", kind, self.path, exc)
-            return
-        self.steps = steps
-
     def _original_sysctl(self, key: str) -> Step:
         """What a running daemon of this namespace recorded for ``key`` before it changed it
         (its ``value`` and ``routed_bridges``), or nothing: then the caller's is the original."""
@@ -557,18 +539,32 @@ def _not_shared(step: Step, peers: list[Journal]) -> Step | None:
     kind = step["kind"]
     if kind == "chnroute":
         return _chnroute_not_shared(step, peers)
-    theirs = [s for peer in peers for s in peer.steps if s.get("kind") == kind]
+    theirs = [s for peer in peers for s in peer.steps
+              if s.get("kind") == kind or (kind == "routes" and s.get("kind") == "chnroute")]
     if not theirs:
         return step
     if kind == "sysctl" and any(s.get("key") == step["key"] for s in theirs):
         log.info("sysctl left for another running daemon key=%s", step["key"])
         return None
     if kind == "routes":
-        shared = {d for s in theirs if s.get("table") == step["table"] and isinstance(s.get("dsts"), list)
-                  for d in s["dsts"] if isinstance(d, str)}
-        dsts = [d for d in step["dsts"] if d not in shared]
-        return {**step, "dsts": dsts} if dsts else None
+        return _routes_not_shared(step, theirs)
     return step
+
+
+def _routes_not_shared(step: Step, theirs: list[Step]) -> Step | None:
+    """A routes step less the destinations a running peer's routes step names in its table;
+    None while a running peer keeps a chnroute there: the routes step lists the host routes
+    that were there already too, and one may be its prefix (our proto on both). Its own
+    removal deletes ours with its chnroute (every route of ours in the table but those a
+    running daemon keeps)."""
+    table = step["table"]
+    if any(s.get("kind") == "chnroute" and s.get("table") == table for s in theirs):
+        log.info("host routes left for the chnroute of another running daemon table=%s", table)
+        return None
+    shared = {d for s in theirs if s.get("kind") == "routes" and s.get("table") == table
+              and isinstance(s.get("dsts"), list) for d in s["dsts"] if isinstance(d, str)}
+    dsts = [d for d in step["dsts"] if d not in shared]
+    return {**step, "dsts": dsts} if dsts else None
 
 
 def _chnroute_not_shared(step: Step, peers: list[Journal]) -> Step | None:

@@ -356,7 +356,8 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     removed_now: list[str] = []
     try:
         if added:
-            owned |= set(_add_host_routes(journal, added, up, table, netns, added_now))
+            journal.record("routes", dsts=list(added), table=table)
+            owned |= set(routes.add_host_routes(added, up.gateway, up.oif, table, netns, done=added_now))
         ours = [d for d in removed if d in applied.host_added]
         if ours:
             routes.remove_host_routes(ours, table, netns, done=removed_now)
@@ -366,22 +367,6 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         routes.ExpectedRoute(d, up.gateway, up.dev, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))
-
-
-def _add_host_routes(journal: Journal, dsts: tuple[str, ...], up: routes.Uplink, table: int,
-                     netns: str | None, added: list[str] | None = None) -> list[str]:
-    """Journal, then add, host routes to ``dsts`` via ``up``; the journal's step keeps just
-    those added (one that was there, another daemon's chnroute prefix with our proto, is
-    not this run's to delete). Returns them; ``added`` is filled as they are added."""
-    recorded = {"dsts": list(dsts), "table": table}
-    journal.record("routes", **recorded)
-    done = [] if added is None else added
-    try:
-        routes.add_host_routes(dsts, up.gateway, up.oif, table, netns, done=done)
-    finally:
-        if done != [str(n) for n in routes.host_networks(dsts)]:
-            journal.narrow("routes", recorded, dsts=list(done))
-    return done
 
 
 def _undo_host_routes(added: list[str], removed: list[str], up: routes.Uplink, table: int,
@@ -596,7 +581,8 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
                 ctx.chnroute = UplinkPrefixes(tuple(added), op.table)
         case AddHostRoutes():
             up = _uplink(ctx)
-            ctx.host_added = frozenset(_add_host_routes(journal, op.dsts, up, op.table, ns))
+            journal.record("routes", dsts=list(op.dsts), table=op.table)
+            ctx.host_added = frozenset(routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns))
             ctx.expected.extend(routes.ExpectedRoute(str(net), up.gateway, up.dev, op.table)
                                 for net in routes.host_networks(op.dsts))
             ctx.host_dsts, ctx.route_table = op.dsts, op.table

@@ -902,29 +902,37 @@ def test_journal_second_daemon_inherits_the_bridges_seen_before_the_first(tmp_pa
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
 
 
+def server_and_client_in_table_253(ns: str, tmp_path: Path, client_peers: tuple[str, ...],
+                                   ) -> tuple[dict[str, jr.Journal], dict[str, int]]:
+    """Daemon a (alpaca0, a server) with :func:`chn_file`'s chnroute and daemon b (alpaca1, a
+    client of those peer addresses), both in table 253 of ``ns``, applied in that order and
+    running (their locks held): (journals, locks) by name."""
+    add_tun(ns, "alpaca0")
+    add_tun(ns, "alpaca1")
+    inputs = {
+        "a": HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408,
+                           chnroute=ChnrouteInput(str(chn_file(tmp_path)))),
+        "b": HostPlanInput(Mode.CLIENT, "alpaca1", "10.18.0.0/16", "10.18.16.1", 1408,
+                           gateway_ip="10.18.1.1", peer_addresses=client_peers),
+    }
+    journals, locks = {}, {}
+    for name, inp in inputs.items():
+        journals[name] = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
+        locks[name] = instance.hold(jr.lock_of(journals[name].path), "test")
+        apply(plan(inp), journals[name], ns)
+    return journals, locks
+
+
 @pytest.mark.netns
 def test_journal_undoing_a_chnroute_leaves_the_routes_of_another_daemon_in_its_table(
         tmp_path: Path) -> None:
     """Daemon a (alpaca0, a server) loads chnroute into table 253, where daemon b (alpaca1, a
     client) keeps its default route and its host routes. a stops: b's routes stay (they went
     with a's chnroute, every route of ours in the table); b stops: the host is as before."""
-    data = chn_file(tmp_path)
     with netns() as ns:
         client_ns(ns, tun=False)
         before = snapshot(ns)
-        add_tun(ns, "alpaca0")
-        add_tun(ns, "alpaca1")
-        inputs = {
-            "a": HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408,
-                               chnroute=ChnrouteInput(str(data))),
-            "b": HostPlanInput(Mode.CLIENT, "alpaca1", "10.18.0.0/16", "10.18.16.1", 1408,
-                               gateway_ip="10.18.1.1", peer_addresses=("203.0.113.7",)),
-        }
-        journals, locks = {}, {}
-        for name, inp in inputs.items():
-            journals[name] = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
-            locks[name] = instance.hold(jr.lock_of(journals[name].path), "test")
-            apply(plan(inp), journals[name], ns)
+        journals, locks = server_and_client_in_table_253(ns, tmp_path, ("203.0.113.7",))
         try:
             assert journals["a"].undo_all() == []
             os.close(locks.pop("a"))
@@ -945,32 +953,19 @@ def test_journal_undoing_a_chnroute_leaves_the_routes_of_another_daemon_in_its_t
 def test_journal_a_clients_host_route_to_another_daemons_chnroute_prefix_is_not_deleted_at_its_stop(
         tmp_path: Path) -> None:
     """Server a loads chnroute into table 253; client b, in the same table, routes one of its
-    prefixes as a local route (the route was there: EEXIST). b's journal listed it all the
-    same, and b's stop deleted a's route (our proto on both): a never put it back."""
-    data = chn_file(tmp_path)
+    prefixes as a local route (the route was there: EEXIST). b's journal lists it all the
+    same, and b's stop deleted a's route (our proto on both): a never put it back. b's host
+    routes are left to a's removal of its chnroute (the routes of ours in the table)."""
     with netns() as ns:
         client_ns(ns, tun=False)
-        add_tun(ns, "alpaca0")
-        add_tun(ns, "alpaca1")
-        inputs = {
-            "a": HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1408,
-                               chnroute=ChnrouteInput(str(data))),
-            "b": HostPlanInput(Mode.CLIENT, "alpaca1", "10.18.0.0/16", "10.18.16.1", 1408,
-                               gateway_ip="10.18.1.1", peer_addresses=("203.0.113.7", "1.0.1.0/24")),
-        }
-        journals, locks = {}, {}
-        for name, inp in inputs.items():
-            journals[name] = jr.Journal(tmp_path / f"{name}.sock.journal", ns)
-            locks[name] = instance.hold(jr.lock_of(journals[name].path), "test")
-            apply(plan(inp), journals[name], ns)
+        journals, locks = server_and_client_in_table_253(ns, tmp_path, ("203.0.113.7", "1.0.1.0/24"))
         try:
-            [step] = [s for s in jr.Journal.load(journals["b"].path).steps if s["kind"] == "routes"]
-            assert step["dsts"] == ["203.0.113.7/32"]
             assert journals["b"].undo_all() == []
+            os.close(locks.pop("b"))
             table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
             assert "1.0.1.0/24 via 192.0.2.254 dev up0 proto 97" in table, table
-            assert "203.0.113.7" not in table, table
             assert journals["a"].undo_all() == []
+            assert "proto 97" not in nsexec(ns, "ip", "route", "show", "table", "253").stdout
         finally:
             for fd in locks.values():
                 os.close(fd)

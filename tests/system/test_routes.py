@@ -94,15 +94,22 @@ def test_routes_an_uplink_whose_gateway_is_on_the_link_by_a_route_works() -> Non
         assert not routes.uplink_works(routes.Uplink("198.51.100.1", index, "up0", 700, onlink=True), ns)
 
 
+def two_uplinks(ns: str) -> tuple[int, int]:
+    """:func:`client_ns` without TUN plus the backup uplink with no default: the indexes of
+    up0 and up2."""
+    client_ns(ns, tun=False)
+    add_backup_uplink(ns, default=False)
+    up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
+    assert up0 is not None and up2 is not None
+    return up0, up2
+
+
 def test_routes_next_way_fails_over_from_a_dead_uplink_and_back_to_a_better_one_at_once() -> None:
     """plan.next_way: from a dead uplink to the working backup (dead: the daemon waits out its
     hold first); back to the primary once it works again, without a hold (it is better, and
     the backup in use is not dead); nothing while the way in use is the best that works."""
     with netns() as ns:
-        client_ns(ns, tun=False)
-        add_backup_uplink(ns, default=False)
-        up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
-        assert up0 is not None and up2 is not None
+        up0, up2 = two_uplinks(ns)
         primary = routes.Uplink("192.0.2.253", up0, "up0", 200)
         backup = routes.Uplink("198.51.100.254", up2, "up2", 600)
         default = routes.ExpectedRoute(plan.DEFAULT_DST, "10.17.1.1", "alpaca0")
@@ -304,10 +311,7 @@ def test_routes_following_the_uplink_leaves_a_route_another_program_took_over() 
     another program had replaced since (``ip route replace``) became ours again, and the
     undo at exit deleted it. It is left to that program, and no longer counted as ours."""
     with netns() as ns:
-        client_ns(ns, tun=False)
-        add_backup_uplink(ns, default=False)
-        up0, up2 = link.link_index("up0", ns), link.link_index("up2", ns)
-        assert up0 is not None and up2 is not None
+        up0, up2 = two_uplinks(ns)
         primary = routes.Uplink("192.0.2.254", up0, "up0", 100)
         backup = routes.Uplink("198.51.100.254", up2, "up2", 50)
         host = routes.add_host_routes(["203.0.113.7", "203.0.113.8"], primary.gateway, up0, 253, ns)
