@@ -108,9 +108,10 @@ class Engine:
         self._retired_counters: dict[int, int] = {}
         #: the peers' static addresses: a datagram relayed from one came through a relay of ours
         self._static_addrs: frozenset[Addr] = frozenset()
-        #: address -> the peer whose path there a probe reply confirmed last (checked when
-        #: used; refilled by every reply, cleared when it outgrows the peers' paths)
-        self.peer_at: dict[Addr, int] = {}
+        #: address -> the peers whose paths there a probe reply confirmed (a relay and those
+        #: behind it share its address; checked when used; refilled by every reply, cleared
+        #: when it outgrows the peers' paths)
+        self.peer_at: dict[Addr, set[int]] = {}
         self._apply_peers(settings)
 
     # ----------------------------------------------------------------- configuration
@@ -472,7 +473,7 @@ class Engine:
         spec = self.settings.peers.get(dst)
         if addr in self._static_addrs and (spec is None or addr != spec.addr):
             return False
-        return self.peer_at.get(addr, dst) == dst
+        return not self._another_peer_at(link.port, addr, dst)
 
     def _on_unverified(
         self, flow: Flow, peer: Peer, ptype: int, pi: int, epoch: int, counter: int, plaintext: bytes,
@@ -521,16 +522,23 @@ class Engine:
         own = self.flows.get((src, self.self_id))
         if own is not None and own.verified:
             return True
-        relay_id = self.peer_at.get(addr)
-        relay = self.peers.get(relay_id) if relay_id is not None and relay_id != src else None
-        path = relay.paths.match(port, addr) if relay is not None else None
-        return path is not None and path.confirmed
+        return self._another_peer_at(port, addr, src)
+
+    def _another_peer_at(self, port: int, addr: Addr, peer_id: int) -> bool:
+        """Whether a peer other than ``peer_id`` has a path at ``addr`` on local ``port`` that a
+        probe reply confirmed (checked now: an entry of :attr:`peer_at` may be stale)."""
+        for other in self.peer_at.get(addr, ()):
+            peer = self.peers.get(other) if other != peer_id else None
+            path = peer.paths.match(port, addr) if peer is not None else None
+            if path is not None and path.confirmed:
+                return True
+        return False
 
     def path_confirmed(self, peer_id: int, addr: Addr) -> None:
         """A probe reply confirmed a path of ``peer_id`` at ``addr`` (called by the prober)."""
         if len(self.peer_at) > 4 * len(self.peers) + 64:
             self.peer_at.clear()  # stale entries of paths gone: the next replies refill it
-        self.peer_at[addr] = peer_id
+        self.peer_at.setdefault(addr, set()).add(peer_id)
 
     def from_tunnel_address(self, ip: str) -> bool:
         """Whether ``ip`` (dotted quad, in the tunnel network: the caller tests

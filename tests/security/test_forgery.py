@@ -407,17 +407,21 @@ def test_forgery_a_copy_the_relay_cannot_send_on_does_not_use_up_the_counter(att
     assert dropped["duplicate"] == 0  # the genuine copies were new to the relay
 
 
-def test_forgery_ttl_1_downstream_to_a_client_behind_two_relays_does_not_use_up_the_counter() -> None:
+@pytest.mark.parametrize("f0_to_f1", ["from its static address", "from another port"])
+def test_forgery_ttl_1_downstream_to_a_client_behind_two_relays_does_not_use_up_the_counter(
+        f0_to_f1: str) -> None:
     """S(1.1) -> F1(1.3) -> F0(1.2) -> C(16.1): F1 knows C at F0's address only. An attacker
     who sees S -> F1 injects a copy of each DATA datagram with ttl 1 ahead of it: F1 took C's
     path at F0 for C itself, sent the copy on with ttl 0 (F0 drops it) and marked the counter,
-    so the genuine copy was a duplicate: nothing reached C."""
+    so the genuine copy was a duplicate: nothing reached C. F0's address is a relay's by its
+    static address, or by F0's confirmed path there (C's replies confirm C's path there too)."""
     net = EngineNet(seed=5)
-    f0_ep, f1_ep = ("10.0.0.2", 5000), ("10.0.0.3", 5000)
-    s, f0, f1 = net.add("S", "1.1", [S_EP]), net.add("F0", "1.2", [f0_ep]), net.add("F1", "1.3", [f1_ep])
+    f0_ep, f1_ep, f0_other = ("10.0.0.2", 5000), ("10.0.0.3", 5000), ("10.0.9.2", 5001)
+    f0_eps = [f0_ep] if f0_to_f1 == "from its static address" else [f0_ep, f0_other]
+    s, f0, f1 = net.add("S", "1.1", [S_EP]), net.add("F0", "1.2", f0_eps), net.add("F1", "1.3", [f1_ep])
     c = net.add("C", "16.1", [UP1], static=False)
     net.link(UP1, f0_ep)
-    net.link(f0_ep, f1_ep)
+    net.link(f0_eps[-1], f1_ep)
     net.link(f1_ep, S_EP)
     net.start(s)
     net.start(f1)
