@@ -525,6 +525,16 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
         self.slow.closed()
 
 
+class _MetricsServer(WSGIServer):  # type: ignore[misc]  # gevent ships no types
+    """gevent's server, whose stop also drops a pending report of slow clients."""
+
+    slow_clients: SlowClientLog
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        self.slow_clients.close()
+
+
 def listen_error(host: str, port: int, exc: OSError) -> TunnelError:
     """The error of a metrics listener that cannot bind ``host:port`` (at start, or found
     before it by alpaca.io.preflight), naming the key and the fix."""
@@ -557,7 +567,7 @@ def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586,
                     "lifetime": lifetime, "slow": slow})
     # SERVER_NAME given: otherwise gevent asks reverse DNS for it (socket.getfqdn), which on a
     # host without a reachable resolver blocks start-up for the resolver's 10 s timeout.
-    server = WSGIServer((host, port), _Scrape(registry), log=None, error_log=log,
+    server = _MetricsServer((host, port), _Scrape(registry), log=None, error_log=log,
                         spawn=MAX_CONNECTIONS, handler_class=handler,
                         environ={"SERVER_NAME": host})
     server.slow_clients = slow

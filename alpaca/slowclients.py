@@ -72,6 +72,11 @@ class SlowClientLog:
     def total(self) -> int:
         return self.counter.total
 
+    @property
+    def pending(self) -> bool:
+        """Whether a report waits for its time."""
+        return self._pending is not None
+
     def closed(self) -> None:
         """Count one connection closed now; report, or make sure the report comes when due."""
         now = time.monotonic()

@@ -622,9 +622,11 @@ def test_serve_metrics_trickling_clients_do_not_keep_a_scrape_out(caplog: pytest
         assert server.slow_clients.total == MAX_CONNECTIONS
         reports = [r for r in caplog.records if "no complete request in time" in r.getMessage()]
         assert len(reports) == 1, [r.getMessage() for r in reports]
+        assert server.slow_clients.pending  # the others' report, when it falls due
     finally:
         gevent.killall(slow)
         server.stop()
+    assert not server.slow_clients.pending  # not after the server stopped
 
 
 def _read_to_end(conn: socket.socket) -> bytes:
