@@ -99,7 +99,8 @@ def split_settings(
         self_id=config.id, net=base.net, group=config.group, peers=specs,
         forwarders=tuple(f for f in config.forwarders if f in legacy), gateway=gateway,
         mtu=min(config.mtu, MTU_MAX), ttl=config.ttl, wall_offset=wall_offset,
-        dup_syn_dns=config.dup.policy is not DupPolicy.NONE, dup_delay=config.dup.delay,
+        dup_syn_dns=config.dup.policy is not DupPolicy.NONE and config.dup.copies > 0,
+        dup_delay=config.dup.delay,
         dup_queue_max=config.dup.queue_max,
     )
 

@@ -67,6 +67,19 @@ def test_compat_split_settings_keep_keys_apart(tmp_path: Path) -> None:
     assert legacy.wall_offset == 100.0
 
 
+@pytest.mark.parametrize(("dup", "copies_syn_dns"), [
+    ({}, True), ({"policy": "none"}, False), ({"copies": 0}, False), ({"policy": "all", "copies": 3}, True),
+])
+def test_compat_the_legacy_engine_copies_syn_and_dns_unless_dup_sends_no_copy(
+        tmp_path: Path, dup: dict[str, object], copies_syn_dns: bool) -> None:
+    """``dup.copies: 0`` turned copies off for v2 peers only: 6.1.2 peers still got a delayed
+    copy of every SYN and DNS packet."""
+    config, secrets = load(write(tmp_path, mode="client", id="16.1", gateway="1.1", port=0,
+                                 peer_protocols={"1.1": "legacy-6.1.2"}, dup=dup))
+    _, legacy = compat.split_settings(config, secrets, 0.0)
+    assert legacy is not None and legacy.dup_syn_dns is copies_syn_dns
+
+
 def test_compat_a_key_in_upper_case_gives_the_c_nodes_key(tmp_path: Path) -> None:
     """The C node keys with the first 16 characters as written: from the hex-decoded bytes
     we made lower-case ones, and every ICV failed without a word."""

@@ -171,6 +171,21 @@ def test_legacy_duplicate_and_replay_are_dropped() -> None:
     assert counts["duplicate"] == 1 and counts["too_old"] == 1 and server.stats.replays == 1
 
 
+def test_legacy_reload_applies_the_dup_queue_bound_and_drops_copies_to_a_removed_peer() -> None:
+    """The legacy engine's reload left its copy queue as it was: a new dup.queue_max had no
+    effect until a restart, and copies queued for a removed peer still went to it."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [G_EP])
+    c = net.add("C", "16.1", [L_EP], static=False)
+    net.link(L_EP, G_EP)
+    start_legacy(net, s, {pid("16.1")})
+    client = start_legacy(net, c, {pid("1.1")})
+    net.inject_tun(c, udp_packet("10.17.16.1", "10.17.1.1"))  # DNS: a copy waits 100 ms
+    assert len(client.dup) == 1
+    client.reload(legacy_settings(net, c, set(), dup_queue_max=7))  # 1.1 removed
+    assert client.dup.limit == 7 and len(client.dup) == 0
+
+
 def test_legacy_relay_decrements_ttl_and_drops_at_zero() -> None:
     net, _g, _r, lc, _v, _mux, relay, _client = build_gateway()
     net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))

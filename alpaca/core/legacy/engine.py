@@ -120,6 +120,9 @@ class LegacyEngine:
         for flow in [f for f in self.windows if f[0] in changed or f[1] in changed]:
             del self.windows[flow]
         self._apply(settings)
+        self.dup.limit = settings.dup_queue_max
+        ways = {(p.port, p.addr) for peer in self.peers.values() for p in peer.paths if p is not None}
+        self.dup.cancel(lambda copy: (copy.port, copy.addr) not in ways)  # its peer removed or moved
         self.stats.reloads += 1
 
     def serves(self, peer_id: int) -> bool:
