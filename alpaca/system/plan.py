@@ -265,6 +265,8 @@ class _Context:
     route_table: int = RT_TABLE_DEFAULT
     chnroute: UplinkPrefixes | None = None
     ways: tuple[routes.Uplink, ...] = ()
+    #: the table chnroute was loaded into, None without chnroute
+    chnroute_table: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +544,24 @@ def _uplink(ctx: _Context) -> routes.Uplink:
     return ctx.uplink
 
 
+def _warn_about_lookups(table: int, chn_table: int | None, netns: str | None) -> None:
+    """Warn when no ip rule looks up ``table`` (the tunnel's default route: no traffic enters
+    it), or when the chnroute table ``chn_table`` is looked up after it (the tunnel's default
+    takes the chnroute prefixes' traffic: route_table main beside chnroute.table default)."""
+    first = routes.first_lookup(table, netns)
+    if first is None:
+        log.warning("route_table %d: no ip rule looks this table up, so no traffic enters the "
+                    "tunnel; add one (ip rule add ... lookup %d) or use route_table default", table, table)
+    if chn_table is None or chn_table == table or first is None:
+        return
+    chn_first = routes.first_lookup(chn_table, netns)
+    if chn_first is None or chn_first > first:
+        log.warning("chnroute.table %d is looked up %s route_table %d, whose default route takes "
+                    "the chnroute prefixes' traffic into the tunnel; give chnroute.table the value "
+                    "of route_table", chn_table, "by no ip rule, not before" if chn_first is None
+                    else "after", table)
+
+
 def _gateway_error(op: LoadChnroute, exc: SystemSetupError) -> SystemSetupError:
     """``exc`` of a chnroute load, naming the configured gateway when it is the cause."""
     code = getattr(exc.cause, "errno", None)
@@ -579,6 +599,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
                 raise _gateway_error(op, exc) from exc
             if up is not None:
                 ctx.chnroute = UplinkPrefixes(tuple(added), op.table)
+            ctx.chnroute_table = op.table
         case AddHostRoutes():
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)
@@ -595,10 +616,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             start = ctx.uplink  # a multipath default names no single way: keep its first hop
             if start is not None and all((u.dev, u.gateway) != (start.dev, start.gateway) for u in ctx.ways):
                 ctx.ways = (start, *ctx.ways)
-            if not routes.table_looked_up(op.table, ns):
-                log.warning("route_table %d: no ip rule looks this table up, so no traffic enters "
-                            "the tunnel; add one (ip rule add ... lookup %d) or use route_table "
-                            "default", op.table, op.table)
+            _warn_about_lookups(op.table, ctx.chnroute_table, ns)
             ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)

@@ -410,12 +410,14 @@ def _delete_tunnel_default(ipr: IPRoute, table: int) -> None:
     )
 
 
-def table_looked_up(table: int, netns: str | None = None) -> bool:
-    """Whether an IPv4 ip rule looks ``table`` up (main and default always are, by the
-    kernel's own rules, unless an administrator deleted them)."""
+def first_lookup(table: int, netns: str | None = None) -> int | None:
+    """The priority of the first IPv4 ip rule that looks ``table`` up, None if none does
+    (main and default always are, by the kernel's own rules 32766 and 32767, unless an
+    administrator deleted them)."""
     with iproute(netns) as ipr:
         rules = nl_call("listing ip rules", ipr.get_rules, family=socket.AF_INET) or ()
-        return any((r.get_attr("FRA_TABLE") or r["table"]) == table for r in rules)
+        return min((r.get_attr("FRA_PRIORITY") or 0 for r in rules
+                    if (r.get_attr("FRA_TABLE") or r["table"]) == table), default=None)
 
 
 def link_index_or_fail(ipr: IPRoute, ifname: str) -> int:

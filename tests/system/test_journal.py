@@ -856,6 +856,28 @@ def test_journal_route_table_nobody_looks_up_is_named_in_a_warning(
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize(("route_table", "chn_table", "warned"), [
+    (254, 253, True),    # route_table main, chnroute.table default: main comes first
+    (254, 254, False), (253, 253, False), (253, 254, False),
+])
+def test_journal_a_chnroute_table_looked_up_after_the_tunnels_is_named_in_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, route_table: int, chn_table: int,
+        warned: bool) -> None:
+    """route_table main with chnroute in table default: the tunnel's default route in main
+    took the chnroute prefixes' traffic before table default was looked up, silently."""
+    chnroute = ChnrouteInput(str(chn_file(tmp_path)), table=chn_table)
+    inp = client_input(route_table=route_table, chnroute=chnroute)
+    with netns() as ns:
+        client_ns(ns)
+        journal = jr.Journal(tmp_path / "j", ns)
+        apply(plan(inp), journal, ns)
+        lines = [r.message for r in caplog.records if r.message.startswith("chnroute.table")]
+        assert bool(lines) is warned, lines
+        assert not warned or "chnroute.table 253 is looked up after route_table 254" in lines[0]
+        assert journal.undo_all() == []
+
+
+@pytest.mark.netns
 @pytest.mark.parametrize(("bridge", "restored"), [
     ("after", "1"),           # Docker started while the tunnel ran: its containers need forwarding
     ("before", "0"),          # there before the tunnel: it did without forwarding then
