@@ -238,8 +238,13 @@ class _Parser:
                 " (peer_id peer_key peer_ip peer_ip6 peer_port)",
             )
             return
+        four = len(columns) == _COLUMNS - 1
         columns += ["null"] * (_COLUMNS - len(columns))
         id_text, key_text, ip_text, ip6_text, port_text = columns
+        if four and ip_text.lower() != "null" and is_digits(ip6_text):
+            self.problem(number, f'peer_port is missing: "{_shown(ip6_text)}" is in the peer_ip6 '
+                                 f'column (write null before the port: {_shown(ip_text)} null {ip6_text})')
+            return
         peer_id = self.parse_id(number, id_text)
         key = self.parse_key(number, key_text, _shown(id_text))
         address, hostname = self.parse_ip(number, ip_text)

@@ -199,6 +199,14 @@ def test_secrets_missing_key(tmp_path: Path) -> None:
     assert problems(path) == [f"{path}:2: peer_key of peer 1.1: missing ({HELP})"]
 
 
+def test_secrets_a_port_in_the_peer_ip6_column_is_named_with_the_fix(tmp_path: Path) -> None:
+    """``1.1 <key> 192.0.2.1 10001`` (no peer_ip6 column): "peer_port is missing" although a
+    port was given; it landed in the ignored peer_ip6 column."""
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} 192.0.2.1 10001\n")
+    assert problems(path) == [f'{path}:2: peer_port is missing: "10001" is in the peer_ip6 column'
+                              " (write null before the port: 192.0.2.1 null 10001)"]
+
+
 def test_secrets_every_problem_is_collected(tmp_path: Path) -> None:
     path = write(
         tmp_path,
