@@ -239,7 +239,8 @@ def wait_default_route(timeout: float = 30.0, interval: float = 3.0, netns: str 
             raise SystemSetupError(
                 f"waiting for an IPv4 default route in table main: none after {timeout:g} s",
                 None,
-                "client mode needs an uplink; check `ip route show default`",
+                "client mode, and chnroute via the uplink (gateway \"default\"), need one; check "
+                "`ip route show default`",
             )
         log.info("waiting for a default route interval=%gs", interval)
         gevent.sleep(interval)
