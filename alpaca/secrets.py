@@ -241,13 +241,13 @@ class _Parser:
         four = len(columns) == _COLUMNS - 1
         columns += ["null"] * (_COLUMNS - len(columns))
         id_text, key_text, ip_text, ip6_text, port_text = columns
-        if four and ip_text.lower() != "null" and is_digits(ip6_text):
-            self.problem(number, f'peer_port is missing: "{_shown(ip6_text)}" is in the peer_ip6 '
-                                 f'column (write null before the port: {_shown(ip_text)} null {ip6_text})')
-            return
         peer_id = self.parse_id(number, id_text)
         key = self.parse_key(number, key_text, _shown(id_text))
         address, hostname = self.parse_ip(number, ip_text)
+        if four and (address or hostname) and _port_like(ip6_text):
+            self.problem(number, f'peer_port is missing: {ip6_text} is in the peer_ip6 column (write'
+                                 f" null before the port: {address or hostname} null {ip6_text})")
+            return
         self.check_ip6(number, ip6_text)
         port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
         if peer_id is None or key is None or port is None:
@@ -365,3 +365,8 @@ class _Parser:
             self.problem(number, f'peer_port: "{shown}" is not a port (expected {low}-65535)')
             return None
         return port
+
+
+def _port_like(text: str) -> bool:
+    """Whether ``text`` reads as a UDP port, 1-65535 (at most 5 digits)."""
+    return is_digits(text) and len(text) <= 5 and 1 <= int(text) <= 65535

@@ -202,9 +202,16 @@ def test_secrets_missing_key(tmp_path: Path) -> None:
 def test_secrets_a_port_in_the_peer_ip6_column_is_named_with_the_fix(tmp_path: Path) -> None:
     """``1.1 <key> 192.0.2.1 10001`` (no peer_ip6 column): "peer_port is missing" although a
     port was given; it landed in the ignored peer_ip6 column."""
-    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} 192.0.2.1 10001\n")
-    assert problems(path) == [f'{path}:2: peer_port is missing: "10001" is in the peer_ip6 column'
-                              " (write null before the port: 192.0.2.1 null 10001)"]
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} 192.0.2.1 10001\n1.x {KEY16} 192.0.2.2 10002\n"
+                           f"1.3 {KEY16[:8]} {KEY16[8:]} 10003\n")
+    found = problems(path)
+    assert found[0] == (f"{path}:2: peer_port is missing: 10001 is in the peer_ip6 column"
+                        " (write null before the port: 192.0.2.1 null 10001)")
+    assert any('"1.x" is not a peer id' in p for p in found)  # the line's other problems too
+    assert any("10002 is in the peer_ip6 column" in p for p in found)
+    split_key = [p for p in found if p.startswith(f"{path}:4:")]
+    assert split_key and not any("peer_ip6 column" in p for p in split_key)  # a key cut in two
+    assert KEY16[8:] not in "\n".join(found)
 
 
 def test_secrets_every_problem_is_collected(tmp_path: Path) -> None:
