@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus docker-compose
+APT_PKGS := python3 python3-venv iproute2 nftables iptables iperf3 iputils-ping tcpdump procps prometheus docker-compose
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv test test-fast lint demo bench soak fuzz clean install install-files
@@ -24,18 +24,19 @@ all: test
 	    case "$$missing " in *" prometheus "*) deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true;; esac; \
 	    [ $$rc = 0 ] || exit $$rc; \
 	  fi; \
+	  touch $@; \
 	else echo "not root or no apt-get: skipping system packages ($(APT_PKGS))"; fi
-	@touch $@
 
 deps: .deps.stamp
 
-$(BIN)/activate: setup.cfg pyproject.toml
+# The stamp is written once pip is done: an install cut short is run again next time.
+$(VENV)/.installed: setup.cfg pyproject.toml | deps
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-venv: $(BIN)/activate
+venv: $(VENV)/.installed
 
 # The whole suite but the long runs (soak, marked slow: `make soak`); as root this includes
 # every namespace test.
