@@ -59,12 +59,19 @@ def read(key: str, netns: str | None = None) -> str:
 
 
 def write(key: str, value: str, netns: str | None = None) -> None:
-    """Set ``key`` to ``value`` (idempotent)."""
+    """Set ``key`` to ``value`` (idempotent). One that holds the value already is not written:
+    a container's /proc/sys is read-only, and its runtime set what it needs (compose's
+    ``sysctls``)."""
     path = _proc_path(key)
     if netns is not None:
         check_netns(netns)
         _sysctl(netns, "-q", "-w", f"{key}={value}")
         return
+    try:
+        if path.read_text().strip() == str(value):
+            return
+    except OSError:
+        pass  # the write says what is wrong
     try:
         path.write_text(f"{value}\n")
     except OSError as exc:
