@@ -196,8 +196,12 @@ def render_node(topology: Topology, name: str, keys: Path, directory: Path, *, r
     config = None
     if node.role is not Role.HOST:
         key_map = nodes.ensure_keys(keys, topology)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = _write_flat(topology, node, directory, key_map)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            config = _write_flat(topology, node, directory, key_map)
+        except OSError as exc:
+            raise nodes.LabError(f"writing the files of {name} into {directory}: {exc.strerror or exc}"
+                                 " (give --dir a writable directory)") from exc
     if run:
         argv = nodes.daemon_command(config) if config else ["sleep", "infinity"]
         os.execvp(argv[0], argv)

@@ -20,12 +20,14 @@ starts processes with ``ip netns exec`` and is called by the lab CLI, demo and t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -105,24 +107,38 @@ def parse_keys(text: str) -> dict[str, str]:
 
 
 def ensure_keys(path: Path, topology: Topology) -> dict[str, str]:
-    """Read the lab's key file, creating it first if missing (first writer wins).
+    """Read the lab's key file, creating it first if missing, or adding the keys of nodes it
+    lacks (the topology grew). Under an exclusive lock beside it: the compose lab's containers
+    run this at once on one volume, each as pid 1.
 
-    A key file lacking a node of the topology (the topology grew) gets the missing keys.
+    Raises:
+        LabError: the file or its directory cannot be read or written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(format_keys(new_keys(topology)))
-        tmp.chmod(0o600)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        tmp.unlink()
-    keys = parse_keys(path.read_text())
-    missing = {p: k for p, k in new_keys(topology).items() if p not in keys}
-    if missing:
-        keys.update(missing)
-        path.write_text(format_keys(keys))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            keys = parse_keys(path.read_text()) if path.exists() else {}
+            missing = {p: k for p, k in new_keys(topology).items() if p not in keys}
+            if missing:
+                keys.update(missing)
+                _replace(path, format_keys(keys))
+    except OSError as exc:
+        raise LabError(f"the lab's key file {path}: {exc.strerror or exc}") from exc
     return keys
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) through a temporary file of a unique name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def render_secrets(topology: Topology, node: Node, keys: dict[str, str]) -> str:

@@ -103,3 +103,19 @@ def test_compose_a_node_container_is_set_up_as_the_netns_lab_sets_it_up(tmp_path
         rules = nsexec(ns, "nft", "list", "table", "inet", "alpaca_lab_mgmt").stdout
         assert 'iifname "mgmt" drop' in rules and 'oifname "mgmt" drop' in rules
     assert (tmp_path / "s11" / "config.json").exists()
+
+
+@pytest.mark.parametrize("where", ["keys", "dir"])
+def test_compose_render_node_into_a_path_it_cannot_write_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    """``--keys`` or ``--dir`` under /proc printed a traceback and "this is a bug"."""
+    keys, directory = tmp_path / "keys.txt", tmp_path / "out"
+    if where == "keys":
+        keys = Path("/proc/alpaca-nope/keys.txt")
+    else:
+        directory = Path("/proc/alpaca-nope")
+    done = subprocess.run([sys.executable, "-m", "alpaca", "lab", "render-node", "s11", "--no-container",
+                           "--keys", str(keys), "--dir", str(directory)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "this is a bug" not in done.stderr
+    assert ("the lab's key file" if where == "keys" else "writing the files of s11") in done.stderr

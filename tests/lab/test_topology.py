@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,40 @@ def test_topology_secrets_show_addresses_as_seen_from_the_node(tmp_path: Path) -
 def test_topology_server_config_loads(tmp_path: Path) -> None:
     config = load_config(_write_node(tmp_path, "s11"))
     assert config.mode is Mode.SERVER and config.port == 10001
+
+
+ENSURE_KEYS = """
+import json, os, sys
+from pathlib import Path
+from alpaca.lab import nodes
+from alpaca.lab.topology import load_topology
+os.getpid = lambda: 1  # each compose container runs it as pid 1
+print(json.dumps(nodes.ensure_keys(Path(sys.argv[1]), load_topology())))
+"""
+
+
+def test_topology_keys_written_at_once_by_several_containers_agree(tmp_path: Path) -> None:
+    """The compose lab's containers make the key file at once on one volume, each as pid 1:
+    they shared one temporary name (``.secrets.txt.1``) and truncated or removed each
+    other's file (errors, and nodes with different keys)."""
+    for round_ in range(10):
+        path = tmp_path / f"r{round_}" / "secrets.txt"
+        if round_ % 2:  # the topology grew: the file lacks a node's key
+            nodes.ensure_keys(path, load_topology())
+            path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
+        procs = [subprocess.Popen([sys.executable, "-c", ENSURE_KEYS, str(path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        answers = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err for _, err in answers]
+        assert len({out for out, _ in answers}) == 1
+        assert json.loads(answers[0][0]) == nodes.parse_keys(path.read_text())
+        assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_topology_a_key_file_that_cannot_be_written_is_a_lab_error(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    with pytest.raises(nodes.LabError, match=r"the lab's key file .*keys: Is a directory"):
+        nodes.ensure_keys(tmp_path / "keys", load_topology())
 
 
 def test_topology_keys_are_fresh_and_shared(tmp_path: Path) -> None:
