@@ -92,12 +92,16 @@ def exclusive(state_dir: Path) -> Iterator[None]:
     Raises:
         LabError: another one runs (its pid is named).
     """
+    state_dir = state_dir.resolve()
+    if not state_dir.name:
+        raise LabError(f"--state-dir {state_dir} names no directory of its own; choose another")
     lock = state_dir.with_name(state_dir.name + ".lock")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     except OSError as exc:
-        raise LabError(f"cannot make {lock.parent} for the lab's state: {exc.strerror}; choose"
-                       " another --state-dir") from exc
+        raise LabError(f"cannot make the lab's lock {lock}: {exc.strerror}; choose another"
+                       " --state-dir") from exc
     fd = instance.try_hold(lock)
     if fd is None:
         raise LabError(f"another lab command (pid {instance.holder(lock)}) is changing the lab in"
