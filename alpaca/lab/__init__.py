@@ -256,7 +256,7 @@ class Lab:
                 impair.clear_all(self.topology, self.state_dir)
         removed = netns.remove_named(*self.created_names())
         if recorded:
-            for name in ("lab.json", "secrets.txt", "impair.json"):
+            for name in ("lab.json", "secrets.txt", ".secrets.txt.lock", "impair.json"):
                 (self.state_dir / name).unlink(missing_ok=True)
             for name in ("nodes", "relays", "prometheus"):
                 shutil.rmtree(self.state_dir / name, ignore_errors=True)
