@@ -107,6 +107,17 @@ def test_lab_down_cleans_up_after_sigkill(lab_state: Callable[[], Path]) -> None
     assert not state.exists()
 
 
+def test_lab_down_after_up_leaves_no_state_directory(lab_state: Callable[[], Path]) -> None:
+    """The key file's lock stayed beside it, and with it the state directory."""
+    state = lab_state()
+    for verb in ("up", "down"):
+        argv = [sys.executable, "-m", "alpaca", "lab", verb, *(["--no-daemons"] if verb == "up" else []),
+                "--state-dir", str(state)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert not state.exists(), sorted(p.name for p in state.iterdir())
+
+
 def test_lab_down_leaves_what_another_program_named_alp_alone(lab_state: Callable[[], Path]) -> None:
     """down deleted every alp-* namespace and interface, and killed what ran inside: a
     user's own "alp-home" namespace went with the lab."""
