@@ -36,7 +36,7 @@ from gevent.server import StreamServer
 
 from alpaca.errors import TunnelError
 from alpaca.io import hub_turns
-from alpaca.slowclients import SlowClientLog, SlowClients
+from alpaca.slowclients import SlowClientLog
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ControlServer:
         self._server: StreamServer | None = None
         self._inode: int | None = None
         #: connections closed because their request line came too late
-        self.slow = SlowClientLog(_report_slow)
+        self.slow = SlowClientLog("control connections closed: no request line in time", REQUEST_DEADLINE)
 
     def start(self) -> None:
         """Create the directory and socket and start accepting.
@@ -236,9 +236,3 @@ def _is_answering(path: Path) -> bool:
     finally:
         probe.close()
     return True
-
-
-def _report_slow(count: int, slow: SlowClients) -> None:
-    log.warning("control connections closed: no request line in time count=%d total=%d "
-                "deadline_s=%g (reported at most every %g s)", count, slow.total, REQUEST_DEADLINE,
-                slow.interval)

@@ -46,7 +46,7 @@ from alpaca.core.stats import EngineStats
 from alpaca.errors import TunnelError
 from alpaca.exposition import Family, Row, render_text, single, to_metric
 from alpaca.io import hub_turns
-from alpaca.slowclients import SlowClientLog, SlowClients
+from alpaca.slowclients import SlowClientLog
 from alpaca.snapshot import (
     NO_REPLAYS,
     ReplayCounts,
@@ -86,6 +86,8 @@ DRAIN_BYTES = 1 << 20
 DRAIN_SECONDS = 2.0
 #: environ key set by the handler on a connection's last answer (it outlived the lifetime)
 LAST_ANSWER = "alpaca.last_answer"
+#: What a report of slow clients says was closed, and why.
+SLOW_CLOSED = "metrics connections closed: no complete request in time"
 #: Seconds one read or write may wait for the client (a client that stops reading the answer).
 READ_TIMEOUT = 5.0
 #: Seconds one request and its answer may take at most, however the client trickles its
@@ -422,7 +424,7 @@ class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no typ
     read_timeout = READ_TIMEOUT
     request_deadline = REQUEST_DEADLINE
     lifetime = CONNECTION_LIFETIME
-    slow = SlowClientLog(lambda count, counter: None)  # each server has its own (serve_metrics)
+    slow = SlowClientLog(SLOW_CLOSED, REQUEST_DEADLINE)  # each server has its own (serve_metrics)
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
@@ -556,12 +558,7 @@ def serve_metrics(registry: Exporter, host: str = "127.0.0.1", port: int = 9586,
     for a late first request are counted in ``server.slow_clients`` (a :class:`SlowClientLog`).
     ``port`` 0 picks a free port (``server.server_port``). Stop it with ``server.stop()``.
     """
-    def report(count: int, slow: SlowClients) -> None:
-        log.warning("metrics connections closed: no complete request in time count=%d total=%d "
-                    "deadline_s=%g (reported at most every %g s)", count, slow.total, request_deadline,
-                    slow.interval)
-
-    slow = SlowClientLog(report)
+    slow = SlowClientLog(SLOW_CLOSED, request_deadline)
     handler = type("MetricsHandler", (_BoundedHandler,),
                    {"read_timeout": read_timeout, "request_deadline": request_deadline,
                     "lifetime": lifetime, "slow": slow})

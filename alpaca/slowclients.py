@@ -5,16 +5,18 @@ request; one that misses it is closed. A flood of such clients (a slowloris) mus
 log line per connection, so :class:`SlowClients` counts them and says when a report is due:
 at most once per :data:`REPORT_INTERVAL` seconds, with the count since the previous report.
 It is sans-IO (the caller passes the time); :class:`SlowClientLog` is the gevent side both
-servers use: it writes the report, also for closes that no later close brings to a report.
+servers use: it logs the report, also for closes that no later close brings to a report.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import gevent
+
+log = logging.getLogger(__name__)
 
 #: Seconds between two reports of slow clients, at least.
 REPORT_INTERVAL = 300.0
@@ -59,13 +61,14 @@ class SlowClients:
 
 
 class SlowClientLog:
-    """Counts slow clients (:class:`SlowClients`) and reports them through ``report(count,
-    counter)``: at once when a report is due, else when it falls due (a timer greenlet, at most
-    one at a time), so a burst that ends is reported in full however long no client comes."""
+    """Counts slow clients (:class:`SlowClients`) and logs them, one warning ``closed`` (what
+    was closed and why), the count, the total and ``deadline`` (seconds): at once when a report
+    is due, else when it falls due (a timer greenlet, at most one at a time), so a burst that
+    ends is reported in full however long no client comes."""
 
-    def __init__(self, report: Callable[[int, SlowClients], None], interval: float = REPORT_INTERVAL) -> None:
+    def __init__(self, closed: str, deadline: float, interval: float = REPORT_INTERVAL) -> None:
         self.counter = SlowClients(interval)
-        self._report = report
+        self.what, self.deadline = closed, deadline
         self._pending: Any = None
 
     @property
@@ -82,7 +85,7 @@ class SlowClientLog:
         now = time.monotonic()
         count = self.counter.closed(now)
         if count:
-            self._report(count, self.counter)
+            self._report(count)
         elif self._pending is None:
             self._pending = gevent.spawn_later(self.counter.next_report - now, self._report_due)
 
@@ -90,7 +93,11 @@ class SlowClientLog:
         self._pending = None
         count = self.counter.due(time.monotonic())
         if count:
-            self._report(count, self.counter)
+            self._report(count)
+
+    def _report(self, count: int) -> None:
+        log.warning("%s count=%d total=%d deadline_s=%g (reported at most every %g s)", self.what,
+                    count, self.counter.total, self.deadline, self.counter.interval)
 
     def close(self) -> None:
         """Drop the pending report (the server stops)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import gevent
+import pytest
 
 from alpaca.slowclients import REPORT_INTERVAL, SlowClientLog, SlowClients
 
@@ -28,26 +31,32 @@ def test_slow_clients_the_next_report_has_every_close_since_the_last() -> None:
     assert slow.closed(REPORT_INTERVAL) == 8
 
 
-def test_slow_client_log_reports_a_burst_in_full_when_no_client_comes_after_it() -> None:
+def _reports(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
+    found = [re.search(r"count=(\d+) total=(\d+)", r.getMessage()) for r in caplog.records
+             if r.getMessage().startswith("test closed: ")]
+    return [(int(m[1]), int(m[2])) for m in found if m]
+
+
+def test_slow_client_log_reports_a_burst_in_full_when_no_client_comes_after_it(
+        caplog: pytest.LogCaptureFixture) -> None:
     """The closes after the first report waited for the next close past the interval: a burst
     of 50 that then stopped was logged as count=1 (49 never)."""
-    reports: list[tuple[int, int]] = []
-    log = SlowClientLog(lambda count, counter: reports.append((count, counter.total)), interval=0.2)
+    log = SlowClientLog("test closed: too late", 2.0, interval=0.2)
     for _ in range(50):
         log.closed()
-    assert reports == [(1, 1)]
+    assert _reports(caplog) == [(1, 1)]
     gevent.sleep(0.3)
-    assert reports == [(1, 1), (49, 50)]
+    assert _reports(caplog) == [(1, 1), (49, 50)]
     gevent.sleep(0.25)
     log.closed()  # an interval after the last report: at once
-    assert reports == [(1, 1), (49, 50), (1, 51)]
+    assert _reports(caplog) == [(1, 1), (49, 50), (1, 51)]
+    assert "deadline_s=2 " in caplog.records[-1].getMessage()
 
 
-def test_slow_client_log_close_drops_the_pending_report() -> None:
-    reports: list[int] = []
-    log = SlowClientLog(lambda count, counter: reports.append(count), interval=0.1)
+def test_slow_client_log_close_drops_the_pending_report(caplog: pytest.LogCaptureFixture) -> None:
+    log = SlowClientLog("test closed: too late", 2.0, interval=0.1)
     log.closed()
     log.closed()
     log.close()
     gevent.sleep(0.2)
-    assert reports == [1]
+    assert _reports(caplog) == [(1, 1)]
