@@ -62,11 +62,19 @@ def write(key: str, value: str, netns: str | None = None) -> None:
     """Set ``key`` to ``value`` (idempotent). One that holds the value already is not written:
     a container's /proc/sys is read-only, and its runtime set what it needs (compose's
     ``sysctls``)."""
-    path = _proc_path(key)
     if netns is not None:
         check_netns(netns)
         _sysctl(netns, "-q", "-w", f"{key}={value}")
         return
+    _write_proc(_proc_path(key), value)
+
+
+def _write_proc(path: Path, value: str) -> None:
+    """Write ``value`` to the /proc/sys file ``path`` unless it holds it already.
+
+    Raises:
+        SystemSetupError: the write failed (with the capability hint on EPERM/EACCES).
+    """
     try:
         if path.read_text().strip() == str(value):
             return
@@ -104,15 +112,11 @@ def forward_side_settings(netns: str | None = None) -> dict[str, str]:
 
 def write_path(key: str, value: str, netns: str | None = None) -> None:
     """Set the setting at ``key``, a path under /proc/sys/net/ipv4/conf (a device name may hold
-    dots, so this one is not written with dots)."""
+    dots, so this one is not written with dots); as :func:`write`, not when it holds ``value``."""
     if not key.startswith(f"{_CONF}/") or ".." in key.split("/"):
         raise ValueError(f"bad setting path {key!r}")
     if netns is not None:
         check_netns(netns)
         _sysctl(netns, "-q", "-w", f"{key}={value}")
         return
-    path = Path("/proc/sys") / key
-    try:
-        path.write_text(f"{value}\n")
-    except OSError as exc:
-        raise SystemSetupError(f"writing {value} to {path}: {exc.strerror}", exc) from exc
+    _write_proc(Path("/proc/sys") / key, value)
