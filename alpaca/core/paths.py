@@ -24,12 +24,29 @@ import math
 from array import array
 from enum import Enum
 
-from alpaca.core.constants import PATH_SLOTS
+from alpaca.core.constants import MAX_LOCAL_PORTS, PATH_SLOTS
 from alpaca.core.ids import format_peer_id
 from alpaca.core.ippkt import ip_to_int
 from alpaca.core.settings import Addr
 
 NEVER = -math.inf
+
+#: Direct path indexes (0-3: the sender's port) and the forwarders' (4-15).
+DIRECT_SLOTS = 4
+#: DATA receive counts a peer keeps (:func:`rx_slot`).
+RX_SLOTS = DIRECT_SLOTS * MAX_LOCAL_PORTS + PATH_SLOTS - DIRECT_SLOTS
+
+
+def rx_slot(pi: int, port: int) -> int:
+    """Where DATA received with path index ``pi`` on local port ``port`` is counted.
+
+    A direct index names only the sender's port: the sender's static path from its port i
+    and its answer on the slot i it learned from us carry the same index, to different local
+    ports of ours, so a direct index is counted per local port. A forwarder's index reaches us
+    through forwarders, on whichever port they use, so it is counted alone."""
+    if pi < DIRECT_SLOTS:
+        return pi * MAX_LOCAL_PORTS + port
+    return DIRECT_SLOTS * MAX_LOCAL_PORTS + pi - DIRECT_SLOTS
 
 #: RTT samples a path keeps between two scrapes (32 floats, about 1 KiB a path: a server with
 #: 10,000 clients nobody scrapes keeps about 10-20 MiB of them, not 80).
@@ -196,9 +213,9 @@ def port_label(ports: tuple[str, ...], port: int) -> str:
 
 
 class PeerPaths:
-    """All paths to one peer, plus the per-path-index receive counts probes report."""
+    """All paths to one peer, plus the DATA receive counts probes report (:func:`rx_slot`)."""
 
-    __slots__ = ("by_endpoint", "candidates", "generation", "learned", "peer", "ports", "rx_data_by_pi",
+    __slots__ = ("by_endpoint", "candidates", "generation", "learned", "peer", "ports", "rx_data",
                  "static", "via")
 
     def __init__(
@@ -220,7 +237,8 @@ class PeerPaths:
         #: for a probe's answer before the path moves there (never used for sending)
         self.candidates: dict[tuple[int, int], Path] = {}
         self.via: dict[int, Path] = {}
-        self.rx_data_by_pi = [0] * PATH_SLOTS
+        #: DATA received from the peer, per rx_slot(path index, local port)
+        self.rx_data = [0] * RX_SLOTS
 
     def all(self) -> list[Path]:
         """Every path, VIA paths included."""
@@ -243,7 +261,7 @@ class PeerPaths:
                 self.learned[key] = path
                 self.by_endpoint[endpoint] = path
         self.via = dict(old.via)
-        self.rx_data_by_pi = list(old.rx_data_by_pi)
+        self.rx_data = list(old.rx_data)
         before = {path.name: path for path in old.static}
         for path in self.static:
             if path.name in before:

@@ -30,7 +30,7 @@ from alpaca.core.constants import PacketType
 from alpaca.core.drops import DropReason
 from alpaca.core.header import with_hop_fields
 from alpaca.core.ids import format_peer_id
-from alpaca.core.paths import Path
+from alpaca.core.paths import Path, rx_slot
 from alpaca.core.settings import Addr
 
 if TYPE_CHECKING:
@@ -145,13 +145,13 @@ class Prober:
             del self.outstanding[pid]
 
     def answer(self, peer: Peer, pi: int, epoch: int, payload: bytes, link: Path) -> None:
-        """Reply to a PROBE on the link it came in on, echoing the prober's epoch, with our
-        DATA count for its path index."""
+        """Reply to a PROBE on the link it came in on (``link.port`` is where it arrived),
+        echoing the prober's epoch, with our DATA count for its path index (:func:`rx_slot`)."""
         if len(payload) != PROBE.size:
             self.engine.stats.drop(DropReason.MALFORMED)
             return
         (probe_id,) = PROBE.unpack(payload)
-        reply = REPLY.pack(probe_id, epoch, peer.paths.rx_data_by_pi[pi])
+        reply = REPLY.pack(probe_id, epoch, peer.paths.rx_data[rx_slot(pi, link.port)])
         datagram = self.engine.seal(peer, PacketType.PROBE_REPLY, 0, reply)
         if self.engine._send(link, with_hop_fields(datagram, self.engine.settings.ttl, pi)):
             self.engine.stats.probes_answered += 1

@@ -64,7 +64,7 @@ def fingerprint(engine: Engine) -> tuple[object, ...]:
     for peer_id, peer in sorted(engine.peers.items()):
         rows = sorted((_path_row(p) for p in peer.paths.all()), key=repr)
         peers.append((peer_id, peer.rx_packets, peer.rx_bytes, peer.last_active_at, peer.next_counter,
-                      tuple(peer.paths.rx_data_by_pi), tuple(rows)))
+                      tuple(peer.paths.rx_data), tuple(rows)))
     flows = sorted((k, f.epoch, f.window.top, f.window.accepted, f.window.late, f.window.lost,
                     f.window.duplicate, f.window.too_old) for k, f in engine.flows.items())
     stats = {name: getattr(engine.stats, name) for name in type(engine.stats).__slots__ if name != "drops"}
