@@ -5,7 +5,8 @@ Theory of operation: when the engine sends a packet that the policy selects, it 
 differ from the first copy's when one exists. The copies wait in one heap ordered by due time;
 the shell arms a single timer to :meth:`DupSendScheduler.next_deadline` and calls
 :meth:`pop_due` when it fires. There is never a greenlet or timer per packet. The heap is
-bounded: when it is full a new copy is refused and counted (``dropped``).
+bounded: when it is full a new copy is refused (the engine counts it). A copy whose path has
+gone down by its due time while its peer has a live path stays home (Engine.on_timer).
 
 A copy is byte-identical to the original except for the hop bytes (TTL, path index), so the
 receiver's replay window recognises it and keeps whichever copy arrives first.
@@ -43,7 +44,6 @@ class DupSendScheduler:
         self.limit = limit
         self._seq = itertools.count()
         self.scheduled = 0
-        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -52,9 +52,8 @@ class DupSendScheduler:
         self, due_at: float, port: int, addr: tuple[str, int], data: bytes, path: Any = None,
         acct: Any = None,
     ) -> bool:
-        """Queue a copy; False (and counted) if the heap is at its bound."""
+        """Queue a copy; False if the heap is at its bound."""
         if len(self._heap) >= self.limit:
-            self.dropped += 1
             return False
         heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path, acct))
         self.scheduled += 1

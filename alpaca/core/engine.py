@@ -49,7 +49,7 @@ from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.ids import RESERVED_IDS, format_peer_id
 from alpaca.core.output import Output, RouteResolver
 from alpaca.core.padding import pad, unpad
-from alpaca.core.paths import Generation, Path, PathKind
+from alpaca.core.paths import Generation, Path, PathKind, rx_slot
 from alpaca.core.peers import NO_CHALLENGES, Flow, Peer
 from alpaca.core.probing import CHALLENGE_INTERVAL, Prober
 from alpaca.core.relayflows import RelayFlows
@@ -339,22 +339,25 @@ class Engine:
 
         Without spare links the copies take turns over the links the first copies used, so
         that with two paths each carries half of the copies (not the second one all of them).
-        A copy through a forwarder is not counted in the VIA path's ``data_sent``: every
-        forwarder had the original (a2), and its window drops the copy unless the original
-        was lost before reaching it, so counting it would show every copy as lost.
+        A copy through a relay (a forwarder: the VIA path, or dst's path at a forwarder's
+        address downstream) is not counted in ``data_sent``: the relay had the original, and
+        its window drops the copy unless the original was lost before reaching it, so
+        counting it would show every copy as lost. A full queue refuses the packet's
+        remaining copies, each counted.
         """
         pool = spare or used
         turn = self._copy_turn
         self._copy_turn = turn + copies
+        dst = HEADER.unpack_from(datagram)[5]
         for i in range(1, copies + 1):
             link, stamp, acct = pool[(turn + i) % len(pool)]
             assert link.addr is not None
-            if acct is not None and acct.via is not None:
-                acct = None  # the forwarder drops it if the original got there: not counted sent
+            if acct is not None and (acct.via is not None or not self._reaches_itself(link, dst)):
+                acct = None
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
             if not self.dup.schedule(due, link.port, link.addr, data, link, acct):
-                self.stats.drop(DropReason.DUP_QUEUE_FULL)
+                self.stats.drops[DropReason.DUP_QUEUE_FULL] += copies - i + 1
                 return
 
     # ----------------------------------------------------------------- outside: UDP -> TUN
@@ -616,7 +619,7 @@ class Engine:
             path.rx_bytes += n
             path.rx_duplicates += 1
         if is_data:
-            peer.paths.rx_data_by_pi[pi] += 1
+            peer.paths.rx_data[rx_slot(pi, port)] += 1
 
     def _deliver(
         self, peer: Peer, ptype: int, flags: int, pi: int, epoch: int, counter: int, plaintext: bytes,
@@ -624,7 +627,7 @@ class Engine:
     ) -> None:
         """b1: the packet is for us."""
         if ptype == PacketType.DATA:
-            peer.paths.rx_data_by_pi[pi] += 1
+            peer.paths.rx_data[rx_slot(pi, port)] += 1
             self._write_tun(peer, plaintext, flags, now)
         elif ptype == PacketType.PROBE:
             self.prober.answer(peer, pi, epoch, plaintext, self.link_to(peer, pi, port, addr))
@@ -672,6 +675,8 @@ class Engine:
     def on_timer(self, now: float) -> None:
         """Send due delayed copies; probe and evaluate paths when their tick is due."""
         for copy in self.dup.pop_due(now):
+            if self._went_down(copy.path):
+                continue  # the packet's other copies take the live links
             if self._send(copy.path, copy.data):
                 if copy.acct is not None:  # the peer counts it under the path index it carries
                     copy.acct.data_sent += 1
@@ -680,6 +685,14 @@ class Engine:
                 if peer is not None:
                     peer.dup_copies += 1
         self.prober.on_timer(now)
+
+    def _went_down(self, link: Path) -> bool:
+        """Whether a delayed copy's link has gone down since it was chosen while its peer has
+        a live one (what the packet's other copies take): routing would no longer pick it. A
+        link never up yet (start-up: every link is tried) and a peer with no live link keep
+        their copies."""
+        return not link.up and link.changes > 0 and any(
+            p.up for p in self.peers[link.peer].paths.links())
 
     def settle_losses(self, now: float) -> None:
         """Count as lost what no path delivered to us within the path timeout plus the latest

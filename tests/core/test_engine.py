@@ -805,6 +805,47 @@ def test_engine_delayed_copy_queue_is_bounded() -> None:
     assert len(eng(c).dup) == 2 and drops(c, "dup_queue_full") == 3
 
 
+def test_engine_a_full_queue_counts_every_copy_it_refuses() -> None:
+    """Three copies a packet, room for two: the first packet queues two and is refused one,
+    the other four are refused three each (the first refusal used to end the count)."""
+    net, _s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=3, dup_delay=5.0, dup_queue_max=2)
+    for _ in range(5):
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    assert len(eng(c).dup) == 2 and drops(c, "dup_queue_full") == 1 + 4 * 3
+
+
+def test_engine_delayed_copy_skips_a_link_that_went_down_while_another_is_up() -> None:
+    """Copies 2, 4 and 6 s after a packet sent on both links, alternating over them; one link
+    breaks right after it. Its copies due after it went down stay home (routing no longer
+    picks it: the peer has a live link); those on the live link go."""
+    net, s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=3, dup_delay=2.0)
+    p1, p2 = eng(c).peers[s.peer_id].paths.static
+    assert p1.up and p2.up
+    sent: list[tuple[float, int, int]] = []  # (when, path index stamped, counter)
+    out = eng(c).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if data[0] & 0x0F == PacketType.DATA:
+            sent.append((net.now, data[3], HEADER.unpack_from(data)[7]))
+        return original(port, addr, data)
+
+    out.send = send  # type: ignore[method-assign]
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    counter = sent[0][2]
+    net.links[(UP1, S_EP)].up = net.links[(S_EP, UP1)].up = False
+    down_at = None
+    while net.now < sent[0][0] + 7.0:
+        net.run(0.05)
+        if down_at is None and not p1.up:
+            down_at = net.now
+    assert down_at is not None and p2.up
+    ours = [(when, pi) for when, pi, n in sent if n == counter]
+    assert {pi for when, pi in ours if when <= sent[0][0]} == {p1.pi, p2.pi}  # the first copies
+    assert [pi for when, pi in ours if when > down_at] == [p2.pi]  # not [p1.pi, p2.pi] or so
+    assert eng(c).stats.dup_copies_sent == len(ours) - 2
+
+
 def test_engine_reload_applies_a_new_delayed_copy_bound() -> None:
     net, _s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=5.0, dup_queue_max=2)
     eng(c).reload(replace(eng(c).settings, dup_queue_max=4))
@@ -1257,3 +1298,59 @@ def test_engine_a_client_whose_nat_rebinds_is_followed_within_round_trips(lost_p
     assert lost <= 12 + 8 * lost_probes, lost
     [path] = eng(s).peers[c.peer_id].paths.learned.values()
     assert path.addr == nat_b and path.up and not eng(s).peers[c.peer_id].paths.candidates
+
+
+# --------------------------------------------------------------------------- data loss per path
+def test_engine_two_static_ports_each_way_report_each_paths_own_loss() -> None:
+    """Two servers with static addresses and two ports each: A's static path from its port 1
+    and its answer on slot 1 (learned from B's port 1) carry the same path index to different
+    ports of B. B counts them apart, so the lossy one shows its loss and the other none."""
+    net = EngineNet(seed=11)
+    a0, a1, b0, b1 = ("10.0.0.1", 5000), ("10.0.1.1", 5001), ("10.9.0.1", 7000), ("10.9.1.1", 7001)
+    a = net.add("A", "1.1", [a0, a1])
+    b = net.add("B", "1.2", [b0, b1])
+    for x, y in ((a0, b0), (a1, b0), (a1, b1)):
+        net.link(x, y, delay=0.01)
+    net.link(a0, b1, loss=0.3, delay=0.01)
+    net.start(a)
+    net.start(b)
+    net.run(3)
+    ab = ipv4(tunnel_ip(a.peer_id), tunnel_ip(b.peer_id))
+    ba = ipv4(tunnel_ip(b.peer_id), tunnel_ip(a.peer_id))
+    while net.now < 40:
+        net.inject_tun(a, ab)
+        net.inject_tun(b, ba)
+        net.run(0.01)
+    net.run(5)
+    paths = {(p.port, p.addr): p for p in eng(a).peers[b.peer_id].paths.links()}
+    lossy, clean = paths[(0, b1)], paths[(1, b0)]
+    assert lossy.pi == clean.pi == 1
+    assert 0.2 < lossy.data_lost / lossy.data_sent < 0.4  # was 0: B added both into one count
+    assert clean.data_lost / clean.data_sent < 0.02
+
+
+def test_engine_delayed_copies_downstream_through_forwarders_are_not_counted_sent() -> None:
+    """A server's copies to a client behind two forwarders go to the client's paths at the
+    forwarders' addresses; each forwarder relayed the original and drops the copy, so counted
+    as sent they showed as a third of the path's data lost on lossless links."""
+    net = EngineNet(seed=1)
+    s_ep, f2_ep, f3_ep = ("10.0.0.1", 5000), ("10.0.0.2", 5000), ("10.0.0.3", 5000)
+    ca, cb = ("10.1.0.1", 6000), ("10.2.0.1", 6001)
+    s, f2, f3 = net.add("S", "1.1", [s_ep]), net.add("F2", "1.2", [f2_ep]), net.add("F3", "1.3", [f3_ep])
+    c = net.add("C", "16.1", [ca, cb], static=False)
+    for x, y in ((ca, f2_ep), (cb, f3_ep), (f2_ep, s_ep), (f3_ep, s_ep)):
+        net.link(x, y, delay=0.01)
+    for node in (s, f2, f3):
+        net.start(node, dup_policy=DupPolicy.ALL, dup_copies=1)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"), pid("1.3")), gateway=pid("1.1"),
+              dup_policy=DupPolicy.ALL, dup_copies=1)
+    net.run(3)
+    down = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id))
+    for _ in range(1000):
+        net.inject_tun(s, down)
+        net.run(0.01)
+    net.run(5)
+    paths = eng(s).peers[c.peer_id].paths.links()
+    assert len(paths) == 2 and eng(s).stats.dup_copies_sent == 1000
+    assert [(p.data_sent, p.data_lost) for p in paths] == [(1000, 0), (1000, 0)]
+    assert len(c.tun) == 1000
