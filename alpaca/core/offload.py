@@ -132,9 +132,11 @@ def split(frame: bytes) -> tuple[list[bytes], bool] | None:
     return None if segments is None else (segments, True)
 
 
-#: Smallest segment size taken apart (the kernel's TCP never sends less: tcp_min_snd_mss, 48).
-#: Smaller ones come only from a raw socket writing to the device, and would turn one 64 KiB
-#: frame into tens of thousands of packets: refused (a BAD_OFFLOAD drop).
+#: Smallest segment size, TCP options included, taken apart: the kernel's TCP never sends
+#: less (tcp_min_snd_mss, 48, applies before the options are taken off: a peer advertising
+#: MSS 48 gets segments of 36 payload bytes beside 12 of timestamps). Smaller ones come only
+#: from a raw socket writing to the device, and would turn one 64 KiB frame into tens of
+#: thousands of packets: refused (a BAD_OFFLOAD drop).
 MIN_GSO_SIZE = 48
 
 
@@ -146,13 +148,13 @@ def segment_tcp4(packet: bytes, mss: int) -> list[bytes] | None:
     TCP checksum field holds the segment's pseudo-header sum.
     """
     n = len(packet)
-    if n < 40 or packet[0] >> 4 != 4 or packet[9] != _TCP or mss < MIN_GSO_SIZE:
+    if n < 40 or packet[0] >> 4 != 4 or packet[9] != _TCP or mss < 1:
         return None
     ihl = (packet[0] & 0x0F) * 4
     if ihl < 20 or n < ihl + 20:
         return None
     hl = ihl + (packet[ihl + 12] >> 4) * 4
-    if hl < ihl + 20 or n <= hl:
+    if hl < ihl + 20 or n <= hl or mss + hl - ihl - 20 < MIN_GSO_SIZE:
         return None
     template = bytearray(packet[:hl])
     template[2:6] = b"\0\0\0\0"  # total length, id

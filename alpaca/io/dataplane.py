@@ -217,10 +217,15 @@ class Dataplane:
                         engine.on_tun_packet(packet, now, partial)
             finally:
                 self._flush()
+        self._count_bad_frames()
+        self._arm(engine.next_deadline())
+
+    def _count_bad_frames(self) -> None:
+        """Hand the TUN reads that could not be taken apart to the engine's drop counts (after
+        each batch, and on each timer: a wake-up that read only such frames brings no batch)."""
         if self.tun.bad_frames:
             self._count(DropReason.BAD_OFFLOAD, self.tun.bad_frames)
             self.tun.bad_frames = 0
-        self._arm(engine.next_deadline())
 
     def _port_handler(self, index: int) -> Callable[[list[tuple[bytes, Addr]]], None]:
         def on_batch(batch: list[tuple[bytes, Addr]]) -> None:
@@ -254,6 +259,7 @@ class Dataplane:
             engine.on_timer(now)
         finally:
             self._flush()
+        self._count_bad_frames()
         self._arm(engine.next_deadline())
 
     def close(self) -> None:

@@ -237,6 +237,9 @@ def test_segment_tcp4_refuses() -> None:
     assert offload.split(tso_frame(payload_bytes(65000), 1)) is None
     assert offload.segment_tcp4(tcp(b"x" * 1000), offload.MIN_GSO_SIZE - 1) is None
     assert len(offload.segment_tcp4(tcp(b"x" * 1000), offload.MIN_GSO_SIZE) or ()) == 21
+    # options count: a peer advertising MSS 48 gets 36 bytes a segment beside 12 of timestamps
+    assert len(offload.segment_tcp4(tcp(b"x" * 1000, options=TS), 36) or ()) == 28
+    assert offload.segment_tcp4(tcp(b"x" * 1000, options=TS), 35) is None
     assert offload.segment_tcp4(tcp(b""), 1000) is None  # no payload
     assert offload.segment_tcp4(udp(b"x" * 100), 50) is None
     assert offload.segment_tcp4(b"\x60" + bytes(99), 50) is None

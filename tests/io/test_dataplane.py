@@ -111,6 +111,17 @@ def test_dataplane_small_packets_first_bulk_in_order_refusals_counted() -> None:
         wait_for(lambda: s_engine.stats.drop_counts()["tun_write_error"] == 1)
 
 
+def test_dataplane_counts_refused_tun_frames_without_a_packet_after_them() -> None:
+    """A wake-up whose TUN reads were all frames the device could not take apart (its
+    bad_frames) hands no batch: the next timer tick counts them, not some later packet."""
+    with memory_pair() as (_, _s_tun, _, c_tun, c_plane):
+        engine = c_plane.engine
+        assert engine is not None
+        c_tun.bad_frames = 3  # what TunDevice's read does for each refused frame
+        wait_for(lambda: engine.stats.drop_counts()["bad_offload"] == 3)
+        assert c_tun.bad_frames == 0
+
+
 @pytest.mark.parametrize("read_ahead", [0, 1 << 20])
 def test_dataplane_read_ahead_hands_a_small_packet_queued_behind_bulk_first(read_ahead: int) -> None:
     src = tunnel_ip(pid("16.1"))
