@@ -44,7 +44,7 @@ from alpaca import __version__, compat
 from alpaca.config import Config, load_config
 from alpaca.control import ControlServer, json_chunks
 from alpaca.core.engine import Engine
-from alpaca.core.ids import format_peer_id
+from alpaca.core.ids import format_peer_id, printable
 from alpaca.core.stats import EngineStats
 from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
@@ -58,6 +58,7 @@ from alpaca.io.tun import TunDevice
 from alpaca.io.udp import UdpPort
 from alpaca.io.watch import FileWatch
 from alpaca.metrics import build_registry, listen_error, serve_metrics
+from alpaca.paths import file_identity
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.snapshot import snapshot
 from alpaca.system import instance, link, sched
@@ -89,6 +90,8 @@ MOVED_LOG_INTERVAL = 10.0
 #: DHCP client moving the uplink to another network deletes the old address first and adds
 #: the new default a moment later (the peers would go over the backup and back).
 FAIL_OVER_HOLD = 3.0
+#: seconds before a reload whose host routes the kernel refused is run again
+RELOAD_RETRY = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -130,6 +133,10 @@ class Daemon:
         self.stopped = Event()
         #: set by reload() (SIGHUP, the secrets file changed); the reloader greenlet clears it
         self._reload_wanted = Event()
+        #: the pending run of a reload the host's routes refused (RELOAD_RETRY)
+        self._reload_retry: gevent.Greenlet | None = None
+        #: the chnroute data file as the start read it (a reload names a changed one)
+        self._chnroute_file = file_identity(config.chnroute.data) if config.chnroute else None
         #: names of the ports whose interface was missing at the last look
         self._ports_missing: set[str] = set()
         self.exit_code = 0
@@ -495,13 +502,18 @@ class Daemon:
             changed = restart_keys_changed(self.config, loaded)
             for key in changed:  # first: they explain what follows
                 log.warning("config key changed but needs a restart key=%s", CONFIG_KEY.get(key, key))
+            chnroute = self.config.chnroute
+            if chnroute is not None and file_identity(chnroute.data) != self._chnroute_file:
+                log.warning("chnroute data file changed but needs a restart file=%s",
+                            printable(str(chnroute.data), 4096))
             other_node = [key for key in ("mode", "id") if key in changed]
             if other_node:  # the gateway, forwarders and secrets of that file are another node's
                 log.error("reload refused: %s changed, the config describes another node; restart "
                           "to apply it (the running configuration is kept)", " and ".join(other_node))
                 return
             config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
-            secrets = load_secrets(config.secret_file, config.id, self.secrets)
+            with hub_turns() as turn:  # 10,000 peers: 0.2 s of parsing
+                secrets = load_secrets(config.secret_file, config.id, self.secrets, turn)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
@@ -512,7 +524,8 @@ class Daemon:
         if self.engine is None or self.plane is None:
             return
         self._apply_scheduling(config)
-        self._update_host_routes(config, secrets)
+        if not self._update_host_routes(config, secrets):
+            return
         self.engine.reload(settings)
         self.mux = compat.reload_legacy(self.plane, self.engine, self.mux, legacy, config, secrets,
                                         os.urandom)
@@ -521,10 +534,12 @@ class Daemon:
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
 
-    def _update_host_routes(self, config: Config, secrets: Secrets) -> None:
+    def _update_host_routes(self, config: Config, secrets: Secrets) -> bool:
         """Client: route the reloaded peers' addresses and local_routes via the uplink (the new
-        ones first), then point the default route at the reloaded gateway. A netlink failure
-        is logged and what was not done stays as it was."""
+        ones first), then point the default route at the reloaded gateway. Each step is all or
+        nothing; a netlink failure is logged and the reload runs again in RELOAD_RETRY
+        seconds. False if the peers' routes are still the old ones: the engine must keep the
+        old addresses then (a new one would be routed into the tunnel itself)."""
         inp = host_plan_input(config, secrets)
         try:
             applied = update_host_routes(self.applied, host_route_dsts(inp), self.journal)
@@ -534,11 +549,21 @@ class Daemon:
                          ",".join(sorted(new - old)) or "-", ",".join(sorted(old - new)) or "-")
                 self.applied = applied
             self.applied = update_default_route(self.applied, inp.gateway_ip)
-        except AlpacaError as exc:  # each step is all or nothing: say which one stayed old
+        except AlpacaError as exc:
             routes_done = self.applied.host_dsts == host_route_dsts(inp)
             which = ("the default route stays on the old gateway" if routes_done
-                     else "the routes to the peers and local_routes stay as they were")
-            log.warning("reload could not update the host's routes (%s): %s", which, exc)
+                     else "the running configuration is kept")
+            log.warning("reload could not update the host's routes (%s), trying again in %.0f s: %s",
+                        which, RELOAD_RETRY, exc)
+            self._retry_reload()
+            return routes_done
+        return True
+
+    def _retry_reload(self) -> None:
+        """Ask for a reload in RELOAD_RETRY seconds (once: one pending retry at a time)."""
+        if self._reload_retry is None or self._reload_retry.dead:
+            self._reload_retry = gevent.spawn_later(RELOAD_RETRY, self.reload)
+            self.group.add(self._reload_retry)
 
     def _apply_scheduling(self, config: Config) -> None:
         """Put the process under ``config``'s realtime_priority when it differs from the one

@@ -151,11 +151,12 @@ class Engine:
     def forget_paths(self, peer_ids: set[int]) -> None:
         """Forget the paths learned to ``peer_ids`` and the delayed copies queued for them
         (another engine serves them now: a reload turned them legacy), so that nothing is
-        sent or probed there. Their send counters stay (a nonce is never reused)."""
+        sent or probed there. Their send counters stay (a nonce is never reused), and so do
+        their traffic counters and static paths' (exported: they never go backwards)."""
         for peer_id in peer_ids & set(self.peers):
             old = self.peers[peer_id]
             fresh = Peer(peer_id, self.settings.ports, old.addr, self.generation)
-            fresh.next_counter = old.next_counter
+            fresh.take_over(old, paths=False)
             self.peers[peer_id] = fresh
         self._cancel_stale_copies(set(), set())
         self.routes.flush()

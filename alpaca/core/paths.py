@@ -262,6 +262,10 @@ class PeerPaths:
                 self.by_endpoint[endpoint] = path
         self.via = dict(old.via)
         self.rx_data = list(old.rx_data)
+        self.carry_static(old)
+
+    def carry_static(self, old: PeerPaths) -> None:
+        """Carry each static path's counters of ``old`` into the new one of the same name."""
         before = {path.name: path for path in old.static}
         for path in self.static:
             if path.name in before:

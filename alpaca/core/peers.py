@@ -44,16 +44,21 @@ class Peer:
         self.dup_copies = 0
         self.last_active_at = NEVER
 
-    def take_over(self, old: Peer) -> None:
+    def take_over(self, old: Peer, *, paths: bool = True) -> None:
         """Carry what does not depend on the static address from ``old`` (this peer, rebuilt
-        because its address changed): the send counter (a nonce is never reused), the
-        traffic counters, the last activity and the paths (:meth:`PeerPaths.take_over`)."""
+        because its address changed, or to forget its paths): the send counter (a nonce is
+        never reused), the traffic counters, the last activity, and the paths
+        (:meth:`PeerPaths.take_over`) or, without ``paths``, only the static paths' counters
+        (exported counters never go backwards)."""
         self.next_counter = old.next_counter
         self.tx_packets, self.tx_bytes = old.tx_packets, old.tx_bytes
         self.rx_packets, self.rx_bytes = old.rx_packets, old.rx_bytes
         self.dup_copies = old.dup_copies
         self.last_active_at = old.last_active_at
-        self.paths.take_over(old.paths)
+        if paths:
+            self.paths.take_over(old.paths)
+        else:
+            self.paths.carry_static(old.paths)
 
     def set_via_paths(self, forwarders: tuple[int, ...], names: list[str]) -> None:
         """(Re)build the VIA paths to this peer through ``forwarders`` (index order).
