@@ -230,3 +230,21 @@ def test_legacy_a_holder_of_our_key_cannot_add_a_path_to_another_server() -> Non
     node.send_packet(s1, ip_udp(me, s1), 40.0)
     assert out.sent == [s1_ep]
     assert len(out.tun) == len(forgeries)  # all delivered: only what they taught is refused
+
+
+def test_legacy_a_late_datagram_does_not_let_captures_restart_a_live_flow() -> None:
+    """The sender's clock was the timestamp of its *last* datagram that taught a path, not of
+    its newest: one held back a second, then let through (new to the window), set it back a
+    second, and captures of 10 s before were then "on its clock": each restarted the window,
+    was delivered a second time, and took the sender's path."""
+    srv, out = server()
+    for i in range(14):  # 16.1 talks: seqs 0 and 1 every second
+        for seq in (0, 1):
+            srv.on_datagram(datagram(C1, S, float(i), seq), C1_EP, 0, i + 0.1 * seq)
+    srv.on_datagram(datagram(C1, S, 12.0, 2), C1_EP, 0, 13.5)  # held back, then let through
+    assert len(out.tun) == 29 and srv.peers[C1].last_t20 == int(13 + WALL) & 0xFFFFF
+    for i in range(3, 13):  # captures of what was delivered 10 s ago and after, in order
+        for seq in (0, 1):
+            srv.on_datagram(datagram(C1, S, float(i), seq), ATTACKER, 0, 13.6)
+    assert len(out.tun) == 29
+    assert reached(srv, out, C1, 13.7) == [C1_EP]

@@ -21,7 +21,8 @@ Outside (UDP -> TUN or relay), :meth:`LegacyEngine.try_datagram`, in this order:
   4. only now learn the UDP source under (src, pi) (6.1.2 learned *before* the replay check);
      an authentic duplicate may fill an empty or stale slot, never overwrite a fresh one; a
      datagram stamped 10 s or more behind the sender's newest timestamp (a resync, or an old
-     capture new to a restarted window) learns nothing and leaves the peer's clock;
+     capture new to a restarted window) learns nothing and leaves the peer's clock; the
+     clock (the newest timestamp) only moves forward, except to follow a clock that stepped;
   5. dst == self: decrypt, undo si/di, deliver; otherwise TTL - 1 and dispatch as a relay.
 
 Dispatch (``server_send``): upstream (``dst < src``) with forwarders: once to each forwarder's
@@ -323,9 +324,10 @@ class LegacyEngine:
             if peer.last_t20 is not None:  # its clock is known: a capture is as old as it is
                 window.start_at(peer.last_t20, peer.last_seen_at)
         telling = self._tells_where(peer, h, now)
-        verdict = window.check(h.t20, h.seq, now, on_its_clock=telling)
+        newest = telling and _is_newest(peer, h)
+        verdict = window.check(h.t20, h.seq, now, on_its_clock=newest)
         if verdict.accepted and not telling and self._clock_stepped(peer, h, now):
-            telling = True
+            telling = newest = True  # its clock moves to the new timeline, back or forth
         if not verdict.accepted:
             self._count_rejected(verdict)
             if verdict is Verdict.DUPLICATE and telling:
@@ -335,7 +337,8 @@ class LegacyEngine:
             self.stats.resyncs += 1
         elif telling:
             peer.learn(h.pi, port, addr, h.t20, first_copy=True)
-            peer.last_t20 = h.t20
+            if newest:  # a late one never sets the clock back
+                peer.last_t20 = h.t20
             peer.last_seen_at = now
             peer.new_clock = None
         if h.dst == self.self_id:
@@ -452,6 +455,15 @@ def _forwarder_pi(h: LegacyHeader, i: int, fwd: int, relay: bool) -> int:
     if relay:
         return (h.pi & 0b1100) | min((h.pi & 3) + i, 3)
     return 0 if fwd == h.dst else (i + 1) << 2
+
+
+def _is_newest(peer: LegacyPeer, h: LegacyHeader) -> bool:
+    """Whether ``h`` is stamped at or after its sender's newest known timestamp: only such a
+    datagram may restart a window (``on_its_clock``) or move the clock. One up to 9 s behind
+    it (late, or a capture) still teaches a path when its window takes it as new; were it
+    taken for the clock, captures of 10 s before it would be on that clock, restart a live
+    window, and be delivered again."""
+    return peer.last_t20 is None or t20_delta(h.t20, peer.last_t20) >= 0
 
 
 def _static(peer: LegacyPeer) -> Addr | None:

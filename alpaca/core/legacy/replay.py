@@ -20,8 +20,9 @@ d                     6.1.2 (``policy.c:flow_filter``)            here
                       each one *resets the window* to t           accepted for ``resync_after``
                                                                   seconds (a sender whose
                                                                   clock stepped back), or
-                                                                  it is on the sender's
-                                                                  known clock: restart
+                                                                  it is at or after the
+                                                                  sender's newest known
+                                                                  timestamp: restart
 seq > 16000           never recorded: always accepted             seq >= 16384 dropped
 ====================  ==========================================  ===========================
 
@@ -85,10 +86,12 @@ class LegacyWindow:
     def check(self, t20: int, seq: int, now: float, *, on_its_clock: bool = False) -> Verdict:
         """Check (t20, seq) and, if it is accepted, record it. ``now``: monotonic seconds.
 
-        ``on_its_clock``: t20 is where the sender's clock is known to be (the engine's test).
-        Such a datagram that this window calls a replay or too far ahead restarts it there:
-        the window was moved by a capture replayed on a silent flow, and the sender's own
-        traffic must not be locked out by it.
+        ``on_its_clock``: t20 is at or after the sender's newest known timestamp (the
+        engine's test). Such a datagram that this window calls a replay or too far ahead
+        restarts it there: the window was moved by a capture replayed on a silent flow, and
+        the sender's own traffic must not be locked out by it. The restart forgets both
+        bitmaps, so it must never be granted to a timestamp behind the newest: captures of
+        what was delivered 10 s before that would be new again.
         """
         if seq >= SEQ_BITS:
             return Verdict.BAD_SEQ
