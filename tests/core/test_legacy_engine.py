@@ -216,6 +216,30 @@ def test_legacy_static_source_check() -> None:
     assert server.stats.static_mismatch == 1 and s.tun == []
 
 
+
+def test_legacy_a_copy_the_relay_cannot_send_on_does_not_use_up_the_counter() -> None:
+    """The UDP source is not authenticated. An attacker on the client's link to the gateway
+    sent the gateway's copy to the relay from the gateway's address (and dropped the
+    original): split horizon left the relay no target, but it had marked (t20, seq) seen, and
+    the client's own copy to the relay was then a duplicate: 0 of 10 arrived."""
+    net, g, _r, lc, _v, _mux, relay, _client = build_gateway()
+    real = net.transmit
+
+    def attack(a: tuple[str, int], b: tuple[str, int], d: bytes) -> bool:
+        if (a, b) == (L_EP, G_EP):  # sent before the copy for the relay (forwarder order)
+            relay.on_datagram(d, G_EP, 0, net.now)
+            return True
+        return real(a, b, d)
+
+    net.transmit = attack  # type: ignore[method-assign]
+    for i in range(10):
+        net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80, payload=bytes([i]) * 8))
+        net.run(0.1)
+    assert len(g.tun) == 10
+    counts = relay.stats.drop_counts()
+    assert counts["no_path"] == 10 and counts["duplicate"] == 0 and relay.stats.forwarded_packets == 10
+
+
 # ------------------------------------------------------------------------- the gateway (mux)
 def test_mux_gateway_dedups_legacy_copies_from_both_forwarders() -> None:
     net, g, _r, lc, _v, mux, relay, client = build_gateway()

@@ -17,13 +17,17 @@ Outside (UDP -> TUN or relay), :meth:`LegacyEngine.try_datagram`, in this order:
      default protocol) and nothing is touched;
   2. 6.1.2's static source check (pi 0 from a peer with a static address, upstream: the UDP
      source must be that address), type DATA, ``len`` fits the datagram and the MTU;
-  3. the (src, dst) time/seq window (:mod:`alpaca.core.legacy.replay`);
-  4. only now learn the UDP source under (src, pi) (6.1.2 learned *before* the replay check);
+  3. for another node: TTL 0, or no target left (a dead destination; split horizon, on a UDP
+     source that is not authenticated), is dropped *before* the window, so that such a copy
+     does not use up the (t20, seq) of the genuine one coming on another path (6.1.2 marked
+     it first); the targets found here are the ones the relay sends to;
+  4. the (src, dst) time/seq window (:mod:`alpaca.core.legacy.replay`);
+  5. only now learn the UDP source under (src, pi) (6.1.2 learned *before* the replay check);
      an authentic duplicate may fill an empty or stale slot, never overwrite a fresh one; a
      datagram stamped 10 s or more behind the sender's newest timestamp (a resync, or an old
      capture new to a restarted window) learns nothing and leaves the peer's clock; the
      clock (the newest timestamp) only moves forward, except to follow a clock that stepped;
-  5. dst == self: decrypt, undo si/di, deliver; otherwise TTL - 1 and dispatch as a relay.
+  6. dst == self: decrypt, undo si/di, deliver; otherwise TTL - 1 and send as a relay.
 
 Dispatch (``server_send``): upstream (``dst < src``) with forwarders: once to each forwarder's
 static address, pi = (i + 1) << 2 (0 when the forwarder is dst) at the origin, pi_b += i at a
@@ -65,6 +69,9 @@ SEQ_LIMIT = 16000
 #: Inner bytes a relay decrypts to evaluate the duplicate-send policy (``IP_LEN``).
 DUP_PEEK = 64
 MAX_DATAGRAM = 1500
+
+#: Where a datagram is sent: (path index, local port, address).
+Target = tuple[int, int, Addr]
 
 
 class LegacyEngine:
@@ -178,14 +185,17 @@ class LegacyEngine:
         t20, seq_no = seq
         rewritten, si, di = inner.outbound(packet, ips[0], ips[1], s.net, peer_id, self.self_id)
         rand = int.from_bytes(self.random_bytes(2), "big") & 0xFFF
-        plain = pack(LegacyHeader(src=self.self_id, dst=peer_id, length=len(packet), t20=t20,
-                                  seq=seq_no, rand=rand, ttl=s.ttl, si=si, di=di))
+        h = LegacyHeader(src=self.self_id, dst=peer_id, length=len(packet), t20=t20,
+                         seq=seq_no, rand=rand, ttl=s.ttl, si=si, di=di)
+        plain = pack(h)
         body = codec.seal_body(self._pair(self.self_id, peer_id), plain, rewritten)
         peer = self.peers[peer_id]
         peer.tx_packets += 1
         peer.tx_bytes += len(packet)
-        dup = s.dup_syn_dns and ippkt.is_syn_or_dns(packet)
-        self._dispatch(plain, body, None, ips, now, dup=dup, relay=False)
+        targets = self._targets(h, None, ips, now, relay=False)
+        if targets is not None:
+            dup = s.dup_syn_dns and ippkt.is_syn_or_dns(packet)
+            self._dispatch(h, s.ttl, plain, body, targets, now, dup=dup)
 
     def _check_outbound(self, peer_id: int, packet: bytes, ips: tuple[int, int] | None
                         ) -> DropReason | None:
@@ -212,42 +222,53 @@ class LegacyEngine:
         return self.keys[max(a, b)]
 
     # ----------------------------------------------------------------- dispatch
-    def _dispatch(self, plain: bytes, tail: bytes, came_from: str | None,
-                  ips: tuple[int, int] | None, now: float, *, dup: bool, relay: bool) -> int:
-        """Send by the 6.1.2 rules; ``tail`` is everything after the ICV. Returns copies sent."""
-        h = unpack(plain)
-        dst_peer = self.peers.get(h.dst)
-        if dst_peer is None:
-            self.stats.drop(DropReason.NO_ROUTE)
-            return 0
+    def _targets(self, h: LegacyHeader, came_from: str | None, ips: tuple[int, int] | None,
+                 now: float, *, relay: bool) -> list[Target] | None:
+        """Where ``h`` goes by the 6.1.2 rules (``server_send``); None: nowhere, the drop
+        counted. Changes nothing else, so a relay asks before its replay window (see
+        :meth:`_relay_targets`). ``came_from``: the IP a relayed datagram came from (split
+        horizon); ``ips``: the inner addresses of one we originate (loop check)."""
+        dst_peer = self.peers[h.dst]
         s = self.settings
         if h.dst > h.src and not _has_static(dst_peer) and _silent(dst_peer, now, s.peer_lifetime):
             self.stats.dead_peer += 1
             self.stats.drop(DropReason.NO_PATH)
-            return 0
-        if s.forwarders and h.dst < h.src:
+            return None
+        if self._upstream(h):
             targets = self._forwarder_targets(h, came_from, relay)
         else:
-            targets = self._direct_targets(dst_peer, h.pi, came_from)
+            targets = _direct_targets(dst_peer, h.pi, came_from)
         if ips is not None and any(_ip(a) in ips for _, _, a in targets):
             self.stats.drop(DropReason.LOOP)
-            return 0
+            return None
         if not targets:
             self.stats.drop(DropReason.NO_PATH)
-            return 0
+            return None
+        return targets
+
+    def _upstream(self, h: LegacyHeader) -> bool:
+        """Whether ``h`` goes to the forwarders rather than to the paths of dst."""
+        return bool(self.settings.forwarders) and h.dst < h.src
+
+    def _dispatch(self, h: LegacyHeader, ttl: int, plain: bytes, tail: bytes, targets: list[Target],
+                  now: float, *, dup: bool) -> int:
+        """Send to ``targets`` (from :meth:`_targets`) with ``ttl``; ``tail`` is everything
+        after the ICV. Returns copies sent."""
+        dst_peer = self.peers[h.dst]
+        if not self._upstream(h):
+            dst_peer.forget_stale()  # as 6.1.2 does while it sends
         pair = self._pair(h.src, h.dst)
         sent = 0
         last = b""
         for pi, port, addr in targets:
-            hop = with_hop_word(plain, h.ttl, pi)
+            hop = with_hop_word(plain, ttl, pi)
             last = codec.protect(self.group, pair, hop) + tail
             sent += self._send(port, addr, last)
         if dup:
             self._schedule_dup(dst_peer, last, now)
         return sent
 
-    def _forwarder_targets(self, h: LegacyHeader, came_from: str | None, relay: bool
-                           ) -> list[tuple[int, int, Addr]]:
+    def _forwarder_targets(self, h: LegacyHeader, came_from: str | None, relay: bool) -> list[Target]:
         targets = []
         for i, fwd in enumerate(self.settings.forwarders):
             peer = self.peers.get(fwd)
@@ -255,20 +276,6 @@ class LegacyEngine:
             if path is None or path.addr[0] == came_from:
                 continue
             targets.append((_forwarder_pi(h, i, fwd, relay), path.port, path.addr))
-        return targets
-
-    def _direct_targets(self, peer: LegacyPeer, pi: int, came_from: str | None
-                        ) -> list[tuple[int, int, Addr]]:
-        targets = []
-        for index, path in enumerate(peer.paths):
-            if path is None:
-                continue
-            if peer.is_stale(path):
-                if not path.static:
-                    peer.paths[index] = None
-                continue
-            if path.addr[0] != came_from:
-                targets.append((pi, path.port, path.addr))
         return targets
 
     def _send(self, port: int, addr: Addr, data: bytes) -> int:
@@ -317,12 +324,13 @@ class LegacyEngine:
         if reason is not None:
             self.stats.drop(reason)
             return True
+        targets = None
+        if h.dst != self.self_id:
+            targets = self._relay_targets(h, addr[0], now)
+            if targets is None:
+                return True
         peer = self.peers[h.src]
-        window = self.windows.get((h.src, h.dst))
-        if window is None:
-            window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
-            if peer.last_t20 is not None:  # its clock is known: a capture is as old as it is
-                window.start_at(peer.last_t20, peer.last_seen_at)
+        window = self._window(peer, h)
         telling = self._tells_where(peer, h, now)
         newest = telling and _is_newest(peer, h)
         verdict = window.check(h.t20, h.seq, now, on_its_clock=newest)
@@ -341,11 +349,29 @@ class LegacyEngine:
                 peer.last_t20 = h.t20
             peer.last_seen_at = now
             peer.new_clock = None
-        if h.dst == self.self_id:
+        if targets is None:  # addressed to us
             self._deliver(peer, h, plain, data)
         else:
-            self._relay(h, plain, data, addr, now)
+            self._relay(h, plain, data, targets, now)
         return True
+
+    def _relay_targets(self, h: LegacyHeader, came_from: str, now: float) -> list[Target] | None:
+        """Where a datagram for another node goes, found *before* its (t20, seq) is marked
+        seen (None: dropped and counted). The UDP source is not authenticated: a copy sent to
+        us from the address of our only next hop (split horizon leaves no target) must not
+        use up the counter of the genuine copy coming on another path."""
+        if h.ttl == 0:
+            self.stats.drop(DropReason.TTL_EXPIRED)
+            return None
+        return self._targets(h, came_from, None, now, relay=True)
+
+    def _window(self, peer: LegacyPeer, h: LegacyHeader) -> LegacyWindow:
+        window = self.windows.get((h.src, h.dst))
+        if window is None:
+            window = self.windows[(h.src, h.dst)] = LegacyWindow(self.settings.resync_after)
+            if peer.last_t20 is not None:  # its clock is known: a capture is as old as it is
+                window.start_at(peer.last_t20, peer.last_seen_at)
+        return window
 
     def _clock_stepped(self, peer: LegacyPeer, h: LegacyHeader, now: float) -> bool:
         """Whether an accepted datagram away from its sender's known clock shows that clock
@@ -423,18 +449,15 @@ class LegacyEngine:
             return
         self.stats.delivered(peer, len(packet))
 
-    def _relay(self, h: LegacyHeader, plain: bytes, data: bytes, addr: Addr, now: float) -> None:
+    def _relay(self, h: LegacyHeader, plain: bytes, data: bytes, targets: list[Target],
+               now: float) -> None:
         """Forward as 6.1.2 does: TTL - 1, the received bytes after the ICV carried along."""
-        if h.ttl == 0:
-            self.stats.drop(DropReason.TTL_EXPIRED)
-            return
         dup = False
         if self.settings.dup_syn_dns:
             peek = min(h.length, DUP_PEEK)
             head = codec.open_body(self._pair(h.src, h.dst), plain, data, peek)
             dup = len(head) >= 20 and head[0] >> 4 == 4 and ippkt.is_syn_or_dns(head)
-        hop = with_hop_word(plain, h.ttl - 1, h.pi)
-        if self._dispatch(hop, data[PREFIX_LEN:], addr[0], None, now, dup=dup, relay=True):
+        if self._dispatch(h, h.ttl - 1, plain, data[PREFIX_LEN:], targets, now, dup=dup):
             self.stats.forwarded_packets += 1
             self.stats.forwarded_bytes += len(data)
 
@@ -464,6 +487,13 @@ def _is_newest(peer: LegacyPeer, h: LegacyHeader) -> bool:
     taken for the clock, captures of 10 s before it would be on that clock, restart a live
     window, and be delivered again."""
     return peer.last_t20 is None or t20_delta(h.t20, peer.last_t20) >= 0
+
+
+def _direct_targets(peer: LegacyPeer, pi: int, came_from: str | None) -> list[Target]:
+    """Every path of ``peer`` fresh within 10 s of its newest timestamp, but the one back to
+    ``came_from`` (split horizon)."""
+    return [(pi, path.port, path.addr) for path in peer.paths
+            if path is not None and not peer.is_stale(path) and path.addr[0] != came_from]
 
 
 def _static(peer: LegacyPeer) -> Addr | None:

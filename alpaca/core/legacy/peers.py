@@ -104,6 +104,12 @@ class LegacyPeer:
             return False
         return abs(t20_delta(self.last_t20, path.last_t20)) > PATH_LIFETIME_T20
 
+    def forget_stale(self) -> None:
+        """Clear the stale learned paths (a static one stays: it is only skipped)."""
+        for index, path in enumerate(self.paths):
+            if path is not None and not path.static and self.is_stale(path):
+                self.paths[index] = None
+
     def learn(self, pi: int, port: int, addr: Addr, t20: int, *, first_copy: bool) -> None:
         path = self.paths[pi]
         if path is not None and path.static:
