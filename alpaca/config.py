@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import stat
 from dataclasses import dataclass, field
@@ -648,7 +649,7 @@ class _Builder:
 
     def control_socket(self, tun_name: str) -> Path:
         path = self.top.path("control_socket", f"{RUN_DIR}/{tun_name}.sock", self.base)
-        if len(str(path).encode()) > _MAX_UNIX_PATH:
+        if len(os.fsencode(path)) > _MAX_UNIX_PATH:  # the bytes the kernel is given
             self.top.fail("control_socket", f"{path} is longer than {_MAX_UNIX_PATH} bytes"
                           " (the limit of a unix socket path; choose a shorter one)")
         fault = socket_path_fault(path)

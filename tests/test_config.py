@@ -229,6 +229,14 @@ def test_config_tun_name_sets_default_paths(tmp_path: Path) -> None:
     assert config.state_file == Path("/var/lib/alpaca-tunnel/vpn7.epoch")
 
 
+def test_config_control_socket_in_a_directory_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """The path's length is measured in the bytes the kernel gets, not re-encoded as UTF-8."""
+    directory = tmp_path / os.fsdecode(b"dir_\xff")
+    directory.mkdir()
+    config = load_config(write(directory, {**BASE, "control_socket": "ctl.sock"}))
+    assert config.control_socket == directory / "ctl.sock"
+
+
 @pytest.mark.parametrize("value", [False, None])
 def test_config_metrics_off(tmp_path: Path, value: Any) -> None:
     assert load(tmp_path, metrics=value).metrics.enabled is False
