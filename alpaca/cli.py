@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    _escape_unencodable_output()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse has printed it
@@ -264,6 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception:
         return _bug()
+
+
+def _escape_unencodable_output() -> None:
+    """Make stdout and stderr write a character their encoding cannot take (a file name's
+    non-UTF-8 byte, held as a lone surrogate) as a backslash escape instead of raising: under
+    a strict encoding (a UTF-8 locale, PYTHONIOENCODING) such a path in a message was a
+    traceback. A stream without ``reconfigure`` (not a text file) is left as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 #: errno values of a write to stdout that fails for want of room or a working device

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -315,6 +316,20 @@ def test_cli_output_onto_a_full_disk_is_one_line_not_a_bug(argv: list[str]) -> N
                               text=True, timeout=60, check=False)
     assert done.returncode == 1
     assert done.stderr == "alpaca-tunnel: cannot write the output: No space left on device\n"
+
+
+def test_cli_path_that_is_not_utf8_is_escaped_on_a_strict_output(tmp_path: Path) -> None:
+    """A -c path with a byte that is not UTF-8, written to a stdout of strict encoding (a
+    UTF-8 locale; PYTHONIOENCODING here): "Logging error" tracebacks, then "this is a bug"."""
+    directory = tmp_path / os.fsdecode(b"cfg_\xff")
+    shutil.copytree(DATA, directory)
+    (directory / "secrets.txt").chmod(0o600)
+    done = subprocess.run([sys.executable, "-m", "alpaca", "-c", directory / "config.json", "check"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "config:          " + str(tmp_path / "cfg_\\udcff" / "config.json") in done.stdout
+    assert done.stdout.rstrip().endswith("alpaca-tunnel: config OK")
 
 
 @pytest.mark.parametrize("sock", ["", "/", ".", "/tmp"])
