@@ -305,11 +305,13 @@ class JsonObject:
 
 
 def table_number(name: str) -> int | None:
+    """The number of the routing table ``name``: a built-in, or one listed in RT_TABLES_FILES
+    (read as UTF-8; a byte that is not, in a comment say, does not hide the other names)."""
     if name in NAMED_TABLES:
         return NAMED_TABLES[name]
     for path in RT_TABLES_FILES:
         try:
-            lines = path.read_text(encoding="utf-8").split("\n")
+            lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
         except OSError:
             continue
         for line in lines:

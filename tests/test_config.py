@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from alpaca import configreader
 from alpaca.config import (
     ChnrouteConfig,
     Config,
@@ -251,6 +252,15 @@ def test_config_metrics_true_and_empty_object_mean_default(tmp_path: Path) -> No
                                                (4294967295, 4294967295)])
 def test_config_route_table_names_and_numbers(tmp_path: Path, table: Any, number: int) -> None:
     assert load(tmp_path, route_table=table).route_table == number
+
+
+def test_config_route_table_name_from_a_names_file_that_is_not_all_utf8(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Latin-1 comment in /etc/iproute2/rt_tables was a UnicodeDecodeError (a traceback)."""
+    names = tmp_path / "rt_tables"
+    names.write_bytes(b"255\tlocal\n# r\xe9seau de secours\n100\tbackup\n")
+    monkeypatch.setattr(configreader, "RT_TABLES_FILES", (names,))
+    assert load(tmp_path, route_table="backup").route_table == 100
 
 
 def test_config_chnroute_defaults(tmp_path: Path) -> None:
