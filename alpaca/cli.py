@@ -30,7 +30,7 @@ from alpaca.hostplan import host_plan
 from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path, socket_path_fault
-from alpaca.secrets import Secrets, load_secrets
+from alpaca.secrets import Secrets, load_secrets, shown_host
 
 PROG = "alpaca-tunnel"
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
@@ -337,7 +337,7 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
     for peer in sorted(secrets.peers.values(), key=lambda p: p.peer_id):
         where = f"{peer.address}:{peer.port}" if peer.address else "address learned"
         if peer.hostname:
-            where = f"{peer.hostname} -> {where}"
+            where = f"{shown_host(peer.hostname)} -> {where}"
         own = " (self)" if peer.peer_id == config.id else ""
         lines.append(f"  {format_peer_id(peer.peer_id):<8} {where}, {len(peer.key)}-byte key{own}")
     return lines

@@ -55,6 +55,13 @@ _KEY_AS_HOST_MIN = 16
 #: IPv4 address has one; 6 digits are 3 bytes of a key.
 _HEX_RUN_MIN = 6
 _HEX_RUN = re.compile(rf"(?:0[xX])?[0-9a-fA-F]{{{_HEX_RUN_MIN},}}")
+#: The shortest base64 text taken for (part of) a key, characters: 12 bytes of a key written
+#: the way ``wg genkey`` or ``openssl rand -base64`` write one.
+_BASE64_RUN_MIN = 16
+_BASE64_RUN = re.compile(rf"[A-Za-z0-9+/]{{{_BASE64_RUN_MIN},}}={{0,2}}")
+#: The longest peer_port shown as written, characters: a port has at most 5 digits, and a
+#: longer number may be the decimal digits that start a key.
+_PORT_SHOWN_MAX = 5
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
@@ -170,11 +177,20 @@ def _check_mode(path: Path, warnings: list[str]) -> None:
 
 def _may_be_key(text: str, shortest: int = _KEY_PART_MIN) -> bool:
     """Whether ``text`` may be (part of) a key: after an optional ``0x``, at least ``shortest``
-    characters of which at most one in eight is not a hex digit (a typo)."""
+    characters of which at most one in eight is not a hex digit (a typo); or base64 text
+    (:func:`_is_base64_key`)."""
+    if _BASE64_RUN.fullmatch(text) and _is_base64_key(text):
+        return True
     digits = text[2:] if text[:2] in ("0x", "0X") else text
     if len(digits) < shortest:
         return False
     return sum(char not in string.hexdigits for char in digits) * 8 <= len(digits)
+
+
+def _is_base64_key(run: str) -> bool:
+    """Whether a run of :data:`_BASE64_RUN` may be a key: random base64 mixes upper- and
+    lower-case letters, a word or a hostname (``verylongservername``) seldom does."""
+    return any(char.isupper() for char in run) and any(char.islower() for char in run)
 
 
 def _shown(text: str) -> str:
@@ -187,8 +203,20 @@ def _shown(text: str) -> str:
 
 def _masked(text: str) -> str:
     """``text`` with every run of :data:`_HEX_RUN_MIN` or more hex digits (a key fragment,
-    in a line split by commas, a URL, a key cut in two) replaced by its length."""
+    in a line split by commas, a URL, a key cut in two), and every base64 run that may be a
+    key (:func:`_is_base64_key`), replaced by its length."""
+    text = _BASE64_RUN.sub(lambda run: f"<{len(run.group())} base64 characters: not shown>"
+                           if _is_base64_key(run.group()) else run.group(), text)
     return _HEX_RUN.sub(lambda run: f"<{len(run.group())} hex digits: not shown>", text)
+
+
+def shown_host(text: str) -> str:
+    """A peer_ip (an IPv4 address or a hostname) for a message or a log line: each part of
+    it between dots and dashes that may be part of a key (:func:`_may_be_key`; 8 to 15 hex
+    digits pass as a hostname) replaced by its length, the words and numbers of a name
+    (``gw1.example.net``, ``ip-10-0-0-1``) shown as written."""
+    return "".join(f"<{len(part)} characters, perhaps a key: not shown>" if _may_be_key(part)
+                   else printable(part) for part in re.split(r"([.-])", text))
 
 
 def _key_fault(text: str) -> str:
@@ -254,7 +282,7 @@ class _Parser:
         address, hostname = self.parse_ip(number, ip_text)
         if four and (address or hostname) and _port_like(ip6_text):
             self.problem(number, f'peer_port is missing: {ip6_text} is in the peer_ip6 column (write'
-                                 f" null before the port: {address or hostname} null {ip6_text})")
+                                 f" null before the port: {shown_host(ip_text)} null {ip6_text})")
             return
         self.check_ip6(number, ip6_text)
         port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
@@ -280,7 +308,8 @@ class _Parser:
             self.peers[peer_id] = replace(peer, address=address)
 
     def _last_address(self, peer: PeerSecret, before: PeerSecret | None) -> str | None:
-        where = f"{self.name}:{self.lines[peer.peer_id]}: hostname {peer.hostname} of peer" \
+        name = shown_host(peer.hostname or "")
+        where = f"{self.name}:{self.lines[peer.peer_id]}: hostname {name} of peer" \
                 f" {format_peer_id(peer.peer_id)} does not resolve"
         if before is not None and before.hostname == peer.hostname and before.address is not None:
             self.warnings.append(f"{where} now; it keeps its last address {before.address}")
@@ -368,7 +397,7 @@ class _Parser:
         low = 1 if needed else 0
         port = digits_value(text.lstrip("0") or "0", 5)  # leading zeros: "08080" is 8080
         if port is None or not low <= port <= 65535:
-            shown = (text if is_digits(text) and len(text) <= 12 else
+            shown = (text if is_digits(text) and len(text) <= _PORT_SHOWN_MAX else
                      _shown(text) if len(text) <= 60 else f"<{len(text)} characters>")
             self.problem(number, f'peer_port: "{shown}" is not a port (expected {low}-65535)')
             return None

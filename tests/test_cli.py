@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from alpaca import __version__, cli
+from alpaca import secrets as secrets_mod
 from alpaca.errors import TunnelError
 from alpaca.log import setup_logging
 
@@ -118,6 +119,21 @@ def test_cli_broken_secrets_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
         f"alpaca-tunnel: {tmp_path / 'secrets.txt'}:3: peer 1.1 is listed again (first on line 2);"
         " keep one line per peer",
     ]
+
+
+def test_cli_check_lists_a_hostname_that_may_be_key_digits_by_its_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """15 hex digits of a key pass as a hostname: check's list of peers showed them."""
+    monkeypatch.setattr(secrets_mod, "lookup_ipv4", lambda names: {})  # no name server
+    path = client_setup(tmp_path)
+    with (tmp_path / "secrets.txt").open("a") as secrets:
+        secrets.write(f"1.3 {KEYS[0]} {KEYS[1][:15]} null 10003\n1.4 {KEYS[0]} gw1.example.net null 4\n")
+    assert cli.main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert KEYS[1][:8] not in out
+    assert "1.3      <15 characters, perhaps a key: not shown> -> address learned" in out
+    assert "1.4      gw1.example.net -> address learned" in out
 
 
 def test_cli_check_reports_peers_missing_from_secrets(

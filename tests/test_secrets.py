@@ -451,6 +451,72 @@ def test_secrets_key_inside_a_longer_column_is_never_echoed(tmp_path: Path) -> N
     assert '"<6 hex digits: not shown>x" is not a port' in shown
 
 
+#: A key written by ``wg genkey`` (base64, 32 bytes).
+B64KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+
+
+def test_secrets_key_digits_that_pass_as_a_hostname_or_a_port_are_not_shown(tmp_path: Path) -> None:
+    """15 hex digits of a key cut by a stray space pass as a hostname, in the hint for a
+    port in the peer_ip6 column; a key's first 10 decimal digits, as a port out of range."""
+    text = (f"16.1 {KEY16}\n1.1 {KEY16[:17]} {KEY16[17:]} 10001\n"
+            f"1.2 {KEY16} 192.0.2.2 null 2021921265\n1.3 {KEY16} 192.0.2.3 null 123456\n"
+            f"1.4 {KEY16} 192.0.2.4 null 70000\n")
+    found = problems(write(tmp_path, text))
+    shown = "\n".join(found)
+    assert not any(part in shown for part in key_parts(KEY16)), found
+    assert "2021921265" not in shown and "123456" not in shown
+    assert ("(write null before the port: <15 characters, perhaps a key: not shown> null 10001)"
+            in shown), found
+    assert ':3: peer_port: "<10 characters, perhaps a key: not shown>" is not a port' in shown
+    assert ':4: peer_port: "<6 hex digits: not shown>" is not a port' in shown
+    assert ':5: peer_port: "70000" is not a port' in shown
+
+
+def test_secrets_a_hostname_that_may_be_key_digits_is_not_shown_in_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 to 15 hex digits pass as a hostname: "does not resolve" named them; the words and
+    numbers of an ordinary name are still shown."""
+    names_looked_up(monkeypatch)
+    names = ["f9f17127c28aafd", "gw1.example.net", "cafe01.example.net", "ip-10-0-0-1.internal",
+             "deadbeef00.example.net"]
+    lines = [f"1.{i} {KEY16} {name} null 4000" for i, name in enumerate(names, start=1)]
+    secrets = load_secrets(write(tmp_path, "\n".join([f"16.1 {KEY16}", *lines])), SELF)
+    assert [w.split(": ", 1)[1].split(" of peer")[0] for w in secrets.warnings] == [
+        "hostname <15 characters, perhaps a key: not shown>", "hostname gw1.example.net",
+        "hostname cafe01.example.net", "hostname ip-10-0-0-1.internal",
+        "hostname <10 characters, perhaps a key: not shown>.example.net",
+    ]
+
+
+def test_secrets_a_base64_key_in_any_column_is_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key written in base64 (``wg genkey``) where the id, the address or a whole line goes
+    is shown as its length, and is not looked up as a hostname; a long lower-case name is
+    still one."""
+    asked = names_looked_up(monkeypatch)
+    no_padding = B64KEY.replace("+", "x").rstrip("=")  # a valid hostname
+    text = "\n".join([
+        f"16.1 {KEY16}",
+        f"{B64KEY} {KEY16}",  # 2: the id column
+        f"1.2 {KEY16} {no_padding} null 4000",  # 3: peer_ip
+        f"1.3,{B64KEY},192.0.2.3",  # 4: one column
+    ])
+    found = problems(write(tmp_path, text))
+    shown = "\n".join(found)
+    for key in (B64KEY, no_padding):
+        assert not any(key[i:i + 8] in shown for i in range(len(key) - 7)), found
+    assert ':2: peer_id: "<44 characters, perhaps a key: not shown>" is not a peer id' in shown
+    assert ':3: peer_ip: "<43 characters, perhaps a key: not shown>" is neither' in shown
+    assert "1.3,<44 base64 characters: not shown>,192.0.2.3" in shown
+    assert asked == []
+    long_name = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} verylongservername.example null 4000\n")
+    assert load_secrets(long_name, SELF).peers[parse_peer_id("1.1")].hostname == (
+        "verylongservername.example")
+    assert "hostname verylongservername.example of peer 1.1" in load_secrets(long_name, SELF).warnings[0]
+
+
 def test_secrets_a_name_with_several_addresses_keeps_the_one_in_use_across_reloads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

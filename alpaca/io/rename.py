@@ -28,7 +28,7 @@ from alpaca.core.ids import format_peer_id
 from alpaca.hostnames import Lookup, NameBook, after_lookup, is_failure_news, moved_to, one_host
 from alpaca.io import dns
 from alpaca.io.clock import monotonic
-from alpaca.secrets import Secrets
+from alpaca.secrets import Secrets, shown_host
 from alpaca.snapshot import is_peer_up
 
 if TYPE_CHECKING:
@@ -137,19 +137,19 @@ class HostnameFollower:
 
     def _report(self, peer_id: int, last: Lookup, new: Lookup, in_use: str | None) -> bool:
         """Log what the lookup ``new`` tells (see the module docstring); True if it moved."""
-        peer = format_peer_id(peer_id)
+        peer, name = format_peer_id(peer_id), shown_host(new.hostname)
         target = moved_to(in_use, new.addresses)
         if target is not None:
             if self._announced.get(peer_id) != target:
                 self._announced[peer_id] = target
                 log.info("a peer's hostname resolves to another address; reloading to follow it "
-                         "peer=%s hostname=%s from=%s to=%s", peer, new.hostname, in_use or "none",
+                         "peer=%s hostname=%s from=%s to=%s", peer, name, in_use or "none",
                          target)
             return True
         if new.addresses and not last.addresses:
             log.info("a peer's hostname resolves again peer=%s hostname=%s address=%s",
-                     peer, new.hostname, in_use)
+                     peer, name, in_use)
         elif is_failure_news(last, new):
             log.warning("a peer's hostname does not resolve; looking it up again in %gs peer=%s "
-                        "hostname=%s address=%s", new.retry, peer, new.hostname, in_use or "none")
+                        "hostname=%s address=%s", new.retry, peer, name, in_use or "none")
         return False

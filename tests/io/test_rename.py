@@ -85,6 +85,22 @@ def test_rename_moved_name_is_logged_once_and_followed_until_applied(
     assert caplog.text.count("resolves to another address") == 1
 
 
+def test_rename_a_name_that_may_be_key_digits_is_logged_by_its_length(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """8 to 15 hex digits (perhaps a key cut in two) pass as a hostname: not in a log line."""
+    name = "f9f17127c28aafd"
+    w = World({GW: (name, None)})
+    with caplog.at_level(logging.INFO, logger="alpaca.io.rename"):
+        w.at(0.0)
+        w.at(RETRY_MIN)
+        w.answers[name] = ("192.0.2.1",)
+        w.at(RETRY_MIN + 10.0)
+    assert w.reloads == 1 and name[:8] not in caplog.text
+    assert "does not resolve; looking it up again in 10s peer=1.1 hostname=<15 characters" in caplog.text
+    assert "reloading to follow it peer=1.1 hostname=<15 characters, perhaps a key" in caplog.text
+
+
 def test_rename_name_still_listing_the_address_in_use_stays() -> None:
     w = World({GW: (NAME, "192.0.2.1")})
     w.answers[NAME] = ("192.0.2.9", "192.0.2.1")  # round robin: another one came first
