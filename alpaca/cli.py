@@ -25,7 +25,7 @@ from pathlib import Path
 from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
 from alpaca.core.ids import format_peer_id, quoted
-from alpaca.errors import AlpacaError, ConfigError
+from alpaca.errors import AlpacaError, ConfigError, StateFileError
 from alpaca.hostplan import host_plan
 from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
@@ -83,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.engine_settings(secrets)  # cross-checks the two files before touching the host
         if config.chnroute is not None:  # read again when loaded: a broken file touches nothing
             read_chnroute(config.chnroute.data)
+        _check_state_file(config)
     except AlpacaError:
         _undo_crashed_run(config.control_socket, f"{config.path}: control_socket")
         raise
@@ -155,9 +156,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config, secrets = load_all(args)
     config.engine_settings(secrets)
     prefixes = len(read_chnroute(config.chnroute.data)) if config.chnroute else 0
-    from alpaca.io.epoch import check_state_file  # lazily, like the daemon
-
-    check_state_file(config.state_file)  # run refuses a corrupt one: so does check
+    _check_state_file(config)  # run refuses a corrupt one: so does check
     print("\n".join(describe_settings(config, secrets)))
     print()
     print("\n".join(describe_host_changes(config, secrets, prefixes)))
@@ -168,6 +167,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"\nWARNING: {warning}")
     print(f"\n{PROG}: config OK")
     return EXIT_OK
+
+
+def _check_state_file(config: Config) -> None:
+    """Refuse a state file that holds no epoch as a problem of the config (exit 2) naming
+    its key: state_file may name the wrong file (the secrets file, say).
+
+    Raises:
+        ConfigError: the state file's content is not an epoch, or it is no regular file.
+        TunnelError: it cannot be read, or its directory is not writable.
+    """
+    from alpaca.io.epoch import check_state_file  # lazily, like the daemon
+
+    try:
+        check_state_file(config.state_file)
+    except StateFileError as exc:
+        raise ConfigError([f"{config.path}: state_file: {exc}"]) from exc
 
 
 def cmd_genkey(args: argparse.Namespace) -> int:

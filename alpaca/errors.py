@@ -40,3 +40,8 @@ class SystemSetupError(AlpacaError):
 
 class TunnelError(AlpacaError):
     """A fatal runtime condition: the TUN device vanished, a port could not be bound, ..."""
+
+
+class StateFileError(TunnelError):
+    """The state file holds no epoch (its content is not one, or it is no regular file): the
+    config's ``state_file`` may name the wrong file. The message never quotes the content."""

@@ -70,11 +70,31 @@ def test_cli_check_refuses_a_corrupt_epoch_file_as_run_does(
     state = tmp_path / "alpaca0.epoch"
     state.write_text("not a number\n")
     path = client_setup(tmp_path, state_file=str(state))
-    assert cli.main(["-c", str(path), "check"]) == 1
+    assert cli.main(["-c", str(path), "check"]) == 2
     err = capsys.readouterr().err
-    assert f"epoch file {state} is corrupt" in err
+    assert err.startswith(f"alpaca-tunnel: {path}: state_file: epoch file {state} is corrupt: it holds"
+                          " 13 bytes of text, not an epoch")
     state.write_text("1700000000\n")
     assert cli.main(["-c", str(path), "check"]) == 0
+
+
+def test_cli_state_file_naming_the_secrets_file_is_a_config_error_that_shows_no_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The corrupt-epoch error quoted the file's first 40 characters (a peer's key) and exited
+    1 without naming the config; check and run now exit 2 naming state_file."""
+    path = client_setup(tmp_path, state_file="secrets.txt", control_socket=str(tmp_path / "ctl.sock"))
+    assert cli.main(["-c", str(path), "check"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"alpaca-tunnel: {path}: state_file: epoch file {tmp_path / 'secrets.txt'} is corrupt: it"
+        " holds 64 bytes or more of text, not an epoch (a number from 0 to 4294967295) (is"
+        " state_file the right file? if so, restore it, or write into it a number larger than any"
+        " epoch used before, such as the current Unix time plus 86400)"]
+    run = subprocess.run([sys.executable, "-m", "alpaca", "-c", str(path), "run"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert (run.returncode, run.stderr) == (2, err)
+    for key in KEYS:
+        assert not any(key[i:i + 8] in err + run.stdout for i in range(len(key) - 7))
 
 
 def test_cli_check_original_sample_server(

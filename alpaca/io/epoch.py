@@ -21,8 +21,8 @@ import os
 import stat
 from pathlib import Path
 
-from alpaca.core.ids import digits_value
-from alpaca.errors import TunnelError
+from alpaca.core.ids import digits_value, is_digits
+from alpaca.errors import StateFileError, TunnelError
 
 EPOCH_MAX = 2**32 - 1
 #: The most of the state file read, bytes: an epoch is at most 10 digits and a newline.
@@ -36,8 +36,8 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
         state_file: holds the last epoch as decimal text; missing means 0.
         wall_now: wall-clock seconds since the Unix epoch (``clock.wall()``).
 
-    Raises TunnelError naming the file and the fix when the file is unreadable or corrupt,
-    when it cannot be written, or when the epoch would exceed 2^32-1.
+    Raises TunnelError naming the file and the fix when the file is unreadable or corrupt
+    (StateFileError), when it cannot be written, or when the epoch would exceed 2^32-1.
     """
     last = _read_last(state_file)
     epoch = max(last + 1, int(wall_now))
@@ -67,8 +67,8 @@ def check_state_file(state_file: Path) -> int:
 
 def _read_last(state_file: Path) -> int:
     fix = (
-        "restore it, or write into it a number larger than any epoch used before "
-        "(for example the current Unix time plus 86400)"
+        "is state_file the right file? if so, restore it, or write into it a number larger than"
+        " any epoch used before, such as the current Unix time plus 86400"
     )
     try:
         data = _read_regular(state_file)
@@ -77,16 +77,27 @@ def _read_last(state_file: Path) -> int:
     except OSError as exc:
         raise TunnelError(f"epoch file {state_file} is unreadable: {exc.strerror or exc} ({fix})") from exc
     if data is None:
-        raise TunnelError(f"epoch file {state_file} is not a regular file (a directory, device or"
-                          " pipe); set state_file in the config to a file of its own")
-    value = data.decode("ascii", "replace").strip()
-    epoch = digits_value(value)
+        raise StateFileError(f"epoch file {state_file} is not a regular file (a directory, device"
+                             " or pipe); set state_file in the config to a file of its own")
+    epoch = digits_value(data.decode("ascii", "replace").strip())
     if epoch is None or epoch > EPOCH_MAX:
-        raise TunnelError(
-            f"epoch file {state_file} is corrupt: {value[:40]!r} is not an epoch "
-            f"(0 to {EPOCH_MAX}) ({fix})"
-        )
+        raise StateFileError(f"epoch file {state_file} is corrupt: it holds {_held(data)}, not an"
+                             f" epoch (a number from 0 to {EPOCH_MAX}) ({fix})")
     return epoch
+
+
+def _held(data: bytes) -> str:
+    """What ``data`` (the first :data:`_READ_MAX` bytes of a state file that holds no epoch)
+    is, by size and kind, never a byte of it: a state_file pointed at the secrets file by
+    mistake would show a key."""
+    text = data.decode("ascii", "replace").strip()
+    size = f"{len(data)} bytes" if len(data) < _READ_MAX else f"{_READ_MAX} bytes or more"
+    if not text:
+        return f"{size} of white space" if data else "nothing"
+    if is_digits(text):
+        return f"a number above {EPOCH_MAX}"
+    kind = "text" if all(32 <= byte < 127 or byte in b"\t\n\r" for byte in data) else "binary data"
+    return f"{size} of {kind}"
 
 
 def _read_regular(path: Path) -> bytes | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alpaca.errors import TunnelError
+from alpaca.errors import StateFileError, TunnelError
 from alpaca.io.epoch import EPOCH_MAX, check_state_file, next_epoch
 
 
@@ -48,6 +48,23 @@ def test_epoch_corrupt_file_is_an_error(tmp_path: Path, content: str) -> None:
     assert str(state) in str(err.value)
     assert "corrupt" in str(err.value)
     assert state.read_text() == content
+
+
+@pytest.mark.parametrize("content,held", [
+    ("", "nothing"), ("\n\n", "2 bytes of white space"), ("abc\n", "4 bytes of text"),
+    (str(2**32), "a number above 4294967295"), ("9" * 5000, "a number above 4294967295"),
+    ("1.1 ac48f5f6be3cd479c6a3dbd8cfb1dc7f 192.168.7.11 null 10001\n" * 2, "64 bytes or more of text"),
+    ("\xe9t\xe9", "5 bytes of binary data"),
+])
+def test_epoch_corrupt_file_is_described_by_size_and_kind_never_quoted(
+        tmp_path: Path, content: str, held: str) -> None:
+    """The message quoted the first 40 characters: a key, for a state_file naming the secrets file."""
+    state = tmp_path / "epoch"
+    state.write_text(content)
+    with pytest.raises(StateFileError) as err:
+        check_state_file(state)
+    assert f"epoch file {state} is corrupt: it holds {held}, not an epoch" in str(err.value)
+    assert "ac48f5f6" not in str(err.value) and "abc" not in str(err.value)
 
 
 def test_epoch_binary_file_is_an_error(tmp_path: Path) -> None:
