@@ -147,7 +147,8 @@ class Config:
     id: int
     """Own peer id (required, "A.B", 0.2-255.254); the TUN address is net.A.B/16."""
     gateway: int | None
-    """Peer whose tunnel address becomes the default route (required in client mode)."""
+    """Peer whose tunnel address becomes the default route (required in client mode). Unused in
+    server mode, where one that is not a usable peer id is a warning and None."""
     forwarders: tuple[int, ...]
     """Upstream relays, at most 3, in order. Default none."""
     port: int
@@ -356,6 +357,8 @@ class _Builder:
         self.path = path
         self.base = path.absolute()
         self.problems: list[str] = []
+        #: Non-fatal findings of the getters (an invalid gateway of a server).
+        self.warnings: list[str] = []
         self.top = JsonObject(data, "", self.problems, str(path))
 
     def build(self) -> Config:
@@ -427,7 +430,7 @@ class _Builder:
             route_table=top.table("route_table", "default"),
             protocol=self.protocol(top, "protocol", top.data.get("protocol")),
             peer_protocols=self.peer_protocols(),
-            warnings=warnings,
+            warnings=(*warnings, *self.warnings),  # after the getters above: they add to it
         )
         if self.problems:
             raise ConfigError(self.problems)
@@ -475,9 +478,20 @@ class _Builder:
                 self.top.fail("gateway", "is required in client mode (the peer id whose tunnel"
                               " address becomes the default route)")
             return None
+        if mode is Mode.SERVER:
+            return self.server_gateway()
         gateway = self.top.peer_id("gateway", self.top.data["gateway"])
-        if gateway == own and mode is Mode.CLIENT:
+        if gateway == own:
             self.top.fail("gateway", f"{format_peer_id(own)} is this node's own id")
+        return gateway
+
+    def server_gateway(self) -> int | None:
+        """The gateway of a server, which uses none (``check`` shows it): one that is not a
+        usable peer id is a warning and None, as the original checked it in client mode only."""
+        found: list[str] = []
+        gateway = JsonObject(self.top.data, "", found, self.top.file).peer_id("gateway",
+                                                                              self.top.data["gateway"])
+        self.warnings += [f"{problem}; ignored in server mode (remove the key)" for problem in found]
         return gateway
 
     def forwarders(self, own: int) -> tuple[int, ...]:

@@ -274,6 +274,26 @@ def test_config_server_mode_needs_no_gateway(tmp_path: Path) -> None:
     assert config.mode is Mode.SERVER and config.gateway is None
 
 
+@pytest.mark.parametrize("gateway", ["0.0", "", "255.255", "none", 5])
+def test_config_server_gateway_that_is_no_peer_id_is_ignored_with_a_warning(
+        tmp_path: Path, gateway: Any) -> None:
+    """The original checks the gateway in client mode only ("Ignored in server mode"): such a
+    server config was refused."""
+    config = load(tmp_path, mode="server", gateway=gateway)
+    assert config.gateway is None
+    assert len(config.warnings) == 1, config.warnings
+    assert config.warnings[0].startswith(f"{tmp_path / 'config.json'}: gateway: ")
+    assert config.warnings[0].endswith("; ignored in server mode (remove the key)")
+
+
+def test_config_server_gateway_that_is_a_peer_id_is_kept_and_a_client_one_still_checked(
+        tmp_path: Path) -> None:
+    assert load(tmp_path, mode="server", gateway="1.1").gateway == parse_peer_id("1.1")
+    assert load(tmp_path, mode="server", gateway="16.1").warnings == ()  # its own id: unused
+    assert only(tmp_path, gateway="none").endswith('gateway: "none" is not a peer id (expected "A.B",'
+                                                   " each 0-255)")
+
+
 def test_config_port_builds_the_default_port(tmp_path: Path) -> None:
     assert load(tmp_path, port=10001).ports == (PortConfig("default", "0.0.0.0", 10001),)
 
