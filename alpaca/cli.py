@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, read_chnroute
-from alpaca.core.ids import format_peer_id, quoted
+from alpaca.core.ids import format_peer_id, printable, quoted
 from alpaca.errors import AlpacaError, ConfigError, StateFileError
 from alpaca.hostplan import host_plan
 from alpaca.lab import cli as lab_cli
@@ -325,7 +325,7 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         f"config:          {config.path}",
         f"secrets:         {secrets.path} ({len(secrets.peers)} peers)",
         f"mode:            {config.mode.value}",
-        f"group:           {config.group}",
+        f"group:           {printable(config.group)}",
         f"id:              {format_peer_id(config.id)}",
         f"gateway:         {gateway}",
         f"forwarders:      {_ids(config.forwarders)}",

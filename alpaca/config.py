@@ -33,6 +33,7 @@ from alpaca.configreader import (
     read_chnroute_text,
     read_text_file,
     show,
+    shown_path,
 )
 from alpaca.core import constants as C
 from alpaca.core.ids import digits_value, format_peer_id
@@ -332,7 +333,7 @@ def _decode_json(path: Path, text: str) -> object:
     except json.JSONDecodeError as exc:
         raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
     except DuplicateKey as exc:
-        raise ConfigError([f"{path}: invalid JSON: key \"{exc}\" is given twice"]) from exc
+        raise ConfigError([f"{path}: invalid JSON: key {show(str(exc))} is given twice"]) from exc
     except RecursionError as exc:
         raise ConfigError([f"{path}: invalid JSON: [ ] and {{ }} nested too deep"]) from exc
 
@@ -597,7 +598,7 @@ class _Builder:
         data = obj.path("data", "route_data_cidr.txt", self.base)
         problem = _not_a_file(data)
         if problem:
-            obj.fail("data", f"{data} {problem} (give a file with one a.b.c.d/len a line)")
+            obj.fail("data", f"{shown_path(data)} {problem} (give a file with one a.b.c.d/len a line)")
         return ChnrouteConfig(table, gateway, data)
 
     def local_routes(self) -> tuple[IPv4Network, ...]:
@@ -664,7 +665,7 @@ class _Builder:
     def control_socket(self, tun_name: str) -> Path:
         path = self.top.path("control_socket", f"{RUN_DIR}/{tun_name}.sock", self.base)
         if len(os.fsencode(path)) > _MAX_UNIX_PATH:  # the bytes the kernel is given
-            self.top.fail("control_socket", f"{path} is longer than {_MAX_UNIX_PATH} bytes"
+            self.top.fail("control_socket", f"{shown_path(path)} is longer than {_MAX_UNIX_PATH} bytes"
                           " (the limit of a unix socket path; choose a shorter one)")
         fault = socket_path_fault(path)
         if fault:
@@ -772,7 +773,7 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
             continue
         network = _network(text)
         if isinstance(network, str):
-            problems.append(f"{path}:{number}: {network}")
+            problems.append(f"{shown_path(path)}:{number}: {network}")
         elif network.prefixlen > 0:
             result.append(network)
     if problems:

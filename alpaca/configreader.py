@@ -37,6 +37,8 @@ CHNROUTE_MAX_BYTES = 8 * MIB
 JSON_INT_MAX_DIGITS = 100
 #: Unknown keys listed per object; a file of thousands gets a count for the rest.
 MAX_UNKNOWN_SHOWN = 20
+#: The longest path shown in a message, characters: PATH_MAX, the longest the kernel takes.
+PATH_SHOWN_MAX = 4096
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
@@ -89,6 +91,13 @@ def show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def shown_path(path: Path) -> str:
+    """``path`` for a message: characters that do not print (a newline or an escape sequence,
+    legal in a file name or written ``\\n`` in the JSON; a byte that is not UTF-8) escaped, so
+    the message stays one line and nothing of the file name reaches a terminal as a control."""
+    return printable(str(path), PATH_SHOWN_MAX)
+
+
 def read_text_file(path: Path, what: str, max_bytes: int, fix: str) -> str:
     """The text of ``path``, which may hold at most ``max_bytes`` bytes.
 
@@ -107,7 +116,7 @@ def read_text_file(path: Path, what: str, max_bytes: int, fix: str) -> str:
     """
     data = _read_at_most(path, what, max_bytes + 1)
     if len(data) > max_bytes:
-        raise ConfigError([f"{path}: {what} is larger than {_size(max_bytes)}, the most it may"
+        raise ConfigError([f"{shown_path(path)}: {what} is larger than {_size(max_bytes)}, the most it may"
                            f" be (is it the right file?); {fix}"])
     return _utf8_text(path, what, data)
 
@@ -131,7 +140,7 @@ def _read_at_most(path: Path, what: str, size: int) -> bytes:
             return file.read(size)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([f"{path}: cannot read {what}: {reason}"]) from exc
+        raise ConfigError([f"{shown_path(path)}: cannot read {what}: {reason}"]) from exc
 
 
 def _utf8_text(path: Path, what: str, data: bytes) -> str:
@@ -143,7 +152,7 @@ def _utf8_text(path: Path, what: str, data: bytes) -> str:
         offset = start + exc.start
         line = data.count(b"\n", 0, offset) + 1
         column = offset - data.rfind(b"\n", 0, offset)
-        raise ConfigError([f"{path}:{line}: byte {column} of the line is not UTF-8 text;"
+        raise ConfigError([f"{shown_path(path)}:{line}: byte {column} of the line is not UTF-8 text;"
                            f" save {what} as UTF-8"]) from exc
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file
+from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file, shown_path
 from alpaca.core.ids import (
     check_usable,
     digits_value,
@@ -144,14 +144,14 @@ def load_secrets(
                           "point secret_file at the secrets file (one line per peer)")
     warnings: list[str] = []
     _check_mode(path, warnings)
-    parser = _Parser(str(path))
+    parser = _Parser(shown_path(path))
     for number, line in enumerate(text.split("\n"), start=1):  # \f or \x1c is no line end
         parser.parse_line(number, line)
         if turn is not None and number % TURN_LINES == 0:
             turn()
     if self_id not in parser.lines:
         parser.problems.append(
-            f"{path}: the own id {format_peer_id(self_id)} is missing"
+            f"{parser.name}: the own id {format_peer_id(self_id)} is missing"
             f" (add a line for {format_peer_id(self_id)} with this node's key)"
         )
     if parser.problems:
@@ -170,8 +170,8 @@ def _check_mode(path: Path, warnings: list[str]) -> None:
         return
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         warnings.append(
-            f"{path} is readable by group or others (mode {stat.S_IMODE(mode):04o});"
-            f" fix: chmod 600 {path}"
+            f"{shown_path(path)} is readable by group or others (mode {stat.S_IMODE(mode):04o});"
+            f" fix: chmod 600 {shown_path(path)}"
         )
 
 

@@ -97,6 +97,14 @@ def test_cli_state_file_naming_the_secrets_file_is_a_config_error_that_shows_no_
         assert not any(key[i:i + 8] in err + run.stdout for i in range(len(key) - 7))
 
 
+def test_cli_check_shows_a_group_that_does_not_print_escaped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = client_setup(tmp_path, group="lab\n\x1b[31mOK")
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "group:           lab\\n\\u001b[31mOK\n" in out
+
+
 def test_cli_check_original_sample_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

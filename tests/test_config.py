@@ -330,6 +330,16 @@ def test_config_duplicate_json_key(tmp_path: Path) -> None:
     assert found == [f'{tmp_path / "config.json"}: invalid JSON: key "mtu" is given twice']
 
 
+def test_config_keys_and_paths_that_do_not_print_are_escaped(tmp_path: Path) -> None:
+    """A duplicate key and a chnroute.data path holding a newline and an escape sequence were
+    printed raw: the problem took two lines and the terminal turned red."""
+    dup = problems(tmp_path, '{"mode": "server", "x\\n\\u001b[31mOK": 1, "x\\n\\u001b[31mOK": 2}')
+    assert dup == [f'{tmp_path / "config.json"}: invalid JSON: key "x\\n\\u001b[31mOK" is given twice']
+    data = only(tmp_path, chnroute={"data": "r\n\x1b[31mx"})
+    assert data == (f"{tmp_path / 'config.json'}: chnroute.data: {tmp_path}/r\\n\\u001b[31mx does not"
+                    " exist (give a file with one a.b.c.d/len a line)")
+
+
 def test_config_top_must_be_object(tmp_path: Path) -> None:
     assert "expected a JSON object" in problems(tmp_path, "[1, 2]")[0]
 

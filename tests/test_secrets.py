@@ -550,6 +550,17 @@ def test_secrets_a_port_with_leading_zeros_is_its_value(tmp_path: Path) -> None:
     assert load_secrets(path, SELF).peers[parse_peer_id("1.2")].port == 80
 
 
+def test_secrets_a_path_that_does_not_print_is_escaped(tmp_path: Path) -> None:
+    """secret_file written "s\\n\\u001b[32m..." in the JSON: each message took two lines."""
+    missing = tmp_path / "s\n\x1b[32mall good"
+    assert problems(missing) == [f"{tmp_path}/s\\n\\u001b[32mall good: cannot read the secrets"
+                                 " file: No such file or directory"]
+    path = tmp_path / "s\nx"
+    path.write_text(f"16.1 {KEY16}\n1.1 bad\n")
+    path.chmod(0o600)
+    assert [p.split(": ")[0] for p in problems(path)] == [f"{tmp_path}/s\\nx:2"]
+
+
 def test_secrets_a_control_character_reaches_the_message_escaped(tmp_path: Path) -> None:
     path = write(tmp_path, f"16.1 {KEY16}\n\x1b]0;x\x07\x1b[2J {KEY16}\n")
     found = problems(path)
