@@ -42,9 +42,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from alpaca import __version__, compat
 from alpaca.config import Config, load_config
+from alpaca.configreader import shown_path
 from alpaca.control import ControlServer, json_chunks
 from alpaca.core.engine import Engine
-from alpaca.core.ids import format_peer_id, printable
+from alpaca.core.ids import format_peer_id
 from alpaca.core.stats import EngineStats
 from alpaca.errors import AlpacaError, TunnelError
 from alpaca.hooks import run_hooks
@@ -505,7 +506,7 @@ class Daemon:
             chnroute = self.config.chnroute
             if chnroute is not None and file_identity(chnroute.data) != self._chnroute_file:
                 log.warning("chnroute data file changed but needs a restart file=%s",
-                            printable(str(chnroute.data), 4096))
+                            shown_path(chnroute.data))
             other_node = [key for key in ("mode", "id") if key in changed]
             if other_node:  # the gateway, forwarders and secrets of that file are another node's
                 log.error("reload refused: %s changed, the config describes another node; restart "

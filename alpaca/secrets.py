@@ -59,6 +59,10 @@ _HEX_RUN = re.compile(rf"(?:0[xX])?[0-9a-fA-F]{{{_HEX_RUN_MIN},}}")
 #: the way ``wg genkey`` or ``openssl rand -base64`` write one.
 _BASE64_RUN_MIN = 16
 _BASE64_RUN = re.compile(rf"[A-Za-z0-9+/]{{{_BASE64_RUN_MIN},}}={{0,2}}")
+#: The shortest base64 text refused as a hostname, characters: a name such as
+#: ``MyCompanyGateway01`` mixes cases too; a key's 44 characters (or 43 without ``=``) do not
+#: pass for one.
+_BASE64_AS_HOST_MIN = 32
 #: The longest peer_port shown as written, characters: a port has at most 5 digits, and a
 #: longer number may be the decimal digits that start a key.
 _PORT_SHOWN_MAX = 5
@@ -175,11 +179,11 @@ def _check_mode(path: Path, warnings: list[str]) -> None:
         )
 
 
-def _may_be_key(text: str, shortest: int = _KEY_PART_MIN) -> bool:
+def _may_be_key(text: str, shortest: int = _KEY_PART_MIN, base64_shortest: int = _BASE64_RUN_MIN) -> bool:
     """Whether ``text`` may be (part of) a key: after an optional ``0x``, at least ``shortest``
-    characters of which at most one in eight is not a hex digit (a typo); or base64 text
-    (:func:`_is_base64_key`)."""
-    if _BASE64_RUN.fullmatch(text) and _is_base64_key(text):
+    characters of which at most one in eight is not a hex digit (a typo); or at least
+    ``base64_shortest`` characters of base64 text (:func:`_is_base64_key`)."""
+    if len(text) >= base64_shortest and _BASE64_RUN.fullmatch(text) and _is_base64_key(text):
         return True
     digits = text[2:] if text[:2] in ("0x", "0X") else text
     if len(digits) < shortest:
@@ -374,7 +378,7 @@ class _Parser:
             )
             return None, None
         if (not _HOSTNAME.fullmatch(text) or is_digits(text.replace(".", ""))
-                or _may_be_key(text, _KEY_AS_HOST_MIN)):
+                or _may_be_key(text, _KEY_AS_HOST_MIN, _BASE64_AS_HOST_MIN)):
             self.problem(
                 number, f'peer_ip: "{_shown(text)}" is neither an IPv4 address nor a hostname (or null)'
             )

@@ -511,6 +511,8 @@ def test_secrets_a_base64_key_in_any_column_is_never_echoed(
     assert ':3: peer_ip: "<43 characters, perhaps a key: not shown>" is neither' in shown
     assert "1.3,<44 base64 characters: not shown>,192.0.2.3" in shown
     assert asked == []
+    mixed = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} MyCompanyGateway01 null 4000\n")
+    assert load_secrets(mixed, SELF).peers[parse_peer_id("1.1")].hostname == "MyCompanyGateway01"
     long_name = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} verylongservername.example null 4000\n")
     assert load_secrets(long_name, SELF).peers[parse_peer_id("1.1")].hostname == (
         "verylongservername.example")
