@@ -377,10 +377,10 @@ def build_registry(
 class _Scrape:
     """The WSGI app: the exposition of an :class:`Exporter`, written in chunks with a turn for
     the hub between them (an idle watcher: every pending fd, the packet path's included, runs
-    first). Each scrape reads the engine while it is being written, one scrape at a time:
-    16 clients at once cost the daemon one scrape's CPU at a time, not 16 (and the RTT
-    histograms a scrape drains are not drained by two). A client that reads slowly holds the
-    others back for at most READ_TIMEOUT a write, CONNECTION_LIFETIME in all."""
+    first). Scrapes read the engine one at a time: 16 clients at once cost the daemon one
+    scrape's CPU at a time, not 16 (and the RTT histograms a scrape drains are not drained by
+    two). Each answer is kept gzipped until written, so a client that reads slowly holds back
+    no one (at most MAX_CONNECTIONS answers in memory, a tenth of their text each)."""
 
     def __init__(self, exporter: Exporter) -> None:
         self.exporter = exporter
@@ -397,20 +397,36 @@ class _Scrape:
         return self._body(gzip)
 
     def _body(self, gzip: bool) -> Iterator[bytes]:
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        """The answer, written after the scrape is over: from the gzip pieces as they are, or
+        inflated piece by piece for a client that did not ask for gzip."""
+        pieces = self._render()
+        if gzip:
+            yield from pieces
+            return
+        inflater = zlib.decompressobj(31)
+        for piece in pieces:
+            data = inflater.decompress(piece)
+            if data:
+                yield data
+
+    def _render(self) -> list[bytes]:
+        """One scrape, gzipped in memory (about a tenth of the text), with a turn for the hub
+        between chunks. The lock is not held while a client is written to: clients that never
+        read kept Prometheus out for READ_TIMEOUT each."""
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        pieces: list[bytes] = []
         with self._one, hub_turns() as turn:
             work, started = 0.0, time.perf_counter()
             for text in render_text(self.exporter.families()):
-                data = text.encode()
-                chunk = packer.compress(data) if packer else data
+                piece = packer.compress(text.encode())
                 work += time.perf_counter() - started
-                if chunk:
-                    yield chunk
+                if piece:
+                    pieces.append(piece)
                 turn()
                 started = time.perf_counter()
-            if packer:
-                yield packer.flush()
+            pieces.append(packer.flush())
             self.exporter.engine_collector.last_duration = work + time.perf_counter() - started
+        return pieces
 
 
 class _BoundedHandler(WSGIHandler):  # type: ignore[misc]  # gevent ships no types
