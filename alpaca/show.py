@@ -17,6 +17,7 @@ from typing import Any
 
 from alpaca.core.ids import printable
 from alpaca.errors import AlpacaError
+from alpaca.system import instance
 
 PROG = "alpaca-tunnel"
 HELP = "show peers and paths of the running daemon"
@@ -105,7 +106,11 @@ def show(socket_path: Path, as_json: bool) -> int:
     try:
         reply = fetch(socket_path)
     except (FileNotFoundError, ConnectionRefusedError):
-        print(f"{PROG}: no daemon is running (no control socket at {socket_path})", file=sys.stderr)
+        print(f"{PROG}: {_no_answer(socket_path)}", file=sys.stderr)
+        return EXIT_ERROR
+    except BlockingIOError:  # the listen queue is full
+        print(f"{PROG}: the daemon on {socket_path} is busy answering others; try again",
+              file=sys.stderr)
         return EXIT_ERROR
     except PermissionError:
         print(f"{PROG}: permission denied on {socket_path} (the control socket is root only)",
@@ -126,6 +131,16 @@ def show(socket_path: Path, as_json: bool) -> int:
         return EXIT_ERROR
     print(text)
     return EXIT_OK
+
+
+def _no_answer(socket_path: Path) -> str:
+    """Why nothing listens on the control socket: no daemon, or one that holds the node's
+    lock but is starting (waiting for the uplink, running the up hooks) or stopping."""
+    lock = instance.lock_path(socket_path)
+    if instance.is_held(lock):
+        return (f"the daemon (pid {instance.holder(lock)}) is starting or stopping: no control socket"
+                f" at {socket_path} yet or any more; try again")
+    return f"no daemon is running (no control socket at {socket_path})"
 
 
 # ----------------------------------------------------------------------------- table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket as std_socket
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from alpaca import show as show_mod
 from alpaca.control import ControlServer
 from alpaca.show import cmd_show, register, render, show
 from alpaca.snapshot import snapshot
+from alpaca.system import instance
 from tests.test_metrics import scenario
 
 CLIENT = (
@@ -79,6 +81,47 @@ def test_show_without_a_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert show(missing, False) == 1
     err = capsys.readouterr().err
     assert err == f"alpaca-tunnel: no daemon is running (no control socket at {missing})\n"
+
+
+def test_show_while_the_daemon_starts_or_stops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lock is held but no socket listens (up hooks, uplink wait, down hooks): that was
+    "no daemon is running" while a second `run` said another daemon runs the node."""
+    sock = tmp_path / "alpaca.sock"
+    fd = instance.hold(instance.lock_path(sock), "control_socket")
+    try:
+        assert show(sock, as_json=False) == 1
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert f"the daemon (pid {os.getpid()}) is starting or stopping" in err and "try again" in err
+    assert show(sock, as_json=False) == 1  # the lock released: no daemon
+    assert "no daemon is running" in capsys.readouterr().err
+
+
+def test_show_of_a_daemon_whose_listen_queue_is_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full accept queue: was "no usable answer ...: [Errno 11] Resource temporarily unavailable"."""
+    path = tmp_path / "busy.sock"
+    server = std_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(0)
+    waiting = []
+    try:
+        while True:  # fill the queue: no one accepts
+            client = std_socket.socket(std_socket.AF_UNIX, std_socket.SOCK_STREAM)
+            client.setblocking(False)
+            waiting.append(client)
+            client.connect(str(path))
+    except BlockingIOError:
+        pass
+    try:
+        assert show(path, as_json=False) == 1
+    finally:
+        for client in waiting:
+            client.close()
+        server.close()
+    assert f"the daemon on {path} is busy answering others; try again" in capsys.readouterr().err
 
 
 def test_show_with_a_stale_socket_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
