@@ -195,7 +195,7 @@ class Daemon:
         self._check_ports_free()
         link.check_name_free(cfg.tun_name)  # before the hooks: a refused start runs none
         epoch = next_epoch(cfg.state_file, wall())
-        run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks)
+        run_hooks("pre_up", cfg.pre_up_cmds, strict=cfg.strict_hooks, before_each=self._hook_time)
         self.tun = TunDevice.open(cfg.tun_name, offload=cfg.tun_offload, priority_lane=cfg.tun_priority_lane)
         if cfg.tun_offload and not self.tun.offload:
             log.warning("the kernel refused TUN offload; running without it tun=%s", self.tun.name)
@@ -210,7 +210,7 @@ class Daemon:
         # hook, a DHCP client's default) wait in its socket until the monitor runs.
         monitor = RouteMonitor().open()
         self._closers.append(monitor.close)
-        run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks)
+        run_hooks("post_up", cfg.post_up_cmds, strict=cfg.strict_hooks, before_each=self._hook_time)
         self._hooks_up = True
         rcvbuf = cfg.udp_rcvbuf_kib << 9  # the kernel doubles what it is asked for
         ports = [UdpPort.open(p.name, p.address, p.port, p.interface, rcvbuf=rcvbuf,
@@ -635,6 +635,12 @@ class Daemon:
             except Exception as exc:  # a bug in one closer must not keep the others open
                 log.error("error while closing (this is a bug): %r", exc)
 
+    def _hook_time(self, seconds: float) -> None:
+        """A hook may run ``seconds`` (5 more to be killed and reaped): the service manager
+        waits that much longer (three 60 s down hooks outlasted TimeoutStopSec=150, and it
+        killed the daemon before post_down ran)."""
+        self.notify.extend_timeout(seconds + 5)
+
     def _undo_host(self) -> None:
         """Undo the journal's host changes and run the down hooks around the TUN's close; a
         failed undo step makes the exit code 1."""
@@ -642,13 +648,13 @@ class Daemon:
         if failures:
             self.exit_code = 1
         if self._hooks_up:
-            run_hooks("pre_down", self.config.pre_down_cmds)
+            run_hooks("pre_down", self.config.pre_down_cmds, before_each=self._hook_time)
         if self.plane is not None:
             self.plane.close()
         elif self.tun is not None:
             self.tun.close()
         if self._hooks_up:
-            run_hooks("post_down", self.config.post_down_cmds)
+            run_hooks("post_down", self.config.post_down_cmds, before_each=self._hook_time)
 
 
 #: Config keys read only at start (the down hooks: at stop, from the start's config): a reload

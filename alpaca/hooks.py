@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import gevent
 import gevent.event
@@ -34,23 +35,36 @@ class HookError(AlpacaError):
     """A hook command failed and hooks are strict."""
 
 
-def run_hooks(stage: str, commands: tuple[str, ...], *, strict: bool = False) -> int:
+def run_hooks(stage: str, commands: tuple[str, ...], *, strict: bool = False,
+              before_each: Callable[[float], None] | None = None) -> int:
     """Run ``commands`` of ``stage`` in order; return how many failed.
+
+    Args:
+        before_each: called with the seconds the next command may take (HOOK_TIMEOUT), before
+            it starts (the daemon tells the service manager to wait that long).
 
     Raises:
         HookError: on the first failure when ``strict``.
     """
     failed = 0
     for index, command in enumerate(commands):
+        if before_each is not None:
+            before_each(HOOK_TIMEOUT)
         code, output = run_one(command)
         if code == 0:
             log.info("hook ran stage=%s index=%d", stage, index)
             continue
         failed += 1
-        log.warning("hook failed stage=%s index=%d exit=%d command=%r output=%r",
-                    stage, index, code, command, output[-OUTPUT_TAIL:])
+        if code is None:
+            how = f"timed out after {HOOK_TIMEOUT:g} s"
+            log.warning("hook timed out stage=%s index=%d after=%gs command=%r output=%r",
+                        stage, index, HOOK_TIMEOUT, command, output)
+        else:
+            how = f"failed with exit code {code}"
+            log.warning("hook failed stage=%s index=%d exit=%d command=%r output=%r",
+                        stage, index, code, command, output)
         if strict:
-            raise HookError(f"{stage}_cmds[{index}] failed with exit code {code}: {command!r} "
+            raise HookError(f"{stage}_cmds[{index}] {how}: {command!r} "
                             f"(fix the command, or set \"strict_hooks\": false to continue anyway)")
     return failed
 
@@ -121,14 +135,15 @@ def _kill_once_started(starting: gevent.Greenlet) -> None:
         _kill_group(starting.value)
 
 
-def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
+def run_one(command: str, timeout: float | None = None) -> tuple[int | None, str]:
     """Run ``command`` through ``/bin/sh -c``; return (exit code, the tail of its output).
 
     Only the shell is waited for, as ``system()`` did: a process the command leaves in the
     background (``dnsmasq &``) keeps running and does not hold start-up. Output goes to a pipe
     that :class:`_Tail` drains; the last OUTPUT_TAIL characters are returned, and what a
     background process writes later is read slowly and dropped. A shell still
-    running after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; exit -1.
+    running after ``timeout`` (HOOK_TIMEOUT) seconds is killed with its process group; its
+    exit code is None, its output what it wrote until then.
     So is one whose wait is interrupted (e.g. StartInterrupted), before the exception goes on,
     also while it is being started (gevent's Popen waits for the exec).
     """
@@ -150,8 +165,7 @@ def run_one(command: str, timeout: float | None = None) -> tuple[int, str]:
         code = proc.wait(limit)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        tail.shell_done = True
-        return -1, f"timed out after {limit:g} s"
+        return None, tail.text(OUTPUT_WAIT)[-OUTPUT_TAIL:]
     except BaseException:  # a stop during start-up: the hook must not go on after the undo
         _kill_group(proc)
         tail.shell_done = True

@@ -11,6 +11,7 @@ import pytest
 from gevent.pool import Group
 
 from alpaca import daemon as d
+from alpaca.hooks import HOOK_TIMEOUT
 
 
 class Journal:
@@ -60,3 +61,15 @@ def test_an_exception_out_of_killing_the_greenlets_still_undoes_the_host(tmp_pat
         daemon.stop()
     assert daemon.journal.undone == 1  # type: ignore[attr-defined]
     assert daemon._lock is None
+
+
+def test_stop_gives_each_down_hook_its_time_with_the_service_manager(tmp_path: Path) -> None:
+    """TimeoutStopSec=150 against up to 60 s a down hook: three slow ones got the daemon
+    killed before post_down ran. Each hook now extends the stop's timeout first."""
+    daemon = stopping_daemon(tmp_path, [])
+    daemon._hooks_up = True
+    daemon.config.pre_down_cmds = ("true",)
+    daemon.config.post_down_cmds = ("true", "true")
+    daemon.stop()
+    extended = [c.args for c in daemon.notify.extend_timeout.call_args_list]  # type: ignore[attr-defined]
+    assert extended == [(HOOK_TIMEOUT + 5,)] * 3

@@ -5,7 +5,8 @@ namespace) to a ``Type=notify`` service and waits for ``READY=1`` before it coun
 done: ``systemctl start`` returns once the tunnel is up, units ordered after it start then,
 and a ``systemctl reload`` asked for meanwhile waits its turn instead of reaching a daemon
 that cannot handle it yet. ``RELOADING=1``/``READY=1`` frame a reload, ``STOPPING=1`` starts
-the stop. Without ``NOTIFY_SOCKET`` (not run by systemd) nothing is sent.
+the stop, ``EXTEND_TIMEOUT_USEC`` before each hook gives it its time. Without
+``NOTIFY_SOCKET`` (not run by systemd) nothing is sent.
 
 The variable is taken out of the environment, so hook commands do not inherit it. A failed
 send is logged once and otherwise ignored: the tunnel never depends on it.
@@ -46,6 +47,11 @@ class Notifier:
                 log.warning("could not notify the service manager address=%r error=%s",
                             self.address, exc)
                 self._warned = True
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for ``seconds`` more before the start or stop counts as hung (a hook runs: the
+        unit's TimeoutStartSec/TimeoutStopSec cannot know how many there are)."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
     def reloading(self, monotonic_usec: int) -> None:
         """A reload begins (``MONOTONIC_USEC``: CLOCK_MONOTONIC now, in microseconds)."""

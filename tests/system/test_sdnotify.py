@@ -24,6 +24,8 @@ def test_notifier_sends_to_an_abstract_socket_and_leaves_the_environment(
         assert listener.recv(4096) == b"READY=1\nSTATUS=up"
         notifier.reloading(1234)
         assert listener.recv(4096) == b"RELOADING=1\nMONOTONIC_USEC=1234"
+        notifier.extend_timeout(65)
+        assert listener.recv(4096) == b"EXTEND_TIMEOUT_USEC=65000000"
 
 
 def test_notifier_without_systemd_sends_nothing_and_a_dead_socket_is_one_warning(
