@@ -2,8 +2,9 @@
 
 Start-up order (the original's, made reversible): recover a journal left by a crashed run (and
 those of crashed runs of this namespace with another control socket) -> check that the UDP
-and metrics ports are free and no other device has tun_name (a refused start changes nothing
-and runs no hook) -> take a new session epoch (persisted before any packet is sealed) ->
+ports are free, the metrics address is this host's and no other device has tun_name (a
+refused start changes nothing and runs no hook; a metrics port in use is served once free)
+-> take a new session epoch (persisted before any packet is sealed) ->
 pre_up hooks -> open the TUN device -> host changes (plan/apply with a write-ahead undo
 journal: ip_forward, TUN address and MTU, chnroute, host routes, default route or NAT) ->
 post_up hooks -> bind the UDP ports -> start the engine's greenlets, the route monitor, the
@@ -25,6 +26,7 @@ Greenlet contract: everything runs on the main thread's hub; no OS threads, no m
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -58,7 +60,7 @@ from alpaca.io.rename import HostnameFollower
 from alpaca.io.tun import TunDevice
 from alpaca.io.udp import UdpPort
 from alpaca.io.watch import FileWatch
-from alpaca.metrics import build_registry, listen_error, serve_metrics
+from alpaca.metrics import Exporter, build_registry, listen_error, serve_metrics
 from alpaca.paths import file_identity
 from alpaca.secrets import Secrets, load_secrets
 from alpaca.snapshot import snapshot
@@ -93,6 +95,8 @@ MOVED_LOG_INTERVAL = 10.0
 FAIL_OVER_HOLD = 3.0
 #: seconds before a reload whose host routes the kernel refused is run again
 RELOAD_RETRY = 5.0
+#: seconds between two tries of a metrics port another program holds
+METRICS_RETRY = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -249,7 +253,7 @@ class Daemon:
         if cfg.metrics.enabled:
             host, port = cfg.metrics.host, cfg.metrics.port
             exc = preflight.tcp_port_taken(host, port)
-            if exc is not None:
+            if exc is not None and exc.errno != errno.EADDRINUSE:  # in use: served once free
                 raise TunnelError(f"{cfg.path}: {listen_error(host, port, exc)}")
 
     def _catch_stop_during_start(self) -> None:
@@ -300,14 +304,37 @@ class Daemon:
             registry = build_registry(lambda: self.engine, monotonic, version=__version__,
                                       start_time=self.started_at, node=format_peer_id(cfg.id),
                                       stats_ref=self._node_stats)
-            try:
-                server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
-            except TunnelError as exc:
-                raise TunnelError(f"{cfg.path}: {exc}") from exc
-            self._closers.append(server.stop)
+            self._serve_metrics(registry)
         control = ControlServer(cfg.control_socket, self.snapshot)
         control.start()
         self._closers.append(control.stop)
+
+    def _serve_metrics(self, registry: Exporter) -> None:
+        """Serve ``registry`` on metrics.listen. A port another program holds does not stop
+        the tunnel (any local user may take an unprivileged port first): the error is logged
+        and the port tried again every METRICS_RETRY seconds until it is free."""
+        cfg = self.config
+        try:
+            server = serve_metrics(registry, cfg.metrics.host, cfg.metrics.port)
+        except TunnelError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, OSError) or cause.errno != errno.EADDRINUSE:
+                raise TunnelError(f"{cfg.path}: {exc}") from exc
+            log.error("%s: %s; the tunnel runs without it, trying again every %.0f s",
+                      cfg.path, exc, METRICS_RETRY)
+            self._spawn("the metrics port retry", self._serve_metrics_when_free, registry)
+            return
+        self._closers.append(server.stop)
+
+    def _serve_metrics_when_free(self, registry: Exporter) -> None:
+        while True:
+            gevent.sleep(METRICS_RETRY)
+            try:
+                server = serve_metrics(registry, self.config.metrics.host, self.config.metrics.port)
+            except TunnelError:
+                continue
+            self._closers.append(server.stop)
+            return
 
     def snapshot(self) -> dict[str, Any]:
         """The state ``alpaca-tunnel show`` prints (the same numbers as /metrics), built with

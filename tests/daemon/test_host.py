@@ -459,15 +459,41 @@ time.sleep(60)
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("held", ["udp", "metrics"])
-def test_host_a_port_held_by_another_process_stops_the_start_before_the_host_is_touched(
-        lab: Lab, held: str) -> None:
-    """The server's UDP port, or the client's metrics port, is another process's: the start
-    stops with the error before it takes an epoch (the state file is not written) or changes
-    anything on the host; it used to set the host up, fail, and undo it all."""
+def test_host_a_metrics_port_held_by_another_process_is_served_once_free(lab: Lab) -> None:
+    """Any local user may bind an unprivileged port first: the metrics port held stopped the
+    tunnel's start. Now the tunnel comes up, the error is logged and the port tried again."""
     topo = build_simple(lab)
-    node = topo.server if held == "udp" else topo.client
-    address, port = ("0.0.0.0", PORT) if held == "udp" else node.config["metrics"]["listen"].split(":")
+    node = topo.client
+    address, port = node.config["metrics"]["listen"].split(":")
+    holder = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-c", _HOLD, "tcp",
+                               address, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "bound\n"
+        lab.start(topo.server)
+        lab.start(node)
+        assert "the tunnel runs without it, trying again every 10 s" in node.log(), node.log_tail()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 20
+    while "metrics served url=" not in node.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://{address}:{port}/metrics').read())"
+    got = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-c", fetch],
+                         capture_output=True, text=True, timeout=10)
+    assert "alpaca_build_info" in got.stdout, node.log_tail()
+
+
+@pytest.mark.netns
+def test_host_a_udp_port_held_by_another_process_stops_the_start_before_the_host_is_touched(
+        lab: Lab) -> None:
+    """The server's UDP port is another process's: the start stops with the error before it
+    takes an epoch (the state file is not written) or changes anything on the host; it used to
+    set the host up, fail, and undo it all."""
+    held = "udp"
+    topo = build_simple(lab)
+    node = topo.server
+    address, port = "0.0.0.0", PORT
     holder = subprocess.Popen(["ip", "netns", "exec", node.ns, sys.executable, "-c", _HOLD, held, address,
                                str(port)], stdout=subprocess.PIPE, text=True)
     try:
@@ -479,7 +505,7 @@ def test_host_a_port_held_by_another_process_stops_the_start_before_the_host_is_
     finally:
         holder.kill()
         holder.wait()
-    wanted = f"binding UDP port default to 0.0.0.0:{PORT}" if held == "udp" else "metrics.listen: cannot"
+    wanted = f"binding UDP port default to 0.0.0.0:{PORT}"
     assert wanted in node.log() and "Address already in use" in node.log(), node.log_tail()
     assert not Path(node.config["state_file"]).exists(), "an epoch was taken"
     assert_same(before, host_state(node.ns))
@@ -732,7 +758,8 @@ def test_the_service_manager_hears_ready_reloading_and_stopping(
     lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Type=notify: READY=1 once the tunnel carries traffic, RELOADING=1 and READY=1 around a
-    reload, STOPPING=1 at the stop; the hooks do not inherit NOTIFY_SOCKET."""
+    reload, STOPPING=1 at the stop, EXTEND_TIMEOUT_USEC before each hook; the hooks do not
+    inherit NOTIFY_SOCKET."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(tmp_path / "notify"))
     listener.settimeout(20)
@@ -740,6 +767,7 @@ def test_the_service_manager_hears_ready_reloading_and_stopping(
     topo = build_simple(lab, server_config={"post_up_cmds": [f"env > {tmp_path / 'hook-env'}"]})
     try:
         lab.start(topo.server, wait=False)
+        assert listener.recv(4096) == b"EXTEND_TIMEOUT_USEC=65000000"  # before the post_up hook
         ready = listener.recv(4096).decode().split("\n")
         assert ready[0] == "READY=1" and ready[1].startswith("STATUS=node 1.1 up on ")
         assert "started node=1.1" in topo.server.log()  # READY only once it is all in place
