@@ -475,7 +475,9 @@ class Engine:
         if link.peer != dst or addr is None:
             return False
         spec = self.settings.peers.get(dst)
-        if addr in self._static_addrs and (spec is None or addr != spec.addr):
+        if spec is not None and addr == spec.addr:
+            return True  # dst's own address, also where it relays for others (a forwarder)
+        if addr in self._static_addrs:
             return False
         return not self._another_peer_at(link.port, addr, dst)
 
