@@ -33,8 +33,6 @@ NEVER = -math.inf
 
 #: Direct path indexes (0-3: the sender's port) and the forwarders' (4-15).
 DIRECT_SLOTS = 4
-#: DATA receive counts a peer keeps (:func:`rx_slot`).
-RX_SLOTS = DIRECT_SLOTS * MAX_LOCAL_PORTS + PATH_SLOTS - DIRECT_SLOTS
 
 
 def rx_slot(pi: int, port: int) -> int:
@@ -42,11 +40,18 @@ def rx_slot(pi: int, port: int) -> int:
 
     A direct index names only the sender's port: the sender's static path from its port i
     and its answer on the slot i it learned from us carry the same index, to different local
-    ports of ours, so a direct index is counted per local port. A forwarder's index reaches us
-    through forwarders, on whichever port they use, so it is counted alone."""
-    if pi < DIRECT_SLOTS:
-        return pi * MAX_LOCAL_PORTS + port
-    return DIRECT_SLOTS * MAX_LOCAL_PORTS + pi - DIRECT_SLOTS
+    ports of ours, so a direct index is counted per local port (port 0 at the index itself,
+    the others after the 16 indexes: a node of one port keeps 16 counts a peer). A
+    forwarder's index reaches us through forwarders, on whichever port they use, so it is
+    counted alone."""
+    if pi >= DIRECT_SLOTS or port == 0:
+        return pi
+    return PATH_SLOTS + (port - 1) * DIRECT_SLOTS + pi
+
+
+def rx_slots(ports: int) -> int:
+    """How many receive counts :func:`rx_slot` uses on a node of ``ports`` local ports."""
+    return PATH_SLOTS + (min(max(ports, 1), MAX_LOCAL_PORTS) - 1) * DIRECT_SLOTS
 
 #: RTT samples a path keeps between two scrapes (32 floats, about 1 KiB a path: a server with
 #: 10,000 clients nobody scrapes keeps about 10-20 MiB of them, not 80).
@@ -238,7 +243,7 @@ class PeerPaths:
         self.candidates: dict[tuple[int, int], Path] = {}
         self.via: dict[int, Path] = {}
         #: DATA received from the peer, per rx_slot(path index, local port)
-        self.rx_data = [0] * RX_SLOTS
+        self.rx_data = [0] * rx_slots(len(ports))
 
     def all(self) -> list[Path]:
         """Every path, VIA paths included."""
