@@ -181,7 +181,8 @@ class Config:
     keeps a saturating flow from adding tens of milliseconds to every other flow's latency,
     at 10-35 % less single-flow throughput (docs/performance.md)."""
     udp_rcvbuf_kib: int = C.DEFAULT_UDP_RCVBUF_KIB
-    """Receive buffer of each UDP socket, KiB (default 208, capped by net.core.rmem_max): the
+    """Receive buffer of each UDP socket, KiB (default 208; not capped by net.core.rmem_max,
+    the daemon has CAP_NET_ADMIN): the
     receiver's part of a saturating flow's standing queue forms here, so it bounds part of the
     latency a bulk flow adds to everything else; larger buffers trade latency for throughput."""
     udp_priority_lane: bool = True

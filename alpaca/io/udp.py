@@ -102,6 +102,9 @@ _BIND_HINTS = {
 #: standing queue (the sender's TUN ring holds the rest; docs/performance.md, "Latency under
 #: load").
 RCVBUF = 104 << 10
+#: SO_RCVBUF without the net.core.rmem_max cap (CAP_NET_ADMIN, which the daemon has); the
+#: socket module does not name it.
+SO_RCVBUFFORCE = 33
 #: UDP payloads of at most this many bytes go to the priority lane: an inner packet of up to
 #: SMALL_PACKET bytes and the tunnel's header and tag (alpaca.core.constants).
 PRIORITY_BYTES = SMALL_DATAGRAM
@@ -151,8 +154,10 @@ class UdpPort:
         Args:
             name: the port's name from config, used in errors and metrics.
             interface: bind to this device (SO_BINDTODEVICE) so that packets leave by it.
-            rcvbuf / sndbuf: socket buffer sizes in bytes (the kernel doubles them and caps
-                them at net.core.rmem_max / wmem_max). See RCVBUF for the receive default.
+            rcvbuf / sndbuf: socket buffer sizes in bytes, which the kernel doubles. The receive
+                buffer is set with SO_RCVBUFFORCE where the process may (net.core.rmem_max, 208
+                KiB on a default host, would cap it), else capped; the send buffer is capped at
+                net.core.wmem_max. See RCVBUF for the receive default.
             gso: use UDP GSO in send_many when the kernel supports it.
             priority_lane: steer small datagrams to a second socket (see the module docstring).
 
@@ -165,7 +170,7 @@ class UdpPort:
         sock.setblocking(False)
         where = f"{address}:{port}" + (f" on {interface}" if interface else "")
         try:
-            sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, rcvbuf)
+            set_rcvbuf(sock, rcvbuf)
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, sndbuf)
             if interface:
                 sock.setsockopt(
@@ -416,6 +421,15 @@ def _run_end(datas: Sequence[bytes], i: int) -> int:
     return j
 
 
+def set_rcvbuf(sock: Any, size: int) -> None:
+    """Ask for a receive buffer of ``size`` bytes (the kernel doubles it): uncapped where the
+    process has CAP_NET_ADMIN, else capped at net.core.rmem_max."""
+    try:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, size)
+
+
 def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:
     """The priority lane of the bound ``sock``: a second socket on its address and port (with
     a receive buffer of ``rcvbuf`` bytes asked for, as the first: a flood of small packets
@@ -435,7 +449,7 @@ def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:
     lane.setblocking(False)
     try:
         sock.setsockopt(level, reuse, 1)
-        lane.setsockopt(level, _stdsocket.SO_RCVBUF, rcvbuf)
+        set_rcvbuf(lane, rcvbuf)
         lane.setsockopt(level, reuse, 1)
         if interface:
             lane.setsockopt(level, _stdsocket.SO_BINDTODEVICE, interface.encode())

@@ -451,3 +451,19 @@ def test_udp_send_many_on_a_path_smaller_than_the_datagrams_falls_back_to_sendto
     if not gso:
         pytest.skip("kernel without UDP GSO")
     assert (sent, got) == (32, 32)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_RCVBUFFORCE needs CAP_NET_ADMIN")
+def test_udp_receive_buffer_is_not_capped_by_rmem_max() -> None:
+    """udp_rcvbuf_kib above net.core.rmem_max (208 KiB on a default host) is granted, on the
+    port's socket and on its lane, instead of being capped without a word."""
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    asked = rmem_max + (1 << 20)
+    port = UdpPort.open("p", "127.0.0.1", 0, rcvbuf=asked, priority_lane=True)
+    try:
+        socks = [port._sock] + ([port._lane] if port.priority_lane else [])
+        for sock in socks:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * asked
+    finally:
+        port.close()
