@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca import __version__, show
-from alpaca.config import Config, Mode, load_config, read_chnroute
+from alpaca.config import Config, Mode, load_config, reach_warnings, read_chnroute
+from alpaca.configreader import shown_path
 from alpaca.core.ids import format_peer_id, printable, quoted
 from alpaca.errors import AlpacaError, ConfigError, StateFileError
 from alpaca.hostplan import host_plan
@@ -31,6 +33,7 @@ from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path, socket_path_fault
 from alpaca.secrets import Secrets, load_secrets, shown_host
+from alpaca.system.plan import LoadChnroute, MoveDefaultRoute, lookup_problems
 
 PROG = "alpaca-tunnel"
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
@@ -81,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         secrets = load_secrets(config.secret_file, config.id)
         config.engine_settings(secrets)  # cross-checks the two files before touching the host
+        for warning in reach_warnings(config, secrets):
+            logging.getLogger(PROG).warning("%s", warning)
         if config.chnroute is not None:  # read again when loaded: a broken file touches nothing
             read_chnroute(config.chnroute.data)
         _check_state_file(config)
@@ -162,8 +167,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print("\n".join(describe_host_changes(config, secrets, prefixes)))
     from alpaca.compat import legacy_warning  # lazily, like the daemon
 
-    warning = legacy_warning(config, secrets)
-    if warning:
+    warnings = [*reach_warnings(config, secrets), *host_warnings(config, secrets)]
+    legacy = legacy_warning(config, secrets)
+    for warning in [*warnings, legacy] if legacy else warnings:
         print(f"\nWARNING: {warning}")
     print(f"\n{PROG}: config OK")
     return EXIT_OK
@@ -311,6 +317,14 @@ def _ids(peers: Sequence[int]) -> str:
     return ", ".join(format_peer_id(p) for p in peers) or "none"
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def describe_settings(config: Config, secrets: Secrets) -> list[str]:
     """The resolved settings, one per line. Keys are shown by length only."""
     dup = config.dup
@@ -333,11 +347,15 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         f"ttl:             {config.ttl}",
         f"paths:           probe every {config.probe_interval:g} s, down after"
         f" {config.path_timeout:g} s, forgotten after {config.path_lifetime:g} s",
-        f"duplicate-send:  {dup.policy.value}, {dup.copies} extra copies"
+        f"duplicate-send:  {dup.policy.value}, {_count(dup.copies, 'extra copy', 'extra copies')}"
         f" {dup.delay * 1000:g} ms apart, at most {dup.queue_max} waiting",
-        f"padding:         {'on' if config.pad_small_packets else 'off'}",
+        f"padding:         {_on(config.pad_small_packets)}",
+        f"TUN device:      offload {_on(config.tun_offload)}, read ahead"
+        f" {config.tun_read_ahead_kib} KiB, priority lane {_on(config.tun_priority_lane)}",
+        f"UDP ports:       receive buffer {config.udp_rcvbuf_kib} KiB, priority lane"
+        f" {_on(config.udp_priority_lane)}",
         f"replay window:   {config.replay_window} packets",
-        f"source check:    {'on' if config.inner_source_check else 'off'}",
+        f"source check:    {_on(config.inner_source_check)}",
         f"protocol:        {config.protocol}" + (f" (peers: {overrides})" if overrides else ""),
         "metrics:         "
         + (f"http://{metrics.host}:{metrics.port}/metrics" if metrics.enabled else "off"),
@@ -358,6 +376,36 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
     return lines
 
 
+def host_warnings(config: Config, secrets: Secrets) -> list[str]:
+    """What ``run`` would find wrong on this host as it is now (read only): a port's
+    interface that does not exist (the bind fails), and the ip rules that would keep traffic
+    out of the tunnel's default route or send the chnroute prefixes into it (as ``run``
+    warns)."""
+    where = shown_path(config.path)
+    found = [f"{where}: ports[{i}].interface: no device {quoted(port.interface)} on this host now;"
+             f" run fails to bind the port {quoted(port.name)} until it exists"
+             for i, port in enumerate(config.ports)
+             if port.interface and not _device_exists(port.interface)]
+    chn_table = None
+    for op in host_plan(config, secrets):
+        if isinstance(op, LoadChnroute):
+            chn_table = op.table
+        elif isinstance(op, MoveDefaultRoute):
+            try:
+                found += [f"{where}: {problem}" for problem in lookup_problems(op.table, chn_table)]
+            except (AlpacaError, OSError) as exc:
+                found.append(f"the ip rules could not be read to check route_table: {exc}")
+    return found
+
+
+def _device_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: int) -> list[str]:
     """What ``run`` changes on the host, one change per line."""
     lines = ["host changes:"]
@@ -373,7 +421,8 @@ def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: i
         raise ConfigError([f"{config.path}: {exc}"]) from exc
     lines += [f"  {op.description}" for op in ops]
     if config.chnroute is not None:
-        lines.append(f"  (chnroute: {chnroute_prefixes} prefixes in {config.chnroute.data})")
+        lines.append(f"  (chnroute: {_count(chnroute_prefixes, 'prefix', 'prefixes')} in"
+                     f" {config.chnroute.data})")
     lines += [f"  at stop, run pre_down_cmds: {cmd}" for cmd in config.pre_down_cmds]
     lines += [f"  at stop, run post_down_cmds: {cmd}" for cmd in config.post_down_cmds]
     return lines

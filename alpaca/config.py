@@ -306,6 +306,23 @@ def _check_against_secrets(config: Config, secrets: Secrets) -> None:
         raise ConfigError(problems)
 
 
+def reach_warnings(config: Config, secrets: Secrets) -> list[str]:
+    """Findings that do not stop the node but leave it unable to reach its gateway: a client
+    whose gateway has no address, without forwarders, cannot send to it, and its default
+    route then leads nowhere unless the gateway speaks first (which needs this node's address
+    in the gateway's secrets; the own line here has none either)."""
+    gateway = secrets.peers.get(config.gateway) if config.gateway is not None else None
+    own = secrets.peers.get(config.id)
+    if (config.mode is not Mode.CLIENT or config.forwarders or gateway is None or own is None
+            or gateway.address or gateway.hostname or own.address or own.hostname):
+        return []
+    text = format_peer_id(gateway.peer_id)
+    return [f"{shown_path(secrets.path)}: the gateway {text} has no address and there are no"
+            f" forwarders: this node cannot send to it, and its default route leads nowhere until"
+            f" {text} speaks first (only if {text}'s secrets give this node's address); give"
+            f" {text}'s peer_ip and peer_port, or forwarders in {shown_path(config.path)}"]
+
+
 # --- Loading -------------------------------------------------------------------------------
 
 

@@ -109,12 +109,13 @@ def read_text_file(path: Path, what: str, max_bytes: int, fix: str) -> str:
         path: the file.
         what: its role, for messages ("the secrets file").
         max_bytes: the largest size accepted, bytes.
-        fix: what to do about a file that is too large ("point secret_file at ...").
+        fix: what to do about a file that cannot be read or is too large ("point secret_file
+            at ...").
 
     Raises:
         ConfigError: the file cannot be read, is larger than ``max_bytes`` or is not UTF-8.
     """
-    data = _read_at_most(path, what, max_bytes + 1)
+    data = _read_at_most(path, what, max_bytes + 1, fix)
     if len(data) > max_bytes:
         raise ConfigError([f"{shown_path(path)}: {what} is larger than {_size(max_bytes)}, the most it may"
                            f" be (is it the right file?); {fix}"])
@@ -131,7 +132,7 @@ def read_chnroute_text(path: Path) -> str:
                           "point chnroute.data at a list of prefixes, one a.b.c.d/len a line")
 
 
-def _read_at_most(path: Path, what: str, size: int) -> bytes:
+def _read_at_most(path: Path, what: str, size: int, fix: str) -> bytes:
     """Up to ``size`` bytes of ``path`` (fewer at its end)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no wait for a writer
@@ -140,7 +141,7 @@ def _read_at_most(path: Path, what: str, size: int) -> bytes:
             return file.read(size)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([f"{shown_path(path)}: cannot read {what}: {reason}"]) from exc
+        raise ConfigError([f"{shown_path(path)}: cannot read {what}: {reason}; {fix}"]) from exc
 
 
 def _utf8_text(path: Path, what: str, data: bytes) -> str:
@@ -282,7 +283,13 @@ class JsonObject:
         return peer
 
     def path(self, key: str, default: str, config_path: Path) -> Path:
-        return relative_to_config(config_path, self.string(key, default) or default)
+        """The path at ``key`` (relative to the config file's directory), ``default`` if the
+        key is absent or null; an empty string is a problem (it named no file)."""
+        value = self.string(key, default)
+        if not value:
+            self.fail(key, f'is empty; give a path, or leave the key out for the default "{default}"')
+            value = default
+        return relative_to_config(config_path, value)
 
     def table(self, key: str, default: str) -> int:
         value = self.data.get(key)

@@ -43,7 +43,7 @@ from gevent.pool import Group
 from pyroute2.netlink.exceptions import NetlinkError
 
 from alpaca import __version__, compat
-from alpaca.config import Config, load_config
+from alpaca.config import Config, load_config, reach_warnings
 from alpaca.configreader import shown_path
 from alpaca.control import ControlServer, json_chunks
 from alpaca.core.engine import Engine
@@ -543,6 +543,8 @@ class Daemon:
             with hub_turns() as turn:  # 10,000 peers: 0.2 s of parsing
                 secrets = load_secrets(config.secret_file, config.id, self.secrets, turn)
             settings, legacy = compat.split_settings(config, secrets, wall() - monotonic())
+            for warning in reach_warnings(config, secrets):
+                log.warning("%s", warning)
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return

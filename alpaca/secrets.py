@@ -292,6 +292,9 @@ class _Parser:
         port = self.parse_port(number, port_text, needed=ip_text.lower() != "null")
         if peer_id is None or key is None or port is None:
             return
+        if port and address is None and hostname is None:
+            self.warnings.append(f"{self.name}:{number}: peer_port {port} of peer {format_peer_id(peer_id)}"
+                                 " is ignored without a peer_ip (give its address too, or null)")
         self.peers[peer_id] = PeerSecret(peer_id, key, address, hostname, port, key_text[:16].encode())
 
     def resolve_hostnames(self, previous: Mapping[int, PeerSecret]) -> None:

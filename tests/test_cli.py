@@ -61,6 +61,9 @@ def test_cli_check_good_client_config(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "masquerade" not in out
     assert "32-byte key" in out and "16-byte key (self)" in out
     assert "scheduling:      normal" in out
+    assert "duplicate-send:  syn_dns, 1 extra copy 100 ms apart" in out
+    assert "TUN device:      offload on, read ahead 128 KiB, priority lane on" in out
+    assert "UDP ports:       receive buffer 208 KiB, priority lane on" in out
     assert out.rstrip().endswith("alpaca-tunnel: config OK")
 
 
@@ -170,6 +173,45 @@ def test_cli_check_reports_peers_missing_from_secrets(
     path = client_setup(tmp_path, forwarders=["3.3"])
     assert cli.main(["check", "-c", str(path)]) == 2
     assert "forwarders[0] 3.3 has no line" in capsys.readouterr().err
+
+
+def test_cli_check_warns_of_what_would_leave_the_client_cut_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check said "config OK" where run cuts the host off: a gateway that has no address
+    and no forwarder, a port's interface that does not exist, a route_table no ip rule looks
+    up (4242: no host has one). Each is a warning; the good config has none."""
+    path = client_setup(tmp_path)
+    assert cli.main(["-c", str(path), "check"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    path = client_setup(tmp_path, forwarders=[], route_table=4242,
+                        ports=[{"name": "wan", "port": 5000, "interface": "nosuchdev9"}])
+    secrets = tmp_path / "secrets.txt"
+    secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]}\n")
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    warnings = [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"{secrets}: the gateway 1.1 has no address and there are no forwarders: this node cannot"
+        " send to it, and its default route leads nowhere until 1.1 speaks first (only if 1.1's"
+        f" secrets give this node's address); give 1.1's peer_ip and peer_port, or forwarders in {path}",
+        f'{path}: ports[0].interface: no device "nosuchdev9" on this host now; run fails to bind the'
+        ' port "wan" until it exists',
+        f"{path}: route_table 4242: no ip rule looks this table up, so no traffic enters the tunnel;"
+        " add one (ip rule add ... lookup 4242) or use route_table default",
+    ]
+    assert out.rstrip().endswith("alpaca-tunnel: config OK")
+
+
+def test_cli_check_a_gateway_that_can_reach_the_client_is_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without forwarders and without the gateway's address, a client whose own line has an
+    address can be reached by the gateway first (a server that calls its clients)."""
+    path = client_setup(tmp_path, forwarders=[])
+    (tmp_path / "secrets.txt").write_text(f"16.1 {KEYS[0]} 192.0.2.16 null 5000\n1.1 {KEYS[1]}\n")
+    assert cli.main(["-c", str(path), "check"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
 
 
 def test_cli_invalid_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -224,6 +224,19 @@ def test_config_offload_and_receive_buffer_are_read_and_bounded(tmp_path: Path) 
     assert any("realtime_priority: 100 is above the maximum 99" in p for p in found), found
 
 
+def test_config_an_empty_path_is_a_problem_not_the_default(tmp_path: Path) -> None:
+    """"secret_file": "" and the like named no file: each is refused with its key, where it
+    quietly became the default."""
+    found = problems(tmp_path, secret_file="", state_file="", control_socket="",
+                     chnroute={"data": ""})
+    for key, default in [("secret_file", "secrets.txt"),
+                         ("state_file", "/var/lib/alpaca-tunnel/alpaca0.epoch"),
+                         ("control_socket", "/run/alpaca-tunnel/alpaca0.sock"),
+                         ("chnroute.data", "route_data_cidr.txt")]:
+        assert f'{key}: is empty; give a path, or leave the key out for the default "{default}"' in \
+            " ".join(found), key
+
+
 def test_config_tun_name_sets_default_paths(tmp_path: Path) -> None:
     config = load(tmp_path, tun_name="vpn7")
     assert config.control_socket == Path("/run/alpaca-tunnel/vpn7.sock")
@@ -348,7 +361,8 @@ def test_config_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.json")
     assert info.value.problems == [
-        f"{tmp_path / 'nope.json'}: cannot read the config file: No such file or directory"
+        f"{tmp_path / 'nope.json'}: cannot read the config file: No such file or directory;"
+        " point -c at the JSON config file"
     ]
 
 

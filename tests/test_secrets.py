@@ -262,13 +262,18 @@ def test_secrets_own_id_missing(tmp_path: Path) -> None:
 def test_secrets_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.txt"
     found = problems(path)
-    assert found == [f"{path}: cannot read the secrets file: No such file or directory"]
+    assert found == [f"{path}: cannot read the secrets file: No such file or directory; point"
+                     " secret_file at the secrets file (one line per peer)"]
 
 
-def test_secrets_port_without_address_is_kept(tmp_path: Path) -> None:
-    path = write(tmp_path, f"16.1 {KEY16} null null 5000\n")
-    peer = load_secrets(path, SELF).peers[SELF]
+def test_secrets_port_without_address_is_kept_with_a_warning(tmp_path: Path) -> None:
+    """The port of a line without an address says nothing where to send: a warning names it."""
+    path = write(tmp_path, f"16.1 {KEY16} null null 5000\n1.2 {KEY32} null null null\n")
+    secrets = load_secrets(path, SELF)
+    peer = secrets.peers[SELF]
     assert peer.port == 5000 and peer.addr is None
+    assert secrets.warnings == (f"{path}:1: peer_port 5000 of peer 16.1 is ignored without a"
+                                " peer_ip (give its address too, or null)",)
 
 
 def test_peer_secret_repr_masks_key() -> None:
@@ -556,7 +561,8 @@ def test_secrets_a_path_that_does_not_print_is_escaped(tmp_path: Path) -> None:
     """secret_file written "s\\n\\u001b[32m..." in the JSON: each message took two lines."""
     missing = tmp_path / "s\n\x1b[32mall good"
     assert problems(missing) == [f"{tmp_path}/s\\n\\u001b[32mall good: cannot read the secrets"
-                                 " file: No such file or directory"]
+                                 " file: No such file or directory; point secret_file at the"
+                                 " secrets file (one line per peer)"]
     path = tmp_path / "s\nx"
     path.write_text(f"16.1 {KEY16}\n1.1 bad\n")
     path.chmod(0o600)

@@ -544,22 +544,24 @@ def _uplink(ctx: _Context) -> routes.Uplink:
     return ctx.uplink
 
 
-def _warn_about_lookups(table: int, chn_table: int | None, netns: str | None) -> None:
-    """Warn when no ip rule looks up ``table`` (the tunnel's default route: no traffic enters
-    it), or when the chnroute table ``chn_table`` is looked up after it (the tunnel's default
-    takes the chnroute prefixes' traffic: route_table main beside chnroute.table default)."""
+def lookup_problems(table: int, chn_table: int | None, netns: str | None = None) -> list[str]:
+    """Why the tunnel's default route in ``table`` would take no traffic or too much: no ip
+    rule looks ``table`` up (no traffic enters the tunnel), or the chnroute table
+    ``chn_table`` is looked up after it (the tunnel's default takes the chnroute prefixes'
+    traffic: route_table main beside chnroute.table default). Reads the rules only."""
     first = routes.first_lookup(table, netns)
     if first is None:
-        log.warning("route_table %d: no ip rule looks this table up, so no traffic enters the "
-                    "tunnel; add one (ip rule add ... lookup %d) or use route_table default", table, table)
-    if chn_table is None or chn_table == table or first is None:
-        return
+        return [f"route_table {table}: no ip rule looks this table up, so no traffic enters the "
+                f"tunnel; add one (ip rule add ... lookup {table}) or use route_table default"]
+    if chn_table is None or chn_table == table:
+        return []
     chn_first = routes.first_lookup(chn_table, netns)
-    if chn_first is None or chn_first > first:
-        log.warning("chnroute.table %d is looked up %s route_table %d, whose default route takes "
-                    "the chnroute prefixes' traffic into the tunnel; give chnroute.table the value "
-                    "of route_table", chn_table, "by no ip rule, not before" if chn_first is None
-                    else "after", table)
+    if chn_first is not None and chn_first <= first:
+        return []
+    order = "by no ip rule, not before" if chn_first is None else "after"
+    return [f"chnroute.table {chn_table} is looked up {order} route_table {table}, whose default "
+            "route takes the chnroute prefixes' traffic into the tunnel; give chnroute.table the "
+            "value of route_table"]
 
 
 def _gateway_error(op: LoadChnroute, exc: SystemSetupError) -> SystemSetupError:
@@ -616,7 +618,8 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             start = ctx.uplink  # a multipath default names no single way: keep its first hop
             if start is not None and all((u.dev, u.gateway) != (start.dev, start.gateway) for u in ctx.ways):
                 ctx.ways = (start, *ctx.ways)
-            _warn_about_lookups(op.table, ctx.chnroute_table, ns)
+            for problem in lookup_problems(op.table, ctx.chnroute_table, ns):
+                log.warning("%s", problem)
             ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
         case ApplyNft():
             journal.record("nft_table", tun=op.tun)
