@@ -130,6 +130,12 @@ def apply_table(tun: str, net: str, mtu: int, *, nat: bool = True, netns: str | 
     log.info("nftables table applied table=%s nat=%s mss=%d", table_name(tun), nat, mtu - 40)
 
 
+def table_exists(tun: str, netns: str | None = None) -> bool:
+    """Whether our table's name is taken (by a run of ours, or by another program)."""
+    require_nft()
+    return _run(["nft", "list", "table", "inet", table_name(tun)], netns, check=False).returncode == 0
+
+
 def remove_table(tun: str, netns: str | None = None) -> None:
     """Delete our table if present (declare-then-delete, one transaction)."""
     require_nft()

@@ -564,6 +564,17 @@ def lookup_problems(table: int, chn_table: int | None, netns: str | None = None)
             "value of route_table"]
 
 
+def _refuse_foreign_table(tun: str, journal: Journal, netns: str | None) -> None:
+    """Refuse a start whose nftables table name another program holds: applying replaces the
+    table, and the stop deletes it, with everything the other program put in it. A crashed
+    run's table is gone by now (its journal was undone before the start)."""
+    ours = any(step["kind"] == "nft_table" and step.get("tun") == tun for step in journal.steps)
+    if not ours and nft.table_exists(tun, netns):
+        name = nft.table_name(tun)
+        raise SystemSetupError(f"the nftables table inet {name} exists and is not this node's", None,
+                               f"remove it (nft delete table inet {name}) or give this node another tun_name")
+
+
 def _gateway_error(op: LoadChnroute, exc: SystemSetupError) -> SystemSetupError:
     """``exc`` of a chnroute load, naming the configured gateway when it is the cause."""
     code = getattr(exc.cause, "errno", None)
@@ -622,6 +633,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
                 log.warning("%s", problem)
             ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
         case ApplyNft():
+            _refuse_foreign_table(op.tun, journal, ns)
             journal.record("nft_table", tun=op.tun)
             nft.apply_table(op.tun, op.net, op.mtu, nat=op.nat, netns=ns)
         case AddForwardAccepts():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from alpaca.system import nft
 from alpaca.system.journal import Journal
 from alpaca.system.plan import HostPlanInput, Mode, apply, plan
 from tests.helpers import netns, nsexec, veth
-from tests.system import del_tun, snapshot
+from tests.system import add_tun, del_tun, snapshot
 
 NET = "10.17.0.0/16"
 
@@ -59,6 +60,35 @@ def test_nft_table_created_idempotent_and_removed() -> None:
         nft.remove_table("alpaca0", ns)
         nft.remove_table("alpaca0", ns)
         assert nsexec(ns, "nft", "list", "ruleset").stdout == before
+
+
+@pytest.mark.netns
+def test_nft_a_table_of_our_name_that_another_program_made_refuses_the_start(tmp_path: object) -> None:
+    """An administrator's table inet alpaca_alpaca0 (a set, a chain dropping it) was replaced
+    at start and deleted at stop; now the start is refused, names the table and the fix, and
+    leaves it as it was. Our own table applied again (the same journal) is no refusal."""
+    script = Path(f"{tmp_path}/admin.nft")
+    script.write_text("table inet alpaca_alpaca0 {\n  set admin_blocklist { type ipv4_addr; }\n"
+                      "  chain input { type filter hook input priority 0;"
+                      " ip saddr @admin_blocklist drop; }\n}\n")
+    with netns() as ns:
+        nsexec(ns, "nft", "-f", str(script))
+        add_tun(ns)
+        before = nsexec(ns, "nft", "list", "ruleset").stdout
+        journal = Journal(f"{tmp_path}/j", ns)
+        inp = HostPlanInput(Mode.SERVER, "alpaca0", NET, "10.17.1.1", 1408)
+        with pytest.raises(SystemSetupError) as info:
+            apply(plan(inp), journal, ns)
+        assert "the nftables table inet alpaca_alpaca0 exists and is not this node's" in str(info.value)
+        assert "nft delete table inet alpaca_alpaca0" in str(info.value)
+        assert journal.undo_all() == []
+        assert nsexec(ns, "nft", "list", "ruleset").stdout == before
+        nsexec(ns, "nft", "delete", "table", "inet", "alpaca_alpaca0")
+        apply(plan(inp), journal, ns)
+        apply(plan(inp), journal, ns)
+        assert journal.undo_all() == []
+        assert "alpaca_alpaca0" not in nsexec(ns, "nft", "list", "ruleset").stdout
+        del_tun(ns, "alpaca0")
 
 
 def ping(ns: str, addr: str) -> bool:
