@@ -382,7 +382,9 @@ def restore_default_route(
             fixed = netlink.rebuild_route(
                 payload, drop={RTA_CACHEINFO}, oif=oif[0] if oif else None, flags_mask=_FLAGS_KEEP
             )
-            flags = netlink.NLM_F_CREATE | netlink.NLM_F_EXCL
+            # APPEND, not EXCL: a second default of the same metric (ip route append) goes in
+            # after the first, while one that is there already, identical, is still EEXIST
+            flags = netlink.NLM_F_CREATE | netlink.NLM_F_APPEND
             code = rt.send_raw_route(netlink.RTM_NEWROUTE, flags, fixed)
             if code and code not in OK_ADD:
                 error = netlink.setup_error(f"restoring route {route.text}", OSError(code, ""), code)
