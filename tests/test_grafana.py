@@ -128,6 +128,24 @@ def test_grafana_hidden_instance_follows_the_node_picker(path: Path) -> None:
     assert "allValue" not in instance
 
 
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_grafana_legends_name_the_peer_and_the_node(path: Path) -> None:
+    """The node and peer pickers allow several (All by default): a line of a panel that
+    follows the peer picker names its peer, and every line names its node (instance), or
+    the paths of two peers or two nodes look the same. Tables show the labels as columns."""
+    dashboard = load(path)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["peer"]["multi"] and variables["node"]["multi"]
+    for panel in panels(dashboard):
+        if panel["type"] in ("row", "table"):
+            continue
+        for target in panel["targets"]:
+            legend = target["legendFormat"]
+            if "$peer" in target["expr"]:
+                assert "{{peer}}" in legend, (panel["title"], legend)
+            assert "{{instance}}" in legend or "{{node}}" in legend, (panel["title"], legend)
+
+
 def test_grafana_overview_shows_what_duplicate_send_buys() -> None:
     dashboard = load(ROOT / "grafana" / "dashboards" / "alpaca-overview.json")
     titles = {p["title"]: p for p in panels(dashboard)}
