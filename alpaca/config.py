@@ -218,7 +218,8 @@ class Config:
     dup: DupConfig = field(default_factory=DupConfig)
     """Duplicate-send settings."""
     pad_small_packets: bool = False
-    """Pad datagrams under 500 bytes to hide their size. Default false."""
+    """Pad datagrams of at most 500 bytes (by a random 250-752 bytes) to hide their size.
+    Default false."""
     replay_window: int = C.DEFAULT_REPLAY_WINDOW
     """Anti-replay window in packets, a power of two 1024-1048576. Default 32768."""
     inner_source_check: bool = True

@@ -57,7 +57,7 @@ class EngineSettings:
         path_lifetime: a learned path silent for this long is forgotten.
         dup_policy / dup_copies / dup_delay: duplicate-send; copy i leaves i*dup_delay late.
         dup_queue_max: bound on delayed copies waiting in the heap.
-        pad_small: pad datagrams under 500 bytes to hide their size (as the original did).
+        pad_small: pad datagrams of at most 500 bytes to hide their size (as the original did).
         replay_window: anti-replay window in packets (power of two).
         inner_source_check: drop a received packet whose outside source address the host
             routes back through another peer (see Engine._spoofed).
