@@ -483,7 +483,7 @@ class _Builder:
             return net
         if text:
             self.top.fail("net", f'{show(text)} is not a /16 prefix (expected "X.Y" such as "10.17",'
-                          " X 1-255, Y 0-255, no leading zeros)")
+                          " X 1-126 or 128-223, Y 0-255, no leading zeros)")
         return IPv4Network("10.17.0.0/16")
 
     def own_id(self) -> int:

@@ -479,7 +479,8 @@ def test_config_messages_from_the_brief(tmp_path: Path) -> None:
         ({"mode": 1}, "mode: 1 is not a string"),
         ({"group": ""}, "group: is empty"),
         ({"net": "10"}, 'net: "10" is not a /16 prefix'),
-        ({"net": "0.5"}, 'net: "0.5" is not a /16 prefix'),
+        ({"net": "0.5"}, 'net: "0.5" is not a /16 prefix (expected "X.Y" such as "10.17",'
+                         " X 1-126 or 128-223, Y 0-255, no leading zeros)"),
         ({"net": "10.256"}, 'net: "10.256" is not a /16 prefix'),
         ({"id": "0.1"}, "id: 0.1 is reserved (use 0.2 to 255.254)"),
         ({"id": 257}, 'id: 257 is not a peer id (expected "A.B", each 0-255)'),
