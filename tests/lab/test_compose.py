@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from alpaca.lab.compose import render_compose, render_prometheus
+from alpaca.lab.compose import NODE_DIR, render_compose, render_prometheus
 from alpaca.lab.topology import DEFAULT_TOPOLOGY, load_topology
+from alpaca.paths import default_config_path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -49,6 +51,17 @@ def test_compose_validates_with_docker_compose(tmp_path: Path) -> None:
     result = subprocess.run([tool, "-f", str(DOCKER / "compose.yml"), "config", "-q"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_the_image_command_finds_the_nodes_config() -> None:
+    """``docker-compose exec NODE alpaca-tunnel show`` needs no option: the image's command
+    (a copy of the launcher: a link would be resolved to the virtualenv) looks for its config
+    in a directory linked to the one render-node fills."""
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    command = Path("/usr/local/bin/alpaca-tunnel")
+    assert f"install -m 0755 /opt/alpaca/bin/alpaca-tunnel {command}" in dockerfile
+    assert re.search(rf"\bln -s {NODE_DIR} {default_config_path(command).parent}\s", dockerfile)
+    assert f'"--dir", "{NODE_DIR}"' in (DOCKER / "compose.yml").read_text()
 
 
 def test_compose_grafana_finds_the_dashboards_and_prometheus() -> None:
