@@ -211,7 +211,8 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("genkey", "print a new random key for the secrets file", cmd_genkey),
     Subcommand("version", "print the version", cmd_version),
     Subcommand("show", show.HELP, show.cmd_show, show.configure),
-    Subcommand("lab", "namespace lab: up, down, status, exec, impair, demo", lab_cli.run, lab_cli.configure),
+    Subcommand("lab", "namespace lab: up, down, status, exec, impair, start, stop, reload, demo;"
+               " compose, render-node for the Docker lab", lab_cli.run, lab_cli.configure),
 ]
 
 

@@ -264,6 +264,20 @@ def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         assert row.name in out
 
 
+def test_cli_lab_help_names_every_lab_command(capsys: pytest.CaptureFixture[str]) -> None:
+    lab = next(row for row in cli.SUBCOMMANDS if row.name == "lab")
+    assert lab.configure is not None
+    parser = argparse.ArgumentParser()
+    lab.configure(parser)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert commands.choices
+    for name in commands.choices:
+        assert re.search(rf"[ :]{name}[,;]?( |$)", lab.help), name
+    # compose reads no lab state: no --state-dir to mislead
+    assert cli.main(["lab", "compose", "--state-dir", "/tmp"]) == 2
+    assert "unrecognized arguments: --state-dir" in capsys.readouterr().err
+
+
 def _add_row(monkeypatch: pytest.MonkeyPatch, name: str, handler: cli.Handler) -> None:
     monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, cli.Subcommand(name, "x", handler)])
 

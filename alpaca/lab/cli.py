@@ -3,8 +3,9 @@
 Commands: ``up [--topology FILE] [--prometheus] [--no-daemons]``, ``down``, ``status``,
 ``exec NODE -- CMD...``, ``impair LINK --loss PCT --delay MS --jitter MS --rate MBIT | --clear``,
 ``start NODE``, ``stop NODE``, ``reload NODE`` (SIGHUP), ``demo``, ``compose
-[--prometheus-config]``, ``render-node NAME`` (inside a container). Every command takes
-``--state-dir`` (default /run/alpaca-lab).
+[--topology FILE] [--prometheus-config]``, ``render-node NAME`` (inside a container). Every
+command but ``compose`` and ``render-node``, which use no lab state, takes ``--state-dir``
+(default /run/alpaca-lab).
 
 Registered in :mod:`alpaca.cli` by one row of its command table that points at
 :func:`configure` and :func:`run`. Errors are :class:`alpaca.errors.AlpacaError`\\ s, printed by
@@ -35,10 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add the lab's sub-commands to the ``lab`` sub-parser."""
     commands = parser.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
 
-    def add(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, handler: Handler, *, state: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                         help=f"lab state directory (default {DEFAULT_STATE_DIR})")
+        if state:
+            sub.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                             help=f"lab state directory (default {DEFAULT_STATE_DIR})")
         sub.set_defaults(lab_handler=handler)
         return sub
 
@@ -71,12 +73,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                 ("reload", "send SIGHUP to a node's daemon", cmd_reload)):
         add(name, text, handler).add_argument("node")
     add("demo", "build the lab, show traffic, loss and duplicate-send figures, tear down", cmd_demo)
-    comp = add("compose", "print docker/compose.yml for a topology", cmd_compose)
-    comp.add_argument("--topology", type=Path)
+    comp = add("compose", "print docker/compose.yml for a topology", cmd_compose, state=False)
+    comp.add_argument("--topology", type=Path, help=f"topology file (default {DEFAULT_TOPOLOGY.name})")
     comp.add_argument("--prometheus-config", action="store_true", help="print docker/prometheus.yml instead")
-    render = add("render-node", "inside a container: set up a node from the topology", cmd_render_node)
+    render = add("render-node", "inside a container: set up a node from the topology", cmd_render_node,
+                 state=False)
     render.add_argument("node")
-    render.add_argument("--topology", type=Path)
+    render.add_argument("--topology", type=Path, help=f"topology file (default {DEFAULT_TOPOLOGY.name})")
     render.add_argument("--keys", type=Path, required=True, help="lab key file (created if missing)")
     render.add_argument("--dir", type=Path, required=True, help="where config.json and secrets.txt go")
     render.add_argument("--run", action="store_true", help="exec the daemon afterwards")
