@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from alpaca.cli import EXIT_CONFIG
 from alpaca.paths import default_config_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +40,10 @@ def test_make_install_refuses_destdir(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "install-files" in done.stdout
     assert not any(tmp_path.iterdir())
+
+
+def test_the_unit_does_not_restart_after_a_config_error() -> None:
+    """A bad config exits with EXIT_CONFIG: restarting every RestartSec cannot fix it."""
+    unit = (ROOT / "config" / "alpaca-tunnel.service").read_text()
+    assert "Restart=on-failure\n" in unit
+    assert f"RestartPreventExitStatus={EXIT_CONFIG}\n" in unit
