@@ -32,6 +32,7 @@ def test_make_install_files_agree_with_the_launchers_config_path(tmp_path: Path,
     assert (tmp_path / prefix.lstrip("/") / "bin" / "alpaca-tunnel").exists()
     unit = (tmp_path / "etc/systemd/system/alpaca-tunnel.service").read_text()
     assert f"ExecStart={prefix}/bin/alpaca-tunnel -c {conf} run\n" in unit
+    assert f"ExecStopPost=-{prefix}/bin/alpaca-tunnel -c {conf} cleanup\n" in unit
 
 
 def test_make_install_refuses_destdir(tmp_path: Path) -> None:
