@@ -47,10 +47,12 @@ def add(
     netns: str | None = None,
     *,
     replace: bool = False,
+    onlink: bool = False,
 ) -> list[ipaddress.IPv4Network]:
     """Add ``nets`` via ``gateway``/``oif`` to ``table`` in bulk. An existing route to the same
     prefix counts as done and is left alone (another program's); with ``replace`` (for routes
     known to be ours: the uplink moved) each is replaced in place, or added if it is gone.
+    ``onlink``: the uplink's gateway is on its link whatever the device's addresses.
 
     Returns:
         The prefixes whose route this call added or replaced (those that existed left out).
@@ -66,7 +68,8 @@ def add(
             seq = rt.next_seq()
             by_seq[seq] = net
             messages.append(
-                netlink.encode_route(netlink.RTM_NEWROUTE, flags, seq, net, table, gateway=gateway, oif=oif)
+                netlink.encode_route(netlink.RTM_NEWROUTE, flags, seq, net, table, gateway=gateway, oif=oif,
+                                     onlink=onlink)
             )
         results = rt.request_many(messages)
     _raise_first(results, by_seq, () if replace else OK_ADD, f"via {gateway or '-'} oif {oif} table {table}",

@@ -171,11 +171,14 @@ def encode_route(
     gateway: str | None = None,
     oif: int = 0,
     proto: int = PROTO_ALPACA,
+    onlink: bool = False,
 ) -> bytes:
     """One RTM_NEWROUTE/RTM_DELROUTE message for an IPv4 unicast route.
 
     A new route's scope is universe with a gateway and link without one (as ``ip route add``
     chooses); a delete says "nowhere", the kernel's wildcard, so that it matches either.
+    ``onlink``: the gateway is on the link whatever the device's addresses (as the uplink's
+    default route said).
     """
     new_scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
     scope = RT_SCOPE_NOWHERE if msg_type == RTM_DELROUTE else new_scope
@@ -188,7 +191,7 @@ def encode_route(
         proto,
         scope,
         RTN_UNICAST,
-        0,
+        RTNH_F_ONLINK if onlink and gateway else 0,
     )
     attrs = _attr(RTA_TABLE, struct.pack("=I", table))
     if dst.prefixlen:

@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from pyroute2 import IPRoute
@@ -107,18 +108,20 @@ class ExpectedRoute:
         gateway: next hop, or None for a device route.
         dev: output device name.
         table: routing table id.
+        onlink: the gateway is on the link whatever the device's addresses (the uplink's).
     """
 
     dst: str
     gateway: str | None
     dev: str
     table: int = RT_TABLE_DEFAULT
+    onlink: bool = False
 
 
 def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
     """Add ``route`` with our proto; False if a route to that destination was there already
     (EEXIST counts as done: another program's route to the same prefix serves as well)."""
-    extra = {"gateway": route.gateway} if route.gateway else {"scope": netlink.RT_SCOPE_LINK}
+    extra = _via(route.gateway, route.onlink)
     return nl_call(
         f"adding route {route.dst} via {route.gateway or '-'} dev {route.dev} table {route.table}",
         ipr.route,
@@ -130,6 +133,13 @@ def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
         ok=OK_ADD,
         **extra,
     ) is not None
+
+
+def _via(gateway: str | None, onlink: bool) -> dict[str, Any]:
+    """The next-hop arguments of a route via ``gateway`` (None: a device route)."""
+    if gateway is None:
+        return {"scope": netlink.RT_SCOPE_LINK}
+    return {"gateway": gateway, "flags": RTNH_F_ONLINK} if onlink else {"gateway": gateway}
 
 
 def _ifname(ipr: IPRoute, index: int) -> str:
@@ -451,6 +461,7 @@ def add_host_routes(
     *,
     replace: bool = False,
     done: list[str] | None = None,
+    onlink: bool = False,
 ) -> list[str]:
     """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
 
@@ -461,6 +472,8 @@ def add_host_routes(
     Args:
         done: each destination added is appended here as soon as the kernel took it, so a
             caller still knows which routes are its own when a later one fails.
+        onlink: ``via`` is on the link whatever the device's addresses (the uplink's default
+            said ``onlink``: a gateway outside the device's subnet, as some VPS have).
 
     Returns:
         The destinations it added, as CIDR strings (those that existed left out): the ones a
@@ -473,7 +486,7 @@ def add_host_routes(
     before = len(added)
     with iproute(netns, ipr) as nl:
         for net in nets:
-            extra = {"gateway": via} if via else {"scope": netlink.RT_SCOPE_LINK}
+            extra = _via(via, onlink)
             verb, doing = ("replace", "replacing") if replace else ("add", "adding")
             reply = nl_call(
                 f"{doing} route {net} via {via or '-'} oif {oif} table {table}",

@@ -15,6 +15,7 @@ import pytest
 from alpaca.errors import SystemSetupError
 from alpaca.system import instance, link, nsid, routes, sysctl
 from alpaca.system import journal as jr
+from alpaca.system.monitor import reconcile
 from alpaca.system.plan import (
     Applied,
     ChnrouteInput,
@@ -831,6 +832,36 @@ def test_journal_route_table_main_moves_a_default_of_metric_zero(tmp_path: Path)
         apply(plan(inp), journal, ns)
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
         assert "default via 10.17.1.1 dev alpaca0 proto 97" in main and "192.0.2.254" not in main
+        assert journal.undo_all() == []
+        del_tun(ns)
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_an_onlink_uplink_outside_the_devices_subnet_carries_the_host_routes(tmp_path: Path) -> None:
+    """``default via 10.99.0.1 dev up0 onlink`` with up0 in 192.0.2.0/24 (as some VPS are set
+    up): the start failed with ENETUNREACH on the first host route; the host routes, the
+    chnroute prefixes and a route put back after another program deleted it say onlink too,
+    and the stop leaves the host as it was."""
+    with netns() as ns:
+        nsexec(ns, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+        for dev in ("up0", "up1"):
+            nsexec(ns, "ip", "link", "set", dev, "up")
+        nsexec(ns, "ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
+        nsexec(ns, "ip", "route", "add", "default", "via", "10.99.0.1", "dev", "up0", "onlink")
+        before = snapshot(ns)
+        add_tun(ns)
+        inp = client_input(peer_addresses=("198.51.100.7",), local_routes=("203.0.113.0/24",),
+                           chnroute=ChnrouteInput(str(chn_file(tmp_path))))
+        journal = jr.Journal(tmp_path / "j", ns)
+        applied = apply(plan(inp), journal, ns)
+        table = nsexec(ns, "ip", "route", "show", "table", "default").stdout
+        for dst in ("198.51.100.7", "203.0.113.0/24", "1.0.0.0/24"):
+            assert f"{dst} via 10.99.0.1 dev up0 proto 97 onlink" in table, (dst, table)
+        nsexec(ns, "ip", "route", "del", "198.51.100.7", "table", "default")
+        assert [r.dst for r in reconcile(applied.expected, ns)] == ["198.51.100.7/32"]
+        assert "198.51.100.7 via 10.99.0.1 dev up0 proto 97 onlink" in \
+            nsexec(ns, "ip", "route", "show", "table", "default").stdout
         assert journal.undo_all() == []
         del_tun(ns)
         assert snapshot(ns) == before
