@@ -75,6 +75,7 @@ from alpaca.system.plan import (
     host_route_dsts,
     keep_default_moved,
     next_way,
+    note_restored,
     note_ways,
     update_default_route,
     update_host_routes,
@@ -361,7 +362,8 @@ class Daemon:
         if self.applied.expected and not self._stopping:
             self._fail_over()
             try:
-                reconcile(self.applied.expected, displaced=self._displaced)
+                restored = reconcile(self.applied.expected, displaced=self._displaced)
+                self.applied = note_restored(self.applied, restored)
             except (AlpacaError, OSError, NetlinkError) as exc:  # the monitor must go on
                 log.warning("could not restore a route: %s", exc)
             try:  # whatever reconcile managed: a default back in main must not take the traffic

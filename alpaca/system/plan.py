@@ -462,6 +462,14 @@ def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> App
     return applied if ways == applied.ways else replace(applied, ways=ways)
 
 
+def note_restored(applied: Applied, restored: list[routes.ExpectedRoute]) -> Applied:
+    """Count the host routes ``restored`` (put back by monitor.reconcile) as ours: one whose
+    place another program's route held at start is ours once that route went and ours took
+    its place, so a reload that drops its destination deletes it."""
+    mine = {r.dst for r in restored if r.dst in applied.host_dsts} - applied.host_added
+    return replace(applied, host_added=applied.host_added | mine) if mine else applied
+
+
 def ways_of(saved: list[routes.SavedRoute], tun: str) -> list[routes.Uplink]:
     """The ways out ``saved`` default routes name, but one through ``tun`` (ours) and those
     through several next hops."""

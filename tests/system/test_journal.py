@@ -24,6 +24,7 @@ from alpaca.system.plan import (
     SetSysctl,
     apply,
     keep_default_moved,
+    note_restored,
     plan,
     update_default_route,
     update_host_routes,
@@ -1045,6 +1046,32 @@ def test_journal_a_reload_that_drops_a_local_route_keeps_the_chnroute_prefix_it_
         applied = update_host_routes(applied, (), journal, ns)
         table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "1.0.1.0/24 via 192.0.2.254" in table and "198.51.100.0" not in table, table
+        assert journal.undo_all() == []
+        del_tun(ns)
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_a_local_route_put_back_in_the_place_of_another_programs_is_ours_to_delete(
+        tmp_path: Path) -> None:
+    """Another program's route held 172.16.0.0/12 at start (ours found it: not counted ours);
+    it went and the monitor's reconcile put ours back. A reload dropping 172.16.0.0/12 left
+    ours in place (that traffic bypassing the tunnel against the new config) until exit."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        nsexec(ns, "ip", "route", "add", "172.16.0.0/12", "via", "192.0.2.254", "table", "253",
+               "proto", "static")
+        journal = jr.Journal(tmp_path / "j", ns)
+        applied = apply(plan(client_input(local_routes=("172.16.0.0/12",))), journal, ns)
+        assert applied.host_added == set()
+        nsexec(ns, "ip", "route", "del", "172.16.0.0/12", "table", "253", "proto", "static")
+        applied = note_restored(applied, reconcile(applied.expected, ns))
+        assert "172.16.0.0/12 via 192.0.2.254 dev up0 proto 97" in \
+            nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        applied = update_host_routes(applied, (), journal, ns)
+        assert "172.16.0.0/12" not in nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert journal.undo_all() == []
         del_tun(ns)
         assert snapshot(ns) == before
