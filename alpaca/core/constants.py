@@ -25,6 +25,10 @@ MAX_DATAGRAM = 1472
 MTU_MAX = MAX_DATAGRAM - OVERHEAD
 MTU_MIN = 576
 MAX_TTL = 15
+#: The hop byte ttl of a relay's own delayed copy (Flag.COPIED): above MAX_TTL, so no relay
+#: passes it on, and its destination can tell it from the sender's datagrams (it does not
+#: count one that comes after the original in a path's DATA count).
+COPY_TTL = 0x80
 PATH_SLOTS = 16
 MAX_FORWARDERS = 3
 MAX_LOCAL_PORTS = 4
@@ -50,6 +54,10 @@ class Flag(IntFlag):
     #: The inner TCP/UDP checksum field holds only the pseudo-header sum (TUN offload):
     #: the receiver completes it, or hands the packet to its kernel as CHECKSUM_PARTIAL.
     CSUM_PARTIAL = 0x04
+    #: The sender sends delayed copies of this packet (duplicate-send): a relay that passes it
+    #: on sends copies of its own on the next hop (its dup_copies, dup_delay_ms), since its
+    #: window drops the sender's copies once the original reached it. Ignored elsewhere.
+    COPIED = 0x08
 
 
 # --- Implementation defaults ---------------------------------------------------------------

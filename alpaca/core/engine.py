@@ -34,9 +34,11 @@ from collections.abc import Callable
 
 from alpaca.core import ippkt, routing
 from alpaca.core.constants import (
+    COPY_TTL,
     MAX_DATAGRAM,
     MAX_DUP_COPIES,
     MAX_DUP_DELAY,
+    MAX_TTL,
     OVERHEAD,
     PROTOCOL_VERSION,
     Flag,
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 NET_MASK = 0xFFFF0000
 _PADDED = int(Flag.PADDED)
 _CSUM_PARTIAL = int(Flag.CSUM_PARTIAL)
+_COPIED = int(Flag.COPIED)
 MAX_CHALLENGES = 4
 
 
@@ -254,6 +257,8 @@ class Engine:
             return
         flags = _CSUM_PARTIAL if csum_partial else 0
         copies = self._copies_for(packet)
+        if copies:
+            flags |= _COPIED
         peer.tx_packets += 1
         peer.tx_bytes += len(packet)
         peer.last_active_at = now
@@ -335,7 +340,7 @@ class Engine:
             if is_data and ok and acct is not None:
                 acct.data_sent += 1
         if copies:
-            self._schedule_copies(datagram, ttl, targets, spare, copies, now)
+            self._schedule_copies(datagram, ttl, targets, spare, copies, now, is_data)
         return sent
 
     def _send(self, link: Path, data: bytes) -> int:
@@ -351,6 +356,7 @@ class Engine:
 
     def _schedule_copies(
         self, datagram: bytes, ttl: int, used: list[Target], spare: list[Target], copies: int, now: float,
+        is_data: bool,
     ) -> None:
         """Copy i (1-based) leaves i * dup_delay later, on a spare link when there is one.
 
@@ -359,8 +365,9 @@ class Engine:
         A copy through a relay (a forwarder: the VIA path, or dst's path at a forwarder's
         address downstream) is not counted in ``data_sent``: the relay had the original, and
         its window drops the copy unless the original was lost before reaching it, so
-        counting it would show every copy as lost. A full queue refuses the packet's
-        remaining copies, each counted.
+        counting it would show every copy as lost. A relay's own copies of what it passes on
+        (``is_data`` False: Flag.COPIED) are not its data, and count nowhere. A full queue
+        refuses the packet's remaining copies, each counted.
         """
         pool = spare or used
         turn = self._copy_turn
@@ -369,7 +376,8 @@ class Engine:
         for i in range(1, copies + 1):
             link, stamp, acct = pool[(turn + i) % len(pool)]
             assert link.addr is not None
-            if acct is not None and (acct.via is not None or not self._reaches_itself(link, dst)):
+            if acct is not None and (not is_data or acct.via is not None
+                                     or not self._reaches_itself(link, dst)):
                 acct = None
             data = with_hop_fields(datagram, ttl, stamp)
             due = now + i * self.settings.dup_delay
@@ -389,7 +397,7 @@ class Engine:
             return
         vt, flags, ttl, pi, src, dst, epoch, counter = HEADER.unpack_from(data)
         reason = self._precheck(vt, pi, src, dst, epoch)
-        if reason is None and ttl == 0 and dst != self.self_id:
+        if reason is None and (ttl == 0 or ttl > MAX_TTL) and dst != self.self_id:
             reason = DropReason.TTL_EXPIRED  # ttl is not authenticated: must not use up the counter
         if reason is not None:
             self.stats.drop(reason)
@@ -426,7 +434,8 @@ class Engine:
         ptype = vt & 0x0F
         if verdict is not Verdict.NEW:
             if verdict is Verdict.DUPLICATE:
-                self._on_copy(peer, port, addr, n, pi, ptype == PacketType.DATA and dst == self.self_id)
+                counted = ptype == PacketType.DATA and dst == self.self_id and ttl != COPY_TTL
+                self._on_copy(peer, port, addr, n, pi, counted)
             self.stats.drop(DropReason.DUPLICATE if verdict is Verdict.DUPLICATE else DropReason.TOO_OLD)
             return
         if not flow.verified:
@@ -462,6 +471,23 @@ class Engine:
             self.stats.forwarded_bytes += n
             for target in relay[0]:  # relayed to: watched (probed) like a peer we talk to
                 self.peers[target[0].peer].last_active_at = now
+            if flags & _COPIED:
+                self._repeat_copies(data, dst, relay, now)
+
+    def _repeat_copies(
+        self, datagram: bytes, dst: int, relay: tuple[list[Target], list[Target]], now: float,
+    ) -> None:
+        """Send our own delayed copies of a packet we passed on whose sender copies it
+        (Flag.COPIED): our window drops the sender's copies once the original reached us, so
+        without these a lossy last hop (a client's uplink behind its forwarder) lost as much
+        with duplicate-send as without. Only on links that reach ``dst`` itself, with the hop
+        byte ttl set to COPY_TTL: no relay passes them on, and ``dst`` does not count one that
+        comes after the original in a path's DATA count (the sender did not count it sent)."""
+        used = [t for t in relay[0] if self._reaches_itself(t[0], dst)]
+        spare = [t for t in relay[1] if self._reaches_itself(t[0], dst)]
+        if used or spare:
+            self._schedule_copies(datagram, COPY_TTL, used or spare, spare, self.settings.dup_copies,
+                                  now, False)
 
     def _relay_targets(
         self, src: int, dst: int, ttl: int, pi: int, came_from: Addr,

@@ -601,6 +601,39 @@ def test_engine_a_lossy_path_costs_nothing_when_another_delivers() -> None:
     assert eng(s).lost_packets(c.peer_id) - lost == net.never_arrived(c, s, since, lossless_from) > 0
 
 
+@pytest.mark.parametrize("sender_policy", [DupPolicy.ALL, DupPolicy.NONE])
+def test_engine_relays_repeat_the_copies_on_the_lossy_last_hop(sender_policy: DupPolicy) -> None:
+    """The server sends to the client through two forwarders; only the links from the
+    forwarders to the client lose (half of what they carry). The forwarders got the original
+    from the clean side every time, so their windows dropped the server's delayed copies: a
+    quarter of the packets stayed lost with copies as without. Now a forwarder passing a
+    packet flagged COPIED sends a copy of its own: a sixteenth. Packets the sender does not
+    copy are not copied by the relays either (their own policy is for their own packets)."""
+    net, s, f1, f2, c = star()
+    dup = dict(dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=0.02)
+    net.start(s, **{**dup, "dup_policy": sender_policy})
+    net.start(f1, **dup)
+    net.start(f2, **dup)
+    net.start(c, resolver=gateway_resolver(), forwarders=(pid("1.2"), pid("1.3")), gateway=pid("1.1"))
+    net.run(2.0)
+    ping(net, c, "8.8.8.8", n=20, gap=0.05)  # the server learns the client's paths
+    for up, fwd in ((UP1, F1_EP), (UP2, F2_EP)):
+        net.links[(fwd, up)].loss = 0.5
+    before = len(c.tun)
+    for _ in range(400):
+        net.inject_tun(s, ipv4("8.8.8.8", tunnel_ip(c.peer_id)))
+        net.run(0.01)
+    net.run(1.0)
+    delivered = len(c.tun) - before
+    relay_copies = eng(f1).stats.dup_copies_sent + eng(f2).stats.dup_copies_sent
+    if sender_policy is DupPolicy.ALL:
+        assert delivered >= 400 * 0.9, delivered  # 288 of 400 without the relays' copies
+        assert eng(f1).stats.dup_copies_sent > 0 and eng(f2).stats.dup_copies_sent > 0
+    else:
+        assert 400 * 0.6 < delivered < 400 * 0.85, delivered
+        assert relay_copies == 0
+
+
 def test_engine_a_packet_dropped_before_it_is_sent_is_not_counted_lost_by_the_peer() -> None:
     """A TUN packet with nowhere to go (the loop check: its destination is the address of
     every link to its peer) is dropped before it is sealed: it uses no counter, so the peer,
