@@ -109,8 +109,9 @@ class Engine:
         #: re-added in this run (same epoch, maybe the same key), a peer goes on from there,
         #: never reusing a nonce
         self._retired_counters: dict[int, int] = {}
-        #: the peers' static addresses: a datagram relayed from one came through a relay of ours
-        self._static_addrs: frozenset[Addr] = frozenset()
+        #: the peers' static addresses and whose they are: a datagram relayed from one came
+        #: through a relay of ours
+        self._static_addrs: dict[Addr, int] = {}
         #: address -> the peers whose paths there a probe reply confirmed (a relay and those
         #: behind it share its address; checked when used; refilled by every reply, cleared
         #: when it outgrows the peers' paths)
@@ -167,7 +168,7 @@ class Engine:
 
     def _apply_peers(self, settings: EngineSettings) -> None:
         self._copy_policy = DupPolicy.NONE if settings.dup_copies == 0 else settings.dup_policy
-        self._static_addrs = frozenset(p.addr for p in settings.peers.values() if p.addr is not None)
+        self._static_addrs = {p.addr: p.peer_id for p in settings.peers.values() if p.addr is not None}
         for known in self.peers.values():
             known.tx_cipher = None  # the key may have changed: seal() asks the ring again
         for spec in settings.peers.values():
@@ -557,6 +558,10 @@ class Engine:
             recent[key] = now
             self.prober.challenge(peer, link, now)
         flow.challenged = recent
+
+    def static_owner(self, addr: Addr | None) -> int | None:
+        """The peer whose static address ``addr`` is, if any."""
+        return self._static_addrs.get(addr) if addr is not None else None
 
     def _learns_through(self, src: int, port: int, addr: Addr) -> bool:
         """Whether a datagram of ``src`` relayed through us from ``addr`` may tell where src

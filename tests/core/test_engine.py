@@ -389,6 +389,37 @@ def test_engine_path_goes_down_within_the_timeout_and_comes_back() -> None:
     assert paths[0].up and paths[0].reason == "answering"
 
 
+def test_engine_a_dead_forwarder_costs_no_end_to_end_loss_and_its_return_is_seen() -> None:
+    """Forwarder 1.2 dies while the client pings the server once a second through both
+    forwarders: nothing is lost (1.3 carries it), and the server counts as lost only the
+    client's probes to its static address, which no link reaches here. The client's probes
+    through 1.2 (on the VIA path, and on the path to the server it learned at 1.2's address;
+    sealed for the server with the counter its data uses) went on every round and counted
+    about two lost a second at the server. Once 1.2 is back, the VIA path through it comes
+    up again."""
+    net, s, f1, f2, c = star()
+    start_star(net, s, f1, f2, c)
+    via = eng(c).peers[s.peer_id].paths.via[1]  # through forwarders[0], 1.2
+    assert via.up
+    for ends in ((UP1, F1_EP), (F1_EP, S_EP)):
+        net.links[ends].up = net.links[ends[::-1]].up = False
+    net.run(2 * loss_horizon(s))  # the counters in flight at the break are counted by now
+    unreachable = eng(c).peers[s.peer_id].paths.static  # no link: probed every 10th round
+    lost, before = eng(s).lost_packets(c.peer_id), len(s.tun)
+    probes = sum(p.probes_sent for p in unreachable)
+    ping(net, c, "8.8.8.8", n=60, gap=1.0)
+    during = sum(p.probes_sent for p in unreachable) - probes
+    net.run(2 * loss_horizon(s))
+    until_counted = sum(p.probes_sent for p in unreachable) - probes
+    assert len(s.tun) - before == 60
+    # only those (12-14), where the probes through 1.2 added about 120
+    assert during <= eng(s).lost_packets(c.peer_id) - lost <= until_counted
+    for ends in ((UP1, F1_EP), (F1_EP, S_EP)):
+        net.links[ends].up = net.links[ends[::-1]].up = True
+    net.run(3.0)
+    assert via.up
+
+
 def test_engine_a_new_path_carries_traffic_from_its_first_packet() -> None:
     net, s, c = two_path_pair()
     peer_at_s = eng(s).peers[c.peer_id]
