@@ -221,7 +221,7 @@ class PeerPaths:
     """All paths to one peer, plus the DATA receive counts probes report (:func:`rx_slot`)."""
 
     __slots__ = ("by_endpoint", "candidates", "generation", "learned", "peer", "ports", "rx_data",
-                 "static", "via")
+                 "static", "via", "via_retired")
 
     def __init__(
         self, peer: int, ports: tuple[str, ...], static_addr: Addr | None, generation: Generation,
@@ -242,6 +242,9 @@ class PeerPaths:
         #: for a probe's answer before the path moves there (never used for sending)
         self.candidates: dict[tuple[int, int], Path] = {}
         self.via: dict[int, Path] = {}
+        #: forwarder id -> its VIA path while a reload left it out of forwarders (added back,
+        #: it goes on with its counters: exported counters never go backwards)
+        self.via_retired: dict[int, Path] = {}
         #: DATA received from the peer, per rx_slot(path index, local port)
         self.rx_data = [0] * rx_slots(len(ports))
 
@@ -266,6 +269,7 @@ class PeerPaths:
                 self.learned[key] = path
                 self.by_endpoint[endpoint] = path
         self.via = dict(old.via)
+        self.via_retired = dict(old.via_retired)
         self.rx_data = list(old.rx_data)
         self.carry_static(old)
 

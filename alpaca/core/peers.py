@@ -64,16 +64,22 @@ class Peer:
         """(Re)build the VIA paths to this peer through ``forwarders`` (index order).
 
         A forwarder that is this peer itself gets no VIA path (it is reached directly).
-        Existing VIA paths for the same forwarder keep their counters.
+        Existing VIA paths for the same forwarder keep their counters, also one a reload left
+        out and a later one put back (it starts down: a probe through it brings it up).
         """
-        old = {p.via: p for p in self.paths.via.values()}
+        old = dict(self.paths.via_retired)
+        old.update((p.via, p) for p in self.paths.via.values() if p.via is not None)
         self.paths.via = {}
         for i, fwd in enumerate(forwarders):
             if fwd == self.peer_id:
                 continue
-            path = old.get(fwd) or Path(self.peer_id, PathKind.VIA, (i + 1) << 2, 0, None, names[i], via=fwd)
-            path.pi = (i + 1) << 2
+            pi = (i + 1) << 2
+            path = old.pop(fwd, None) or Path(self.peer_id, PathKind.VIA, pi, 0, None, names[i], via=fwd)
+            path.pi = pi
             self.paths.via[i + 1] = path
+        for path in old.values():
+            path.up = False
+        self.paths.via_retired = old
         self.paths.generation.bump()
 
 

@@ -255,6 +255,28 @@ def test_engine_a_forwarder_added_by_reload_is_tried_on_every_link_until_one_ans
     assert len(s.tun) == delivered + 21
 
 
+def test_engine_a_forwarder_a_reload_removed_and_put_back_keeps_its_via_counters() -> None:
+    """forwarders [1.2, 1.3] -> [1.3] -> [1.3, 1.2]: the VIA path through 1.2 was rebuilt, its
+    probes and data counts back at zero (exported counters went backwards). It goes on from
+    where it was, starts down, and comes up again."""
+    net, s, f1, f2, c = star()
+    start_star(net, s, f1, f2, c)
+    ping(net, c, "8.8.8.8", n=10, gap=0.05)
+    paths = eng(c).peers[s.peer_id].paths
+    via = paths.via[1]
+    probes, data = via.probes_sent, via.data_sent
+    assert via.name == "via-1.2" and probes > 0 and data >= 10
+    settings = eng(c).settings
+    eng(c).reload(replace(settings, forwarders=(pid("1.3"),)))
+    assert [p.name for p in paths.via.values()] == ["via-1.3"] and not via.up
+    net.run(2.0)
+    eng(c).reload(replace(settings, forwarders=(pid("1.3"), pid("1.2"))))
+    assert paths.via[2] is via and via.pi == 2 << 2 and not via.up
+    assert via.probes_sent == probes and via.data_sent == data
+    net.run(2.0)
+    assert via.up and via.probes_sent > probes
+
+
 def test_engine_p2p_first_packet_to_an_unknown_client_goes_through_a_shared_forwarder() -> None:
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])
