@@ -36,7 +36,8 @@ def hold(path: Path, owner: str, wait: float = HOLD_WAIT) -> int:
             for a moment while it undoes this node's journal, left by a crash).
 
     Raises:
-        SystemSetupError: another process holds it (naming its pid), or the file cannot be made.
+        SystemSetupError: another process holds it (naming its pid), or the file cannot be made
+            or written (nothing is left open).
     """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def hold(path: Path, owner: str, wait: float = HOLD_WAIT) -> int:
         raise SystemSetupError(
             f"{owner}: another alpaca-tunnel (pid {holder}) is running this node", None,
             "stop it first, or give this node its own control_socket")
-    _claim(fd)
+    _claim(fd, path, owner)
     return fd
 
 
@@ -84,16 +85,34 @@ def holder(path: Path) -> str:
         os.close(fd)
 
 
-def _claim(fd: int) -> None:
-    """Write our pid into a lock we hold (an error names the holder by it)."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+def _claim(fd: int, path: Path, owner: str | None = None) -> None:
+    """Write our pid into the lock at ``path`` we hold by ``fd`` (an error names the holder
+    by it).
+
+    Raises:
+        SystemSetupError: the write failed (a full or read-only directory); ``fd`` is closed.
+    """
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        prefix = f"{owner}: " if owner else ""
+        raise SystemSetupError(
+            f"{prefix}writing our pid into the lock file {path}: {exc.strerror or exc}", None,
+            f"its directory {path.parent}, the control socket's, is full or not writable:"
+            " free space there or make it writable") from exc
 
 
 def try_hold(path: Path) -> int | None:
     """Take the lock at ``path`` if no process holds it (creating the file if need be); the
     descriptor to close when done, or None if another process holds it or it cannot be made.
-    For handling the files of a daemon that is not running (its left-over undo journal)."""
+    For handling the files of a daemon that is not running (its left-over undo journal).
+
+    Raises:
+        SystemSetupError: the lock was taken but our pid cannot be written into it (a full
+            directory); nothing is left open.
+    """
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
@@ -103,7 +122,7 @@ def try_hold(path: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
-    _claim(fd)
+    _claim(fd, path)
     return fd
 
 

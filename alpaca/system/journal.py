@@ -492,6 +492,9 @@ def recover_orphans(path: str | Path) -> list[str]:
 
     Returns:
         The failures (each also logged).
+
+    Raises:
+        SystemSetupError: an orphan's lock file cannot be written (a full directory).
     """
     path = Path(path)
     if not path.parent.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -703,6 +704,53 @@ def test_instance_lock_held_for_a_moment_is_waited_for(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
 
+
+
+def _no_space(*args: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("call", ["ftruncate", "pwrite"])
+def test_instance_lock_on_a_full_directory_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """A full /run (ENOSPC writing the pid into the lock) is an error naming the lock file and
+    its directory, not a bare OSError (the command line printed "cannot write the output"),
+    and leaves no descriptor open."""
+    lock = tmp_path / "alpaca0.sock.lock"
+    monkeypatch.setattr(instance.os, call, _no_space)
+    before = _open_fds()
+    with pytest.raises(SystemSetupError) as err:
+        instance.hold(lock, "cfg.json: control_socket x", wait=0.0)
+    text = str(err.value)
+    assert text.startswith("cfg.json: control_socket x: writing our pid into the lock file ")
+    assert str(lock) in text and "No space left on device" in text
+    assert f"its directory {tmp_path}, the control socket's, is full or not writable" in text
+    with pytest.raises(SystemSetupError, match="is full or not writable"):
+        instance.try_hold(lock)
+    assert _open_fds() == before
+    monkeypatch.undo()
+    os.close(instance.hold(lock, "test", wait=0.0))  # the lock was let go
+
+
+def test_orphan_recovery_and_cleanup_on_a_full_directory_name_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """recover_orphans and ``alpaca-tunnel cleanup`` report a lock that cannot be written as
+    the setup error, which the command line prints as it is."""
+    from alpaca import cli
+
+    (tmp_path / "old.sock.journal").write_text("")
+    monkeypatch.setattr(instance.os, "pwrite", _no_space)
+    with pytest.raises(SystemSetupError, match=r"lock file .*old\.sock\.lock: No space left"):
+        jr.recover_orphans(tmp_path / "new.sock.journal")
+    assert cli.main(["cleanup", "--control-socket", str(tmp_path / "old.sock")]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("alpaca-tunnel: nothing done: control socket ")
+    assert f"lock file {tmp_path / 'old.sock.lock'}: No space left on device" in err
+    assert "cannot write the output" not in err
 
 HOLD_LOCK = """
 import os, sys, time
