@@ -11,14 +11,25 @@ The epoch is ``max(last + 1, int(wall_now))``: the wall clock keeps epochs incre
 even if the state file is lost, and ``last + 1`` keeps them increasing when the clock goes
 backwards. It must fit the header's unsigned 32-bit field.
 
+Two processes that share one state file (one node started twice by mistake, containers that
+share the state directory) take their epochs one after the other: :func:`next_epoch` holds an
+exclusive flock on ``<state_file>.lock`` (a file beside it, kept) across the read of the last
+epoch, the write of the new one and the rename, so the second reads what the first wrote and
+they never get the same epoch. The temporary file is made by :func:`tempfile.mkstemp`, a name of
+its own even for processes with the same pid (two containers' pid 1).
+
 Called once at startup by the daemon, before any greenlet runs (the fsyncs block).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from alpaca.core.ids import digits_value, is_digits
@@ -27,6 +38,9 @@ from alpaca.errors import StateFileError, TunnelError
 EPOCH_MAX = 2**32 - 1
 #: The most of the state file read, bytes: an epoch is at most 10 digits and a newline.
 _READ_MAX = 64
+#: Seconds :func:`next_epoch` waits for the state file's lock held by another process (it
+#: holds it for a read, a write and two fsyncs).
+LOCK_WAIT = 10.0
 
 
 def next_epoch(state_file: Path, wall_now: float) -> int:
@@ -39,15 +53,55 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
     Raises TunnelError naming the file and the fix when the file is unreadable or corrupt
     (StateFileError), when it cannot be written, or when the epoch would exceed 2^32-1.
     """
-    last = _read_last(state_file)
-    epoch = max(last + 1, int(wall_now))
-    if epoch > EPOCH_MAX:
-        raise TunnelError(
-            f"epoch file {state_file}: the next epoch {epoch} exceeds 2^32-1; "
-            "change the secret keys, then delete the file"
-        )
-    _write_atomically(state_file, f"{epoch}\n".encode())
+    with _locked(state_file):
+        last = _read_last(state_file)
+        epoch = max(last + 1, int(wall_now))
+        if epoch > EPOCH_MAX:
+            raise TunnelError(
+                f"epoch file {state_file}: the next epoch {epoch} exceeds 2^32-1; "
+                "change the secret keys, then delete the file"
+            )
+        _write_atomically(state_file, f"{epoch}\n".encode())
     return epoch
+
+
+def lock_path(state_file: Path) -> Path:
+    """The file :func:`next_epoch` locks while it reads and replaces ``state_file``."""
+    return state_file.with_name(state_file.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(state_file: Path) -> Iterator[None]:
+    """Hold the exclusive flock of :func:`lock_path` (creating it, and the directory mode
+    0700), waiting for it at most :data:`LOCK_WAIT` seconds.
+
+    Raises:
+        TunnelError: it cannot be made, or another process holds it that long.
+    """
+    lock = lock_path(state_file)
+    try:
+        lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _unwritable(state_file, f"creating its lock file {lock}: {exc.strerror or exc}") from exc
+    try:
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TunnelError(
+                        f"epoch file {state_file}: its lock file {lock} has been held by another"
+                        f" process for {LOCK_WAIT:g} s; is another alpaca-tunnel starting with"
+                        " this state_file? give each node a state_file of its own") from None
+                time.sleep(0.05)
+            except OSError as exc:  # a file system without locks
+                raise _unwritable(state_file, f"locking {lock}: {exc.strerror or exc}") from exc
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def check_state_file(state_file: Path) -> int:
@@ -117,11 +171,13 @@ def _read_regular(path: Path) -> bytes | None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` by a file holding ``data``, fsync'ed (file and directory)."""
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
+    tmp: Path | None = None
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        tmp = Path(name)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -134,10 +190,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise TunnelError(
-            f"cannot write epoch file {path}: {exc.strerror or exc}; refusing to start, since "
-            "an unrecorded epoch could be reused and repeat nonces (make its directory "
-            "writable, free disk space, or set another state file)"
-        ) from exc
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise _unwritable(path, exc.strerror or str(exc)) from exc
+
+
+def _unwritable(path: Path, why: str) -> TunnelError:
+    return TunnelError(
+        f"cannot write epoch file {path}: {why}; refusing to start, since an unrecorded epoch"
+        " could be reused and repeat nonces (make its directory writable, free disk space, or"
+        " set another state file)"
+    )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from alpaca.errors import StateFileError, TunnelError
-from alpaca.io.epoch import EPOCH_MAX, check_state_file, next_epoch
+from alpaca.io import epoch as epoch_mod
+from alpaca.io.epoch import EPOCH_MAX, check_state_file, lock_path, next_epoch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_epoch_missing_file_starts_at_wall_clock(tmp_path: Path) -> None:
@@ -36,7 +42,85 @@ def test_epoch_leaves_no_temporary_file(tmp_path: Path) -> None:
     state = tmp_path / "epoch"
     next_epoch(state, 10.0)
     next_epoch(state, 10.0)
-    assert [p.name for p in tmp_path.iterdir()] == ["epoch"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch", "epoch.lock"]
+    assert lock_path(state) == tmp_path / "epoch.lock"
+
+
+#: One start: waits for the go file, then takes an epoch. Its pid reads as 1 (two containers'
+#: daemons, each pid 1 in its own namespace), and it dawdles between reading the last epoch and
+#: writing the next, so that two starts overlap in every round unless a lock keeps them apart.
+START = """
+import os, sys, time
+from pathlib import Path
+from alpaca.io import epoch
+os.getpid = lambda: 1
+read_last = epoch._read_last
+def slow_read_last(path):
+    last = read_last(path)
+    time.sleep(0.05)
+    return last
+epoch._read_last = slow_read_last
+state, go = Path(sys.argv[1]), Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+try:
+    print(epoch.next_epoch(state, 500.0), flush=True)
+except Exception as exc:
+    print(repr(exc), flush=True)
+"""
+
+
+def test_epoch_two_starts_at_once_on_one_file_get_different_epochs(tmp_path: Path) -> None:
+    """Two daemons sharing one state file (containers with a shared state directory, both pid 1)
+    that start at the same moment: the second waits for the first's lock and reads its epoch,
+    instead of taking the same one (or failing on the other's temporary file of the same name)."""
+    for round_ in range(5):
+        state, go = tmp_path / f"shared{round_}.epoch", tmp_path / f"go{round_}"
+        state.write_text("1000\n")  # the clock is behind the file: each takes last + 1
+        procs = [subprocess.Popen([sys.executable, "-c", START, str(state), str(go)],
+                                  stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+        try:
+            assert all(proc.stdout is not None and proc.stdout.readline() == "ready\n"
+                       for proc in procs)
+            go.touch()
+            outs = sorted(proc.communicate(timeout=30)[0].strip() for proc in procs)
+        finally:
+            for proc in procs:
+                proc.kill()
+        assert outs == ["1001", "1002"], f"round {round_}"
+        assert state.read_text() == "1002\n"
+
+
+def test_epoch_leftover_temporary_file_of_another_process_is_left_alone(tmp_path: Path) -> None:
+    """The temporary name is no longer ``.<name>.<pid>.tmp``: a file of that name, another
+    process's with the same pid (in another pid namespace), is neither taken nor clobbered."""
+    state = tmp_path / "epoch"
+    state.write_text("1000\n")
+    theirs = tmp_path / f".epoch.{os.getpid()}.tmp"
+    theirs.write_text("5000\n")
+    assert next_epoch(state, 10.0) == 1001
+    assert state.read_text() == "1001\n"
+    assert theirs.read_text() == "5000\n"
+
+
+def test_epoch_lock_held_too_long_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "epoch"
+    state.write_text("1000\n")
+    monkeypatch.setattr(epoch_mod, "LOCK_WAIT", 0.2)
+    fd = os.open(lock_path(state), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(TunnelError) as err:
+            next_epoch(state, 10.0)
+    finally:
+        os.close(fd)
+    assert str(err.value) == (
+        f"epoch file {state}: its lock file {tmp_path / 'epoch.lock'} has been held by another"
+        " process for 0.2 s; is another alpaca-tunnel starting with this state_file? give each"
+        " node a state_file of its own")
+    assert state.read_text() == "1000\n"
+    assert next_epoch(state, 10.0) == 1001
 
 
 @pytest.mark.parametrize("content", ["", "abc\n", "-5\n", "12.5\n", "1 2\n", str(2**32), "9" * 5000])
