@@ -56,6 +56,11 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
     with _locked(state_file):
         last = _read_last(state_file)
         epoch = max(last + 1, int(wall_now))
+        if int(wall_now) > EPOCH_MAX:  # whatever the file holds: new keys would not help
+            raise TunnelError(
+                f"epoch file {state_file}: the system clock reads {int(wall_now)} seconds since"
+                " 1970, past 2^32-1 (the year 2106), the largest epoch; set the system clock right"
+            )
         if epoch > EPOCH_MAX:
             raise TunnelError(
                 f"epoch file {state_file}: the next epoch {epoch} exceeds 2^32-1; "

@@ -201,3 +201,26 @@ def test_epoch_must_fit_u32(tmp_path: Path) -> None:
     with pytest.raises(TunnelError, match="2\\^32-1"):
         next_epoch(state, 0.0)
     assert next_epoch(tmp_path / "other", float(EPOCH_MAX)) == EPOCH_MAX
+
+
+@pytest.mark.parametrize("last", [None, 1000])
+def test_epoch_clock_past_u32_names_the_clock(tmp_path: Path, last: int | None) -> None:
+    """The clock itself is past 2^32-1 (a wrong RTC): the fix is the clock, not new keys."""
+    state = tmp_path / "epoch"
+    if last is not None:
+        state.write_text(f"{last}\n")
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, float(2**32 + 5))
+    assert str(err.value) == (
+        f"epoch file {state}: the system clock reads 4294967301 seconds since 1970, past 2^32-1"
+        " (the year 2106), the largest epoch; set the system clock right")
+    assert state.exists() == (last is not None)
+
+
+def test_epoch_file_at_u32_asks_for_new_keys(tmp_path: Path) -> None:
+    state = tmp_path / "epoch"
+    state.write_text(f"{EPOCH_MAX}\n")
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, 1000.0)
+    assert str(err.value) == (f"epoch file {state}: the next epoch {2**32} exceeds 2^32-1;"
+                              " change the secret keys, then delete the file")
