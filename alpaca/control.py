@@ -5,11 +5,11 @@ the socket itself 0600: only root talks to it, so the answer may show path addre
 
 Protocol: the client sends one line (``show\\n``), the server answers one JSON document and
 closes. An unknown command gets ``{"error": "..."}``. Everything is bounded: a request line
-is at most :data:`MAX_REQUEST` bytes and must arrive within :data:`REQUEST_DEADLINE` seconds
-of accept (a client that trickles it is closed, counted, and reported now and then), each
-write, and each read after the request, may wait at most :data:`CONNECTION_TIMEOUT` seconds,
-a connection lives at most :data:`CONNECTION_LIFETIME` seconds, and at most
-:data:`MAX_CLIENTS` are served at once. The answer is written in
+is at most :data:`MAX_REQUEST` bytes, not counting its newline, and must arrive within
+:data:`REQUEST_DEADLINE` seconds of accept (a client that trickles it is closed, counted, and
+reported now and then), each write, and each read after the request, may wait at most
+:data:`CONNECTION_TIMEOUT` seconds, a connection lives at most :data:`CONNECTION_LIFETIME`
+seconds, and at most :data:`MAX_CLIENTS` are served at once. The answer is written in
 chunks of :data:`CHUNK` bytes with a turn for the hub after each (a node of 10,000 peers
 answers 7 MB): the packet path never waits for a whole ``show``.
 
@@ -40,6 +40,7 @@ from alpaca.slowclients import SlowClientLog
 
 log = logging.getLogger(__name__)
 
+#: The longest request line, bytes, not counting its newline.
 MAX_REQUEST = 256
 #: Seconds from accept to the end of the request line, at most (``show`` sends it at once).
 #: A pool of :data:`MAX_CLIENTS` slow clients keeps a ``show`` out that long, no longer.
@@ -194,17 +195,18 @@ def json_chunks(reply: dict[str, Any]) -> Iterator[bytes]:
 
 
 def _read_line(conn: socket.socket) -> bytes | None:
-    """One request line (without the newline; EOF ends it too), or None when too long."""
+    """One request line (without the newline; EOF ends it too), or None when it is longer
+    than :data:`MAX_REQUEST` bytes (read no further than the byte that shows it)."""
     buf = b""
     while b"\n" not in buf:
+        if len(buf) > MAX_REQUEST:  # MAX_REQUEST + 1 bytes and no newline among them
+            return None
         chunk = conn.recv(MAX_REQUEST + 1 - len(buf))
         if not chunk:
             break
         buf += chunk
-        if len(buf) > MAX_REQUEST:
-            return None
     line = buf.split(b"\n", 1)[0]
-    return line if len(line) < MAX_REQUEST else None
+    return line if len(line) <= MAX_REQUEST else None
 
 
 def _drain(conn: socket.socket) -> None:

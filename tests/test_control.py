@@ -84,9 +84,24 @@ def test_control_unknown_command_is_an_error(served: tuple[ControlServer, dict[s
 def test_control_request_line_is_bounded(served: Served, sock_path: Path) -> None:
     reply = json.loads(_ask(sock_path, b"x" * 300, close_write=False))
     assert reply == {"error": f"request longer than {control.MAX_REQUEST} bytes"}
-    assert json.loads(_ask(sock_path, b"x" * 255 + b"\n"))["error"] == "unknown command"
-    too_long = json.loads(_ask(sock_path, b"x" * 256 + b"\n"))
+    assert json.loads(_ask(sock_path, b"x" * 256 + b"\n"))["error"] == "unknown command"
+    too_long = json.loads(_ask(sock_path, b"x" * 257 + b"\n"))
     assert too_long["error"].startswith("request longer")
+
+
+@pytest.mark.parametrize("newline", [b"\n", b""])
+def test_control_request_line_of_max_request_bytes_is_served(
+        served: Served, sock_path: Path, newline: bytes) -> None:
+    """MAX_REQUEST bytes, not counting the newline (or the EOF that ends the line), is the
+    longest line served; one byte more is refused, even from a client that keeps the socket
+    open."""
+    _, expected = served
+    assert control.MAX_REQUEST == 256
+    line = b"show" + b" " * 252
+    assert json.loads(_ask(sock_path, line + newline)) == expected
+    refused = {"error": "request longer than 256 bytes"}
+    assert json.loads(_ask(sock_path, line + b" " + newline)) == refused
+    assert json.loads(_ask(sock_path, line + b" " + newline, close_write=False)) == refused
 
 
 def test_control_silent_client_is_dropped_after_the_request_deadline(
