@@ -11,10 +11,12 @@ being written in place is read once it is closed, even when another file of its 
 saved meanwhile. After a burst of events settles (``debounce``), the file's identity (device,
 inode, size, mtime, ctime, following symlinks) is compared with the last one seen. Not seen:
 retargeting a symlink to a *directory* on the configured path (``ln -sfn v2 /etc/alpaca``
-when /etc/alpaca is itself a link) changes nothing in the directories watched; a SIGHUP
-reloads then. While the configured directory is gone (deleted, to come back later), nothing
-can be watched there: the watch looks again every ``debounce`` until it is back, and catches
-up with the file then.
+when /etc/alpaca is itself a link), a directory higher up swapped by renames, or a link in
+the middle of a chain retargeted changes nothing in the directories watched: the watch looks
+again every ``recheck`` seconds (one stat), so such a change is found within that time (a
+SIGHUP reloads at once). While the configured directory is gone (deleted, to come back
+later), nothing can be watched there: the watch looks again every ``debounce`` until it is
+back, and catches up with the file then.
 Greenlet contract: ``run`` is one greenlet's loop; it waits on the inotify fd with gevent.
 """
 
@@ -42,15 +44,18 @@ IN_Q_OVERFLOW = 0x4000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+#: Seconds between two looks at the file without an event (changes no watched directory shows).
+RECHECK = 30.0
 
 
 
 class FileWatch:
     """Watches one file. ``open()`` then ``run(on_change)`` in a greenlet; ``close()`` to stop."""
 
-    def __init__(self, path: Path, debounce: float = 1.0) -> None:
+    def __init__(self, path: Path, debounce: float = 1.0, recheck: float = RECHECK) -> None:
         self.path = Path(os.path.abspath(path))
         self.debounce = debounce
+        self.recheck = recheck
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
         #: directory -> watch descriptor: the configured one, and the resolved file's
@@ -170,7 +175,7 @@ class FileWatch:
         """Call ``on_change`` once per burst of changes to the file (forever)."""
         while True:
             try:  # blind: no event will come from the directory's return, so look again
-                wait_read(self._fd, timeout=self.debounce if self._blind else None)
+                wait_read(self._fd, timeout=self.debounce if self._blind else self.recheck)
             except TimeoutError:
                 pass
             else:

@@ -20,9 +20,9 @@ DEBOUNCE = 0.05
 class Calls:
     """Runs a FileWatch in a greenlet and counts its on_change calls."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, recheck: float = 30.0) -> None:
         self.count = 0
-        self.watch = FileWatch(path, debounce=DEBOUNCE).open()
+        self.watch = FileWatch(path, debounce=DEBOUNCE, recheck=recheck).open()
         self.greenlet = gevent.spawn(self.watch.run, self._called)
 
     def _called(self) -> None:
@@ -253,3 +253,44 @@ def test_watch_a_change_made_before_the_watch_opened_is_caught_up(tmp_path: Path
         assert not untouched.catch_up()
     finally:
         untouched.close()
+
+
+def test_watch_a_directory_higher_up_swapped_by_renames_is_found_at_the_next_recheck(tmp_path: Path) -> None:
+    """conf/alpaca/secrets.txt, then mv conf conf.old; mv conf.new conf: no watched directory
+    moved (the watch is on conf/alpaca, which went with conf.old), and every later save was
+    missed too. The recheck finds the new file and follows it."""
+    for name in ("conf", "conf.new"):
+        (tmp_path / name / "alpaca").mkdir(parents=True)
+        (tmp_path / name / "alpaca" / "secrets.txt").write_text(name)
+    path = tmp_path / "conf" / "alpaca" / "secrets.txt"
+    calls = Calls(path, recheck=DEBOUNCE * 2)
+    try:
+        def swap() -> None:
+            (tmp_path / "conf").rename(tmp_path / "conf.old")
+            (tmp_path / "conf.new").rename(tmp_path / "conf")
+        assert calls.after(swap) == 1
+        assert calls.after(lambda: _rename_over(path, "by rename\n")) == 1
+        assert calls.after(lambda: (tmp_path / "conf.old" / "alpaca" / "secrets.txt").write_text("x")) == 0
+    finally:
+        calls.close()
+
+
+def test_watch_the_middle_link_of_a_chain_retargeted_is_found_at_the_next_recheck(tmp_path: Path) -> None:
+    """etc/secrets.txt -> keys/current.txt -> v/1.txt; current.txt retargeted to v/2.txt by
+    rename: its directory is not watched (only the first and the last are)."""
+    for directory in ("etc", "keys", "v"):
+        (tmp_path / directory).mkdir()
+    (tmp_path / "v" / "1.txt").write_text("one\n")
+    (tmp_path / "v" / "2.txt").write_text("two\n")
+    (tmp_path / "keys" / "current.txt").symlink_to(tmp_path / "v" / "1.txt")
+    path = tmp_path / "etc" / "secrets.txt"
+    path.symlink_to(tmp_path / "keys" / "current.txt")
+    calls = Calls(path, recheck=DEBOUNCE * 2)
+    try:
+        def retarget() -> None:
+            (tmp_path / "keys" / ".next").symlink_to(tmp_path / "v" / "2.txt")
+            os.replace(tmp_path / "keys" / ".next", tmp_path / "keys" / "current.txt")
+        assert calls.after(retarget) == 1
+        assert calls.after(lambda: (tmp_path / "v" / "2.txt").write_text("two again\n")) == 1
+    finally:
+        calls.close()
