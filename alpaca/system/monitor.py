@@ -168,7 +168,9 @@ def reconcile(
     displaced: set[routes.ExpectedRoute] | None = None,
 ) -> list[routes.ExpectedRoute]:
     """Put back any of our routes that disappeared (an interface flap, another tool). A route
-    that cannot be put back now is logged and the others are still tried.
+    that cannot be put back now is logged and the others are still tried (an uplink's
+    default at debug level: its device is down or gone, a backup link unplugged, until it
+    is back).
 
     Args:
         displaced: the caller's record of our default routes whose place another program's
@@ -181,18 +183,19 @@ def reconcile(
     restored = []
     with netlink.iproute(netns) as ipr:
         for route in expected_routes:
-            if routes.route_present(route.dst, route.table, ipr=ipr):
+            if routes.expected_present(route, ipr):
                 if displaced is not None:
                     displaced.discard(route)
                 continue
+            level = logging.DEBUG if route.metric else logging.WARNING
             oif = ipr.link_lookup(ifname=route.dev)
             if not oif:
-                log.warning("route device missing dst=%s dev=%s", route.dst, route.dev)
+                log.log(level, "route device missing dst=%s dev=%s", route.dst, route.dev)
                 continue
             try:
                 added = routes.add_route(route, oif[0], ipr)
             except AlpacaError as exc:  # e.g. its gateway is no longer on a link: the next go
-                log.warning("could not restore a route: %s", exc)
+                log.log(level, "could not restore a route: %s", exc)
                 continue
             if not added:  # another program's route to that prefix serves
                 _displaced(route, displaced)
@@ -213,7 +216,7 @@ def reconcile(
 def _displaced(route: routes.ExpectedRoute, displaced: set[routes.ExpectedRoute] | None) -> None:
     """Another program's route holds ``route``'s place. For a host route that is as good
     (it was there before us, say); for the default, traffic leaves outside the tunnel."""
-    if route.dst != "0.0.0.0/0" or displaced is None or route in displaced:
+    if route.dst != "0.0.0.0/0" or route.metric or displaced is None or route in displaced:
         return
     if route.table == netlink.RT_TABLE_MAIN:  # route_table main: keep_default_moved, next in
         return                                # this pass, moves that one out, and ours comes back

@@ -12,7 +12,9 @@ exit it calls ``journal.undo_all()``.
 
 Order (client): wait for the uplink (nothing changed yet if there is none), ip_forward, TUN,
 chnroute, host routes for peers and local_routes via the uplink, then move the default route
-(host routes first, so the tunnel's own UDP never enters the tunnel), MSS clamping.
+(host routes first, so the tunnel's own UDP never enters the tunnel) and copy each moved one
+into the tunnel's table after ours (a socket bound to an uplink's device reaches the peers
+via that uplink: :func:`alpaca.system.routes.add_uplink_defaults`), MSS clamping.
 Order (server): ip_forward, TUN, [uplink and chnroute], NAT/forward/MSS table, Docker accepts.
 """
 
@@ -213,7 +215,9 @@ def plan(inp: HostPlanInput) -> list[Op]:
         ops.append(
             MoveDefaultRoute(
                 f"add default via {inp.gateway_ip} dev {inp.tun} table {inp.route_table} {tag}, "
-                "then remove the IPv4 default routes of table main (saved, restored on exit)",
+                "then remove the IPv4 default routes of table main (saved, restored on exit) and "
+                f"add a copy of each to table {inp.route_table} {tag} at its metric + "
+                f"{routes.UPLINK_DEFAULT_OFFSET} (for the ports bound to its device)",
                 inp.gateway_ip,
                 inp.tun,
                 inp.route_table,
@@ -289,8 +293,9 @@ class Applied:
     """What :func:`apply` leaves in place, owned by the daemon until it exits.
 
     Attributes:
-        expected: the routes the host must keep while we run (host routes and the moved
-            default), for :func:`alpaca.system.monitor.reconcile` after a route change.
+        expected: the routes the host must keep while we run (host routes, the moved default
+            and the uplinks' defaults: :func:`alpaca.system.routes.uplink_default`), for
+            :func:`alpaca.system.monitor.reconcile` after a route change.
         uplink: the way out found at start (client; None for a server without chnroute).
         host_dsts: the destinations routed via the uplink (CIDR strings).
         route_table: the table the host routes and the moved default are in.
@@ -314,7 +319,7 @@ class Applied:
     @property
     def moved_default(self) -> routes.ExpectedRoute | None:
         """Our default route into the tunnel (client), None if this node moved none."""
-        return next((r for r in self.expected if r.dst == DEFAULT_DST), None)
+        return next((r for r in self.expected if r.dst == DEFAULT_DST and not r.metric), None)
 
 
 def apply(ops: list[Op], journal: Journal, netns: str | None = None) -> Applied:
@@ -455,11 +460,26 @@ def _taken_over(dsts: frozenset[str] | set[str], table: int, netns: str | None) 
 
 
 def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> Applied:
-    """Remember the ways out that ``saved`` (default routes just moved out of main) name, for
-    :func:`next_way`: one through ``tun`` (the tunnel's own) is left out, and one via the same
-    device and gateway as a known one replaces it (its metric may have changed)."""
+    """Remember the ways out that ``saved`` (default routes just moved out of main by
+    :func:`keep_default_moved`) name, for :func:`next_way`: one through ``tun`` (the tunnel's
+    own) is left out, and one via the same device and gateway as a known one replaces it (its
+    metric may have changed); their copies in the tunnel's table replace those of the known
+    ones in ``expected`` likewise."""
     ways = _with_ways(applied.ways, saved, tun)
-    return applied if ways == applied.ways else replace(applied, ways=ways)
+    expected = _with_uplink_defaults(applied, ways_of(saved, tun))
+    if ways == applied.ways and expected == applied.expected:
+        return applied
+    return replace(applied, ways=ways, expected=expected)
+
+
+def _with_uplink_defaults(applied: Applied, ways: list[routes.Uplink]) -> tuple[routes.ExpectedRoute, ...]:
+    """``applied.expected`` with the uplinks' defaults of ``ways`` in place of those via the
+    same device and gateway (a node without a moved default has none)."""
+    if applied.moved_default is None or not ways:
+        return applied.expected
+    names = {(u.dev, u.gateway) for u in ways}
+    kept = tuple(r for r in applied.expected if not (r.metric and (r.dev, r.gateway) in names))
+    return kept + tuple(routes.uplink_default(u, applied.route_table) for u in ways)
 
 
 def note_restored(applied: Applied, restored: list[routes.ExpectedRoute]) -> Applied:
@@ -519,19 +539,26 @@ def keep_default_moved(applied: Applied, journal: Journal,
                        netns: str | None = None) -> list[routes.SavedRoute]:
     """A running client: move any IPv4 default route that appeared in ``main`` since the start
     (a DHCP client renewing its lease puts one back) out of the way again, journaled like the
-    first move, so the tunnel keeps the default and the route comes back on exit.
+    first move, so the tunnel keeps the default and the route comes back on exit; its copy
+    goes into the tunnel's table in place of the one of its way out at another metric.
 
     Returns:
         The routes moved (none for a node without a moved default): the way out they name
-        may be a new one (:func:`follow_uplink`).
+        may be a new one (:func:`follow_uplink`); :func:`note_ways` counts them.
     """
     default = applied.moved_default
     if default is None or default.gateway is None:
         return []
     saved = routes.save_default_routes(netns)
     if saved:
+        ways = ways_of(saved, default.dev)
+        copies = _with_uplink_defaults(applied, ways)
+        stale = [r for r in applied.expected if r.metric and r not in copies]
+        if stale:  # before the record: the journal may no longer name the routes they copy
+            routes.delete_uplink_defaults(stale, netns)
         journal.record("default_route", saved=[s.to_json() for s in saved], table=default.table)
         routes.move_default_route(default.gateway, default.dev, default.table, netns, saved)
+        routes.add_uplink_defaults(ways, default.table, netns)
     return saved
 
 
@@ -646,6 +673,7 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             for problem in lookup_problems(op.table, ctx.chnroute_table, ns):
                 log.warning("%s", problem)
             ctx.expected.append(routes.ExpectedRoute(DEFAULT_DST, op.gateway_ip, op.tun, op.table))
+            ctx.expected.extend(routes.add_uplink_defaults(ways_of(saved, op.tun), op.table, ns))
         case ApplyNft():
             _refuse_foreign_table(op.tun, journal, ns)
             journal.record("nft_table", tun=op.tun)

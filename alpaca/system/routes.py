@@ -12,8 +12,13 @@ Theory of operation (client mode):
        routes of main still win.
     3. :func:`add_host_routes` routes the peers' static addresses and ``local_routes`` via the
        uplink in the same table, so the tunnel's own UDP never enters the tunnel.
-    4. :func:`restore_default_route` replays the saved payloads into ``main`` byte for byte and
-       deletes our tunnel default; :func:`remove_host_routes` deletes the host routes.
+    4. :func:`add_uplink_defaults` puts a copy of each moved default into the same table, at
+       its metric + :data:`UPLINK_DEFAULT_OFFSET` (after ours): a socket bound to a device
+       (``ports[].interface``) looks routes up with that output device, and the kernel skips
+       routes through another device, so it reaches the peers via its own uplink's gateway.
+    5. :func:`restore_default_route` deletes those copies, replays the saved payloads into
+       ``main`` byte for byte and deletes our tunnel default; :func:`remove_host_routes`
+       deletes the host routes.
 
 Every route we add carries proto :data:`~alpaca.system.netlink.PROTO_ALPACA`. Callers: the
 control greenlet (set-up, teardown, reconcile); waits use ``gevent.sleep``.
@@ -49,12 +54,20 @@ from alpaca.system.netlink import (
 
 log = logging.getLogger(__name__)
 
+#: route_present: any gateway
+_ANY = object()
+
 RTA_CACHEINFO = 12
 #: rtm_flags we send back: RTNH_F_PERVASIVE | RTNH_F_ONLINK (DEAD/LINKDOWN/offload are kernel-set).
 _FLAGS_KEEP = 0x2 | 0x4
 #: Errnos of restoring a saved route whose uplink changed: gateway not on a connected network,
 #: device gone, preferred source address (``src``) no longer the host's.
 _NO_LONGER_FITS = (errno.ENETUNREACH, errno.ENODEV, errno.EINVAL)
+#: Added to a moved default route's metric for its copy in the tunnel's table (an uplink's
+#: default): the tunnel's own default (metric 0) stays first there, also beside a copy of a
+#: default of metric 0.
+UPLINK_DEFAULT_OFFSET = 1000
+_METRIC_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +122,8 @@ class ExpectedRoute:
         dev: output device name.
         table: routing table id.
         onlink: the gateway is on the link whatever the device's addresses (the uplink's).
+        metric: the route's priority; not 0 only for an uplink's default
+            (:func:`uplink_default`).
     """
 
     dst: str
@@ -116,16 +131,50 @@ class ExpectedRoute:
     dev: str
     table: int = RT_TABLE_DEFAULT
     onlink: bool = False
+    metric: int = 0
+
+
+def uplink_default(uplink: Uplink, table: int) -> ExpectedRoute:
+    """The copy of ``uplink``'s moved default route in the tunnel's ``table``: same gateway
+    and device, its metric + :data:`UPLINK_DEFAULT_OFFSET`."""
+    return ExpectedRoute("0.0.0.0/0", uplink.gateway, uplink.dev, table, uplink.onlink,
+                         min(uplink.metric + UPLINK_DEFAULT_OFFSET, _METRIC_MAX))
+
+
+def add_uplink_defaults(uplinks: Iterable[Uplink], table: int,
+                        netns: str | None = None) -> list[ExpectedRoute]:
+    """Add :func:`uplink_default` of each of ``uplinks`` (journal the default routes they were
+    saved from first). One that cannot be added now (its device down or gone) is logged:
+    monitor.reconcile adds it once it can.
+
+    Returns:
+        Every copy, added or not, for reconcile.
+    """
+    copies = [uplink_default(u, table) for u in uplinks]
+    with iproute(netns) as ipr:
+        for route in copies:
+            oif = ipr.link_lookup(ifname=route.dev)
+            try:
+                if oif:
+                    add_route(route, oif[0], ipr)
+            except SystemSetupError as exc:
+                log.info("an uplink's default route is left for later: %s", exc)
+    return copies
 
 
 def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
     """Add ``route`` with our proto; False if a route to that destination was there already
-    (EEXIST counts as done: another program's route to the same prefix serves as well)."""
+    (EEXIST counts as done: another program's route to the same prefix serves as well). An
+    uplink's default (a metric) is appended: it goes in beside another of the same metric
+    (two defaults of one metric were moved), EEXIST only where the same route is there."""
     extra = _via(route.gateway, route.onlink)
+    if route.metric:
+        extra["priority"] = route.metric
     return nl_call(
-        f"adding route {route.dst} via {route.gateway or '-'} dev {route.dev} table {route.table}",
+        f"adding route {route.dst} via {route.gateway or '-'} dev {route.dev} table {route.table}"
+        + (f" metric {route.metric}" if route.metric else ""),
         ipr.route,
-        "add",
+        "append" if route.metric else "add",
         dst=route.dst,
         oif=oif,
         table=route.table,
@@ -133,6 +182,13 @@ def add_route(route: ExpectedRoute, oif: int, ipr: IPRoute) -> bool:
         ok=OK_ADD,
         **extra,
     ) is not None
+
+
+def expected_present(route: ExpectedRoute, ipr: IPRoute) -> bool:
+    """Whether ``route`` is there: ours to its destination at its metric, and for an uplink's
+    default (several may share a metric) via its gateway."""
+    return route_present(route.dst, route.table, ipr=ipr, metric=route.metric,
+                         gateway=route.gateway if route.metric else _ANY)
 
 
 def _via(gateway: str | None, onlink: bool) -> dict[str, Any]:
@@ -370,7 +426,8 @@ def repoint_default_route(
 def restore_default_route(
     saved: Sequence[SavedRoute], table: int = RT_TABLE_DEFAULT, netns: str | None = None
 ) -> None:
-    """Put ``saved`` back into main exactly and delete our default from ``table`` (idempotent).
+    """Delete the copies of ``saved`` from ``table`` (:func:`uplink_default`), put ``saved``
+    back into main exactly and delete our default from ``table`` (idempotent).
 
     Every saved route is tried, also after one fails (its device may be gone: a dock
     unplugged), so the others still come back; then the first failure is raised. A saved
@@ -384,6 +441,8 @@ def restore_default_route(
     failed: list[SystemSetupError] = []
     others = {route.dev for route in save_default_routes(netns)}
     with netlink.RtnlSocket(netns) as rt, iproute(netns) as ipr:
+        delete_uplink_defaults([uplink_default(u, table) for u in map(uplink_of, saved) if u is not None],
+                               ipr=ipr)
         if table == RT_TABLE_MAIN:  # ours first: a saved one of the same metric would clash
             _delete_tunnel_default(ipr, table)
         for route in saved:
@@ -408,6 +467,32 @@ def restore_default_route(
     if failed:
         raise failed[0]
     log.info("default route restored table=%d restored=%d", table, len(saved))
+
+
+def delete_uplink_defaults(copies: Iterable[ExpectedRoute], netns: str | None = None,
+                           ipr: IPRoute | None = None) -> None:
+    """Delete ``copies`` (:func:`uplink_default`): exactly those routes (our proto, their
+    metric, gateway and device), none of another program's. One whose device is gone went
+    with it."""
+    with iproute(netns, ipr) as nl:
+        for route in copies:
+            oif = nl.link_lookup(ifname=route.dev)
+            if not oif:
+                continue
+            nl_call(
+                f"deleting route default via {route.gateway or '-'} dev {route.dev} table "
+                f"{route.table} metric {route.metric}",
+                nl.route,
+                "del",
+                dst=route.dst,
+                oif=oif[0],
+                table=route.table,
+                proto=PROTO_ALPACA,
+                priority=route.metric,
+                scope=netlink.RT_SCOPE_NOWHERE,
+                ok=OK_DEL,
+                **({"gateway": route.gateway} if route.gateway else {}),
+            )
 
 
 def _delete_tunnel_default(ipr: IPRoute, table: int) -> None:
@@ -537,8 +622,10 @@ def remove_host_routes(
                 done.append(dst)
 
 
-def route_present(dst: str, table: int, netns: str | None = None, ipr: IPRoute | None = None) -> bool:
-    """Whether a route to exactly ``dst`` with our proto exists in ``table``."""
+def route_present(dst: str, table: int, netns: str | None = None, ipr: IPRoute | None = None,
+                  metric: int = 0, gateway: object = _ANY) -> bool:
+    """Whether a route to exactly ``dst`` with our proto exists in ``table``, at ``metric``
+    (0 for all but the uplinks' defaults), via ``gateway`` if one is given."""
     net = ipaddress.ip_network(dst, strict=False)
     with iproute(netns, ipr) as nl:
         routes = (
@@ -553,6 +640,10 @@ def route_present(dst: str, table: int, netns: str | None = None, ipr: IPRoute |
         )
         for r in routes:
             if r["proto"] != PROTO_ALPACA or r["dst_len"] != net.prefixlen:
+                continue
+            if (r.get_attr("RTA_PRIORITY") or 0) != metric:
+                continue
+            if gateway is not _ANY and r.get_attr("RTA_GATEWAY") != gateway:
                 continue
             if (r.get_attr("RTA_DST") or "0.0.0.0") == str(net.network_address):
                 return True

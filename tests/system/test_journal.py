@@ -24,13 +24,15 @@ from alpaca.system.plan import (
     Mode,
     SetSysctl,
     apply,
+    follow_uplink,
     keep_default_moved,
     note_restored,
+    note_ways,
     plan,
     update_default_route,
     update_host_routes,
 )
-from tests.helpers import netns, nsexec
+from tests.helpers import netns, nsexec, veth
 from tests.system import (
     BACKUP_DEFAULT,
     PYTHON,
@@ -148,7 +150,8 @@ def test_journal_covers_routes_changed_by_a_reload(tmp_path: Path) -> None:
         before = snapshot(ns)
         add_tun(ns)
         out = run_python(ns, APPLY_RELOAD_AND_CRASH.format(path=str(path)), check=False)
-        expected = "expected ['0.0.0.0/0', '198.18.0.0/15', '198.51.100.9/32', '203.0.113.7/32']"
+        expected = ("expected ['0.0.0.0/0', '0.0.0.0/0', '0.0.0.0/0', '198.18.0.0/15', '198.51.100.9/32', "
+                    "'203.0.113.7/32']")  # the tunnel's default and the two uplink defaults
         assert expected in out, out
         table = out.split("table", 1)[1]
         for dst in ("198.18.0.0/15", "198.51.100.9", "203.0.113.7"):
@@ -428,7 +431,7 @@ def test_journal_covers_a_default_moved_again_while_running(tmp_path: Path, tabl
         nsexec(ns, "ip", "route", "add", "default", "via", "192.0.2.77", "dev", "up0", "metric", "50")
         assert len(keep_default_moved(applied, journal, ns)) == 1
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
-        assert "192.0.2.77" not in main
+        assert "192.0.2.77 dev up0 metric 50" not in main
         ours = nsexec(ns, "ip", "route", "show", "table", str(table)).stdout
         assert "default via 10.17.1.1 dev alpaca0 proto 97" in ours
         assert journal.undo_all() == []
@@ -880,7 +883,9 @@ def test_journal_route_table_main_moves_a_default_of_metric_zero(tmp_path: Path)
         journal = jr.Journal(tmp_path / "j", ns)
         apply(plan(inp), journal, ns)
         main = nsexec(ns, "ip", "route", "show", "table", "main").stdout
-        assert "default via 10.17.1.1 dev alpaca0 proto 97" in main and "192.0.2.254" not in main
+        assert "default via 10.17.1.1 dev alpaca0 proto 97" in main, main
+        assert "default via 192.0.2.254 dev up0 proto 97 metric 1000 " in main, main  # its copy
+        assert "default via 192.0.2.254 dev up0 \n" not in main, main
         assert journal.undo_all() == []
         del_tun(ns)
         assert snapshot(ns) == before
@@ -1170,3 +1175,169 @@ def test_journal_a_reload_whose_host_routes_fail_part_way_leaves_them_as_they_we
         assert journal.undo_all() == []
         del_tun(ns)
         assert snapshot(ns) == before
+
+
+# --- a port bound to each uplink (ports[].interface): the uplinks' defaults in the tunnel's table
+
+RECEIVE_ONE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 4000))
+s.settimeout(5)
+print("ready", flush=True)
+try:
+    print("from", s.recvfrom(100)[1][0], flush=True)
+except TimeoutError:
+    print("nothing", flush=True)
+"""
+
+SEND_BOUND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.sendto(b"probe", (sys.argv[2], 4000))
+"""
+
+
+def laptop(client: str, wlan_router: str, wwan_router: str, peer: str) -> None:
+    """``client`` with two uplinks, each with its own gateway: wlan 192.0.2.1/24 via
+    192.0.2.254 (metric 100) and wwan 198.51.100.1/24 via 198.51.100.254 (metric 600). The
+    peer 203.0.113.7 is reachable behind the wwan router only."""
+    veth(client, "192.0.2.1/24", wlan_router, "192.0.2.254/24", "wlan", "lan")
+    veth(client, "198.51.100.1/24", wwan_router, "198.51.100.254/24", "wwan", "lan")
+    veth(wwan_router, "203.0.113.1/24", peer, "203.0.113.7/24", "out", "in")
+    nsexec(wwan_router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    nsexec(peer, "ip", "route", "add", "default", "via", "203.0.113.1")
+    nsexec(client, "ip", "route", "add", "default", "via", "192.0.2.254", "dev", "wlan", "metric", "100")
+    nsexec(client, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "wwan", "metric", "600")
+
+
+def bound_send_arrives(client: str, dev: str, peer: str) -> str:
+    """Send one datagram to the peer 203.0.113.7 from a socket of ``client`` bound to ``dev``;
+    the source address it arrived from at ``peer``, or "nothing"."""
+    receiver = subprocess.Popen(["ip", "netns", "exec", peer, PYTHON, "-c", RECEIVE_ONE],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout is not None and receiver.stdout.readline() == "ready\n"
+        nsexec(client, PYTHON, "-c", SEND_BOUND, dev, "203.0.113.7")
+        return receiver.stdout.readline().split()[-1]
+    finally:
+        receiver.kill()
+        receiver.wait()
+
+
+def route_get(ns: str, *args: str) -> str:
+    return nsexec(ns, "ip", "route", "get", *args).stdout
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("table", [253, 254])
+def test_journal_a_port_bound_to_each_uplink_reaches_the_peers_via_its_own_gateway(
+        tmp_path: Path, table: int) -> None:
+    """A laptop's wlan and wwan, each with its own gateway, and a port bound to each: the
+    peers' host routes go via wlan (the uplink), so the port bound to wwan had no route to
+    any peer (its sends went out of wwan to no gateway, and its paths stayed down until wlan
+    failed over). Each moved default now has a copy in the tunnel's table after ours: a
+    datagram from a socket bound to wwan reaches a peer behind the wwan router, unbound
+    traffic still takes the tunnel, and the stop leaves the host as it was (another
+    program's route in that table included)."""
+    with netns() as c, netns() as r1, netns() as r2, netns() as p:
+        laptop(c, r1, r2, p)
+        if table == 253:  # another program's route in the tunnel's table, like our copy
+            nsexec(c, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "wwan",
+                   "table", "253", "metric", "1600", "proto", "static")
+        before = snapshot(c)
+        add_tun(c)
+        journal = jr.Journal(tmp_path / "alpaca0.journal", c)
+        apply(plan(client_input(route_table=table, peer_addresses=("203.0.113.7",))), journal, c)
+        ours = nsexec(c, "ip", "route", "show", "table", str(table)).stdout
+        assert "default via 192.0.2.254 dev wlan proto 97 metric 1100 " in ours, ours
+        assert "default via 198.51.100.254 dev wwan proto 97 metric 1600 " in ours, ours
+        assert "via 198.51.100.254 dev wwan " in route_get(c, "203.0.113.7", "oif", "wwan")
+        assert bound_send_arrives(c, "wwan", p) == "198.51.100.1"
+        assert "via 192.0.2.254 dev wlan " in route_get(c, "203.0.113.7")  # the host route
+        assert "dev alpaca0 " in route_get(c, "198.18.0.1")  # everything else: the tunnel
+        assert journal.undo_all() == []
+        del_tun(c)
+        assert snapshot(c) == before
+
+
+APPLY_TWO_UPLINKS_AND_CRASH = """
+import os, signal
+from alpaca.system.journal import Journal
+from alpaca.system.plan import HostPlanInput, Mode, apply, plan
+inp = HostPlanInput(Mode.CLIENT, "alpaca0", "10.17.0.0/16", "10.17.16.1", 1408,
+                    gateway_ip="10.17.1.1", peer_addresses=("203.0.113.7",))
+apply(plan(inp), Journal({path!r}))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.netns
+def test_journal_the_uplinks_defaults_are_undone_after_a_crash(tmp_path: Path) -> None:
+    """A run with two uplinks killed (kill -9) after its start: the next start's recovery
+    deletes the copies of the moved defaults with the rest."""
+    path = tmp_path / "run" / "alpaca0.journal"
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        add_backup_uplink(ns)
+        before = snapshot(ns)
+        add_tun(ns)
+        run_python(ns, APPLY_TWO_UPLINKS_AND_CRASH.format(path=str(path)), check=False)
+        assert "via 198.51.100.254 dev up2 " in route_get(ns, "203.0.113.7", "oif", "up2")
+        assert "recovered []" in run_python(ns, RECOVER.format(path=str(path)))
+        del_tun(ns)
+        assert snapshot(ns) == before
+
+
+@pytest.mark.netns
+def test_journal_reconcile_puts_back_an_uplinks_default_and_the_tunnels_beside_them(tmp_path: Path) -> None:
+    """The copy of a moved default deleted (by hand) is put back; so is the tunnel's own
+    default when only the copies, also of our proto, are left in its table."""
+    with netns() as ns:
+        journal, applied = started_with_backup(ns, tmp_path / "alpaca0.journal")
+        nsexec(ns, "ip", "route", "del", "default", "via", "198.51.100.254", "dev", "up2",
+               "table", "253", "metric", "1600")
+        assert [(r.gateway, r.metric) for r in reconcile(applied.expected, ns)] == [("198.51.100.254", 1600)]
+        assert reconcile(applied.expected, ns) == []
+        assert "via 198.51.100.254 dev up2 " in route_get(ns, "203.0.113.7", "oif", "up2")
+        nsexec(ns, "ip", "route", "del", "default", "via", "10.17.1.1", "table", "253")
+        assert [r.dev for r in reconcile(applied.expected, ns)] == ["alpaca0"]
+        assert journal.undo_all() == []
+        del_tun(ns)
+
+
+@pytest.mark.netns
+def test_journal_an_uplinks_default_moved_again_at_another_metric_is_copied_once(tmp_path: Path) -> None:
+    """The backup's DHCP client renews its lease at another metric: the default is moved
+    again and its copy in the tunnel's table follows (the old one deleted, not left
+    behind at exit); the peers fail over to the backup while up0 is down, and up0's copies,
+    gone with it, come back with it."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        add_backup_uplink(ns)
+        before = snapshot(ns)
+        add_tun(ns)
+        journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
+        applied = apply(plan(client_input(peer_addresses=("203.0.113.7",))), journal, ns)
+        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.254", "dev", "up2", "metric", "700")
+        moved = keep_default_moved(applied, journal, ns)
+        applied = note_ways(applied, moved, "alpaca0")
+        ours = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "default via 198.51.100.254 dev up2 proto 97 metric 1700 " in ours, ours
+        assert "metric 1600" not in ours, ours
+        assert reconcile(applied.expected, ns) == []
+        nsexec(ns, "ip", "link", "set", "up0", "down")  # the kernel drops every route through it
+        applied = follow_uplink(applied, next(w for w in applied.ways if w.dev == "up2"), ns)
+        assert "via 198.51.100.254 dev up2 " in route_get(ns, "203.0.113.7")
+        assert reconcile(applied.expected, ns) == []  # up0's copies wait for up0
+        nsexec(ns, "ip", "link", "set", "up0", "up")
+        assert sorted(r.metric for r in reconcile(applied.expected, ns)) == [1100, 1200]
+        assert "via 192.0.2.254 dev up0 " in route_get(ns, "203.0.113.7", "oif", "up0")
+        assert journal.undo_all() == []
+        del_tun(ns)
+        after = snapshot(ns)
+        after["routes4"] = after["routes4"].replace("metric 700", "metric 600")  # its latest
+        # up0 set down and up again: the kernel lists its routes in another order
+        assert {k: sorted(v.splitlines()) for k, v in after.items()} == \
+            {k: sorted(v.splitlines()) for k, v in before.items()}
