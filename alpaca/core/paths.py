@@ -244,7 +244,8 @@ class PeerPaths:
         self.via: dict[int, Path] = {}
         #: forwarder id -> its VIA path while a reload left it out of forwarders (added back,
         #: it goes on with its counters: exported counters never go backwards)
-        self.via_retired: dict[int, Path] = {}
+        #: (None while there is none: 10,000 peers would hold 0.6 MB of empty dicts)
+        self.via_retired: dict[int, Path] | None = None
         #: DATA received from the peer, per rx_slot(path index, local port)
         self.rx_data = [0] * rx_slots(len(ports))
 
@@ -269,7 +270,7 @@ class PeerPaths:
                 self.learned[key] = path
                 self.by_endpoint[endpoint] = path
         self.via = dict(old.via)
-        self.via_retired = dict(old.via_retired)
+        self.via_retired = old.via_retired
         self.rx_data = list(old.rx_data)
         self.carry_static(old)
 

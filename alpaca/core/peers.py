@@ -67,7 +67,7 @@ class Peer:
         Existing VIA paths for the same forwarder keep their counters, also one a reload left
         out and a later one put back (it starts down: a probe through it brings it up).
         """
-        old = dict(self.paths.via_retired)
+        old = dict(self.paths.via_retired or {})
         old.update((p.via, p) for p in self.paths.via.values() if p.via is not None)
         self.paths.via = {}
         for i, fwd in enumerate(forwarders):
@@ -79,7 +79,7 @@ class Peer:
             self.paths.via[i + 1] = path
         for path in old.values():
             path.up = False
-        self.paths.via_retired = old
+        self.paths.via_retired = old or None
         self.paths.generation.bump()
 
 

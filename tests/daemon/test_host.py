@@ -110,8 +110,10 @@ def test_host_client_recovers_after_kill(lab: Lab) -> None:
     wait_ping(topo.client.ns, INET)
     second = host_state(topo.client.ns)
     assert_same_lines(first, second)  # one copy of every route, rule and table
-    defaults = [r for r in table_routes(topo.client.ns, "253") if r["dst"] == "default"]
-    assert len(defaults) == 1
+    defaults = [(r["dev"], r.get("metric", 0)) for r in table_routes(topo.client.ns, "253")
+                if r["dst"] == "default"]
+    # the tunnel's, and the copy of the uplink's moved default for a port bound to it
+    assert sorted(defaults) == [(TUN, 0), ("eth0", 1000)], defaults
     assert second["nft"].count(f"table inet alpaca_{TUN} ") == 1
     assert_through_tunnel(topo)
     assert lab.stop(topo.client) == 0
