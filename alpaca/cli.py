@@ -33,7 +33,7 @@ from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path, socket_path_fault
 from alpaca.secrets import Secrets, load_secrets, shown_host
-from alpaca.system.plan import LoadChnroute, MoveDefaultRoute, lookup_problems
+from alpaca.system.plan import LoadChnroute, MoveDefaultRoute, Op, lookup_problems
 
 PROG = "alpaca-tunnel"
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
@@ -164,10 +164,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     _check_state_file(config)  # run refuses a corrupt one: so does check
     print("\n".join(describe_settings(config, secrets)))
     print()
-    print("\n".join(describe_host_changes(config, secrets, prefixes)))
+    ops = host_ops(config, secrets)
+    print("\n".join(describe_host_changes(config, ops, prefixes)))
     from alpaca.compat import legacy_warning  # lazily, like the daemon
 
-    warnings = [*reach_warnings(config, secrets), *host_warnings(config, secrets)]
+    warnings = [*reach_warnings(config, secrets), *host_warnings(config, ops)]
     legacy = legacy_warning(config, secrets)
     for warning in [*warnings, legacy] if legacy else warnings:
         print(f"\nWARNING: {warning}")
@@ -377,18 +378,18 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
     return lines
 
 
-def host_warnings(config: Config, secrets: Secrets) -> list[str]:
+def host_warnings(config: Config, ops: list[Op]) -> list[str]:
     """What ``run`` would find wrong on this host as it is now (read only): a port's
     interface that does not exist (the bind fails), and the ip rules that would keep traffic
     out of the tunnel's default route or send the chnroute prefixes into it (as ``run``
-    warns)."""
+    warns of them when it makes ``ops``)."""
     where = shown_path(config.path)
     found = [f"{where}: ports[{i}].interface: no device {quoted(port.interface)} on this host now;"
              f" run fails to bind the port {quoted(port.name)} until it exists"
              for i, port in enumerate(config.ports)
              if port.interface and not _device_exists(port.interface)]
     chn_table = None
-    for op in host_plan(config, secrets):
+    for op in ops:
         if isinstance(op, LoadChnroute):
             chn_table = op.table
         elif isinstance(op, MoveDefaultRoute):
@@ -407,8 +408,16 @@ def _device_exists(name: str) -> bool:
     return True
 
 
-def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: int) -> list[str]:
-    """What ``run`` changes on the host, one change per line."""
+def host_ops(config: Config, secrets: Secrets) -> list[Op]:
+    """The host changes ``run`` makes (alpaca.hostplan), a plan error as a config error."""
+    try:
+        return host_plan(config, secrets)
+    except ValueError as exc:
+        raise ConfigError([f"{config.path}: {exc}"]) from exc
+
+
+def describe_host_changes(config: Config, ops: list[Op], chnroute_prefixes: int) -> list[str]:
+    """What ``run`` changes on the host (``ops``: :func:`host_ops`), one change per line."""
     lines = ["host changes:"]
     lines += [f"  run pre_up_cmds: {cmd}" for cmd in config.pre_up_cmds]
     lines += [f"  run post_up_cmds: {cmd}" for cmd in config.post_up_cmds]
@@ -416,10 +425,6 @@ def describe_host_changes(config: Config, secrets: Secrets, chnroute_prefixes: i
         bound = f" on interface {port.interface}" if port.interface else ""
         number = f"port {port.port}" if port.port else "a port the kernel picks"
         lines.append(f'  bind UDP socket "{port.name}": {port.address}, {number}{bound}')
-    try:
-        ops = host_plan(config, secrets)
-    except ValueError as exc:
-        raise ConfigError([f"{config.path}: {exc}"]) from exc
     lines += [f"  {op.description}" for op in ops]
     if config.chnroute is not None:
         lines.append(f"  (chnroute: {_count(chnroute_prefixes, 'prefix', 'prefixes')} in"
