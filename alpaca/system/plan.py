@@ -473,12 +473,14 @@ def note_ways(applied: Applied, saved: list[routes.SavedRoute], tun: str) -> App
 
 
 def _with_uplink_defaults(applied: Applied, ways: list[routes.Uplink]) -> tuple[routes.ExpectedRoute, ...]:
-    """``applied.expected`` with the uplinks' defaults of ``ways`` in place of those via the
-    same device and gateway (a node without a moved default has none)."""
+    """``applied.expected`` with the uplinks' defaults of ``ways`` in place of those of the
+    same devices: a device's newest default is the way a port bound to it takes (a copy of
+    an older one, through a router its network no longer gives out, would stay first at a
+    lower metric or ahead at the same one). A node without a moved default has none."""
     if applied.moved_default is None or not ways:
         return applied.expected
-    names = {(u.dev, u.gateway) for u in ways}
-    kept = tuple(r for r in applied.expected if not (r.metric and (r.dev, r.gateway) in names))
+    devices = {u.dev for u in ways}
+    kept = tuple(r for r in applied.expected if not (r.metric and r.dev in devices))
     return kept + tuple(routes.uplink_default(u, applied.route_table) for u in ways)
 
 

@@ -1341,3 +1341,28 @@ def test_journal_an_uplinks_default_moved_again_at_another_metric_is_copied_once
         # up0 set down and up again: the kernel lists its routes in another order
         assert {k: sorted(v.splitlines()) for k, v in after.items()} == \
             {k: sorted(v.splitlines()) for k, v in before.items()}
+
+
+@pytest.mark.netns
+def test_journal_an_uplinks_default_through_a_new_router_replaces_its_copy(tmp_path: Path) -> None:
+    """The backup's network now gives out another router on the same subnet: the default via
+    it is moved out of main, and its copy takes the place of the old router's (which stayed
+    ahead at the same metric, so a port bound to up2 kept sending to the router replaced)."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        add_backup_uplink(ns)
+        add_tun(ns)
+        journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
+        applied = apply(plan(client_input(peer_addresses=("203.0.113.7",))), journal, ns)
+        nsexec(ns, "ip", "route", "add", "default", "via", "198.51.100.253", "dev", "up2", "metric", "600")
+        applied = note_ways(applied, keep_default_moved(applied, journal, ns), "alpaca0")
+        ours = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "default via 198.51.100.253 dev up2 proto 97 metric 1600 " in ours, ours
+        assert "198.51.100.254" not in ours, ours
+        assert "via 198.51.100.253 dev up2 " in route_get(ns, "203.0.113.7", "oif", "up2")
+        assert [(r.dev, r.gateway) for r in applied.expected if r.metric and r.dev == "up2"] == \
+            [("up2", "198.51.100.253")]
+        assert reconcile(applied.expected, ns) == []
+        assert journal.undo_all() == []
+        del_tun(ns)
+        assert "proto 97" not in nsexec(ns, "ip", "route", "show", "table", "all").stdout
