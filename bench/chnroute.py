@@ -14,6 +14,7 @@ import time
 
 from alpaca.system import chnroute
 from alpaca.system.netlink import RT_TABLE_DEFAULT
+from alpaca.system.routes import Uplink
 
 
 def ns_run(ns: str, *args: str) -> None:
@@ -44,7 +45,7 @@ def main() -> int:
         oif = int(out)
         nets = generate(count)
         start = time.perf_counter()
-        chnroute.add(nets, "192.0.2.254", oif, RT_TABLE_DEFAULT, netns=ns)
+        chnroute.add(nets, Uplink("192.0.2.254", oif, ""), RT_TABLE_DEFAULT, netns=ns)
         loaded = time.perf_counter() - start
         start = time.perf_counter()
         removed = chnroute.remove(RT_TABLE_DEFAULT, netns=ns)

@@ -25,6 +25,7 @@ from pathlib import Path
 from alpaca.config import read_chnroute
 from alpaca.system import netlink
 from alpaca.system.netlink import OK_ADD, OK_DEL, PROTO_ALPACA, RT_TABLE_DEFAULT
+from alpaca.system.routes import Uplink
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +42,24 @@ def load_file(path: str | Path) -> list[ipaddress.IPv4Network]:
 
 def add(
     nets: Iterable[ipaddress.IPv4Network],
-    gateway: str | None,
-    oif: int,
+    uplink: Uplink,
     table: int = RT_TABLE_DEFAULT,
     netns: str | None = None,
     *,
     replace: bool = False,
-    onlink: bool = False,
 ) -> list[ipaddress.IPv4Network]:
-    """Add ``nets`` via ``gateway``/``oif`` to ``table`` in bulk. An existing route to the same
-    prefix counts as done and is left alone (another program's); with ``replace`` (for routes
-    known to be ours: the uplink moved) each is replaced in place, or added if it is gone.
-    ``onlink``: the uplink's gateway is on its link whatever the device's addresses.
+    """Add ``nets`` via ``uplink`` (its gateway, device and ``onlink``) to ``table`` in bulk.
+    An existing route to the same prefix counts as done and is left alone (another
+    program's); with ``replace`` (for routes known to be ours: the uplink moved) each is
+    replaced in place, or added if it is gone.
 
     Returns:
         The prefixes whose route this call added or replaced (those that existed left out).
     Raises:
         SystemSetupError: the first real failure, with the prefix named.
     """
+    gateway, oif = uplink.gateway, uplink.oif
+    gateway, oif = uplink.gateway, uplink.oif
     flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | netlink.NLM_F_CREATE
     flags |= netlink.NLM_F_REPLACE if replace else netlink.NLM_F_EXCL
     with netlink.RtnlSocket(netns) as rt:
@@ -69,7 +70,7 @@ def add(
             by_seq[seq] = net
             messages.append(
                 netlink.encode_route(netlink.RTM_NEWROUTE, flags, seq, net, table, gateway=gateway, oif=oif,
-                                     onlink=onlink)
+                                     onlink=uplink.onlink)
             )
         results = rt.request_many(messages)
     _raise_first(results, by_seq, () if replace else OK_ADD, f"via {gateway or '-'} oif {oif} table {table}",

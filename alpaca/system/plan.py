@@ -364,8 +364,7 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     try:
         if added:
             journal.record("routes", dsts=list(added), table=table)
-            owned |= set(routes.add_host_routes(added, up.gateway, up.oif, table, netns, done=added_now,
-                                                onlink=up.onlink))
+            owned |= set(routes.add_host_routes(added, up, table, netns, done=added_now))
         ours = [d for d in removed if d in applied.host_added]
         if ours:
             routes.remove_host_routes(ours, table, netns, done=removed_now)
@@ -373,7 +372,7 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
         _undo_host_routes(added_now, removed_now, up, table, netns)
         raise
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
-        routes.ExpectedRoute(d, up.gateway, up.dev, table, up.onlink) for d in added)
+        up.route(d, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))
 
 
@@ -385,7 +384,7 @@ def _undo_host_routes(added: list[str], removed: list[str], up: routes.Uplink, t
         if added:
             routes.remove_host_routes(added, table, netns)
         if removed:
-            routes.add_host_routes(removed, up.gateway, up.oif, table, netns, onlink=up.onlink)
+            routes.add_host_routes(removed, up, table, netns)
     except Exception as exc:  # the first failure is the one the caller reports
         log.warning("could not undo a partial change of the host routes table=%d: %s", table, exc)
 
@@ -420,20 +419,17 @@ def follow_uplink(applied: Applied, uplink: routes.Uplink, netns: str | None = N
     added: list[str] = []
     try:
         if ours:
-            routes.add_host_routes(sorted(ours), uplink.gateway, uplink.oif, table, netns, replace=True,
-                                   onlink=uplink.onlink)
+            routes.add_host_routes(sorted(ours), uplink, table, netns, replace=True)
         others = [d for d in dsts if d not in ours]
         if others:
-            routes.add_host_routes(others, uplink.gateway, uplink.oif, table, netns, done=added,
-                                   onlink=uplink.onlink)
+            routes.add_host_routes(others, uplink, table, netns, done=added)
         if chn is not None and chn.nets:
-            chnroute.add(chn.nets, uplink.gateway, uplink.oif, chn.table, netns, replace=True,
-                         onlink=uplink.onlink)
+            chnroute.add(chn.nets, uplink, chn.table, netns, replace=True)
     except Exception:
         _undo_host_routes(added, [], uplink, table, netns)
         raise
     expected = tuple(r for r in applied.expected if r.dst not in dsts) + tuple(
-        routes.ExpectedRoute(d, uplink.gateway, uplink.dev, table, uplink.onlink) for d in dsts)
+        uplink.route(d, table) for d in dsts)
     return replace(applied, uplink=uplink, expected=expected, host_added=ours | set(added), chnroute=chn)
 
 
@@ -644,24 +640,20 @@ def _apply_one(op: Op, journal: Journal, ctx: _Context) -> None:
             link.configure_tun(op.tun, op.address_cidr, op.mtu, ns, txqueuelen=op.txqueuelen)
         case LoadChnroute():
             nets = chnroute.load_file(op.data)
-            up = ctx.uplink if op.gateway is None else None
-            gateway = op.gateway or _uplink(ctx).gateway
+            via = _uplink(ctx) if op.gateway is None else routes.configured_gateway(op.gateway)
             journal.record("chnroute", table=op.table)
             try:
-                added = chnroute.add(nets, gateway, up.oif if up else 0, op.table, ns,
-                                     onlink=up is not None and up.onlink)
+                added = chnroute.add(nets, via, op.table, ns)
             except SystemSetupError as exc:
                 raise _gateway_error(op, exc) from exc
-            if up is not None:
+            if op.gateway is None:
                 ctx.chnroute = UplinkPrefixes(tuple(added), op.table)
             ctx.chnroute_table = op.table
         case AddHostRoutes():
             up = _uplink(ctx)
             journal.record("routes", dsts=list(op.dsts), table=op.table)
-            ctx.host_added = frozenset(routes.add_host_routes(op.dsts, up.gateway, up.oif, op.table, ns,
-                                                              onlink=up.onlink))
-            ctx.expected.extend(routes.ExpectedRoute(str(net), up.gateway, up.dev, op.table, up.onlink)
-                                for net in routes.host_networks(op.dsts))
+            ctx.host_added = frozenset(routes.add_host_routes(op.dsts, up, op.table, ns))
+            ctx.expected.extend(up.route(str(net), op.table) for net in routes.host_networks(op.dsts))
             ctx.host_dsts, ctx.route_table = op.dsts, op.table
         case MoveDefaultRoute():
             saved = routes.save_default_routes(ns)

@@ -89,6 +89,17 @@ class Uplink:
     metric: int = 0
     onlink: bool = False
 
+    def route(self, dst: str, table: int) -> ExpectedRoute:
+        """The route to ``dst`` (a CIDR string) via this uplink in ``table``, as
+        :func:`add_host_routes` adds it."""
+        return ExpectedRoute(dst, self.gateway, self.dev, table, self.onlink)
+
+
+def configured_gateway(gateway: str) -> Uplink:
+    """A next hop named in the config (``chnroute.gateway``): no device (the kernel picks the
+    one whose network holds ``gateway``)."""
+    return Uplink(gateway, 0, "")
+
 
 @dataclass(frozen=True, slots=True)
 class SavedRoute:
@@ -538,17 +549,16 @@ def host_networks(addrs: Iterable[str]) -> list[ipaddress.IPv4Network]:
 
 def add_host_routes(
     addrs: Iterable[str],
-    via: str | None,
-    oif: int,
+    uplink: Uplink,
     table: int = RT_TABLE_DEFAULT,
     netns: str | None = None,
     ipr: IPRoute | None = None,
     *,
     replace: bool = False,
     done: list[str] | None = None,
-    onlink: bool = False,
 ) -> list[str]:
-    """Route each address/CIDR via the uplink in ``table`` (one socket, one call each).
+    """Route each address/CIDR via ``uplink`` (its gateway, device and ``onlink``) in
+    ``table`` (one socket, one call each).
 
     An existing route for the same destination is left alone (EEXIST counts as done): it may
     be another program's, or one of our chnroute prefixes, and is not this call's to delete.
@@ -557,8 +567,6 @@ def add_host_routes(
     Args:
         done: each destination added is appended here as soon as the kernel took it, so a
             caller still knows which routes are its own when a later one fails.
-        onlink: ``via`` is on the link whatever the device's addresses (the uplink's default
-            said ``onlink``: a gateway outside the device's subnet, as some VPS have).
 
     Returns:
         The destinations it added, as CIDR strings (those that existed left out): the ones a
@@ -569,9 +577,10 @@ def add_host_routes(
     nets = host_networks(addrs)
     added = [] if done is None else done
     before = len(added)
+    via, oif = uplink.gateway, uplink.oif
+    extra = _via(via, uplink.onlink)
     with iproute(netns, ipr) as nl:
         for net in nets:
-            extra = _via(via, onlink)
             verb, doing = ("replace", "replacing") if replace else ("add", "adding")
             reply = nl_call(
                 f"{doing} route {net} via {via or '-'} oif {oif} table {table}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from alpaca.errors import ConfigError
-from alpaca.system import chnroute, link, netlink
+from alpaca.system import chnroute, link, netlink, routes
 from tests.helpers import netns, nsexec
 from tests.system import client_ns, snapshot
 
@@ -50,8 +50,9 @@ def test_chnroute_6594_prefixes_loaded_and_removed(tmp_path: Path) -> None:
         oif = link.link_index("up0", ns)
         assert oif is not None
         nets = chnroute.load_file(data)
-        assert chnroute.add(nets, "192.0.2.254", oif, 253, ns) == nets
-        assert chnroute.add(nets[:10], "192.0.2.254", oif, 253, ns) == []  # EEXIST is done
+        up = routes.Uplink("192.0.2.254", oif, "up0")
+        assert chnroute.add(nets, up, 253, ns) == nets
+        assert chnroute.add(nets[:10], up, 253, ns) == []  # EEXIST is done
         shown = nsexec(ns, "ip", "route", "show", "table", "253", "proto", "97").stdout
         assert len(shown.splitlines()) == COUNT
         assert "1.0.0.0/24 via 192.0.2.254 dev up0" in shown
@@ -91,7 +92,7 @@ def test_chnroute_via_an_uplink_without_gateway_is_removed() -> None:
         oif = link.link_index("up0", ns)
         assert oif is not None
         nets = [ipaddress.IPv4Network(f"1.0.{i}.0/24") for i in range(50)]
-        chnroute.add(nets, None, oif, 253, ns)
+        chnroute.add(nets, routes.Uplink(None, oif, "up0"), 253, ns)
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "1.0.0.0/24 dev up0 proto 97 scope link" in shown
         assert chnroute.remove(253, ns) == 50
@@ -109,10 +110,10 @@ def test_chnroute_replace_moves_only_the_given_prefixes_to_the_new_gateway() -> 
         assert oif is not None
         nsexec(ns, "ip", "route", "add", "1.0.9.0/24", "via", "192.0.2.200", "table", "253")
         nets = [ipaddress.IPv4Network(f"1.0.{i}.0/24") for i in range(10)]
-        ours = chnroute.add(nets, "192.0.2.254", oif, 253, ns)
+        ours = chnroute.add(nets, routes.Uplink("192.0.2.254", oif, "up0"), 253, ns)
         assert ours == nets[:9]
         nsexec(ns, "ip", "route", "del", "1.0.0.0/24", "table", "253")  # as the kernel flushes
-        assert chnroute.add(ours, "192.0.3.254", oif, 253, ns, replace=True) == ours
+        assert chnroute.add(ours, routes.Uplink("192.0.3.254", oif, "up0"), 253, ns, replace=True) == ours
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert shown.count("via 192.0.3.254 dev up0 proto 97") == 9, shown
         assert "1.0.0.0/24 via 192.0.3.254" in shown

@@ -204,8 +204,8 @@ def test_routes_host_routes_added_and_removed() -> None:
         up = routes.find_default_route(ns)
         assert up is not None
         addrs = ["203.0.113.7", "198.51.100.0/24", "2001:db8::1"]
-        dsts = routes.add_host_routes(addrs, up.gateway, up.oif, 253, ns)
-        routes.add_host_routes(addrs, up.gateway, up.oif, 253, ns)  # EEXIST is done
+        dsts = routes.add_host_routes(addrs, up, 253, ns)
+        routes.add_host_routes(addrs, up, 253, ns)  # EEXIST is done
         assert dsts == ["203.0.113.7/32", "198.51.100.0/24"]
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "203.0.113.7 via 192.0.2.254 dev up0 proto 97" in shown
@@ -221,7 +221,8 @@ def test_routes_host_routes_via_an_uplink_without_gateway_are_removed() -> None:
         client_ns(ns)
         before = snapshot(ns)
         oif = link.link_index("up0", ns) or 0
-        dsts = routes.add_host_routes(["203.0.113.7", "198.51.100.0/24"], None, oif, 253, ns)
+        up = routes.Uplink(None, oif, "up0")
+        dsts = routes.add_host_routes(["203.0.113.7", "198.51.100.0/24"], up, 253, ns)
         shown = nsexec(ns, "ip", "route", "show", "table", "253").stdout
         assert "203.0.113.7 dev up0 proto 97 scope link" in shown
         routes.remove_host_routes(dsts, 253, ns)
@@ -335,9 +336,9 @@ def test_routes_following_the_uplink_leaves_a_route_another_program_took_over() 
         up0, up2 = two_uplinks(ns)
         primary = routes.Uplink("192.0.2.254", up0, "up0", 100)
         backup = routes.Uplink("198.51.100.254", up2, "up2", 50)
-        host = routes.add_host_routes(["203.0.113.7", "203.0.113.8"], primary.gateway, up0, 253, ns)
+        host = routes.add_host_routes(["203.0.113.7", "203.0.113.8"], primary, 253, ns)
         prefixes = [ipaddress.IPv4Network("100.64.1.0/24"), ipaddress.IPv4Network("100.64.2.0/24")]
-        chnroute.add(prefixes, primary.gateway, up0, 253, ns)
+        chnroute.add(prefixes, primary, 253, ns)
         for dst in ("203.0.113.8", "100.64.2.0/24"):  # another program's now
             nsexec(ns, "ip", "route", "replace", dst, "via", "192.0.2.253", "dev", "up0", "table", "253",
                    "proto", "static")
