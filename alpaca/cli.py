@@ -33,6 +33,7 @@ from alpaca.lab import cli as lab_cli
 from alpaca.log import setup_logging
 from alpaca.paths import resolve_config_path, socket_path_fault
 from alpaca.secrets import Secrets, load_secrets, shown_host
+from alpaca.system.link import tun_name_problem
 from alpaca.system.plan import LoadChnroute, MoveDefaultRoute, Op, lookup_problems
 
 PROG = "alpaca-tunnel"
@@ -379,15 +380,18 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
 
 
 def host_warnings(config: Config, ops: list[Op]) -> list[str]:
-    """What ``run`` would find wrong on this host as it is now (read only): a port's
-    interface that does not exist (the bind fails), and the ip rules that would keep traffic
-    out of the tunnel's default route or send the chnroute prefixes into it (as ``run``
-    warns of them when it makes ``ops``)."""
+    """What ``run`` would find wrong on this host as it is now (read only): a device in the
+    way of the TUN device, a port's interface that does not exist (the bind fails), a metrics
+    address no interface has, and the ip rules that would keep traffic out of the tunnel's
+    default route or send the chnroute prefixes into it (as ``run`` warns of them when it
+    makes ``ops``)."""
     where = shown_path(config.path)
-    found = [f"{where}: ports[{i}].interface: no device {quoted(port.interface)} on this host now;"
-             f" run fails to bind the port {quoted(port.name)} until it exists"
-             for i, port in enumerate(config.ports)
-             if port.interface and not _device_exists(port.interface)]
+    found = _tun_warnings(config)
+    found += [f"{where}: ports[{i}].interface: no device {quoted(port.interface)} on this host now;"
+              f" run fails to bind the port {quoted(port.name)} until it exists"
+              for i, port in enumerate(config.ports)
+              if port.interface and not _device_exists(port.interface)]
+    found += _metrics_warnings(config)
     chn_table = None
     for op in ops:
         if isinstance(op, LoadChnroute):
@@ -398,6 +402,30 @@ def host_warnings(config: Config, ops: list[Op]) -> list[str]:
             except (AlpacaError, OSError) as exc:
                 found.append(f"the ip rules could not be read to check route_table: {exc}")
     return found
+
+
+def _tun_warnings(config: Config) -> list[str]:
+    try:
+        problem = tun_name_problem(config.tun_name)
+    except AlpacaError as exc:
+        return [f"the devices could not be read to check tun_name: {exc}"]
+    return [] if problem is None else [f"{shown_path(config.path)}: tun_name: {problem}; run fails to start"]
+
+
+def _metrics_warnings(config: Config) -> list[str]:
+    """The metrics address, if no interface of this host has it (binding port 0 of it: the
+    port itself may be held by this config's own running daemon)."""
+    if not config.metrics.enabled:
+        return []
+    host = config.metrics.host
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as exc:
+            return [f"{shown_path(config.path)}: metrics.listen: cannot listen on {host}"
+                    f" ({exc.strerror or exc}); run fails to start: listen on an address of this host,"
+                    " 127.0.0.1 or 0.0.0.0"]
+    return []
 
 
 def _device_exists(name: str) -> bool:

@@ -76,6 +76,8 @@ _TUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 _RESERVED_DEVICE_NAMES = ("all", "default")
 _PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
 _BROADCAST = IPv4Address("255.255.255.255")
+#: Peers a finding names at most (the rest are counted).
+LISTED_AT_MOST = 20
 _NET = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 _MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
 
@@ -308,10 +310,30 @@ def _check_against_secrets(config: Config, secrets: Secrets) -> None:
 
 
 def reach_warnings(config: Config, secrets: Secrets) -> list[str]:
-    """Findings that do not stop the node but leave it unable to reach its gateway: a client
-    whose gateway has no address, without forwarders, cannot send to it, and its default
-    route then leads nowhere unless the gateway speaks first (which needs this node's address
-    in the gateway's secrets; the own line here has none either)."""
+    """Findings that do not stop the node but leave it unable to reach peers: see
+    :func:`_unreachable_gateway` and :func:`_addresses_in_tunnel`."""
+    return _unreachable_gateway(config, secrets) + _addresses_in_tunnel(config, secrets)
+
+
+def _addresses_in_tunnel(config: Config, secrets: Secrets) -> list[str]:
+    """Peers whose address lies inside the tunnel's own network (one finding naming the first
+    :data:`LISTED_AT_MOST`): the host routes that network into the TUN device, so the tunnel's
+    datagrams to them would go into the tunnel itself."""
+    inside = sorted((peer.peer_id, peer.address) for peer in secrets.peers.values()
+                    if peer.address and IPv4Address(peer.address) in config.net)
+    if not inside:
+        return []
+    named = ", ".join(f"{format_peer_id(peer)} ({address})" for peer, address in inside[:LISTED_AT_MOST])
+    more = f" and {len(inside) - LISTED_AT_MOST} more" if len(inside) > LISTED_AT_MOST else ""
+    return [f"{shown_path(secrets.path)}: peer_ip inside the tunnel's network {config.net}"
+            f" ({shown_path(config.path)}: net): {named}{more}: datagrams to them would go into the"
+            f" tunnel itself; give each peer's address on the underlying network"]
+
+
+def _unreachable_gateway(config: Config, secrets: Secrets) -> list[str]:
+    """A client whose gateway has no address, without forwarders, cannot send to it, and its
+    default route then leads nowhere unless the gateway speaks first (which needs this node's
+    address in the gateway's secrets; the own line here has none either)."""
     gateway = secrets.peers.get(config.gateway) if config.gateway is not None else None
     own = secrets.peers.get(config.id)
     if (config.mode is not Mode.CLIENT or config.forwarders or gateway is None or own is None

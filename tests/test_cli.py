@@ -203,6 +203,29 @@ def test_cli_check_warns_of_what_would_leave_the_client_cut_off(
     assert out.rstrip().endswith("alpaca-tunnel: config OK")
 
 
+def test_cli_check_warns_of_what_stops_run_on_this_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check said "config OK" where run then failed (exit 1): a tun_name taken by a device of
+    another kind (lo), a metrics address no interface has; and where the tunnel's own
+    datagrams would go into the tunnel: a peer's peer_ip inside net."""
+    path = client_setup(tmp_path, tun_name="lo", metrics={"listen": "192.0.2.77:9586"})
+    secrets = tmp_path / "secrets.txt"
+    secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]} 192.0.2.1 null 10001\n1.2 {KEYS[2]} 10.17.1.2 null 10002\n")
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    warnings = [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"{secrets}: peer_ip inside the tunnel's network 10.17.0.0/16 ({path}: net): 1.2 (10.17.1.2):"
+        " datagrams to them would go into the tunnel itself; give each peer's address on the"
+        " underlying network",
+        f"{path}: tun_name: device lo exists and is not a TUN device (kind none) (choose another"
+        " tun_name: that device is not ours); run fails to start",
+        f"{path}: metrics.listen: cannot listen on 192.0.2.77 (Cannot assign requested address); run"
+        " fails to start: listen on an address of this host, 127.0.0.1 or 0.0.0.0",
+    ]
+
+
 def test_cli_check_a_gateway_that_can_reach_the_client_is_no_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

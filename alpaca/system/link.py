@@ -171,6 +171,26 @@ def check_name_free(
         f"choose another tun_name, or stop that program (see `ip -d link show {ifname}`)")
 
 
+def tun_name_problem(ifname: str, netns: str | None = None) -> str | None:
+    """Why ``run`` could not create its TUN device ``ifname`` now, whoever starts it: the
+    name is taken by a device of another kind or by a persistent TUN device. None otherwise,
+    also for a TUN device a program has open (it may be this config's own running daemon).
+    Read only.
+
+    Raises:
+        SystemSetupError: the devices could not be read.
+    """
+    with iproute(netns) as nl:
+        try:
+            found = _tun_in_the_way(ifname, nl)
+        except SystemSetupError as exc:
+            return str(exc)
+    if found == "persistent":
+        return (f"device {ifname} is a persistent TUN device (made by `ip tuntap add` or another program);"
+                " choose another tun_name")
+    return None
+
+
 def _tun_in_the_way(ifname: str, nl: IPRoute) -> str | None:
     """None if no device is named ``ifname``; else "persistent", "held" (a program has it
     open) or "dying" (a non-persistent TUN device nobody has open: the kernel is deleting it).
