@@ -211,6 +211,36 @@ def test_grafana_the_docker_lab_prometheus_config_loads_the_alert_rules(tmp_path
         ROOT / "docker" / "compose.yml").read_text()
 
 
+def _data_loss_exprs() -> list[str]:
+    """The per-path data-loss ratios of the dashboards (their variables matching all, the
+    rate window 1m) and of the alert rules."""
+    found = [e for d in DASHBOARDS for e in exprs(load(d)) if "alpaca_path_data_lost_total" in e]
+    found = [re.sub(r"\$(instance|peer|path)\b", ".*", e).replace("$__rate_interval", "1m") for e in found]
+    found += [line.strip().removesuffix(" > 5") for e in alert_exprs(ALERTS.read_text())
+              for line in e.splitlines() if "alpaca_path_data_lost_total" in line]
+    return found
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_grafana_path_data_loss_reads_at_most_100_percent(tmp_path: Path) -> None:
+    """A path's data loss is counted when its probe replies come back (docs/metrics.md): after
+    an outage the loss of the whole outage arrives at once, while little or nothing is sent
+    on that path. The ratio read 129-682 %, then +Inf; it is clamped at 100."""
+    found = _data_loss_exprs()
+    assert len(found) == 3, found
+    labels = '{instance="c:9586",job="alpaca-tunnel",peer="1.1",path="via-1.2"}'
+    tests = [{"interval": "15s",
+              "input_series": [{"series": "alpaca_path_data_sent_total" + labels, "values": "1000x20"},
+                               {"series": "alpaca_path_data_lost_total" + labels, "values": "0x10 300x10"}],
+              "promql_expr_test": [{"expr": expr, "eval_time": "3m",
+                                    "exp_samples": [{"labels": labels, "value": 100}]} for expr in found]}]
+    spec = tmp_path / "loss_test.yml"
+    spec.write_text(json.dumps({"tests": tests}))  # YAML is a superset of JSON
+    done = subprocess.run(["promtool", "test", "rules", str(spec)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def _base(name: str) -> str:
     return re.sub(r"_(bucket|count|sum)$", "", name)
 
