@@ -302,14 +302,18 @@ class EngineCollector:
                      "Seconds since the path last delivered something authentic.", PEER_PATH,
                      (((label, path.name), max(0.0, now - path.last_ok_at)) for label, path in rows()
                       if path.last_ok_at != float("-inf")))
+        paused = {(labels[peer.peer_id], path.name) for peer in peers
+                  for path in (peer.paths.via_retired or {}).values()}
         yield Family("alpaca_path_rtt_sample_seconds", "histogram",
                      "Round-trip times of the path's answered probes.", PEER_PATH,
-                     self._rtt_rows(rows()))
+                     self._rtt_rows(rows(), paused))
 
-    def _rtt_rows(self, rows: Iterator[tuple[str, Path]]) -> Iterator[Row]:
+    def _rtt_rows(self, rows: Iterator[tuple[str, Path]], paused: set[tuple[str, str]]) -> Iterator[Row]:
         """The histograms of the paths there are; those of paths gone since the last scrape
-        (a removed peer, a forgotten learned path) are dropped with them."""
-        seen = set()
+        (a removed peer, a forgotten learned path) are dropped with them. Those of ``paused``
+        paths (VIA paths of a forwarder a reload left out) are kept but not shown: the path
+        comes back with its counters if the forwarder does."""
+        seen = set(paused)
         for label, path in rows:
             key = (label, path.name)
             hist = self.histograms.get(key)

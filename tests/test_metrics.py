@@ -953,3 +953,22 @@ def test_metrics_the_rtt_histograms_of_a_removed_peer_go_at_the_next_scrape() ->
     samples = scrape(registry)
     assert {peer for peer, _ in collector.histograms} == {"1.1", "1.2"}
     assert all(labels["peer"] != "1.3" for labels in series(samples, "alpaca_path_rtt_sample_seconds_count"))
+
+
+def test_metrics_a_via_paths_rtt_histogram_pauses_with_its_forwarder() -> None:
+    """A reload takes forwarder 1.3 out, a later one puts it back: the VIA path through it keeps
+    its counters, and its RTT histogram now too (it started over, below the probes answered)."""
+    sc = scenario()
+    engine, registry = sc.engine(sc.c), sc.registry(sc.c)
+    labels = {"peer": "1.1", "path": "via-1.3"}
+    before = value(scrape(registry), "alpaca_path_rtt_sample_seconds_count", **labels)
+    assert before > 0
+    both = engine.settings
+    engine.reload(dataclasses.replace(both, forwarders=(pid("1.2"),)))
+    assert not [s for s in series(scrape(registry), "alpaca_path_rtt_sample_seconds_count") if s == labels]
+    engine.reload(both)
+    sc.net.run(3.0)
+    after = scrape(registry)
+    assert value(after, "alpaca_path_rtt_sample_seconds_count", **labels) > before
+    assert value(after, "alpaca_path_rtt_sample_seconds_count", **labels) == value(
+        after, "alpaca_path_probes_answered_total", **labels)
