@@ -328,6 +328,10 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+#: What the protocol line adds when every peer speaks v2 (an original 6.1.2 config loads so).
+_V2_ONLY = " (nodes of the C alpaca-tunnel 6.1.2 need legacy-6.1.2, here or in peer_protocols)"
+
+
 def describe_settings(config: Config, secrets: Secrets) -> list[str]:
     """The resolved settings, one per line. Keys are shown by length only."""
     dup = config.dup
@@ -359,7 +363,8 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         f" {_on(config.udp_priority_lane)}",
         f"replay window:   {config.replay_window} packets",
         f"source check:    {_on(config.inner_source_check)}",
-        f"protocol:        {config.protocol}" + (f" (peers: {overrides})" if overrides else ""),
+        f"protocol:        {config.protocol}" + (f" (peers: {overrides})" if overrides else _V2_ONLY
+                                                    if config.protocol == "v2" else ""),
         "metrics:         "
         + (f"http://{metrics.host}:{metrics.port}/metrics" if metrics.enabled else "off"),
         f"control socket:  {config.control_socket}",
@@ -375,7 +380,9 @@ def describe_settings(config: Config, secrets: Secrets) -> list[str]:
         if peer.hostname:
             where = f"{shown_host(peer.hostname)} -> {where}"
         own = " (self)" if peer.peer_id == config.id else ""
-        lines.append(f"  {format_peer_id(peer.peer_id):<8} {where}, {len(peer.key)}-byte key{own}")
+        legacy = config.peer_protocols.get(peer.peer_id, config.protocol) != "v2"
+        key = "legacy key (its first 16 characters)" if legacy else f"{len(peer.key)}-byte key"
+        lines.append(f"  {format_peer_id(peer.peer_id):<8} {where}, {key}{own}")
     return lines
 
 

@@ -122,6 +122,21 @@ def test_cli_check_original_sample_server(
     assert "set net.ipv4.ip_forward=1" in out
     assert "add default via" not in out
     assert "1f5c6281e4e3e0db7c57b74d2103e706" not in out
+    assert ("protocol:        v2 (nodes of the C alpaca-tunnel 6.1.2 need legacy-6.1.2, here or in"
+            " peer_protocols)\n") in out
+
+
+def test_cli_check_names_the_key_a_legacy_peer_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A peer that speaks legacy-6.1.2 uses the first 16 characters of its key as written:
+    check called it a 16-byte key (its hex decoded)."""
+    path = client_setup(tmp_path, peer_protocols={"1.2": "legacy-6.1.2"})
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol:        v2 (peers: 1.2=legacy-6.1.2)\n" in out
+    assert "  1.1      192.0.2.1:10001, 32-byte key\n" in out
+    assert "  1.2      192.0.2.2:10002, legacy key (its first 16 characters)\n" in out
 
 
 def test_cli_broken_config_exits_2_with_located_lines(
