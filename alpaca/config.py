@@ -479,12 +479,13 @@ class _Builder:
         return config
 
     def mode(self) -> Mode:
-        text = self.top.string("mode", "", required=True)
+        text = self.top.required_string("mode")
+        if text is None:
+            return Mode.SERVER
         try:
             return Mode(text.lower())
         except ValueError:
-            if text:
-                self.top.fail("mode", f'{show(text)} is not a mode (expected "server" or "client")')
+            self.top.fail("mode", f'{show(text)} is not a mode (expected "server" or "client")')
             return Mode.SERVER
 
     def group(self) -> str:

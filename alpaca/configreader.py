@@ -197,13 +197,30 @@ class JsonObject:
             if required:
                 self.fail(key, "is required")
             return default
+        text = self.text(key)
+        return default if text is None else text
+
+    def required_string(self, key: str) -> str | None:
+        """The string at ``key``, an empty one included (the caller says what it lacks);
+        None, with the problem recorded, if it is absent, null, not a string or not text."""
+        if self.data.get(key) is None:
+            self.fail(key, "is required")
+            return None
+        return self.text(key)
+
+    def text(self, key: str) -> str | None:
+        """The string at ``key``; None if absent or null, or (recorded) not a string or not
+        text a file or terminal takes."""
+        value = self.data.get(key)
+        if value is None:
+            return None
         if not isinstance(value, str):
             self.fail(key, f"{show(value)} is not a string")
-            return default
+            return None
         if not _printable_text(value):
             self.fail(key, f"{show(value)} contains a NUL byte or a character that is not valid"
                            " text (a lone surrogate)")
-            return default
+            return None
         return value
 
     def integer(self, key: str, default: int, low: int, high: int, why: str = "") -> int:

@@ -328,6 +328,12 @@ def test_config_required_keys(tmp_path: Path) -> None:
     ])  # without a mode there is no client-mode gateway problem
 
 
+def test_config_empty_mode_is_refused_not_taken_for_a_server(tmp_path: Path) -> None:
+    """"mode": "" was taken for an absent mode without a word: the node ran as a server."""
+    assert only(tmp_path, mode="") == (f'{tmp_path / "config.json"}: mode: "" is not a mode'
+                                       ' (expected "server" or "client")')
+
+
 def test_config_client_needs_gateway(tmp_path: Path) -> None:
     assert "gateway: is required in client mode" in only(tmp_path, gateway=None)
 
