@@ -495,7 +495,9 @@ class _Builder:
         return group
 
     def net(self) -> IPv4Network:
-        text = self.top.string("net", "", required=True)
+        text = self.top.required_string("net")
+        if text is None:
+            return IPv4Network("10.17.0.0/16")
         match = _NET.fullmatch(text)
         if match and 1 <= int(match[1]) <= 255 and int(match[2]) <= 255:
             net = IPv4Network(f"{match[1]}.{match[2]}.0.0/16")
@@ -504,9 +506,8 @@ class _Builder:
                 self.top.fail("net", f'{show(text)} is a {kind} network, which no host routes to a '
                               'device; choose a private one such as "10.17"')
             return net
-        if text:
-            self.top.fail("net", f'{show(text)} is not a /16 prefix (expected "X.Y" such as "10.17",'
-                          " X 1-126 or 128-223, Y 0-255, no leading zeros)")
+        self.top.fail("net", f'{show(text)} is not a /16 prefix (expected "X.Y" such as "10.17",'
+                      " X 1-126 or 128-223, Y 0-255, no leading zeros)")
         return IPv4Network("10.17.0.0/16")
 
     def own_id(self) -> int:

@@ -334,6 +334,13 @@ def test_config_empty_mode_is_refused_not_taken_for_a_server(tmp_path: Path) -> 
                                        ' (expected "server" or "client")')
 
 
+def test_config_empty_net_is_refused_not_taken_for_10_17(tmp_path: Path) -> None:
+    """"net": "" was taken for an absent net without a word: the tunnel became 10.17.0.0/16."""
+    assert only(tmp_path, net="") == (f'{tmp_path / "config.json"}: net: "" is not a /16 prefix'
+                                      ' (expected "X.Y" such as "10.17", X 1-126 or 128-223, Y 0-255,'
+                                      " no leading zeros)")
+
+
 def test_config_client_needs_gateway(tmp_path: Path) -> None:
     assert "gateway: is required in client mode" in only(tmp_path, gateway=None)
 
