@@ -489,10 +489,10 @@ class _Builder:
             return Mode.SERVER
 
     def group(self) -> str:
-        group = self.top.string("group", "", required=True)
-        if "group" in self.top.data and not group:
+        group = self.top.required_string("group")
+        if group == "":
             self.top.fail("group", "is empty (use the same group name on every node)")
-        return group
+        return group or ""
 
     def net(self) -> IPv4Network:
         text = self.top.required_string("net")

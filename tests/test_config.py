@@ -341,6 +341,18 @@ def test_config_empty_net_is_refused_not_taken_for_10_17(tmp_path: Path) -> None
                                       " no leading zeros)")
 
 
+@pytest.mark.parametrize(("group", "expected"), [
+    (5, "group: 5 is not a string"),
+    (None, "group: is required"),
+    ("a\u0000b", 'group: "a\\u0000b" contains a NUL byte or a character that is not valid text'
+                 " (a lone surrogate)"),
+    ("", "group: is empty (use the same group name on every node)"),
+])
+def test_config_group_has_one_problem_each(tmp_path: Path, group: Any, expected: str) -> None:
+    """A group that was not a string, null or not text was also said to be empty."""
+    assert only(tmp_path, group=group) == f"{tmp_path / 'config.json'}: {expected}"
+
+
 def test_config_client_needs_gateway(tmp_path: Path) -> None:
     assert "gateway: is required in client mode" in only(tmp_path, gateway=None)
 
