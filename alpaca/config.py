@@ -566,7 +566,7 @@ class _Builder:
             entry = self.one_port(where, item)
             if entry is None:
                 continue
-            if any(entry.name == other.name for other in result):
+            if entry.name and any(entry.name == other.name for other in result):
                 top.fail(f"{where}.name", f"{show(entry.name)} is used twice (names must be unique)")
             elif entry.port and (clash := next((o for o in result if _overlap(entry, o)), None)):
                 top.fail(where, f"{_where(entry)} overlaps port {clash.name} ({_where(clash)}): two "
@@ -581,15 +581,16 @@ class _Builder:
             return None
         obj = JsonObject(item, where, self.problems, self.top.file)
         obj.check_keys(["name", "address", "port", "interface"])
-        name = obj.string("name", "", required=True)
-        if name and not _PORT_NAME.fullmatch(name):
+        name = obj.required_string("name")
+        if name is not None and not _PORT_NAME.fullmatch(name):
             obj.fail("name", f"{show(name)} is not a port name (1-15 of a-z 0-9 _ -)")
+            name = None
         address = obj.string("address", "0.0.0.0")
         fault = _address_fault(address, wildcard=True)
         if fault:
             obj.fail("address", f"{show(address)} {fault}")
         port = obj.integer("port", 0, 0, 65535)
-        return PortConfig(name, address, port, self.ifname(obj, "interface"))
+        return PortConfig(name or "", address, port, self.ifname(obj, "interface"))
 
     def ifname(self, obj: JsonObject, key: str) -> str | None:
         """An interface name at ``key``; None if absent, null or invalid (recorded)."""

@@ -191,12 +191,9 @@ class JsonObject:
             self.problems.append(f"{self.file}: {self.where or 'the top level'}: "
                                  f"{len(unknown) - MAX_UNKNOWN_SHOWN} more unknown keys not listed")
 
-    def string(self, key: str, default: str, *, required: bool = False) -> str:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                self.fail(key, "is required")
-            return default
+    def string(self, key: str, default: str) -> str:
+        """The string at ``key``; ``default`` if absent or null, or (recorded) not a string or
+        not text."""
         text = self.text(key)
         return default if text is None else text
 

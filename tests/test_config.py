@@ -635,6 +635,21 @@ def test_config_error(tmp_path: Path, keys: dict[str, Any], expected: str) -> No
     assert expected in text
 
 
+def test_config_empty_port_name_is_refused(tmp_path: Path) -> None:
+    """"name": "" passed as a name: a port named nothing in the metrics and the engine."""
+    assert only(tmp_path, ports=[{"name": ""}]) == (f'{tmp_path / "config.json"}: ports[0].name: ""'
+                                                    " is not a port name (1-15 of a-z 0-9 _ -)")
+
+
+def test_config_ports_without_a_usable_name_are_not_said_to_share_one(tmp_path: Path) -> None:
+    """Two ports whose names were missing or not strings were also said to use "" twice."""
+    path = tmp_path / "config.json"
+    assert problems(tmp_path, ports=[{"port": 1}, {"name": 5, "port": 2}]) == [
+        f"{path}: ports[0].name: is required",
+        f"{path}: ports[1].name: 5 is not a string",
+    ]
+
+
 def test_config_ports_that_the_kernel_can_bind_side_by_side_are_accepted(tmp_path: Path) -> None:
     config = load(tmp_path, ports=[
         {"name": "a", "port": 7, "interface": "eth0"}, {"name": "b", "port": 7, "interface": "eth1"},
