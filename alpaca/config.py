@@ -29,11 +29,13 @@ from alpaca.configreader import (
     DuplicateKey,
     JsonObject,
     json_integer,
+    line_and_column,
     no_duplicate_keys,
     read_chnroute_text,
     read_text_file,
     show,
     shown_path,
+    text_lines,
 )
 from alpaca.core import constants as C
 from alpaca.core.ids import digits_value, format_peer_id
@@ -372,7 +374,8 @@ def _decode_json(path: Path, text: str) -> object:
     try:
         return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=json_integer)
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]) from exc
+        line, column = line_and_column(text, exc.pos)
+        raise ConfigError([f"{path}:{line}:{column}: invalid JSON: {exc.msg}"]) from exc
     except DuplicateKey as exc:
         raise ConfigError([f"{path}: invalid JSON: key {show(str(exc))} is given twice"]) from exc
     except RecursionError as exc:
@@ -808,7 +811,7 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
     Raises:
         ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix.
     """
-    lines = read_chnroute_text(path).split("\n")  # not splitlines: \f or \x1c is no line end
+    lines = text_lines(read_chnroute_text(path))
     problems: list[str] = []
     result = []
     for number, line in enumerate(lines, start=1):

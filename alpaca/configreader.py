@@ -15,6 +15,7 @@ import codecs
 import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,11 @@ JSON_INT_MAX_DIGITS = 100
 MAX_UNKNOWN_SHOWN = 20
 #: The longest path shown in a message, characters: PATH_MAX, the longest the kernel takes.
 PATH_SHOWN_MAX = 4096
+
+#: Where a line of a config, secrets or chnroute file ends: \r\n, \n or \r (a file saved on
+#: Windows, Unix or an old Mac). Not at a form feed, \x1c or U+2028, which str.splitlines
+#: also takes for line ends and a comment may hold.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
@@ -132,6 +138,18 @@ def read_chnroute_text(path: Path) -> str:
                           "point chnroute.data at a list of prefixes, one a.b.c.d/len a line")
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text``, each ended by ``\\r\\n``, ``\\n`` or ``\\r`` (:data:`_LINE_END`)."""
+    return _LINE_END.split(text)
+
+
+def line_and_column(text: str, offset: int) -> tuple[int, int]:
+    """Line and column (both from 1) of the character at ``offset`` of ``text``, lines ended
+    as :func:`text_lines` ends them."""
+    lines = text_lines(text[:offset])
+    return len(lines), len(lines[-1]) + 1
+
+
 def _read_at_most(path: Path, what: str, size: int, fix: str) -> bytes:
     """Up to ``size`` bytes of ``path`` (fewer at its end)."""
     try:
@@ -150,11 +168,16 @@ def _utf8_text(path: Path, what: str, data: bytes) -> str:
     try:
         return data[start:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        offset = start + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - data.rfind(b"\n", 0, offset)
+        line, column = _line_and_byte(data[:start + exc.start].decode("utf-8"))
         raise ConfigError([f"{shown_path(path)}:{line}: byte {column} of the line is not UTF-8 text;"
                            f" save {what} as UTF-8"]) from exc
+
+
+def _line_and_byte(before: str) -> tuple[int, int]:
+    """Line (from 1) and byte of that line (from 1, in UTF-8) just after ``before``, the
+    text that precedes a spot in a file."""
+    lines = text_lines(before)
+    return len(lines), len(lines[-1].encode("utf-8")) + 1
 
 
 def _size(size: int) -> str:

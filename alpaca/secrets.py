@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file, shown_path
+from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file, shown_path, text_lines
 from alpaca.core.ids import (
     check_usable,
     digits_value,
@@ -149,7 +149,7 @@ def load_secrets(
     warnings: list[str] = []
     _check_mode(path, warnings)
     parser = _Parser(shown_path(path))
-    for number, line in enumerate(text.split("\n"), start=1):  # \f or \x1c is no line end
+    for number, line in enumerate(text_lines(text), start=1):
         parser.parse_line(number, line)
         if turn is not None and number % TURN_LINES == 0:
             turn()

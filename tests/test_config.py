@@ -363,6 +363,20 @@ def test_config_invalid_json_is_located(tmp_path: Path) -> None:
                      " enclosed in double quotes"]
 
 
+def test_config_problems_are_located_in_a_file_of_carriage_returns(tmp_path: Path) -> None:
+    """A config saved with old Mac line ends (\r only) had every problem on line 1."""
+    found = problems(tmp_path, '{\r  "mode": "client",\r\n  "mtu": 1400,,\r}')
+    assert found == [f"{tmp_path / 'config.json'}:3:15: invalid JSON: Expecting property name"
+                     " enclosed in double quotes"]
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{\r  "mode": "client",\r  "group": "caf\xe9"\r}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}:3: byte 16 of the line is not UTF-8 text; save the config file as UTF-8"
+    ]
+
+
 def test_config_duplicate_json_key(tmp_path: Path) -> None:
     found = problems(tmp_path, '{"mtu": 1400, "mtu": 1300}')
     assert found == [f'{tmp_path / "config.json"}: invalid JSON: key "mtu" is given twice']
@@ -780,6 +794,18 @@ def test_read_chnroute_lines_end_at_newlines_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         read_chnroute(path)
     assert info.value.problems == [f'{path}:3: "nope" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")']
+
+
+def test_read_chnroute_lines_may_end_at_a_carriage_return(tmp_path: Path) -> None:
+    """\r alone (an old Mac's line end) did not end a line: "1.0.1.0/24\rnope" was one bad
+    prefix on line 1."""
+    path = tmp_path / "cn.txt"
+    path.write_text("# list\r1.0.1.0/24\rnope\r\n1.0.2.0/24\n")
+    with pytest.raises(ConfigError) as info:
+        read_chnroute(path)
+    assert info.value.problems == [f'{path}:3: "nope" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")']
+    path.write_text("# list\r1.0.1.0/24\r\n1.0.2.0/24\r")
+    assert read_chnroute(path) == (IPv4Network("1.0.1.0/24"), IPv4Network("1.0.2.0/24"))
 
 
 def test_config_unknown_keys_are_listed_up_to_twenty(tmp_path: Path) -> None:

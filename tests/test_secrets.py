@@ -552,6 +552,16 @@ def test_secrets_lines_end_at_newlines_only(tmp_path: Path) -> None:
     assert len(found) == 1 and found[0].startswith(f"{path}:4: peer_key of peer 3.3:")
 
 
+def test_secrets_lines_may_end_at_a_carriage_return(tmp_path: Path) -> None:
+    """A file saved with old Mac line ends (\r only) was one line of many columns, and the own
+    id was said to be missing."""
+    text = f"# peers\r16.1 {KEY16}\r1.2 {KEY16} 10.0.0.1 null 5\r\n3.3 bad\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'secrets.txt'}:4: peer_key of peer 3.3:")
+    secrets = load_secrets(write(tmp_path, text.replace("3.3 bad", "")), SELF)
+    assert secrets.peers[parse_peer_id("1.2")].addr == ("10.0.0.1", 5)
+
+
 def test_secrets_a_port_with_leading_zeros_is_its_value(tmp_path: Path) -> None:
     path = write(tmp_path, f"16.1 {KEY16}\n1.2 {KEY16} 10.0.0.1 null 000080\n")
     assert load_secrets(path, SELF).peers[parse_peer_id("1.2")].port == 80
