@@ -28,8 +28,9 @@ from alpaca.configreader import (
     NAMED_TABLES,
     DuplicateKey,
     JsonObject,
+    json_float,
     json_integer,
-    line_and_column,
+    json_problem,
     no_duplicate_keys,
     read_chnroute_text,
     read_text_file,
@@ -368,14 +369,19 @@ def load_config(path: Path) -> Config:
     return config
 
 
+#: What an empty config file needs.
+_EMPTY_CONFIG_FIX = ('write the config in it (a JSON object {"mode": ..., "group": ..., ...}),'
+                     " or point -c at the JSON config file")
+
+
 def _decode_json(path: Path, text: str) -> object:
-    """The JSON value of ``text``; integers too long to convert stay HugeInteger, reported by
-    the getter of their key."""
+    """The JSON value of ``text``; integers too long to convert stay HugeInteger, numbers too
+    large for a float HugeNumber, reported by the getter of their key."""
     try:
-        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=json_integer)
+        return json.loads(text, object_pairs_hook=no_duplicate_keys, parse_int=json_integer,
+                          parse_float=json_float)
     except json.JSONDecodeError as exc:
-        line, column = line_and_column(text, exc.pos)
-        raise ConfigError([f"{path}:{line}:{column}: invalid JSON: {exc.msg}"]) from exc
+        raise ConfigError([json_problem(str(path), text, exc, _EMPTY_CONFIG_FIX)]) from exc
     except DuplicateKey as exc:
         raise ConfigError([f"{path}: invalid JSON: key {show(str(exc))} is given twice"]) from exc
     except RecursionError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ PATH_SHOWN_MAX = 4096
 #: Windows, Unix or an old Mac). Not at a form feed, \x1c or U+2028, which str.splitlines
 #: also takes for line ends and a comment may hold.
 _LINE_END = re.compile(r"\r\n|\r|\n")
+#: What JSON takes for blanks between its tokens.
+_JSON_BLANKS = " \t\r\n"
 
 NAMED_TABLES = {"default": 253, "main": 254, "local": 255}
 RT_TABLES_FILES = (Path("/etc/iproute2/rt_tables"), Path("/usr/share/iproute2/rt_tables"))
@@ -88,8 +91,58 @@ def json_integer(text: str) -> int | HugeInteger:
     return int(text)
 
 
+@dataclass(frozen=True, slots=True)
+class HugeNumber:
+    """A JSON number too large for a float (``1e400``), kept as written: json.loads made it
+    Infinity, which the problem named instead of a number too large."""
+
+    text: str
+    """The number as written."""
+
+    @property
+    def negative(self) -> bool:
+        """Whether it has a minus sign."""
+        return self.text.startswith("-")
+
+    def __str__(self) -> str:
+        return self.text if len(self.text) <= 20 else f"a number of {len(self.text)} characters"
+
+
+def json_float(text: str) -> float | HugeNumber:
+    """``parse_float`` hook of json.loads: the float, or a HugeNumber if it is too large."""
+    value = float(text)
+    return HugeNumber(text) if math.isinf(value) else value
+
+
+def json_problem(name: str, text: str, exc: json.JSONDecodeError, empty_fix: str) -> str:
+    """The problem of ``text``, which json.loads refused with ``exc``: located, with the fix
+    where the cause is a common slip (:func:`_json_slip`). ``empty_fix`` says what to do about
+    a file that holds nothing but blanks."""
+    if not text.strip(_JSON_BLANKS):
+        return f"{name}: the file is empty: {empty_fix}"
+    offset, slip = _json_slip(text, exc.pos)
+    line, column = line_and_column(text, offset)
+    return f"{name}:{line}:{column}: invalid JSON: {slip or exc.msg}"
+
+
+def _json_slip(text: str, offset: int) -> tuple[int, str | None]:
+    """Where and what the mistake json.loads found at ``offset`` is, if it is one JSON is
+    often written with: a comment, a comma before ``}`` or ``]``, a string in single quotes.
+    Else ``offset`` and None."""
+    ahead = text[offset:offset + 2]
+    if ahead.startswith(("//", "/*", "#")):
+        return offset, "a comment (JSON has no comments: remove it)"
+    before = text[:offset].rstrip(_JSON_BLANKS)
+    if ahead[:1] in ("}", "]") and before.endswith(","):
+        return len(before) - 1, (f'a comma before "{ahead[0]}" (JSON allows none there:'
+                                 " remove the trailing comma)")
+    if ahead.startswith("'"):
+        return offset, "a single quote (JSON strings take double quotes: write \"...\")"
+    return offset, None
+
+
 def show(value: object) -> str:
-    if isinstance(value, HugeInteger):
+    if isinstance(value, HugeInteger | HugeNumber):
         return str(value)
     if isinstance(value, str):
         return quoted(value)
@@ -247,7 +300,7 @@ class JsonObject:
         value = self.data.get(key)
         if value is None:
             return default
-        if isinstance(value, HugeInteger):
+        if isinstance(value, HugeInteger | HugeNumber):
             self.out_of_range(key, value, value.negative, (low, high), why)
         elif not isinstance(value, int) or isinstance(value, bool):
             self.fail(key, f"{show(value)} is not an integer (expected {low}-{high})")
@@ -341,7 +394,7 @@ class JsonObject:
             if 1 <= value <= 0xFFFFFFFF:
                 return value
             self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
-        elif isinstance(value, HugeInteger):
+        elif isinstance(value, HugeInteger | HugeNumber):
             self.fail(key, f"{value} is not a table number (expected 1-4294967295)")
         elif isinstance(value, str):
             number = table_number(value)

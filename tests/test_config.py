@@ -363,6 +363,55 @@ def test_config_invalid_json_is_located(tmp_path: Path) -> None:
                      " enclosed in double quotes"]
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ('{\n  // the server\n  "mode": "server"\n}',
+     ":2:3: invalid JSON: a comment (JSON has no comments: remove it)"),
+    ('{\n  "mode": "server", # the role\n}',
+     ":2:21: invalid JSON: a comment (JSON has no comments: remove it)"),
+    ('/* config */ {"mode": "server"}', ":1:1: invalid JSON: a comment (JSON has no comments: remove it)"),
+    ('{\n  "mode": "server",\n}',
+     ':2:19: invalid JSON: a comma before "}" (JSON allows none there: remove the trailing comma)'),
+    ('{"forwarders": ["1.2", ]}',
+     ':1:22: invalid JSON: a comma before "]" (JSON allows none there: remove the trailing comma)'),
+    ("{'mode': 'server'}",
+     ':1:2: invalid JSON: a single quote (JSON strings take double quotes: write "...")'),
+    ('{"mode": "server",, "mtu": 1}',
+     ":1:19: invalid JSON: Expecting property name enclosed in double quotes"),
+])
+def test_config_invalid_json_names_the_fix_of_a_common_slip(
+        tmp_path: Path, text: str, expected: str) -> None:
+    """A comment, a trailing comma or single quotes were told as "Expecting property name
+    enclosed in double quotes" or "Expecting value", at the place after the slip."""
+    assert problems(tmp_path, text) == [f"{tmp_path / 'config.json'}{expected}"]
+
+
+@pytest.mark.parametrize("text", ["", " \r\n\t\n"])
+def test_config_empty_file_is_named_empty(tmp_path: Path, text: str) -> None:
+    """An empty config was "1:1: invalid JSON: Expecting value"."""
+    assert problems(tmp_path, text) == [
+        f'{tmp_path / "config.json"}: the file is empty: write the config in it (a JSON object'
+        ' {"mode": ..., "group": ..., ...}), or point -c at the JSON config file']
+
+
+@pytest.mark.parametrize(("number", "expected"), [
+    ("1e400", f"mtu: 1e400 is above the maximum {C.MTU_MAX} ("),
+    ("-1e400", f"mtu: -1e400 is below the minimum {C.MTU_MIN}"),
+    ("1" * 400 + ".0", f"mtu: a number of 402 characters is above the maximum {C.MTU_MAX} ("),
+])
+def test_config_number_too_large_for_a_float_is_above_the_maximum(
+        tmp_path: Path, number: str, expected: str) -> None:
+    """json.loads makes 1e400 Infinity: it was "Infinity is not an integer"."""
+    found = problems(tmp_path, json.dumps(BASE)[:-1] + f', "mtu": {number}}}')
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path / 'config.json'}: {expected}"), found
+
+
+@pytest.mark.parametrize("key", ["route_table", "tun_name"])
+def test_config_number_too_large_for_a_float_is_shown_as_written(tmp_path: Path, key: str) -> None:
+    found = problems(tmp_path, json.dumps(BASE)[:-1] + f', "{key}": 1e400}}')
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{tmp_path / 'config.json'}: {key}: 1e400 is not a"), found
+
+
 def test_config_problems_are_located_in_a_file_of_carriage_returns(tmp_path: Path) -> None:
     """A config saved with old Mac line ends (\r only) had every problem on line 1."""
     found = problems(tmp_path, '{\r  "mode": "client",\r\n  "mtu": 1400,,\r}')
@@ -481,7 +530,7 @@ def test_config_fifo_without_a_writer_does_not_block(tmp_path: Path) -> None:
     reader.join(5)
     try:
         assert not reader.is_alive(), "load_config waits for a writer"
-        assert str(outcome[0]) == f"{fifo}:1:1: invalid JSON: Expecting value"
+        assert str(outcome[0]).startswith(f"{fifo}: the file is empty: ")
     finally:
         if reader.is_alive():  # release the blocked reader
             os.close(os.open(fifo, os.O_WRONLY))
