@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from alpaca.configreader import json_problem
 from alpaca.core.constants import MAX_FORWARDERS, MAX_LOCAL_PORTS
 from alpaca.errors import ConfigError
 from alpaca.lab.jsonshape import MAX_DEPTH, MAX_INT, shape_problems, short, show_value
@@ -233,6 +234,10 @@ def load_topology(path: Path | None = None) -> Topology:
     return parse_topology(_read_json(path), path)
 
 
+#: What an empty topology file needs.
+_EMPTY_FIX = f"write the topology in it (see {DEFAULT_TOPOLOGY.name}, the default), or give another file"
+
+
 def _read_json(path: Path) -> object:
     """The decoded JSON of a topology file of at most MAX_FILE_BYTES bytes."""
     try:
@@ -246,11 +251,13 @@ def _read_json(path: Path) -> object:
         raise ConfigError([f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a topology of"
                            f" {MAX_NODES} nodes and {MAX_LINKS} links needs far less"])
     try:
-        return json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]) from exc
+        raise ConfigError([json_problem(str(path), text, exc, _EMPTY_FIX)]) from exc
     except RecursionError as exc:
         raise ConfigError([f"{path}: lists or objects nested too deeply"
                            f" (at most {MAX_DEPTH} levels)"]) from exc

@@ -157,8 +157,24 @@ def test_topology_errors_are_located(tmp_path: Path, change, expected: str) -> N
 def test_topology_not_json_names_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('{"nodes": [\n,]}')
-    with pytest.raises(ConfigError, match=r"bad.json:2:1: not JSON"):
+    with pytest.raises(ConfigError, match=r"bad.json:2:1: invalid JSON: Expecting value"):
         load_topology(path)
+
+
+def test_topology_json_slips_name_their_fix(tmp_path: Path) -> None:
+    """A topology file is written by hand like the config: its comment or trailing comma was
+    "Expecting property name enclosed in double quotes" too, its emptiness "Expecting value"."""
+    path = tmp_path / "bad.json"
+    path.write_text('{"nodes": [],\n // links follow\n}')
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert info.value.problems == [f"{path}:2:2: invalid JSON: a comment (JSON has no comments:"
+                                   " remove it)"]
+    path.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert info.value.problems == [f"{path}: the file is empty: write the topology in it (see"
+                                   " default.json, the default), or give another file"]
 
 
 def test_topology_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
