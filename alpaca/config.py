@@ -28,6 +28,7 @@ from alpaca.configreader import (
     NAMED_TABLES,
     DuplicateKey,
     JsonObject,
+    first_problems,
     json_float,
     json_integer,
     json_problem,
@@ -815,7 +816,8 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
     CHNROUTE_MAX_BYTES (alpaca.configreader).
 
     Raises:
-        ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix.
+        ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix
+            (the first MAX_PROBLEMS_SHOWN, then a count of the rest).
     """
     lines = text_lines(read_chnroute_text(path))
     problems: list[str] = []
@@ -830,5 +832,5 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
         elif network.prefixlen > 0:
             result.append(network)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(first_problems(problems, shown_path(path)))
     return tuple(result)

@@ -39,6 +39,9 @@ CHNROUTE_MAX_BYTES = 8 * MIB
 JSON_INT_MAX_DIGITS = 100
 #: Unknown keys listed per object; a file of thousands gets a count for the rest.
 MAX_UNKNOWN_SHOWN = 20
+#: Problems listed per secrets or chnroute file; a file of thousands of bad lines (the wrong
+#: file, say) gets a count for the rest.
+MAX_PROBLEMS_SHOWN = 20
 #: The longest path shown in a message, characters: PATH_MAX, the longest the kernel takes.
 PATH_SHOWN_MAX = 4096
 
@@ -189,6 +192,15 @@ def read_chnroute_text(path: Path) -> str:
     """
     return read_text_file(path, "the chnroute data", CHNROUTE_MAX_BYTES,
                           "point chnroute.data at a list of prefixes, one a.b.c.d/len a line")
+
+
+def first_problems(problems: list[str], where: str) -> list[str]:
+    """The first MAX_PROBLEMS_SHOWN of ``problems`` (a new list), then one line, starting
+    ``where``, that counts the rest."""
+    shown = problems[:MAX_PROBLEMS_SHOWN]
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        shown.append(f"{where}: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems, not listed")
+    return shown
 
 
 def text_lines(text: str) -> list[str]:

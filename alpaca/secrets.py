@@ -28,7 +28,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from alpaca.configreader import SECRETS_MAX_BYTES, read_text_file, shown_path, text_lines
+from alpaca.configreader import (
+    SECRETS_MAX_BYTES,
+    first_problems,
+    read_text_file,
+    shown_path,
+    text_lines,
+)
 from alpaca.core.ids import (
     check_usable,
     digits_value,
@@ -141,7 +147,8 @@ def load_secrets(
             a turn: 10,000 lines take about 0.2 s).
 
     Raises:
-        ConfigError: with one located line per problem (every problem, not the first only).
+        ConfigError: with one located line per problem, of every line, not the first only
+            (the first MAX_PROBLEMS_SHOWN, then a count of the rest).
     """
     identity = file_identity(path)
     text = read_text_file(path, "the secrets file", SECRETS_MAX_BYTES,
@@ -153,13 +160,14 @@ def load_secrets(
         parser.parse_line(number, line)
         if turn is not None and number % TURN_LINES == 0:
             turn()
+    problems = first_problems(parser.problems, parser.name)
     if self_id not in parser.lines:
-        parser.problems.append(
+        problems.append(
             f"{parser.name}: the own id {format_peer_id(self_id)} is missing"
             f" (add a line for {format_peer_id(self_id)} with this node's key)"
         )
-    if parser.problems:
-        raise ConfigError(parser.problems)
+    if problems:
+        raise ConfigError(problems)
     parser.resolve_hostnames(previous.peers if previous else {})  # a broken file sends nothing
     warnings.extend(parser.warnings)
     for warning in warnings:

@@ -857,6 +857,23 @@ def test_read_chnroute_lines_may_end_at_a_carriage_return(tmp_path: Path) -> Non
     assert read_chnroute(path) == (IPv4Network("1.0.1.0/24"), IPv4Network("1.0.2.0/24"))
 
 
+def test_read_chnroute_problems_are_listed_up_to_twenty(tmp_path: Path) -> None:
+    """A file of 100,000 bad lines printed 100,000 problems."""
+    path = tmp_path / "cn.txt"
+    path.write_text("1.0.1.0/24\n" + "nope\n" * 100_000)
+    with pytest.raises(ConfigError) as info:
+        read_chnroute(path)
+    found = info.value.problems
+    assert len(found) == 21
+    assert found[0] == f'{path}:2: "nope" is not an IPv4 address or prefix (e.g. "10.0.0.0/8")'
+    assert found[19].startswith(f"{path}:21: ")
+    assert found[20] == f"{path}: ... and 99980 more problems, not listed"
+    path.write_text("nope\n" * 20)
+    with pytest.raises(ConfigError) as info:
+        read_chnroute(path)
+    assert len(info.value.problems) == 20 and info.value.problems[-1].startswith(f"{path}:20: ")
+
+
 def test_config_unknown_keys_are_listed_up_to_twenty(tmp_path: Path) -> None:
     found = problems(tmp_path, **{f"junk{i}": 1 for i in range(1000)})
     assert len(found) == 21

@@ -252,6 +252,16 @@ def test_secrets_every_problem_is_collected(tmp_path: Path) -> None:
     assert KEY16 not in text
 
 
+def test_secrets_problems_are_listed_up_to_twenty(tmp_path: Path) -> None:
+    """A file of 100,000 bad lines (the wrong file, say) printed 200,000 problems."""
+    path = write(tmp_path, "zz\n" * 100_000)
+    found = problems(path)
+    assert found[:2] == [f'{path}:1: peer_id: "zz" is not a peer id (expected "A.B", each 0-255)',
+                         f"{path}:1: peer_key of peer zz: missing ({HELP})"]
+    assert found[20:] == [f"{path}: ... and 199980 more problems, not listed",
+                          f"{path}: the own id 16.1 is missing (add a line for 16.1 with this node's key)"]
+
+
 def test_secrets_own_id_missing(tmp_path: Path) -> None:
     path = write(tmp_path, f"1.1 {KEY16} 10.0.0.1 null 5000\n")
     assert problems(path) == [
