@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.configreader import (
+    MAX_PROBLEMS_SHOWN,
     SECRETS_MAX_BYTES,
     first_problems,
     read_text_file,
@@ -160,6 +161,7 @@ def load_secrets(
         parser.parse_line(number, line)
         if turn is not None and number % TURN_LINES == 0:
             turn()
+    parser.warn_of_ip6()
     problems = first_problems(parser.problems, parser.name)
     if self_id not in parser.lines:
         problems.append(
@@ -270,7 +272,8 @@ class _Parser:
         self.lines: dict[int, int] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
-        self.ip6_warned = False
+        #: Lines whose peer_ip6 is not null, for :meth:`warn_of_ip6`.
+        self.ip6_lines: list[int] = []
 
     def problem(self, number: int, text: str) -> None:
         self.problems.append(f"{self.name}:{number}: {text}")
@@ -397,11 +400,19 @@ class _Parser:
         return None, text  # resolved by resolve_hostnames once the whole file is valid
 
     def check_ip6(self, number: int, text: str) -> None:
-        if text.lower() != "null" and not self.ip6_warned:
-            self.ip6_warned = True
-            self.warnings.append(
-                f"{self.name}:{number}: peer_ip6 is ignored (the underlay is IPv4 only)"
-            )
+        if text.lower() != "null":
+            self.ip6_lines.append(number)
+
+    def warn_of_ip6(self) -> None:
+        """One warning naming the lines whose peer_ip6 is ignored: the first
+        MAX_PROBLEMS_SHOWN, then a count of the rest."""
+        if not self.ip6_lines:
+            return
+        shown = ", ".join(str(number) for number in self.ip6_lines[:MAX_PROBLEMS_SHOWN])
+        rest = len(self.ip6_lines) - MAX_PROBLEMS_SHOWN
+        lines = ("line " if len(self.ip6_lines) == 1 else "lines ") + shown
+        lines += f" and {rest} more" if rest > 0 else ""
+        self.warnings.append(f"{self.name}: peer_ip6 is ignored on {lines} (the underlay is IPv4 only)")
 
     def parse_port(self, number: int, text: str, *, needed: bool) -> int | None:
         if text.lower() == "null":

@@ -154,17 +154,26 @@ def test_secrets_non_ascii_digits_are_an_error_not_a_traceback(tmp_path: Path) -
     assert any(':3: peer_port: "1\u00b2" is not a port' in p for p in found), found
 
 
-def test_secrets_ip6_column_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = write(
-        tmp_path,
-        f"16.1 {KEY16}\n1.1 {KEY16} 10.0.0.1 2001::6 1\n1.2 {KEY16} 10.0.0.2 2001::7 2\n",
-    )
+def test_secrets_ip6_column_warns_once_naming_every_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning named the first line only: on the original's sample, 13 of 13, 14 and 15."""
+    path = write(tmp_path, (DATA / "secrets.txt").read_text())
     with caplog.at_level(logging.WARNING):
         secrets = load_secrets(path, SELF)
-    assert [w for w in secrets.warnings if "peer_ip6" in w] == [
-        f"{path}:2: peer_ip6 is ignored (the underlay is IPv4 only)"
-    ]
+    assert secrets.warnings == (f"{path}: peer_ip6 is ignored on lines 13, 14, 15 (the underlay is"
+                                " IPv4 only)",)
     assert caplog.text.count("peer_ip6") == 1
+    path = write(tmp_path, f"16.1 {KEY16}\n1.1 {KEY16} 10.0.0.1 2001::6 1\n")
+    assert load_secrets(path, SELF).warnings == (
+        f"{path}: peer_ip6 is ignored on line 2 (the underlay is IPv4 only)",)
+
+
+def test_secrets_ip6_column_names_twenty_lines_and_counts_the_rest(tmp_path: Path) -> None:
+    path = write(tmp_path, f"16.1 {KEY16}\n" + "".join(
+        f"1.{n} {KEY16} 10.0.0.1 2001::6 1\n" for n in range(1, 26)))
+    lines = ", ".join(str(n) for n in range(2, 22))
+    assert load_secrets(path, SELF).warnings == (
+        f"{path}: peer_ip6 is ignored on lines {lines} and 5 more (the underlay is IPv4 only)",)
 
 
 def test_secrets_group_readable_file_warns_with_chmod_fix(
