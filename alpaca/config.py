@@ -245,7 +245,7 @@ class Config:
     protocol: str = "v2"
     """Wire protocol: "v2" (default) or "legacy-6.1.2" (insecure, for old peers)."""
     peer_protocols: dict[int, str] = field(default_factory=dict)
-    """Per-peer protocol overrides, peer id -> protocol. Default none."""
+    """Per-peer protocol overrides, peer id (not the own one) -> protocol. Default none."""
     warnings: tuple[str, ...] = ()
     """Non-fatal findings (obsolete keys), also logged at WARNING."""
 
@@ -481,7 +481,7 @@ class _Builder:
             strict_hooks=top.boolean("strict_hooks", False),
             route_table=top.table("route_table", "default"),
             protocol=self.protocol(top, "protocol", top.data.get("protocol")),
-            peer_protocols=self.peer_protocols(),
+            peer_protocols=self.peer_protocols(own),
             warnings=(*warnings, *self.warnings),  # after the getters above: they add to it
         )
         if self.problems:
@@ -734,7 +734,7 @@ class _Builder:
         obj.fail(key, f"{show(value)} is not a protocol (expected one of {', '.join(PROTOCOLS)})")
         return PROTOCOLS[0]
 
-    def peer_protocols(self) -> dict[int, str]:
+    def peer_protocols(self, own: int) -> dict[int, str]:
         obj = self.top.child("peer_protocols")
         if obj is None:
             return {}
@@ -742,9 +742,14 @@ class _Builder:
         for key, value in obj.data.items():
             peer = obj.peer_id(key, key)
             protocol = self.protocol(obj, key, value)
-            if peer is not None and peer in result:
+            if peer is None:
+                continue
+            if peer == own:
+                obj.fail(key, f'{format_peer_id(peer)} is this node\'s own id; remove the entry ("protocol"'
+                              " sets the one this node speaks to every peer)")
+            elif peer in result:
                 obj.fail(key, f"{format_peer_id(peer)} is listed twice (keep one entry per peer)")
-            elif peer is not None:
+            else:
                 result[peer] = protocol
         return result
 

@@ -26,7 +26,7 @@ from alpaca.paths import relative_to_config
 
 MIB = 1 << 20
 #: The largest config file read, bytes. A config with every key and ``peer_protocols`` naming
-#: all 65,534 usable ids is about 2 MB; a real one is a few KB.
+#: the 65,533 usable ids of the other nodes is about 2 MB; a real one is a few KB.
 CONFIG_MAX_BYTES = 4 * MIB
 #: The largest secrets file read, bytes. 10,000 peers take about 1 MB; a line for each of the
 #: 65,534 usable ids, with a 64-digit key, an address and a port, about 7 MB.

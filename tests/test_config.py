@@ -713,6 +713,17 @@ def test_config_ports_without_a_usable_name_are_not_said_to_share_one(tmp_path: 
     ]
 
 
+def test_config_peer_protocols_naming_the_own_id_is_refused_as_forwarders_do(tmp_path: Path) -> None:
+    """An entry for the node itself was dropped without a word (a node speaks to no one as
+    itself); a forwarder naming it is refused the same way."""
+    path = tmp_path / "config.json"
+    assert problems(tmp_path, peer_protocols={"16.1": "legacy-6.1.2"}, forwarders=["16.1"]) == [
+        f"{path}: forwarders[0]: 16.1 is this node's own id",
+        f'{path}: peer_protocols.16.1: 16.1 is this node\'s own id; remove the entry ("protocol"'
+        " sets the one this node speaks to every peer)",
+    ]
+
+
 def test_config_ports_that_the_kernel_can_bind_side_by_side_are_accepted(tmp_path: Path) -> None:
     config = load(tmp_path, ports=[
         {"name": "a", "port": 7, "interface": "eth0"}, {"name": "b", "port": 7, "interface": "eth1"},
