@@ -1,6 +1,6 @@
 """Where the config file is, as the original decided it (wiki "File Path").
 
-1. ``-c``/``-C PATH`` given: that path, as is.
+1. ``-c``/``-C PATH`` given: that path, as is (an empty one is an error).
 2. The executable is in ``/usr/bin/``: ``/etc/alpaca-tunnel.d/config.json``.
 3. The executable is in ``/usr/local/bin/``: ``/usr/local/etc/alpaca-tunnel.d/config.json``.
 4. Otherwise: ``<directory of the executable>/alpaca-tunnel.d/config.json``.
@@ -17,6 +17,8 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+
+from alpaca.errors import ConfigError
 
 CONFIG_NAME = "config.json"
 CONFIG_DIR_NAME = "alpaca-tunnel.d"
@@ -56,10 +58,18 @@ def resolve_config_path(given: str | None, executable: Path | None = None) -> Pa
     Args:
         given: the ``-c``/``-C`` argument, or None.
         executable: the executable's path; :func:`executable_path` when None (tests inject it).
+
+    Raises:
+        ConfigError: ``given`` is empty (``-c ""``: a variable left unset, say), which named
+            the working directory.
     """
-    if given is not None:
+    if given:
         return Path(given)
-    return default_config_path(executable_path() if executable is None else executable)
+    default = default_config_path(executable_path() if executable is None else executable)
+    if given == "":
+        raise ConfigError([f"-c is empty: give the path of the config file, or leave -c out for"
+                           f" the default {default}"])
+    return default
 
 
 def relative_to_config(config_path: Path, value: str) -> Path:

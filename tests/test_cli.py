@@ -259,6 +259,17 @@ def test_cli_invalid_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().err == f"alpaca-tunnel: {path}:1:10: invalid JSON: Expecting value\n"
 
 
+@pytest.mark.parametrize("command", ["check", "cleanup", "show", "run"])
+def test_cli_empty_config_option_is_named(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-c ""`` was read as the working directory: ".: cannot read the config file: Is a
+    directory"."""
+    assert cli.main(["-c", "", command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alpaca-tunnel: -c is empty: give the path of the config file, or leave"
+                          " -c out for the default "), err
+    assert err.count("\n") == 1
+
+
 def test_cli_without_command_runs_the_daemon_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

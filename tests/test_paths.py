@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from alpaca.errors import ConfigError
 from alpaca.paths import (
     default_config_path,
     executable_path,
@@ -37,6 +38,14 @@ def test_resolve_config_path_given_wins() -> None:
 def test_resolve_config_path_default_uses_executable() -> None:
     exe = Path("/usr/local/bin/alpaca-tunnel")
     assert resolve_config_path(None, exe) == Path("/usr/local/etc/alpaca-tunnel.d/config.json")
+
+
+def test_resolve_config_path_empty_is_an_error_naming_the_default() -> None:
+    """``-c ""`` named the working directory: "cannot read the config file: Is a directory"."""
+    with pytest.raises(ConfigError) as info:
+        resolve_config_path("", Path("/usr/bin/alpaca-tunnel"))
+    assert info.value.problems == ["-c is empty: give the path of the config file, or leave -c out"
+                                   " for the default /etc/alpaca-tunnel.d/config.json"]
 
 
 def test_resolve_config_path_without_injection_uses_argv0(
