@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alpaca.core.ids import printable
-from alpaca.errors import AlpacaError
+from alpaca.errors import AlpacaError, ConfigError
 from alpaca.system import instance
 
 PROG = "alpaca-tunnel"
@@ -58,10 +58,13 @@ def socket_path(args: argparse.Namespace) -> Path:
     """``--socket`` if given; else ``control_socket`` of the config named by ``-c``.
 
     Without ``-c`` a missing or broken default config falls back to :data:`DEFAULT_SOCKET`;
-    with ``-c`` its errors are reported (ConfigError).
+    with ``-c`` its errors are reported (ConfigError), as is an empty ``--socket``.
     """
     given = getattr(args, "socket", None)
-    if given:
+    if given == "":
+        raise ConfigError(["--socket is empty: give the path of the control socket, or leave"
+                           " --socket out for control_socket of the config"])
+    if given is not None:
         return Path(given)
     from alpaca.config import load_config  # the config module only when it is needed
     from alpaca.paths import resolve_config_path

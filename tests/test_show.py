@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from gevent import subprocess
 
+from alpaca import cli
 from alpaca import show as show_mod
 from alpaca.control import ControlServer
 from alpaca.show import cmd_show, register, render, show
@@ -164,6 +165,13 @@ def test_show_socket_defaults_without_a_config(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr("alpaca.paths.executable_path", lambda: tmp_path / "bin" / "alpaca-tunnel")
     args = argparse.Namespace(config=None, socket=None)
     assert show_mod.socket_path(args) == show_mod.DEFAULT_SOCKET
+
+
+def test_show_empty_socket_option_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--socket ""`` was taken for no --socket: the config's socket was asked instead."""
+    assert cli.main(["-c", str(tmp_path / "absent.json"), "show", "--socket", ""]) == 2
+    assert capsys.readouterr().err == ("alpaca-tunnel: --socket is empty: give the path of the control"
+                                       " socket, or leave --socket out for control_socket of the config\n")
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
