@@ -28,7 +28,7 @@ from alpaca.configreader import (
     NAMED_TABLES,
     DuplicateKey,
     JsonObject,
-    first_problems,
+    first_listed,
     json_float,
     json_integer,
     json_problem,
@@ -822,7 +822,7 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
 
     Raises:
         ConfigError: unreadable, too large or not UTF-8, or one located line per bad prefix
-            (the first MAX_PROBLEMS_SHOWN, then a count of the rest).
+            (the first MAX_LISTED, then a count of the rest).
     """
     lines = text_lines(read_chnroute_text(path))
     problems: list[str] = []
@@ -837,5 +837,5 @@ def read_chnroute(path: Path) -> tuple[IPv4Network, ...]:
         elif network.prefixlen > 0:
             result.append(network)
     if problems:
-        raise ConfigError(first_problems(problems, shown_path(path)))
+        raise ConfigError(first_listed(problems, shown_path(path)))
     return tuple(result)

@@ -39,9 +39,9 @@ CHNROUTE_MAX_BYTES = 8 * MIB
 JSON_INT_MAX_DIGITS = 100
 #: Unknown keys listed per object; a file of thousands gets a count for the rest.
 MAX_UNKNOWN_SHOWN = 20
-#: Problems listed per secrets or chnroute file; a file of thousands of bad lines (the wrong
-#: file, say) gets a count for the rest.
-MAX_PROBLEMS_SHOWN = 20
+#: Problems (or warnings) listed per secrets or chnroute file; a file of thousands of bad
+#: lines (the wrong file, say) gets a count for the rest.
+MAX_LISTED = 20
 #: The longest path shown in a message, characters: PATH_MAX, the longest the kernel takes.
 PATH_SHOWN_MAX = 4096
 
@@ -194,12 +194,12 @@ def read_chnroute_text(path: Path) -> str:
                           "point chnroute.data at a list of prefixes, one a.b.c.d/len a line")
 
 
-def first_problems(problems: list[str], where: str) -> list[str]:
-    """The first MAX_PROBLEMS_SHOWN of ``problems`` (a new list), then one line, starting
-    ``where``, that counts the rest."""
-    shown = problems[:MAX_PROBLEMS_SHOWN]
-    if len(problems) > MAX_PROBLEMS_SHOWN:
-        shown.append(f"{where}: ... and {len(problems) - MAX_PROBLEMS_SHOWN} more problems, not listed")
+def first_listed(lines: list[str], where: str, kind: str = "problems") -> list[str]:
+    """The first MAX_LISTED of ``lines`` (a new list), then one line, starting ``where``,
+    that counts the rest (``kind``: "problems", "warnings")."""
+    shown = lines[:MAX_LISTED]
+    if len(lines) > MAX_LISTED:
+        shown.append(f"{where}: ... and {len(lines) - MAX_LISTED} more {kind}, not listed")
     return shown
 
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.configreader import (
-    MAX_PROBLEMS_SHOWN,
+    MAX_LISTED,
     SECRETS_MAX_BYTES,
-    first_problems,
+    first_listed,
     read_text_file,
     shown_path,
     text_lines,
@@ -149,7 +149,7 @@ def load_secrets(
 
     Raises:
         ConfigError: with one located line per problem, of every line, not the first only
-            (the first MAX_PROBLEMS_SHOWN, then a count of the rest).
+            (the first MAX_LISTED, then a count of the rest).
     """
     identity = file_identity(path)
     text = read_text_file(path, "the secrets file", SECRETS_MAX_BYTES,
@@ -161,8 +161,7 @@ def load_secrets(
         parser.parse_line(number, line)
         if turn is not None and number % TURN_LINES == 0:
             turn()
-    parser.warn_of_ip6()
-    problems = first_problems(parser.problems, parser.name)
+    problems = first_listed(parser.problems, parser.name)
     if self_id not in parser.lines:
         problems.append(
             f"{parser.name}: the own id {format_peer_id(self_id)} is missing"
@@ -171,7 +170,7 @@ def load_secrets(
     if problems:
         raise ConfigError(problems)
     parser.resolve_hostnames(previous.peers if previous else {})  # a broken file sends nothing
-    warnings.extend(parser.warnings)
+    warnings += parser.ip6_warnings() + first_listed(parser.warnings, parser.name, "warnings")
     for warning in warnings:
         log.warning("%s", warning)
     return Secrets(peers=parser.peers, path=path, warnings=tuple(warnings), identity=identity)
@@ -272,7 +271,7 @@ class _Parser:
         self.lines: dict[int, int] = {}
         self.problems: list[str] = []
         self.warnings: list[str] = []
-        #: Lines whose peer_ip6 is not null, for :meth:`warn_of_ip6`.
+        #: Lines whose peer_ip6 is not null, for :meth:`ip6_warnings`.
         self.ip6_lines: list[int] = []
 
     def problem(self, number: int, text: str) -> None:
@@ -403,16 +402,16 @@ class _Parser:
         if text.lower() != "null":
             self.ip6_lines.append(number)
 
-    def warn_of_ip6(self) -> None:
-        """One warning naming the lines whose peer_ip6 is ignored: the first
-        MAX_PROBLEMS_SHOWN, then a count of the rest."""
+    def ip6_warnings(self) -> list[str]:
+        """One warning naming the lines whose peer_ip6 is ignored (the first MAX_LISTED, then
+        a count of the rest); none without such a line."""
         if not self.ip6_lines:
-            return
-        shown = ", ".join(str(number) for number in self.ip6_lines[:MAX_PROBLEMS_SHOWN])
-        rest = len(self.ip6_lines) - MAX_PROBLEMS_SHOWN
+            return []
+        shown = ", ".join(str(number) for number in self.ip6_lines[:MAX_LISTED])
+        rest = len(self.ip6_lines) - MAX_LISTED
         lines = ("line " if len(self.ip6_lines) == 1 else "lines ") + shown
         lines += f" and {rest} more" if rest > 0 else ""
-        self.warnings.append(f"{self.name}: peer_ip6 is ignored on {lines} (the underlay is IPv4 only)")
+        return [f"{self.name}: peer_ip6 is ignored on {lines} (the underlay is IPv4 only)"]
 
     def parse_port(self, number: int, text: str, *, needed: bool) -> int | None:
         if text.lower() == "null":

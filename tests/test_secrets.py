@@ -295,6 +295,22 @@ def test_secrets_port_without_address_is_kept_with_a_warning(tmp_path: Path) -> 
                                 " peer_ip (give its address too, or null)",)
 
 
+def test_secrets_warnings_of_lines_are_listed_up_to_twenty(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """3,810 lines with a port but no address logged 3,810 warnings at each load; the one
+    peer_ip6 warning still comes, before them."""
+    lines = [f"{a}.{b} {KEY16} null 2001::{a} 5000" for a in range(1, 16) for b in range(1, 255)]
+    path = write(tmp_path, f"16.1 {KEY16}\n" + "\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        secrets = load_secrets(path, SELF)
+    assert len(secrets.warnings) == 22 and len(caplog.records) == 22
+    assert secrets.warnings[0].startswith(f"{path}: peer_ip6 is ignored on lines 2, 3, ")
+    assert secrets.warnings[1] == (f"{path}:2: peer_port 5000 of peer 1.1 is ignored without a"
+                                   " peer_ip (give its address too, or null)")
+    assert secrets.warnings[20].startswith(f"{path}:21: peer_port 5000 of peer 1.20 ")
+    assert secrets.warnings[21] == f"{path}: ... and 3790 more warnings, not listed"
+
+
 def test_peer_secret_repr_masks_key() -> None:
     key = bytes.fromhex(KEY32)
     peer = PeerSecret(parse_peer_id("1.1"), key, "10.0.0.1", None, 5000)
