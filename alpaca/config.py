@@ -32,6 +32,7 @@ from alpaca.configreader import (
     json_float,
     json_integer,
     json_problem,
+    named_in_line,
     no_duplicate_keys,
     read_chnroute_text,
     read_text_file,
@@ -80,8 +81,6 @@ _TUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,14}")
 _RESERVED_DEVICE_NAMES = ("all", "default")
 _PORT_NAME = re.compile(r"[a-z0-9_-]{1,15}")
 _BROADCAST = IPv4Address("255.255.255.255")
-#: Peers a finding names at most (the rest are counted).
-LISTED_AT_MOST = 20
 _NET = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
 _MTU_WHY = f"{C.OVERHEAD} bytes of every {C.MAX_DATAGRAM}-byte datagram are header and tag"
 
@@ -321,16 +320,15 @@ def reach_warnings(config: Config, secrets: Secrets) -> list[str]:
 
 def _addresses_in_tunnel(config: Config, secrets: Secrets) -> list[str]:
     """Peers whose address lies inside the tunnel's own network (one finding naming the first
-    :data:`LISTED_AT_MOST`): the host routes that network into the TUN device, so the tunnel's
+    MAX_LISTED): the host routes that network into the TUN device, so the tunnel's
     datagrams to them would go into the tunnel itself."""
     inside = sorted((peer.peer_id, peer.address) for peer in secrets.peers.values()
                     if peer.address and IPv4Address(peer.address) in config.net)
     if not inside:
         return []
-    named = ", ".join(f"{format_peer_id(peer)} ({address})" for peer, address in inside[:LISTED_AT_MOST])
-    more = f" and {len(inside) - LISTED_AT_MOST} more" if len(inside) > LISTED_AT_MOST else ""
+    named = named_in_line([f"{format_peer_id(peer)} ({address})" for peer, address in inside])
     return [f"{shown_path(secrets.path)}: peer_ip inside the tunnel's network {config.net}"
-            f" ({shown_path(config.path)}: net): {named}{more}: datagrams to them would go into the"
+            f" ({shown_path(config.path)}: net): {named}: datagrams to them would go into the"
             f" tunnel itself; give each peer's address on the underlying network"]
 
 

@@ -203,6 +203,12 @@ def first_listed(lines: list[str], where: str, kind: str = "problems") -> list[s
     return shown
 
 
+def named_in_line(items: list[str]) -> str:
+    """The first MAX_LISTED of ``items`` joined by commas, then "and K more" for the rest."""
+    rest = len(items) - MAX_LISTED
+    return ", ".join(items[:MAX_LISTED]) + (f" and {rest} more" if rest > 0 else "")
+
+
 def text_lines(text: str) -> list[str]:
     """The lines of ``text``, each ended by ``\\r\\n``, ``\\n`` or ``\\r`` (:data:`_LINE_END`)."""
     return _LINE_END.split(text)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from alpaca.configreader import (
-    MAX_LISTED,
     SECRETS_MAX_BYTES,
     first_listed,
+    named_in_line,
     read_text_file,
     shown_path,
     text_lines,
@@ -407,10 +407,8 @@ class _Parser:
         a count of the rest); none without such a line."""
         if not self.ip6_lines:
             return []
-        shown = ", ".join(str(number) for number in self.ip6_lines[:MAX_LISTED])
-        rest = len(self.ip6_lines) - MAX_LISTED
-        lines = ("line " if len(self.ip6_lines) == 1 else "lines ") + shown
-        lines += f" and {rest} more" if rest > 0 else ""
+        numbers = named_in_line([str(number) for number in self.ip6_lines])
+        lines = ("line " if len(self.ip6_lines) == 1 else "lines ") + numbers
         return [f"{self.name}: peer_ip6 is ignored on {lines} (the underlay is IPv4 only)"]
 
     def parse_port(self, number: int, text: str, *, needed: bool) -> int | None:

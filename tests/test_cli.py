@@ -226,7 +226,8 @@ def test_cli_check_warns_of_what_stops_run_on_this_host(
     datagrams would go into the tunnel: a peer's peer_ip inside net."""
     path = client_setup(tmp_path, tun_name="lo", metrics={"listen": "192.0.2.77:9586"})
     secrets = tmp_path / "secrets.txt"
-    secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]} 192.0.2.1 null 10001\n1.2 {KEYS[2]} 10.17.1.2 null 10002\n")
+    secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]} 192.0.2.1 null 10001\n"
+                       f"1.2 {KEYS[2]} 10.17.1.2 null 10002\n")
     assert cli.main(["-c", str(path), "check"]) == 0
     out = capsys.readouterr().out
     warnings = [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
