@@ -453,8 +453,9 @@ class Engine:
             if path is not None:
                 path.rx_packets += 1
                 path.rx_bytes += n
-            if src > dst:  # a client through us, not proved to us: its answer proves it
-                self._challenge(flow, peer, self.link_to(peer, pi, port, addr), counter, now)
+            link = self.link_to(peer, pi, port, addr)
+            if src > dst and self._admits(flow, link, counter, now):  # a client through us,
+                self.prober.challenge(peer, link, now)  # not proved to us: its answer proves it
         else:
             if flow.challenged:  # a relayed flow whose sender has proved itself since
                 flow.challenged = NO_CHALLENGES
@@ -528,36 +529,42 @@ class Engine:
         self, flow: Flow, peer: Peer, ptype: int, pi: int, epoch: int, counter: int, plaintext: bytes,
         port: int, addr: Addr, now: float,
     ) -> None:
-        """An authentic, new packet from a sender not yet proved live (see Flow): answer its
-        probes, take a reply to our challenge as the proof, drop anything else, and challenge
-        it on the link it came in on (each link at most every CHALLENGE_INTERVAL seconds, at
-        most MAX_CHALLENGES links at a time, first come: a replaying attacker cannot make us
-        probe more). The sender's own datagrams carry the newest counters, which replays
-        captured earlier never do: a datagram that raises the window's top is challenged even
-        when the first-come links are taken, up to twice MAX_CHALLENGES, so replays from a
-        few addresses cannot keep the genuine sender unchallenged. No path is learned from it."""
+        """An authentic, new packet from a sender not yet proved live (see Flow): take a reply
+        to our challenge as the proof, drop anything else but probes, and challenge the sender
+        on the link it came in on, answering its probe there too (so two ends that restarted
+        prove themselves to each other). Its source address is not authenticated: a capture
+        replayed from anywhere is new to a window that restarted, so both go out only as
+        :meth:`_admits` allows (each link at most every CHALLENGE_INTERVAL seconds, a few
+        links at a time): a replaying attacker cannot make us send more, nor reflect our
+        answers at an address of its choice more than that. No path is learned from it."""
         link = self.link_to(peer, pi, port, addr)
-        if ptype == PacketType.PROBE:
-            self.prober.answer(peer, pi, epoch, plaintext, link)
-        elif ptype == PacketType.PROBE_REPLY:
+        if ptype == PacketType.PROBE_REPLY:
             self.prober.on_reply(peer, plaintext, counter, now)
-        else:
+            if flow.verified:
+                return
+        admitted = self._admits(flow, link, counter, now)
+        if admitted:
+            if ptype == PacketType.PROBE:
+                self.prober.answer(peer, pi, epoch, plaintext, link)
+            self.prober.challenge(peer, link, now)
+        if ptype != PacketType.PROBE_REPLY and not (admitted and ptype == PacketType.PROBE):
             self.stats.drop(DropReason.UNVERIFIED)
-        if not flow.verified:
-            self._challenge(flow, peer, link, counter, now)
 
-    def _challenge(self, flow: Flow, peer: Peer, link: Path, counter: int, now: float) -> None:
-        """Probe ``peer`` on ``link`` unless that link of this flow was challenged in the last
-        CHALLENGE_INTERVAL seconds or MAX_CHALLENGES others were (twice as many for a datagram
-        that raised the window's top: the sender's own, never a replay's)."""
+    def _admits(self, flow: Flow, link: Path, counter: int, now: float) -> bool:
+        """Whether an unverified flow's sender may be sent to on ``link`` now: not if that
+        link of this flow was in the last CHALLENGE_INTERVAL seconds or MAX_CHALLENGES others
+        were, first come. The sender's own datagrams carry the newest counters, which replays
+        captured earlier never do: one that raised the window's top gets twice as many links,
+        so replays from a few addresses cannot keep the genuine sender unchallenged."""
         recent = {k: t for k, t in flow.challenged.items() if now - t < CHALLENGE_INTERVAL}
         limit = 2 * MAX_CHALLENGES if counter == flow.window.top else MAX_CHALLENGES
         assert link.addr is not None  # link_to: where the datagram came from
         key = (link.port, link.addr)
-        if key not in recent and len(recent) < limit:
+        admitted = key not in recent and len(recent) < limit
+        if admitted:
             recent[key] = now
-            self.prober.challenge(peer, link, now)
         flow.challenged = recent
+        return admitted
 
     def static_owner(self, addr: Addr | None) -> int | None:
         """The peer whose static address ``addr`` is, if any."""
@@ -704,16 +711,18 @@ class Engine:
     def _spoofed(self, sender: int, src_ip: int, dst_ip: int, now: float) -> bool:
         """Whether a packet from ``src_ip`` cannot have come from ``sender``: a tunnel address
         other than the sender's, or (with inner_source_check) an outside address the host
-        routes back through another peer (loose reverse path: an address the host does not
-        route into the tunnel is taken from any peer). The lookup is the one the reply takes,
-        (dst, src) swapped, so it shares the reply's route cache entry."""
+        does not route back through the sender (strict reverse path, as WireGuard's
+        AllowedIPs: the internet behind a client's gateway is routed through it; an address
+        the host routes outside the tunnel is nobody's, so no peer can put packets from it on
+        this host's networks). The lookup is the one the reply takes, (dst, src) swapped, so
+        it shares the reply's route cache entry. Without a resolver (no host routes to ask)
+        outside sources are not checked."""
         s = self.settings
         if src_ip & NET_MASK == s.net:
             return src_ip & 0xFFFF != sender
-        if not s.inner_source_check:
+        if not s.inner_source_check or self.resolver is None:
             return False
-        back = self._route(src_ip, dst_ip, now)
-        return back is not None and back != sender
+        return self._route(src_ip, dst_ip, now) != sender
 
     # ----------------------------------------------------------------- time
     def next_deadline(self) -> float | None:

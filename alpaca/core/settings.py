@@ -60,7 +60,7 @@ class EngineSettings:
         pad_small: pad datagrams of at most 500 bytes to hide their size (as the original did).
         replay_window: anti-replay window in packets (power of two).
         inner_source_check: drop a received packet whose outside source address the host
-            routes back through another peer (see Engine._spoofed).
+            does not route back through its sender (see Engine._spoofed).
         route_cache_size / route_cache_ttl: bound and lifetime of the route cache.
     """
 

@@ -388,3 +388,32 @@ def test_a_relayed_flow_forgets_its_challenges_once_the_sender_proved_itself() -
     net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
     net.run(0.1)
     assert not relayed.challenged
+
+
+def test_probes_replayed_after_a_restart_are_not_reflected_at_the_attackers_address() -> None:
+    """The server restarts: its windows start over, so the client's captured PROBEs are new
+    to it. Each was answered to whatever address it came from (52 bytes of reply and a 40-byte
+    challenge for 40 bytes replayed: 1.3-2.3 times, at an address of the attacker's choice).
+    Now an unverified sender's link gets one answer and one challenge per CHALLENGE_INTERVAL,
+    as challenges alone did; the client itself still proves itself and its pings pass."""
+    net, s, c1, _ = network()
+    seen = capture_into(s)
+    net.run(3.0)
+    probes = [d for addr, _, d in seen if addr == UP1 and d[0] & 0x0F == PacketType.PROBE
+              and HEADER.unpack_from(d)[4] == c1.peer_id]
+    assert len(probes) >= 3
+    net.start(s)  # restart
+    victim = ("203.0.113.66", 7777)
+    to_victim = spy_on(s, victim)
+    for data in probes:
+        eng(s).on_datagram(data, victim, 0, net.now)
+    assert to_victim == [PacketType.PROBE_REPLY, PacketType.PROBE]
+    net.run(CHALLENGE_INTERVAL)
+    for data in probes:  # the same again, later: as much again, no more
+        eng(s).on_datagram(data, victim, 0, net.now)
+    assert len(to_victim) <= 4
+    net.run(2.0)
+    delivered = len(s.tun)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    assert len(s.tun) == delivered + 1
