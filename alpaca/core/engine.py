@@ -453,9 +453,8 @@ class Engine:
             if path is not None:
                 path.rx_packets += 1
                 path.rx_bytes += n
-            link = self.link_to(peer, pi, port, addr)
-            if src > dst and self._admits(flow, link, counter, now):  # a client through us,
-                self.prober.challenge(peer, link, now)  # not proved to us: its answer proves it
+            if src > dst:  # a client through us, not proved to us: its answer proves it
+                self._challenge(flow, peer, self.link_to(peer, pi, port, addr), counter, now)
         else:
             if flow.challenged:  # a relayed flow whose sender has proved itself since
                 flow.challenged = NO_CHALLENGES
@@ -543,12 +542,17 @@ class Engine:
             if flow.verified:
                 return
         admitted = self._admits(flow, link, counter, now)
-        if admitted:
-            if ptype == PacketType.PROBE:
-                self.prober.answer(peer, pi, epoch, plaintext, link)
-            self.prober.challenge(peer, link, now)
-        if ptype != PacketType.PROBE_REPLY and not (admitted and ptype == PacketType.PROBE):
+        if admitted and ptype == PacketType.PROBE:
+            self.prober.answer(peer, pi, epoch, plaintext, link)
+        elif ptype != PacketType.PROBE_REPLY:
             self.stats.drop(DropReason.UNVERIFIED)
+        if admitted:
+            self.prober.challenge(peer, link, now)
+
+    def _challenge(self, flow: Flow, peer: Peer, link: Path, counter: int, now: float) -> None:
+        """Probe ``peer`` on ``link`` if :meth:`_admits` lets it."""
+        if self._admits(flow, link, counter, now):
+            self.prober.challenge(peer, link, now)
 
     def _admits(self, flow: Flow, link: Path, counter: int, now: float) -> bool:
         """Whether an unverified flow's sender may be sent to on ``link`` now: not if that
