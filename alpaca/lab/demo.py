@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alpaca.errors import AlpacaError
 from alpaca.lab import DEFAULT_STATE_DIR, Lab, impair, netns
+from alpaca.lab.nodes import PROBE_INTERVAL_MS
 from alpaca.lab.topology import load_topology
 
 _LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -128,6 +129,9 @@ class Demo:
     def transfer(self) -> None:
         rate = iperf(self.lab, self.client, self.inet, self.inet_address)
         print(f"    iperf3 TCP {self.client} -> {self.inet}: {rate:.0f} Mbit/s")
+        # A path's data loss is counted from the probe replies of the next rounds: wait for
+        # them, or the transfer's losses would show in the next step's figures.
+        time.sleep(3 * PROBE_INTERVAL_MS / 1000)
 
     def loss(self) -> None:
         impair.impair(self.lab.topology, self.lab.state_dir, self.uplink, loss_pct=10)
