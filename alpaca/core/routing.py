@@ -7,8 +7,10 @@ Rules (dst and src are the packet's header ids, not the hop's):
   a2 for our own packets, b3 for relayed ones);
 * otherwise -> every live link of ``dst`` (a1, b2, and all downstream traffic), or every
   known link when none is live yet;
-* ``dst`` with no link at all (a client never heard from) -> the upstream way: forwarders,
-  else the gateway, which relays it on;
+* ``dst`` with no link at all (a client never heard from), or only learned ones that all
+  went down (the address it was learned at may be gone: a relay that moved to another
+  port) -> the upstream way: forwarders, else the gateway, which relays it on; with neither,
+  its known links;
 * split horizon: never back to the address (IP and port) the packet came from. The original
   compared the IP only, which cut off clients behind one NAT address from each other.
 
@@ -39,11 +41,13 @@ def targets(
     peer = peers.get(dst)
     if peer is None:
         return [], []
-    links = peer.paths.live_links() or peer.paths.links()
+    live = peer.paths.live_links()
+    links = live or peer.paths.links()
+    stale = not live and not peer.paths.static  # never heard from, or its learned links died
     gateway = settings.gateway
-    if (dst < src or not links) and settings.forwarders:
+    if (dst < src or stale) and settings.forwarders:
         chosen, spare = forwarder_targets(settings, peers, dst, pi)
-    elif not links and gateway is not None and gateway != dst and gateway in peers:
+    elif stale and gateway is not None and gateway != dst and gateway in peers:
         gateway_paths = peers[gateway].paths  # (counted on no path: the gateway's reports
         chosen = [(p, p.pi if pi is None else pi, None)  # count only DATA addressed to it)
                   for p in gateway_paths.live_links() or gateway_paths.links()]

@@ -232,6 +232,41 @@ def test_engine_p2p_between_two_clients_through_the_server() -> None:
     assert len(c2.tun) == 1
 
 
+def test_engine_a_peer_whose_learned_paths_died_is_reached_through_the_gateway() -> None:
+    """16.2 learned 16.1 at the server's address (their packets relayed by it). The server
+    moved to another port, and 16.2's secrets followed: 16.2 sent to 16.1's dead learned
+    path until path_lifetime forgot it (60 s), since nothing reached 16.1 to come back and
+    teach the new one. A peer whose learned paths all went down is now reached the upstream
+    way, as one never heard from."""
+    net = EngineNet()
+    old, new = ("10.0.0.1", 5000), ("10.0.0.1", 5001)
+    s = net.add("S", "1.1", [old, new])
+    c1 = net.add("C1", "16.1", [("10.1.0.1", 6000)], static=False)
+    c2 = net.add("C2", "16.2", [("10.2.0.1", 6000)], static=False)
+    net.link(c1.endpoints[0], old)
+    net.link(c2.endpoints[0], old)
+    net.start(s)
+    for c in (c1, c2):
+        net.start(c, gateway=pid("1.1"))
+    net.run(2.0)
+    for _ in range(2):  # the first of each is a challenge's occasion
+        ping(net, c2, tunnel_ip(c1.peer_id), gap=0.1)
+        ping(net, c1, tunnel_ip(c2.peer_id), gap=0.1)
+    assert c1.tun and c2.tun
+    assert [p.addr for p in eng(c2).peers[c1.peer_id].paths.links()] == [old]
+    for link in (net.links[(c2.endpoints[0], old)], net.links[(old, c2.endpoints[0])]):
+        link.up = False
+    net.links[(c1.endpoints[0], old)].up = False  # nothing of 16.1's teaches 16.2 the new way
+    net.link(c2.endpoints[0], new)
+    settings = eng(c2).settings
+    server = replace(settings.peers[s.peer_id], addr=new)
+    eng(c2).reload(replace(settings, peers={**settings.peers, s.peer_id: server}))
+    net.run(settings.path_timeout + 1.0)
+    delivered = len(c1.tun)
+    ping(net, c2, tunnel_ip(c1.peer_id), n=10, gap=0.1)
+    assert len(c1.tun) >= delivered + 9
+
+
 def test_engine_a_forwarder_added_by_reload_is_tried_on_every_link_until_one_answers() -> None:
     net = EngineNet()
     s = net.add("S", "1.1", [S_EP])
