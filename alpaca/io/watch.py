@@ -9,7 +9,9 @@ deletes the old one) are all seen; the original watched IN_MODIFY on the file on
 the last two. Only events that name the file (or the first step of its symlink) count: a file
 being written in place is read once it is closed, even when another file of its directory is
 saved meanwhile. After a burst of events settles (``debounce``), the file's identity (device,
-inode, size, mtime, ctime, following symlinks) is compared with the last one seen. Not seen:
+inode, size, mtime, ctime, following symlinks) is compared with the last one seen; a file
+some program still has open for writing (deleted, then created again and being written) is
+read once that program closes it (:func:`open_for_writing`, up to WRITER_WAIT). Not seen:
 retargeting a symlink to a *directory* on the configured path (``ln -sfn v2 /etc/alpaca``
 when /etc/alpaca is itself a link), a directory higher up swapped by renames, or a link in
 the middle of a chain retargeted changes nothing in the directories watched: the watch looks
@@ -25,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +50,9 @@ MASK = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 #: Seconds between two looks at the file without an event (changes no watched directory shows).
 RECHECK = 30.0
+#: Seconds a change is held back while a program has the file open for writing (its close is
+#: the event that tells it is done); after that the file is read as it is.
+WRITER_WAIT = 60.0
 
 
 
@@ -62,6 +69,7 @@ class FileWatch:
         self._watches: dict[Path, int] = {}
         self._seen: FileIdentity = None
         self._blind = False  # the configured directory could not be watched (logged once)
+        self._writer_since: float | None = None  # monotonic: a writer was first found then
 
     def open(self, seen: FileIdentity | None = None) -> FileWatch:
         """Start watching. ``seen``: the identity of the file as its content was last read
@@ -184,10 +192,47 @@ class FileWatch:
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
+            if self._held_by_writer():
+                continue  # its close comes as an event
             if self.catch_up():
                 on_change()
+
+    def _held_by_writer(self) -> bool:
+        """Whether to wait for a program that has the file open for writing (a file deleted
+        and created again is seen as soon as it exists, before it is written); at most
+        WRITER_WAIT seconds from the first time one is found."""
+        if not open_for_writing(self.path):
+            self._writer_since = None
+            return False
+        now = time.monotonic()
+        if self._writer_since is None:
+            self._writer_since = now
+        if now - self._writer_since < WRITER_WAIT:
+            return True
+        log.warning("%s is still open for writing after %.0f s; reading it as it is", self.path, WRITER_WAIT)
+        self._writer_since = None
+        return False
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def open_for_writing(path: Path) -> bool:
+    """Whether a program has ``path`` open for writing now: the kernel refuses a read lease
+    then (EAGAIN). False where a lease cannot tell: not the file's owner without CAP_LEASE,
+    a file system or a file type without leases, no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)  # released with the descriptor
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False

@@ -11,7 +11,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from alpaca.io.watch import FileWatch
+from alpaca.io.watch import FileWatch, open_for_writing
 from alpaca.paths import file_identity
 
 DEBOUNCE = 0.05
@@ -212,6 +212,36 @@ def test_watch_a_file_being_written_in_place_is_read_once_closed(watched: tuple[
         writer.write("two\n")
     finally:
         assert calls.after(writer.close) == 1
+
+
+def test_watch_a_file_deleted_and_created_again_is_read_once_its_writer_closed_it(
+    watched: tuple[Path, Calls],
+) -> None:
+    """An editor that deletes the file and writes a new one: the deletion's event, settled,
+    found the new file half written (it exists as soon as it is created) and the reload
+    dropped the peers not written yet. A file a program has open for writing waits for its
+    close."""
+    path, calls = watched
+    path.unlink()
+    writer = path.open("w")
+    try:
+        writer.write("one\n")
+        writer.flush()
+        gevent.sleep(DEBOUNCE * 6)
+        assert calls.count == 0
+        writer.write("two\n")
+    finally:
+        assert calls.after(writer.close) == 1
+
+
+def test_watch_open_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_text("x")
+    assert not open_for_writing(path) and not open_for_writing(tmp_path / "none")
+    with path.open("a"):
+        assert open_for_writing(path)
+    with path.open("r"):
+        assert not open_for_writing(path)
 
 
 def test_watch_the_directory_swapped_by_renames(tmp_path: Path) -> None:
