@@ -540,6 +540,7 @@ class Daemon:
             if other_node:  # the gateway, forwarders and secrets of that file are another node's
                 log.error("reload refused: %s changed, the config describes another node; restart "
                           "to apply it (the running configuration is kept)", " and ".join(other_node))
+                self._reload_done(ok=False)
                 return
             config = replace(loaded, **{key: getattr(self.config, key) for key in RESTART_KEYS})
             with hub_turns() as turn:  # 10,000 peers: 0.2 s of parsing
@@ -549,15 +550,19 @@ class Daemon:
                 log.warning("%s", warning)
         except AlpacaError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            self._reload_done(ok=False)
             return
         except Exception as exc:  # a bug in reading must not stop the tunnel
             log.error("reload failed, keeping the running configuration (this is a bug): %r", exc)
+            self._reload_done(ok=False)
             return
         if self.engine is None or self.plane is None:
             return
         self._apply_scheduling(config)
         if not self._update_host_routes(config, secrets):
+            self._reload_done(ok=False)
             return
+        self._reload_done(ok=True)
         self.engine.reload(settings)
         self.mux = compat.reload_legacy(self.plane, self.engine, self.mux, legacy, config, secrets,
                                         os.urandom)
@@ -565,6 +570,15 @@ class Daemon:
         self.secrets = secrets
         log.info("reloaded peers=%d forwarders=%s", len(secrets.peers),
                  ",".join(format_peer_id(f) for f in settings.forwarders) or "none")
+
+    def _reload_done(self, *, ok: bool) -> None:
+        """Count a reload that kept the running configuration, for the metrics (the log says
+        why); one that applies clears the mark."""
+        if self.engine is None:
+            return
+        stats = self.engine.stats
+        stats.reload_failures += not ok
+        stats.reload_failed = int(not ok)
 
     def _update_host_routes(self, config: Config, secrets: Secrets) -> bool:
         """Client: route the reloaded peers' addresses and local_routes via the uplink (the new

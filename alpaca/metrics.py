@@ -204,6 +204,9 @@ class EngineCollector:
                      [((reason,), count) for reason, count in stats.drop_counts().items()])
         for name, doc, count in (
             ("alpaca_config_reloads", "Configuration reloads applied.", stats.reloads),
+            ("alpaca_config_reload_failures", "Reloads that kept the running configuration (a file "
+             "that does not load, another node's mode or id, host routes not updated).",
+             stats.reload_failures),
             ("alpaca_forwarded_packets", "Datagrams relayed for other peers.", stats.forwarded_packets),
             ("alpaca_forwarded_bytes", "Bytes of datagrams relayed for other peers.", stats.forwarded_bytes),
             ("alpaca_route_cache_hits", "Route cache lookups answered from the cache.", engine.routes.hits),
@@ -223,6 +226,8 @@ class EngineCollector:
             ("alpaca_epoch", "This run's session epoch.", engine.epoch),
             ("alpaca_peers_configured", "Peers in the secrets file, this node excluded.", len(engine.peers)),
             ("alpaca_peers_up", "Peers with at least one path up.", peers_up),
+            ("alpaca_config_last_reload_successful", "0 while the last reload kept the running "
+             "configuration (alpaca_config_reload_failures_total), else 1.", 1 - stats.reload_failed),
         ):
             yield single(name, "gauge", doc, value)
         forwarders = [(fwd, engine.peers.get(fwd)) for fwd in engine.settings.forwarders]

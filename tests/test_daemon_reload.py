@@ -16,6 +16,7 @@ from alpaca import daemon as d
 from alpaca.config import load_config
 from alpaca.core.engine import Engine
 from alpaca.errors import SystemSetupError
+from alpaca.metrics import build_registry
 from alpaca.secrets import load_secrets
 from alpaca.system import routes
 from alpaca.system.plan import Applied
@@ -150,3 +151,28 @@ def test_reload_names_a_changed_chnroute_data_file(tmp_path: Path, caplog: pytes
     data.write_text("1.0.1.0/24\n1.0.2.0/23\n")
     daemon._reload()
     assert f"chnroute data file changed but needs a restart file={data}" in caplog.text
+
+
+def test_reload_that_keeps_the_running_configuration_shows_in_the_metrics(tmp_path: Path) -> None:
+    """A reload of a broken file was only a log line: systemctl reload succeeds whatever the
+    daemon does with SIGHUP, and alpaca_config_reloads_total counts applied reloads only.
+    A failed one now counts, and the gauge says whether the last one applied."""
+    daemon = running_client(tmp_path)
+    assert daemon.engine is not None
+    registry = build_registry(lambda: daemon.engine, lambda: 0.0, version="t", start_time=0.0, node="16.1")
+
+    def scraped() -> tuple[float | None, float | None, float | None]:
+        return tuple(registry.get_sample_value(name) for name in (  # type: ignore[return-value]
+            "alpaca_config_reloads_total", "alpaca_config_reload_failures_total",
+            "alpaca_config_last_reload_successful"))
+
+    assert scraped() == (0, 0, 1)
+    (tmp_path / "config.json").write_text('{"mode": "client",')
+    daemon._reload()
+    assert scraped() == (0, 1, 0)
+    write_files(tmp_path, OLD, id="16.2")  # another node's config: refused whole
+    daemon._reload()
+    assert scraped() == (0, 2, 0)
+    write_files(tmp_path, OLD)
+    daemon._reload()
+    assert scraped() == (1, 2, 1)

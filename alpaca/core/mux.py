@@ -115,12 +115,13 @@ class ProtocolMux:
     @property
     def stats(self) -> EngineStats:
         """Both engines' node-wide counters added up (a fresh object, read at scrape time);
-        ``reloads`` is the default engine's alone (one reload reloads both)."""
+        the reload counters are the default engine's alone (one reload reloads both)."""
         total = EngineStats()
         for part in (self.v2.stats, self.legacy.stats):
             total.drops = [a + b for a, b in zip(total.drops, part.drops, strict=True)]
             for name in EngineStats.__slots__:
                 if name != "drops":
                     setattr(total, name, getattr(total, name) + getattr(part, name))
-        total.reloads = self.v2.stats.reloads
+        for name in ("reloads", "reload_failures", "reload_failed"):
+            setattr(total, name, getattr(self.v2.stats, name))
         return total

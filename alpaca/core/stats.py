@@ -16,7 +16,8 @@ class EngineStats:
     __slots__ = (
         "delivered_bytes", "delivered_packets", "drops", "dup_copies_sent", "epoch_resets",
         "forwarded_bytes", "forwarded_packets", "path_changes", "probe_replies_received",
-        "probes_answered", "probes_sent", "reloads", "sent_bytes", "sent_datagrams",
+        "probes_answered", "probes_sent", "reload_failed", "reload_failures", "reloads", "sent_bytes",
+        "sent_datagrams",
     )
 
     def __init__(self) -> None:
@@ -29,6 +30,10 @@ class EngineStats:
         self.path_changes = 0
         self.epoch_resets = 0
         self.reloads = 0
+        #: Reloads that kept the running configuration (set by the daemon, which reads the files).
+        self.reload_failures = 0
+        #: 1 while the last reload failed, else 0.
+        self.reload_failed = 0
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
