@@ -145,9 +145,10 @@ def reload_legacy(
         return None if legacy is None else attach(plane, engine, legacy, config, secrets, random_bytes)
     if legacy is None:
         running = mux.legacy.settings
+        if set(running.peers) != {running.self_id}:  # said once, not at every reload after
+            log.info("no peer uses legacy-6.1.2 any more; the legacy engine serves nobody")
         legacy = replace(running, peers={running.self_id: running.peers[running.self_id]},
                          forwarders=(), gateway=None)
-        log.info("no peer uses legacy-6.1.2 any more; the legacy engine serves nobody")
     elif legacy.peers.keys() != mux.legacy.settings.peers.keys():
         log.warning("%s", legacy_warning(config, secrets))
     mux.legacy.reload(legacy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,8 +139,9 @@ def test_compat_drops_the_dataplane_counts_reach_the_mux_stats(tmp_path: Path) -
 
 
 def test_compat_reload_builds_the_mux_for_a_first_legacy_peer_and_empties_it_for_none(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="alpaca.compat")
     with running_node(tmp_path) as (plane, engine, _, mux):
         assert mux is None and plane.engine is engine
         cfg, secrets = load(write(tmp_path, peer_protocols={"16.2": "legacy-6.1.2"}))
@@ -156,6 +158,9 @@ def test_compat_reload_builds_the_mux_for_a_first_legacy_peer_and_empties_it_for
         assert legacy is None
         assert compat.reload_legacy(plane, engine, mux, legacy, cfg, secrets, os.urandom) is mux
         assert not mux.legacy.serves(0x1002) and mux.legacy_peers == frozenset()
+        for _ in range(3):  # later reloads: the mux stays, its emptiness is not news
+            assert compat.reload_legacy(plane, engine, mux, legacy, cfg, secrets, os.urandom) is mux
+        assert caplog.text.count("the legacy engine serves nobody") == 1
 
 
 def test_compat_peer_protocols_naming_no_peer_of_the_secrets_builds_nothing(tmp_path: Path) -> None:
