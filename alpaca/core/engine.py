@@ -142,6 +142,7 @@ class Engine:
             gone = self.peers.pop(peer_id, None)
             if gone is not None:
                 self._retired_counters[peer_id] = gone.next_counter
+        self.prober.timeout_shortened |= settings.path_timeout < self.settings.path_timeout
         self.settings = settings
         self.dup.limit = settings.dup_queue_max
         self.keys.replace_keys({p.peer_id: p.key for p in settings.peers.values()})

@@ -183,10 +183,11 @@ class Path:
         self.unanswered_since = math.inf
         self.silent_probes = -1
 
-    def check_answers(self, now: float, timeout: float) -> bool:
-        """Update ``answering`` (no probe unanswered for ``timeout`` seconds); True if it
-        changed."""
-        answering = now - self.unanswered_since < timeout
+    def check_answers(self, now: float, timeout: float, since: float = -math.inf) -> bool:
+        """Update ``answering`` (no probe unanswered for ``timeout`` seconds, counted from
+        ``since`` at the earliest while answering: see :meth:`evaluate`); True if it changed."""
+        unanswered = now - (max(self.unanswered_since, since) if self.answering else self.unanswered_since)
+        answering = unanswered < timeout
         if answering == self.answering:
             return False
         self.answering = answering
@@ -194,9 +195,12 @@ class Path:
             self.reason = "answering" if answering else "unanswered"
         return True
 
-    def evaluate(self, now: float, timeout: float) -> bool:
-        """Update ``up`` from ``last_ok_at`` (and ``confirmed``); True if the state changed."""
-        up = self.confirmed and now - self.last_ok_at < timeout
+    def evaluate(self, now: float, timeout: float, since: float = -math.inf) -> bool:
+        """Update ``up`` from ``last_ok_at`` (and ``confirmed``); True if the state changed.
+        ``since``: a path that is up counts its silence from then at the earliest (a reload
+        shortened the timeout: the silence before it was within the old one)."""
+        silent = now - (max(self.last_ok_at, since) if self.up else self.last_ok_at)
+        up = self.confirmed and silent < timeout
         if up == self.up:
             return False
         self.up = up

@@ -23,6 +23,7 @@ live in this run of ours and verifies its flow (see alpaca.core.peers.Flow).
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -81,6 +82,10 @@ class Prober:
         self.outstanding: dict[int, Outstanding] = {}
         self._next_id = 1
         self._round = 0
+        #: A reload shortened path_timeout: the next tick starts the silence of the paths up
+        #: and answering then (:meth:`Path.evaluate`), instead of taking them down at once.
+        self.timeout_shortened = False
+        self._silence_since = -math.inf
 
     def on_timer(self, now: float) -> None:
         """Run a tick if one is due: probe round (every probe_interval) and path evaluation."""
@@ -88,6 +93,8 @@ class Prober:
             return
         s = self.engine.settings
         self.next_tick_at = now + min(MAX_TICK, s.probe_interval)
+        if self.timeout_shortened:
+            self.timeout_shortened, self._silence_since = False, now
         if now >= self.next_probe_at:
             self.next_probe_at = now + s.probe_interval
             self._round += 1
@@ -240,13 +247,13 @@ class Prober:
         s = self.engine.settings
         for peer in self.engine.peers.values():
             for path in peer.paths.all():
-                if path.evaluate(now, s.path_timeout):
+                if path.evaluate(now, s.path_timeout, self._silence_since):
                     self.engine.generation.bump()
                     self.engine.stats.path_changes += 1
                     log.info("path %s peer=%s path=%s addr=%s reason=%s",
                              "up" if path.up else "down", format_peer_id(peer.peer_id),
                              path.name, path.addr, path.reason)
-                if path.check_answers(now, s.path_timeout):
+                if path.check_answers(now, s.path_timeout, self._silence_since):
                     self.engine.generation.bump()
                     log.info("path %s peer=%s path=%s addr=%s", "answering again" if path.answering
                              else "not answering probes (sent last)", format_peer_id(peer.peer_id),

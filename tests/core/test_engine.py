@@ -1536,3 +1536,24 @@ def test_engine_paths_through_one_relay_show_no_loss_the_relay_made() -> None:
     paths = eng(a).peers[b.peer_id].paths.links()
     assert len(paths) == 2 and {p.addr for p in paths} == {s_ep}
     assert [(p.name, p.data_lost) for p in paths if p.data_lost > 0.02 * p.data_sent] == []
+
+
+def test_engine_a_reload_that_shortens_the_path_timeout_takes_no_path_down() -> None:
+    """Probes every 5 s, paths down after 6 s; a reload to 0.5 s and 2 s took down every path
+    last heard 2-5 s before (its silence was within the old timeout) until the next answer.
+    The new timeout now counts from the reload for the paths up."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP, delay=0.01)
+    net.start(s, probe_interval=5.0, path_timeout=6.0)
+    net.start(c, gateway=pid("1.1"), probe_interval=5.0, path_timeout=6.0)
+    net.run(13.5)  # the last round (at 10 s) answered 3.5 s ago
+    engine = eng(c)
+    path = engine.peers[s.peer_id].paths.links()[0]
+    assert path.up and path.answering and 3.0 < net.now - path.last_ok_at < 4.0
+    before = engine.stats.path_changes
+    engine.reload(replace(engine.settings, probe_interval=0.5, path_timeout=2.0))
+    net.run(4.0)
+    assert engine.stats.path_changes == before
+    assert path.up and path.answering
