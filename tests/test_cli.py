@@ -190,6 +190,13 @@ def test_cli_check_reports_peers_missing_from_secrets(
     assert "forwarders[0] 3.3 has no line" in capsys.readouterr().err
 
 
+def check_warnings(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, list[str]]:
+    """``check``'s output (it must pass) and its warnings, each without its prefix."""
+    assert cli.main(["-c", str(path), "check"]) == 0
+    out = capsys.readouterr().out
+    return out, [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
+
+
 def test_cli_check_warns_of_what_would_leave_the_client_cut_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,9 +210,7 @@ def test_cli_check_warns_of_what_would_leave_the_client_cut_off(
                         ports=[{"name": "wan", "port": 5000, "interface": "nosuchdev9"}])
     secrets = tmp_path / "secrets.txt"
     secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]}\n")
-    assert cli.main(["-c", str(path), "check"]) == 0
-    out = capsys.readouterr().out
-    warnings = [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
+    out, warnings = check_warnings(path, capsys)
     assert warnings == [
         f"{secrets}: the gateway 1.1 has no address and there are no forwarders: this node cannot"
         " send to it, and its default route leads nowhere until 1.1 speaks first (only if 1.1's"
@@ -228,10 +233,7 @@ def test_cli_check_warns_of_what_stops_run_on_this_host(
     secrets = tmp_path / "secrets.txt"
     secrets.write_text(f"16.1 {KEYS[0]}\n1.1 {KEYS[1]} 192.0.2.1 null 10001\n"
                        f"1.2 {KEYS[2]} 10.17.1.2 null 10002\n")
-    assert cli.main(["-c", str(path), "check"]) == 0
-    out = capsys.readouterr().out
-    warnings = [line.removeprefix("WARNING: ") for line in out.splitlines() if line.startswith("WARNING")]
-    assert warnings == [
+    assert check_warnings(path, capsys)[1] == [
         f"{secrets}: peer_ip inside the tunnel's network 10.17.0.0/16 ({path}: net): 1.2 (10.17.1.2):"
         " datagrams to them would go into the tunnel itself; give each peer's address on the"
         " underlying network",
