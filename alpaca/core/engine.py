@@ -705,7 +705,7 @@ class Engine:
         if len(packet) > self.settings.mtu or ippkt.total_length(packet) > len(packet):
             self.stats.drop(DropReason.TOO_BIG if len(packet) > self.settings.mtu else DropReason.MALFORMED)
             return
-        if self._spoofed(peer.peer_id, ips[0], ips[1], now):
+        if self._spoofed(peer.peer_id, packet, ips[0], ips[1], now):
             self.stats.drop(DropReason.SPOOFED_SOURCE)
             return
         if not self.out.write_tun(packet, bool(flags & _CSUM_PARTIAL)):
@@ -713,21 +713,32 @@ class Engine:
             return
         self.stats.delivered(peer, len(packet))
 
-    def _spoofed(self, sender: int, src_ip: int, dst_ip: int, now: float) -> bool:
+    def _spoofed(self, sender: int, packet: bytes, src_ip: int, dst_ip: int, now: float) -> bool:
         """Whether a packet from ``src_ip`` cannot have come from ``sender``: a tunnel address
         other than the sender's, or (with inner_source_check) an outside address the host
         does not route back through the sender (strict reverse path, as WireGuard's
         AllowedIPs: the internet behind a client's gateway is routed through it; an address
         the host routes outside the tunnel is nobody's, so no peer can put packets from it on
-        this host's networks). The lookup is the one the reply takes, (dst, src) swapped, so
-        it shares the reply's route cache entry. Without a resolver (no host routes to ask)
-        outside sources are not checked."""
+        this host's networks), unless it reports on our own traffic through the sender
+        (:meth:`_reports_on_ours`). The lookup is the one the reply takes, (dst, src)
+        swapped, so it shares the reply's route cache entry. Without a resolver (no host
+        routes to ask) outside sources are not checked."""
         s = self.settings
         if src_ip & NET_MASK == s.net:
             return src_ip & 0xFFFF != sender
         if not s.inner_source_check or self.resolver is None:
             return False
-        return self._route(src_ip, dst_ip, now) != sender
+        if self._route(src_ip, dst_ip, now) == sender:
+            return False
+        return not self._reports_on_ours(sender, packet, dst_ip, now)
+
+    def _reports_on_ours(self, sender: int, packet: bytes, dst_ip: int, now: float) -> bool:
+        """Whether ``packet`` is an ICMP error about a packet that ``dst_ip`` (its addressee)
+        sent and the host routes through ``sender``: a router past the peer reporting on our
+        traffic through it (traceroute, path MTU), whose own address the host may route
+        outside the tunnel (local_routes, chnroute)."""
+        quoted = ippkt.icmp_error_about(packet)
+        return quoted is not None and quoted[0] == dst_ip and self._route(quoted[1], dst_ip, now) == sender
 
     # ----------------------------------------------------------------- time
     def next_deadline(self) -> float | None:

@@ -11,9 +11,12 @@ import struct
 #: (source, destination) of an IPv4 header, unpacked at offset 12.
 ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")
-TCP, UDP = 6, 17
+ICMP, TCP, UDP = 1, 6, 17
 SYN = 0x02
 DNS_PORT = 53
+#: ICMP types that report on a packet, quoting its header: destination unreachable (path
+#: MTU's "fragmentation needed" too), time exceeded (traceroute), parameter problem.
+ICMP_ERRORS = frozenset({3, 11, 12})
 
 
 def addresses(packet: bytes) -> tuple[int, int] | None:
@@ -44,6 +47,21 @@ def is_syn_or_dns(packet: bytes) -> bool:
     if DNS_PORT in (sport, dport):
         return True
     return proto == TCP and len(packet) > ihl + 13 and bool(packet[ihl + 13] & SYN)
+
+
+def icmp_error_about(packet: bytes) -> tuple[int, int] | None:
+    """(src, dst) of the packet an ICMP error quotes, or None if ``packet`` (one
+    :func:`addresses` accepted) is no ICMP error with a whole quoted IPv4 header."""
+    ihl = (packet[0] & 0x0F) * 4
+    if packet[9] != ICMP or ihl < 20 or len(packet) < ihl + 8 + 20 or packet[ihl] not in ICMP_ERRORS:
+        return None
+    if struct.unpack_from("!H", packet, 6)[0] & 0x1FFF:  # not the first fragment
+        return None
+    quoted = ihl + 8
+    if packet[quoted] >> 4 != 4:
+        return None
+    src, dst = ADDRS.unpack_from(packet, quoted + 12)
+    return src, dst
 
 
 def ip_to_int(text: str) -> int:

@@ -205,6 +205,38 @@ def test_forgery_a_client_cannot_send_from_a_subnet_routed_to_another_client(che
         assert drop_delta(before, drops(eng(s))) == ({} if delivered else {"spoofed_source": 1})
 
 
+def test_forgery_icmp_errors_on_our_traffic_pass_from_a_router_routed_outside() -> None:
+    """16.1 routes 198.18.0.1, a router past the server, outside the tunnel (local_routes).
+    Its "time exceeded" (traceroute) and "fragmentation needed" (path MTU) about 16.1's own
+    packets to the internet came through the server and were dropped as spoofed_source by
+    the strict check. An ICMP error quoting a packet of 16.1 that went through the server
+    passes; one about a packet that did not, or anything else from that router, does not."""
+    net, s, c1, _ = server_and_two_clients(seed=7)
+    me = tunnel_ip(c1.peer_id)
+
+    def routes(dst: str, src: str) -> str | None:
+        return None if dst.startswith("198.18.0.") else GW
+
+    net.start(c1, resolver=routes, gateway=pid("1.1"))
+    net.run(2.0)
+
+    def icmp_error(kind: int, quoted_dst: str) -> bytes:
+        quoted = ipv4(me, quoted_dst, proto=17, payload=b"")[:28]
+        return ipv4("198.18.0.1", me, payload=bytes([kind, 0, 0, 0, 0, 0, 5, 0]) + quoted)
+
+    for packet, delivered in (
+        (icmp_error(11, "8.8.8.8"), True), (icmp_error(3, "8.8.8.8"), True),
+        (icmp_error(11, "198.18.0.9"), False),  # a packet of ours that left outside the tunnel
+        (ipv4("198.18.0.1", me, payload=bytes([0, 0, 0, 0]) + b"x" * 32), False),  # an echo reply
+        (ipv4("198.18.0.1", me, proto=17), False),
+    ):
+        before, tun = drops(eng(c1)), len(c1.tun)
+        eng(s).on_tun_packet(packet, net.now)
+        net.run(0.1)
+        assert len(c1.tun) == tun + delivered, packet[20]
+        assert drop_delta(before, drops(eng(c1))) == ({} if delivered else {"spoofed_source": 1})
+
+
 def test_forgery_client_cannot_move_another_peers_paths_or_window() -> None:
     """16.2 sends, from its own address, datagrams claiming 16.1 with future epochs and counters."""
     net, s, c1, c2 = network()
