@@ -426,6 +426,7 @@ class Engine:
             if dst == self.self_id:  # the old epoch's missing counters can never come now
                 flow.window.close()
             flow.window.reset()
+            flow.challenged = NO_CHALLENGES  # the sender's new session: its own allowance
             self.stats.epoch_resets += 1
         if counter > flow.floor:
             verdict = flow.window.accept(counter)
@@ -733,10 +734,13 @@ class Engine:
         return not self._reports_on_ours(sender, packet, dst_ip, now)
 
     def _reports_on_ours(self, sender: int, packet: bytes, dst_ip: int, now: float) -> bool:
-        """Whether ``packet`` is an ICMP error about a packet that ``dst_ip`` (its addressee)
-        sent and the host routes through ``sender``: a router past the peer reporting on our
-        traffic through it (traceroute, path MTU), whose own address the host may route
-        outside the tunnel (local_routes, chnroute)."""
+        """Whether ``packet`` is an ICMP error to this node (``dst_ip`` its tunnel address)
+        about a packet it sent that the host routes through ``sender``: a router past the
+        peer reporting on our traffic through it (traceroute, path MTU), whose own address
+        the host may route outside the tunnel (local_routes, chnroute). Not for a packet to
+        pass on: a peer could send an error from any source through us."""
+        if dst_ip != self.settings.net | self.self_id:
+            return False
         quoted = ippkt.icmp_error_about(packet)
         return quoted is not None and quoted[0] == dst_ip and self._route(quoted[1], dst_ip, now) == sender
 

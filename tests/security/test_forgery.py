@@ -210,23 +210,29 @@ def test_forgery_icmp_errors_on_our_traffic_pass_from_a_router_routed_outside() 
     Its "time exceeded" (traceroute) and "fragmentation needed" (path MTU) about 16.1's own
     packets to the internet came through the server and were dropped as spoofed_source by
     the strict check. An ICMP error quoting a packet of 16.1 that went through the server
-    passes; one about a packet that did not, or anything else from that router, does not."""
+    passes; one about a packet that did not, one to another address (to be passed on: a peer
+    could send one from any source through us), or anything else from that router, does not."""
     net, s, c1, _ = server_and_two_clients(seed=7)
     me = tunnel_ip(c1.peer_id)
 
     def routes(dst: str, src: str) -> str | None:
         return None if dst.startswith("198.18.0.") else GW
 
+    def lan_behind_c1(dst: str, src: str) -> str | None:
+        return me if dst.startswith("192.168.7.") else None
+
     net.start(c1, resolver=routes, gateway=pid("1.1"))
+    net.start(s, resolver=lan_behind_c1)
     net.run(2.0)
 
-    def icmp_error(kind: int, quoted_dst: str) -> bytes:
-        quoted = ipv4(me, quoted_dst, proto=17, payload=b"")[:28]
-        return ipv4("198.18.0.1", me, payload=bytes([kind, 0, 0, 0, 0, 0, 5, 0]) + quoted)
+    def icmp_error(kind: int, quoted_dst: str, to: str = me) -> bytes:
+        quoted = ipv4(to, quoted_dst, proto=17, payload=b"")[:28]
+        return ipv4("198.18.0.1", to, payload=bytes([kind, 0, 0, 0, 0, 0, 5, 0]) + quoted)
 
     for packet, delivered in (
         (icmp_error(11, "8.8.8.8"), True), (icmp_error(3, "8.8.8.8"), True),
         (icmp_error(11, "198.18.0.9"), False),  # a packet of ours that left outside the tunnel
+        (icmp_error(11, "8.8.8.8", to="192.168.7.7"), False),  # not to us: to pass on
         (ipv4("198.18.0.1", me, payload=bytes([0, 0, 0, 0]) + b"x" * 32), False),  # an echo reply
         (ipv4("198.18.0.1", me, proto=17), False),
     ):

@@ -17,7 +17,7 @@ from alpaca.core.constants import PacketType
 from alpaca.core.engine import MAX_CHALLENGES
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.probing import CHALLENGE_INTERVAL
-from tests.enginenet import EngineNet, Node, ipv4, pid, tunnel_ip
+from tests.enginenet import EngineNet, Node, ipv4, pid, server_and_two_clients, tunnel_ip
 from tests.security.conftest import (
     SERVER_PORT,
     Lab,
@@ -413,6 +413,22 @@ def test_probes_replayed_after_a_restart_are_not_reflected_at_the_attackers_addr
         eng(s).on_datagram(data, victim, 0, net.now)
     assert len(to_victim) <= 4
     net.run(2.0)
+    delivered = len(s.tun)
+    net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
+    net.run(0.1)
+    assert len(s.tun) == delivered + 1
+
+
+def test_a_server_and_a_client_restarted_together_find_each_other_in_a_probe_round() -> None:
+    """The client's last datagrams of its old session reach the restarted server first and
+    use up the link's allowance for an unverified sender (one answer and challenge per 0.5 s);
+    the new session's probe then went unanswered and the server had no path to the client
+    for 2 s instead of 1. A new session of the sender starts an allowance of its own."""
+    net, s, c1, _ = server_and_two_clients()
+    net.start(c1, gateway=pid("1.1"))
+    net.start(s)
+    net.run(1.2)
+    assert eng(s).peers[c1.peer_id].paths.live_links()
     delivered = len(s.tun)
     net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), GW))
     net.run(0.1)
