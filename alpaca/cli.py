@@ -421,10 +421,11 @@ def _tun_warnings(config: Config) -> list[str]:
 
 def _metrics_warnings(config: Config) -> list[str]:
     """The metrics address, if no interface of this host has it (binding port 0 of it: the
-    port itself may be held by this config's own running daemon)."""
-    if not config.metrics.enabled:
-        return []
+    port itself may be held by this config's own running daemon), unless it is the node's
+    tunnel address (the TUN device has it before the metrics are served)."""
     host = config.metrics.host
+    if not config.metrics.enabled or host == str(config.peer_address(config.id)):
+        return []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, 0))

@@ -244,6 +244,15 @@ def test_cli_check_warns_of_what_stops_run_on_this_host(
     ]
 
 
+def test_cli_check_metrics_on_the_tunnel_address_is_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node's own tunnel address is no host's until run brings the TUN device up, which
+    it does before it serves the metrics: check said run would fail."""
+    path = client_setup(tmp_path, metrics={"listen": "10.17.16.1:9586"})
+    assert check_warnings(path, capsys)[1] == []
+
+
 def test_cli_check_a_gateway_that_can_reach_the_client_is_no_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
