@@ -207,6 +207,8 @@ class FileWatch:
         now = time.monotonic()
         if self._writer_since is None:
             self._writer_since = now
+            log.info("%s changed and a program has it open for writing; reading it once closed (at most"
+                     " %.0f s from now)", self.path, WRITER_WAIT)
         if now - self._writer_since < WRITER_WAIT:
             return True
         log.warning("%s is still open for writing after %.0f s; reading it as it is", self.path, WRITER_WAIT)

@@ -3,6 +3,7 @@ volume), deletion, and files beside it that must not count."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -215,12 +216,13 @@ def test_watch_a_file_being_written_in_place_is_read_once_closed(watched: tuple[
 
 
 def test_watch_a_file_deleted_and_created_again_is_read_once_its_writer_closed_it(
-    watched: tuple[Path, Calls],
+    watched: tuple[Path, Calls], caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An editor that deletes the file and writes a new one: the deletion's event, settled,
     found the new file half written (it exists as soon as it is created) and the reload
     dropped the peers not written yet. A file a program has open for writing waits for its
     close."""
+    caplog.set_level(logging.INFO, logger="alpaca.io.watch")
     path, calls = watched
     path.unlink()
     writer = path.open("w")
@@ -232,6 +234,7 @@ def test_watch_a_file_deleted_and_created_again_is_read_once_its_writer_closed_i
         writer.write("two\n")
     finally:
         assert calls.after(writer.close) == 1
+    assert caplog.text.count("a program has it open for writing") == 1
 
 
 def test_watch_open_for_writing(tmp_path: Path) -> None:
