@@ -56,7 +56,7 @@ from alpaca.core.peers import NO_CHALLENGES, Flow, Peer
 from alpaca.core.probing import CHALLENGE_INTERVAL, Prober
 from alpaca.core.relayflows import RelayFlows
 from alpaca.core.replay import Verdict
-from alpaca.core.routecache import RouteCache
+from alpaca.core.routecache import LookupFailed, RouteCache
 from alpaca.core.routing import Target
 from alpaca.core.settings import Addr, DupPolicy, EngineSettings
 from alpaca.core.stats import EngineStats
@@ -68,6 +68,8 @@ _PADDED = int(Flag.PADDED)
 _CSUM_PARTIAL = int(Flag.CSUM_PARTIAL)
 _COPIED = int(Flag.COPIED)
 MAX_CHALLENGES = 4
+#: What :meth:`Engine._route` answers when the host could not be asked (not a peer id).
+LOOKUP_FAILED = -1
 
 
 class Engine:
@@ -286,9 +288,14 @@ class Engine:
                  else acct) for link, stamp, acct in targets]
 
     def _route(self, dst_ip: int, src_ip: int, now: float) -> int | None:
+        """The peer the host routes ``dst_ip`` (from ``src_ip``) through; None if none,
+        LOOKUP_FAILED (no peer id) if the host could not be asked."""
         if self.resolver is None:
             return None
-        return self.routes.lookup(dst_ip, src_ip, now, self._resolve)
+        try:
+            return self.routes.lookup(dst_ip, src_ip, now, self._resolve)
+        except LookupFailed:
+            return LOOKUP_FAILED
 
     def _resolve(self, dst_ip: int, src_ip: int) -> int | None:
         assert self.resolver is not None
@@ -729,8 +736,8 @@ class Engine:
             return src_ip & 0xFFFF != sender
         if not s.inner_source_check or self.resolver is None:
             return False
-        if self._route(src_ip, dst_ip, now) == sender:
-            return False
+        if self._route(src_ip, dst_ip, now) in (sender, LOOKUP_FAILED):  # a failed lookup
+            return False                                                # proves no forgery
         return not self._reports_on_ours(sender, packet, dst_ip, now)
 
     def _reports_on_ours(self, sender: int, packet: bytes, dst_ip: int, now: float) -> bool:

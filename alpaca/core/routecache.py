@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
+class LookupFailed(Exception):
+    """The host could not be asked (its netlink socket failed). Not cached: the next packet
+    asks again."""
+
+
 class RouteCache:
     """A bounded map with expiry. Eviction drops the oldest insertion (dict order)."""
 
@@ -30,7 +35,11 @@ class RouteCache:
     def lookup(
         self, dst: int, src: int, now: float, resolve: Callable[[int, int], int | None]
     ) -> int | None:
-        """Return the cached peer for (dst, src), asking ``resolve`` on a miss or expiry."""
+        """Return the cached peer for (dst, src), asking ``resolve`` on a miss or expiry.
+
+        Raises:
+            LookupFailed: from ``resolve``, nothing cached.
+        """
         key = (dst, src)
         entry = self._entries.get(key)
         if entry is not None and entry[1] > now:

@@ -16,13 +16,16 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from alpaca.core.routecache import LookupFailed
+
 log = logging.getLogger(__name__)
 
 
 class KernelResolver:
-    """Callable ``(dst, src) -> gateway | None`` backed by RTM_GETROUTE. Never raises: a
-    failed lookup is None (counted in ``errors``), so a packet has no route rather than the
-    reader that asked losing its greenlet."""
+    """Callable ``(dst, src) -> gateway | None`` backed by RTM_GETROUTE. A lookup the socket
+    fails raises LookupFailed (counted in ``errors``), which the engine's route cache does not
+    keep and the engine turns into "no route" for this packet (a reply's source check: not
+    a forgery); any other exception is kept from the reader that asked."""
 
     def __init__(self) -> None:
         self._ipr: Any = None
@@ -39,9 +42,9 @@ class KernelResolver:
             if not self._failing:
                 log.warning("route lookup failed, reopening netlink at the next one error=%s", exc)
             self._failing = True
-            routes = None
-        else:
-            self._failing = False
+            self.errors += 1
+            raise LookupFailed(str(exc)) from exc
+        self._failing = False
         if not routes:
             self.errors += 1
             return None

@@ -25,6 +25,7 @@ from alpaca.core.crypto import KeyRing
 from alpaca.core.header import HEADER, with_hop_fields
 from alpaca.core.padding import PAD_TRAILER_LEN
 from alpaca.core.probing import CHALLENGE_INTERVAL, PROBE, REPLY, ROAM_RETRY
+from alpaca.core.routecache import LookupFailed
 from alpaca.core.settings import DupPolicy
 from tests.enginenet import (
     CLIENT1_EP,
@@ -241,6 +242,40 @@ def test_forgery_icmp_errors_on_our_traffic_pass_from_a_router_routed_outside() 
         net.run(0.1)
         assert len(c1.tun) == tun + delivered, packet[20]
         assert drop_delta(before, drops(eng(c1))) == ({} if delivered else {"spoofed_source": 1})
+
+
+def test_forgery_a_route_lookup_that_failed_drops_nothing_and_is_asked_again() -> None:
+    """The host's netlink socket failed once (ENOBUFS): the strict source check took the
+    failed lookup for "not routed back through the sender" and dropped the internet's reply,
+    and the answer was cached for an hour. A failed lookup proves no forgery, and is not kept:
+    the next packet asks again; a packet to send whose lookup failed has no route."""
+    net, s, c1, _ = server_and_two_clients(seed=7)
+    failing = [False]
+
+    def routes(dst: str, src: str) -> str | None:
+        if failing[0]:
+            raise LookupFailed("No buffer space available")
+        return GW
+
+    net.start(c1, resolver=routes, gateway=pid("1.1"))
+    net.run(2.0)
+    me = tunnel_ip(c1.peer_id)
+    for fail, src in ((True, "8.8.8.8"), (False, "8.8.8.8"), (False, "8.8.4.4")):
+        failing[0] = fail
+        before, tun = drops(eng(c1)), len(c1.tun)
+        eng(s).on_tun_packet(ipv4(src, me), net.now)
+        net.run(0.1)
+        assert len(c1.tun) == tun + 1 and drop_delta(before, drops(eng(c1))) == {}
+    assert eng(c1).routes.misses >= 3  # the failed lookup was not cached
+    failing[0] = True
+    before, sent = drops(eng(s)), len(s.tun)
+    net.inject_tun(c1, ipv4(me, "1.1.1.1"))
+    net.run(0.1)
+    assert drop_delta(before, drops(eng(s))) == {} and drops(eng(c1))["no_route"] >= 1
+    failing[0] = False
+    net.inject_tun(c1, ipv4(me, "1.1.1.1"))
+    net.run(0.1)
+    assert len(s.tun) == sent + 1
 
 
 def test_forgery_client_cannot_move_another_peers_paths_or_window() -> None:
