@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import fcntl
 import logging
 import os
 import struct
@@ -53,6 +52,8 @@ RECHECK = 30.0
 #: Seconds a change is held back while a program has the file open for writing (its close is
 #: the event that tells it is done); after that the file is read as it is.
 WRITER_WAIT = 60.0
+#: Processes looked at between two turns of the hub when looking for a writer.
+PROCS_PER_TURN = 256
 
 
 
@@ -182,8 +183,8 @@ class FileWatch:
     def run(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` once per burst of changes to the file (forever)."""
         while True:
-            try:  # blind: no event will come from the directory's return, so look again
-                wait_read(self._fd, timeout=self.debounce if self._blind else self.recheck)
+            try:
+                wait_read(self._fd, timeout=self._timeout())
             except TimeoutError:
                 pass
             else:
@@ -192,15 +193,26 @@ class FileWatch:
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
-            if self._held_by_writer():
-                continue  # its close comes as an event
-            if self.catch_up():
+            if file_identity(self.path) == self._seen:
+                self._writer_since = None
+            elif not self._held_by_writer() and self.catch_up():
                 on_change()
 
+    def _timeout(self) -> float:
+        """Seconds to wait for an event: while blind, ``debounce`` (no event will come from
+        the directory's return); while a change waits for its writer, until WRITER_WAIT ends;
+        else ``recheck``."""
+        if self._blind:
+            return self.debounce
+        if self._writer_since is not None:
+            left = self._writer_since + WRITER_WAIT - time.monotonic()
+            return max(self.debounce, min(self.recheck, left))
+        return self.recheck
+
     def _held_by_writer(self) -> bool:
-        """Whether to wait for a program that has the file open for writing (a file deleted
-        and created again is seen as soon as it exists, before it is written); at most
-        WRITER_WAIT seconds from the first time one is found."""
+        """Whether a change must wait for a program that has the file open for writing (a
+        file deleted and created again is seen as soon as it exists, before it is written);
+        at most WRITER_WAIT seconds from the first time one is found."""
         if not open_for_writing(self.path):
             self._writer_since = None
             return False
@@ -222,19 +234,42 @@ class FileWatch:
 
 
 def open_for_writing(path: Path) -> bool:
-    """Whether a program has ``path`` open for writing now: the kernel refuses a read lease
-    then (EAGAIN). False where a lease cannot tell: not the file's owner without CAP_LEASE,
-    a file system or a file type without leases, no file."""
+    """Whether a process has ``path`` open for writing now: a descriptor in /proc/<pid>/fd
+    naming the file as the kernel spells its path, whose flags (/proc/<pid>/fdinfo) allow
+    writing. False where /proc cannot tell: no file; without CAP_SYS_PTRACE, processes of
+    other users are not seen. (A read lease would tell too, but its break sends SIGIO, whose
+    default ends the process.) The hub gets a turn every PROCS_PER_TURN processes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        target = os.path.realpath(path, strict=True)
     except OSError:
         return False
+    for count, pid in enumerate(name for name in os.listdir("/proc") if name.isdigit()):
+        if count % PROCS_PER_TURN == PROCS_PER_TURN - 1:
+            gevent.sleep(0)
+        if _writes_to(pid, target):
+            return True
+    return False
+
+
+def _writes_to(pid: str, target: str) -> bool:
+    """Whether process ``pid`` has ``target`` open for writing (False if it cannot be read)."""
+    fds = f"/proc/{pid}/fd"
     try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)  # released with the descriptor
-    except BlockingIOError:
-        return True
+        names = os.listdir(fds)
     except OSError:
         return False
-    finally:
-        os.close(fd)
+    for fd in names:
+        try:
+            if os.readlink(f"{fds}/{fd}") == target and _fd_writable(pid, fd):
+                return True
+        except OSError:  # closed meanwhile, or the process is gone
+            continue
+    return False
+
+
+def _fd_writable(pid: str, fd: str) -> bool:
+    with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as info:
+        for line in info:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY
     return False

@@ -237,6 +237,25 @@ def test_watch_a_file_deleted_and_created_again_is_read_once_its_writer_closed_i
     assert caplog.text.count("a program has it open for writing") == 1
 
 
+def test_watch_a_writer_holding_the_file_unchanged_is_no_news(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A program keeps the file open for writing and changes nothing: every recheck looked
+    for writers and logged "changed ... open for writing", then "still open ... reading it"
+    60 s later, forever, with no change and no reload. Writers are looked for only when the
+    file changed."""
+    caplog.set_level(logging.INFO, logger="alpaca.io.watch")
+    path = tmp_path / "secrets.txt"
+    path.write_text("one\n")
+    calls = Calls(path, recheck=0.05)
+    try:
+        with path.open("a"):
+            gevent.sleep(0.5)
+        assert calls.count == 0 and "open for writing" not in caplog.text
+    finally:
+        calls.close()
+
+
 def test_watch_open_for_writing(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_text("x")
@@ -245,6 +264,12 @@ def test_watch_open_for_writing(tmp_path: Path) -> None:
         assert open_for_writing(path)
     with path.open("r"):
         assert not open_for_writing(path)
+    with path.open("r+"):
+        assert open_for_writing(path)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with path.open("w"):
+        assert open_for_writing(link)  # the kernel names the file, not the link
 
 
 def test_watch_the_directory_swapped_by_renames(tmp_path: Path) -> None:
