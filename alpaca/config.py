@@ -228,8 +228,8 @@ class Config:
     replay_window: int = C.DEFAULT_REPLAY_WINDOW
     """Anti-replay window in packets, a power of two 1024-1048576. Default 32768."""
     inner_source_check: bool = True
-    """Drop a received packet whose source address the host routes back through another
-    peer (loose reverse-path check). Default true."""
+    """Drop a received packet whose source address the host does not route back through
+    the peer that sent it (strict reverse-path check). Default true."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """Prometheus endpoint. Default on, 127.0.0.1:9586."""
     control_socket: Path = Path("/run/alpaca-tunnel/alpaca0.sock")

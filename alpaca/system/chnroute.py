@@ -59,7 +59,6 @@ def add(
         SystemSetupError: the first real failure, with the prefix named.
     """
     gateway, oif = uplink.gateway, uplink.oif
-    gateway, oif = uplink.gateway, uplink.oif
     flags = netlink.NLM_F_REQUEST | netlink.NLM_F_ACK | netlink.NLM_F_CREATE
     flags |= netlink.NLM_F_REPLACE if replace else netlink.NLM_F_EXCL
     with netlink.RtnlSocket(netns) as rt:
