@@ -559,10 +559,10 @@ class Daemon:
         if self.engine is None or self.plane is None:
             return
         self._apply_scheduling(config)
-        if not self._update_host_routes(config, secrets):
-            self._reload_done(ok=False)
+        peers_routed, complete = self._update_host_routes(config, secrets)
+        self._reload_done(ok=complete)
+        if not peers_routed:
             return
-        self._reload_done(ok=True)
         self.engine.reload(settings)
         self.mux = compat.reload_legacy(self.plane, self.engine, self.mux, legacy, config, secrets,
                                         os.urandom)
@@ -580,12 +580,13 @@ class Daemon:
         stats.reload_failures += not ok
         stats.reload_failed = int(not ok)
 
-    def _update_host_routes(self, config: Config, secrets: Secrets) -> bool:
+    def _update_host_routes(self, config: Config, secrets: Secrets) -> tuple[bool, bool]:
         """Client: route the reloaded peers' addresses and local_routes via the uplink (the new
         ones first), then point the default route at the reloaded gateway. Each step is all or
         nothing; a netlink failure is logged and the reload runs again in RELOAD_RETRY
-        seconds. False if the peers' routes are still the old ones: the engine must keep the
-        old addresses then (a new one would be routed into the tunnel itself)."""
+        seconds. Returns (the peers' routes are the new ones, both steps done): without the
+        first the engine must keep the old addresses (a new one would be routed into the
+        tunnel itself); without the second the reload has not fully applied."""
         inp = host_plan_input(config, secrets)
         try:
             applied = update_host_routes(self.applied, host_route_dsts(inp), self.journal)
@@ -602,8 +603,8 @@ class Daemon:
             log.warning("reload could not update the host's routes (%s), trying again in %.0f s: %s",
                         which, RELOAD_RETRY, exc)
             self._retry_reload()
-            return routes_done
-        return True
+            return routes_done, False
+        return True, True
 
     def _retry_reload(self) -> None:
         """Ask for a reload in RELOAD_RETRY seconds (once: one pending retry at a time)."""

@@ -176,3 +176,23 @@ def test_reload_that_keeps_the_running_configuration_shows_in_the_metrics(tmp_pa
     write_files(tmp_path, OLD)
     daemon._reload()
     assert scraped() == (1, 2, 1)
+
+
+def test_reload_whose_default_route_cannot_move_is_a_failed_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peers' routes were updated but the default route could not be pointed at the new
+    gateway (retried every 5 s): the reload counted as applied, so the alert never fired."""
+    daemon = running_client(tmp_path)
+    assert daemon.engine is not None
+
+    def refuse(applied: Applied, gateway_ip: str, *_args: object) -> Applied:
+        raise SystemSetupError("replacing route default via 10.17.1.2 table 253: Network is unreachable")
+
+    monkeypatch.setattr(d, "update_default_route", refuse)
+    monkeypatch.setattr(d, "RELOAD_RETRY", 60.0, raising=False)
+    daemon._reload()
+    assert (daemon.engine.stats.reloads, daemon.engine.stats.reload_failures) == (1, 1)
+    assert daemon.engine.stats.reload_failed == 1
+    assert daemon._reload_retry is not None
+    daemon._reload_retry.kill()
