@@ -17,7 +17,7 @@ import pytest
 
 from alpaca import __version__, cli
 from alpaca import secrets as secrets_mod
-from alpaca.errors import TunnelError
+from alpaca.errors import SystemSetupError, TunnelError
 from alpaca.log import setup_logging
 
 DATA = Path(__file__).parent / "data" / "original-sample"
@@ -242,6 +242,22 @@ def test_cli_check_warns_of_what_stops_run_on_this_host(
         f"{path}: metrics.listen: cannot listen on 192.0.2.77 (Cannot assign requested address); run"
         " fails to start: listen on an address of this host, 127.0.0.1 or 0.0.0.0",
     ]
+
+
+def test_cli_check_devices_that_cannot_be_read_are_not_a_tun_name_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A netlink failure reading the devices was reported as "tun_name: ...; run fails to
+    start"; it says the devices could not be read."""
+    from alpaca.system import link
+
+    def unreadable(ifname: str, nl: object) -> str | None:
+        raise SystemSetupError(f"reading device {ifname}: No buffer space available")
+
+    monkeypatch.setattr(link, "_tun_in_the_way", unreadable)
+    path = client_setup(tmp_path)
+    assert check_warnings(path, capsys)[1] == [
+        "the devices could not be read to check tun_name: reading device alpaca0: No buffer space available"]
 
 
 def test_cli_check_metrics_on_the_tunnel_address_is_no_warning(

@@ -171,6 +171,10 @@ def check_name_free(
         f"choose another tun_name, or stop that program (see `ip -d link show {ifname}`)")
 
 
+class NotATun(SystemSetupError):
+    """The TUN device's name is taken by a device of another kind."""
+
+
 def tun_name_problem(ifname: str, netns: str | None = None) -> str | None:
     """Why ``run`` could not create its TUN device ``ifname`` now, whoever starts it: the
     name is taken by a device of another kind or by a persistent TUN device. None otherwise,
@@ -183,7 +187,7 @@ def tun_name_problem(ifname: str, netns: str | None = None) -> str | None:
     with iproute(netns) as nl:
         try:
             found = _tun_in_the_way(ifname, nl)
-        except SystemSetupError as exc:
+        except NotATun as exc:
             return str(exc)
     if found == "persistent":
         return (f"device {ifname} is a persistent TUN device (made by `ip tuntap add` or another program);"
@@ -205,7 +209,7 @@ def _tun_in_the_way(ifname: str, nl: IPRoute) -> str | None:
         return None
     kind = link_kind(links[0])
     if kind != "tun":
-        raise SystemSetupError(
+        raise NotATun(
             f"device {ifname} exists and is not a TUN device (kind {kind or 'none'})", None,
             "choose another tun_name: that device is not ours")
     info = links[0].get_attr("IFLA_LINKINFO")
