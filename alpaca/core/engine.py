@@ -746,7 +746,7 @@ class Engine:
         peer reporting on our traffic through it (traceroute, path MTU), whose own address
         the host may route outside the tunnel (local_routes, chnroute). Not for a packet to
         pass on: a peer could send an error from any source through us."""
-        if dst_ip != self.settings.net | self.self_id:
+        if dst_ip != self.self_ip:
             return False
         quoted = ippkt.icmp_error_about(packet)
         return quoted is not None and quoted[0] == dst_ip and self._route(quoted[1], dst_ip, now) == sender
