@@ -186,8 +186,7 @@ class Path:
     def check_answers(self, now: float, timeout: float, since: float = -math.inf) -> bool:
         """Update ``answering`` (no probe unanswered for ``timeout`` seconds, counted from
         ``since`` at the earliest while answering: see :meth:`evaluate`); True if it changed."""
-        unanswered = now - (max(self.unanswered_since, since) if self.answering else self.unanswered_since)
-        answering = unanswered < timeout
+        answering = _silence(now, self.unanswered_since, since, self.answering) < timeout
         if answering == self.answering:
             return False
         self.answering = answering
@@ -199,8 +198,7 @@ class Path:
         """Update ``up`` from ``last_ok_at`` (and ``confirmed``); True if the state changed.
         ``since``: a path that is up counts its silence from then at the earliest (a reload
         shortened the timeout: the silence before it was within the old one)."""
-        silent = now - (max(self.last_ok_at, since) if self.up else self.last_ok_at)
-        up = self.confirmed and silent < timeout
+        up = self.confirmed and _silence(now, self.last_ok_at, since, self.up) < timeout
         if up == self.up:
             return False
         self.up = up
@@ -209,6 +207,12 @@ class Path:
         self.reason = ("answering" if self.answering else "unanswered") if up else "timeout"
         self.changes += 1
         return True
+
+
+def _silence(now: float, last: float, since: float, holding: bool) -> float:
+    """Seconds of silence at ``now`` since ``last``; for a state still ``holding`` (up,
+    answering), since ``since`` at the earliest (a reload shortened the timeout then)."""
+    return now - (max(last, since) if holding else last)
 
 
 def send_order(path: Path) -> tuple[bool, float]:

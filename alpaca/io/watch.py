@@ -193,9 +193,11 @@ class FileWatch:
             gevent.sleep(self.debounce)
             self._drain()
             self._follow()
-            if file_identity(self.path) == self._seen:
+            current = file_identity(self.path)
+            if current == self._seen:
                 self._writer_since = None
-            elif not self._held_by_writer() and self.catch_up():
+            elif not self._held_by_writer():
+                self._seen = current
                 on_change()
 
     def _timeout(self) -> float:
