@@ -51,7 +51,7 @@ from typing import Any
 from alpaca.core.constants import SMALL_DATAGRAM
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
-from alpaca.io import ReadWaiter, kernel_at_least
+from alpaca.io import ReadWaiter, kernel_at_least, set_buffer
 from alpaca.io.readahead import read_loop
 
 #: Largest datagram recv_batch returns whole; longer ones are truncated (and fail to verify).
@@ -102,9 +102,6 @@ _BIND_HINTS = {
 #: standing queue (the sender's TUN ring holds the rest; docs/performance.md, "Latency under
 #: load").
 RCVBUF = 104 << 10
-#: SO_RCVBUF without the net.core.rmem_max cap (CAP_NET_ADMIN, which the daemon has); the
-#: socket module does not name it.
-SO_RCVBUFFORCE = 33
 #: UDP payloads of at most this many bytes go to the priority lane: an inner packet of up to
 #: SMALL_PACKET bytes and the tunnel's header and tag (alpaca.core.constants).
 PRIORITY_BYTES = SMALL_DATAGRAM
@@ -170,7 +167,7 @@ class UdpPort:
         sock.setblocking(False)
         where = f"{address}:{port}" + (f" on {interface}" if interface else "")
         try:
-            set_rcvbuf(sock, rcvbuf)
+            set_buffer(sock, rcvbuf)
             sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, sndbuf)
             if interface:
                 sock.setsockopt(
@@ -421,15 +418,6 @@ def _run_end(datas: Sequence[bytes], i: int) -> int:
     return j
 
 
-def set_rcvbuf(sock: Any, size: int) -> None:
-    """Ask for a receive buffer of ``size`` bytes (the kernel doubles it): uncapped where the
-    process has CAP_NET_ADMIN, else capped at net.core.rmem_max."""
-    try:
-        sock.setsockopt(_stdsocket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, size)
-
-
 def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:
     """The priority lane of the bound ``sock``: a second socket on its address and port (with
     a receive buffer of ``rcvbuf`` bytes asked for, as the first: a flood of small packets
@@ -449,7 +437,7 @@ def _open_lane(sock: Any, interface: str | None, rcvbuf: int, gro: bool) -> Any:
     lane.setblocking(False)
     try:
         sock.setsockopt(level, reuse, 1)
-        set_rcvbuf(lane, rcvbuf)
+        set_buffer(lane, rcvbuf)
         lane.setsockopt(level, reuse, 1)
         if interface:
             lane.setsockopt(level, _stdsocket.SO_BINDTODEVICE, interface.encode())

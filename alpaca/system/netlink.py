@@ -35,6 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from alpaca.errors import SystemSetupError
+from alpaca.io import set_buffer
 
 #: Route protocol number we tag our routes with ("alpaca"; iproute2 shows ``proto 97``).
 #: Unassigned in /usr/include/linux/rtnetlink.h and in iproute2's rt_protos.
@@ -73,8 +74,6 @@ IFF_UP = 0x1
 RTNH_F_ONLINK = 0x4
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
@@ -301,14 +300,6 @@ def route_fields(payload: bytes) -> tuple[int, int, int, int, int]:
     return family, dst_len, proto, scope, rtype
 
 
-def _set_buffer(sock: socket.socket, forced: int, plain: int, size: int) -> None:
-    """``size`` bytes with the FORCE option (CAP_NET_ADMIN), else what rmem/wmem_max allow."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, forced, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
 class RtnlSocket:
     """A raw NETLINK_ROUTE socket for bulk requests and byte-exact route dumps.
 
@@ -355,8 +346,8 @@ class RtnlSocket:
         if self._rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
         else:
-            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, self.BUFFER)
-        _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, self.BUFFER)
+            set_buffer(sock, self.BUFFER)
+        set_buffer(sock, self.BUFFER, send=True)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.batch_limit = max(16, granted // (2 * self.ACK_COST))
 
