@@ -49,9 +49,13 @@ CHALLENGE_INTERVAL = 0.5
 ROAM_RETRY = 0.05
 MAX_OUTSTANDING = 1 << 16
 #: A path that never answered its first DORMANT_AFTER probes (e.g. a local port that has no
-#: route to that peer's address) is probed only every DORMANT_EVERY rounds from then on.
+#: route to that peer's address) is probed only every DORMANT_EVERY rounds from then on, and
+#: every DORMANT_EVERY_REACHED rounds while another path of the peer is up: each such probe
+#: uses up a counter of the peer's direction, and each one lost counts as end-to-end loss at
+#: the peer (0.2 a second with two ports every 10th round: 20 % of a quiet peer's packets).
 DORMANT_AFTER = 5
 DORMANT_EVERY = 10
+DORMANT_EVERY_REACHED = 60
 
 
 class Outstanding(NamedTuple):
@@ -113,10 +117,11 @@ class Prober:
             or bool(peer.paths.learned) or now - peer.last_active_at < s.path_lifetime
         )
 
-    def _is_dormant(self, path: Path) -> bool:
+    def _is_dormant(self, path: Path, reached: bool) -> bool:
         """Never up nor answering at its address after DORMANT_AFTER probes there, and this is
-        not one of its rounds."""
-        return path.silent_probes >= DORMANT_AFTER and self._round % DORMANT_EVERY != 0
+        not one of its rounds (fewer while the peer is ``reached`` by another path)."""
+        every = DORMANT_EVERY_REACHED if reached else DORMANT_EVERY
+        return path.silent_probes >= DORMANT_AFTER and self._round % every != 0
 
     def _probe_peer(self, peer: Peer, now: float) -> None:
         """Probe each link of ``peer`` and each VIA path to it, but none into a forwarder that
@@ -125,13 +130,14 @@ class Prober:
         probe is sealed for ``peer`` with the counter its data uses, so every one a dead
         forwarder swallowed counted as end-to-end loss at ``peer`` (20-30 % with a forwarder
         down and a ping a second)."""
+        reached = any(path.up for path in peer.paths.all())
         for link in peer.paths.links():
-            if not self._is_dormant(link) and not self._relay_down_at(link, peer.peer_id):
+            if not self._is_dormant(link, reached) and not self._relay_down_at(link, peer.peer_id):
                 self._send_probe(peer, link, link, now)
         for via in peer.paths.via.values():
             fwd = self.engine.peers.get(via.via) if via.via is not None else None
             best = fwd.paths.best_link() if fwd is not None else None
-            if best is not None and not self._is_dormant(via) and not _went_down(best):
+            if best is not None and not self._is_dormant(via, reached) and not _went_down(best):
                 self._send_probe(peer, via, best, now)
 
     def _relay_down_at(self, link: Path, peer_id: int) -> bool:
