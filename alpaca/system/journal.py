@@ -109,9 +109,10 @@ def _undo_sysctl(step: Step, netns: str | None) -> None:
     key = step["key"]
     if key == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
         return
-    toggled = key == sysctl.IP_FORWARD and sysctl.read(key, netns) != str(step["value"])
     sysctl.write(key, step["value"], netns)
-    if toggled:
+    if key == sysctl.IP_FORWARD and str(step["value"]) != "1":
+        # Also when ip_forward is already back: a crash may have come between its write,
+        # which reset these, and their own.
         _restore_side_settings(step, netns)
 
 

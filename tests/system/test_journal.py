@@ -198,6 +198,23 @@ def test_journal_ip_forward_turned_back_off_puts_back_what_it_reset(tmp_path: Pa
 
 
 @pytest.mark.netns
+def test_journal_a_crash_between_ip_forward_and_what_it_reset_is_mended_by_the_retry(tmp_path: Path) -> None:
+    """A kill -9 after the undo wrote ip_forward back (which reset accept_redirects) but
+    before it put accept_redirects back: the retry (the next start's recovery, `cleanup`)
+    found ip_forward as recorded and left accept_redirects at 1, and the next start then
+    recorded that as the host's own setting."""
+    with netns() as ns:
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=0")
+        journal = jr.Journal(tmp_path / "j", ns)
+        inp = HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1400)
+        apply([op for op in plan(inp) if isinstance(op, SetSysctl)], journal, ns)
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")  # the undo's first write
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip() == "1"
+        assert jr.recover(tmp_path / "j") == []
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip() == "0"
+
+
+@pytest.mark.netns
 def test_journal_a_reload_repointing_a_displaced_default_leaves_the_other_one_alone(tmp_path: Path) -> None:
     """Our default gone from the table and another program's in its place: a reload that
     changed the gateway replaced theirs with ours, and the undo at exit then deleted it."""
