@@ -34,7 +34,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import gevent
@@ -105,12 +104,6 @@ class StartInterrupted(AlpacaError):
     """SIGTERM or SIGINT arrived while the daemon was starting."""
 
 
-def journal_path(config: Config) -> Path:
-    """Where the undo journal lives: beside the control socket, which is unique per daemon
-    (two daemons in two namespaces share one filesystem), on a tmpfs under /run by default."""
-    return config.control_socket.with_name(config.control_socket.name + ".journal")
-
-
 def _freeze_start_up_heap() -> None:
     """Collect once, then move every object alive after start-up (modules, pyroute2, the
     registry, the engine's tables) out of the cyclic GC's reach (``gc.freeze``). Otherwise the
@@ -163,7 +156,7 @@ class Daemon:
         self.plane: Dataplane | None = None
         self.tun: TunDevice | None = None
         self.ports: list[UdpPort] = []
-        self.journal = journal_mod.Journal(journal_path(config))
+        self.journal = journal_mod.Journal(journal_mod.journal_of(config.control_socket))
         self.started_at = wall()
         self.started_mono = monotonic()
         #: host changes in place (routes to keep, the uplink); set by start(), followed by reload()

@@ -53,7 +53,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alpaca.errors import AlpacaError, SystemSetupError
 from alpaca.system import chnroute, instance, link, netlink, nft, nsid, routes, sysctl
@@ -443,6 +443,13 @@ def _bare(step: Step) -> Step:
     return {k: v for k, v in step.items() if k not in ("tries", "failed_since")}
 
 
+def journal_of(control_socket: Path) -> Path:
+    """Where the undo journal of the daemon with this control socket lives: beside the
+    socket, which is unique per daemon (two daemons in two namespaces share one filesystem),
+    on a tmpfs under /run by default."""
+    return control_socket.with_name(control_socket.name + SUFFIX)
+
+
 def undo_left_behind(control_socket: Path, owner: str) -> list[str] | None:
     """Undo the journal a crashed run of the daemon with this control socket left, holding
     that daemon's instance lock meanwhile (for a start that stops on a broken config or
@@ -454,7 +461,7 @@ def undo_left_behind(control_socket: Path, owner: str) -> list[str] | None:
     Raises:
         SystemSetupError: the daemon runs (it holds the lock), or the lock cannot be made.
     """
-    path = control_socket.with_name(control_socket.name + SUFFIX)
+    path = journal_of(control_socket)
     if not path.exists():
         return None
     fd = instance.hold(instance.lock_path(control_socket), owner, wait=0.0)
@@ -485,22 +492,26 @@ def _set_aside(path: Path, why: str, error: object) -> str:
     return f"reading {path}: {error} (moved to {aside})"
 
 
-def recover_orphans(path: str | Path) -> list[str]:
+class Orphans(NamedTuple):
+    """What :func:`recover_orphans` did: the journals it undid and the failures."""
+
+    undone: list[Path]
+    failures: list[str]
+
+
+def recover_orphans(path: str | Path) -> Orphans:
     """Undo the journals that crashed runs of this namespace with another control socket (a
     tun_name changed since) left beside ``path``. Journals of running daemons, of other
     namespaces, without a unique namespace identity (a kernel without cookies:
-    :mod:`alpaca.system.nsid`), or unreadable are left alone.
-
-    Returns:
-        The failures (each also logged).
+    :mod:`alpaca.system.nsid`), or unreadable are left alone. Failures are also logged.
 
     Raises:
         SystemSetupError: an orphan's lock file cannot be written (a full directory).
     """
     path = Path(path)
+    found = Orphans([], [])
     if not path.parent.is_dir():
-        return []
-    failures: list[str] = []
+        return found
     with _directory_lock(path.parent):
         for other in sorted(path.parent.glob(f"*{SUFFIX}")):
             if other == path:
@@ -509,20 +520,24 @@ def recover_orphans(path: str | Path) -> list[str]:
             if fd is None:  # its daemon runs
                 continue
             try:
-                failures += _recover_orphan(other)
+                failures = _recover_orphan(other)
             finally:
                 os.close(fd)
-    return failures
+            if failures is not None:
+                found.undone.append(other)
+                found.failures.extend(failures)
+    return found
 
 
-def _recover_orphan(path: Path) -> list[str]:
+def _recover_orphan(path: Path) -> list[str] | None:
+    """The failures of undoing the orphan at ``path``; None if it is not ours to undo."""
     try:
         journal = Journal.load(path)
     except (OSError, ValueError) as exc:
         log.warning("left alone an unreadable journal of another run journal=%s error=%s", path, exc)
-        return []
+        return None
     if not nsid.unique(journal.netns_id) or not journal.is_here():
-        return []
+        return None
     log.warning("recovering from a previous run with another control socket journal=%s steps=%d",
                 path, len(journal.steps))
     return journal.undo_all()

@@ -611,7 +611,7 @@ def test_journal_of_another_namespace_is_not_undone_here(tmp_path: Path) -> None
         written = json.loads(path.read_text())
         assert written["netns"] is None and written["netns_id"] == nsid.of(ns) != nsid.of(None)
         before = sysctl.read(sysctl.IP_FORWARD)
-        assert jr.recover_orphans(tmp_path / "other.sock.journal") == []
+        assert jr.recover_orphans(tmp_path / "other.sock.journal") == ([], [])
         assert path.exists()
         failures = jr.recover(path)
         [aside] = tmp_path.glob("alpaca0.sock.journal.other-netns-*")
@@ -644,7 +644,7 @@ def test_journal_without_cookies_an_orphan_is_left_alone_and_a_foreign_one_set_a
         assert nsid.of(ns) == nsid.of(ns) and str(nsid.of(ns)).startswith("ino:")
         orphan = jr.Journal(tmp_path / "old.sock.journal", ns)
         orphan.record("sysctl", key=sysctl.IP_FORWARD, value="0")
-        assert jr.recover_orphans(tmp_path / "alpaca0.sock.journal") == []
+        assert jr.recover_orphans(tmp_path / "alpaca0.sock.journal") == ([], [])
         assert orphan.path.exists()
         foreign = jr.Journal(tmp_path / "alpaca1.sock.journal", other)
         foreign.record("sysctl", key=sysctl.IP_FORWARD, value="0")
@@ -794,13 +794,35 @@ def test_journal_orphan_of_another_control_socket_is_recovered(tmp_path: Path) -
         ours = tmp_path / "alpaca1.sock.journal"
         fd = instance.hold(jr.lock_of(orphan.path), "test")
         try:
-            assert jr.recover_orphans(ours) == []
+            assert jr.recover_orphans(ours) == ([], [])
             assert orphan.path.exists()
         finally:
             os.close(fd)
-        assert jr.recover_orphans(ours) == []
+        assert jr.recover_orphans(ours) == ([orphan.path], [])
         assert not orphan.path.exists()
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+
+
+@pytest.mark.netns
+def test_cleanup_undoes_a_crashed_run_with_another_control_socket(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run with tun_name alpaca0 crashed after the config said alpaca1: `cleanup` (the
+    unit's ExecStopPost) found nothing at alpaca1's socket and said so, leaving the crashed
+    run's routes, table and ip_forward until a next start, which a crash without a restart
+    never sees. It undoes the orphan now, as a start does."""
+    from alpaca import cli
+
+    with netns() as ns:
+        orphan = jr.Journal(tmp_path / "alpaca0.sock.journal", ns)
+        orphan.record("sysctl", key="net.ipv4.ip_forward", value="0")
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+        assert cli.main(["cleanup", "--control-socket", str(tmp_path / "alpaca1.sock")]) == cli.EXIT_OK
+        assert capsys.readouterr().out.splitlines()[-1] == \
+            f"alpaca-tunnel: undid the host changes a previous run of {tmp_path / 'alpaca0.sock'} left"
+        assert not orphan.path.exists()
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        assert cli.main(["cleanup", "--control-socket", str(tmp_path / "alpaca1.sock")]) == cli.EXIT_OK
+        assert capsys.readouterr().out == f"alpaca-tunnel: nothing to undo for {tmp_path / 'alpaca1.sock'}\n"
 
 
 def two_daemons_turn_ip_forward_on(ns: str, tmp_path: Path, after_each: Callable[[], None] = lambda: None,
