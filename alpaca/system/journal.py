@@ -410,29 +410,43 @@ def recover(path: str | Path) -> list[str] | None:
         return journal.undo_all()
 
 
-def _way_of(item: Any) -> tuple[str, str | None, int] | None:
-    """The way out (device, gateway) a saved default route names, and who put it there (its
-    proto); None for one that names several ways, or an entry that cannot be read."""
+def _way_of(item: Any) -> tuple[str, str | None, int, int] | None:
+    """The way out (device, gateway) a saved default route names, who put it there (its
+    proto) and its metric; None for one that names several ways, or an entry that cannot be
+    read."""
     try:
         payload = bytes.fromhex(item["payload_hex"])
         up = routes.uplink_of(routes.SavedRoute.from_json(item))
         proto = netlink.route_fields(payload)[2]
     except (ValueError, KeyError, TypeError, AttributeError, struct.error):
         return None
-    return None if up is None else (up.dev, up.gateway, proto)
+    return None if up is None else (up.dev, up.gateway, proto, up.metric)
+
+
+def _gave_way(old: tuple[str, str | None, int, int], new: tuple[str, str | None, int, int]) -> bool:
+    """Whether the saved default ``old`` gave way to ``new``, saved later: on the same device
+    at the same metric (without the tunnel the kernel holds one default of a metric, short of
+    ``ip route append``: it was replaced, as a DHCP client does for a new router), or through
+    the same gateway by the same program at another metric (a metric flap)."""
+    dev, gateway, proto, metric = old
+    return dev == new[0] and (metric == new[3] or (gateway, proto) == new[1:3])
 
 
 def _without_ways_of(steps: list[Step], saved: list[Any]) -> list[Step]:
-    """``steps`` less the saved default routes of earlier ``default_route`` steps that name a
-    way out ``saved`` names too, put there by the same program (proto): it re-added its route
-    with another metric (a metric flap), and only the latest must come back on exit, not
-    both. One of another program (a DHCP client's beside a static route) stays. The earlier
-    steps stay (their undo also deletes our default)."""
-    ways = {way for way in map(_way_of, saved) if way is not None}
-    if not ways:
+    """``steps`` less the saved default routes of earlier ``default_route`` steps that gave
+    way to one ``saved`` names (:func:`_gave_way`): only the latest must come back on exit,
+    not both. One of another program (a DHCP client's beside a static route) stays. The
+    earlier steps stay (their undo also deletes our default)."""
+    news = [way for way in map(_way_of, saved) if way is not None]
+    if not news:
         return steps
+
+    def stays(item: Any) -> bool:
+        old = _way_of(item)
+        return old is None or not any(_gave_way(old, new) for new in news)
+
     return [
-        {**s, "saved": [i for i in s["saved"] if _way_of(i) not in ways]}
+        {**s, "saved": [i for i in s["saved"] if stays(i)]}
         if s.get("kind") == "default_route" and isinstance(s.get("saved"), list) else s
         for s in steps
     ]

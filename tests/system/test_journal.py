@@ -487,6 +487,33 @@ def test_journal_a_default_moved_again_at_another_metric_comes_back_once(tmp_pat
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("how", [("replace",), ("add", "proto", "static")],
+                         ids=["ip route replace", "a DHCP client"])
+def test_journal_a_default_replaced_on_its_device_comes_back_alone(tmp_path: Path, how: tuple[str, ...]
+                                                                   ) -> None:
+    """The uplink's router changes while the tunnel runs (a DHCP lease with a new router, an
+    operator's `ip route replace`): the new default of up0 at the saved one's metric comes
+    back on exit, the old one does not (it did too: two defaults of one metric, which the
+    kernel refuses without the tunnel, the stale router chosen when the new one's neighbour
+    entry fails). up0's other default, at another metric, comes back as well."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        nsexec(ns, "ip", "addr", "add", "192.0.2.2/24", "dev", "up0")
+        add_tun(ns)
+        journal = jr.Journal(tmp_path / "alpaca0.journal", ns)
+        applied = apply(plan(client_input()), journal, ns)
+        nsexec(ns, "ip", "route", how[0], "default", "via", "192.0.2.252", "dev", "up0", *how[1:],
+               "metric", "100")
+        assert len(keep_default_moved(applied, journal, ns)) == 1
+        assert journal.undo_all() == []
+        main = nsexec(ns, "ip", "route", "show", "default", "table", "main").stdout.splitlines()
+        proto = " proto static" if len(how) > 1 else ""
+        assert sorted(main) == [f"default via 192.0.2.252 dev up0{proto} metric 100 ",
+                                "default via 192.0.2.253 dev up0 metric 200 "], main
+        del_tun(ns)
+
+
+@pytest.mark.netns
 def test_journal_a_multipath_uplink_is_a_way_out_to_come_back_to(tmp_path: Path) -> None:
     """A multipath default names no single way out; its first hop, the uplink in use, is
     one of the ways the host routes may go back to after a fail-over (they stayed on the
