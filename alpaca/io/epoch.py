@@ -9,7 +9,10 @@ cannot: a start that fails loudly is better than a start that might reuse a nonc
 
 The epoch is ``max(last + 1, int(wall_now))``: the wall clock keeps epochs increasing
 even if the state file is lost, and ``last + 1`` keeps them increasing when the clock goes
-backwards. It must fit the header's unsigned 32-bit field.
+backwards. It must fit the header's unsigned 32-bit field. Without a state file the clock is
+all there is: a clock before CLOCK_FLOOR (a host without a battery-backed clock, booted
+before NTP set it, reads 1970 plus its uptime at every boot) is refused, since two such
+boots would take the same epoch; a missing file is logged (a first start, or a lost file).
 
 Two processes that share one state file (one node started twice by mistake, containers that
 share the state directory) take their epochs one after the other: :func:`next_epoch` holds an
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import stat
 import tempfile
@@ -36,11 +40,16 @@ from alpaca.core.ids import digits_value, is_digits
 from alpaca.errors import StateFileError, TunnelError
 
 EPOCH_MAX = 2**32 - 1
+#: 2025-01-01 00:00 UTC: no correct clock reads less; without a state file, an earlier reading
+#: is a clock not set yet.
+CLOCK_FLOOR = 1_735_689_600
 #: The most of the state file read, bytes: an epoch is at most 10 digits and a newline.
 _READ_MAX = 64
 #: Seconds :func:`next_epoch` waits for the state file's lock held by another process (it
 #: holds it for a read, a write and two fsyncs).
 LOCK_WAIT = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def next_epoch(state_file: Path, wall_now: float) -> int:
@@ -55,7 +64,9 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
     """
     with _locked(state_file):
         last = _read_last(state_file)
-        epoch = max(last + 1, int(wall_now))
+        if last is None:
+            _first_epoch(state_file, wall_now)
+        epoch = max((last or 0) + 1, int(wall_now))
         if int(wall_now) > EPOCH_MAX:  # whatever the file holds: new keys would not help
             raise TunnelError(
                 f"epoch file {state_file}: the system clock reads {int(wall_now)} seconds since"
@@ -68,6 +79,20 @@ def next_epoch(state_file: Path, wall_now: float) -> int:
             )
         _write_atomically(state_file, f"{epoch}\n".encode())
     return epoch
+
+
+def _first_epoch(state_file: Path, wall_now: float) -> None:
+    """Refuse a clock not set yet where no state file holds the last epoch; else log that the
+    clock alone decides (a first start, or a file lost: then a clock set back since the last
+    run would give an epoch, and nonces, used before)."""
+    if wall_now < CLOCK_FLOOR:
+        raise TunnelError(
+            f"epoch file {state_file} does not exist and the system clock reads {int(wall_now)}"
+            " seconds since 1970, before 2025: it is not set yet, and an epoch taken from it may"
+            " have been used before; start once the clock is set (NTP: the systemd unit starts"
+            " after time-sync.target), or restore the state file")
+    log.warning("no epoch file: the epoch is the clock's seconds (a first start; if the node "
+                "ran before, keep state_file on a disk that survives reboots) state_file=%s", state_file)
 
 
 def lock_path(state_file: Path) -> Path:
@@ -116,7 +141,7 @@ def check_state_file(state_file: Path) -> int:
         TunnelError: as :func:`next_epoch` for a file that is unreadable or corrupt, or whose
             existing directory this process may not write.
     """
-    last = _read_last(state_file)
+    last = _read_last(state_file) or 0
     directory = state_file.parent
     if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
         raise TunnelError(f"epoch file {state_file}: its directory is not writable; make it "
@@ -124,7 +149,8 @@ def check_state_file(state_file: Path) -> int:
     return last
 
 
-def _read_last(state_file: Path) -> int:
+def _read_last(state_file: Path) -> int | None:
+    """The last epoch ``state_file`` holds; None if it does not exist."""
     fix = (
         "is state_file the right file? if so, restore it, or write into it a number larger than"
         " any epoch used before, such as the current Unix time plus 86400"
@@ -132,7 +158,7 @@ def _read_last(state_file: Path) -> int:
     try:
         data = _read_regular(state_file)
     except (FileNotFoundError, NotADirectoryError):
-        return 0  # never written (the write then reports a directory that is not one)
+        return None  # never written (the write then reports a directory that is not one)
     except OSError as exc:
         raise TunnelError(f"epoch file {state_file} is unreadable: {exc.strerror or exc} ({fix})") from exc
     if data is None:

@@ -13,23 +13,42 @@ import pytest
 
 from alpaca.errors import StateFileError, TunnelError
 from alpaca.io import epoch as epoch_mod
-from alpaca.io.epoch import EPOCH_MAX, check_state_file, lock_path, next_epoch
+from alpaca.io.epoch import CLOCK_FLOOR, EPOCH_MAX, check_state_file, lock_path, next_epoch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_epoch_missing_file_starts_at_wall_clock(tmp_path: Path) -> None:
+def test_epoch_missing_file_starts_at_wall_clock(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "state" / "epoch"
-    assert next_epoch(state, 1_700_000_000.9) == 1_700_000_000
-    assert state.read_text() == "1700000000\n"
+    assert next_epoch(state, 1_800_000_000.9) == 1_800_000_000
+    assert state.read_text() == "1800000000\n"
     assert stat.S_IMODE(state.parent.stat().st_mode) & 0o077 == 0
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert [r.getMessage() for r in caplog.records] == [
+        "no epoch file: the epoch is the clock's seconds (a first start; if the node ran before,"
+        f" keep state_file on a disk that survives reboots) state_file={state}"]
 
 
 def test_epoch_strictly_increases_when_wall_clock_goes_back(tmp_path: Path) -> None:
     state = tmp_path / "epoch"
-    got = [next_epoch(state, wall) for wall in (1000.0, 500.0, 500.0, 1001.5, 0.0)]
-    assert got == [1000, 1001, 1002, 1003, 1004]
+    got = [next_epoch(state, wall) for wall in (2e9, 5.0, 5.0, 2e9 + 1.5, 0.0)]
+    assert got == [2e9, 2e9 + 1, 2e9 + 2, 2e9 + 3, 2e9 + 4]
+
+
+@pytest.mark.parametrize("wall", [0.0, 93.0, CLOCK_FLOOR - 1.0])
+def test_epoch_without_a_file_a_clock_not_set_yet_is_refused(tmp_path: Path, wall: float) -> None:
+    """A host without a battery-backed clock and a state file on a tmpfs (lost at every
+    reboot) booted before NTP set the clock: each boot read 1970 plus its uptime, and two
+    boots took the same epoch, so the same nonces under the same keys."""
+    state = tmp_path / "epoch"
+    with pytest.raises(TunnelError) as err:
+        next_epoch(state, wall)
+    assert str(err.value).startswith(
+        f"epoch file {state} does not exist and the system clock reads {int(wall)} seconds")
+    assert "start once the clock is set" in str(err.value)
+    assert not state.exists()
+    state.write_text("1800000000\n")  # with the file, the clock may be anything
+    assert next_epoch(state, wall) == 1_800_000_001
 
 
 def test_epoch_jumps_to_wall_clock_when_ahead(tmp_path: Path) -> None:
@@ -40,8 +59,8 @@ def test_epoch_jumps_to_wall_clock_when_ahead(tmp_path: Path) -> None:
 
 def test_epoch_leaves_no_temporary_file(tmp_path: Path) -> None:
     state = tmp_path / "epoch"
-    next_epoch(state, 10.0)
-    next_epoch(state, 10.0)
+    next_epoch(state, CLOCK_FLOOR)
+    next_epoch(state, CLOCK_FLOOR)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch", "epoch.lock"]
     assert lock_path(state) == tmp_path / "epoch.lock"
 
