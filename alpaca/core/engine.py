@@ -653,8 +653,14 @@ class Engine:
         """``path`` just delivered something authentic: if it was down, it is up from now on
         (not from the next tick), so the very next packet already goes on it too."""
         if path.evaluate(now, self.settings.path_timeout):
-            self.generation.bump()
-            self.stats.path_changes += 1
+            self.path_changed(path)
+
+    def path_changed(self, path: Path) -> None:
+        """``path`` went up or down: new send targets, counted and logged."""
+        self.generation.bump()
+        self.stats.path_changes += 1
+        log.info("path %s peer=%s path=%s addr=%s reason=%s", "up" if path.up else "down",
+                 format_peer_id(path.peer), path.name, path.addr, path.reason)
 
     def _precheck(self, vt: int, pi: int, src: int, dst: int, epoch: int) -> DropReason | None:
         """Checks on the clear header that need no key and change no state."""

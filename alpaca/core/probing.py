@@ -254,11 +254,7 @@ class Prober:
         for peer in self.engine.peers.values():
             for path in peer.paths.all():
                 if path.evaluate(now, s.path_timeout, self._silence_since):
-                    self.engine.generation.bump()
-                    self.engine.stats.path_changes += 1
-                    log.info("path %s peer=%s path=%s addr=%s reason=%s",
-                             "up" if path.up else "down", format_peer_id(peer.peer_id),
-                             path.name, path.addr, path.reason)
+                    self.engine.path_changed(path)
                 if path.check_answers(now, s.path_timeout, self._silence_since):
                     self.engine.generation.bump()
                     log.info("path %s peer=%s path=%s addr=%s", "answering again" if path.answering

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import struct
 from dataclasses import replace
@@ -426,12 +427,16 @@ def two_path_pair(loss: float = 0.0, **client: object) -> tuple[EngineNet, Node,
     return net, s, c
 
 
-def test_engine_path_goes_down_within_the_timeout_and_comes_back() -> None:
+def test_engine_path_goes_down_within_the_timeout_and_comes_back(caplog: pytest.LogCaptureFixture) -> None:
+    """...and both changes are logged (coming back by a probe reply was not: a log of
+    26 "path down" lines and no "path up" read as paths that never came back)."""
+    caplog.set_level(logging.INFO, logger="alpaca.core")
     net, s, c = two_path_pair()
     paths = eng(c).peers[s.peer_id].paths.static
     assert all(p.up for p in paths)
     a, b = net.links[(UP1, S_EP)], net.links[(S_EP, UP1)]
     a.up = b.up = False
+    caplog.clear()
     t_break, down_at = net.now, None
     while down_at is None and net.now < t_break + 6.0:  # when does it go down?
         net.run(0.05)
@@ -444,6 +449,9 @@ def test_engine_path_goes_down_within_the_timeout_and_comes_back() -> None:
     a.up = b.up = True
     net.run(1.5)
     assert paths[0].up and paths[0].reason == "answering"
+    changes = [m.split()[1] for m in caplog.messages
+               if m.startswith(("path up ", "path down ")) and "peer=1.1 path=direct/p0 " in m]
+    assert changes == ["down", "up"], caplog.messages
 
 
 def test_engine_a_dead_forwarder_costs_no_end_to_end_loss_and_its_return_is_seen() -> None:
