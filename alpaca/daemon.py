@@ -57,7 +57,7 @@ from alpaca.io.dataplane import Dataplane
 from alpaca.io.epoch import next_epoch
 from alpaca.io.rename import HostnameFollower
 from alpaca.io.tun import TunDevice
-from alpaca.io.udp import UdpPort
+from alpaca.io.udp import UdpPort, receive_drops
 from alpaca.io.watch import FileWatch
 from alpaca.metrics import Exporter, build_registry, listen_error, serve_metrics
 from alpaca.paths import file_identity
@@ -297,7 +297,8 @@ class Daemon:
         if cfg.metrics.enabled:
             registry = build_registry(lambda: self.engine, monotonic, version=__version__,
                                       start_time=self.started_at, node=format_peer_id(cfg.id),
-                                      stats_ref=self._node_stats)
+                                      stats_ref=self._node_stats,
+                                      port_drops=lambda: receive_drops(self.ports))
             self._serve_metrics(registry)
         control = ControlServer(cfg.control_socket, self.snapshot)
         control.start()

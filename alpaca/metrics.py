@@ -6,8 +6,9 @@ path never touches a metric object and a scrape costs O(peers x paths), whatever
 Every metric is listed in docs/metrics.md.
 
 Labels are bounded: ``peer`` (a configured peer id "A.B"), ``path`` (``Path.name``: ``direct/<port>``,
-``slot<i>/<port>``, ``via-<forwarder>``), ``reason`` and ``state`` (closed sets), ``version``
-and ``node``. Never an address. Configured peers we never exchanged anything with emit nothing.
+``slot<i>/<port>``, ``via-<forwarder>``), ``port`` (a port's name from config), ``reason`` and
+``state`` (closed sets), ``version`` and ``node``. Never an address. Configured peers we never
+exchanged anything with emit nothing.
 
 The one piece of state kept here is the RTT histogram: the engine appends RTT samples to
 ``Path.rtt_samples`` (bounded), and each scrape drains them into cumulative bucket counts kept
@@ -334,10 +335,13 @@ class EngineCollector:
 
 
 class NodeInfoCollector:
-    """Constant node metrics: build info and start time."""
+    """Node metrics that need no engine: build info, start time, and the kernel's drops at
+    the UDP ports (``port_drops``: (port name, datagrams) pairs, read at each scrape)."""
 
-    def __init__(self, version: str, start_time: float, node: str) -> None:
+    def __init__(self, version: str, start_time: float, node: str,
+                 port_drops: Callable[[], list[tuple[str, int]]] = list) -> None:
         self.version, self.start_time, self.node = version, start_time, node
+        self.port_drops = port_drops
 
     def describe(self) -> Iterable[Metric]:
         return list(self.collect())
@@ -350,6 +354,11 @@ class NodeInfoCollector:
                      ("version", "node"), [((self.version, self.node), 1)])
         yield single("alpaca_start_time_seconds", "gauge", "When the daemon started, Unix seconds.",
                      self.start_time)
+        yield Family("alpaca_udp_receive_drops", "counter",
+                     "Datagrams the kernel dropped at a UDP port (its priority lane included) before "
+                     "the daemon read them: a full receive buffer (a flood, a daemon short of CPU) "
+                     "or a bad UDP checksum.", ("port",),
+                     [((name,), count) for name, count in self.port_drops()])
 
 
 class Exporter(CollectorRegistry):
@@ -370,6 +379,7 @@ class Exporter(CollectorRegistry):
 def build_registry(
     engine_ref: Callable[[], Engine | None], clock: Callable[[], float], *,
     version: str, start_time: float, node: str, stats_ref: Callable[[], EngineStats] | None = None,
+    port_drops: Callable[[], list[tuple[str, int]]] = list,
 ) -> Exporter:
     """A fresh registry (never the global one) with the engine and node collectors.
 
@@ -378,8 +388,9 @@ def build_registry(
         version: the daemon's version (``alpaca_build_info{version}``).
         start_time: Unix seconds the daemon started (``alpaca_start_time_seconds``).
         node: this node's name (``alpaca_build_info{node}``), e.g. its peer id "1.1".
+        port_drops: see :class:`NodeInfoCollector`.
     """
-    return Exporter(NodeInfoCollector(version, start_time, node),
+    return Exporter(NodeInfoCollector(version, start_time, node, port_drops),
                     EngineCollector(engine_ref, clock, stats_ref))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import signal
 import socket
@@ -484,6 +485,7 @@ def test_host_a_metrics_port_held_by_another_process_is_served_once_free(lab: La
     got = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-c", fetch],
                          capture_output=True, text=True, timeout=10)
     assert "alpaca_build_info" in got.stdout, node.log_tail()
+    assert re.search(r'alpaca_udp_receive_drops_total\{port="[^"]+"\} 0\.0', got.stdout), got.stdout
 
 
 @pytest.mark.netns

@@ -17,7 +17,7 @@ import pytest
 from alpaca.core.constants import OVERHEAD, SMALL_PACKET
 from alpaca.errors import TunnelError
 from alpaca.io import kernel_at_least
-from alpaca.io.udp import LANE_KERNEL, PRIORITY_BYTES, UdpPort
+from alpaca.io.udp import LANE_KERNEL, PRIORITY_BYTES, UdpPort, receive_drops
 from tests.helpers import netns, nsexec
 from tests.io import live_greenlets
 
@@ -467,3 +467,24 @@ def test_udp_receive_buffer_is_not_capped_by_rmem_max() -> None:
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * asked
     finally:
         port.close()
+
+
+def test_udp_receive_drops_are_the_kernels_for_each_port() -> None:
+    """A port whose receive buffer overflows: the datagrams the kernel dropped are counted for
+    it (and none for a port that kept up), as /proc/net/udp has them; a closed port and an
+    unreadable table give nothing."""
+    full = UdpPort.open("full", "127.0.0.1", 0, rcvbuf=4096, priority_lane=False)
+    idle = UdpPort.open("idle", "127.0.0.1", 0, priority_lane=False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(200):
+            sender.sendto(b"x" * 1000, full.local_addr)
+        (name, dropped), (other, none) = receive_drops([full, idle])
+        assert (name, other, none) == ("full", "idle", 0)
+        assert 150 < dropped <= 200
+        assert receive_drops([full], table="/nonexistent") == []
+    finally:
+        sender.close()
+        full.close()
+        idle.close()
+    assert receive_drops([full, idle]) == []
