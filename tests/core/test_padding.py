@@ -63,6 +63,7 @@ def test_unpad_inconsistent_trailer_is_none(plaintext: bytes) -> None:
 
 def test_unpad_accepts_any_consistent_trailer() -> None:
     assert unpad(b"abc\x00\x02", Flag.PADDED) == b"abc"
+    assert unpad(b"\x00\x02", Flag.PADDED) == b""  # the trailer alone: 2 <= 2
     assert unpad(b"\x00\x00\x00\x04", Flag.PADDED | 0x02) == b""  # a reserved bit set
 
 
@@ -74,3 +75,16 @@ def test_padding_round_trip(inner: bytes, draw: int) -> None:
         assert PAD_MIN + 2 <= len(padded) - len(inner) <= PAD_MIN + PAD_SPREAD + 2
     else:
         assert OVERHEAD + len(inner) > PAD_THRESHOLD
+
+
+def test_padding_follows_the_protocol_numbers() -> None:
+    """protocol.md section 6, in its own numbers (not the module's constants): a datagram of
+    at most 500 bytes is padded, and grows by 252..752 bytes."""
+    assert OVERHEAD == 36
+    at_500, flag = pad(bytes(500 - 36), fixed_random(0))
+    assert flag is Flag.PADDED and len(at_500) - (500 - 36) == 252
+    assert pad(bytes(501 - 36), fixed_random(0)) == (bytes(501 - 36), Flag.NONE)
+    largest, _ = pad(b"", fixed_random(500))
+    assert len(largest) == 752 and largest[-2:] == (752).to_bytes(2, "big")
+    redrawn, _ = pad(b"", fixed_random(501, 3))
+    assert len(redrawn) == 255
