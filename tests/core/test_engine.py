@@ -1574,3 +1574,40 @@ def test_engine_a_reload_that_shortens_the_path_timeout_takes_no_path_down() -> 
     assert engine.stats.path_changes == before
     assert path.up and path.answering
 
+
+def test_engine_after_a_reload_that_shortens_the_path_timeout_a_silent_path_goes_down_in_it() -> None:
+    """The silence of the paths up counts from the reload once, not from every later tick: a
+    peer that goes silent after the reload is down within the new timeout."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    up_link, down_link = net.link(UP1, S_EP, delay=0.01)
+    net.start(s, probe_interval=5.0, path_timeout=6.0)
+    net.start(c, gateway=pid("1.1"), probe_interval=5.0, path_timeout=6.0)
+    net.run(13.5)
+    engine = eng(c)
+    path = engine.peers[s.peer_id].paths.links()[0]
+    assert path.up
+    engine.reload(replace(engine.settings, probe_interval=0.5, path_timeout=2.0))
+    net.run(1.0)
+    assert path.up
+    up_link.up = down_link.up = False
+    net.run(2.5)  # last heard about 1 s after the reload; 2 s of silence since, and a tick
+    assert not path.up and path.reason == "timeout"
+
+
+def test_engine_a_probe_answered_after_the_next_round_still_counts() -> None:
+    """Outstanding probes are forgotten after 2 x path_timeout, not at the next round: on a
+    link whose round trip (0.8 s) is longer than the probe interval (0.5 s) every reply
+    still matches its probe."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    net.link(UP1, S_EP, delay=0.4)
+    net.start(s, probe_interval=0.5, path_timeout=3.0)
+    net.start(c, gateway=pid("1.1"), probe_interval=0.5, path_timeout=3.0)
+    net.run(10.0)
+    path = eng(c).peers[s.peer_id].paths.links()[0]
+    assert path.up and path.answering
+    assert path.srtt is not None and abs(path.srtt - 0.8) < 0.05
+    assert path.probes_answered >= path.probes_sent - 2  # the last ones are on their way
