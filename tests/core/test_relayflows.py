@@ -9,6 +9,8 @@ from alpaca.core import header
 from alpaca.core.crypto import KeyRing
 from alpaca.core.engine import Engine
 from alpaca.core.header import Header
+from alpaca.core.peers import Flow
+from alpaca.core.relayflows import RelayFlows
 from alpaca.core.replay import ReplayWindow
 from alpaca.core.settings import Addr, EngineSettings, PeerSpec
 from alpaca.snapshot import replay_by_sender
@@ -178,3 +180,38 @@ def test_reload_keeps_the_replay_counts_of_the_flows_it_drops() -> None:
     engine.reload(EngineSettings(RELAY, NET, GROUP, peers))
     assert relayed_flows(engine) == 0
     assert replay_by_sender(engine)[CLIENT].duplicate == 3
+
+
+def _flow_with_counts(verified: bool = True) -> Flow:
+    """A flow of epoch 7 whose window saw 0, 1, 1 (duplicate), 100, 2 (too old), 90 (late)."""
+    flow = Flow(EPOCH, 128, verified=verified)  # 64 counters told apart
+    for counter in (0, 1, 1, 100, 2, 90):
+        flow.window.accept(counter)
+    w = flow.window
+    assert (w.duplicate, w.too_old, w.late, w.accepted) == (1, 1, 1, 4)
+    return flow
+
+
+def test_relayflows_retire_keeps_each_count_in_its_place() -> None:
+    flows = RelayFlows()
+    flows.retire(CLIENT, _flow_with_counts())  # relayed: the first three only
+    assert flows.retired[CLIENT] == [1, 1, 1, 0, 0]
+    to_us = _flow_with_counts()
+    flows.retire(CLIENT, to_us, to_us=True)  # ours: accepted, and lost (closed at once)
+    assert to_us.window.lost == 97  # 2..99 but 90, below the top 100
+    assert flows.retired[CLIENT] == [2, 2, 2, 4, 97]
+    flows.retire(CLIENT, _flow_with_counts(verified=False), to_us=True)  # no loss to show
+    assert flows.retired[CLIENT] == [3, 3, 3, 8, 97]
+
+
+def test_relayflows_a_forgotten_relayed_flow_leaves_its_floor_and_relayed_counts() -> None:
+    flows = RelayFlows(max_floors=2)
+    kept: dict[tuple[int, int], Flow] = {}
+    for i, server in enumerate(SERVERS[:3]):
+        key = (CLIENT, server)
+        kept[key] = _flow_with_counts()
+        flows.admit(key, kept[key], kept, float(i))
+    assert flows.expire(kept, 100.0, idle=50.0) == 3 and not kept and flows.forgotten == 3
+    assert flows.retired[CLIENT] == [3, 3, 3, 0, 0]  # relayed: no accepted, no loss
+    # at most max_floors floors, the oldest go first
+    assert flows.floors == {(CLIENT, SERVERS[1]): (EPOCH, 100), (CLIENT, SERVERS[2]): (EPOCH, 100)}
