@@ -215,3 +215,27 @@ def test_relayflows_a_forgotten_relayed_flow_leaves_its_floor_and_relayed_counts
     assert flows.retired[CLIENT] == [3, 3, 3, 0, 0]  # relayed: no accepted, no loss
     # at most max_floors floors, the oldest go first
     assert flows.floors == {(CLIENT, SERVERS[1]): (EPOCH, 100), (CLIENT, SERVERS[2]): (EPOCH, 100)}
+
+
+def test_relayflows_floors_follow_the_epoch_and_the_pair_key() -> None:
+    flows = RelayFlows()
+    to_a, to_b = (CLIENT, SERVERS[0]), (CLIENT, SERVERS[1])
+    flows.drop(to_a, _flow_with_counts(), to_us=False, keep_floor=True)
+    flows.drop(to_b, _flow_with_counts(), to_us=False, keep_floor=True)
+    assert flows.floors[to_a] == (EPOCH, 100)
+    assert flows.newer_epoch(to_a, EPOCH - 1) and not flows.newer_epoch(to_a, EPOCH)
+    same = Flow(EPOCH, 128, verified=True)
+    flows.inherit(to_a, same)  # the same session goes on: its floor is the old top
+    assert same.floor == 100 and to_a not in flows.floors
+    later = Flow(EPOCH + 1, 128, verified=True)
+    flows.inherit(to_b, later)  # the sender restarted: no floor, and none left behind
+    assert later.floor == -1 and to_b not in flows.floors
+    flows.drop(to_a, _flow_with_counts(), to_us=False, keep_floor=True)
+    flows.drop(to_b, _flow_with_counts(), to_us=False, keep_floor=True)
+    flows.forget_pairs({CLIENT})  # the pairs' key (the client's, the bigger id) changed
+    assert flows.floors == {}
+    flows.drop(to_a, _flow_with_counts(), to_us=False, keep_floor=True)
+    flows.forget_pairs({SERVERS[0]})  # the smaller id's key: not the pair's
+    assert to_a in flows.floors
+    flows.drop(to_a, _flow_with_counts(), to_us=False, keep_floor=False)  # re-keyed: it goes
+    assert to_a not in flows.floors
