@@ -43,7 +43,6 @@ class DupSendScheduler:
         #: copies the heap holds at most (a reload may change it; copies already queued stay)
         self.limit = limit
         self._seq = itertools.count()
-        self.scheduled = 0
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -56,7 +55,6 @@ class DupSendScheduler:
         if len(self._heap) >= self.limit:
             return False
         heapq.heappush(self._heap, DelayedCopy(due_at, next(self._seq), port, addr, data, path, acct))
-        self.scheduled += 1
         return True
 
     def next_deadline(self) -> float | None:
@@ -79,7 +77,3 @@ class DupSendScheduler:
             heapq.heapify(kept)
             self._heap = kept
         return cancelled
-
-    def clear(self) -> None:
-        """Drop every pending copy (shutdown)."""
-        self._heap.clear()
