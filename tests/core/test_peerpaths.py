@@ -92,3 +92,43 @@ def test_data_loss_restarts_with_the_peer_and_ignores_overtaken_replies() -> Non
     # two probes that left with the same count (a slot's and its candidate's), answered in
     # reverse order: the older answer is no restart, and the 10 lost are counted
     assert _reports((100, 100), (200, 190), (200, 185), (300, 290), (400, 390)) == [0, 0, 0, 10, 10]
+
+
+def test_an_unconfirmed_path_moves_with_its_source_and_keeps_its_challenge_time() -> None:
+    """A slot not confirmed yet follows the newest source address (no candidate: it carries
+    no traffic anyway); the old address no longer maps to it, and its last challenge time
+    stays, so a source that keeps changing is probed at most once per challenge interval."""
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    a.challenged_at = 0.5
+    before = pp.generation.value
+    assert pp.learn(0, 0, B, 1.0) is a
+    assert (a.addr, a.confirmed, a.challenged_at, a.last_ok_at) == (B, False, 0.5, 1.0)
+    assert pp.match(0, A) is None and pp.match(0, B) is a and not pp.candidates
+    assert pp.generation.value > before
+
+
+def test_a_candidate_whose_slot_expired_takes_the_slot_when_confirmed() -> None:
+    pp = paths()
+    pp.confirm(pp.learn(0, 0, A, 0.0))
+    b = pp.learn(0, 0, B, 30.0)
+    assert [p.addr for p in pp.expire(61.0, 60.0)] == [A] and pp.learned == {}
+    before = pp.generation.value
+    assert pp.confirm(b) is b
+    assert pp.learned == {(0, 0): b} and b.confirmed and not pp.candidates
+    assert pp.links() == [b] and pp.generation.value > before
+
+
+def test_a_rebuilt_peer_keeps_its_learned_paths_but_one_at_its_new_static_address() -> None:
+    """A reload moved the peer's static address to C: the paths learned at B and C carry
+    over, but C's endpoint is now the static path's (one path per endpoint); the static
+    path's counters carry over by name."""
+    gen = Generation()
+    old = PeerPaths(0x1001, ("p0", "p1"), A, gen)
+    at_b, at_c = old.learn(1, 0, B, 0.0), old.learn(2, 1, C, 0.0)
+    old.static[0].tx_packets = 7
+    fresh = PeerPaths(0x1001, ("p0", "p1"), C, gen)
+    fresh.take_over(old)
+    assert fresh.learned == {(1, 0): at_b}
+    assert fresh.match(0, B) is at_b and fresh.match(1, C) is fresh.static[1] is not at_c
+    assert fresh.static[0].tx_packets == 7
