@@ -410,7 +410,8 @@ def test_host_a_tunnel_device_changed_by_hand_is_set_up_again_with_its_routes(la
     while time.monotonic() < deadline:
         shown = nsexec(c, "ip", "-d", "addr", "show", "dev", TUN).stdout
         default = [r for r in table_routes(c, "253") if r["dst"] == "default"]
-        if "10.17.16.1/16" in shown and "mtu 1400" in shown and ",UP" in shown and default:
+        told = "the tunnel device was changed" in topo.client.log()  # written just after the fix
+        if "10.17.16.1/16" in shown and "mtu 1400" in shown and ",UP" in shown and default and told:
             break
         time.sleep(0.2)
     assert "10.17.16.1/16" in shown and "mtu 1400" in shown and default, (shown, topo.client.log_tail())
