@@ -19,6 +19,7 @@ from alpaca.core.settings import DupPolicy, PeerSpec
 from alpaca.snapshot import replay_by_sender
 from tests.enginenet import (
     EngineNet,
+    Link,
     Node,
     forwarder_on_two_ports,
     ipv4,
@@ -1554,16 +1555,23 @@ def test_engine_paths_through_one_relay_show_no_loss_the_relay_made() -> None:
     assert [(p.name, p.data_lost) for p in paths if p.data_lost > 0.02 * p.data_sent] == []
 
 
+def one_link_pair(delay: float, **both: float) -> tuple[EngineNet, Node, Node, tuple[Link, Link]]:
+    """Server 1.1 and client 16.1 on one link of ``delay`` seconds each way, both started
+    with the settings ``both``; the link's two directions."""
+    net = EngineNet()
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1], static=False)
+    links = net.link(UP1, S_EP, delay=delay)
+    net.start(s, **both)
+    net.start(c, gateway=pid("1.1"), **both)
+    return net, s, c, links
+
+
 def test_engine_a_reload_that_shortens_the_path_timeout_takes_no_path_down() -> None:
     """Probes every 5 s, paths down after 6 s; a reload to 0.5 s and 2 s took down every path
     last heard 2-5 s before (its silence was within the old timeout) until the next answer.
     The new timeout now counts from the reload for the paths up."""
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c = net.add("C", "16.1", [UP1], static=False)
-    net.link(UP1, S_EP, delay=0.01)
-    net.start(s, probe_interval=5.0, path_timeout=6.0)
-    net.start(c, gateway=pid("1.1"), probe_interval=5.0, path_timeout=6.0)
+    net, s, c, _ = one_link_pair(0.01, probe_interval=5.0, path_timeout=6.0)
     net.run(13.5)  # the last round (at 10 s) answered 3.5 s ago
     engine = eng(c)
     path = engine.peers[s.peer_id].paths.links()[0]
@@ -1578,12 +1586,7 @@ def test_engine_a_reload_that_shortens_the_path_timeout_takes_no_path_down() -> 
 def test_engine_after_a_reload_that_shortens_the_path_timeout_a_silent_path_goes_down_in_it() -> None:
     """The silence of the paths up counts from the reload once, not from every later tick: a
     peer that goes silent after the reload is down within the new timeout."""
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c = net.add("C", "16.1", [UP1], static=False)
-    up_link, down_link = net.link(UP1, S_EP, delay=0.01)
-    net.start(s, probe_interval=5.0, path_timeout=6.0)
-    net.start(c, gateway=pid("1.1"), probe_interval=5.0, path_timeout=6.0)
+    net, s, c, (up_link, down_link) = one_link_pair(0.01, probe_interval=5.0, path_timeout=6.0)
     net.run(13.5)
     engine = eng(c)
     path = engine.peers[s.peer_id].paths.links()[0]
@@ -1600,12 +1603,7 @@ def test_engine_a_probe_answered_after_the_next_round_still_counts() -> None:
     """Outstanding probes are forgotten after 2 x path_timeout, not at the next round: on a
     link whose round trip (0.8 s) is longer than the probe interval (0.5 s) every reply
     still matches its probe."""
-    net = EngineNet()
-    s = net.add("S", "1.1", [S_EP])
-    c = net.add("C", "16.1", [UP1], static=False)
-    net.link(UP1, S_EP, delay=0.4)
-    net.start(s, probe_interval=0.5, path_timeout=3.0)
-    net.start(c, gateway=pid("1.1"), probe_interval=0.5, path_timeout=3.0)
+    net, s, c, _ = one_link_pair(0.4, probe_interval=0.5, path_timeout=3.0)
     net.run(10.0)
     path = eng(c).peers[s.peer_id].paths.links()[0]
     assert path.up and path.answering

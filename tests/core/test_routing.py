@@ -13,18 +13,23 @@ GW_ADDR, OTHER_ADDR, FWD_ADDR = ("192.0.2.1", 3000), ("198.51.100.7", 4000), ("1
 PORTS = ("a", "b")
 
 
-def table(other_addr: tuple[str, int] | None, forwarders: tuple[int, ...] = ()) -> tuple[
-        EngineSettings, dict[int, Peer]]:
-    """A client (16.1) with two uplinks, its gateway 1.1 and another client 16.2."""
-    addrs = {ME: None, GW: GW_ADDR, OTHER: other_addr, FWD: FWD_ADDR}
+def node(me: int, addrs: dict[int, tuple[str, int] | None], forwarders: tuple[int, ...],
+         gateway: int | None) -> tuple[EngineSettings, dict[int, Peer]]:
+    """The settings and fresh path tables of node ``me`` (two ports) with these peers."""
     gen = Generation()
     peers = {pid: Peer(pid, PORTS, addr, gen) for pid, addr in addrs.items()}
     settings = EngineSettings(
-        self_id=ME, net=0x0A110000, group="g",
+        self_id=me, net=0x0A110000, group="g",
         peers={pid: PeerSpec(pid, bytes(16), addr) for pid, addr in addrs.items()},
-        forwarders=forwarders, gateway=GW, ports=PORTS,
+        forwarders=forwarders, gateway=gateway, ports=PORTS,
     )
     return settings, peers
+
+
+def table(other_addr: tuple[str, int] | None, forwarders: tuple[int, ...] = ()) -> tuple[
+        EngineSettings, dict[int, Peer]]:
+    """A client (16.1) with two uplinks, its gateway 1.1 and another client 16.2."""
+    return node(ME, {ME: None, GW: GW_ADDR, OTHER: other_addr, FWD: FWD_ADDR}, forwarders, GW)
 
 
 def test_routing_a_peer_with_a_live_link_is_reached_on_it_not_through_the_gateway() -> None:
@@ -65,15 +70,7 @@ def relay_table() -> tuple[EngineSettings, dict[int, Peer]]:
     """Forwarder 2.1 (us, listed first in forwarders as in a shared config) relaying upstream
     through forwarder 2.2."""
     fwd2, fwd2_addr = parse_peer_id("2.2"), ("203.0.113.5", 3000)
-    addrs = {ME: None, GW: GW_ADDR, FWD: FWD_ADDR, fwd2: fwd2_addr}
-    gen = Generation()
-    peers = {pid: Peer(pid, PORTS, addr, gen) for pid, addr in addrs.items()}
-    settings = EngineSettings(
-        self_id=FWD, net=0x0A110000, group="g",
-        peers={pid: PeerSpec(pid, bytes(16), addr) for pid, addr in addrs.items()},
-        forwarders=(FWD, fwd2), ports=PORTS,
-    )
-    return settings, peers
+    return node(FWD, {ME: None, GW: GW_ADDR, FWD: FWD_ADDR, fwd2: fwd2_addr}, (FWD, fwd2), None)
 
 
 def test_routing_a_forwarder_never_sends_to_itself() -> None:
