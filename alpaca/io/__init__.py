@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from alpaca.io.readahead import ReadAhead
 
 __all__ = ["DatagramPort", "DriverClosed", "PacketDevice", "ReadWaiter", "TunPacket", "hub_turns",
-           "kernel_at_least", "set_buffer"]
+           "kernel_at_least"]
 
 #: An inner packet and whether its TCP/UDP checksum is partial (alpaca.core.offload).
 TunPacket = tuple[bytes, bool]
@@ -37,24 +36,6 @@ def kernel_at_least(version: tuple[int, int], release: str | None = None) -> boo
     False for a release that does not parse."""
     match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
     return match is not None and (int(match[1]), int(match[2])) >= version
-
-
-#: SO_RCVBUF and SO_SNDBUF without the net.core.rmem_max / wmem_max cap (CAP_NET_ADMIN); the
-#: socket module does not name them.
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
-
-
-def set_buffer(sock: Any, size: int, *, send: bool = False) -> None:
-    """Ask for a receive (``send``: send) buffer of ``size`` bytes, which the kernel doubles:
-    uncapped where the process has CAP_NET_ADMIN, else capped at net.core.rmem_max (wmem_max).
-    """
-    forced, plain = ((SO_SNDBUFFORCE, socket.SO_SNDBUF) if send
-                     else (SO_RCVBUFFORCE, socket.SO_RCVBUF))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, forced, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 class DriverClosed(Exception):

@@ -52,8 +52,9 @@ from typing import Any
 from alpaca.core.constants import SMALL_DATAGRAM
 from alpaca.core.settings import Addr
 from alpaca.errors import TunnelError
-from alpaca.io import ReadWaiter, kernel_at_least, set_buffer
+from alpaca.io import ReadWaiter, kernel_at_least
 from alpaca.io.readahead import read_loop
+from alpaca.sockbuf import set_buffer
 
 #: Largest datagram recv_batch returns whole; longer ones are truncated (and fail to verify).
 MAX_DATAGRAM = 2048

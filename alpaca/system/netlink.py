@@ -35,7 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from alpaca.errors import SystemSetupError
-from alpaca.io import set_buffer
+from alpaca.sockbuf import set_buffer
 
 #: Route protocol number we tag our routes with ("alpaca"; iproute2 shows ``proto 97``).
 #: Unassigned in /usr/include/linux/rtnetlink.h and in iproute2's rt_protos.
