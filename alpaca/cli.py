@@ -135,21 +135,24 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     try:
         own = journal.undo_left_behind(sock, f"control socket {sock}")
-        # and runs with another control socket (tun_name, which names the default one, changed)
-        orphans = journal.recover_orphans(journal.journal_of(sock))
     except AlpacaError as exc:  # the node runs: its journal is its own, nothing is done
         print(f"{PROG}: nothing done: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if own is None and not orphans.undone:
-        print(f"{PROG}: nothing to undo for {sock}")
-        return EXIT_OK
-    failures = (own or []) + orphans.failures
+    runs = [] if own is None else [sock]
+    failures = own or []
+    try:  # runs with another control socket (tun_name, which names the default one, changed)
+        orphans = journal.recover_orphans(journal.journal_of(sock))
+        runs += [path.with_name(path.name.removesuffix(journal.SUFFIX)) for path in orphans.undone]
+        failures += orphans.failures
+    except AlpacaError as exc:  # an orphan's lock cannot be made (a full directory)
+        failures.append(str(exc))
     for failure in failures:
         print(f"{PROG}: {failure}", file=sys.stderr)
     if failures:
         return EXIT_ERROR
-    runs = [sock] * (own is not None)
-    runs += [path.with_name(path.name.removesuffix(journal.SUFFIX)) for path in orphans.undone]
+    if not runs:
+        print(f"{PROG}: nothing to undo for {sock}")
+        return EXIT_OK
     print(f"{PROG}: undid the host changes a previous run of {', '.join(map(str, runs))} left")
     return EXIT_OK
 

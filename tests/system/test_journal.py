@@ -799,6 +799,35 @@ def test_orphan_recovery_and_cleanup_on_a_full_directory_name_the_lock(
     assert f"lock file {tmp_path / 'old.sock.lock'}: No space left on device" in err
     assert "cannot write the output" not in err
 
+@pytest.mark.netns
+def test_cleanup_reports_its_own_undo_when_an_orphans_lock_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The node's own journal is undone, then an orphan's lock file cannot be written (a full
+    directory): `cleanup` names that failure and exits 1, and does not say "nothing done" of
+    what it did."""
+    from alpaca import cli
+
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("old.sock.lock"):
+            _no_space()
+        return real_pwrite(fd, data, offset)
+
+    with netns() as ns:
+        own = jr.Journal(tmp_path / "new.sock.journal", ns)
+        own.record("sysctl", key="net.ipv4.ip_forward", value="0")
+        nsexec(ns, "sysctl", "-w", "net.ipv4.ip_forward=1")
+        (tmp_path / "old.sock.journal").write_text("")
+        monkeypatch.setattr(instance.os, "pwrite", pwrite)
+        assert cli.main(["cleanup", "--control-socket", str(tmp_path / "new.sock")]) == cli.EXIT_ERROR
+        err = capsys.readouterr().err
+        assert "nothing done" not in err
+        assert f"lock file {tmp_path / 'old.sock.lock'}: No space left on device" in err
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        assert not own.path.exists()
+
+
 HOLD_LOCK = """
 import os, sys, time
 from pathlib import Path
