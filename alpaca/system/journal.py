@@ -435,8 +435,8 @@ def _gave_way(old: tuple[str, str | None, int, int], new: tuple[str, str | None,
 def _without_ways_of(steps: list[Step], saved: list[Any]) -> list[Step]:
     """``steps`` less the saved default routes of earlier ``default_route`` steps that gave
     way to one ``saved`` names (:func:`_gave_way`): only the latest must come back on exit,
-    not both. One of another program (a DHCP client's beside a static route) stays. The
-    earlier steps stay (their undo also deletes our default)."""
+    not both. One of another program at another metric (a DHCP client's beside a static
+    route) stays. The earlier steps stay (their undo also deletes our default)."""
     news = [way for way in map(_way_of, saved) if way is not None]
     if not news:
         return steps
