@@ -157,7 +157,7 @@ def test_grafana_overview_shows_what_duplicate_send_buys() -> None:
                    "Duplicate-send queue"):
         assert wanted in titles
     drops = " ".join(t["expr"] for t in titles["Drops by reason (expected extra copies left out)"]["targets"])
-    assert 'reason!="duplicate"' in drops
+    assert 'reason!="duplicate"' in drops and "alpaca_udp_receive_drops_total" in drops
 
 
 def test_grafana_provisioning_points_at_the_uid() -> None:
