@@ -117,11 +117,13 @@ class Prober:
             or bool(peer.paths.learned) or now - peer.last_active_at < s.path_lifetime
         )
 
-    def _is_dormant(self, path: Path, reached: bool) -> bool:
+    def _is_dormant(self, path: Path, peer: Peer) -> bool:
         """Never up nor answering at its address after DORMANT_AFTER probes there, and this is
-        not one of its rounds (fewer while the peer is ``reached`` by another path)."""
-        every = DORMANT_EVERY_REACHED if reached else DORMANT_EVERY
-        return path.silent_probes >= DORMANT_AFTER and self._round % every != 0
+        not one of its rounds (fewer while another path to ``peer`` is up)."""
+        if path.silent_probes < DORMANT_AFTER:
+            return False
+        reached = any(other.up for other in peer.paths.all())
+        return self._round % (DORMANT_EVERY_REACHED if reached else DORMANT_EVERY) != 0
 
     def _probe_peer(self, peer: Peer, now: float) -> None:
         """Probe each link of ``peer`` and each VIA path to it, but none into a forwarder that
@@ -130,14 +132,13 @@ class Prober:
         probe is sealed for ``peer`` with the counter its data uses, so every one a dead
         forwarder swallowed counted as end-to-end loss at ``peer`` (20-30 % with a forwarder
         down and a ping a second)."""
-        reached = any(path.up for path in peer.paths.all())
         for link in peer.paths.links():
-            if not self._is_dormant(link, reached) and not self._relay_down_at(link, peer.peer_id):
+            if not self._is_dormant(link, peer) and not self._relay_down_at(link, peer.peer_id):
                 self._send_probe(peer, link, link, now)
         for via in peer.paths.via.values():
             fwd = self.engine.peers.get(via.via) if via.via is not None else None
             best = fwd.paths.best_link() if fwd is not None else None
-            if best is not None and not self._is_dormant(via, reached) and not _went_down(best):
+            if best is not None and not self._is_dormant(via, peer) and not _went_down(best):
                 self._send_probe(peer, via, best, now)
 
     def _relay_down_at(self, link: Path, peer_id: int) -> bool:
