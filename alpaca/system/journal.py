@@ -16,6 +16,10 @@ Invariants:
       that failed on the host's state (a device gone) stays in the file; the next start
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
+    * Turning ip_forward back off resets accept_redirects and devices' forwarding; the undo
+      puts those back as they were before the start when its write changed ip_forward, or
+      when the file says an earlier run's undo began that write (a crash in between). When
+      ip_forward was already back off (turned off by hand while we ran), they stay as set.
     * A default route saved again moves its step to the end (its undo runs first); one saved
       for a way out (device, gateway) an earlier step holds, of the same proto at another
       metric, leaves that step: only the latest comes back.
@@ -66,6 +70,8 @@ MAX_TRIES = 3
 #: ...and the seconds that must have passed since it first failed (wall clock).
 GIVE_UP_AFTER = 3600.0
 SUFFIX = ".journal"
+#: Set in the file on ip_forward's step just before the undo turns it back off (see _mark_begun).
+UNDO_BEGUN = "undo_begun"
 Step = dict[str, Any]
 
 
@@ -109,10 +115,12 @@ def _undo_sysctl(step: Step, netns: str | None) -> None:
     key = step["key"]
     if key == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
         return
+    turns_off = key == sysctl.IP_FORWARD and str(step["value"]) != "1"
+    changed = turns_off and sysctl.read(key, netns) != str(step["value"])
     sysctl.write(key, step["value"], netns)
-    if key == sysctl.IP_FORWARD and str(step["value"]) != "1":
-        # Also when ip_forward is already back: a crash may have come between its write,
-        # which reset these, and their own.
+    if changed or (turns_off and step.get(UNDO_BEGUN)):
+        # Only a write that changed ip_forward reset these; UNDO_BEGUN: a crash came between
+        # an earlier run's write and their own. Put back by hand meanwhile, they stay as set.
         _restore_side_settings(step, netns)
 
 
@@ -341,6 +349,7 @@ class Journal:
             try:
                 mine = _not_shared(step, peers)
                 if mine is not None:
+                    self._mark_begun(step)
                     UNDO[kind](mine, self.netns)
             except (AlpacaError, OSError) as exc:  # the host's state: may work later
                 failures.append(f"undo {kind}: {exc}")
@@ -358,6 +367,19 @@ class Journal:
         if failures or kept or undone:
             log.info("host changes undone journal=%s failed=%d", self.path, len(failures))
         return failures
+
+    def _mark_begun(self, step: Step) -> None:
+        """Before ip_forward is turned back off, note in the file that its undo began (the
+        step in memory, which the undo reads, is left as it was): a retry after a crash
+        between that write and the restore of what it reset knows to restore those. Best
+        effort: without the note a retry leaves them as they are."""
+        if step.get("key") != sysctl.IP_FORWARD or str(step.get("value")) == "1" \
+                or step.get(UNDO_BEGUN):
+            return
+        try:
+            self._write([{**s, UNDO_BEGUN: True} if s is step else s for s in self.steps])
+        except OSError as exc:
+            log.warning("could not note the undo of ip_forward journal=%s error=%s", self.path, exc)
 
     def _keep_step(self, step: Step, kept: list[Step], exc: Exception) -> None:
         """Keep a failed step for the next run, unless it has failed :data:`MAX_TRIES` times."""

@@ -197,21 +197,53 @@ def test_journal_ip_forward_turned_back_off_puts_back_what_it_reset(tmp_path: Pa
             == ("0", "1", "0")
 
 
+UNDO_KILLED_AFTER_IP_FORWARD = """
+import os, signal
+from alpaca.system import journal as jr
+jr._restore_side_settings = lambda step, netns: os.kill(os.getpid(), signal.SIGKILL)
+jr.Journal.load({path!r}).undo_all()
+"""
+
+
 @pytest.mark.netns
 def test_journal_a_crash_between_ip_forward_and_what_it_reset_is_mended_by_the_retry(tmp_path: Path) -> None:
     """A kill -9 after the undo wrote ip_forward back (which reset accept_redirects) but
     before it put accept_redirects back: the retry (the next start's recovery, `cleanup`)
     found ip_forward as recorded and left accept_redirects at 1, and the next start then
     recorded that as the host's own setting."""
+    def accept_redirects() -> str:
+        return nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip()
+
+    with netns() as ns:
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=0")
+        path = tmp_path / "j"
+        inp = HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1400)
+        apply([op for op in plan(inp) if isinstance(op, SetSysctl)], jr.Journal(path, ns), ns)
+        run_python(ns, UNDO_KILLED_AFTER_IP_FORWARD.format(path=str(path)), check=False)
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        assert accept_redirects() == "1" and path.exists()
+        assert jr.recover(path) == []
+        assert accept_redirects() == "0" and not path.exists()
+
+
+@pytest.mark.netns
+def test_journal_ip_forward_turned_off_by_hand_leaves_what_was_set_after(tmp_path: Path) -> None:
+    """A person turned ip_forward off while the tunnel ran and then set accept_redirects on
+    purpose: the undo at stop, finding ip_forward already as it was, changes nothing it did
+    not reset itself (it put accept_redirects back to the value before the start)."""
+    def accept_redirects() -> str:
+        return nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip()
+
     with netns() as ns:
         nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=0")
         journal = jr.Journal(tmp_path / "j", ns)
         inp = HostPlanInput(Mode.SERVER, "alpaca0", "10.17.0.0/16", "10.17.1.1", 1400)
         apply([op for op in plan(inp) if isinstance(op, SetSysctl)], journal, ns)
-        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")  # the undo's first write
-        assert nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip() == "1"
-        assert jr.recover(tmp_path / "j") == []
-        assert nsexec(ns, "sysctl", "-n", "net.ipv4.conf.all.accept_redirects").stdout.strip() == "0"
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+        nsexec(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.accept_redirects=1")
+        assert journal.undo_all() == []
+        assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+        assert accept_redirects() == "1"
 
 
 @pytest.mark.netns
