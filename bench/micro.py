@@ -92,6 +92,7 @@ def rows(number: int, repeat: int) -> list[tuple[str, float]]:
                     per_op_us(Receiver(ring, stream), number, repeat)))
     out.append(forged_epoch_row(ring, max(number // 20, 100), repeat))
     out.append(timer_arm_row(number, repeat))
+    out.extend(timer_tick_row(peers, max(number // 100, 200), repeat) for peers in (10, 10_000))
     if importlib.util.find_spec("Crypto") is not None:
         out.append(pycryptodome_row(number, repeat))
     return out
@@ -106,6 +107,30 @@ def timer_arm_row(number: int, repeat: int) -> tuple[str, float]:
     base, step = monotonic() + 60.0, iter(range(10**9))
     return ("timer arm (deadline moving)",
             per_op_us(lambda: timer.arm(base + (next(step) % 7) * 0.001), number, repeat))
+
+
+def timer_tick_row(peers: int, number: int, repeat: int) -> tuple[str, float]:
+    """Engine.on_timer every 0.25 s of engine time (a probe round every 4th) on a server with
+    ``peers`` clients configured, none of them heard from: what the packet path waits for
+    at each tick. Per-tick cost should not grow with the number of idle peers."""
+    from alpaca.core.engine import Engine
+    from alpaca.core.settings import EngineSettings, PeerSpec
+
+    class Discard:
+        def send(self, port: int, addr: tuple[str, int], data: bytes) -> bool:
+            return True
+
+        def write_tun(self, packet: bytes, csum_partial: bool = False) -> bool:
+            return True
+
+    ids = [GATEWAY] + [(16 + k // 254) << 8 | (1 + k % 254) for k in range(peers)]
+    specs = {i: PeerSpec(i, os.urandom(32)) for i in ids}
+    engine = Engine(EngineSettings(self_id=GATEWAY, net=0x0A110000, group=GROUP, peers=specs),
+                    Discard(), epoch=EPOCH, random_bytes=os.urandom)
+    ticks = iter(range(1, 10**9))
+    engine.on_timer(0.0)
+    return (f"timer tick, {peers:,} idle peers",
+            per_op_us(lambda: engine.on_timer(0.25 * next(ticks)), number, repeat))
 
 
 def forged_epoch_row(ring: KeyRing, number: int, repeat: int) -> tuple[str, float]:

@@ -153,6 +153,7 @@ class Engine:
         self.routes.flush()
         self.generation.bump()
         self.prober.next_probe_at = self.prober.next_tick_at = 0.0  # learn new peers' links now
+        self.prober.sweep()
         self.stats.reloads += 1
 
     def forget_paths(self, peer_ids: set[int]) -> None:
@@ -165,6 +166,7 @@ class Engine:
             fresh = Peer(peer_id, self.settings.ports, old.addr, self.generation)
             fresh.take_over(old, paths=False)
             self.peers[peer_id] = fresh
+        self.prober.sweep()
         self._cancel_stale_copies(set(), set())
         self.routes.flush()
         self.generation.bump()
@@ -469,6 +471,7 @@ class Engine:
                 flow.challenged = NO_CHALLENGES
             path = peer.paths.learn(pi, port, addr, now)
             if not path.up:
+                self.prober.wake(src)
                 self._fresh_on_down_path(peer, path, now)
             path.rx_packets += 1
             path.rx_bytes += n

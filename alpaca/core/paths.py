@@ -357,6 +357,16 @@ class PeerPaths:
             return None
         return slot
 
+    def settled(self) -> bool:
+        """True when time alone changes nothing here: no path up (it would go down), none
+        waiting for a probe's answer while still counted answering, no learned path or
+        candidate (they expire). Only a datagram, a probe or a reply unsettles it, or a
+        reload (a longer path_timeout brings a recent path back up)."""
+        if self.learned or self.candidates:
+            return False
+        return not any(p.up or (p.answering and p.unanswered_since != math.inf)
+                       for p in (*self.static, *self.via.values()))
+
     def unconfirmed(self) -> list[Path]:
         """Learned paths and candidates that still wait for a probe's answer."""
         return [*(p for p in self.learned.values() if not p.confirmed), *self.candidates.values()]

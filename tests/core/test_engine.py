@@ -18,6 +18,8 @@ from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy, PeerSpec
 from alpaca.snapshot import replay_by_sender
 from tests.enginenet import (
+    CLIENT1_EP,
+    SERVER_EP,
     EngineNet,
     Link,
     Node,
@@ -453,6 +455,39 @@ def test_engine_path_goes_down_within_the_timeout_and_comes_back(caplog: pytest.
     changes = [m.split()[1] for m in caplog.messages
                if m.startswith(("path up ", "path down ")) and "peer=1.1 path=direct/p0 " in m]
     assert changes == ["down", "up"], caplog.messages
+
+
+def test_engine_a_client_that_went_and_came_back_goes_down_on_time_again() -> None:
+    """The server evaluates a peer's paths only while they can change with time: client
+    16.1's learned path goes down within the timeout of its silence, is forgotten after
+    path_lifetime (its peer has settled then), comes back with its next datagram and goes
+    down on time again; 16.2 stays up throughout."""
+    net, s, c1, c2 = server_and_two_clients()
+    peer = eng(s).peers[c1.peer_id]
+    settings = eng(s).settings
+    ends = net.links[(CLIENT1_EP, SERVER_EP)], net.links[(SERVER_EP, CLIENT1_EP)]
+
+    def down_after_break() -> float:
+        """Break 16.1's link and return how long after its last datagram the server took it
+        down."""
+        for link in ends:
+            link.up = False
+        (path,) = peer.paths.learned.values()
+        start = net.now
+        while path.up and net.now < start + 10.0:
+            net.run(0.05)
+        assert not path.up
+        return net.now - path.last_ok_at
+
+    assert settings.path_timeout <= down_after_break() <= settings.path_timeout + 0.3
+    net.run(settings.path_lifetime)
+    assert not peer.paths.learned and peer.paths.settled()
+    for link in ends:
+        link.up = True
+    net.run(2.0)
+    assert [p.up for p in peer.paths.learned.values()] == [True]
+    assert settings.path_timeout <= down_after_break() <= settings.path_timeout + 0.3
+    assert all(p.up for p in eng(s).peers[c2.peer_id].paths.learned.values())
 
 
 def test_engine_a_dead_forwarder_costs_no_end_to_end_loss_and_its_return_is_seen() -> None:

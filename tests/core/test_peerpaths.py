@@ -132,3 +132,34 @@ def test_a_rebuilt_peer_keeps_its_learned_paths_but_one_at_its_new_static_addres
     assert fresh.learned == {(1, 0): at_b}
     assert fresh.match(0, B) is at_b and fresh.match(1, C) is fresh.static[1] is not at_c
     assert fresh.static[0].tx_packets == 7
+
+
+def test_settled_only_when_time_alone_changes_nothing() -> None:
+    """The prober evaluates a peer at each tick only while its paths are not settled: a path
+    up (it goes down once silent), a probe waiting while the path still counts as answering,
+    a learned path or a candidate (they expire). Settled otherwise, also with probes that
+    went unanswered for good."""
+    pp = PeerPaths(0x1001, ("p0",), ("192.0.2.9", 4000), Generation())
+    static = pp.static[0]
+    assert pp.settled()
+    static.up = True
+    assert not pp.settled()
+    static.up = False
+    static.on_probe_sent(1.0)
+    assert not pp.settled()
+    assert static.check_answers(5.0, 3.0) and not static.answering
+    assert pp.settled()
+    static.on_probe_answered()
+    assert static.check_answers(6.0, 3.0) and pp.settled()
+    via = Path(0x1001, PathKind.VIA, 4, 0, None, "via-1.2", via=0x0102)
+    pp.via[1] = via
+    via.up = True
+    assert not pp.settled()
+    via.up = False
+    learned = pp.learn(0, 0, A, 10.0)
+    assert not pp.settled()
+    pp.confirm(learned)
+    pp.learn(0, 0, B, 11.0)  # a candidate beside the confirmed slot
+    assert not pp.settled()
+    pp.expire(100.0, 60.0)
+    assert not pp.learned and not pp.candidates and pp.settled()
