@@ -2,6 +2,6 @@
 
 import sys
 
-from alpaca.cli import main
+from alpaca.entry import main
 
 sys.exit(main())

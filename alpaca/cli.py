@@ -27,6 +27,7 @@ from alpaca import __version__, show
 from alpaca.config import Config, Mode, load_config, reach_warnings, read_chnroute
 from alpaca.configreader import shown_path
 from alpaca.core.ids import format_peer_id, printable, quoted
+from alpaca.entry import EarlySignals
 from alpaca.errors import AlpacaError, ConfigError, StateFileError
 from alpaca.hostplan import host_plan
 from alpaca.lab import cli as lab_cli
@@ -61,25 +62,10 @@ def load_all(args: argparse.Namespace) -> tuple[Config, Secrets]:
     return config, load_secrets(config.secret_file, config.id)
 
 
-class EarlySignals:
-    """SIGHUP and SIGUSR1 from the first instant of ``run`` until the daemon's own handlers:
-    their default action would end the process while it reads its files or waits for a name
-    server (and systemd counts a death by SIGHUP as clean: ``Restart=on-failure`` would leave
-    the node down). A SIGHUP is remembered and becomes a reload once the daemon runs; a
-    SIGUSR1 (a state dump) is ignored until there is state."""
-
-    def __init__(self) -> None:
-        self.reload_asked = False
-        signal.signal(signal.SIGHUP, self._on_hup)
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-
-    def _on_hup(self, _signum: int, _frame: object) -> None:
-        self.reload_asked = True
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run the tunnel until it is stopped (SIGINT/SIGTERM)."""
-    early = EarlySignals()
+def cmd_run(args: argparse.Namespace, early: EarlySignals | None = None) -> int:
+    """Run the tunnel until it is stopped (SIGINT/SIGTERM). ``early``: the signals held since
+    the process began (:mod:`alpaca.entry`); held from here when None."""
+    early = early or EarlySignals()
     config = load_config(resolve_config_path(args.config))
     setup_logging(config.log_level, args.timestamps)
     try:
@@ -263,18 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+def main(argv: Sequence[str] | None = None, early: EarlySignals | None = None) -> int:
+    """Run the command line; returns the exit code. ``early``: SIGHUP and SIGUSR1 held since
+    the process began (:mod:`alpaca.entry`): ``run`` takes them over, any other command
+    gives them their default actions back."""
     _escape_unencodable_output()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse has printed it
+        if early is not None:
+            early.release()
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    runs = args.handler is cmd_run and not args.version
+    if early is not None and not runs:
+        early.release()
     if not args.version:
         setup_logging(logging.INFO, args.timestamps)
     try:
         handler: Handler = cmd_version if args.version else args.handler
-        code = handler(args)
+        code = cmd_run(args, early) if runs else handler(args)
         sys.stdout.flush()  # here: a full disk is this command's error, not the exit's
         return code
     except ConfigError as exc:

@@ -123,7 +123,7 @@ class Daemon:
                  reload_asked: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.secrets = secrets
-        #: whether a SIGHUP came before start() (cli.EarlySignals): it becomes a reload
+        #: whether a SIGHUP came before start() (entry.EarlySignals): it becomes a reload
         self._reload_asked_early = reload_asked
         #: realtime_priority of the config last applied (0 at start: the scheduling the process
         #: was started with, e.g. by chrt or a systemd unit, is left as it is)

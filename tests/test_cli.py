@@ -518,3 +518,42 @@ def test_cli_cleanup_of_a_path_that_is_no_socket_is_refused(
     err = capsys.readouterr().err
     assert err.startswith("alpaca-tunnel: --control-socket ")
     assert "names no file" in err or "exists and is not a socket" in err
+
+
+SIGHUP_WHILE_IMPORTING = """
+import importlib.abc, os, signal, sys
+class HangUpOnTheCommandLine(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "alpaca.cli":  # the imports: 0.5-1.3 s before run's own handlers
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGHUP)
+        return None
+sys.meta_path.insert(0, HangUpOnTheCommandLine())
+sys.argv[0] = "alpaca-tunnel"
+from alpaca.entry import main
+sys.exit(main())
+"""
+
+
+def test_cli_a_sighup_while_the_command_line_is_imported_does_not_end_run(tmp_path: Path) -> None:
+    """A SIGHUP (``systemctl reload`` at boot) that came while the command line was being
+    imported ended ``run`` with status 129 and nothing logged, which systemd counts as a
+    clean exit: the node stayed down. It is held from the process's first instant now; this
+    run goes on to its own end (a secrets file that is missing)."""
+    path = client_setup(tmp_path)
+    (tmp_path / "secrets.txt").unlink()
+    done = subprocess.run([sys.executable, "-c", SIGHUP_WHILE_IMPORTING, "-c", str(path), "run"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == cli.EXIT_CONFIG, (done.returncode, done.stderr)
+    assert "secrets.txt" in done.stderr
+    script = Path(sys.executable).with_name("alpaca-tunnel")
+    if script.exists():  # the console script starts there too
+        assert "from alpaca.entry import main" in script.read_text()
+
+
+def test_cli_a_sighup_while_importing_still_ends_another_command(tmp_path: Path) -> None:
+    """Only ``run`` keeps a SIGHUP for itself: ``check`` (a terminal hung up) ends as before."""
+    path = client_setup(tmp_path)
+    done = subprocess.run([sys.executable, "-c", SIGHUP_WHILE_IMPORTING, "-c", str(path), "check"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == -1, (done.returncode, done.stdout, done.stderr)
