@@ -527,9 +527,12 @@ class Daemon:
             for key in changed:  # first: they explain what follows
                 log.warning("config key changed but needs a restart key=%s", CONFIG_KEY.get(key, key))
             chnroute = self.config.chnroute
-            if chnroute is not None and file_identity(chnroute.data) != self._chnroute_file:
+            chnroute_changed = chnroute is not None and file_identity(chnroute.data) != self._chnroute_file
+            if chnroute is not None and chnroute_changed:
                 log.warning("chnroute data file changed but needs a restart file=%s",
                             shown_path(chnroute.data))
+            if self.engine is not None:
+                self.engine.stats.restart_pending = int(bool(changed) or chnroute_changed)
             other_node = [key for key in ("mode", "id") if key in changed]
             if other_node:  # the gateway, forwarders and secrets of that file are another node's
                 log.error("reload refused: %s changed, the config describes another node; restart "
@@ -552,11 +555,11 @@ class Daemon:
             return
         if self.engine is None or self.plane is None:
             return
-        self._apply_scheduling(config)
         peers_routed, complete = self._update_host_routes(config, secrets)
         self._reload_done(ok=complete)
-        if not peers_routed:
+        if not peers_routed:  # kept whole: the scheduling too
             return
+        self._apply_scheduling(config)
         self.engine.reload(settings)
         self.mux = compat.reload_legacy(self.plane, self.engine, self.mux, legacy, config, secrets,
                                         os.urandom)

@@ -229,6 +229,9 @@ class EngineCollector:
             ("alpaca_peers_up", "Peers with at least one path up.", peers_up),
             ("alpaca_config_last_reload_successful", "0 while the last reload kept the running "
              "configuration (alpaca_config_reload_failures_total), else 1.", 1 - stats.reload_failed),
+            ("alpaca_config_restart_pending", "1 while the config file read at the last reload "
+             "holds a change only a restart applies (the log names the keys), else 0.",
+             stats.restart_pending),
         ):
             yield single(name, "gauge", doc, value)
         forwarders = [(fwd, engine.peers.get(fwd)) for fwd in engine.settings.forwarders]

@@ -78,11 +78,16 @@ def test_reload_whose_host_routes_are_refused_keeps_the_old_address_and_runs_aga
 ) -> None:
     """The server moved; the kernel refuses the route to its new address for a moment. The
     engine went on to the new address, which the host routed into the tunnel itself, and
-    nothing tried the routes again. Now it keeps the old one and the reload runs again."""
+    nothing tried the routes again. Now it keeps the old one and the reload runs again. The
+    reload is kept whole: its realtime_priority is applied only with the rest."""
     daemon = running_client(tmp_path)
-    write_files(tmp_path, NEW)
+    write_files(tmp_path, NEW, realtime_priority=5)
     added: list[str] = []
     refuse = [True]
+    scheduled: list[int] = []
+
+    def set_realtime(priority: int) -> None:  # the process of the tests keeps its own
+        scheduled.append(priority)
 
     def add_host_routes(dsts: object, *_args: object, **_kw: object) -> list[str]:
         if refuse[0]:
@@ -93,16 +98,17 @@ def test_reload_whose_host_routes_are_refused_keeps_the_old_address_and_runs_aga
     monkeypatch.setattr(routes, "add_host_routes", add_host_routes)
     monkeypatch.setattr(routes, "remove_host_routes", lambda *a, **k: None)
     monkeypatch.setattr(d, "RELOAD_RETRY", 0.05, raising=False)
+    monkeypatch.setattr(d.sched, "set_realtime", set_realtime)
     assert daemon.engine is not None
     daemon._reload()
-    assert daemon.engine.peers[0x0101].addr == (OLD, 10001)
+    assert daemon.engine.peers[0x0101].addr == (OLD, 10001) and scheduled == []
     assert daemon.applied.host_dsts == (f"{OLD}/32",)
     assert daemon._reload_retry is not None and not daemon._reload_retry.dead
     refuse[0] = False
     daemon._reload_wanted.wait(timeout=2)  # the retry asks for a reload
     daemon._reload()
     assert added == [f"{NEW}/32"] and daemon.applied.host_dsts == (f"{NEW}/32",)
-    assert daemon.engine.peers[0x0101].addr == (NEW, 10001)
+    assert daemon.engine.peers[0x0101].addr == (NEW, 10001) and scheduled == [5]
     daemon.group.kill()
 
 
@@ -176,6 +182,33 @@ def test_reload_that_keeps_the_running_configuration_shows_in_the_metrics(tmp_pa
     write_files(tmp_path, OLD)
     daemon._reload()
     assert scraped() == (1, 2, 1)
+
+
+def test_reload_of_a_change_only_a_restart_applies_shows_in_the_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A changed tun_name or port was one warning and then "reloaded": the gauge said the
+    reload applied, and nothing showed the running node differs from its file. Now
+    alpaca_config_restart_pending says so until a reload reads a file without the change."""
+    daemon = running_client(tmp_path)
+    assert daemon.engine is not None
+    registry = build_registry(lambda: daemon.engine, lambda: 0.0, version="t", start_time=0.0, node="16.1")
+
+    def scraped() -> tuple[float | None, float | None]:
+        return tuple(registry.get_sample_value(name) for name in (  # type: ignore[return-value]
+            "alpaca_config_restart_pending", "alpaca_config_last_reload_successful"))
+
+    assert scraped() == (0, 1)
+    write_files(tmp_path, OLD, tun_name="alpaca7")
+    daemon._reload()
+    assert "config key changed but needs a restart key=tun_name" in caplog.text
+    assert scraped() == (1, 1) and daemon.engine.stats.reloads == 1
+    write_files(tmp_path, OLD, id="16.2")  # refused whole: id needs a restart too
+    daemon._reload()
+    assert scraped() == (1, 0)
+    write_files(tmp_path, OLD)
+    daemon._reload()
+    assert scraped() == (0, 1)
 
 
 def test_reload_whose_default_route_cannot_move_is_a_failed_reload(

@@ -16,8 +16,8 @@ class EngineStats:
     __slots__ = (
         "delivered_bytes", "delivered_packets", "drops", "dup_copies_sent", "epoch_resets",
         "forwarded_bytes", "forwarded_packets", "path_changes", "probe_replies_received",
-        "probes_answered", "probes_sent", "reload_failed", "reload_failures", "reloads", "sent_bytes",
-        "sent_datagrams",
+        "probes_answered", "probes_sent", "reload_failed", "reload_failures", "reloads",
+        "restart_pending", "sent_bytes", "sent_datagrams",
     )
 
     def __init__(self) -> None:
@@ -34,6 +34,9 @@ class EngineStats:
         self.reload_failures = 0
         #: 1 while the last reload failed, else 0.
         self.reload_failed = 0
+        #: 1 while the config file read at the last reload holds a change only a restart
+        #: applies (set by the daemon), else 0.
+        self.restart_pending = 0
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
