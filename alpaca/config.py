@@ -344,7 +344,8 @@ def _unreachable_gateway(config: Config, secrets: Secrets) -> list[str]:
     text = format_peer_id(gateway.peer_id)
     return [f"{shown_path(secrets.path)}: the gateway {text} has no address and there are no"
             f" forwarders: this node cannot send to it, and its default route leads nowhere until"
-            f" {text} speaks first (only if {text}'s secrets give this node's address); give"
+            f" {text} speaks first (only if {text}'s secrets give this node's address, or a"
+            f" forwarder still relays its datagrams here); give"
             f" {text}'s peer_ip and peer_port, or forwarders in {shown_path(config.path)}"]
 
 

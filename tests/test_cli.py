@@ -214,7 +214,8 @@ def test_cli_check_warns_of_what_would_leave_the_client_cut_off(
     assert warnings == [
         f"{secrets}: the gateway 1.1 has no address and there are no forwarders: this node cannot"
         " send to it, and its default route leads nowhere until 1.1 speaks first (only if 1.1's"
-        f" secrets give this node's address); give 1.1's peer_ip and peer_port, or forwarders in {path}",
+        " secrets give this node's address, or a forwarder still relays its datagrams here); give"
+        f" 1.1's peer_ip and peer_port, or forwarders in {path}",
         f'{path}: ports[0].interface: no device "nosuchdev9" on this host now; run fails to bind the'
         ' port "wan" until it exists',
         f"{path}: route_table 4242: no ip rule looks this table up, so no traffic enters the tunnel;"
