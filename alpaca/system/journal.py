@@ -16,6 +16,9 @@ Invariants:
       that failed on the host's state (a device gone) stays in the file; the next start
       retries it and, if it fails again, carries it into its own journal (:func:`resume`).
     * The first ``sysctl`` step for a key wins: it holds the ORIGINAL value.
+    * Host routes a reload deleted leave their ``routes`` step once they are gone
+      (:meth:`Journal.forget_routes`): the file holds what may still be there, not every
+      address a peer ever had.
     * Turning ip_forward back off resets accept_redirects and devices' forwarding; the undo
       puts those back as they were before the start when its write changed ip_forward, or
       when the file says an earlier run's undo began that write (a crash in between). When
@@ -247,6 +250,33 @@ class Journal:
                 f"writing the undo journal {self.path}: {exc.strerror or exc}", None,
                 "it is kept beside control_socket: check that its directory is writable and not full",
             ) from exc
+
+    def forget_routes(self, dsts: list[str], table: int) -> None:
+        """Drop ``dsts`` from the routes steps of ``table`` (a step left empty goes): routes
+        this run deleted itself, so that the file does not grow by every address a peer ever
+        had (a peer followed by its hostname). Best effort: on a failed write they stay, and
+        their undo deletes nothing."""
+        gone = set(dsts)
+        steps: list[Step] = []
+        changed = False
+        for step in self.steps:
+            held = step.get("dsts") if step.get("kind") == "routes" and step.get("table") == table else None
+            if not isinstance(held, list) or gone.isdisjoint(held):
+                steps.append(step)
+                continue
+            changed = True
+            if left := [dst for dst in held if dst not in gone]:
+                steps.append({**step, "dsts": left})
+        if not changed:
+            return
+        try:
+            with _directory_lock(self.path.parent):
+                self._write(steps)
+        except OSError as exc:
+            log.warning("could not drop deleted routes from the journal journal=%s error=%s",
+                        self.path, exc)
+            return
+        self.steps = steps
 
     def _original_sysctl(self, key: str) -> Step:
         """What a running daemon of this namespace recorded for ``key`` before it changed it

@@ -340,13 +340,14 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
                        netns: str | None = None) -> Applied:
     """Make the host routes of a running client match ``dsts`` (a reload changed a peer's
     address or local_routes): the new ones are journaled and added via the uplink found at
-    start, in the same table; the ones no longer wanted are deleted if this run added them
-    (their journal step stays: deleting an absent route is a no-op), never a route that was
-    there before (a chnroute prefix of the same table). A server (no uplink) is left as it is.
+    start, in the same table; the ones no longer wanted are deleted if this run added them,
+    never a route that was there before (a chnroute prefix of the same table). A server (no
+    uplink) is left as it is.
 
     All or nothing: on a failure the routes this call added are deleted again and those it
     deleted are added back, so the host matches the :class:`Applied` the caller keeps (a
     route left behind would be one no later reload deletes; the journal would only at exit).
+    The routes it deleted leave the journal (:meth:`Journal.forget_routes`).
 
     Returns:
         The new :class:`Applied` (its ``expected`` list follows the change).
@@ -371,6 +372,8 @@ def update_host_routes(applied: Applied, dsts: tuple[str, ...], journal: Journal
     except Exception:
         _undo_host_routes(added_now, removed_now, up, table, netns)
         raise
+    if removed_now:
+        journal.forget_routes(removed_now, table)
     expected = tuple(r for r in applied.expected if r.dst not in removed) + tuple(
         up.route(d, table) for d in added)
     return replace(applied, expected=expected, host_dsts=dsts, host_added=frozenset(owned))

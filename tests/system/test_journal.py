@@ -1257,6 +1257,33 @@ def test_journal_a_local_route_put_back_in_the_place_of_another_programs_is_ours
         assert snapshot(ns) == before
 
 
+@pytest.mark.netns
+def test_journal_keeps_only_the_host_routes_a_reload_did_not_delete(tmp_path: Path) -> None:
+    """A peer followed by its hostname moved to 40 addresses in turn: every reload added a
+    routes step and none left, so the file grew by every address the peer ever had (and was
+    rewritten whole at each change). The ones a reload deleted leave it now; the undo at exit
+    still takes away what is there."""
+    with netns() as ns:
+        client_ns(ns, tun=False)
+        before = snapshot(ns)
+        add_tun(ns)
+        path = tmp_path / "j"
+        journal = jr.Journal(path, ns)
+        applied = apply(plan(client_input(peer_addresses=("203.0.113.7",))), journal, ns)
+        start = len(path.read_bytes())
+        for n in range(1, 41):
+            applied = update_host_routes(applied, ("203.0.113.7/32", f"198.51.100.{n}/32"), journal, ns)
+        table = nsexec(ns, "ip", "route", "show", "table", "253").stdout
+        assert "198.51.100.40 via" in table and "198.51.100.39 " not in table, table
+        held = [dst for step in json.loads(path.read_text())["steps"] if step["kind"] == "routes"
+                for dst in step["dsts"]]
+        assert sorted(held) == ["198.51.100.40/32", "203.0.113.7/32"], held
+        assert len(path.read_bytes()) < start + 200
+        assert journal.undo_all() == []
+        del_tun(ns)
+        assert snapshot(ns) == before
+
+
 def refuse_route(monkeypatch: pytest.MonkeyPatch, op_prefix: str) -> None:
     """The kernel refuses the one route operation whose description starts with
     ``op_prefix`` (``adding route 203.0.113.0/24``) with ENOBUFS; every other one is real."""
