@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, PacketType
+from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, OVERHEAD, PacketType
 from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
 from alpaca.core.settings import DupPolicy, PeerSpec
@@ -1216,6 +1216,15 @@ def test_engine_drops_a_delivered_packet_whose_ip_length_lies_or_exceeds_the_mtu
     assert drops(c, "too_big") == 1 and len(c.tun) == 0
 
 
+def test_engine_a_packet_of_exactly_the_mtu_whose_ip_length_lies_is_malformed_not_too_big() -> None:
+    net, s, c = two_path_pair()
+    mtu = eng(c).settings.mtu
+    full = ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id), payload=b"x" * (mtu - 20))
+    assert len(full) == mtu
+    eng(c)._write_tun(eng(c).peers[s.peer_id], full[:2] + (mtu + 1).to_bytes(2, "big") + full[4:], 0, net.now)
+    assert (drops(c, "malformed"), drops(c, "too_big"), len(c.tun)) == (1, 0, 0)
+
+
 # --------------------------------------------------------------------------- routes and reload
 def test_engine_route_answers_are_cached_and_flushed() -> None:
     net, _s, c = two_path_pair()
@@ -1644,3 +1653,117 @@ def test_engine_a_probe_answered_after_the_next_round_still_counts() -> None:
     assert path.up and path.answering
     assert path.srtt is not None and abs(path.srtt - 0.8) < 0.05
     assert path.probes_answered >= path.probes_sent - 2  # the last ones are on their way
+
+
+def test_engine_copies_of_packets_sent_on_two_links_take_turns_over_them() -> None:
+    """Each packet goes out on both links at once; its one delayed copy alternates between
+    them from packet to packet, so each link carries half of the copies."""
+    net, s, c = two_path_pair(dup_policy=DupPolicy.ALL, dup_copies=1, dup_delay=0.01)
+    p1, p2 = eng(c).peers[s.peer_id].paths.static
+    sent: list[tuple[int, int]] = []  # (counter, path index stamped)
+    out = eng(c).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if data[0] & 0x0F == PacketType.DATA:
+            sent.append((HEADER.unpack_from(data)[7], data[3]))
+        return original(port, addr, data)
+
+    out.send = send  # type: ignore[method-assign]
+    ping(net, c, "8.8.8.8", n=10, gap=0.05)
+    by_counter: dict[int, list[int]] = {}
+    for counter, pi in sent:
+        by_counter.setdefault(counter, []).append(pi)
+    assert len(by_counter) == 10 and all(len(pis) == 3 for pis in by_counter.values())
+    copies = [pis[2] for pis in by_counter.values()]
+    assert copies.count(p1.pi) == copies.count(p2.pi) == 5
+    assert eng(c).stats.dup_copies_sent == 10
+
+
+def test_engine_counts_the_datagrams_and_bytes_it_sends_but_not_a_refused_one() -> None:
+    net, s, c = two_path_pair()
+    stats = eng(c).stats
+    sizes: list[int] = []
+    out = eng(c).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        ok = original(port, addr, data)
+        if ok:
+            sizes.append(len(data))
+        return ok
+
+    out.send = send  # type: ignore[method-assign]
+    before = stats.sent_datagrams, stats.sent_bytes, stats.drop_counts()["send_error"]
+    ping(net, c, "8.8.8.8", n=5, gap=0.05)
+    p1, p2 = eng(c).peers[s.peer_id].paths.static
+    data_sent = p1.data_sent, p2.data_sent
+    del net.links[(UP1, S_EP)]  # the kernel refuses what goes out on UP1 now
+    ping(net, c, "8.8.8.8", n=5, gap=0.05)
+    assert (p1.data_sent, p2.data_sent) == (data_sent[0], data_sent[1] + 5)  # refused: not sent
+    net.run(1.0)
+    assert stats.drop_counts()["send_error"] > before[2]
+    assert len(sizes) > 10
+    assert (stats.sent_datagrams - before[0], stats.sent_bytes - before[1]) == (len(sizes), sum(sizes))
+
+
+def test_engine_counts_each_path_change_once() -> None:
+    net, s, c = two_path_pair()
+    engine = eng(c)
+    p1 = engine.peers[s.peer_id].paths.static[0]
+    before = engine.stats.path_changes
+    net.links[(UP1, S_EP)].up = net.links[(S_EP, UP1)].up = False
+    net.run(engine.settings.path_timeout + 1.0)
+    assert not p1.up and engine.stats.path_changes == before + 1
+    net.links[(UP1, S_EP)].up = net.links[(S_EP, UP1)].up = True
+    net.run(1.5)
+    assert p1.up and engine.stats.path_changes == before + 2
+
+
+
+@pytest.mark.parametrize("pad_small", [False, True])
+def test_engine_pads_small_datagrams_only_when_told_to(pad_small: bool) -> None:
+    net, s, c = two_path_pair(pad_small=pad_small)
+    sizes: list[int] = []
+    out = eng(c).out
+    original = out.send
+
+    def send(port: int, addr: tuple[str, int], data: bytes) -> bool:
+        if data[0] & 0x0F == PacketType.DATA:
+            sizes.append(len(data))
+        return original(port, addr, data)
+
+    out.send = send  # type: ignore[method-assign]
+    packet = ipv4(tunnel_ip(c.peer_id), "8.8.8.8")
+    net.inject_tun(c, packet)
+    net.run(0.1)
+    assert len(sizes) == 2 and len(s.tun) == 1 and s.tun[0][20:] == packet[20:]
+    plain = len(packet) + OVERHEAD
+    assert all(n > plain + 250 for n in sizes) if pad_small else sizes == [plain, plain]
+
+
+def test_engine_route_answers_expire_after_their_lifetime_and_hits_are_counted() -> None:
+    net, _s, c = two_path_pair(route_cache_ttl=1.0)
+    routes = eng(c).routes
+    calls = eng(c).resolver.calls  # type: ignore[union-attr]
+    n, hits, misses = len(calls), routes.hits, routes.misses
+    ping(net, c, "8.8.8.8", n=3, gap=0.2)  # one question, two answers from the cache
+    assert (len(calls), routes.hits, routes.misses) == (n + 1, hits + 2, misses + 1)
+    net.run(1.0)
+    ping(net, c, "8.8.8.8")  # the answer expired: asked again
+    assert (len(calls), routes.hits, routes.misses) == (n + 2, hits + 2, misses + 2)
+
+
+def test_engine_route_cache_holds_at_most_its_size_dropping_the_oldest() -> None:
+    net, _s, c = two_path_pair(route_cache_size=2)
+    routes = eng(c).routes
+    calls = eng(c).resolver.calls  # type: ignore[union-attr]
+    for dst in ("8.8.8.8", "9.9.9.9", "1.1.1.1"):
+        ping(net, c, dst)
+    assert len(routes) == 2
+    n = len(calls)
+    ping(net, c, "1.1.1.1")  # the newest two are kept
+    ping(net, c, "9.9.9.9")
+    assert len(calls) == n
+    ping(net, c, "8.8.8.8")  # the oldest was dropped
+    assert len(calls) == n + 1 and len(routes) == 2
