@@ -15,11 +15,13 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alpaca.core.constants import MAX_TTL, OVERHEAD, PROTOCOL_VERSION, PacketType
 from alpaca.core.drops import DropReason
 from alpaca.core.engine import Engine
+from alpaca.core.header import HEADER
 from alpaca.core.legacy import codec
 from alpaca.core.legacy import header as lh
-from alpaca.core.legacy.engine import LegacyEngine
+from alpaca.core.legacy.engine import MAX_DATAGRAM, LegacyEngine
 from alpaca.core.legacy.peers import LegacyPeerSpec, LegacySettings
 from alpaca.core.mux import ProtocolMux
 from alpaca.core.settings import PeerSpec
@@ -528,3 +530,118 @@ def test_mux_refuses_v2_datagrams_of_a_legacy_peer() -> None:
     assert mux.v2.stats.delivered_packets == 0
     assert [p.addr for p in mux.v2.peers[pid("16.1")].paths.learned.values()] == []
     assert mux.v2.stats.drops[DropReason.UNKNOWN_PEER] > 0
+
+
+def test_mux_takes_a_v2_header_between_its_v2_peers_as_v2_only() -> None:
+    _net, g, _r, lc, v, mux, _relay, _client = build_gateway()
+
+    def datagram(version: int = PROTOCOL_VERSION, ptype: int = PacketType.DATA, ttl: int = 3, pi: int = 0,
+                 src: int = v.peer_id, dst: int = g.peer_id) -> bytes:
+        header = HEADER.pack(version << 4 | ptype, 0, ttl, pi, src, dst, 1, 0)
+        return header + bytes(OVERHEAD - len(header))
+
+    assert mux.is_v2_shaped(datagram()) and mux.is_v2_shaped(datagram(ptype=PacketType.PROBE_REPLY))
+    assert mux.is_v2_shaped(datagram(pi=15)) and mux.is_v2_shaped(datagram(ttl=MAX_TTL))
+    assert not mux.is_v2_shaped(datagram(version=PROTOCOL_VERSION + 1))
+    assert not mux.is_v2_shaped(datagram(ptype=PacketType.PROBE_REPLY + 1))
+    assert not mux.is_v2_shaped(datagram(pi=16)) and not mux.is_v2_shaped(datagram(ttl=MAX_TTL + 1))
+    assert not mux.is_v2_shaped(datagram(src=lc.peer_id))  # a legacy peer
+    assert not mux.is_v2_shaped(datagram(dst=pid("99.9")))  # nobody we know
+    assert not mux.is_v2_shaped(datagram()[:-1])  # shorter than a header and tag
+
+
+def test_mux_timer_sends_the_legacy_engines_delayed_copies() -> None:
+    net, g, _r, lc, _v, mux, _relay, _client = build_gateway()
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))  # G learns L's paths
+    net.run(0.05)
+    dns = udp_packet("10.17.1.1", "10.17.16.1", sport=4000, dport=53)
+    net.inject_tun(g, dns)  # DNS: a copy 100 ms later
+    net.run(0.05)
+    assert mux.legacy.stats.dup_copies_sent == 0
+    mux.on_timer(net.now + 0.2)
+    assert mux.legacy.stats.dup_copies_sent > 0
+    net.run(0.2)
+    assert lc.tun == [dns]
+
+
+def test_mux_a_datagram_shorter_than_a_v2_header_and_tag_is_malformed() -> None:
+    net, _g, _r, _lc, _v, mux, _relay, _client = build_gateway()
+    mux.on_datagram(bytes(OVERHEAD - 1), ("192.0.2.50", 1), 0, net.now)
+    drops = mux.v2.stats.drop_counts()
+    assert (drops["malformed"], drops["unknown_peer"], sum(mux.legacy.stats.drops)) == (1, 0, 0)
+
+
+def test_mux_a_datagram_longer_than_any_is_malformed() -> None:
+    net, _g, _r, _lc, _v, mux, _relay, _client = build_gateway()
+    mux.on_datagram(bytes(MAX_DATAGRAM + 1), ("192.0.2.50", 1), 0, net.now)
+    assert mux.v2.stats.drop_counts()["malformed"] == 1 and sum(mux.legacy.stats.drops) == 0
+
+
+def test_legacy_relay_passes_a_datagram_on_with_its_ttl_one_less() -> None:
+    net, _g, _r, lc, _v, _mux, relay, client = build_gateway()
+    group = codec.Ecb(codec.group_key(GROUP))
+    ttls: dict[str, list[tuple[tuple[str, int], int]]] = {"client": [], "relay": []}
+    for name, engine in (("client", client), ("relay", relay)):
+        out = engine.out
+        original = out.send
+
+        def send(port: int, addr: tuple[str, int], data: bytes, name: str = name, original=original) -> bool:
+            plain = codec.open_header(group, data)
+            assert plain is not None
+            ttls[name].append((addr, lh.unpack(plain).ttl))
+            return original(port, addr, data)
+
+        out.send = send  # type: ignore[method-assign]
+    net.inject_tun(lc, udp_packet("10.17.16.1", "10.17.1.1", dport=80))
+    net.run(0.05)
+    ttl = client.settings.ttl
+    assert sorted(ttls["client"]) == [(G_EP, ttl), (R_EP, ttl)]
+    assert ttls["relay"] == [(G_EP, ttl - 1)] and relay.stats.forwarded_packets == 1
+
+
+def test_legacy_standalone_counts_each_tun_drop_once_and_sends_nothing() -> None:
+    _net, _g, _r, _lc, _v, _mux, _relay, client = build_gateway()
+    client.on_tun_packet(udp_packet("10.17.16.1", "10.17.99.9"), 1.0)  # no such peer
+    client.on_tun_packet(udp_packet("10.17.16.9", "10.17.1.1"), 1.0)  # not our tunnel address
+    client.on_tun_packet(b"\x60" + bytes(39), 1.0)  # IPv6
+    drops = client.stats.drop_counts()
+    assert (drops["no_route"], drops["foreign_source"], drops["not_ipv4"]) == (1, 1, 1)
+    assert sum(client.stats.drops) == 3
+    assert client.stats.sent_datagrams == 0 and client.peers[pid("1.1")].tx_packets == 0
+
+
+def test_legacy_counts_what_it_sends_to_each_peer() -> None:
+    net, _g, _r, lc, _v, _mux, _relay, client = build_gateway()
+    packet = udp_packet("10.17.16.1", "10.17.1.1", dport=80)
+    for _ in range(3):
+        net.inject_tun(lc, packet)
+    net.run(0.05)
+    peer = client.peers[pid("1.1")]
+    assert (peer.tx_packets, peer.tx_bytes) == (3, 3 * len(packet))
+
+
+def test_legacy_relay_copies_a_dns_packet_it_passes_on() -> None:
+    net, g, _r, lc, _v, _mux, relay, _client = build_gateway()
+    dns = udp_packet("10.17.16.1", "10.17.1.1")  # DNS: the client and the relay each copy it
+    net.inject_tun(lc, dns)
+    net.run(0.3)
+    assert relay.stats.forwarded_packets == 1 and relay.stats.dup_copies_sent == 1
+    assert g.tun == [dns]
+
+
+def test_legacy_sender_counts_the_packets_over_its_per_second_limit() -> None:
+    _net, _g, _r, _lc, _v, _mux, _relay, client = build_gateway()
+    packet = udp_packet("10.17.16.1", "10.17.1.1", dport=80)
+    second = int(WALL + 5.0) - WALL  # the start of a second of the client's clock
+    for _ in range(16002):
+        client.on_tun_packet(packet, second)
+    assert client.stats.seq_limit == 2 and client.stats.drop_counts()["legacy"] == 2
+    assert client.peers[pid("1.1")].tx_packets == 16000
+
+
+def test_legacy_a_silent_peer_with_a_static_address_is_still_sent_to() -> None:
+    net, g, r, _lc, _v, mux, _relay, _client = build_gateway()
+    net.run(mux.legacy.settings.peer_lifetime + 1.0)  # 1.2 sent nothing all along
+    net.inject_tun(g, udp_packet("10.17.1.1", "10.17.1.2", dport=80))
+    net.run(0.05)
+    assert len(r.tun) == 1 and mux.legacy.stats.dead_peer == 0
