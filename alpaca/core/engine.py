@@ -435,7 +435,7 @@ class Engine:
             if dst == self.self_id:  # the old epoch's missing counters can never come now
                 flow.window.close()
             flow.window.reset()
-            flow.challenged = NO_CHALLENGES  # the sender's new session: its own allowance
+            flow.challenged = flow.answered = NO_CHALLENGES  # the sender's new session: its own allowance
             self.stats.epoch_resets += 1
         if counter > flow.floor:
             verdict = flow.window.accept(counter)
@@ -468,7 +468,7 @@ class Engine:
                 self._challenge(flow, peer, self.link_to(peer, pi, port, addr), counter, now)
         else:
             if flow.challenged:  # a relayed flow whose sender has proved itself since
-                flow.challenged = NO_CHALLENGES
+                flow.challenged = flow.answered = NO_CHALLENGES
             path = peer.paths.learn(pi, port, addr, now)
             if not path.up:
                 self.prober.wake(src)
@@ -545,16 +545,17 @@ class Engine:
         on the link it came in on, answering its probe there too (so two ends that restarted
         prove themselves to each other). Its source address is not authenticated: a capture
         replayed from anywhere is new to a window that restarted, so both go out only as
-        :meth:`_admits` allows (each link at most every CHALLENGE_INTERVAL seconds, a few
-        links at a time): a replaying attacker cannot make us send more, nor reflect our
-        answers at an address of its choice more than that. No path is learned from it."""
+        :meth:`_admits` and :meth:`_answers` allow (each link at most every CHALLENGE_INTERVAL
+        seconds, a few links at a time): a replaying attacker cannot make us send more, nor
+        reflect our answers at an address of its choice more than that. No path is learned
+        from it."""
         link = self.link_to(peer, pi, port, addr)
         if ptype == PacketType.PROBE_REPLY:
             self.prober.on_reply(peer, plaintext, counter, now)
             if flow.verified:
                 return
         admitted = self._admits(flow, link, counter, now)
-        if admitted and ptype == PacketType.PROBE:
+        if ptype == PacketType.PROBE and self._answers(flow, link, now):
             self.prober.answer(peer, pi, epoch, plaintext, link)
         elif ptype != PacketType.PROBE_REPLY:
             self.stats.drop(DropReason.UNVERIFIED)
@@ -581,6 +582,22 @@ class Engine:
             recent[key] = now
         flow.challenged = recent
         return admitted
+
+    def _answers(self, flow: Flow, link: Path, now: float) -> bool:
+        """Whether an unverified flow's PROBE is answered on ``link`` (after :meth:`_admits`):
+        once per challenge of ours there, so also a probe that crossed our challenge (two ends
+        that both send to each other challenge each other at once: refusing each other's
+        probes, neither would ever prove itself). A link still gets at most one challenge and
+        one answer per CHALLENGE_INTERVAL."""
+        assert link.addr is not None  # link_to: where the datagram came from
+        key = (link.port, link.addr)
+        at = flow.challenged.get(key)
+        if at is None or now - at >= CHALLENGE_INTERVAL or flow.answered.get(key, -1.0) >= at:
+            return False
+        answered = {k: t for k, t in flow.answered.items() if k in flow.challenged}
+        answered[key] = now
+        flow.answered = answered
+        return True
 
     def static_owner(self, addr: Addr | None) -> int | None:
         """The peer whose static address ``addr`` is, if any."""
@@ -636,7 +653,7 @@ class Engine:
             flow.verified = True
             flow.floor = max(flow.floor, counter)
             flow.window.count_loss_from(flow.floor + 1)
-            flow.challenged = NO_CHALLENGES  # not needed any more: 10,000 peers, 2 MB
+            flow.challenged = flow.answered = NO_CHALLENGES  # not needed any more: 10,000 peers, 2 MB
 
     def link_to(self, peer: Peer, pi: int, port: int, addr: Addr) -> Path:
         """The known path with this port and address, or a one-off path object for replying

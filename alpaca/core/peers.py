@@ -101,9 +101,11 @@ class Flow:
         floor: counters <= floor are refused (-1: none).
         challenged: (local port, address) -> when we last challenged the sender there
             (monotonic seconds); only recent entries are kept, at most 2 * MAX_CHALLENGES.
+        answered: (local port, address) -> when we last answered a probe of the unverified
+            sender there (Engine._answers: once per challenge); links in ``challenged`` only.
     """
 
-    __slots__ = ("challenged", "epoch", "floor", "verified", "window")
+    __slots__ = ("answered", "challenged", "epoch", "floor", "verified", "window")
 
     def __init__(self, epoch: int, window_size: int, *, verified: bool) -> None:
         self.epoch = epoch
@@ -112,3 +114,4 @@ class Flow:
         self.floor = -1
         #: replaced, never changed in place (so all may share the empty one)
         self.challenged: Mapping[tuple[int, Addr], float] = NO_CHALLENGES
+        self.answered: Mapping[tuple[int, Addr], float] = NO_CHALLENGES

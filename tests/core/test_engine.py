@@ -1767,3 +1767,19 @@ def test_engine_route_cache_holds_at_most_its_size_dropping_the_oldest() -> None
     assert len(calls) == n
     ping(net, c, "8.8.8.8")  # the oldest was dropped
     assert len(calls) == n + 1 and len(routes) == 2
+
+
+def test_engine_two_clients_sending_to_each_other_at_once_prove_themselves_in_a_round_trip() -> None:
+    """Two clients start sending to each other through the server at once (a call): each
+    challenges the other on its first packet, and the two probes cross. Each answers the
+    probe that crossed its own challenge, so both deliver within a round trip or two
+    (neither answered the other's probe then, and while both kept sending, every packet
+    either way was dropped unverified)."""
+    net, s, c1, c2 = server_and_two_clients()
+    for _ in range(100):  # 50 packets a second each way, 2 s
+        net.inject_tun(c1, ipv4(tunnel_ip(c1.peer_id), tunnel_ip(c2.peer_id)))
+        net.run(0.007)
+        net.inject_tun(c2, ipv4(tunnel_ip(c2.peer_id), tunnel_ip(c1.peer_id)))
+        net.run(0.013)
+    assert len(c1.tun) >= 95 and len(c2.tun) >= 95
+    assert eng(s).stats.forwarded_packets >= 200
