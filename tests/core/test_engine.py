@@ -1783,3 +1783,14 @@ def test_engine_two_clients_sending_to_each_other_at_once_prove_themselves_in_a_
         net.run(0.013)
     assert len(c1.tun) >= 95 and len(c2.tun) >= 95
     assert eng(s).stats.forwarded_packets >= 200
+
+
+def test_engine_forgetting_a_peers_paths_keeps_its_static_paths_counters() -> None:
+    net, s, c = two_path_pair()
+    ping(net, c, "8.8.8.8", n=3)
+    counters = [(p.name, p.tx_packets, p.tx_bytes, p.rx_packets, p.data_sent)
+                for p in eng(c).peers[s.peer_id].paths.static]
+    assert all(tx > 0 for _, tx, _, _, _ in counters)
+    eng(c).forget_paths({s.peer_id})
+    assert [(p.name, p.tx_packets, p.tx_bytes, p.rx_packets, p.data_sent)
+            for p in eng(c).peers[s.peer_id].paths.static] == counters
