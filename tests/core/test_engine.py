@@ -1794,3 +1794,15 @@ def test_engine_forgetting_a_peers_paths_keeps_its_static_paths_counters() -> No
     eng(c).forget_paths({s.peer_id})
     assert [(p.name, p.tx_packets, p.tx_bytes, p.rx_packets, p.data_sent)
             for p in eng(c).peers[s.peer_id].paths.static] == counters
+
+
+def test_engine_counts_what_it_delivers_to_the_tun_device() -> None:
+    net, s, c = two_path_pair()
+    stats, peer = eng(s).stats, eng(s).peers[c.peer_id]
+    before = stats.delivered_packets, stats.delivered_bytes, peer.rx_packets, peer.rx_bytes
+    for size in (10, 300, 1000):
+        ping(net, c, "8.8.8.8", payload=b"x" * size)
+    n = sum(len(p) for p in s.tun[-3:])
+    assert len(s.tun) >= 3 and n == 3 * 20 + 1310
+    assert (stats.delivered_packets, stats.delivered_bytes) == (before[0] + 3, before[1] + n)
+    assert (peer.rx_packets, peer.rx_bytes) == (before[2] + 3, before[3] + n)
