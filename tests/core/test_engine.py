@@ -1806,3 +1806,20 @@ def test_engine_counts_what_it_delivers_to_the_tun_device() -> None:
     assert len(s.tun) >= 3 and n == 3 * 20 + 1310
     assert (stats.delivered_packets, stats.delivered_bytes) == (before[0] + 3, before[1] + n)
     assert (peer.rx_packets, peer.rx_bytes) == (before[2] + 3, before[3] + n)
+
+
+def test_engine_a_route_cache_of_one_entry_caches_the_last_answer() -> None:
+    net, _s, c = two_path_pair(route_cache_size=1)
+    calls = eng(c).resolver.calls  # type: ignore[union-attr]
+    n = len(calls)
+    ping(net, c, "8.8.8.8", n=2)
+    assert len(calls) == n + 1 and len(eng(c).routes) == 1
+
+
+def test_engine_counts_nothing_before_it_sees_anything() -> None:
+    net = EngineNet()
+    node = net.add("S", "1.1", [S_EP])
+    stats = net.start(node).stats
+    counters = {name: getattr(stats, name) for name in type(stats).__slots__ if name != "drops"}
+    assert counters == dict.fromkeys(counters, 0)
+    assert set(stats.drop_counts().values()) == {0}
