@@ -93,6 +93,16 @@ def test_crypto_derive_key_rejects_out_of_range(src: int, dst: int, epoch: int) 
         derive_key(PAIR_KEY, GROUP, src, dst, epoch)
 
 
+@pytest.mark.parametrize(
+    "src,dst,epoch", [(0, 0xFFFF, 0), (0xFFFF, 0, 2**32 - 1), (0xFFFF, 0xFFFF, 2**32 - 1)]
+)
+def test_crypto_derive_key_accepts_the_largest_ids_and_epoch(src: int, dst: int, epoch: int) -> None:
+    """Every u16 id and every u32 epoch a header can carry has a key."""
+    key = derive_key(PAIR_KEY, GROUP, src, dst, epoch)
+    assert len(key) == crypto.KEY_LEN
+    assert key != derive_key(PAIR_KEY, GROUP, src, dst, epoch ^ 1)
+
+
 # --- seal / open ----------------------------------------------------------------------------
 
 def test_crypto_seal_matches_golden_packet() -> None:
