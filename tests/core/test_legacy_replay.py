@@ -67,3 +67,12 @@ def test_legacy_window_never_accepts_a_pair_twice(packets: list[tuple[int, int]]
             accepted.add((t, seq))
         else:
             assert verdict is not B
+
+
+def test_legacy_window_tracks_seqs_up_to_16383_and_drops_16384() -> None:
+    """The bitmap holds 2^14 seqs a second: 16383 is recorded (and deduplicated), 16384 is not."""
+    window = LegacyWindow()
+    assert window.check(T, 16383, 0.0) is N
+    assert window.check(T, 16383, 0.0) is D
+    assert window.check(T, 16384, 0.0) is B
+    assert window.check(T, 2**20 - 1, 0.0) is B
