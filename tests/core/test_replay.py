@@ -286,3 +286,30 @@ def test_replay_count_loss_from_forgets_what_came_before() -> None:
     assert w.lost == 0
     w.accept(5002)
     assert w.close() == 1  # 5001 only
+
+
+def test_replay_settle_counts_only_below_its_mark_in_a_partly_filled_block() -> None:
+    """The counters that came after the mark, in the mark's own block, are not counted as
+    seen below it: only the one missing below the mark is lost."""
+    w = ReplayWindow(1024)
+    for counter in range(10):
+        if counter != 5:
+            w.accept(counter)
+    assert w.settle(0.0, 1.0) == 0  # takes its mark at 10
+    for counter in range(10, 21):
+        w.accept(counter)
+    assert w.settle(1.0, 1.0) == 1  # 5, below the mark
+    assert w.lost == 1
+
+
+def test_replay_settle_after_count_loss_from_counts_nothing_below_it() -> None:
+    """A mark taken before the flow was verified lies below the counter it was verified from:
+    settling it counts nothing, and what came before that counter stays uncounted."""
+    w = ReplayWindow(1024)
+    w.accept(0)  # a capture of long ago, replayed first
+    w.accept(5000)
+    w.count_loss_from(5000)
+    assert w.settle(0.0, 0.0) == 0  # the mark of an earlier round: 0, below 5000
+    assert w.lost == 0
+    assert w.close() == 0
+    assert w.lost == 0
