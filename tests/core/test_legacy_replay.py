@@ -76,3 +76,30 @@ def test_legacy_window_tracks_seqs_up_to_16383_and_drops_16384() -> None:
     assert window.check(T, 16383, 0.0) is D
     assert window.check(T, 16384, 0.0) is B
     assert window.check(T, 2**20 - 1, 0.0) is B
+
+
+def test_legacy_t20_delta_is_signed_over_half_the_20_bit_range() -> None:
+    assert t20_delta(2**19 - 1, 0) == 2**19 - 1
+    assert t20_delta(2**19, 0) == -(2**19)
+    assert t20_delta(0, 2**19) == -(2**19)
+    assert t20_delta(2**18, 0) == 2**18 and t20_delta(0, 2**18) == -(2**18)
+    assert t20_delta(5, 2**20 - 3) == 8
+
+
+def test_legacy_window_every_seq_of_a_second_is_new_once() -> None:
+    """Each of the 2^14 seqs of a second has a bit of its own."""
+    window = LegacyWindow()
+    assert all(window.check(T, seq, 0.0) is N for seq in range(SEQ_BITS))
+    assert all(window.check(T, seq, 0.0) is D for seq in range(SEQ_BITS))
+
+
+def test_legacy_window_a_jump_forgets_the_previous_second_too() -> None:
+    """After a jump of 2 s or more, the second before the new one starts empty: what was
+    seen in an older second does not make its seqs duplicates."""
+    window = LegacyWindow()
+    assert window.check(T, 5, 0.0) is N
+    assert window.check(T + 1, 7, 1.0) is N  # shift: T becomes the previous second
+    assert window.check(T + 3, 0, 3.0) is N  # +2: restart at T + 3
+    assert window.check(T + 2, 5, 3.0) is N  # -1: previous second, seq 5 not seen in it
+    assert window.check(T + 2, 7, 3.0) is N
+    assert window.check(T + 2, 5, 3.0) is D
