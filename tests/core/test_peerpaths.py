@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from alpaca.core.paths import Generation, Path, PathKind, PeerPaths
 
 A, B, C = ("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.3", 4000)
@@ -163,3 +165,79 @@ def test_settled_only_when_time_alone_changes_nothing() -> None:
     assert not pp.settled()
     pp.expire(100.0, 60.0)
     assert not pp.learned and not pp.candidates and pp.settled()
+
+
+def static_path() -> Path:
+    return Path(0x1001, PathKind.STATIC, 0, 0, A, "direct/p0")
+
+
+def test_rtt_is_smoothed_with_rfc_6298_weights() -> None:
+    path = static_path()
+    path.on_rtt(0.1)
+    assert (path.srtt, path.rtt_last) == (0.1, 0.1)
+    path.on_rtt(0.2)
+    assert path.srtt == pytest.approx(0.875 * 0.1 + 0.125 * 0.2) and path.rtt_last == 0.2
+    path.on_rtt(0.05)
+    assert path.srtt == pytest.approx(0.875 * (0.875 * 0.1 + 0.125 * 0.2) + 0.125 * 0.05)
+    assert list(path.rtt_samples) == [0.1, 0.2, 0.05]
+
+
+def test_a_path_stops_answering_a_timeout_after_its_oldest_unanswered_probe() -> None:
+    path = static_path()
+    path.on_probe_sent(10.0)
+    path.on_probe_sent(12.0)  # the silence counts from the oldest probe waiting
+    assert not path.check_answers(14.9, 5.0) and path.answering
+    assert path.check_answers(15.0, 5.0) and not path.answering
+    assert not path.check_answers(16.0, 5.0)  # no change, no news
+    path.on_probe_answered()
+    assert path.check_answers(16.0, 5.0) and path.answering
+    path.on_probe_sent(20.0)
+    assert not path.check_answers(24.0, 5.0) and path.answering
+
+
+def test_an_up_path_tells_why_it_is_or_is_not_answering() -> None:
+    path = static_path()
+    path.last_ok_at = 0.0
+    assert path.evaluate(1.0, 5.0) and path.up and path.reason == "answering"
+    path.on_probe_sent(1.0)
+    assert path.check_answers(6.0, 5.0) and path.reason == "unanswered"
+    other = static_path()
+    other.on_probe_sent(0.0)
+    assert other.check_answers(5.0, 5.0) and other.reason == "new"  # not up: reason kept
+
+
+def test_a_path_is_up_until_a_timeout_of_silence_and_counts_its_changes() -> None:
+    path = static_path()
+    assert not path.evaluate(1.0, 5.0) and not path.up  # never heard from
+    path.last_ok_at = 2.0
+    assert path.evaluate(2.5, 5.0) and path.up and path.changes == 1
+    assert not path.evaluate(6.9, 5.0) and path.up
+    assert path.evaluate(7.0, 5.0) and not path.up and path.reason == "timeout"
+    assert path.changes == 2
+    path.last_ok_at = 8.0
+    assert path.evaluate(8.0, 5.0) and path.up and path.changes == 3
+
+
+def test_a_shortened_timeout_counts_an_up_paths_silence_from_the_reload() -> None:
+    path = static_path()
+    path.last_ok_at = 0.0
+    path.evaluate(0.0, 30.0)
+    assert not path.evaluate(12.0, 5.0, since=10.0) and path.up  # 2 s since the reload
+    assert path.evaluate(15.0, 5.0, since=10.0) and not path.up
+    assert not path.evaluate(16.0, 5.0, since=10.0)  # down: its silence counts from 0.0
+
+
+def test_a_path_counts_its_silent_probes_until_it_answers_or_comes_up() -> None:
+    path = static_path()
+    for now in range(3):
+        path.on_probe_sent(float(now))
+    assert path.silent_probes == 3
+    path.on_probe_answered()
+    path.on_probe_sent(4.0)
+    assert path.silent_probes == -1  # it has answered: never dormant
+    quiet = static_path()
+    quiet.on_probe_sent(0.0)
+    quiet.last_ok_at = 1.0
+    quiet.evaluate(1.0, 5.0)
+    quiet.on_probe_sent(2.0)
+    assert quiet.silent_probes == -1
