@@ -211,6 +211,12 @@ def test_keyring_cipher_opens_golden_packet() -> None:
     assert c.open(GOLDEN_PACKET) == GOLDEN_INNER
 
 
+def test_keyring_takes_keys_of_ids_0_and_65535() -> None:
+    r = KeyRing(GROUP, {0: PAIR_KEY, 0xFFFF: bytes(range(32))})
+    assert r.has_pair(0, 0) and r.has_pair(0, 0xFFFF)
+    assert r.cipher(0, 0, EPOCH) is not None and r.cipher(0xFFFF, 1, EPOCH) is not None
+
+
 def test_keyring_cipher_without_key_is_none() -> None:
     r = ring()
     assert r.cipher(CLIENT, 0x2001, EPOCH) is None
