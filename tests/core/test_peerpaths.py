@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpaca.core.paths import Generation, Path, PathKind, PeerPaths
+from alpaca.core.paths import Generation, Path, PathKind, PeerPaths, port_label
 
 A, B, C = ("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.3", 4000)
 
@@ -241,3 +241,52 @@ def test_a_path_counts_its_silent_probes_until_it_answers_or_comes_up() -> None:
     quiet.evaluate(1.0, 5.0)
     quiet.on_probe_sent(2.0)
     assert quiet.silent_probes == -1
+
+
+def test_a_port_beyond_the_configured_ones_is_labelled_by_its_index() -> None:
+    assert port_label(("p0", "p1"), 1) == "p1"
+    assert port_label(("p0", "p1"), 2) == "2"
+
+
+def test_a_candidate_is_filed_under_its_slots_index_and_port() -> None:
+    pp = PeerPaths(0x1001, ("p0", "p1"), None, Generation())
+    a = pp.learn(6, 1, A, 0.0)
+    pp.confirm(a)
+    b = pp.learn(6, 1, B, 1.0)
+    assert (b.pi, b.port, b.name) == (6, 1, a.name) and pp.candidates == {(6, 1): b}
+    assert pp.match(1, B) is b
+
+
+def test_a_confirmed_candidate_leaves_the_later_challenge_time_on_the_slot() -> None:
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    pp.confirm(a)
+    a.challenged_at = 5.0
+    b = pp.learn(0, 0, B, 6.0)
+    b.challenged_at = 7.0
+    assert pp.confirm(b) is a and a.challenged_at == 7.0
+    c = pp.learn(0, 0, C, 8.0)
+    c.challenged_at = 1.0
+    assert c.challenged_at == 1.0 and pp.confirm(c) is a and a.challenged_at == 7.0
+
+
+def test_an_expired_path_no_longer_receives_and_changes_the_generation() -> None:
+    pp = paths()
+    a = pp.learn(0, 0, A, 0.0)
+    before = pp.generation.value
+    assert pp.expire(59.0, 60.0) == [] and pp.generation.value == before
+    assert pp.expire(60.0, 60.0) == [a]
+    assert pp.match(0, A) is None and pp.learned == {}
+    assert pp.generation.value > before
+
+
+def test_a_rebuilt_peer_keeps_its_via_paths_and_receive_counts() -> None:
+    gen = Generation()
+    old = PeerPaths(0x1001, ("p0",), A, gen)
+    via = Path(0x1001, PathKind.VIA, 4, 0, None, "via/1.2", via=0x0102)
+    old.via[0x0102] = via
+    old.rx_data[3] = 9
+    fresh = PeerPaths(0x1001, ("p0",), B, gen)
+    fresh.take_over(old)
+    assert fresh.via == {0x0102: via} and fresh.all() == [*fresh.static, via]
+    assert fresh.rx_data[3] == 9
