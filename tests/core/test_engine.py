@@ -1156,6 +1156,69 @@ def test_engine_a_probe_reply_from_an_earlier_run_verifies_nothing() -> None:
     assert drops(s, "unknown_probe") >= 1
 
 
+def _probe_now(net: EngineNet, c: Node, s: Node) -> tuple[int, int]:
+    """Send a probe from ``c`` to ``s`` on its best link now; its id and the link's port."""
+    peer = eng(c).peers[s.peer_id]
+    link = peer.paths.best_link()
+    assert link is not None
+    before = set(eng(c).prober.outstanding)
+    eng(c).prober.challenge(peer, link, net.now)
+    (probe_id,) = set(eng(c).prober.outstanding) - before
+    return probe_id, link.port
+
+
+def _reply(net: EngineNet, s: Node, c: Node, payload: bytes, port: int) -> None:
+    """An authentic PROBE_REPLY from ``s`` to ``c`` carrying ``payload``."""
+    data = eng(s).seal(eng(s).peers[c.peer_id], PacketType.PROBE_REPLY, 0, payload)
+    eng(c).on_datagram(data, S_EP, port, net.now)
+
+
+def test_engine_a_probe_is_matched_by_one_reply_only() -> None:
+    net, s, c = two_path_pair()
+    probe_id, port = _probe_now(net, c, s)
+    received, unknown = eng(c).stats.probe_replies_received, drops(c, "unknown_probe")
+    reply = struct.pack("!IIQ", probe_id, eng(c).epoch, 0)
+    _reply(net, s, c, reply, port)
+    assert eng(c).stats.probe_replies_received == received + 1
+    _reply(net, s, c, reply, port)  # a second reply to the same probe
+    assert eng(c).stats.probe_replies_received == received + 1
+    assert drops(c, "unknown_probe") == unknown + 1
+
+
+def test_engine_probes_and_replies_of_the_wrong_size_are_malformed() -> None:
+    net, s, c = two_path_pair()
+    probe_id, port = _probe_now(net, c, s)
+    malformed = drops(c, "malformed")
+    _reply(net, s, c, struct.pack("!II", probe_id, eng(c).epoch), port)
+    _reply(net, s, c, struct.pack("!IIQB", probe_id, eng(c).epoch, 0, 0), port)
+    assert drops(c, "malformed") == malformed + 2
+    assert probe_id in eng(c).prober.outstanding  # still waiting for its real reply
+    malformed = drops(s, "malformed")
+    probe = eng(c).seal(eng(c).peers[s.peer_id], PacketType.PROBE, 0, b"\0\0\0")
+    eng(s).on_datagram(probe, UP1, 0, net.now)
+    assert drops(s, "malformed") == malformed + 1
+
+
+def test_engine_a_reply_later_than_twice_the_path_timeout_is_unknown() -> None:
+    net, s, c = two_path_pair()
+    probe_id, port = _probe_now(net, c, s)
+    for link in net.links.values():
+        link.up = False
+    net.run(2 * eng(c).settings.path_timeout + 2 * eng(c).settings.probe_interval)
+    assert probe_id not in eng(c).prober.outstanding
+    unknown = drops(c, "unknown_probe")
+    _reply(net, s, c, struct.pack("!IIQ", probe_id, eng(c).epoch, 0), port)
+    assert drops(c, "unknown_probe") == unknown + 1
+
+
+def test_engine_probe_ids_are_masked_with_random_bytes() -> None:
+    """A probe id is not a plain count that a peer seeing some ids could guess."""
+    net, s, c = two_path_pair()
+    eng(c).random_bytes = lambda n: b"\xa5" * n
+    ids = [_probe_now(net, c, s)[0] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(i >> 16 == 0xA5A5 for i in ids)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=0, max_size=1600), st.integers(0, 255), st.integers(0, 15))
 def test_engine_random_datagrams_never_raise_and_change_no_state(junk: bytes, vt: int, pi: int) -> None:
