@@ -238,6 +238,8 @@ def test_keyring_rejects_bad_keys() -> None:
         KeyRing(GROUP, {CLIENT: bytes(20)})
     with pytest.raises(ValueError):
         KeyRing(GROUP, {0x10000: PAIR_KEY})
+    with pytest.raises(ValueError, match="out of range"):
+        KeyRing(GROUP, {-1: PAIR_KEY})
 
 
 def seal_with(r: KeyRing, epoch: int, counter: int = 1) -> bytes:
