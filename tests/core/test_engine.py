@@ -1211,6 +1211,30 @@ def test_engine_a_reply_later_than_twice_the_path_timeout_is_unknown() -> None:
     assert drops(c, "unknown_probe") == unknown + 1
 
 
+def test_engine_a_surplus_reported_when_nothing_was_sent_after_the_probe_hides_no_loss() -> None:
+    """A peer's count above what we had sent when the probe left (duplicates, a replay) is
+    carried only as far as what we sent while the probe was out: nothing here, so the 10
+    packets lost afterwards are counted at the next reports."""
+    net, s, c = two_path_pair()
+    ping(net, c, "8.8.8.8", n=60)
+    path = eng(c).peers[s.peer_id].paths.best_link()
+    assert path is not None
+
+    def report(extra_rx: int) -> None:
+        sent, rx, _short = path.probe_data_mark
+        probe_id, port = _probe_now(net, c, s)
+        _reply(net, s, c, struct.pack("!IIQ", probe_id, eng(c).epoch,
+                                      rx + path.data_sent - sent + extra_rx), port)
+
+    report(100)  # 100 more than we sent
+    lost = path.data_lost
+    for _ in range(20):  # not delivered: the clock does not run
+        net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "8.8.8.8"))
+    report(-10)  # 10 of the 20 missing
+    report(0)
+    assert path.data_lost == lost + 10
+
+
 def test_engine_probe_ids_are_masked_with_random_bytes() -> None:
     """A probe id is not a plain count that a peer seeing some ids could guess."""
     net, s, c = two_path_pair()
