@@ -112,3 +112,19 @@ def test_legacy_add_padding_uses_the_random_source() -> None:
 
 def test_legacy_body_len_rounds_to_blocks() -> None:
     assert [codec.body_len(n) for n in (1, 16, 17, 40, 1440)] == [16, 16, 32, 48, 1440]
+
+
+def test_legacy_open_header_takes_a_datagram_of_header_and_icv_only() -> None:
+    group, pair = ecbs()
+    prefix = codec.protect(group, pair, PLAIN_H)
+    assert len(prefix) == lh.PREFIX_LEN
+    assert codec.open_header(group, prefix) == PLAIN_H and codec.icv_ok(pair, PLAIN_H, prefix)
+
+
+def test_legacy_header_defaults_to_the_largest_ttl_that_fits_its_4_bits() -> None:
+    plain = lh.pack(LegacyHeader(src=1, dst=2, length=0, t20=0, seq=0))
+    assert plain[2] >> 4 == 15 and lh.unpack(plain).ttl == lh.MAX_TTL == 15
+
+
+def test_legacy_largest_inner_packet_fills_a_1500_byte_ethernet_frame() -> None:
+    assert lh.PREFIX_LEN + lh.MTU_MAX == 1500 - 28  # minus the IPv4 and UDP headers
