@@ -313,3 +313,23 @@ def test_replay_settle_after_count_loss_from_counts_nothing_below_it() -> None:
     assert w.lost == 0
     assert w.close() == 0
     assert w.lost == 0
+
+
+def test_replay_too_old_and_duplicate_are_distinct_verdicts() -> None:
+    w = ReplayWindow(128)
+    w.accept(1000)
+    assert w.accept(1000) is DUP and w.accept(0) is OLD and OLD is not DUP
+    assert len(set(Verdict)) == 3
+
+
+def test_replay_settle_of_a_mark_that_left_the_ring_counts_nothing_more() -> None:
+    """A jump past the whole ring counts what it skipped at once; a settle of the mark taken
+    before it then finds nothing left to count."""
+    w = ReplayWindow(128)
+    for counter in range(10):
+        w.accept(counter)
+    assert w.settle(0.0, 0.0) == 0  # takes its mark at 10
+    w.accept(10_000)
+    lost = w.lost
+    assert lost == 10_000 - 10 - 64 - 16  # 10..9,919, below the ring's 2 blocks (9,920..)
+    assert w.settle(0.0, 0.0) == 0 and w.lost == lost
