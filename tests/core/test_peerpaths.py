@@ -286,7 +286,10 @@ def test_a_rebuilt_peer_keeps_its_via_paths_and_receive_counts() -> None:
     via = Path(0x1001, PathKind.VIA, 4, 0, None, "via/1.2", via=0x0102)
     old.via[0x0102] = via
     old.rx_data[3] = 9
+    retired = Path(0x1001, PathKind.VIA, 8, 0, None, "via/1.3", via=0x0103)
+    old.via_retired = {0x0103: retired}
     fresh = PeerPaths(0x1001, ("p0",), B, gen)
     fresh.take_over(old)
     assert fresh.via == {0x0102: via} and fresh.all() == [*fresh.static, via]
+    assert fresh.via_retired == {0x0103: retired}
     assert fresh.rx_data[3] == 9
