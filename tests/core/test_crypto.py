@@ -87,7 +87,9 @@ def test_crypto_derive_key_rejects_pair_key_length(bad: bytes) -> None:
         derive_key(bad, GROUP, CLIENT, GATEWAY, EPOCH)
 
 
-@pytest.mark.parametrize("src,dst,epoch", [(-1, 1, 0), (1, 0x10000, 0), (1, 2, 2**32)])
+@pytest.mark.parametrize(
+    "src,dst,epoch", [(-1, 1, 0), (1, -1, 0), (1, 2, -1), (1, 0x10000, 0), (1, 2, 2**32)]
+)
 def test_crypto_derive_key_rejects_out_of_range(src: int, dst: int, epoch: int) -> None:
     with pytest.raises(ValueError):
         derive_key(PAIR_KEY, GROUP, src, dst, epoch)
