@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -128,3 +129,9 @@ def test_legacy_header_defaults_to_the_largest_ttl_that_fits_its_4_bits() -> Non
 
 def test_legacy_largest_inner_packet_fills_a_1500_byte_ethernet_frame() -> None:
     assert lh.PREFIX_LEN + lh.MTU_MAX == 1500 - 28  # minus the IPv4 and UDP headers
+
+
+@pytest.mark.parametrize("length", [15, 24, 32])
+def test_legacy_keys_are_aes_128_only(length: int) -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        codec.Ecb(bytes(length))
