@@ -333,3 +333,14 @@ def test_replay_settle_of_a_mark_that_left_the_ring_counts_nothing_more() -> Non
     lost = w.lost
     assert lost == 10_000 - 10 - 64 - 16  # 10..9,919, below the ring's 2 blocks (9,920..)
     assert w.settle(0.0, 0.0) == 0 and w.lost == lost
+
+
+def test_replay_settle_of_a_mark_at_the_end_of_a_block() -> None:
+    w = ReplayWindow(1024)
+    for counter in range(63):
+        if counter != 5:
+            w.accept(counter)
+    assert w.settle(0.0, 0.0) == 0  # takes its mark at 63, the last counter of block 0
+    w.accept(64)
+    assert w.settle(0.0, 0.0) == 1  # 5
+    assert w.close() == 1  # 63
