@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alpaca.core.paths import Generation, Path, PathKind, PeerPaths, port_label
+from alpaca.core.paths import Generation, Path, PathKind, PeerPaths, port_label, rx_slot, rx_slots
 
 A, B, C = ("192.0.2.1", 4000), ("192.0.2.2", 4000), ("192.0.2.3", 4000)
 
@@ -293,3 +293,11 @@ def test_a_rebuilt_peer_keeps_its_via_paths_and_receive_counts() -> None:
     assert fresh.via == {0x0102: via} and fresh.all() == [*fresh.static, via]
     assert fresh.via_retired == {0x0103: retired}
     assert fresh.rx_data[3] == 9
+
+
+def test_receive_counts_of_direct_indexes_are_kept_per_local_port() -> None:
+    assert [rx_slot(pi, 0) for pi in (0, 3, 4, 15)] == [0, 3, 4, 15]
+    assert rx_slot(1, 1) == 17 and rx_slot(2, 3) == 16 + 2 * 4 + 2
+    assert rx_slot(5, 2) == 5  # a forwarder's index: counted alone, whatever the port
+    slots = [rx_slot(pi, port) for port in range(4) for pi in range(16) if port == 0 or pi < 4]
+    assert len(set(slots)) == len(slots) and max(slots) == rx_slots(4) - 1
