@@ -1199,6 +1199,17 @@ def test_engine_probes_and_replies_of_the_wrong_size_are_malformed() -> None:
     assert drops(s, "malformed") == malformed + 1
 
 
+def test_engine_a_reply_within_twice_the_path_timeout_still_counts() -> None:
+    net, s, c = two_path_pair()
+    probe_id, port = _probe_now(net, c, s)
+    for link in net.links.values():
+        link.up = False
+    net.run(1.5 * eng(c).settings.path_timeout)
+    received = eng(c).stats.probe_replies_received
+    _reply(net, s, c, struct.pack("!IIQ", probe_id, eng(c).epoch, 0), port)
+    assert eng(c).stats.probe_replies_received == received + 1
+
+
 def test_engine_a_reply_later_than_twice_the_path_timeout_is_unknown() -> None:
     net, s, c = two_path_pair()
     probe_id, port = _probe_now(net, c, s)
