@@ -490,6 +490,28 @@ def test_engine_a_client_that_went_and_came_back_goes_down_on_time_again() -> No
     assert all(p.up for p in eng(s).peers[c2.peer_id].paths.learned.values())
 
 
+def test_engine_a_peer_sent_to_is_probed_for_path_lifetime_then_left_alone() -> None:
+    """A server probes a client it knows the address of only while it talks to it (sent to
+    or heard from within path_lifetime): none before the first packet, every round after it,
+    none once the client has been quiet for path_lifetime."""
+    net = EngineNet(seed=3)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [UP1])  # never started: it answers nothing
+    net.link(UP1, S_EP)
+    net.start(s)
+    net.run(5.0)
+    (link,) = eng(s).peers[c.peer_id].paths.static
+    assert link.probes_sent == 0
+    net.inject_tun(s, ipv4(tunnel_ip(s.peer_id), tunnel_ip(c.peer_id)))
+    net.run(5.0)
+    interval = eng(s).settings.probe_interval
+    assert 5.0 / interval - 1 <= link.probes_sent
+    net.run(eng(s).settings.path_lifetime)
+    quiet = link.probes_sent
+    net.run(25.0)  # (a dormant path is probed every 10th round)
+    assert link.probes_sent == quiet
+
+
 def test_engine_a_dead_forwarder_costs_no_end_to_end_loss_and_its_return_is_seen() -> None:
     """Forwarder 1.2 dies while the client pings the server once a second through both
     forwarders: nothing is lost (1.3 carries it), and the server counts as lost only the
