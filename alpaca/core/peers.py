@@ -67,6 +67,8 @@ class Peer:
         Existing VIA paths for the same forwarder keep their counters, also one a reload left
         out and a later one put back (it starts down: a probe through it brings it up).
         """
+        if not forwarders and not self.paths.via:  # the usual peer: nothing to (re)build
+            return
         old = dict(self.paths.via_retired or {})
         old.update((p.via, p) for p in self.paths.via.values() if p.via is not None)
         self.paths.via = {}
