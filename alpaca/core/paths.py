@@ -88,7 +88,7 @@ class Path:
         "addr", "answering", "challenged_at", "changes", "confirmed", "data_lost", "data_sent", "ip",
         "kind", "last_ok_at", "name", "peer",
         "peer_data_rx", "pi", "port", "probe_data_mark", "probes_answered", "probes_sent",
-        "reason", "rtt_last", "rtt_samples", "rttvar", "rx_bytes", "rx_duplicates", "rx_first",
+        "reason", "rtt_last", "rtt_samples", "rx_bytes", "rx_duplicates", "rx_first",
         "rx_packets", "silent_probes", "srtt", "tx_bytes", "tx_packets", "unanswered_since", "up",
         "via",
     )
@@ -113,7 +113,6 @@ class Path:
         self.unanswered_since = math.inf
         self.answering = True
         self.srtt: float | None = None
-        self.rttvar = 0.0
         self.rtt_last: float | None = None
         self.rtt_samples = array("d")  # 8 bytes a sample (a list of floats: 32)
         self.probes_sent = self.probes_answered = 0
@@ -133,12 +132,11 @@ class Path:
         return f"Path({format_peer_id(self.peer)} {self.name} {self.addr} up={self.up})"
 
     def on_rtt(self, sample: float) -> None:
-        """Fold one RTT sample into srtt/rttvar (RFC 6298 weights)."""
+        """Fold one RTT sample into srtt (RFC 6298's weight, 1/8)."""
         self.rtt_last = sample
         if self.srtt is None:
-            self.srtt, self.rttvar = sample, sample / 2
+            self.srtt = sample
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
             self.srtt = 0.875 * self.srtt + 0.125 * sample
         if len(self.rtt_samples) < RTT_SAMPLES_MAX:  # drained by the metrics histogram
             self.rtt_samples.append(sample)
