@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from alpaca.core import routing
 from alpaca.core.constants import MAX_DUP_COPIES, MAX_DUP_DELAY, OVERHEAD, PacketType
 from alpaca.core.engine import CHALLENGE_INTERVAL, Engine
 from alpaca.core.header import HEADER
+from alpaca.core.paths import Path, PathKind
 from alpaca.core.settings import DupPolicy, PeerSpec
 from alpaca.snapshot import replay_by_sender
 from tests.enginenet import (
@@ -1718,6 +1720,53 @@ def test_engine_paths_through_one_relay_show_no_loss_the_relay_made() -> None:
     assert len(paths) == 2 and {p.addr for p in paths} == {s_ep}
     assert [(p.name, p.data_lost) for p in paths if p.data_lost > 0.02 * p.data_sent] == []
 
+
+
+def test_engine_three_uplinks_through_one_relay_are_all_learned_and_counted_on_none() -> None:
+    """Client A reaches client B through the gateway on three uplinks: B answers on the one
+    path it learned (its DATA reaches the gateway once, which passes it on all of A's uplinks),
+    and A learns B under each port the first copy of some packet came in on, all at the
+    gateway's address. Three paths that share the relay are counted on none (from the second
+    on), as two are: the gateway passes on the first copy only, so B's count under each index
+    would be the outcome of a race. A path to B itself keeps its count beside them."""
+    net = EngineNet(seed=1)
+    s_ep = ("10.0.0.1", 5000)
+    a_eps = [("10.1.0.1", 6000), ("10.1.1.1", 6001), ("10.1.2.1", 6002)]
+    b_ep = ("10.2.0.1", 6000)
+    s = net.add("S", "1.1", [s_ep])
+    a = net.add("A", "16.1", a_eps, static=False)
+    b = net.add("B", "16.2", [b_ep], static=False)
+    timing = [(0.020, 0.015), (0.033, 0.0), (0.025, 0.012), (0.039, 0.009)]  # delay, jitter
+    for ep, (delay, jitter) in zip([*a_eps, b_ep], timing, strict=True):
+        net.link(ep, s_ep, delay=delay, jitter=jitter)
+    net.start(s)
+    for client in (a, b):
+        net.start(client, gateway=pid("1.1"))
+    net.run(3.0)
+    for i in range(2000):
+        net.inject_tun(a, ipv4(tunnel_ip(a.peer_id), tunnel_ip(b.peer_id)))
+        if i % 4 == 0:
+            net.inject_tun(b, ipv4(tunnel_ip(b.peer_id), tunnel_ip(a.peer_id)))
+        net.run(0.005)
+    net.run(5.0)
+    assert len(b.tun) > 1950 and len(a.tun) > 480  # the first round trip is unverified
+    to_b = eng(a).peers[b.peer_id].paths
+    assert sorted(p.port for p in to_b.links()) == [0, 1, 2]
+    assert all(p.kind is PathKind.LEARNED and p.addr == s_ep and p.up and p.confirmed for p in to_b.links())
+    assert all(p.tx_packets > 1600 and p.data_lost == 0 for p in to_b.links())
+    assert sum(p.data_sent for p in to_b.links()) < 50  # only while one path was learned
+    first, _ = routing.targets(eng(a).settings, eng(a).peers, a.peer_id, b.peer_id, None, None)
+    assert len(first) == 3
+    assert [acct for *_, acct in eng(a)._measurable(first, b.peer_id)] == [None, None, None]
+    direct = Path(b.peer_id, PathKind.LEARNED, 0, 0, b_ep, "slot0/p0")
+    kept = eng(a)._measurable([*first, (direct, 0, direct)], b.peer_id)
+    assert [acct for *_, acct in kept] == [None, None, None, direct]
+    alone = first[:1]
+    assert eng(a)._measurable(alone, b.peer_id) == alone  # one path at the relay: counted
+    (back,) = eng(b).peers[a.peer_id].paths.links()
+    assert back.addr == s_ep and back.data_sent > 450 and back.data_lost <= 2
+    assert eng(s).peers[a.peer_id].paths.links() and all(
+        p.data_sent == 0 for p in eng(s).peers[a.peer_id].paths.links())  # a relay counts nothing
 
 def one_link_pair(delay: float, **both: float) -> tuple[EngineNet, Node, Node, tuple[Link, Link]]:
     """Server 1.1 and client 16.1 on one link of ``delay`` seconds each way, both started
