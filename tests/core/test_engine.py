@@ -1697,14 +1697,27 @@ def test_engine_paths_through_one_relay_show_no_loss_the_relay_made() -> None:
     the gateway, which passes on the first only, so B counted each packet under the index of
     whichever won. Lossless links showed 12 % and 87 % data loss; paths that share a relay
     are counted on none now (their probe loss still shows)."""
-    net = EngineNet(seed=2)
-    s_ep = ("10.0.0.1", 5000)
     a_eps, b_eps = [("10.1.0.1", 6000), ("10.1.1.1", 6001)], [("10.2.0.1", 6000), ("10.2.1.1", 6001)]
+    timing = [(0.020, 0.015), (0.033, 0.0), (0.039, 0.009), (0.008, 0.0)]  # delay, jitter
+    _net, s_ep, a, b = clients_talking_through_the_gateway(2, a_eps, b_eps, timing)
+    paths = eng(a).peers[b.peer_id].paths.links()
+    assert len(paths) == 2 and {p.addr for p in paths} == {s_ep}
+    assert [(p.name, p.data_lost) for p in paths if p.data_lost > 0.02 * p.data_sent] == []
+
+
+def clients_talking_through_the_gateway(
+    seed: int, a_eps: list[tuple[str, int]], b_eps: list[tuple[str, int]],
+    timing: list[tuple[float, float]],
+) -> tuple[EngineNet, tuple[str, int], Node, Node]:
+    """Gateway 1.1, clients A (16.1 at ``a_eps``) and B (16.2 at ``b_eps``) linked to it with
+    ``timing`` (delay, jitter per endpoint); after 3 s of probes A sends B 2,000 packets 5 ms
+    apart and B answers every 4th, then 5 s more. Returns (net, gateway endpoint, A, B)."""
+    net = EngineNet(seed=seed)
+    s_ep = ("10.0.0.1", 5000)
     s = net.add("S", "1.1", [s_ep])
     a = net.add("A", "16.1", a_eps, static=False)
     b = net.add("B", "16.2", b_eps, static=False)
-    timing = [(0.020, 0.015), (0.033, 0.0), (0.039, 0.009), (0.008, 0.0)]  # delay, jitter
-    for ep, (delay, jitter) in zip(a_eps + b_eps, timing, strict=True):
+    for ep, (delay, jitter) in zip([*a_eps, *b_eps], timing, strict=True):
         net.link(ep, s_ep, delay=delay, jitter=jitter)
     net.start(s)
     for client in (a, b):
@@ -1716,10 +1729,7 @@ def test_engine_paths_through_one_relay_show_no_loss_the_relay_made() -> None:
             net.inject_tun(b, ipv4(tunnel_ip(b.peer_id), tunnel_ip(a.peer_id)))
         net.run(0.005)
     net.run(5.0)
-    paths = eng(a).peers[b.peer_id].paths.links()
-    assert len(paths) == 2 and {p.addr for p in paths} == {s_ep}
-    assert [(p.name, p.data_lost) for p in paths if p.data_lost > 0.02 * p.data_sent] == []
-
+    return net, s_ep, a, b
 
 
 def test_engine_three_uplinks_through_one_relay_are_all_learned_and_counted_on_none() -> None:
@@ -1729,26 +1739,11 @@ def test_engine_three_uplinks_through_one_relay_are_all_learned_and_counted_on_n
     gateway's address. Three paths that share the relay are counted on none (from the second
     on), as two are: the gateway passes on the first copy only, so B's count under each index
     would be the outcome of a race. A path to B itself keeps its count beside them."""
-    net = EngineNet(seed=1)
-    s_ep = ("10.0.0.1", 5000)
     a_eps = [("10.1.0.1", 6000), ("10.1.1.1", 6001), ("10.1.2.1", 6002)]
-    b_ep = ("10.2.0.1", 6000)
-    s = net.add("S", "1.1", [s_ep])
-    a = net.add("A", "16.1", a_eps, static=False)
-    b = net.add("B", "16.2", [b_ep], static=False)
     timing = [(0.020, 0.015), (0.033, 0.0), (0.025, 0.012), (0.039, 0.009)]  # delay, jitter
-    for ep, (delay, jitter) in zip([*a_eps, b_ep], timing, strict=True):
-        net.link(ep, s_ep, delay=delay, jitter=jitter)
-    net.start(s)
-    for client in (a, b):
-        net.start(client, gateway=pid("1.1"))
-    net.run(3.0)
-    for i in range(2000):
-        net.inject_tun(a, ipv4(tunnel_ip(a.peer_id), tunnel_ip(b.peer_id)))
-        if i % 4 == 0:
-            net.inject_tun(b, ipv4(tunnel_ip(b.peer_id), tunnel_ip(a.peer_id)))
-        net.run(0.005)
-    net.run(5.0)
+    b_ep = ("10.2.0.1", 6000)
+    net, s_ep, a, b = clients_talking_through_the_gateway(1, a_eps, [b_ep], timing)
+    s = net.nodes["S"]
     assert len(b.tun) > 1950 and len(a.tun) > 480  # the first round trip is unverified
     to_b = eng(a).peers[b.peer_id].paths
     assert sorted(p.port for p in to_b.links()) == [0, 1, 2]
