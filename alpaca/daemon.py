@@ -527,12 +527,13 @@ class Daemon:
             for key in changed:  # first: they explain what follows
                 log.warning("config key changed but needs a restart key=%s", CONFIG_KEY.get(key, key))
             chnroute = self.config.chnroute
-            chnroute_changed = chnroute is not None and file_identity(chnroute.data) != self._chnroute_file
-            if chnroute is not None and chnroute_changed:
-                log.warning("chnroute data file changed but needs a restart file=%s",
-                            shown_path(chnroute.data))
+            edited = chnroute.data if chnroute is not None else None
+            if edited is not None and file_identity(edited) == self._chnroute_file:
+                edited = None
+            if edited is not None:
+                log.warning("chnroute data file changed but needs a restart file=%s", shown_path(edited))
             if self.engine is not None:
-                self.engine.stats.restart_pending = int(bool(changed) or chnroute_changed)
+                self.engine.stats.restart_pending = int(bool(changed) or edited is not None)
             other_node = [key for key in ("mode", "id") if key in changed]
             if other_node:  # the gateway, forwarders and secrets of that file are another node's
                 log.error("reload refused: %s changed, the config describes another node; restart "

@@ -17,7 +17,7 @@ class EarlySignals:
     """SIGHUP and SIGUSR1 from the first instant until ``run``'s daemon installs its own
     handlers. A SIGHUP is remembered (``reload_asked``) and becomes a reload once the daemon
     runs; a SIGUSR1 (a state dump) is ignored until there is state. Every other command
-    :meth:`release`\\ s them."""
+    gives them back (:meth:`release`)."""
 
     def __init__(self) -> None:
         self.reload_asked = False
