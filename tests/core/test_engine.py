@@ -514,6 +514,25 @@ def test_engine_a_peer_sent_to_is_probed_for_path_lifetime_then_left_alone() -> 
     assert link.probes_sent == quiet
 
 
+def test_engine_a_lost_challenge_to_a_new_address_is_sent_again() -> None:
+    """A quiet client (it probes every 10 s) behind a NAT that rebinds sends one packet from
+    its new address: the server challenges the address, and that probe is lost. The server
+    sends the challenge again while the address is within path_timeout of its packet, so it
+    moves the client's path there in round trips, not at the client's next probe."""
+    net, s, c, state = client_behind_nat(5, lost_probes=1)
+    net.start(s)
+    net.start(c, gateway=pid("1.1"), probe_interval=10.0)
+    net.run(1.0)
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "10.17.1.1"))  # (the first proves the client)
+    net.run(1.0)
+    [path] = eng(s).peers[c.peer_id].paths.learned.values()
+    assert path.addr == NAT_A and path.up
+    state["nat"] = NAT_B
+    net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "10.17.1.1"))
+    net.run(1.5)
+    assert state["to_drop"] == 0 and path.addr == NAT_B and path.up
+
+
 def test_engine_a_dead_forwarder_costs_no_end_to_end_loss_and_its_return_is_seen() -> None:
     """Forwarder 1.2 dies while the client pings the server once a second through both
     forwarders: nothing is lost (1.3 carries it), and the server counts as lost only the
@@ -1557,37 +1576,48 @@ def test_engine_relayed_copies_from_two_forwarder_ports_keep_the_path_up() -> No
         assert path.probes_answered <= path.probes_sent
 
 
+NAT_A, NAT_B = ("198.51.100.1", 40000), ("198.51.100.1", 40001)
+
+
+def client_behind_nat(seed: int, lost_probes: int) -> tuple[EngineNet, Node, Node, dict[str, object]]:
+    """Server S and client C (one port, 10.1.0.1:6000) behind a NAT: what C sends to S leaves
+    from ``state["nat"]`` (NAT_A; set it to NAT_B for a new mapping, and NAT_A's is gone),
+    and the first ``lost_probes`` probes to NAT_B are lost. Returns (net, S, C, state)."""
+    net = EngineNet(seed=seed)
+    c_ep = ("10.1.0.1", 6000)
+    s = net.add("S", "1.1", [S_EP])
+    c = net.add("C", "16.1", [c_ep], static=False)
+    for ep in (c_ep, NAT_A, NAT_B):
+        net.link(ep, S_EP, delay=0.02)
+    net.owner[NAT_A] = net.owner[NAT_B] = (c, 0)
+    state: dict[str, object] = {"nat": NAT_A, "to_drop": lost_probes}
+    transmit = net.transmit
+
+    def nat(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
+        if src == c_ep and dst == S_EP:
+            src = state["nat"]  # type: ignore[assignment]
+        if dst == NAT_A and state["nat"] == NAT_B:
+            return True  # the old mapping is gone
+        if dst == NAT_B and data[0] & 0x0F == PacketType.PROBE and state["to_drop"]:
+            state["to_drop"] = int(state["to_drop"]) - 1  # type: ignore[call-overload]
+            return True
+        return transmit(src, dst, data)
+
+    net.transmit = nat  # type: ignore[method-assign]
+    return net, s, c, state
+
+
 @pytest.mark.parametrize("lost_probes", [0, 1, 3])
 def test_engine_a_client_whose_nat_rebinds_is_followed_within_round_trips(lost_probes: int) -> None:
     """The client's NAT mapping changes for good (the server sees a new source port, the old
     one is dead). The server keeps the confirmed path until a probe to the new address is
     answered, and probes again at round-trip pace while the old address is silent, so even
     lost probes cost round trips, not seconds."""
-    net = EngineNet(seed=1)
-    c_ep, nat_a, nat_b = ("10.1.0.1", 6000), ("198.51.100.1", 40000), ("198.51.100.1", 40001)
-    s = net.add("S", "1.1", [S_EP])
-    c = net.add("C", "16.1", [c_ep], static=False)
-    for ep in (c_ep, nat_a, nat_b):
-        net.link(ep, S_EP, delay=0.02)
-    net.owner[nat_a] = net.owner[nat_b] = (c, 0)
-    state = {"nat": nat_a, "to_drop": lost_probes}
-    transmit = net.transmit
-
-    def nat(src: tuple[str, int], dst: tuple[str, int], data: bytes) -> bool:
-        if src == c_ep and dst == S_EP:
-            src = state["nat"]
-        if dst == nat_a and state["nat"] == nat_b:
-            return True  # the old mapping is gone
-        if dst == nat_b and data[0] & 0x0F == PacketType.PROBE and state["to_drop"]:
-            state["to_drop"] -= 1
-            return True
-        return transmit(src, dst, data)
-
-    net.transmit = nat  # type: ignore[method-assign]
+    net, s, c, state = client_behind_nat(1, lost_probes)
     net.start(s)
     net.start(c, gateway=pid("1.1"))
     net.run(2.0)
-    state["nat"] = nat_b
+    state["nat"] = NAT_B
     sent, start = 0, len(c.tun)
     while sent < 300:
         net.inject_tun(c, ipv4(tunnel_ip(c.peer_id), "10.17.1.1"))
@@ -1601,7 +1631,7 @@ def test_engine_a_client_whose_nat_rebinds_is_followed_within_round_trips(lost_p
     # 1.5 round trips (~6 packets each); half a second per lost probe would be ~50
     assert lost <= 12 + 8 * lost_probes, lost
     [path] = eng(s).peers[c.peer_id].paths.learned.values()
-    assert path.addr == nat_b and path.up and not eng(s).peers[c.peer_id].paths.candidates
+    assert path.addr == NAT_B and path.up and not eng(s).peers[c.peer_id].paths.candidates
 
 
 # --------------------------------------------------------------------------- data loss per path
