@@ -10,6 +10,7 @@ leaves a stale lock behind (the file itself stays, empty of meaning).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import gevent
 
 from alpaca.errors import SystemSetupError
+
+log = logging.getLogger(__name__)
 
 #: Seconds :func:`hold` waits for a lock held by another process.
 HOLD_WAIT = 5.0
@@ -45,6 +48,9 @@ def hold(path: Path, owner: str, wait: float = HOLD_WAIT) -> int:
     except OSError as exc:
         raise SystemSetupError(f"{owner}: creating the lock file {path}: {exc.strerror or exc}", None,
                                "check that the control socket's directory is writable") from exc
+    if not _flock_within(fd, 0.0):  # said at once: the wait is silent otherwise
+        log.info("%s: the lock %s is held by pid %s, waiting up to %.0f s for it", owner, path,
+                 _holder(fd), wait)
     if not _flock_within(fd, wait):
         holder = _holder(fd)
         os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import time
@@ -764,14 +765,18 @@ def test_journal_two_daemons_stopping_at_once_restore_ip_forward(tmp_path: Path)
         assert nsexec(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
 
 
-def test_instance_lock_held_for_a_moment_is_waited_for(tmp_path: Path) -> None:
+def test_instance_lock_held_for_a_moment_is_waited_for(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Another daemon holds a crashed node's lock while it undoes that node's journal: a start
-    of the node waits for it; one held for good names the live holder's pid."""
+    of the node waits for it, and says so at once (it waited in silence); one held for good
+    names the live holder's pid."""
+    caplog.set_level(logging.INFO, logger="alpaca.system.instance")
     lock = tmp_path / "alpaca0.sock.lock"
     holder = subprocess.Popen([PYTHON, "-c", HOLD_LOCK, str(lock), "0.5"], stdout=subprocess.PIPE,
                               text=True, cwd=ROOT)
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     os.close(instance.hold(lock, "test", wait=5.0))
+    assert f"test: the lock {lock} is held by pid {holder.pid}, waiting up to 5 s for it" in caplog.text
     holder.wait(timeout=10)
     holder = subprocess.Popen([PYTHON, "-c", HOLD_LOCK, str(lock), "30"], stdout=subprocess.PIPE,
                               text=True, cwd=ROOT)
