@@ -6,6 +6,8 @@ Rows are microseconds per operation (best of several repeats of timeit; rows tha
 closure include its call overhead). The whole receive
 path is what the engine does per datagram before routing: header decode, cipher look-up in
 the KeyRing, AEAD open, replay-window accept. Target: under 5 us for 1400-byte packets.
+The timer-tick rows compare a server with 10 and with 10,000 idle peers: the tick's cost
+should not grow with peers nobody talks to.
 """
 
 from __future__ import annotations
