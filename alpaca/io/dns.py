@@ -40,23 +40,28 @@ def lookup_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
     found: dict[str, tuple[str, ...]] = dict.fromkeys(names, ())
     if not names:
         return found
-    resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
     pool = Pool(CONCURRENCY)
-    answers = pool.imap_unordered(lambda n: (n, _addresses(resolver, n)), names)
+    answers = pool.imap_unordered(lambda n: (n, _addresses(n, channel)), names)
     try:
         with gevent.Timeout(deadline, False):
             for name, addresses in answers:
                 found[name] = addresses
-    finally:  # the feeder first: it would start the names still waiting on the closed resolver
+    finally:  # the feeder first: it would start the names still waiting
         answers.kill()
         pool.kill()
-        resolver.close()
     return found
 
 
-def _addresses(resolver: Resolver, name: str) -> tuple[str, ...]:
+def _addresses(name: str, channel: dict[str, object]) -> tuple[str, ...]:
+    """``name``'s IPv4 addresses, on a channel of its own: on one channel shared by several
+    names, a name server that refuses (ICMP port unreachable) made c-ares fail the other
+    queries from inside a sending greenlet, not the hub; gevent's callback then raised
+    (AssertionError, a traceback on stderr) and those names waited out the deadline."""
+    resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
     try:
         infos = resolver.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError):  # gaierror is an OSError
         return ()
+    finally:
+        resolver.close()
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))

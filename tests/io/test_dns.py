@@ -118,6 +118,33 @@ def test_dns_names_past_the_concurrency_start_no_lookup_after_the_deadline(
     assert failed == []
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A UDP port on 127.0.0.1 nothing listens on: a query there is refused (port unreachable)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_dns_a_name_server_that_refuses_answers_every_name_at_once(
+        closed_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name server is down (its port refuses): two names or more on one c-ares channel
+    each waited out the whole deadline (10 s at every reload and start), with a traceback on
+    the daemon's stderr for every few names (AssertionError from a callback run outside the
+    hub). Each comes back empty at once now, without one."""
+    failed: list[str] = []
+    monkeypatch.setattr(gevent.get_hub(), "print_exception",
+                        lambda context, kind, value, tb: failed.append(kind.__name__))
+    names = [f"n{i}.example" for i in range(20)]
+    started = time.monotonic()
+    found = lookup_ipv4(names, deadline=5.0, servers=["127.0.0.1"], udp_port=closed_port,
+                        tcp_port=closed_port)
+    assert time.monotonic() - started < 2.0
+    assert set(found.values()) == {()} and failed == []
+
+
 def test_dns_hosts_file_and_literals_need_no_server(silent_server: int) -> None:
     found = lookup_ipv4(["localhost", "127.0.0.1"], servers=["127.0.0.1"], udp_port=silent_server)
     assert found == {"localhost": ("127.0.0.1",), "127.0.0.1": ("127.0.0.1",)}
