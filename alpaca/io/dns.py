@@ -35,11 +35,15 @@ def lookup_ipv4(hostnames: Iterable[str], deadline: float = DEADLINE,
 
     ``channel`` goes to the c-ares channel (``servers``, ``udp_port``: tests point them at a
     name server of their own). Call from any greenlet; it waits cooperatively.
+
+    Raises:
+        ValueError, OSError: the channel options are refused (a bad server address).
     """
     names = sorted(set(hostnames))
     found: dict[str, tuple[str, ...]] = dict.fromkeys(names, ())
     if not names:
         return found
+    Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel).close()  # options it refuses raise here
     pool = Pool(CONCURRENCY)
     answers = pool.imap_unordered(lambda n: (n, _addresses(n, channel)), names)
     try:
@@ -57,7 +61,10 @@ def _addresses(name: str, channel: dict[str, object]) -> tuple[str, ...]:
     names, a name server that refuses (ICMP port unreachable) made c-ares fail the other
     queries from inside a sending greenlet, not the hub; gevent's callback then raised
     (AssertionError, a traceback on stderr) and those names waited out the deadline."""
-    resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
+    try:
+        resolver = Resolver(timeout=TRY_TIMEOUT, tries=TRIES, **channel)
+    except (OSError, ValueError):  # (no socket left, say): no answer for this name
+        return ()
     try:
         infos = resolver.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError):  # gaierror is an OSError

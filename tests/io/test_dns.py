@@ -145,6 +145,20 @@ def test_dns_a_name_server_that_refuses_answers_every_name_at_once(
     assert set(found.values()) == {()} and failed == []
 
 
+# gevent's Resolver.__del__ reads an attribute its refused constructor never set
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_dns_channel_options_refused_raise_to_the_caller_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options c-ares refuses raise once, to the caller (the follower logs that the resolver
+    could not start), not once per name in the greenlets that look them up."""
+    failed: list[str] = []
+    monkeypatch.setattr(gevent.get_hub(), "print_exception",
+                        lambda context, kind, value, tb: failed.append(kind.__name__))
+    with pytest.raises(ValueError):
+        lookup_ipv4(["peer-a.example", "peer-b.example"], servers=["not-an-address"])
+    gevent.sleep(0.1)
+    assert failed == []
+
+
 def test_dns_hosts_file_and_literals_need_no_server(silent_server: int) -> None:
     found = lookup_ipv4(["localhost", "127.0.0.1"], servers=["127.0.0.1"], udp_port=silent_server)
     assert found == {"localhost": ("127.0.0.1",), "127.0.0.1": ("127.0.0.1",)}
