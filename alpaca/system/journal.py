@@ -118,13 +118,18 @@ def _undo_sysctl(step: Step, netns: str | None) -> None:
     key = step["key"]
     if key == sysctl.IP_FORWARD and _forwarding_still_needed(step, netns):
         return
-    turns_off = key == sysctl.IP_FORWARD and str(step["value"]) != "1"
+    turns_off = _turns_forwarding_off(step)
     changed = turns_off and sysctl.read(key, netns) != str(step["value"])
     sysctl.write(key, step["value"], netns)
     if changed or (turns_off and step.get(UNDO_BEGUN)):
         # Only a write that changed ip_forward reset these; UNDO_BEGUN: a crash came between
         # an earlier run's write and their own. Put back by hand meanwhile, they stay as set.
         _restore_side_settings(step, netns)
+
+
+def _turns_forwarding_off(step: Step) -> bool:
+    """Whether ``step`` puts ip_forward back to off (its value before the start was not 1)."""
+    return step.get("key") == sysctl.IP_FORWARD and str(step.get("value")) != "1"
 
 
 def _restore_side_settings(step: Step, netns: str | None) -> None:
@@ -403,8 +408,7 @@ class Journal:
         step in memory, which the undo reads, is left as it was): a retry after a crash
         between that write and the restore of what it reset knows to restore those. Best
         effort: without the note a retry leaves them as they are."""
-        if step.get("key") != sysctl.IP_FORWARD or str(step.get("value")) == "1" \
-                or step.get(UNDO_BEGUN):
+        if not _turns_forwarding_off(step) or step.get(UNDO_BEGUN):
             return
         try:
             self._write([{**s, UNDO_BEGUN: True} if s is step else s for s in self.steps])
